@@ -1,0 +1,162 @@
+// Package datapath defines the Dataplane interface: the kernel objects vxnet
+// programs on one host (per network a bridge and a vxlan device, remote
+// endpoints as FDB and neighbour entries, local endpoints as veth pairs).
+//
+// The linux subpackage is the only importer of netlink; the fake subpackage
+// is an in-memory implementation for unit tests; the dptest subpackage holds
+// the contract suite both must pass.
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// OwnerPrefix marks every link vxnet creates (in its alias); links without it
+// are never modified or deleted.
+const OwnerPrefix = "vxnet:"
+
+// NetworkSpec is what one network needs on one host.
+type NetworkSpec struct {
+	Name string `json:"name"`
+	VNI  uint32 `json:"vni"`
+	// Port is the VXLAN UDP destination port.
+	Port int `json:"port"`
+	// Local is this host's VTEP address.
+	Local netip.Addr `json:"local"`
+	// Underlay names the underlay device (optional).
+	Underlay string `json:"underlay,omitempty"`
+	MTU      int    `json:"mtu"`
+	// Gateway is the anycast gateway address with the subnet's prefix length.
+	Gateway  netip.Prefix `json:"gateway"`
+	Gateway6 netip.Prefix `json:"gateway6,omitzero"`
+	// GatewayMAC is the bridge's MAC (identical on every host).
+	GatewayMAC string `json:"gatewayMac"`
+}
+
+// BridgeName returns the bridge device name of a VNI.
+func BridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
+
+// VxlanName returns the vxlan device name of a VNI.
+func VxlanName(vni uint32) string { return fmt.Sprintf("vxlan%d", vni) }
+
+// ZeroMAC is the FDB MAC of a flood (head-end replication) entry.
+const ZeroMAC = "00:00:00:00:00:00"
+
+// FDB is a forwarding entry on a network's vxlan device: frames for MAC go to
+// the remote VTEP. MAC ZeroMAC marks a flood entry (one per peer).
+type FDB struct {
+	VNI  uint32     `json:"vni"`
+	MAC  string     `json:"mac"`
+	VTEP netip.Addr `json:"vtep"`
+}
+
+// Key identifies the entry: unicast MACs map to one VTEP, flood entries are
+// one per VTEP.
+func (f FDB) Key() string {
+	if f.MAC == ZeroMAC {
+		return fmt.Sprintf("%d/%s/%s", f.VNI, f.MAC, f.VTEP)
+	}
+	return fmt.Sprintf("%d/%s", f.VNI, f.MAC)
+}
+
+func (f FDB) String() string { return fmt.Sprintf("fdb vni %d %s -> %s", f.VNI, f.MAC, f.VTEP) }
+
+// Neigh is a permanent neighbour entry on a network's vxlan device, answered
+// locally by the device's ARP/ND proxy.
+type Neigh struct {
+	VNI uint32     `json:"vni"`
+	IP  netip.Addr `json:"ip"`
+	MAC string     `json:"mac"`
+}
+
+// Key identifies the entry.
+func (n Neigh) Key() string { return fmt.Sprintf("%d/%s", n.VNI, n.IP) }
+
+func (n Neigh) String() string { return fmt.Sprintf("neigh vni %d %s -> %s", n.VNI, n.IP, n.MAC) }
+
+// EndpointSpec is a local container interface to attach.
+type EndpointSpec struct {
+	ID  string `json:"id"`
+	VNI uint32 `json:"vni"`
+	// Netns is the path of the container's network namespace.
+	Netns   string       `json:"netns"`
+	IfName  string       `json:"ifname"`
+	MAC     string       `json:"mac"`
+	IP      netip.Prefix `json:"ip"`
+	IP6     netip.Prefix `json:"ip6,omitzero"`
+	Gateway netip.Addr   `json:"gateway"`
+	// Gateway6 is optional.
+	Gateway6 netip.Addr `json:"gateway6,omitzero"`
+	MTU      int        `json:"mtu"`
+}
+
+// Port is a local endpoint's host-side interface as observed.
+type Port struct {
+	ID     string `json:"id"`
+	VNI    uint32 `json:"vni"`
+	HostIf string `json:"hostIf"`
+}
+
+// HostIfName returns the host-side veth name of an endpoint ID.
+func HostIfName(id string) string { return "vxv" + shortHash(id) }
+
+func shortHash(s string) string {
+	// FNV-1a, 32 bit, as 8 hex digits: stable and short enough for IFNAMSIZ.
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return fmt.Sprintf("%08x", h)
+}
+
+// Observed is what is programmed now on the devices vxnet owns.
+type Observed struct {
+	Networks map[uint32]NetworkSpec `json:"networks"`
+	FDB      []FDB                  `json:"fdb"`
+	Neigh    []Neigh                `json:"neigh"`
+	Ports    []Port                 `json:"ports"`
+}
+
+// Dataplane programs the kernel of one host. Every method is idempotent.
+type Dataplane interface {
+	// Observe reads the state of every vxnet-owned device.
+	Observe() (Observed, error)
+	// EnsureNetwork creates or corrects a network's bridge and vxlan device.
+	// It refuses (ErrNotOwned) to touch a same-named device vxnet did not create.
+	EnsureNetwork(NetworkSpec) error
+	// DeleteNetwork removes a network's devices; absent devices are no error.
+	DeleteNetwork(vni uint32) error
+	// SetFDB adds or replaces an FDB entry.
+	SetFDB(FDB) error
+	DelFDB(FDB) error
+	// SetNeigh adds or replaces a permanent neighbour entry.
+	SetNeigh(Neigh) error
+	DelNeigh(Neigh) error
+	// Attach plugs a container namespace into a network.
+	Attach(EndpointSpec) (Port, error)
+	// Detach removes an endpoint's interfaces; an absent one is no error.
+	Detach(id string) error
+}
+
+// NotOwnedError reports a device that exists but was not created by vxnet.
+type NotOwnedError struct{ Device string }
+
+func (e *NotOwnedError) Error() string {
+	return fmt.Sprintf("device %s exists and was not created by vxnet; refusing to modify it (remove or rename it)", e.Device)
+}
+
+// Alias builds the owner alias of a device.
+func Alias(kind, name string) string { return OwnerPrefix + kind + ":" + name }
+
+// ParseAlias splits an owner alias; ok is false for devices vxnet did not create.
+func ParseAlias(alias string) (kind, name string, ok bool) {
+	rest, found := strings.CutPrefix(alias, OwnerPrefix)
+	if !found {
+		return "", "", false
+	}
+	kind, name, ok = strings.Cut(rest, ":")
+	return kind, name, ok
+}

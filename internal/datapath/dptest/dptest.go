@@ -1,0 +1,218 @@
+// Package dptest is the contract suite every datapath.Dataplane must pass:
+// the linux implementation in a fresh namespace and the in-memory fake run
+// the same assertions, so the fake cannot drift from the kernel.
+package dptest
+
+import (
+	"errors"
+	"net/netip"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// Harness adapts one implementation to the suite.
+type Harness struct {
+	// New returns a fresh, empty Dataplane, cleaned up with t.
+	New func(t *testing.T) datapath.Dataplane
+	// Container returns the path of a container network namespace.
+	Container func(t *testing.T) string
+	// Changes returns the implementation's write counter.
+	Changes func(dp datapath.Dataplane) int
+	// AddForeign creates a device vxnet did not create, with that name.
+	AddForeign func(t *testing.T, dp datapath.Dataplane, name string)
+}
+
+// Spec returns a valid network spec for a VNI.
+func Spec(vni uint32) datapath.NetworkSpec {
+	return datapath.NetworkSpec{
+		Name: "n" + strings.Repeat("x", 1), VNI: vni, Port: 4789,
+		Local: netip.MustParseAddr("198.18.0.1"), MTU: 1450,
+		Gateway:    netip.MustParsePrefix("198.19.7.1/24"),
+		Gateway6:   netip.MustParsePrefix("fd00:7::1/64"),
+		GatewayMAC: model.GatewayMAC(vni).String(),
+	}
+}
+
+// Run runs the contract suite.
+func Run(t *testing.T, h Harness) {
+	t.Run("EnsureNetworkObserved", func(t *testing.T) {
+		dp := h.New(t)
+		s := Spec(4097)
+		must(t, dp.EnsureNetwork(s))
+		obs := observe(t, dp)
+		if got := obs.Networks[4097]; got != s {
+			t.Fatalf("observed network = %+v, want %+v", got, s)
+		}
+	})
+	t.Run("EnsureIsIdempotent", func(t *testing.T) {
+		dp := h.New(t)
+		s := Spec(4098)
+		must(t, dp.EnsureNetwork(s))
+		before := h.Changes(dp)
+		must(t, dp.EnsureNetwork(s))
+		if d := h.Changes(dp) - before; d != 0 {
+			t.Fatalf("second EnsureNetwork made %d kernel changes, want 0", d)
+		}
+	})
+	t.Run("EnsureCorrectsDrift", func(t *testing.T) {
+		dp := h.New(t)
+		s := Spec(4099)
+		must(t, dp.EnsureNetwork(s))
+		s.MTU, s.Port = 1400, 4790
+		s.Gateway = netip.MustParsePrefix("198.19.8.1/24")
+		must(t, dp.EnsureNetwork(s))
+		if got := observe(t, dp).Networks[4099]; got != s {
+			t.Fatalf("after change observed %+v, want %+v", got, s)
+		}
+	})
+	t.Run("FDBAndNeigh", func(t *testing.T) {
+		dp := h.New(t)
+		must(t, dp.EnsureNetwork(Spec(5000)))
+		vtepA, vtepB := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3")
+		u := datapath.FDB{VNI: 5000, MAC: "02:00:00:00:00:0a", VTEP: vtepA}
+		fl := []datapath.FDB{{VNI: 5000, MAC: datapath.ZeroMAC, VTEP: vtepA}, {VNI: 5000, MAC: datapath.ZeroMAC, VTEP: vtepB}}
+		n4 := datapath.Neigh{VNI: 5000, IP: netip.MustParseAddr("198.19.7.10"), MAC: u.MAC}
+		n6 := datapath.Neigh{VNI: 5000, IP: netip.MustParseAddr("fd00:7::10"), MAC: u.MAC}
+		for _, f := range append([]datapath.FDB{u}, fl...) {
+			must(t, dp.SetFDB(f))
+		}
+		must(t, dp.SetNeigh(n4))
+		must(t, dp.SetNeigh(n6))
+		before := h.Changes(dp)
+		must(t, dp.SetFDB(fl[0])) // flood entry already there: no error, no change
+		if d := h.Changes(dp) - before; d != 0 {
+			t.Errorf("re-adding a flood entry made %d changes", d)
+		}
+		obs := observe(t, dp)
+		wantFDB := append([]datapath.FDB{u}, fl...)
+		if !sameFDB(obs.FDB, wantFDB) {
+			t.Fatalf("fdb = %v, want %v", obs.FDB, wantFDB)
+		}
+		if !sameNeigh(obs.Neigh, []datapath.Neigh{n4, n6}) {
+			t.Fatalf("neigh = %v, want %v", obs.Neigh, []datapath.Neigh{n4, n6})
+		}
+		// Move the MAC to another VTEP: replaced, not duplicated.
+		u2 := u
+		u2.VTEP = vtepB
+		must(t, dp.SetFDB(u2))
+		must(t, dp.DelFDB(fl[0]))
+		must(t, dp.DelNeigh(n6))
+		obs = observe(t, dp)
+		if want := []datapath.FDB{u2, fl[1]}; !sameFDB(obs.FDB, want) {
+			t.Fatalf("after replace fdb = %v, want %v", obs.FDB, want)
+		}
+		if !sameNeigh(obs.Neigh, []datapath.Neigh{n4}) {
+			t.Fatalf("after delete neigh = %v", obs.Neigh)
+		}
+		must(t, dp.DelNeigh(n6)) // absent: no error
+	})
+	t.Run("EntriesNeedNetwork", func(t *testing.T) {
+		dp := h.New(t)
+		err := dp.SetFDB(datapath.FDB{VNI: 777, MAC: "02:00:00:00:00:01", VTEP: netip.MustParseAddr("198.18.0.2")})
+		if err == nil || !strings.Contains(err.Error(), "VNI 777") {
+			t.Fatalf("SetFDB on absent network: err = %v, want one naming VNI 777", err)
+		}
+	})
+	t.Run("ForeignDeviceUntouched", func(t *testing.T) {
+		dp := h.New(t)
+		h.AddForeign(t, dp, datapath.BridgeName(6000))
+		err := dp.EnsureNetwork(Spec(6000))
+		var no *datapath.NotOwnedError
+		if !errors.As(err, &no) || no.Device != datapath.BridgeName(6000) {
+			t.Fatalf("EnsureNetwork over a foreign device: err = %v, want NotOwnedError", err)
+		}
+		if err := dp.DeleteNetwork(6000); !errors.As(err, &no) {
+			t.Fatalf("DeleteNetwork over a foreign device: err = %v, want NotOwnedError", err)
+		}
+		if _, ok := observe(t, dp).Networks[6000]; ok {
+			t.Fatal("a foreign device is reported as a vxnet network")
+		}
+	})
+	t.Run("AttachDetach", func(t *testing.T) {
+		dp := h.New(t)
+		s := Spec(7000)
+		must(t, dp.EnsureNetwork(s))
+		ctr := h.Container(t)
+		e := datapath.EndpointSpec{ID: "ctr-1", VNI: 7000, Netns: ctr, IfName: "eth0", MAC: "02:00:00:00:70:01",
+			IP: netip.MustParsePrefix("198.19.7.2/24"), Gateway: s.Gateway.Addr(), MTU: s.MTU}
+		p, err := dp.Attach(e)
+		must(t, err)
+		if p.HostIf != datapath.HostIfName("ctr-1") || p.VNI != 7000 {
+			t.Fatalf("port = %+v", p)
+		}
+		before := h.Changes(dp)
+		if _, err := dp.Attach(e); err != nil {
+			t.Fatalf("re-attach: %v", err)
+		}
+		if d := h.Changes(dp) - before; d != 0 {
+			t.Fatalf("re-attach made %d changes", d)
+		}
+		if got := observe(t, dp).Ports; !reflect.DeepEqual(got, []datapath.Port{p}) {
+			t.Fatalf("ports = %v, want [%v]", got, p)
+		}
+		bad := e
+		bad.ID, bad.Netns = "ctr-2", "/run/netns/vxnet-does-not-exist"
+		if _, err := dp.Attach(bad); err == nil || !strings.Contains(err.Error(), bad.Netns) {
+			t.Fatalf("attach to missing namespace: err = %v, want one naming the path", err)
+		}
+		must(t, dp.Detach("ctr-1"))
+		must(t, dp.Detach("ctr-1"))
+		if got := observe(t, dp).Ports; len(got) != 0 {
+			t.Fatalf("ports after detach = %v", got)
+		}
+	})
+	t.Run("DeleteNetwork", func(t *testing.T) {
+		dp := h.New(t)
+		must(t, dp.EnsureNetwork(Spec(8000)))
+		must(t, dp.SetFDB(datapath.FDB{VNI: 8000, MAC: "02:00:00:00:00:0b", VTEP: netip.MustParseAddr("198.18.0.4")}))
+		must(t, dp.DeleteNetwork(8000))
+		must(t, dp.DeleteNetwork(8000))
+		obs := observe(t, dp)
+		if len(obs.Networks) != 0 || len(obs.FDB) != 0 {
+			t.Fatalf("after delete: %+v", obs)
+		}
+	})
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func observe(t *testing.T, dp datapath.Dataplane) datapath.Observed {
+	t.Helper()
+	o, err := dp.Observe()
+	must(t, err)
+	return o
+}
+
+func sameFDB(a, b []datapath.FDB) bool {
+	key := func(s []datapath.FDB) []string {
+		var out []string
+		for _, f := range s {
+			out = append(out, f.String())
+		}
+		sort.Strings(out)
+		return out
+	}
+	return reflect.DeepEqual(key(a), key(b))
+}
+
+func sameNeigh(a, b []datapath.Neigh) bool {
+	key := func(s []datapath.Neigh) []string {
+		var out []string
+		for _, n := range s {
+			out = append(out, n.String())
+		}
+		sort.Strings(out)
+		return out
+	}
+	return reflect.DeepEqual(key(a), key(b))
+}

@@ -1,0 +1,217 @@
+// Package fake is an in-memory datapath.Dataplane for unit tests. It keeps the
+// linux implementation's semantics (idempotence, ownership, errors for absent
+// networks); the dptest contract suite keeps the two from drifting.
+package fake
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"sync"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+)
+
+// Dataplane is the in-memory fake.
+type Dataplane struct {
+	mu       sync.Mutex
+	networks map[uint32]datapath.NetworkSpec
+	fdb      map[string]datapath.FDB
+	neigh    map[string]datapath.Neigh
+	ports    map[string]datapath.Port
+	// Foreign holds device names vxnet did not create.
+	Foreign map[string]bool
+	// Changes counts writes.
+	Changes int
+}
+
+var _ datapath.Dataplane = (*Dataplane)(nil)
+
+// New returns an empty fake.
+func New() *Dataplane {
+	return &Dataplane{
+		networks: map[uint32]datapath.NetworkSpec{},
+		fdb:      map[string]datapath.FDB{},
+		neigh:    map[string]datapath.Neigh{},
+		ports:    map[string]datapath.Port{},
+		Foreign:  map[string]bool{},
+	}
+}
+
+// Observe returns a copy of the state, sorted for stable comparisons.
+func (d *Dataplane) Observe() (datapath.Observed, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o := datapath.Observed{Networks: map[uint32]datapath.NetworkSpec{}}
+	for k, v := range d.networks {
+		o.Networks[k] = v
+	}
+	for _, f := range d.fdb {
+		o.FDB = append(o.FDB, f)
+	}
+	for _, n := range d.neigh {
+		o.Neigh = append(o.Neigh, n)
+	}
+	for _, p := range d.ports {
+		o.Ports = append(o.Ports, p)
+	}
+	sort.Slice(o.FDB, func(i, j int) bool { return o.FDB[i].Key() < o.FDB[j].Key() })
+	sort.Slice(o.Neigh, func(i, j int) bool { return o.Neigh[i].Key() < o.Neigh[j].Key() })
+	sort.Slice(o.Ports, func(i, j int) bool { return o.Ports[i].ID < o.Ports[j].ID })
+	return o, nil
+}
+
+// EnsureNetwork records the network.
+func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range []string{datapath.BridgeName(s.VNI), datapath.VxlanName(s.VNI)} {
+		if d.Foreign[n] {
+			return &datapath.NotOwnedError{Device: n}
+		}
+	}
+	if _, err := net.ParseMAC(s.GatewayMAC); err != nil {
+		return fmt.Errorf("network %s: gateway MAC %q: %w", s.Name, s.GatewayMAC, err)
+	}
+	if cur, ok := d.networks[s.VNI]; ok && cur == s {
+		return nil
+	}
+	d.networks[s.VNI] = s
+	d.Changes++
+	return nil
+}
+
+// DeleteNetwork forgets the network and its entries (as deleting the device does).
+func (d *Dataplane) DeleteNetwork(vni uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range []string{datapath.BridgeName(vni), datapath.VxlanName(vni)} {
+		if d.Foreign[n] {
+			return &datapath.NotOwnedError{Device: n}
+		}
+	}
+	if _, ok := d.networks[vni]; !ok {
+		return nil
+	}
+	delete(d.networks, vni)
+	for k, f := range d.fdb {
+		if f.VNI == vni {
+			delete(d.fdb, k)
+		}
+	}
+	for k, n := range d.neigh {
+		if n.VNI == vni {
+			delete(d.neigh, k)
+		}
+	}
+	d.Changes++
+	return nil
+}
+
+func (d *Dataplane) need(vni uint32) error {
+	if _, ok := d.networks[vni]; !ok {
+		return fmt.Errorf("network with VNI %d is not set up on this host (no %s)", vni, datapath.VxlanName(vni))
+	}
+	return nil
+}
+
+// SetFDB adds or replaces an entry.
+func (d *Dataplane) SetFDB(f datapath.FDB) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.need(f.VNI); err != nil {
+		return err
+	}
+	if _, err := net.ParseMAC(f.MAC); err != nil {
+		return fmt.Errorf("%s: invalid MAC: %w", f, err)
+	}
+	if cur, ok := d.fdb[f.Key()]; ok && cur == f {
+		return nil
+	}
+	d.fdb[f.Key()] = f
+	d.Changes++
+	return nil
+}
+
+// DelFDB removes an entry.
+func (d *Dataplane) DelFDB(f datapath.FDB) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.need(f.VNI); err != nil {
+		return err
+	}
+	if _, ok := d.fdb[f.Key()]; ok {
+		delete(d.fdb, f.Key())
+		d.Changes++
+	}
+	return nil
+}
+
+// SetNeigh adds or replaces an entry.
+func (d *Dataplane) SetNeigh(n datapath.Neigh) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.need(n.VNI); err != nil {
+		return err
+	}
+	if _, err := net.ParseMAC(n.MAC); err != nil {
+		return fmt.Errorf("%s: invalid MAC: %w", n, err)
+	}
+	if cur, ok := d.neigh[n.Key()]; ok && cur == n {
+		return nil
+	}
+	d.neigh[n.Key()] = n
+	d.Changes++
+	return nil
+}
+
+// DelNeigh removes an entry.
+func (d *Dataplane) DelNeigh(n datapath.Neigh) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.need(n.VNI); err != nil {
+		return err
+	}
+	if _, ok := d.neigh[n.Key()]; ok {
+		delete(d.neigh, n.Key())
+		d.Changes++
+	}
+	return nil
+}
+
+// Attach records a port; the namespace path must exist.
+func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := datapath.Port{ID: e.ID, VNI: e.VNI, HostIf: datapath.HostIfName(e.ID)}
+	if _, err := net.ParseMAC(e.MAC); err != nil {
+		return p, fmt.Errorf("endpoint %s: invalid MAC %q: %w", e.ID, e.MAC, err)
+	}
+	if _, err := os.Stat(e.Netns); err != nil {
+		return p, fmt.Errorf("network namespace %s does not exist: %w", e.Netns, err)
+	}
+	if err := d.need(e.VNI); err != nil {
+		return p, err
+	}
+	if cur, ok := d.ports[e.ID]; ok {
+		if cur.VNI != e.VNI {
+			return p, fmt.Errorf("interface %s already belongs to endpoint %q", p.HostIf, e.ID)
+		}
+		return cur, nil
+	}
+	d.ports[e.ID] = p
+	d.Changes++
+	return p, nil
+}
+
+// Detach forgets a port.
+func (d *Dataplane) Detach(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.ports[id]; ok {
+		delete(d.ports, id)
+		d.Changes++
+	}
+	return nil
+}

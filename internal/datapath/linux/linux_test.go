@@ -1,0 +1,51 @@
+package linux_test
+
+import (
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/dptest"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+func TestContract(t *testing.T) {
+	testutil.RequireRoot(t)
+	dptest.Run(t, dptest.Harness{
+		New: func(t *testing.T) datapath.Dataplane {
+			_, path := testutil.Netns(t)
+			dp, err := linux.Open(path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dp.Close() })
+			return dp
+		},
+		Container: func(t *testing.T) string { _, p := testutil.Netns(t); return p },
+		Changes:   func(dp datapath.Dataplane) int { return dp.(*linux.Dataplane).Changes },
+		AddForeign: func(t *testing.T, dp datapath.Dataplane, name string) {
+			// The Dataplane's namespace is the newest one testutil made; make
+			// a plain bridge there through a separate handle.
+			h := handleOf(t, dp)
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name = name
+			if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+}
+
+func handleOf(t *testing.T, dp datapath.Dataplane) *netlink.Handle {
+	t.Helper()
+	ns := dp.(*linux.Dataplane).Namespace()
+	h, err := netlink.NewHandleAt(netns.NsHandle(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}

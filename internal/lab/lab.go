@@ -1,0 +1,356 @@
+// Package lab builds N vxnet hosts on one machine out of network namespaces:
+// an underlay switch (a bridge in its own namespace), host namespaces joined
+// to it by veth and addressed from 198.18.0.0/15, and container namespaces
+// attached to vxnet networks on every host. Everything it makes carries the
+// prefix "vxl-NAME-" so Down can remove it all, also after a crash.
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// StateDir holds one JSON file per lab.
+const StateDir = "/run/vxnet-lab"
+
+// Underlay addressing: host i is 198.18.0.i/24 (the benchmarking range).
+var underlayNet = netip.MustParsePrefix("198.18.0.0/24")
+
+// UnderlayMTU is the MTU of the lab's underlay links.
+const UnderlayMTU = 1500
+
+// Config describes a lab.
+type Config struct {
+	Name     string
+	Hosts    int
+	Networks int
+	// PerHost is the number of containers per host and network.
+	PerHost int
+	// Flood enables head-end flooding on every network.
+	Flood bool
+	Log *slog.Logger
+}
+
+var labNameRE = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
+
+// Validate checks a lab configuration.
+func (c Config) Validate() error {
+	if !labNameRE.MatchString(c.Name) {
+		return fmt.Errorf("invalid lab name %q: want 1-10 lowercase letters or digits", c.Name)
+	}
+	if c.Hosts < 1 || c.Hosts > 250 {
+		return fmt.Errorf("invalid host count %d: must be between 1 and 250", c.Hosts)
+	}
+	if c.Networks < 1 || c.Networks > 200 {
+		return fmt.Errorf("invalid network count %d: must be between 1 and 200", c.Networks)
+	}
+	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
+		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
+	}
+	return nil
+}
+
+// Host is one lab host.
+type Host struct {
+	Name   string     `json:"name"`
+	Netns  string     `json:"netns"`
+	Addr   netip.Addr `json:"addr"`
+	Socket string     `json:"socket,omitempty"`
+	PID    int        `json:"pid,omitempty"`
+	Dir    string     `json:"dir,omitempty"`
+}
+
+// Container is one lab container.
+type Container struct {
+	Name    string     `json:"name"`
+	Host    string     `json:"host"`
+	Network string     `json:"network"`
+	Netns   string     `json:"netns"`
+	IP      netip.Addr `json:"ip"`
+	MAC     string     `json:"mac"`
+}
+
+// Lab is a built lab, as saved in its state file.
+type Lab struct {
+	Name       string          `json:"name"`
+	Prefix     string          `json:"prefix"`
+	Switch     string          `json:"switch"`
+	Hosts      []Host          `json:"hosts"`
+	Networks   []model.Network `json:"networks"`
+	Containers []Container     `json:"containers"`
+	Agent      bool            `json:"agent"`
+}
+
+// Prefix returns the namespace prefix of a lab.
+func Prefix(name string) string { return "vxl-" + name + "-" }
+
+// NetworkDef returns the j-th (1-based) lab network.
+func NetworkDef(j int, flood bool) model.Network {
+	n := model.Network{Name: fmt.Sprintf("net%d", j), VNI: uint32(4096 + j),
+		Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(j), 0}), 24), Flood: flood}
+	n.Normalize()
+	return n
+}
+
+// Up builds a lab. On failure everything made so far is removed.
+func Up(cfg Config) (l *Lab, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if existing, _ := nsutil.List(Prefix(cfg.Name)); len(existing) > 0 {
+		return nil, fmt.Errorf("lab %q already exists (%d namespaces); run 'vxnet lab down --name %s' first", cfg.Name, len(existing), cfg.Name)
+	}
+	p := Prefix(cfg.Name)
+	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw"}
+	defer func() {
+		if err != nil {
+			if derr := Down(cfg.Name); derr != nil {
+				cfg.Log.Error("cleanup after failed lab up", "err", derr)
+			}
+		}
+	}()
+	if err := os.MkdirAll(StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", StateDir, err)
+	}
+	swPath, err := nsutil.Create(l.Switch)
+	if err != nil {
+		return nil, err
+	}
+	sw, err := openHandle(swPath)
+	if err != nil {
+		return nil, err
+	}
+	defer sw.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = "sw0", UnderlayMTU
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	if err := sw.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("create underlay switch: %w", err)
+	}
+	if err := sw.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("underlay switch up: %w", err)
+	}
+	for i := 1; i <= cfg.Hosts; i++ {
+		h, err := addHost(sw, br, p, i)
+		if err != nil {
+			return nil, err
+		}
+		l.Hosts = append(l.Hosts, h)
+	}
+	for j := 1; j <= cfg.Networks; j++ {
+		l.Networks = append(l.Networks, NetworkDef(j, cfg.Flood))
+	}
+	for hi, h := range l.Hosts {
+		for j := range l.Networks {
+			for k := 1; k <= cfg.PerHost; k++ {
+				idx := hi*cfg.PerHost + k
+				c := Container{Name: fmt.Sprintf("%s-n%d-c%d", h.Name, j+1, k), Host: h.Name, Network: l.Networks[j].Name,
+					IP:  netip.AddrFrom4([4]byte{198, 19, byte(j + 1), byte(10 + idx)}),
+					MAC: net.HardwareAddr{0x02, 0xc6, 0x13, byte(j + 1), byte(hi + 1), byte(k)}.String()}
+				if c.Netns, err = nsutil.Create(p + c.Name); err != nil {
+					return nil, err
+				}
+				l.Containers = append(l.Containers, c)
+			}
+		}
+	}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	if err := l.programStatic(cfg); err != nil {
+		return nil, err
+	}
+	return l, l.save()
+}
+
+func openHandle(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// addHost creates host i: a namespace, its underlay link "eth0" plugged into
+// the switch, and its address.
+func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix string, i int) (Host, error) {
+	h := Host{Name: fmt.Sprintf("h%d", i)}
+	path, err := nsutil.Create(prefix + h.Name)
+	if err != nil {
+		return h, err
+	}
+	h.Netns = path
+	h.Addr = netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+	hostNS, err := netns.GetFromPath(path)
+	if err != nil {
+		return h, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer hostNS.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.MasterIndex = h.Name, UnderlayMTU, br.Attrs().Index
+	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(hostNS), PeerMTU: UnderlayMTU}
+	if err := sw.LinkAdd(veth); err != nil {
+		return h, fmt.Errorf("underlay link of %s: %w", h.Name, err)
+	}
+	if err := sw.LinkSetUp(veth); err != nil {
+		return h, fmt.Errorf("underlay link of %s up: %w", h.Name, err)
+	}
+	hh, err := netlink.NewHandleAt(hostNS)
+	if err != nil {
+		return h, fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	defer hh.Close()
+	eth, err := hh.LinkByName("eth0")
+	if err != nil {
+		return h, fmt.Errorf("eth0 of %s: %w", h.Name, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet.Bits(), 32)}}
+	if err := hh.AddrAdd(eth, addr); err != nil {
+		return h, fmt.Errorf("address of %s: %w", h.Name, err)
+	}
+	for _, name := range []string{"lo", "eth0"} {
+		l, err := hh.LinkByName(name)
+		if err == nil {
+			err = hh.LinkSetUp(l)
+		}
+		if err != nil {
+			return h, fmt.Errorf("%s of %s up: %w", name, h.Name, err)
+		}
+	}
+	return h, nil
+}
+
+func statePath(name string) string { return filepath.Join(StateDir, name+".json") }
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(statePath(l.Name), b, 0o600); err != nil {
+		return fmt.Errorf("save lab state: %w", err)
+	}
+	return nil
+}
+
+// Load reads a lab's state file.
+func Load(name string) (*Lab, error) {
+	b, err := os.ReadFile(statePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no lab named %q is up (no %s)", name, statePath(name))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lab state: %w", err)
+	}
+	var l Lab
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("lab state %s: %w", statePath(name), err)
+	}
+	return &l, nil
+}
+
+// Down removes everything a lab made: the processes in its namespaces, the
+// namespaces (and with them every link) and its state. It needs no state
+// file, so it also cleans up after a crash.
+func Down(name string) error {
+	if !labNameRE.MatchString(name) {
+		return fmt.Errorf("invalid lab name %q: want 1-10 lowercase letters or digits", name)
+	}
+	names, err := nsutil.List(Prefix(name))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	var pids []int
+	for _, n := range names {
+		ps, err := nsutil.PIDsIn(nsutil.Path(n))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		pids = append(pids, ps...)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	waitGone(pids, 3*time.Second)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	waitGone(pids, 2*time.Second)
+	for _, n := range names {
+		if err := nsutil.Delete(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(StateDir, name)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.Remove(statePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func waitGone(pids []int, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		alive := false
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				// Reap our own children so they do not linger as zombies.
+				var ws syscall.WaitStatus
+				if wp, _ := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); wp == pid {
+					continue
+				}
+				alive = true
+			}
+		}
+		if !alive {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Host returns the host of that name.
+func (l *Lab) Host(name string) (Host, bool) {
+	for _, h := range l.Hosts {
+		if h.Name == name {
+			return h, true
+		}
+	}
+	return Host{}, false
+}
+
+// Network returns the network of that name.
+func (l *Lab) Network(name string) (model.Network, bool) {
+	for _, n := range l.Networks {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return model.Network{}, false
+}

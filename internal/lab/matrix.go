@@ -1,0 +1,129 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// Cell is one reachability probe from a container to another.
+type Cell struct {
+	From, To string
+	Expected bool // same network
+	Reached  bool
+	RTT      time.Duration
+	Err      string
+}
+
+// OK reports whether the probe matched the expectation.
+func (c Cell) OK() bool { return c.Expected == c.Reached }
+
+// Matrix pings every container from every other one, in parallel.
+func (l *Lab) Matrix(timeout time.Duration) [][]Cell {
+	n := len(l.Containers)
+	m := make([][]Cell, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, a := range l.Containers {
+		m[i] = make([]Cell, n)
+		for j, b := range l.Containers {
+			m[i][j] = Cell{From: a.Name, To: b.Name, Expected: a.Network == b.Network}
+			if i == j {
+				m[i][j].Reached = true
+				continue
+			}
+			wg.Add(1)
+			go func(c *Cell, ns string, dst Container) {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				// Two tries: the very first packet of a flow may race an
+				// entry being programmed on a busy machine.
+				for try := 0; try < 2; try++ {
+					r, err := probe.Ping(ns, dst.IP, 56, false, timeout)
+					if err == nil {
+						c.Reached, c.RTT, c.Err = true, r.RTT, ""
+						return
+					}
+					c.Err = err.Error()
+					if !c.Expected {
+						return
+					}
+				}
+			}(&m[i][j], a.Netns, b)
+		}
+	}
+	wg.Wait()
+	return m
+}
+
+// MatrixOK reports whether every probe matched its expectation.
+func MatrixOK(m [][]Cell) bool {
+	for _, row := range m {
+		for _, c := range row {
+			if !c.OK() {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// PrintMatrix writes the matrix as a table: "ok" reached as expected, "--"
+// blocked as expected (another network), "FAIL"/"LEAK" otherwise.
+func (l *Lab) PrintMatrix(w io.Writer, m [][]Cell) {
+	width := 6
+	for _, c := range l.Containers {
+		if len(c.Name) > width {
+			width = len(c.Name)
+		}
+	}
+	fmt.Fprintf(w, "%-*s", width+2, "from \\ to")
+	for _, c := range l.Containers {
+		fmt.Fprintf(w, " %*s", width, c.Name)
+	}
+	fmt.Fprintln(w)
+	for i, row := range m {
+		c := l.Containers[i]
+		fmt.Fprintf(w, "%-*s", width+2, c.Name)
+		for j, cell := range row {
+			s := "--"
+			switch {
+			case i == j:
+				s = "."
+			case cell.Expected && cell.Reached:
+				s = "ok"
+			case cell.Expected:
+				s = "FAIL"
+			case cell.Reached:
+				s = "LEAK"
+			}
+			fmt.Fprintf(w, " %*s", width, s)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, strings.Repeat("-", (width+1)*(len(l.Containers)+1)+1))
+	var want, got, bad int
+	for _, row := range m {
+		for _, cell := range row {
+			if cell.From == cell.To {
+				continue
+			}
+			if cell.Expected {
+				want++
+				if cell.Reached {
+					got++
+				}
+			}
+			if !cell.OK() {
+				bad++
+			}
+		}
+	}
+	fmt.Fprintf(w, "ok = reached (same network), -- = isolated (other network)\n")
+	fmt.Fprintf(w, "same-network pairs reached: %d/%d; unexpected results: %d\n", got, want, bad)
+}

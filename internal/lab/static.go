@@ -1,0 +1,71 @@
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/reconcile"
+)
+
+// VXLANPort is the lab's VXLAN UDP port.
+const VXLANPort = 4789
+
+// StaticInput returns the reconcile input of one host when the lab programs
+// the hosts itself (no agent): every host and container is known up front.
+func (l *Lab) StaticInput(host Host) reconcile.Input {
+	in := reconcile.Input{Node: host.Name, Local: host.Addr, Port: VXLANPort, Underlay: "eth0",
+		UnderlayMTU: UnderlayMTU, Networks: l.Networks}
+	for _, h := range l.Hosts {
+		in.Nodes = append(in.Nodes, model.Node{Name: h.Name, Addr: h.Addr})
+	}
+	for _, c := range l.Containers {
+		in.Endpoints = append(in.Endpoints, model.Endpoint{ID: c.Name, Network: c.Network, Node: c.Host, MAC: c.MAC, IP: c.IP})
+	}
+	return in
+}
+
+// SyncHost reconciles one host's kernel state with the lab's plan.
+func (l *Lab) SyncHost(host Host) ([]reconcile.Op, error) {
+	dp, err := linux.Open(host.Netns, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer dp.Close()
+	want, conflicts := reconcile.Desired(l.StaticInput(host))
+	if len(conflicts) > 0 {
+		return nil, fmt.Errorf("host %s: %s", host.Name, conflicts[0])
+	}
+	return reconcile.Sync(dp, want)
+}
+
+func (l *Lab) programStatic(cfg Config) error {
+	for _, h := range l.Hosts {
+		if _, err := l.SyncHost(h); err != nil {
+			return fmt.Errorf("program host %s: %w", h.Name, err)
+		}
+		dp, err := linux.Open(h.Netns, nil)
+		if err != nil {
+			return err
+		}
+		want, _ := reconcile.Desired(l.StaticInput(h))
+		for _, c := range l.Containers {
+			if c.Host != h.Name {
+				continue
+			}
+			n, _ := l.Network(c.Network)
+			spec := want.Networks[n.VNI]
+			_, err := dp.Attach(datapath.EndpointSpec{ID: c.Name, VNI: n.VNI, Netns: c.Netns, IfName: "eth0", MAC: c.MAC,
+				IP: netip.PrefixFrom(c.IP, n.Subnet.Bits()), Gateway: n.Gateway, MTU: spec.MTU})
+			if err != nil {
+				dp.Close()
+				return fmt.Errorf("attach %s: %w", c.Name, err)
+			}
+		}
+		dp.Close()
+		cfg.Log.Info("host programmed", "host", h.Name, "addr", h.Addr)
+	}
+	return nil
+}

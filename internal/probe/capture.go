@@ -1,0 +1,115 @@
+package probe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// CaptureStats counts VXLAN traffic seen on an underlay.
+type CaptureStats struct {
+	VXLAN      int64 // VXLAN frames
+	InnerARP   int64 // ARP frames inside VXLAN
+	InnerBcast int64 // broadcast frames inside VXLAN
+}
+
+// Capture listens on every interface of a namespace for VXLAN frames.
+type Capture struct {
+	fd    int
+	port  uint16
+	stop  atomic.Bool
+	wg    sync.WaitGroup
+	stats struct{ vxlan, arp, bcast atomic.Int64 }
+}
+
+// StartCapture opens a packet socket in the namespace at nsPath and counts
+// VXLAN frames to UDP port until Stop.
+func StartCapture(nsPath string, port int) (*Capture, error) {
+	c := &Capture{port: uint16(port)}
+	err := nsutil.Do(nsPath, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		c.fd = fd
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("capture socket in %s: %w", nsPath, err)
+	}
+	tv := unix.Timeval{Usec: 100000}
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(c.fd)
+		return nil, fmt.Errorf("capture timeout: %w", err)
+	}
+	c.wg.Add(1)
+	go c.loop()
+	return c, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (c *Capture) loop() {
+	defer c.wg.Done()
+	buf := make([]byte, 65536)
+	for !c.stop.Load() {
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		vx, arp, bcast := ClassifyFrame(buf[:n], c.port)
+		if vx {
+			c.stats.vxlan.Add(1)
+		}
+		if arp {
+			c.stats.arp.Add(1)
+		}
+		if bcast {
+			c.stats.bcast.Add(1)
+		}
+	}
+}
+
+// Stop ends the capture and returns the counts.
+func (c *Capture) Stop() CaptureStats {
+	c.stop.Store(true)
+	c.wg.Wait()
+	unix.Close(c.fd)
+	return c.Stats()
+}
+
+// Stats returns the counts so far.
+func (c *Capture) Stats() CaptureStats {
+	return CaptureStats{VXLAN: c.stats.vxlan.Load(), InnerARP: c.stats.arp.Load(), InnerBcast: c.stats.bcast.Load()}
+}
+
+// ClassifyFrame parses an Ethernet frame: is it VXLAN to port, and does it
+// carry an ARP frame or a broadcast frame inside.
+func ClassifyFrame(f []byte, port uint16) (vxlan, innerARP, innerBcast bool) {
+	if len(f) < 14+20+8+8+14 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		return false, false, false
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[0]>>4 != 4 || ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+8+8+14 {
+		return false, false, false
+	}
+	udp := ip[ihl:]
+	if binary.BigEndian.Uint16(udp[2:]) != port {
+		return false, false, false
+	}
+	inner := udp[8+8:]
+	bcast := true
+	for _, b := range inner[:6] {
+		if b != 0xff {
+			bcast = false
+		}
+	}
+	return true, binary.BigEndian.Uint16(inner[12:]) == 0x0806, bcast
+}

@@ -1,0 +1,314 @@
+// Package reconcile computes the kernel state one host should have from the
+// cluster state (Desired), the operations that take the observed state there
+// (Plan), and applies them through a datapath.Dataplane (Apply). Desired and
+// Plan are pure.
+package reconcile
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// Input is everything Desired needs for one host.
+type Input struct {
+	Node        string
+	Local       netip.Addr // this host's VTEP address
+	Port        int        // VXLAN UDP port
+	Underlay    string     // underlay device name (optional)
+	UnderlayMTU int
+	Networks    []model.Network
+	// Nodes are the live members; endpoints of other nodes are programmed
+	// only while their node is listed here.
+	Nodes     []model.Node
+	Endpoints []model.Endpoint
+}
+
+// State is a desired kernel state.
+type State struct {
+	Networks map[uint32]datapath.NetworkSpec
+	FDB      map[string]datapath.FDB
+	Neigh    map[string]datapath.Neigh
+	// Ports are the IDs of local endpoints that may exist.
+	Ports map[string]bool
+}
+
+// Conflict is a problem in the cluster state that Desired resolved
+// deterministically (every host resolves it the same way) and reports.
+type Conflict struct {
+	Network string `json:"network"`
+	Kind    string `json:"kind"`
+	Detail  string `json:"detail"`
+}
+
+func (c Conflict) String() string { return fmt.Sprintf("network %s: %s: %s", c.Network, c.Kind, c.Detail) }
+
+// Desired computes the kernel state for in.Node.
+func Desired(in Input) (State, []Conflict) {
+	st := State{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[string]datapath.FDB{},
+		Neigh: map[string]datapath.Neigh{}, Ports: map[string]bool{}}
+	var conflicts []Conflict
+	nets := map[string]model.Network{}
+	for _, n := range in.Networks {
+		mtu, err := model.EffectiveMTU(n.MTU, in.UnderlayMTU, in.Local.Is6())
+		if err != nil {
+			conflicts = append(conflicts, Conflict{Network: n.Name, Kind: "mtu", Detail: err.Error()})
+			continue
+		}
+		spec := datapath.NetworkSpec{Name: n.Name, VNI: n.VNI, Port: in.Port, Local: in.Local, Underlay: in.Underlay,
+			MTU: mtu, Gateway: netip.PrefixFrom(n.Gateway, n.Subnet.Bits()), GatewayMAC: model.GatewayMAC(n.VNI).String()}
+		if n.Subnet6.IsValid() {
+			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
+		}
+		st.Networks[n.VNI] = spec
+		nets[n.Name] = n
+	}
+	vteps := map[string]netip.Addr{}
+	for _, nd := range in.Nodes {
+		vteps[nd.Name] = nd.Addr
+	}
+	// Sort endpoints by ID so duplicates resolve the same way on every host.
+	eps := append([]model.Endpoint(nil), in.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
+	type owner struct{ id string }
+	seenIP := map[string]owner{}
+	seenMAC := map[string]owner{}
+	for _, e := range eps {
+		n, ok := nets[e.Network]
+		if !ok {
+			continue
+		}
+		if e.Node == in.Node {
+			st.Ports[e.ID] = true
+		}
+		ipKey := e.Network + "/" + e.IP.String()
+		macKey := e.Network + "/" + e.MAC
+		if o, dup := seenIP[ipKey]; dup {
+			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-ip",
+				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP, o.id, e.ID, o.id)})
+			continue
+		}
+		if o, dup := seenMAC[macKey]; dup {
+			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-mac",
+				Detail: fmt.Sprintf("MAC %s is claimed by endpoints %s and %s; %s keeps it", e.MAC, o.id, e.ID, o.id)})
+			continue
+		}
+		seenIP[ipKey], seenMAC[macKey] = owner{e.ID}, owner{e.ID}
+		if e.Node == in.Node {
+			continue
+		}
+		vtep, alive := vteps[e.Node]
+		if !alive {
+			continue
+		}
+		f := datapath.FDB{VNI: n.VNI, MAC: e.MAC, VTEP: vtep}
+		st.FDB[f.Key()] = f
+		for _, ip := range []netip.Addr{e.IP, e.IP6} {
+			if ip.IsValid() {
+				nb := datapath.Neigh{VNI: n.VNI, IP: ip, MAC: e.MAC}
+				st.Neigh[nb.Key()] = nb
+			}
+		}
+	}
+	for _, n := range in.Networks {
+		if !n.Flood {
+			continue
+		}
+		if _, ok := st.Networks[n.VNI]; !ok {
+			continue
+		}
+		for _, nd := range in.Nodes {
+			if nd.Name == in.Node {
+				continue
+			}
+			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: nd.Addr}
+			st.FDB[f.Key()] = f
+		}
+	}
+	return st, conflicts
+}
+
+// OpKind names an operation.
+type OpKind int
+
+// Operation kinds, in the order Plan emits them.
+const (
+	EnsureNetwork OpKind = iota
+	SetNeigh
+	SetFDB
+	DelFDB
+	DelNeigh
+	DetachPort
+	DeleteNetwork
+)
+
+var opNames = [...]string{"ensure-network", "set-neigh", "set-fdb", "del-fdb", "del-neigh", "detach", "delete-network"}
+
+func (k OpKind) String() string { return opNames[k] }
+
+// Op is one kernel change.
+type Op struct {
+	Kind    OpKind
+	Network datapath.NetworkSpec
+	VNI     uint32
+	FDB     datapath.FDB
+	Neigh   datapath.Neigh
+	PortID  string
+}
+
+func (o Op) String() string {
+	switch o.Kind {
+	case EnsureNetwork:
+		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
+	case SetNeigh, DelNeigh:
+		return fmt.Sprintf("%s %s", o.Kind, o.Neigh)
+	case SetFDB, DelFDB:
+		return fmt.Sprintf("%s %s", o.Kind, o.FDB)
+	case DetachPort:
+		return fmt.Sprintf("%s %s", o.Kind, o.PortID)
+	default:
+		return fmt.Sprintf("%s vni %d", o.Kind, o.VNI)
+	}
+}
+
+// Plan returns the operations that take observed to desired: adds before
+// deletes, networks before their entries, entries before anything is removed.
+func Plan(want State, have datapath.Observed) []Op {
+	var ops []Op
+	rebuilt := map[uint32]bool{}
+	for _, vni := range sortedKeys(want.Networks) {
+		spec := want.Networks[vni]
+		cur, ok := have.Networks[vni]
+		if !ok || cur != spec {
+			ops = append(ops, Op{Kind: EnsureNetwork, Network: spec})
+			// A changed VTEP address or port re-creates the vxlan device and
+			// its entries with it: plan them all again.
+			if ok && (cur.Local != spec.Local || cur.Port != spec.Port || cur.Underlay != spec.Underlay || cur.MTU == 0) {
+				rebuilt[vni] = true
+			}
+		}
+	}
+	haveNeigh := map[string]datapath.Neigh{}
+	for _, n := range have.Neigh {
+		haveNeigh[n.Key()] = n
+	}
+	haveFDB := map[string]datapath.FDB{}
+	for _, f := range have.FDB {
+		haveFDB[f.Key()] = f
+	}
+	for _, k := range sortedKeys(want.Neigh) {
+		n := want.Neigh[k]
+		if cur, ok := haveNeigh[k]; !ok || cur != n || rebuilt[n.VNI] {
+			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
+		}
+	}
+	for _, k := range sortedKeys(want.FDB) {
+		f := want.FDB[k]
+		if cur, ok := haveFDB[k]; !ok || cur != f || rebuilt[f.VNI] {
+			ops = append(ops, Op{Kind: SetFDB, FDB: f})
+		}
+	}
+	// Entries of networks that go away vanish with their devices.
+	for _, f := range sortedFDB(have.FDB) {
+		if _, keep := want.Networks[f.VNI]; !keep {
+			continue
+		}
+		if w, ok := want.FDB[f.Key()]; !ok || (f.MAC == datapath.ZeroMAC && w != f) {
+			ops = append(ops, Op{Kind: DelFDB, FDB: f})
+		}
+	}
+	for _, n := range sortedNeigh(have.Neigh) {
+		if _, keep := want.Networks[n.VNI]; !keep {
+			continue
+		}
+		if _, ok := want.Neigh[n.Key()]; !ok {
+			ops = append(ops, Op{Kind: DelNeigh, Neigh: n})
+		}
+	}
+	ports := append([]datapath.Port(nil), have.Ports...)
+	sort.Slice(ports, func(i, j int) bool { return ports[i].ID < ports[j].ID })
+	for _, p := range ports {
+		if !want.Ports[p.ID] {
+			ops = append(ops, Op{Kind: DetachPort, PortID: p.ID, VNI: p.VNI})
+		}
+	}
+	for _, vni := range sortedKeys(have.Networks) {
+		if _, ok := want.Networks[vni]; !ok {
+			ops = append(ops, Op{Kind: DeleteNetwork, VNI: vni})
+		}
+	}
+	return ops
+}
+
+// Apply runs ops in order, going on past failures, and returns every error.
+func Apply(dp datapath.Dataplane, ops []Op) error {
+	var errs []error
+	failedNet := map[uint32]bool{}
+	for _, op := range ops {
+		var err error
+		switch op.Kind {
+		case EnsureNetwork:
+			err = dp.EnsureNetwork(op.Network)
+			if err != nil {
+				failedNet[op.Network.VNI] = true
+			}
+		case SetNeigh:
+			if failedNet[op.Neigh.VNI] {
+				continue
+			}
+			err = dp.SetNeigh(op.Neigh)
+		case SetFDB:
+			if failedNet[op.FDB.VNI] {
+				continue
+			}
+			err = dp.SetFDB(op.FDB)
+		case DelFDB:
+			err = dp.DelFDB(op.FDB)
+		case DelNeigh:
+			err = dp.DelNeigh(op.Neigh)
+		case DetachPort:
+			err = dp.Detach(op.PortID)
+		case DeleteNetwork:
+			err = dp.DeleteNetwork(op.VNI)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", op, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Sync observes, plans and applies once, returning the operations it ran.
+func Sync(dp datapath.Dataplane, want State) ([]Op, error) {
+	have, err := dp.Observe()
+	if err != nil {
+		return nil, fmt.Errorf("observe: %w", err)
+	}
+	ops := Plan(want, have)
+	return ops, Apply(dp, ops)
+}
+
+func sortedKeys[K string | uint32, V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}
+
+func sortedFDB(s []datapath.FDB) []datapath.FDB {
+	out := append([]datapath.FDB(nil), s...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+func sortedNeigh(s []datapath.Neigh) []datapath.Neigh {
+	out := append([]datapath.Neigh(nil), s...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}

@@ -1,0 +1,208 @@
+package reconcile_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/fake"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/reconcile"
+)
+
+var (
+	web = model.Network{Name: "web", VNI: 4097, Subnet: netip.MustParsePrefix("198.19.1.0/24"), Gateway: netip.MustParseAddr("198.19.1.1")}
+	db  = model.Network{Name: "db", VNI: 4098, Subnet: netip.MustParsePrefix("198.19.2.0/24"), Gateway: netip.MustParseAddr("198.19.2.1"), Flood: true}
+	h1  = model.Node{Name: "h1", Addr: netip.MustParseAddr("198.18.0.1")}
+	h2  = model.Node{Name: "h2", Addr: netip.MustParseAddr("198.18.0.2")}
+	h3  = model.Node{Name: "h3", Addr: netip.MustParseAddr("198.18.0.3")}
+)
+
+func ep(id, net, node, mac, ip string) model.Endpoint {
+	return model.Endpoint{ID: id, Network: net, Node: node, MAC: mac, IP: netip.MustParseAddr(ip)}
+}
+
+func input(eps ...model.Endpoint) reconcile.Input {
+	return reconcile.Input{Node: "h1", Local: h1.Addr, Port: 4789, UnderlayMTU: 1500,
+		Networks: []model.Network{web, db}, Nodes: []model.Node{h1, h2, h3}, Endpoints: eps}
+}
+
+func TestDesired(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        reconcile.Input
+		fdb       []string
+		neigh     []string
+		ports     []string
+		conflicts []string
+	}{
+		{
+			name:  "remote endpoint becomes fdb and neighbour; local becomes a port",
+			in:    input(ep("a", "web", "h1", "02:00:00:00:00:01", "198.19.1.2"), ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3")),
+			fdb:   []string{"fdb vni 4097 02:00:00:00:00:02 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			neigh: []string{"neigh vni 4097 198.19.1.3 -> 02:00:00:00:00:02"},
+			ports: []string{"a"},
+		},
+		{
+			name: "endpoints of a node that is not live are withdrawn",
+			in: func() reconcile.Input {
+				in := input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3"))
+				in.Nodes = []model.Node{h1, h3}
+				return in
+			}(),
+			fdb: []string{"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+		},
+		{
+			name: "duplicate address: the lowest ID keeps it everywhere, the other is reported",
+			in:   input(ep("z", "web", "h2", "02:00:00:00:00:09", "198.19.1.5"), ep("m", "web", "h3", "02:00:00:00:00:08", "198.19.1.5")),
+			fdb: []string{"fdb vni 4097 02:00:00:00:00:08 -> 198.18.0.3",
+				"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			neigh:     []string{"neigh vni 4097 198.19.1.5 -> 02:00:00:00:00:08"},
+			conflicts: []string{"network web: duplicate-ip: address 198.19.1.5 is claimed by endpoints m and z; m keeps it"},
+		},
+		{
+			name: "endpoint of an unknown network is ignored",
+			in:   input(ep("q", "nope", "h2", "02:00:00:00:00:07", "198.19.9.5")),
+			fdb:  []string{"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+		},
+		{
+			name: "an MTU that does not fit the underlay drops the network and says why",
+			in: func() reconcile.Input {
+				in := input()
+				in.Networks = []model.Network{{Name: "big", VNI: 9, Subnet: web.Subnet, Gateway: web.Gateway, MTU: 1500}}
+				return in
+			}(),
+			conflicts: []string{"network big: mtu: MTU 1500 does not fit: underlay MTU 1500 minus 50 bytes of VXLAN overhead leaves at most 1450"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, conflicts := reconcile.Desired(tt.in)
+			var fdb, neigh, ports, cs []string
+			for _, f := range st.FDB {
+				fdb = append(fdb, f.String())
+			}
+			for _, n := range st.Neigh {
+				neigh = append(neigh, n.String())
+			}
+			for p := range st.Ports {
+				ports = append(ports, p)
+			}
+			for _, c := range conflicts {
+				cs = append(cs, c.String())
+			}
+			eqSet(t, "fdb", fdb, tt.fdb)
+			eqSet(t, "neigh", neigh, tt.neigh)
+			eqSet(t, "ports", ports, tt.ports)
+			eqSet(t, "conflicts", cs, tt.conflicts)
+		})
+	}
+}
+
+func eqSet(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	g := map[string]bool{}
+	for _, s := range got {
+		g[s] = true
+	}
+	if len(got) != len(want) {
+		t.Errorf("%s = %q, want %q", what, got, want)
+		return
+	}
+	for _, s := range want {
+		if !g[s] {
+			t.Errorf("%s = %q, want %q", what, got, want)
+			return
+		}
+	}
+}
+
+func TestSpecDerived(t *testing.T) {
+	st, _ := reconcile.Desired(input())
+	s := st.Networks[4097]
+	if s.MTU != 1450 || s.Gateway.String() != "198.19.1.1/24" || s.GatewayMAC != "02:76:78:00:10:01" || s.Port != 4789 {
+		t.Fatalf("spec = %+v", s)
+	}
+	in := input()
+	in.Local = netip.MustParseAddr("2001:db8::1")
+	st, _ = reconcile.Desired(in)
+	if got := st.Networks[4097].MTU; got != 1430 {
+		t.Fatalf("IPv6 underlay MTU = %d, want 1430", got)
+	}
+}
+
+func TestPlanOrderAndIdempotence(t *testing.T) {
+	dp := fake.New()
+	want, _ := reconcile.Desired(input(ep("a", "web", "h1", "02:00:00:00:00:01", "198.19.1.2"), ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3")))
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := reconcile.OpKind(-1)
+	for _, op := range ops {
+		if op.Kind < last {
+			t.Fatalf("ops out of order: %v", ops)
+		}
+		last = op.Kind
+	}
+	if len(ops) == 0 || ops[0].Kind != reconcile.EnsureNetwork {
+		t.Fatalf("first op = %v, want ensure-network", ops)
+	}
+	before := dp.Changes
+	ops, err = reconcile.Sync(dp, want)
+	if err != nil || len(ops) != 0 || dp.Changes != before {
+		t.Fatalf("second pass: ops %v err %v changes %d, want none", ops, err, dp.Changes-before)
+	}
+}
+
+func TestPlanRemovesWhatIsNotWanted(t *testing.T) {
+	dp := fake.New()
+	want, _ := reconcile.Desired(input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3")))
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	// Hand-made entries, a leftover network and an orphan port.
+	stray := datapath.FDB{VNI: 4097, MAC: "02:aa:00:00:00:01", VTEP: netip.MustParseAddr("198.18.0.9")}
+	strayN := datapath.Neigh{VNI: 4097, IP: netip.MustParseAddr("198.19.1.99"), MAC: stray.MAC}
+	old := datapath.NetworkSpec{Name: "old", VNI: 99, Port: 4789, Local: h1.Addr, MTU: 1450, GatewayMAC: model.GatewayMAC(99).String()}
+	for _, err := range []error{dp.SetFDB(stray), dp.SetNeigh(strayN), dp.EnsureNetwork(old)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dp.Attach(datapath.EndpointSpec{ID: "orphan", VNI: 4097, Netns: t.TempDir(), MAC: "02:00:00:00:00:55"}); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, op := range ops {
+		kinds = append(kinds, op.String())
+	}
+	got := strings.Join(kinds, "; ")
+	wantOps := "del-fdb fdb vni 4097 02:aa:00:00:00:01 -> 198.18.0.9; del-neigh neigh vni 4097 198.19.1.99 -> 02:aa:00:00:00:01; detach orphan; delete-network vni 99"
+	if got != wantOps {
+		t.Fatalf("ops = %s\nwant  %s", got, wantOps)
+	}
+	if ops, _ := reconcile.Sync(dp, want); len(ops) != 0 {
+		t.Fatalf("not converged: %v", ops)
+	}
+}
+
+func TestPlanReplacesMovedMAC(t *testing.T) {
+	dp := fake.New()
+	in := input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3"))
+	want, _ := reconcile.Desired(in)
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	in.Endpoints[0].Node = "h3" // moved to another host
+	want, _ = reconcile.Desired(in)
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil || len(ops) != 1 || ops[0].Kind != reconcile.SetFDB || ops[0].FDB.VTEP != h3.Addr {
+		t.Fatalf("ops = %v, err %v; want one set-fdb to h3", ops, err)
+	}
+}
