@@ -43,7 +43,7 @@ type Config struct {
 	PerHost int
 	// Flood enables head-end flooding on every network.
 	Flood bool
-	Log *slog.Logger
+	Log   *slog.Logger
 }
 
 var labNameRE = regexp.MustCompile(`^[a-z0-9]{1,10}$`)

@@ -45,7 +45,9 @@ type Conflict struct {
 	Detail  string `json:"detail"`
 }
 
-func (c Conflict) String() string { return fmt.Sprintf("network %s: %s: %s", c.Network, c.Kind, c.Detail) }
+func (c Conflict) String() string {
+	return fmt.Sprintf("network %s: %s: %s", c.Network, c.Kind, c.Detail)
+}
 
 // Desired computes the kernel state for in.Node.
 func Desired(in Input) (State, []Conflict) {
