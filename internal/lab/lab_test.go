@@ -1,0 +1,307 @@
+package lab_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+var labSeq atomic.Int32
+
+func labName() string { return fmt.Sprintf("t%d%d", os.Getpid()%100000, labSeq.Add(1)) }
+
+func up(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if cfg.Name == "" {
+		cfg.Name = labName()
+	}
+	l, err := lab.Up(cfg)
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Down(cfg.Name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if left, _ := nsutil.List(lab.Prefix(cfg.Name)); len(left) > 0 {
+			t.Errorf("lab down left namespaces: %v", left)
+		}
+	})
+	return l
+}
+
+func container(t *testing.T, l *lab.Lab, name string) lab.Container {
+	t.Helper()
+	for _, c := range l.Containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return lab.Container{}
+}
+
+func handle(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+func TestLabDatapath(t *testing.T) {
+	l := up(t, lab.Config{Hosts: 3, Networks: 2, PerHost: 1})
+	sw := l.Switch
+	capture, err := probe.StartCapture(nsutil.Path(sw), lab.VXLANPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := l.Matrix(time.Second)
+	stats := capture.Stop()
+	if !lab.MatrixOK(m) {
+		var sb strings.Builder
+		l.PrintMatrix(&sb, m)
+		t.Fatalf("reachability matrix:\n%s", sb.String())
+	}
+	if stats.VXLAN == 0 {
+		t.Fatalf("no VXLAN frame seen on the underlay while containers pinged across hosts")
+	}
+	if stats.InnerARP != 0 {
+		t.Fatalf("%d ARP frames crossed the tunnel; ARP must be answered locally", stats.InnerARP)
+	}
+
+	a, b := container(t, l, "h1-n1-c1"), container(t, l, "h2-n1-c1")
+	t.Run("FullSizeWithDF", func(t *testing.T) {
+		mtu := model.DeriveMTU(lab.UnderlayMTU, false)
+		if _, err := probe.Ping(a.Netns, b.IP, mtu-28, true, 2*time.Second); err != nil {
+			t.Fatalf("a %d-byte packet with DF (the container MTU) did not cross: %v", mtu, err)
+		}
+		r, err := probe.Ping(a.Netns, b.IP, mtu-27, true, time.Second)
+		if err == nil || !r.TooBig {
+			t.Fatalf("a packet one byte over the MTU with DF: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
+		}
+	})
+	t.Run("AnycastGateway", func(t *testing.T) {
+		for _, c := range l.Containers {
+			n, _ := l.Network(c.Network)
+			if _, err := probe.Ping(c.Netns, n.Gateway, 56, false, time.Second); err != nil {
+				t.Errorf("%s cannot reach its gateway %s: %v", c.Name, n.Gateway, err)
+				continue
+			}
+			neighs, err := handle(t, c.Netns).NeighList(0, netlink.FAMILY_V4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, nb := range neighs {
+				if nb.IP.Equal(n.Gateway.AsSlice()) {
+					found = true
+					if got, want := nb.HardwareAddr.String(), model.GatewayMAC(n.VNI).String(); got != want {
+						t.Errorf("%s sees gateway MAC %s, want %s", c.Name, got, want)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("%s has no neighbour entry for its gateway", c.Name)
+			}
+		}
+		for _, n := range l.Networks {
+			seen := map[string]bool{}
+			for _, h := range l.Hosts {
+				dp, err := linux.Open(h.Netns, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				obs, err := dp.Observe()
+				dp.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[obs.Networks[n.VNI].GatewayMAC+" "+obs.Networks[n.VNI].Gateway.String()] = true
+			}
+			if len(seen) != 1 {
+				t.Errorf("network %s: gateway differs between hosts: %v", n.Name, seen)
+			}
+		}
+	})
+	t.Run("NoBroadcastWithoutFlood", func(t *testing.T) {
+		pc, err := probe.ListenUDP(b.Netns, 9999)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		n, _ := l.Network(a.Network)
+		if err := probe.SendUDP(a.Netns, netip.AddrPortFrom(model.LastAddr(n.Subnet), 9999), []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		_ = pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		buf := make([]byte, 64)
+		if _, _, err := pc.ReadFrom(buf); err == nil {
+			t.Fatal("a broadcast crossed hosts although flooding is off")
+		}
+	})
+	t.Run("ReapplyIsNoop", func(t *testing.T) {
+		for _, h := range l.Hosts {
+			ops, err := l.SyncHost(h)
+			if err != nil || len(ops) != 0 {
+				t.Fatalf("host %s: second pass ran %v (err %v), want nothing", h.Name, ops, err)
+			}
+		}
+	})
+	t.Run("StaleStateRemoved", func(t *testing.T) {
+		h := l.Hosts[0]
+		hh := handle(t, h.Netns)
+		vx, err := hh.LinkByName(datapath.VxlanName(l.Networks[0].VNI))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac, _ := model.ParseMAC("02:ee:00:00:00:01")
+		if err := hh.NeighAppend(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: 7 /* AF_BRIDGE */, Flags: netlink.NTF_SELF,
+			State: netlink.NUD_PERMANENT, HardwareAddr: mac, IP: []byte{198, 18, 0, 77}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := hh.NeighSet(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			HardwareAddr: mac, IP: []byte{198, 19, 1, 200}}); err != nil {
+			t.Fatal(err)
+		}
+		// A leftover network of a crashed run (owned by vxnet) and a
+		// bridge vxnet did not create.
+		dp, err := linux.Open(h.Netns, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		left := datapath.NetworkSpec{Name: "gone", VNI: 999, Port: 4789, Local: h.Addr, MTU: 1450, GatewayMAC: model.GatewayMAC(999).String(),
+			Gateway: netip.MustParsePrefix("198.19.99.1/24")}
+		if err := dp.EnsureNetwork(left); err != nil {
+			t.Fatal(err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = datapath.BridgeName(998)
+		if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+			t.Fatal(err)
+		}
+		ops, err := l.SyncHost(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, op := range ops {
+			got = append(got, op.Kind.String())
+		}
+		if want := "del-fdb,del-neigh,delete-network"; strings.Join(got, ",") != want {
+			t.Fatalf("ops = %v, want %s", ops, want)
+		}
+		if _, err := hh.LinkByName(datapath.BridgeName(998)); err != nil {
+			t.Fatalf("the bridge vxnet did not create was touched: %v", err)
+		}
+		if ops, _ := l.SyncHost(h); len(ops) != 0 {
+			t.Fatalf("not converged: %v", ops)
+		}
+		if _, err := probe.Ping(a.Netns, b.IP, 56, false, time.Second); err != nil {
+			t.Fatalf("traffic broken after cleanup: %v", err)
+		}
+	})
+}
+
+func TestLabFlood(t *testing.T) {
+	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Flood: true})
+	a, b := container(t, l, "h1-n1-c1"), container(t, l, "h2-n1-c1")
+	pc, err := probe.ListenUDP(b.Netns, 9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	n := l.Networks[0]
+	if err := probe.SendUDP(a.Netns, netip.AddrPortFrom(model.LastAddr(n.Subnet), 9999), []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	k, _, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:k]) != "hello" {
+		t.Fatalf("broadcast with flooding on: got %q, %v", buf[:k], err)
+	}
+	if !lab.MatrixOK(l.Matrix(time.Second)) {
+		t.Fatal("matrix failed with flooding on")
+	}
+}
+
+func TestDownAfterCrash(t *testing.T) {
+	testutil.RequireRoot(t)
+	name := labName()
+	l, err := lab.Up(lab.Config{Name: name, Hosts: 2, Networks: 1, PerHost: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A process left running in a host namespace, and no state file: as if
+	// 'lab up' had been killed.
+	var cmd *exec.Cmd
+	if err := nsutil.Do(l.Hosts[0].Netns, func() error {
+		cmd = exec.Command("sleep", "60")
+		return cmd.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	if err := os.Remove(lab.StateDir + "/" + name + ".json"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Down(name); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("a process in a lab namespace survived lab down")
+	}
+	if left, _ := nsutil.List(lab.Prefix(name)); len(left) != 0 {
+		t.Fatalf("namespaces left: %v", left)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  lab.Config
+		want string
+	}{
+		{lab.Config{Name: "Bad-Name", Hosts: 1, Networks: 1}, `invalid lab name "Bad-Name"`},
+		{lab.Config{Name: "ok", Hosts: 0, Networks: 1}, "invalid host count 0"},
+		{lab.Config{Name: "ok", Hosts: 2, Networks: 0}, "invalid network count 0"},
+		{lab.Config{Name: "ok", Hosts: 100, Networks: 1, PerHost: 3}, "invalid containers per host 3"},
+	} {
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: err = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	if err := (lab.Config{Name: "ok", Hosts: 3, Networks: 2, PerHost: 1}).Validate(); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what vxnet's build, lab and tests need on Debian, then puts Go on
+# PATH. Sourced by lab.sh and test.sh; safe to run again.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "vxnet: run as root (the lab and the tests create network namespaces)" >&2
+  exit 1
+fi
+
+# Debian packages: iproute2 for humans exploring the lab, iperf3 for the
+# benchmarks, busybox-static and docker.io for the Docker driver tests.
+need=()
+for pkg in iproute2 util-linux ca-certificates git iperf3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+export PATH="/usr/local/go/bin:$PATH"
+if ! command -v go >/dev/null 2>&1; then
+  need+=(golang-go)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "vxnet: installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# A Debian Go older than go.mod asks for fetches the right toolchain
+# through the Go module proxy.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The lab: 3 hosts and 2 networks on this machine, one container per host and
+# network, then the reachability matrix. Extra arguments go to 'vxnet lab up'
+# (e.g. --hosts 5 --networks 3, or --keep to leave it up for exploring).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+go build -o bin/vxnet ./cmd/vxnet
+if [ "$#" -eq 0 ]; then set -- --hosts 3 --networks 2 --keep=false; fi
+exec bin/vxnet lab up "$@"
