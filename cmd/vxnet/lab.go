@@ -16,12 +16,20 @@ import (
 func newLabCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "Several vxnet hosts and containers on this machine, in network namespaces"}
 	var cfg lab.Config
-	var keep bool
+	var keep, static bool
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Build a lab, show the reachability matrix, and keep it (or remove it with --rm)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Log = g.logger()
+			cfg.Agent = !static
+			if cfg.Agent {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("find the vxnet binary: %w", err)
+				}
+				cfg.Binary = exe
+			}
 			if os.Geteuid() != 0 {
 				return errors.New("the lab creates network namespaces: run it as root")
 			}
@@ -67,6 +75,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().IntVar(&cfg.Networks, "networks", 2, "number of networks")
 	up.Flags().IntVar(&cfg.PerHost, "per-host", 1, "containers per host and network")
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
+	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&keep, "keep", true, "keep the lab after showing the matrix (--keep=false removes it)")
 
 	var name string

@@ -37,6 +37,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newLabCmd(g))
+	root.AddCommand(newLabCmd(g), newAgentCmd(g), newKeyCmd(), newNetworkCmd(), newStatusCmd())
+	root.AddCommand(newAttachCmds()...)
 	return root
 }

@@ -43,7 +43,11 @@ type Config struct {
 	PerHost int
 	// Flood enables head-end flooding on every network.
 	Flood bool
-	Log   *slog.Logger
+	// Agent runs one real vxnet agent per host (the Binary); otherwise the
+	// lab programs every host from its own plan.
+	Agent  bool
+	Binary string
+	Log    *slog.Logger
 }
 
 var labNameRE = regexp.MustCompile(`^[a-z0-9]{1,10}$`)
@@ -58,6 +62,9 @@ func (c Config) Validate() error {
 	}
 	if c.Networks < 1 || c.Networks > 200 {
 		return fmt.Errorf("invalid network count %d: must be between 1 and 200", c.Networks)
+	}
+	if c.Agent && c.Binary == "" {
+		return fmt.Errorf("agent mode needs the vxnet binary to run")
 	}
 	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
 		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
@@ -78,6 +85,7 @@ type Host struct {
 // Container is one lab container.
 type Container struct {
 	Name    string     `json:"name"`
+	ID      string     `json:"id,omitempty"` // endpoint ID (agent mode)
 	Host    string     `json:"host"`
 	Network string     `json:"network"`
 	Netns   string     `json:"netns"`
@@ -94,6 +102,7 @@ type Lab struct {
 	Networks   []model.Network `json:"networks"`
 	Containers []Container     `json:"containers"`
 	Agent      bool            `json:"agent"`
+	Binary     string          `json:"binary,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -119,7 +128,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %q already exists (%d namespaces); run 'vxnet lab down --name %s' first", cfg.Name, len(existing), cfg.Name)
 	}
 	p := Prefix(cfg.Name)
-	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw"}
+	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {
@@ -175,7 +184,12 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := l.save(); err != nil {
 		return nil, err
 	}
-	if err := l.programStatic(cfg); err != nil {
+	if cfg.Agent {
+		err = l.startAgents(cfg)
+	} else {
+		err = l.programStatic(cfg)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return l, l.save()

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vxnet/vxnet/internal/agent"
+	"github.com/vxnet/vxnet/internal/api"
+)
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var (
+		cfg        agent.Config
+		advertise  string
+		join       string
+		keyFile    string
+		configFile string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the vxnet agent on this host",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := applyConfigFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
+			cfg.Log = g.logger()
+			if cfg.Name == "" {
+				h, err := os.Hostname()
+				if err != nil {
+					return fmt.Errorf("hostname: %w (give --name)", err)
+				}
+				cfg.Name = h
+			}
+			var err error
+			if advertise != "" {
+				if cfg.AdvertiseAddr, err = netip.ParseAddr(advertise); err != nil {
+					return fmt.Errorf("invalid --advertise-addr %q: want an IP address of this host", advertise)
+				}
+			} else if cfg.AdvertiseAddr, err = agent.DefaultAdvertiseAddr(); err != nil {
+				return err
+			}
+			for _, j := range strings.Split(join, ",") {
+				if j = strings.TrimSpace(j); j != "" {
+					cfg.Join = append(cfg.Join, j)
+				}
+			}
+			if keyFile != "" {
+				keys, err := readKeyFile(keyFile)
+				if err != nil {
+					return err
+				}
+				cfg.Keys = keys
+			} else if !cfg.Insecure {
+				return fmt.Errorf("no cluster key: give --key-file (create one with 'vxnet key generate > key'), or --insecure to run unencrypted")
+			}
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON file of flag values, e.g. {\"join\": \"10.0.0.1\", \"key-file\": \"/etc/vxnet/key\"}")
+	f.StringVar(&cfg.Name, "name", "", "node name (default: hostname)")
+	f.StringVar(&advertise, "advertise-addr", "", "VTEP and gossip address (default: source address of the default route)")
+	f.StringVar(&join, "join", "", "addresses of members to join, comma separated")
+	f.StringVar(&keyFile, "key-file", "", "cluster key file (from 'vxnet key generate')")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "run gossip without encryption")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/vxnet", "state directory")
+	f.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket")
+	f.IntVar(&cfg.VXLANPort, "vxlan-port", 4789, "VXLAN UDP port")
+	f.IntVar(&cfg.GossipPort, "gossip-port", 7946, "gossip port (TCP and UDP)")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
+	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")
+	return cmd
+}
+
+// applyConfigFile sets every flag named in a JSON object that the command
+// line did not set.
+func applyConfigFile(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	vals, err := ParseConfig(b)
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range vals {
+		fl := fs.Lookup(k)
+		if fl == nil || k == "config" {
+			return fmt.Errorf("config file %s: unknown setting %q", path, k)
+		}
+		if fl.Changed {
+			continue
+		}
+		if err := fs.Set(k, v); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// ParseConfig reads a JSON object of flag names to values (strings, numbers
+// or booleans).
+func ParseConfig(b []byte) (map[string]string, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("want a JSON object of flag names to values: %w", err)
+	}
+	out := map[string]string{}
+	for k, v := range raw {
+		switch x := v.(type) {
+		case string:
+			out[k] = x
+		case bool:
+			out[k] = fmt.Sprint(x)
+		case float64:
+			out[k] = fmt.Sprint(x)
+		default:
+			return nil, fmt.Errorf("setting %q: want a string, number or boolean", k)
+		}
+	}
+	return out, nil
+}
+
+func readKeyFile(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	var keys [][]byte
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			return nil, fmt.Errorf("key file %s: each line must be a base64 key of 16, 24 or 32 bytes (make one with 'vxnet key generate')", path)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("key file %s holds no key", path)
+	}
+	return keys, nil
+}
+
+func newKeyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "key", Short: "Cluster keys"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "generate",
+		Short: "Print a new random 32-byte cluster key (base64)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k := make([]byte, 32)
+			if _, err := rand.Read(k); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(k))
+			return nil
+		},
+	})
+	return cmd
+}

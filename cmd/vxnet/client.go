@@ -1,0 +1,222 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vxnet/vxnet/internal/api"
+)
+
+type clientFlags struct {
+	socket string
+	json   bool
+}
+
+func (c *clientFlags) client() *api.Client { return api.NewClient(c.socket) }
+
+func (c *clientFlags) add(cmd *cobra.Command, withJSON bool) {
+	cmd.Flags().StringVar(&c.socket, "socket", api.DefaultSocket, "agent API socket")
+	if withJSON {
+		cmd.Flags().BoolVar(&c.json, "json", false, "print JSON")
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newNetworkCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "network", Short: "Manage cluster networks"}
+	var cf clientFlags
+	var req api.NetworkCreate
+	create := &cobra.Command{
+		Use:   "create NAME --subnet CIDR",
+		Short: "Create a network on every member",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			n, err := cf.client().CreateNetwork(req)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), n)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s, MTU %d\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU)
+			return nil
+		},
+	}
+	cf.add(create, true)
+	create.Flags().StringVar(&req.Subnet, "subnet", "", "IPv4 subnet (CIDR)")
+	create.Flags().Uint32Var(&req.VNI, "vni", 0, "VXLAN network identifier 1-16777215 (default: derived from the name)")
+	create.Flags().StringVar(&req.Gateway, "gateway", "", "anycast gateway (default: first address)")
+	create.Flags().StringVar(&req.Subnet6, "subnet6", "", "optional IPv6 subnet")
+	create.Flags().IntVar(&req.MTU, "mtu", 0, "container MTU (default: underlay MTU minus VXLAN overhead)")
+	create.Flags().BoolVar(&req.Flood, "flood", false, "flood broadcast/multicast to every host (head-end replication)")
+
+	var lf clientFlags
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List networks",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nets, err := lf.client().Networks()
+			if err != nil {
+				return err
+			}
+			if lf.json {
+				return printJSON(cmd.OutOrStdout(), nets)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tGATEWAY\tMTU\tFLOOD\tENDPOINTS")
+			for _, n := range nets {
+				total := 0
+				for _, c := range n.Endpoints {
+					total += c
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%d\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, total)
+			}
+			return tw.Flush()
+		},
+	}
+	lf.add(ls, true)
+
+	var inf clientFlags
+	inspect := &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show one network",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := inf.client().Network(args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), n)
+		},
+	}
+	inf.add(inspect, false)
+
+	var rf clientFlags
+	var force bool
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a network (refused while it has endpoints, unless --force)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := rf.client().RemoveNetwork(args[0], force); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "network %s removed\n", args[0])
+			return nil
+		},
+	}
+	rf.add(rm, false)
+	rm.Flags().BoolVar(&force, "force", false, "remove even with endpoints attached")
+	cmd.AddCommand(create, ls, inspect, rm)
+	return cmd
+}
+
+func newAttachCmds() []*cobra.Command {
+	var af clientFlags
+	var req api.AttachRequest
+	attach := &cobra.Command{
+		Use:   "attach NETWORK --netns PATH|PID",
+		Short: "Plug a container's network namespace into a network",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Network = args[0]
+			a, err := af.client().Attach(req)
+			if err != nil {
+				return err
+			}
+			if af.json {
+				return printJSON(cmd.OutOrStdout(), a)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, address %s, MAC %s, gateway %s, MTU %d\n",
+				a.Netns, a.Network, a.IfName, a.IP, a.MAC, a.Gateway, a.MTU)
+			return nil
+		},
+	}
+	af.add(attach, true)
+	attach.Flags().StringVar(&req.Netns, "netns", "", "network namespace path (/run/netns/NAME, /proc/PID/ns/net) or PID")
+	attach.Flags().StringVar(&req.IP, "ip", "", "static address (default: allocated)")
+	attach.Flags().StringVar(&req.MAC, "mac", "", "MAC address (default: derived from the address)")
+	attach.Flags().StringVar(&req.IfName, "ifname", "eth0", "interface name inside the container")
+
+	var df clientFlags
+	var dreq api.DetachRequest
+	detach := &cobra.Command{
+		Use:   "detach NETWORK --netns PATH|PID",
+		Short: "Remove a container's network namespace from a network",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dreq.Network = args[0]
+			if err := df.client().Detach(dreq); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "detached %s from %s\n", dreq.Netns, dreq.Network)
+			return nil
+		},
+	}
+	df.add(detach, false)
+	detach.Flags().StringVar(&dreq.Netns, "netns", "", "network namespace path or PID")
+	return []*cobra.Command{attach, detach}
+}
+
+func newStatusCmd() *cobra.Command {
+	var sf clientFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Members, networks, endpoint counts and conflicts as this agent sees them",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := sf.client().Status()
+			if err != nil {
+				return err
+			}
+			if sf.json {
+				return printJSON(cmd.OutOrStdout(), s)
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "node %s (%s); last reconcile %s ago", s.Node, s.Addr, time.Since(s.LastSync).Round(time.Millisecond))
+			if s.SyncError != "" {
+				fmt.Fprintf(out, ", error: %s", s.SyncError)
+			}
+			fmt.Fprintf(out, "\n\nMEMBERS\n")
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tLAST CONTACT\tRTT")
+			for _, m := range s.Members {
+				last := "-"
+				if !m.LastContact.IsZero() {
+					last = time.Since(m.LastContact).Round(time.Millisecond).String() + " ago"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, last, m.RTT.Round(time.Microsecond))
+			}
+			tw.Flush()
+			fmt.Fprintf(out, "\nNETWORKS\n")
+			tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tLOCAL\tREMOTE")
+			sort.Slice(s.Networks, func(i, j int) bool { return s.Networks[i].Name < s.Networks[j].Name })
+			for _, n := range s.Networks {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", n.Name, n.VNI, n.Subnet, n.Local, n.Remote)
+			}
+			tw.Flush()
+			if len(s.Conflicts) > 0 {
+				fmt.Fprintf(out, "\nCONFLICTS\n  %s\n", strings.Join(s.Conflicts, "\n  "))
+			}
+			if s.Malformed > 0 {
+				fmt.Fprintf(out, "\nrefused malformed messages: %d\n", s.Malformed)
+			}
+			return nil
+		},
+	}
+	sf.add(cmd, true)
+	return cmd
+}

@@ -1,0 +1,411 @@
+// Package agent is vxnet's per-host daemon: it joins the cluster, keeps the
+// replicated state, serves the local API, and runs the reconcile loop that
+// programs this host's kernel from the cluster state.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/reconcile"
+)
+
+// Config configures an agent.
+type Config struct {
+	Name          string
+	AdvertiseAddr netip.Addr
+	Join          []string
+	Keys          [][]byte
+	Insecure      bool
+	StateDir      string
+	Socket        string
+	VXLANPort     int
+	GossipPort    int
+	// ResyncInterval is the period of the full reconcile pass.
+	ResyncInterval time.Duration
+	// ProbeInterval tunes gossip failure detection.
+	ProbeInterval time.Duration
+	Log           *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if err := model.ValidateName("node", c.Name); err != nil {
+		return err
+	}
+	if !c.AdvertiseAddr.IsValid() {
+		return errors.New("no advertise address: give --advertise-addr")
+	}
+	if err := model.ValidatePort("VXLAN port", c.VXLANPort); err != nil {
+		return err
+	}
+	if err := model.ValidatePort("gossip port", c.GossipPort); err != nil {
+		return err
+	}
+	if c.StateDir == "" || c.Socket == "" {
+		return errors.New("state directory and socket path are required")
+	}
+	return nil
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	state    *cluster.State
+	gossip   *cluster.Gossip
+	store    *store
+	dp       datapath.Dataplane
+	underlay string
+	mtu      int
+
+	dirty chan struct{}
+
+	dpMu   sync.Mutex // serialises kernel programming
+	apiMu  sync.Mutex // serialises allocations and local writes
+	locals map[string]localEndpoint
+
+	statMu    sync.Mutex
+	lastSync  time.Time
+	syncErr   error
+	conflicts []string
+	syncs     atomic.Int64
+	kernelOps atomic.Int64
+}
+
+// New prepares an agent: state, store, datapath, gossip. Call Run to serve.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ResyncInterval == 0 {
+		cfg.ResyncInterval = 10 * time.Second
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dirty: make(chan struct{}, 1)}
+	ok := false
+	defer func() {
+		if !ok {
+			st.close()
+		}
+	}()
+	name, err := st.identity(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("node identity: %w", err)
+	}
+	if name != cfg.Name {
+		return nil, fmt.Errorf("state directory %s belongs to node %q, not %q: use --name %s or another --state-dir", cfg.StateDir, name, cfg.Name, name)
+	}
+	a.state = cluster.NewState(name)
+	saved, err := st.loadState()
+	if err != nil {
+		return nil, fmt.Errorf("load saved state: %w", err)
+	}
+	a.state.Restore(saved.Records, saved.Clock)
+	if a.locals, err = st.locals(); err != nil {
+		return nil, err
+	}
+	a.underlay, a.mtu, err = underlayOf(cfg.AdvertiseAddr)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := linux.Open("", cfg.Log.With("component", "datapath"))
+	if err != nil {
+		return nil, err
+	}
+	a.dp = dp
+	a.gossip, err = cluster.StartGossip(cluster.GossipConfig{
+		Name: name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: cfg.Keys, Insecure: cfg.Insecure,
+		OnChange: a.markDirty, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
+	}, a.state)
+	if err != nil {
+		dp.Close()
+		return nil, err
+	}
+	ok = true
+	return a, nil
+}
+
+// underlayOf finds the device holding addr and its MTU.
+func underlayOf(addr netip.Addr) (string, int, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return "", 0, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+				return l.Attrs().Name, l.Attrs().MTU, nil
+			}
+		}
+	}
+	return "", 0, fmt.Errorf("advertise address %s is not configured on any interface of this host", addr)
+}
+
+// DefaultAdvertiseAddr returns the preferred source address of the default route.
+func DefaultAdvertiseAddr() (netip.Addr, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		if a, ok := netip.AddrFromSlice(r.Src); ok && a.IsValid() && !a.IsUnspecified() {
+			return a.Unmap(), nil
+		}
+		l, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err == nil && len(addrs) > 0 {
+			a, _ := netip.AddrFromSlice(addrs[0].IP)
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+}
+
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run joins the cluster, serves the API and reconciles until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.store.close()
+	defer a.dp.(*linux.Dataplane).Close()
+	ln, err := listenSocket(a.cfg.Socket)
+	if err != nil {
+		a.gossip.Shutdown()
+		return err
+	}
+	srv := a.server()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("api server", "err", err)
+		}
+	}()
+	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
+		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
+	if len(a.cfg.Join) > 0 {
+		a.join(ctx)
+	}
+	loopDone := make(chan struct{})
+	go func() { a.loop(ctx); close(loopDone) }()
+	<-ctx.Done()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	<-loopDone
+	if err := a.store.saveState(a.state); err != nil {
+		a.log.Error("save state", "err", err)
+	}
+	// Stop without leaving: the kernel keeps forwarding and peers keep our
+	// endpoints until failure detection, so a restart is invisible.
+	return a.gossip.Shutdown()
+}
+
+// join contacts the given members, retrying in the background until one
+// answers. The first attempt is waited for (bounded) so that the first
+// reconcile pass sees the cluster, not an empty one.
+func (a *Agent) join(ctx context.Context) {
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		backoff := 500 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			n, err := a.gossip.Join(a.cfg.Join)
+			if err == nil {
+				a.log.Info("joined cluster", "contacted", n)
+				return
+			}
+			a.log.Warn("join failed; retrying", "attempt", attempt, "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 10*time.Second)
+		}
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		a.log.Warn("no member answered yet; starting with the saved state")
+	case <-ctx.Done():
+	}
+}
+
+func (a *Agent) loop(ctx context.Context) {
+	tick := time.NewTicker(a.cfg.ResyncInterval)
+	defer tick.Stop()
+	gc := time.NewTicker(time.Minute)
+	defer gc.Stop()
+	backoff := 100 * time.Millisecond
+	a.markDirty()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.dirty:
+		case <-tick.C:
+		case <-gc.C:
+			if n := a.state.CollectTombstones(10 * time.Minute); n > 0 {
+				a.log.Debug("collected tombstones", "count", n)
+			}
+			continue
+		}
+		if err := a.sync(); err != nil {
+			a.log.Warn("reconcile failed; will retry", "err", err, "retry_in", backoff)
+			time.AfterFunc(backoff, a.markDirty)
+			backoff = min(backoff*2, 10*time.Second)
+		} else {
+			backoff = 100 * time.Millisecond
+		}
+		a.gcLocal()
+		if err := a.store.saveState(a.state); err != nil {
+			a.log.Error("save state", "err", err)
+		}
+	}
+}
+
+// input builds the reconcile input from the cluster state.
+func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
+	nets, conflicts := a.state.Networks()
+	return reconcile.Input{
+		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
+		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.gossip.Alive(), Endpoints: a.state.Endpoints(),
+	}, conflicts
+}
+
+// sync runs one reconcile pass.
+func (a *Agent) sync() error {
+	in, cconf := a.input()
+	want, rconf := reconcile.Desired(in)
+	a.dpMu.Lock()
+	ops, err := reconcile.Sync(a.dp, want)
+	a.dpMu.Unlock()
+	a.syncs.Add(1)
+	a.kernelOps.Add(int64(len(ops)))
+	if len(ops) > 0 {
+		a.log.Debug("reconciled", "ops", len(ops))
+	}
+	var conflicts []string
+	for _, c := range cconf {
+		conflicts = append(conflicts, c.Detail)
+	}
+	for _, c := range rconf {
+		conflicts = append(conflicts, c.String())
+	}
+	a.statMu.Lock()
+	if len(conflicts) != len(a.conflicts) {
+		for _, c := range conflicts {
+			a.log.Warn("conflict in cluster state", "detail", c)
+		}
+	}
+	a.lastSync, a.syncErr, a.conflicts = time.Now(), err, conflicts
+	a.statMu.Unlock()
+	return err
+}
+
+// gcLocal removes local endpoints whose namespace is gone or whose network
+// was removed.
+func (a *Agent) gcLocal() {
+	a.apiMu.Lock()
+	defer a.apiMu.Unlock()
+	for _, e := range a.state.Endpoints() {
+		if e.Node != a.state.Self() {
+			continue
+		}
+		le, known := a.locals[e.ID]
+		_, netOK := a.state.Network(e.Network)
+		gone := known && !namespaceMatches(le.Netns, e.ID)
+		if netOK && !gone {
+			continue
+		}
+		a.log.Info("removing stale endpoint", "endpoint", e.ID, "network_exists", netOK, "netns_exists", !gone)
+		if err := a.removeEndpoint(e.ID); err != nil {
+			a.log.Warn("remove stale endpoint", "endpoint", e.ID, "err", err)
+		}
+	}
+}
+
+// removeEndpoint detaches a local endpoint and deletes its record; apiMu held.
+func (a *Agent) removeEndpoint(id string) error {
+	a.dpMu.Lock()
+	err := a.dp.Detach(id)
+	a.dpMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if r, ok := a.state.Delete(cluster.EndpointKey(id)); ok {
+		a.gossip.Publish(r)
+	}
+	delete(a.locals, id)
+	if err := a.store.delLocal(id); err != nil {
+		return err
+	}
+	a.markDirty()
+	return a.store.saveState(a.state)
+}
+
+func listenSocket(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return nil, fmt.Errorf("socket directory %s is world-writable (mode %o): refusing to serve the API there", dir, fi.Mode().Perm())
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s is in use by another agent", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}

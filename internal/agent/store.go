@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+)
+
+// store is the agent's durable state in its state directory: its identity,
+// the cluster state as last seen (so a restart reprograms nothing before it
+// hears from peers), and the namespaces of its local endpoints.
+type store struct {
+	db *bolt.DB
+}
+
+var (
+	bucketMeta  = []byte("meta")
+	bucketLocal = []byte("local")
+	keyNode     = []byte("node")
+	keyClock    = []byte("clock")
+	keyRecords  = []byte("records")
+)
+
+func openStore(dir string) (*store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "vxnet.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w (is another agent using this state directory?)", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketLocal} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+// identity returns the stored node name, storing name on first start.
+func (s *store) identity(name string) (string, error) {
+	var stored string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if v := b.Get(keyNode); v != nil {
+			stored = string(v)
+			return nil
+		}
+		stored = name
+		return b.Put(keyNode, []byte(name))
+	})
+	return stored, err
+}
+
+type savedState struct {
+	Clock   uint64           `json:"clock"`
+	Records []cluster.Record `json:"records"`
+}
+
+func (s *store) saveState(st *cluster.State) error {
+	b, err := json.Marshal(savedState{Clock: st.Clock(), Records: st.Snapshot()})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyRecords, b) })
+}
+
+func (s *store) loadState() (savedState, error) {
+	var out savedState
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyRecords)
+		if v == nil {
+			return nil
+		}
+		return json.Unmarshal(v, &out)
+	})
+	return out, err
+}
+
+// localEndpoint is what only this host knows of its endpoint.
+type localEndpoint struct {
+	Netns  string `json:"netns"`
+	IfName string `json:"ifname"`
+}
+
+func (s *store) putLocal(id string, le localEndpoint) error {
+	b, err := json.Marshal(le)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLocal).Put([]byte(id), b) })
+}
+
+func (s *store) delLocal(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketLocal).Delete([]byte(id)) })
+}
+
+func (s *store) locals() (map[string]localEndpoint, error) {
+	out := map[string]localEndpoint{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLocal).ForEach(func(k, v []byte) error {
+			var le localEndpoint
+			if err := json.Unmarshal(v, &le); err != nil {
+				return errors.Join(fmt.Errorf("local endpoint %s", k), err)
+			}
+			out[string(k)] = le
+			return nil
+		})
+	})
+	return out, err
+}

@@ -1,0 +1,217 @@
+// Package api holds the types of the agent's local API (HTTP/JSON over a
+// unix socket) and its client, used by the CLI, the lab and the plugins.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// DefaultSocket is the agent's default API socket.
+const DefaultSocket = "/run/vxnet/vxnet.sock"
+
+// NetworkCreate asks for a new cluster network.
+type NetworkCreate struct {
+	Name     string `json:"name"`
+	Subnet   string `json:"subnet"`
+	VNI      uint32 `json:"vni,omitempty"` // 0: derived
+	Gateway  string `json:"gateway,omitempty"`
+	Subnet6  string `json:"subnet6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
+	MTU      int    `json:"mtu,omitempty"`
+	Flood    bool   `json:"flood,omitempty"`
+}
+
+// NetworkInfo describes a network.
+type NetworkInfo struct {
+	model.Network
+	// EffectiveMTU is the MTU used on this host.
+	EffectiveMTU int `json:"effectiveMtu"`
+	// Endpoints counts endpoints per node.
+	Endpoints map[string]int `json:"endpoints"`
+	Origin    string         `json:"origin"`
+}
+
+// AttachRequest plugs a container namespace into a network.
+type AttachRequest struct {
+	Network string `json:"network"`
+	// Netns is a namespace path or a PID (its /proc/PID/ns/net).
+	Netns  string `json:"netns"`
+	IP     string `json:"ip,omitempty"`
+	MAC    string `json:"mac,omitempty"`
+	IfName string `json:"ifname,omitempty"`
+}
+
+// Attachment is the result of an attach.
+type Attachment struct {
+	ID      string `json:"id"`
+	Network string `json:"network"`
+	Netns   string `json:"netns"`
+	IfName  string `json:"ifname"`
+	HostIf  string `json:"hostIf"`
+	MAC     string `json:"mac"`
+	IP      string `json:"ip"` // with prefix length
+	Gateway string `json:"gateway"`
+	MTU     int    `json:"mtu"`
+}
+
+// DetachRequest removes a container namespace from a network.
+type DetachRequest struct {
+	Network string `json:"network"`
+	Netns   string `json:"netns"`
+}
+
+// NetworkStatus counts endpoints of a network as this host sees them.
+type NetworkStatus struct {
+	Name   string `json:"name"`
+	VNI    uint32 `json:"vni"`
+	Subnet string `json:"subnet"`
+	Local  int    `json:"local"`
+	Remote int    `json:"remote"`
+}
+
+// Status is the agent's view of the cluster.
+type Status struct {
+	Node      string           `json:"node"`
+	Addr      string           `json:"addr"`
+	Members   []cluster.Member `json:"members"`
+	Networks  []NetworkStatus  `json:"networks"`
+	Conflicts []string         `json:"conflicts"`
+	Malformed int64            `json:"malformedMessages"`
+	Records   int              `json:"records"`
+	LastSync  time.Time        `json:"lastSync,omitzero"`
+	SyncError string           `json:"syncError,omitempty"`
+	Syncs     int64            `json:"syncs"`
+	KernelOps int64            `json:"kernelOps"`
+	Endpoints []model.Endpoint `json:"endpoints,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// StatusError is an API error with its HTTP status.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Client talks to an agent's socket.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the socket path.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, hc: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+// Do sends a request and decodes the answer into out (when not nil).
+func (c *Client) Do(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://vxnet"+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent at %s: %w (is 'vxnet agent' running?)", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("agent answered %s", resp.Status)
+		}
+		return &StatusError{Code: resp.StatusCode, Msg: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// Status reads the agent's status.
+func (c *Client) Status() (Status, error) {
+	var s Status
+	return s, c.Do(http.MethodGet, "/v1/status", nil, &s)
+}
+
+// CreateNetwork creates a network.
+func (c *Client) CreateNetwork(r NetworkCreate) (NetworkInfo, error) {
+	var n NetworkInfo
+	return n, c.Do(http.MethodPost, "/v1/networks", r, &n)
+}
+
+// Networks lists networks.
+func (c *Client) Networks() ([]NetworkInfo, error) {
+	var n []NetworkInfo
+	return n, c.Do(http.MethodGet, "/v1/networks", nil, &n)
+}
+
+// Network inspects one network.
+func (c *Client) Network(name string) (NetworkInfo, error) {
+	var n NetworkInfo
+	return n, c.Do(http.MethodGet, "/v1/networks/"+url.PathEscape(name), nil, &n)
+}
+
+// RemoveNetwork removes a network.
+func (c *Client) RemoveNetwork(name string, force bool) error {
+	q := ""
+	if force {
+		q = "?force=1"
+	}
+	return c.Do(http.MethodDelete, "/v1/networks/"+url.PathEscape(name)+q, nil, nil)
+}
+
+// Attach plugs a namespace into a network.
+func (c *Client) Attach(r AttachRequest) (Attachment, error) {
+	var a Attachment
+	return a, c.Do(http.MethodPost, "/v1/endpoints", r, &a)
+}
+
+// Detach removes a namespace from a network.
+func (c *Client) Detach(r DetachRequest) error {
+	return c.Do(http.MethodPost, "/v1/endpoints/detach", r, nil)
+}
+
+// IsNotFound reports a 404 from the agent.
+func IsNotFound(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusNotFound
+}

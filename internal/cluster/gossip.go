@@ -1,0 +1,290 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// GossipConfig configures the gossip backend.
+type GossipConfig struct {
+	Name string
+	Addr netip.Addr // bind and advertise address (the VTEP address)
+	Port int
+	// Keys are the cluster keys, the primary (used to encrypt) first. Empty
+	// keys mean no encryption, allowed only with Insecure.
+	Keys     [][]byte
+	Insecure bool
+	// OnChange is called (without locks held) whenever state or membership changed.
+	OnChange func()
+	Log      *slog.Logger
+	// ProbeInterval tunes failure detection (default 1s).
+	ProbeInterval time.Duration
+}
+
+// Member is one member as this agent sees it.
+type Member struct {
+	Name        string        `json:"name"`
+	Addr        netip.Addr    `json:"addr"`
+	State       string        `json:"state"`
+	LastContact time.Time     `json:"lastContact,omitzero"`
+	RTT         time.Duration `json:"rtt,omitempty"`
+}
+
+// Gossip replicates a State between agents with hashicorp/memberlist: SWIM
+// membership and failure detection, changes pushed to every member at once,
+// and periodic full-state push/pull as anti-entropy.
+type Gossip struct {
+	cfg   GossipConfig
+	state *State
+	ml    *memberlist.Memberlist
+	queue *memberlist.TransmitLimitedQueue
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	contact map[string]Member
+
+	// Malformed counts refused messages from the network.
+	Malformed atomic.Int64
+	// Received counts accepted messages.
+	Received atomic.Int64
+}
+
+// StartGossip starts the member; it is alone until Join.
+func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
+	if len(cfg.Keys) == 0 && !cfg.Insecure {
+		return nil, errors.New("no cluster key: give --key-file (create one with 'vxnet key generate') or --insecure")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OnChange == nil {
+		cfg.OnChange = func() {}
+	}
+	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]Member{}}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.Addr.String()
+	mc.BindPort = cfg.Port
+	mc.AdvertiseAddr = cfg.Addr.String()
+	mc.AdvertisePort = cfg.Port
+	mc.Delegate = (*delegate)(g)
+	mc.Events = (*events)(g)
+	mc.Ping = (*pings)(g)
+	mc.PushPullInterval = 5 * time.Second
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.ProbeInterval = time.Second
+	if cfg.ProbeInterval > 0 {
+		mc.ProbeInterval = cfg.ProbeInterval
+		mc.ProbeTimeout = cfg.ProbeInterval / 2
+	}
+	mc.SuspicionMult = 3
+	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
+	if len(cfg.Keys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
+		if err != nil {
+			return nil, fmt.Errorf("cluster key: %w", err)
+		}
+		mc.Keyring = kr
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
+	}
+	g.ml = ml
+	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: 3}
+	return g, nil
+}
+
+// Join contacts existing members ("addr" or "addr:port"); it succeeds when at
+// least one answered, after a full state exchange with it.
+func (g *Gossip) Join(addrs []string) (int, error) {
+	var full []string
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			a = net.JoinHostPort(a, strconv.Itoa(g.cfg.Port))
+		}
+		full = append(full, a)
+	}
+	n, err := g.ml.Join(full)
+	if err != nil {
+		return n, fmt.Errorf("join %v: %w", addrs, err)
+	}
+	return n, nil
+}
+
+// Publish sends changed records to every member now (best effort UDP, or
+// TCP when large) and queues them for gossip as a second path.
+func (g *Gossip) Publish(recs ...Record) {
+	if len(recs) == 0 {
+		return
+	}
+	msg, err := Encode(Message{Kind: MsgRecords, Records: recs})
+	if err != nil {
+		g.log.Error("publish", "err", err)
+		return
+	}
+	for _, m := range g.ml.Members() {
+		if m.Name == g.cfg.Name {
+			continue
+		}
+		if len(msg) <= 1000 {
+			if err := g.ml.SendBestEffort(m, msg); err != nil {
+				g.log.Debug("push", "to", m.Name, "err", err)
+			}
+			continue
+		}
+		go func(m *memberlist.Node) {
+			if err := g.ml.SendReliable(m, msg); err != nil {
+				g.log.Debug("push", "to", m.Name, "err", err)
+			}
+		}(m)
+	}
+	if len(msg) <= 1000 {
+		g.queue.QueueBroadcast(broadcast(msg))
+	}
+}
+
+// Alive returns the members that are alive, this one included.
+func (g *Gossip) Alive() []model.Node {
+	var out []model.Node
+	for _, m := range g.ml.Members() {
+		if m.State != memberlist.StateAlive {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(m.Addr)
+		if !ok {
+			continue
+		}
+		out = append(out, model.Node{Name: m.Name, Addr: a.Unmap()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Members returns every member known, with state and last contact.
+func (g *Gossip) Members() []Member {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []Member
+	for _, m := range g.ml.Members() {
+		a, _ := netip.AddrFromSlice(m.Addr)
+		mm := g.contact[m.Name]
+		mm.Name, mm.Addr = m.Name, a.Unmap()
+		mm.State = [...]string{"alive", "suspect", "dead", "left"}[m.State]
+		out = append(out, mm)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Leave announces departure and stops.
+func (g *Gossip) Leave(timeout time.Duration) error {
+	err := g.ml.Leave(timeout)
+	return errors.Join(err, g.ml.Shutdown())
+}
+
+// Shutdown stops without announcing (as a crash would).
+func (g *Gossip) Shutdown() error { return g.ml.Shutdown() }
+
+func (g *Gossip) receive(b []byte, what string) {
+	m, err := DecodeMessage(b)
+	if err != nil {
+		g.Malformed.Add(1)
+		g.log.Warn("refused malformed message", "via", what, "bytes", len(b), "err", err)
+		return
+	}
+	g.Received.Add(1)
+	changed, err := g.state.Merge(m.Records)
+	if err != nil {
+		g.log.Warn("merge", "err", err)
+	}
+	if len(changed) > 0 {
+		g.cfg.OnChange()
+	}
+}
+
+type delegate Gossip
+
+func (d *delegate) NodeMeta(limit int) []byte { return nil }
+
+func (d *delegate) NotifyMsg(b []byte) { (*Gossip)(d).receive(b, "push") }
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte {
+	b, err := Encode(Message{Kind: MsgState, Records: d.state.Snapshot()})
+	if err != nil {
+		d.log.Error("encode state", "err", err)
+		return nil
+	}
+	return b
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, join bool) { (*Gossip)(d).receive(buf, "push-pull") }
+
+type events Gossip
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	e.log.Info("member joined", "member", n.Name, "addr", n.Addr.String())
+	e.cfg.OnChange()
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	e.log.Warn("member left or failed", "member", n.Name, "addr", n.Addr.String())
+	e.cfg.OnChange()
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	e.log.Info("member updated", "member", n.Name, "addr", n.Addr.String())
+	e.cfg.OnChange()
+}
+
+type pings Gossip
+
+func (p *pings) AckPayload() []byte { return nil }
+
+func (p *pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	p.mu.Lock()
+	p.contact[other.Name] = Member{LastContact: time.Now(), RTT: rtt}
+	p.mu.Unlock()
+}
+
+type broadcast []byte
+
+func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b broadcast) Message() []byte                       { return b }
+func (b broadcast) Finished()                             {}
+
+// logWriter turns memberlist's "[LEVEL] memberlist: ..." lines into slog records.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelDebug
+	switch {
+	case bytes.Contains(p, []byte("[ERR]")):
+		level = slog.LevelError
+	case bytes.Contains(p, []byte("[WARN]")):
+		level = slog.LevelWarn
+	}
+	w.log.Log(context.Background(), level, line, "component", "memberlist")
+	return len(p), nil
+}

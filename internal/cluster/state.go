@@ -1,0 +1,215 @@
+// Package cluster holds vxnet's replicated cluster state: a map of
+// last-writer-wins records with Lamport versions and tombstones, and the
+// backends that replicate it between agents (gossip).
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Key prefixes of the record kinds.
+const (
+	PrefixNetwork  = "net/"
+	PrefixEndpoint = "ep/"
+	PrefixBlock    = "block/"
+)
+
+// Record is one replicated value. The record with the higher Version wins;
+// on a tie the higher Origin wins, so every member picks the same one.
+type Record struct {
+	Key     string          `json:"k"`
+	Value   json.RawMessage `json:"v,omitempty"`
+	Version uint64          `json:"n"`
+	Origin  string          `json:"o"`
+	Deleted bool            `json:"d,omitempty"`
+	// seen is when this member learnt a tombstone, for collection.
+	seen time.Time
+}
+
+// Newer reports whether r wins over o.
+func (r Record) Newer(o Record) bool {
+	if r.Version != o.Version {
+		return r.Version > o.Version
+	}
+	if r.Origin != o.Origin {
+		return r.Origin > o.Origin
+	}
+	// Same version and origin: a delete wins over a put.
+	return r.Deleted && !o.Deleted
+}
+
+// ValidKey reports whether a key has a known prefix and a non-empty name.
+func ValidKey(k string) bool {
+	for _, p := range []string{PrefixNetwork, PrefixEndpoint, PrefixBlock} {
+		if name, ok := strings.CutPrefix(k, p); ok {
+			return name != "" && len(k) <= 256
+		}
+	}
+	return false
+}
+
+// State is the replicated map of one member.
+type State struct {
+	mu      sync.RWMutex
+	self    string
+	clock   uint64
+	records map[string]Record
+	now     func() time.Time
+}
+
+// NewState returns an empty state for member self.
+func NewState(self string) *State {
+	return &State{self: self, records: map[string]Record{}, now: time.Now}
+}
+
+// Self returns this member's name.
+func (s *State) Self() string { return s.self }
+
+// Clock returns the Lamport clock.
+func (s *State) Clock() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.clock
+}
+
+// Put writes a value as this member and returns the new record.
+func (s *State) Put(key string, v any) (Record, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Record{}, fmt.Errorf("encode %s: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clock++
+	r := Record{Key: key, Value: b, Version: s.clock, Origin: s.self}
+	s.records[key] = r
+	return r, nil
+}
+
+// Delete writes a tombstone as this member; ok is false when nothing was there.
+func (s *State) Delete(key string) (Record, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.records[key]
+	if !ok || cur.Deleted {
+		return Record{}, false
+	}
+	s.clock++
+	r := Record{Key: key, Version: s.clock, Origin: s.self, Deleted: true, seen: s.now()}
+	s.records[key] = r
+	return r, true
+}
+
+// Merge applies records from another member and returns those that changed
+// this member's state. Records with invalid keys are refused.
+func (s *State) Merge(recs []Record) (changed []Record, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var bad int
+	for _, r := range recs {
+		if !ValidKey(r.Key) || r.Version == 0 || r.Origin == "" || (!r.Deleted && len(r.Value) == 0) {
+			bad++
+			continue
+		}
+		if r.Version > s.clock {
+			s.clock = r.Version
+		}
+		cur, ok := s.records[r.Key]
+		if ok && !r.Newer(cur) {
+			continue
+		}
+		if r.Deleted {
+			r.Value = nil
+			r.seen = s.now()
+		}
+		s.records[r.Key] = r
+		changed = append(changed, r)
+	}
+	if bad > 0 {
+		err = fmt.Errorf("refused %d malformed records", bad)
+	}
+	return changed, err
+}
+
+// Restore loads records saved by this member (at start) and its clock.
+func (s *State) Restore(recs []Record, clock uint64) {
+	s.mu.Lock()
+	if clock > s.clock {
+		s.clock = clock
+	}
+	s.mu.Unlock()
+	_, _ = s.Merge(recs)
+}
+
+// Get returns the live record of a key.
+func (s *State) Get(key string) (Record, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.records[key]
+	if !ok || r.Deleted {
+		return Record{}, false
+	}
+	return r, true
+}
+
+// List returns the live records under a prefix, sorted by key.
+func (s *State) List(prefix string) []Record {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []Record
+	for k, r := range s.records {
+		if !r.Deleted && strings.HasPrefix(k, prefix) {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// Snapshot returns every record, tombstones included, sorted by key.
+func (s *State) Snapshot() []Record {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]Record, 0, len(s.records))
+	for _, r := range s.records {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// Len returns the number of records, tombstones included.
+func (s *State) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.records)
+}
+
+// CollectTombstones drops tombstones older than age and returns how many.
+func (s *State) CollectTombstones(age time.Duration) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	cut := s.now().Add(-age)
+	for k, r := range s.records {
+		if r.Deleted && r.seen.Before(cut) {
+			delete(s.records, k)
+			n++
+		}
+	}
+	return n
+}
+
+// Decode unmarshals a record's value.
+func Decode[T any](r Record) (T, error) {
+	var v T
+	if err := json.Unmarshal(r.Value, &v); err != nil {
+		return v, fmt.Errorf("record %s: %w", r.Key, err)
+	}
+	return v, nil
+}

@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// Block is a part of a network's subnet claimed by one node for allocation.
+type Block struct {
+	Network string       `json:"network"`
+	CIDR    netip.Prefix `json:"cidr"`
+	Node    string       `json:"node"`
+}
+
+// NetworkKey, EndpointKey and BlockKey build record keys.
+func NetworkKey(name string) string { return PrefixNetwork + name }
+func EndpointKey(id string) string  { return PrefixEndpoint + id }
+func BlockKey(network string, cidr netip.Prefix) string {
+	return PrefixBlock + network + "/" + cidr.String()
+}
+
+// Conflict is a clash in the replicated state, resolved the same way on
+// every member and reported.
+type Conflict struct {
+	Kind   string `json:"kind"`
+	Detail string `json:"detail"`
+}
+
+// Networks returns the usable networks: of two that claim the same VNI or
+// overlapping subnets, the one written first (lower version, then origin)
+// keeps it and the other is reported.
+func (s *State) Networks() ([]model.Network, []Conflict) {
+	recs := s.List(PrefixNetwork)
+	sort.Slice(recs, func(i, j int) bool { return recs[j].Newer(recs[i]) })
+	var out []model.Network
+	var conflicts []Conflict
+	for _, r := range recs {
+		n, err := Decode[model.Network](r)
+		if err != nil {
+			conflicts = append(conflicts, Conflict{Kind: "invalid-network", Detail: err.Error()})
+			continue
+		}
+		if err := model.CheckConflicts(out, n); err != nil {
+			conflicts = append(conflicts, Conflict{Kind: "network", Detail: fmt.Sprintf("network %s (from %s) is not programmed: %v", n.Name, r.Origin, err)})
+			continue
+		}
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, conflicts
+}
+
+// Network returns one network by name.
+func (s *State) Network(name string) (model.Network, bool) {
+	r, ok := s.Get(NetworkKey(name))
+	if !ok {
+		return model.Network{}, false
+	}
+	n, err := Decode[model.Network](r)
+	return n, err == nil
+}
+
+// Endpoints returns every endpoint record.
+func (s *State) Endpoints() []model.Endpoint {
+	var out []model.Endpoint
+	for _, r := range s.List(PrefixEndpoint) {
+		if e, err := Decode[model.Endpoint](r); err == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Blocks returns every block claim of a network.
+func (s *State) Blocks(network string) []Block {
+	var out []Block
+	for _, r := range s.List(PrefixBlock + network + "/") {
+		if b, err := Decode[Block](r); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// ValidateRecord checks that a record received from the network is well formed.
+func ValidateRecord(r Record) error {
+	if !ValidKey(r.Key) {
+		return fmt.Errorf("record key %q: want a known prefix (net/, ep/, block/) and a name", r.Key)
+	}
+	if r.Version == 0 {
+		return fmt.Errorf("record %s: version 0", r.Key)
+	}
+	if err := model.ValidateName("origin node", r.Origin); err != nil {
+		return fmt.Errorf("record %s: %w", r.Key, err)
+	}
+	if r.Deleted {
+		return nil
+	}
+	if len(r.Value) == 0 {
+		return fmt.Errorf("record %s: no value", r.Key)
+	}
+	switch {
+	case len(r.Key) > len(PrefixNetwork) && r.Key[:len(PrefixNetwork)] == PrefixNetwork:
+		n, err := Decode[model.Network](r)
+		if err != nil {
+			return err
+		}
+		if NetworkKey(n.Name) != r.Key {
+			return fmt.Errorf("record %s holds network %q", r.Key, n.Name)
+		}
+		return n.Validate()
+	case len(r.Key) > len(PrefixEndpoint) && r.Key[:len(PrefixEndpoint)] == PrefixEndpoint:
+		e, err := Decode[model.Endpoint](r)
+		if err != nil {
+			return err
+		}
+		if EndpointKey(e.ID) != r.Key {
+			return fmt.Errorf("record %s holds endpoint %q", r.Key, e.ID)
+		}
+		if _, err := model.ParseMAC(e.MAC); err != nil {
+			return fmt.Errorf("record %s: %w", r.Key, err)
+		}
+		if !e.IP.Is4() {
+			return fmt.Errorf("record %s: endpoint address %s is not IPv4", r.Key, e.IP)
+		}
+		return errors.Join(model.ValidateName("network", e.Network), model.ValidateName("node", e.Node))
+	default:
+		b, err := Decode[Block](r)
+		if err != nil {
+			return err
+		}
+		if !b.CIDR.IsValid() || BlockKey(b.Network, b.CIDR) != r.Key {
+			return fmt.Errorf("record %s holds block %s of %q", r.Key, b.CIDR, b.Network)
+		}
+		return model.ValidateName("node", b.Node)
+	}
+}

@@ -1,0 +1,105 @@
+package ipam
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+func TestBlocks(t *testing.T) {
+	for _, tc := range []struct {
+		subnet string
+		bits   int
+		count  int
+		third  string
+	}{
+		{"172.18.0.0/16", 26, 1024, "172.18.0.128/26"},
+		{"198.19.1.0/24", 28, 16, "198.19.1.32/28"},
+		{"10.0.0.0/28", 30, 4, "10.0.0.8/30"},
+		{"10.0.0.0/30", 30, 1, ""},
+	} {
+		p := netip.MustParsePrefix(tc.subnet)
+		if BlockBits(p) != tc.bits || BlockCount(p) != tc.count {
+			t.Errorf("%s: bits %d count %d, want %d %d", p, BlockBits(p), BlockCount(p), tc.bits, tc.count)
+		}
+		if tc.third != "" && BlockAt(p, 2).String() != tc.third {
+			t.Errorf("%s: third block %s, want %s", p, BlockAt(p, 2), tc.third)
+		}
+	}
+}
+
+func TestFreeBlock(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.0.0.0/28")
+	claimed := map[netip.Prefix]string{}
+	seen := map[netip.Prefix]bool{}
+	for i := 0; i < 4; i++ {
+		b, err := FreeBlock(subnet, "h1", claimed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[b] || !subnet.Contains(b.Addr()) {
+			t.Fatalf("block %s reused or outside", b)
+		}
+		seen[b] = true
+		claimed[b] = "h1"
+	}
+	if _, err := FreeBlock(subnet, "h1", claimed); err == nil || !strings.Contains(err.Error(), "subnet 10.0.0.0/28 is full") {
+		t.Fatalf("full subnet: err = %v", err)
+	}
+	// Different nodes start at different places.
+	a, _ := FreeBlock(netip.MustParsePrefix("10.0.0.0/16"), "h1", nil)
+	b, _ := FreeBlock(netip.MustParsePrefix("10.0.0.0/16"), "h2", nil)
+	if a == b {
+		t.Fatalf("h1 and h2 start at the same block %s", a)
+	}
+}
+
+func TestAllocate(t *testing.T) {
+	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("10.0.0.0/28")}
+	n.Normalize()
+	blocks := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/30"), netip.MustParsePrefix("10.0.0.12/30")}
+	used := map[netip.Addr]string{}
+	var got []string
+	for {
+		a, ok := Allocate(n, blocks, used)
+		if !ok {
+			break
+		}
+		used[a] = "x"
+		got = append(got, a.String())
+	}
+	// .0 network, .1 gateway, .15 broadcast are reserved.
+	if want := "10.0.0.2 10.0.0.3 10.0.0.12 10.0.0.13 10.0.0.14"; strings.Join(got, " ") != want {
+		t.Fatalf("allocated %v, want %s", got, want)
+	}
+}
+
+func TestCheckStatic(t *testing.T) {
+	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("172.18.0.0/16")}
+	n.Normalize()
+	used := map[netip.Addr]string{netip.MustParseAddr("172.18.0.11"): "h1-ctr"}
+	for _, tc := range []struct{ ip, want string }{
+		{"172.18.0.12", ""},
+		{"172.18.0.11", "address 172.18.0.11 is already in use on network web by endpoint h1-ctr"},
+		{"172.18.0.1", "is the gateway"},
+		{"172.18.0.0", "is the network address"},
+		{"172.18.255.255", "is the broadcast address"},
+		{"10.0.0.1", "is outside subnet 172.18.0.0/16"},
+	} {
+		err := CheckStatic(n, netip.MustParseAddr(tc.ip), used)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: err = %v, want %q", tc.ip, err, tc.want)
+		}
+	}
+}
+
+func TestMACFor(t *testing.T) {
+	if got := MACFor(netip.MustParseAddr("172.18.0.11")); got != "02:7e:ac:12:00:0b" {
+		t.Fatalf("MACFor = %s", got)
+	}
+	if _, err := model.ParseMAC(MACFor(netip.MustParseAddr("255.255.255.255"))); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,206 @@
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// GossipPort is the lab agents' gossip port.
+const GossipPort = 7946
+
+func (l *Lab) dir() string { return filepath.Join(StateDir, l.Name) }
+
+// KeyFile is the lab cluster's key file.
+func (l *Lab) KeyFile() string { return filepath.Join(l.dir(), "key") }
+
+// startAgents runs one agent per host, creates the networks through the
+// first host's API and attaches every container through its host's API.
+func (l *Lab) startAgents(cfg Config) error {
+	if err := os.MkdirAll(l.dir(), 0o700); err != nil {
+		return fmt.Errorf("lab directory: %w", err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	if err := os.WriteFile(l.KeyFile(), []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write key: %w", err)
+	}
+	l.Binary = cfg.Binary
+	for i := range l.Hosts {
+		h := &l.Hosts[i]
+		h.Dir = filepath.Join(l.dir(), h.Name)
+		h.Socket = filepath.Join(h.Dir, "vxnet.sock")
+		if err := l.StartAgent(h.Name); err != nil {
+			return err
+		}
+	}
+	if err := l.save(); err != nil {
+		return err
+	}
+	first := api.NewClient(l.Hosts[0].Socket)
+	for _, n := range l.Networks {
+		if _, err := first.CreateNetwork(api.NetworkCreate{Name: n.Name, Subnet: n.Subnet.String(), VNI: n.VNI, Flood: n.Flood}); err != nil {
+			return fmt.Errorf("create network %s: %w", n.Name, err)
+		}
+	}
+	if err := l.WaitNetworks(10 * time.Second); err != nil {
+		return err
+	}
+	for i := range l.Containers {
+		c := &l.Containers[i]
+		h, _ := l.Host(c.Host)
+		att, err := api.NewClient(h.Socket).Attach(api.AttachRequest{Network: c.Network, Netns: c.Netns})
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", c.Name, err)
+		}
+		p, err := netip.ParsePrefix(att.IP)
+		if err != nil {
+			return fmt.Errorf("attach %s: address %q: %w", c.Name, att.IP, err)
+		}
+		c.IP, c.MAC, c.ID = p.Addr(), att.MAC, att.ID
+	}
+	if err := l.save(); err != nil {
+		return err
+	}
+	return l.WaitConverged(10 * time.Second)
+}
+
+// StartAgent starts (or restarts) the agent of a host, in the host's
+// namespace, and waits until its API answers.
+func (l *Lab) StartAgent(host string) error {
+	idx := -1
+	for i := range l.Hosts {
+		if l.Hosts[i].Name == host {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return fmt.Errorf("no host %q in lab %s", host, l.Name)
+	}
+	h := &l.Hosts[idx]
+	if err := os.MkdirAll(h.Dir, 0o700); err != nil {
+		return err
+	}
+	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
+		"--key-file", l.KeyFile(), "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
+		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", "500ms", "-v"}
+	var join []string
+	for _, o := range l.Hosts {
+		if o.Name != h.Name && len(join) < 2 {
+			join = append(join, o.Addr.String())
+		}
+	}
+	if len(join) > 0 && idx > 0 {
+		args = append(args, "--join", join[0])
+	} else if len(join) > 0 && l.Hosts[0].PID != 0 {
+		args = append(args, "--join", join[0]) // restart of the first host
+	}
+	logf, err := os.OpenFile(filepath.Join(h.Dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(l.Binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := nsutil.Do(h.Netns, cmd.Start); err != nil {
+		return fmt.Errorf("start agent of %s: %w", h.Name, err)
+	}
+	h.PID = cmd.Process.Pid
+	go func() { _ = cmd.Wait() }() // reap
+	c := api.NewClient(h.Socket)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := c.Status(); err == nil {
+			return l.save()
+		}
+		if syscall.Kill(h.PID, 0) != nil || time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(h.Dir, "agent.log"))
+			return fmt.Errorf("agent of %s did not come up; its log:\n%s", h.Name, tail(string(log), 2000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// KillAgent sends sig to a host's agent and waits for it to exit.
+func (l *Lab) KillAgent(host string, sig syscall.Signal) error {
+	h, ok := l.Host(host)
+	if !ok || h.PID == 0 {
+		return fmt.Errorf("host %s has no agent", host)
+	}
+	if err := syscall.Kill(h.PID, sig); err != nil {
+		return fmt.Errorf("signal agent of %s (pid %d): %w", host, h.PID, err)
+	}
+	waitGone([]int{h.PID}, 10*time.Second)
+	return nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// WaitNetworks waits until every agent knows every lab network.
+func (l *Lab) WaitNetworks(timeout time.Duration) error {
+	return waitFor(timeout, func() error {
+		for _, h := range l.Hosts {
+			nets, err := api.NewClient(h.Socket).Networks()
+			if err != nil {
+				return err
+			}
+			if len(nets) < len(l.Networks) {
+				return fmt.Errorf("host %s knows %d of %d networks", h.Name, len(nets), len(l.Networks))
+			}
+		}
+		return nil
+	})
+}
+
+// WaitConverged waits until every agent sees every container of the lab.
+func (l *Lab) WaitConverged(timeout time.Duration) error {
+	want := map[string]int{}
+	for _, c := range l.Containers {
+		want[c.Network]++
+	}
+	return waitFor(timeout, func() error {
+		for _, h := range l.Hosts {
+			s, err := api.NewClient(h.Socket).Status()
+			if err != nil {
+				return err
+			}
+			for _, n := range s.Networks {
+				if got := n.Local + n.Remote; got != want[n.Name] {
+					return fmt.Errorf("host %s sees %d of %d endpoints of %s", h.Name, got, want[n.Name], n.Name)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func waitFor(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not converged after %s: %w", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
