@@ -78,7 +78,10 @@ func (l *Lab) startAgents(cfg Config) error {
 
 // StartAgent starts (or restarts) the agent of a host, in the host's
 // namespace, and waits until its API answers.
-func (l *Lab) StartAgent(host string) error {
+func (l *Lab) StartAgent(host string) error { return l.StartAgentWithKey(host, l.KeyFile()) }
+
+// StartAgentWithKey starts a host's agent with another key file.
+func (l *Lab) StartAgentWithKey(host, keyFile string) error {
 	idx := -1
 	for i := range l.Hosts {
 		if l.Hosts[i].Name == host {
@@ -93,7 +96,7 @@ func (l *Lab) StartAgent(host string) error {
 		return err
 	}
 	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
-		"--key-file", l.KeyFile(), "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
+		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
 		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", "500ms", "-v"}
 	var join []string
 	for _, o := range l.Hosts {

@@ -1,0 +1,463 @@
+// Package e2e runs real vxnet agents in namespace hosts of the lab and checks
+// what users see: reachability, isolation, failures, restarts, bad input.
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+var seq atomic.Int32
+
+func up(t *testing.T, hosts, networks, perHost int) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	name := fmt.Sprintf("e%d%d", os.Getpid()%100000, seq.Add(1))
+	l, err := lab.Up(lab.Config{Name: name, Hosts: hosts, Networks: networks, PerHost: perHost, Agent: true, Binary: testutil.Binary(t)})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range l.Hosts {
+				b, _ := os.ReadFile(filepath.Join(h.Dir, "agent.log"))
+				t.Logf("agent log of %s (tail):\n%s", h.Name, tailLines(string(b), 40))
+			}
+		}
+		if err := lab.Down(name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if left, _ := nsutil.List(lab.Prefix(name)); len(left) > 0 {
+			t.Errorf("namespaces left: %v", left)
+		}
+	})
+	return l
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func client(l *lab.Lab, host string) *api.Client {
+	h, _ := l.Host(host)
+	return api.NewClient(h.Socket)
+}
+
+func newContainer(t *testing.T, l *lab.Lab, name string) string {
+	t.Helper()
+	path, err := nsutil.Create(l.Prefix + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func ctr(t *testing.T, l *lab.Lab, name string) lab.Container {
+	t.Helper()
+	for _, c := range l.Containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return lab.Container{}
+}
+
+func pingUntil(t *testing.T, ns string, dst netip.Addr, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := probe.Ping(ns, dst, 56, false, 300*time.Millisecond)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reply from %s within %s: %v", dst, timeout, err)
+		}
+	}
+}
+
+func wantStatusError(t *testing.T, err error, code int, msg string) {
+	t.Helper()
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != code || !strings.Contains(se.Msg, msg) {
+		t.Fatalf("err = %v, want HTTP %d containing %q", err, code, msg)
+	}
+}
+
+// TestCluster: three agents join, the lab matrix holds, a network created
+// on one member is usable from all, addresses are checked cluster-wide, and
+// bad input is refused with a clear message.
+func TestCluster(t *testing.T) {
+	l := up(t, 3, 2, 1)
+	m := l.Matrix(time.Second)
+	if !lab.MatrixOK(m) {
+		var sb strings.Builder
+		l.PrintMatrix(&sb, m)
+		t.Fatalf("matrix:\n%s", sb.String())
+	}
+	s, err := client(l, "h1").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive := 0
+	for _, mb := range s.Members {
+		if mb.State == "alive" {
+			alive++
+		}
+	}
+	if alive != 3 {
+		t.Fatalf("h1 sees %d alive members, want 3: %+v", alive, s.Members)
+	}
+
+	// A network created on h2 appears everywhere and carries traffic.
+	info, err := client(l, "h2").CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "172.18.0.0/16", VNI: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.EffectiveMTU != 1450 || info.Gateway.String() != "172.18.0.1" {
+		t.Fatalf("network info = %+v", info)
+	}
+	a, b := newContainer(t, l, "web-a"), newContainer(t, l, "web-b")
+	if err := waitNetwork(l, "web"); err != nil {
+		t.Fatal(err)
+	}
+	attA, err := client(l, "h1").Attach(api.AttachRequest{Network: "web", Netns: a, IP: "172.18.0.11"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attB, err := client(l, "h3").Attach(api.AttachRequest{Network: "web", Netns: b, IP: "172.18.0.12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attA.IP != "172.18.0.11/16" || attA.MTU != 1450 || attA.IfName != "eth0" || attB.MAC == attA.MAC {
+		t.Fatalf("attachments: %+v %+v", attA, attB)
+	}
+	pingUntil(t, a, netip.MustParseAddr("172.18.0.12"), 3*time.Second)
+	pingUntil(t, b, netip.MustParseAddr("172.18.0.11"), 3*time.Second)
+	if _, err := probe.Ping(a, netip.MustParseAddr("172.18.0.12"), 1450-28, true, 2*time.Second); err != nil {
+		t.Fatalf("full-size packet with DF: %v", err)
+	}
+	// Attaching the same namespace again is idempotent.
+	again, err := client(l, "h1").Attach(api.AttachRequest{Network: "web", Netns: a})
+	if err != nil || again.ID != attA.ID || again.IP != attA.IP {
+		t.Fatalf("re-attach: %+v, %v", again, err)
+	}
+
+	t.Run("BadInput", func(t *testing.T) {
+		c := newContainer(t, l, "web-c")
+		h2 := client(l, "h2")
+		_, err := h2.Attach(api.AttachRequest{Network: "web", Netns: c, IP: "172.18.0.11"})
+		wantStatusError(t, err, 409, "address 172.18.0.11 is already in use on network web by endpoint h1.web.")
+		_, err = h2.Attach(api.AttachRequest{Network: "nope", Netns: c})
+		wantStatusError(t, err, 404, `unknown network "nope"`)
+		_, err = h2.Attach(api.AttachRequest{Network: "web", Netns: "/run/netns/does-not-exist"})
+		wantStatusError(t, err, 400, "network namespace /run/netns/does-not-exist does not exist")
+		_, err = h2.CreateNetwork(api.NetworkCreate{Name: "x", Subnet: "172.18.5.0/24"})
+		wantStatusError(t, err, 409, `subnet 172.18.5.0/24 overlaps subnet 172.18.0.0/16 of network "web"`)
+		_, err = h2.CreateNetwork(api.NetworkCreate{Name: "x", Subnet: "10.77.0.0/24", VNI: 100})
+		wantStatusError(t, err, 409, `VNI 100 is already used by network "web"`)
+		_, err = h2.CreateNetwork(api.NetworkCreate{Name: "x", Subnet: "10.77.0.0/24", VNI: 16777216})
+		wantStatusError(t, err, 400, "invalid VNI 16777216: must be between 1 and 16777215")
+		_, err = h2.CreateNetwork(api.NetworkCreate{Name: "x", Subnet: "10.77.0.0/24", Gateway: "10.78.0.1"})
+		wantStatusError(t, err, 400, "gateway 10.78.0.1 is outside subnet 10.77.0.0/24")
+		_, err = h2.CreateNetwork(api.NetworkCreate{Name: "x", Subnet: "10.77.0.0/24", MTU: 1500})
+		wantStatusError(t, err, 400, "MTU 1500 does not fit")
+		err = h2.RemoveNetwork("web", false)
+		wantStatusError(t, err, 409, "network web still has 2 endpoints")
+	})
+
+	t.Run("RemoveNetwork", func(t *testing.T) {
+		if err := client(l, "h1").Detach(api.DetachRequest{Network: "web", Netns: a}); err != nil {
+			t.Fatal(err)
+		}
+		if err := client(l, "h3").Detach(api.DetachRequest{Network: "web", Netns: b}); err != nil {
+			t.Fatal(err)
+		}
+		err := client(l, "h1").Detach(api.DetachRequest{Network: "web", Netns: b})
+		wantStatusError(t, err, 404, "is not attached to network web on this host")
+		if err := client(l, "h2").RemoveNetwork("web", false); err != nil {
+			t.Fatal(err)
+		}
+		// Every host removes its devices of VNI 100.
+		err = waitCond(5*time.Second, func() error {
+			for _, h := range l.Hosts {
+				dp, err := linux.Open(h.Netns, nil)
+				if err != nil {
+					return err
+				}
+				obs, err := dp.Observe()
+				dp.Close()
+				if err != nil {
+					return err
+				}
+				if _, ok := obs.Networks[100]; ok {
+					return fmt.Errorf("host %s still has VNI 100", h.Name)
+				}
+				for _, p := range obs.Ports {
+					if p.VNI == 100 {
+						return fmt.Errorf("host %s still has port %s", h.Name, p.HostIf)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func waitNetwork(l *lab.Lab, name string) error {
+	return waitCond(5*time.Second, func() error {
+		for _, h := range l.Hosts {
+			if _, err := client(l, h.Name).Network(name); err != nil {
+				return fmt.Errorf("%s: %w", h.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+func waitCond(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAgentKill9 kills an agent mid-ping: the kernel keeps forwarding, no
+// reply of the established flow is lost, and the restarted agent finds the
+// kernel as it should be (no kernel change at all).
+func TestAgentKill9(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	pingUntil(t, a.Netns, b.IP, 3*time.Second)
+	var sent, lost atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if _, err := probe.Ping(a.Netns, b.IP, 56, false, time.Second); err != nil {
+				lost.Add(1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	for _, h := range []string{"h2", "h1"} {
+		if err := l.KillAgent(h, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if err := l.StartAgent(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.WaitConverged(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-done
+	if lost.Load() != 0 || sent.Load() < 20 {
+		t.Fatalf("lost %d of %d echo replies across agent kill -9 and restart", lost.Load(), sent.Load())
+	}
+	for _, h := range []string{"h1", "h2"} {
+		s, err := client(l, h).Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.KernelOps != 0 || s.SyncError != "" {
+			t.Fatalf("restarted agent of %s changed the kernel %d times (err %q); the state was already right", h, s.KernelOps, s.SyncError)
+		}
+		if len(s.Networks) != 1 || s.Networks[0].Local != 1 || s.Networks[0].Remote != 2 {
+			t.Fatalf("restarted %s sees %+v", h, s.Networks)
+		}
+	}
+}
+
+// TestMemberFailure cuts a host off the underlay: the others withdraw its
+// endpoints; when it comes back they return and traffic flows again.
+func TestMemberFailure(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	pingUntil(t, a.Netns, c.IP, 3*time.Second)
+	h3, _ := l.Host("h3")
+	setUnderlay(t, l, "h3", false)
+	start := time.Now()
+	err := waitCond(20*time.Second, func() error {
+		if hasVTEP(t, l, "h1", h3.Addr) {
+			return errors.New("h1 still forwards to h3")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("h3's endpoints withdrawn from h1 %s after its underlay link went down", time.Since(start).Round(time.Millisecond))
+	setUnderlay(t, l, "h3", true)
+	err = waitCond(30*time.Second, func() error {
+		if !hasVTEP(t, l, "h1", h3.Addr) {
+			return errors.New("h1 does not forward to h3 yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, a.Netns, c.IP, 5*time.Second)
+}
+
+func setUnderlay(t *testing.T, l *lab.Lab, host string, up bool) {
+	t.Helper()
+	ns, err := netns.GetFromPath(nsutil.Path(l.Switch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up {
+		err = h.LinkSetUp(link)
+	} else {
+		err = h.LinkSetDown(link)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hasVTEP(t *testing.T, l *lab.Lab, host string, vtep netip.Addr) bool {
+	t.Helper()
+	h, _ := l.Host(host)
+	dp, err := linux.Open(h.Netns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	obs, err := dp.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range obs.FDB {
+		if f.VTEP == vtep {
+			return true
+		}
+	}
+	return false
+}
+
+// TestWrongKeyCannotJoin: an agent with another cluster key stays outside.
+func TestWrongKeyCannotJoin(t *testing.T) {
+	l := up(t, 2, 1, 1)
+	if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(20*time.Second, func() error {
+		if aliveCount(t, l, "h1") != 1 {
+			return errors.New("h1 still counts h2 as alive")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wrong := filepath.Join(t.TempDir(), "wrong.key")
+	if err := os.WriteFile(wrong, []byte("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgentWithKey("h2", wrong); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if n := aliveCount(t, l, "h1"); n != 1 {
+		t.Fatalf("h1 sees %d alive members after an agent with a wrong key tried to join", n)
+	}
+	if n := aliveCount(t, l, "h2"); n != 1 {
+		t.Fatalf("the agent with the wrong key sees %d alive members", n)
+	}
+}
+
+func aliveCount(t *testing.T, l *lab.Lab, host string) int {
+	t.Helper()
+	s, err := client(l, host).Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range s.Members {
+		if m.State == "alive" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConcurrentCreate: two members create the same name with different
+// definitions at once; one network results and the other caller is told.
+func TestConcurrentCreate(t *testing.T) {
+	l := up(t, 2, 1, 0)
+	errs := make(chan error, 2)
+	for i, h := range []string{"h1", "h2"} {
+		go func() {
+			_, err := client(l, h).CreateNetwork(api.NetworkCreate{Name: "dup", Subnet: fmt.Sprintf("10.%d.0.0/24", 50+i)})
+			errs <- err
+		}()
+	}
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) {
+		t.Fatalf("want exactly one success: %v / %v", e1, e2)
+	}
+	failed := e1
+	if failed == nil {
+		failed = e2
+	}
+	wantStatusError(t, failed, 409, "dup")
+	n1, err1 := client(l, "h1").Network("dup")
+	n2, err2 := client(l, "h2").Network("dup")
+	if err1 != nil || err2 != nil || !n1.Network.Equal(n2.Network) {
+		t.Fatalf("members disagree: %+v %v / %+v %v", n1, err1, n2, err2)
+	}
+	_ = model.Network{}
+}
