@@ -14,4 +14,11 @@ fi
 go vet ./...
 go build -o bin/vxnet ./cmd/vxnet
 export VXNET_BINARY="$PWD/bin/vxnet"
+# Short bounded fuzz runs of every decoder of outside input (the corpora
+# under testdata/fuzz are replayed by the plain test run too).
+fuzztime="${VXNET_FUZZTIME:-10s}"
+for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./internal/agent" "FuzzParseConfig ./cmd/vxnet"; do
+  set -- $target
+  go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"
+done
 go test -count=1 -timeout 25m ./...

@@ -1,0 +1,79 @@
+package probe
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+func TestChecksum(t *testing.T) {
+	// An echo request with its checksum filled in sums to zero.
+	p := EchoRequest(0x1234, 1, 33)
+	if Checksum(p) != 0 {
+		t.Fatalf("checksum of a checksummed packet = %#x, want 0", Checksum(p))
+	}
+	if len(p) != 41 || p[0] != 8 || binary.BigEndian.Uint16(p[4:]) != 0x1234 {
+		t.Fatalf("echo request header wrong: % x", p[:8])
+	}
+}
+
+func ipv4(src [4]byte, proto byte, payload []byte) []byte {
+	h := make([]byte, 20)
+	h[0], h[9] = 0x45, proto
+	copy(h[12:], src[:])
+	return append(h, payload...)
+}
+
+func TestClassifyReply(t *testing.T) {
+	dst := netip.MustParseAddr("10.0.0.2")
+	reply := EchoRequest(7, 1, 8)
+	reply[0] = 0
+	if k := classifyReply(ipv4(dst.As4(), 1, reply), dst, 7, 1); k != replyOK {
+		t.Fatalf("echo reply: %v", k)
+	}
+	if k := classifyReply(ipv4([4]byte{10, 0, 0, 9}, 1, reply), dst, 7, 1); k != replyOther {
+		t.Fatal("reply from another address accepted")
+	}
+	if k := classifyReply(ipv4(dst.As4(), 1, reply), dst, 8, 1); k != replyOther {
+		t.Fatal("reply with another id accepted")
+	}
+	// Fragmentation needed, quoting our request.
+	quoted := ipv4([4]byte{10, 0, 0, 1}, 1, EchoRequest(7, 1, 0))
+	tooBig := append([]byte{3, 4, 0, 0, 0, 0, 0x05, 0xaa}, quoted...)
+	if k := classifyReply(ipv4([4]byte{10, 0, 0, 254}, 1, tooBig), dst, 7, 1); k != replyTooBig {
+		t.Fatalf("frag needed: %v", k)
+	}
+	if k := classifyReply([]byte{0x45, 0}, dst, 7, 1); k != replyOther {
+		t.Fatal("truncated packet accepted")
+	}
+}
+
+func TestClassifyFrame(t *testing.T) {
+	frame := func(dport uint16, innerDst []byte, innerType uint16) []byte {
+		eth := make([]byte, 14)
+		binary.BigEndian.PutUint16(eth[12:], 0x0800)
+		udp := make([]byte, 8)
+		binary.BigEndian.PutUint16(udp[2:], dport)
+		vx := make([]byte, 8)
+		inner := make([]byte, 14+28)
+		copy(inner, innerDst)
+		binary.BigEndian.PutUint16(inner[12:], innerType)
+		return append(eth, ipv4([4]byte{198, 18, 0, 1}, 17, append(append(udp, vx...), inner...))...)
+	}
+	bcast := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	uni := []byte{2, 0, 0, 0, 0, 1}
+	for _, tc := range []struct {
+		f               []byte
+		vx, arp, bcastW bool
+	}{
+		{frame(4789, bcast, 0x0806), true, true, true},
+		{frame(4789, uni, 0x0800), true, false, false},
+		{frame(53, bcast, 0x0806), false, false, false},
+		{[]byte{1, 2, 3}, false, false, false},
+	} {
+		vx, arp, b := ClassifyFrame(tc.f, 4789)
+		if vx != tc.vx || arp != tc.arp || b != tc.bcastW {
+			t.Errorf("ClassifyFrame = %v %v %v, want %v %v %v", vx, arp, b, tc.vx, tc.arp, tc.bcastW)
+		}
+	}
+}
