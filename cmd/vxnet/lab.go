@@ -109,7 +109,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		},
 	}
 	matrix.Flags().StringVar(&name, "name", "lab", "lab name")
-	cmd.AddCommand(up, down, matrix)
+	cmd.AddCommand(up, down, matrix, newConvergeCmd(g))
 	return cmd
 }
 
@@ -127,4 +127,48 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 	for _, c := range l.Containers {
 		fmt.Fprintf(out, "  %-10s on %-3s %-6s %-14s %s  netns %s\n", c.Name, c.Host, c.Network, c.IP, c.MAC, c.Netns)
 	}
+}
+
+func newConvergeCmd(g *globals) *cobra.Command {
+	var hosts, samples int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "converge",
+		Short: "Benchmark: time from attach on one host to first reply from another, with real agents",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			name := "cv"
+			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger()}
+			l, err := lab.Up(cfg)
+			if err != nil {
+				return err
+			}
+			defer lab.Down(name)
+			res, err := l.MeasureConvergence(samples)
+			if err != nil {
+				return err
+			}
+			var prog, reply []time.Duration
+			for _, s := range res {
+				prog, reply = append(prog, s.Programmed), append(reply, s.FirstReply)
+			}
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+			out := map[string]any{"hosts": hosts, "samples": len(res),
+				"programmed_p50_ms": ms(lab.Percentile(prog, 50)), "programmed_p99_ms": ms(lab.Percentile(prog, 99)),
+				"converge_p50_ms": ms(lab.Percentile(reply, 50)), "converge_p99_ms": ms(lab.Percentile(reply, 99))}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "hosts=%d samples=%d  attach->programmed on peer p50=%.1fms p99=%.1fms  attach->first reply p50=%.1fms p99=%.1fms\n",
+				hosts, len(res), out["programmed_p50_ms"], out["programmed_p99_ms"], out["converge_p50_ms"], out["converge_p99_ms"])
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }

@@ -313,9 +313,12 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 
 // sync runs one reconcile pass.
 func (a *Agent) sync() error {
+	// The input is read under the datapath lock: an attach in flight
+	// records its endpoint before it lets go of the datapath, so a pass can
+	// never see its fresh port without its record and remove it.
+	a.dpMu.Lock()
 	in, cconf := a.input()
 	want, rconf := reconcile.Desired(in)
-	a.dpMu.Lock()
 	ops, err := reconcile.Sync(a.dp, want)
 	a.dpMu.Unlock()
 	a.syncs.Add(1)
@@ -367,12 +370,13 @@ func (a *Agent) gcLocal() {
 func (a *Agent) removeEndpoint(id string) error {
 	a.dpMu.Lock()
 	err := a.dp.Detach(id)
+	r, deleted := a.state.Delete(cluster.EndpointKey(id))
 	a.dpMu.Unlock()
+	if deleted {
+		a.gossip.Publish(r)
+	}
 	if err != nil {
 		return err
-	}
-	if r, ok := a.state.Delete(cluster.EndpointKey(id)); ok {
-		a.gossip.Publish(r)
 	}
 	delete(a.locals, id)
 	if err := a.store.delLocal(id); err != nil {

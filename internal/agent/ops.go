@@ -335,6 +335,8 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if !ok {
 		return api.Attachment{}, conflict("network %s is not programmable on this host (see 'vxnet status' for conflicts)", n.Name)
 	}
+	e := model.Endpoint{ID: id, Network: n.Name, Node: a.state.Self(), MAC: mac, IP: ip}
+	// Port and record appear together under the datapath lock (see sync).
 	a.dpMu.Lock()
 	err = a.dp.EnsureNetwork(spec)
 	var port datapath.Port
@@ -342,17 +344,19 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 		port, err = a.dp.Attach(datapath.EndpointSpec{ID: id, VNI: n.VNI, Netns: path, IfName: ifname, MAC: mac,
 			IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: n.Gateway, MTU: mtu})
 	}
+	var rec cluster.Record
+	if err == nil {
+		rec, err = a.state.Put(cluster.EndpointKey(id), e)
+		if err != nil {
+			_ = a.dp.Detach(id)
+		}
+	}
 	a.dpMu.Unlock()
 	if err != nil {
 		if len(recs) > 0 { // keep the block claim: it is valid and will be used
 			a.gossip.Publish(recs...)
 		}
 		return api.Attachment{}, fmt.Errorf("attach %s to %s: %w", path, n.Name, err)
-	}
-	e := model.Endpoint{ID: id, Network: n.Name, Node: a.state.Self(), MAC: mac, IP: ip}
-	rec, err := a.state.Put(cluster.EndpointKey(id), e)
-	if err != nil {
-		return api.Attachment{}, err
 	}
 	recs = append(recs, rec)
 	a.gossip.Publish(recs...)

@@ -213,7 +213,7 @@ func TestLabDatapath(t *testing.T) {
 		for _, op := range ops {
 			got = append(got, op.Kind.String())
 		}
-		if want := "del-fdb,del-neigh,delete-network"; strings.Join(got, ",") != want {
+		if want := "del-neigh,del-fdb,delete-network"; strings.Join(got, ",") != want {
 			t.Fatalf("ops = %v, want %s", ops, want)
 		}
 		if _, err := hh.LinkByName(datapath.BridgeName(998)); err != nil {

@@ -140,15 +140,15 @@ type OpKind int
 // Operation kinds, in the order Plan emits them.
 const (
 	EnsureNetwork OpKind = iota
-	SetNeigh
 	SetFDB
-	DelFDB
+	SetNeigh
 	DelNeigh
+	DelFDB
 	DetachPort
 	DeleteNetwork
 )
 
-var opNames = [...]string{"ensure-network", "set-neigh", "set-fdb", "del-fdb", "del-neigh", "detach", "delete-network"}
+var opNames = [...]string{"ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -178,7 +178,9 @@ func (o Op) String() string {
 }
 
 // Plan returns the operations that take observed to desired: adds before
-// deletes, networks before their entries, entries before anything is removed.
+// deletes, networks before their entries, an FDB entry before the neighbour
+// entry that lets the kernel resolve the address (so the first packet after
+// ARP has somewhere to go), and neighbours removed before their FDB entries.
 func Plan(want State, have datapath.Observed) []Op {
 	var ops []Op
 	rebuilt := map[uint32]bool{}
@@ -202,33 +204,33 @@ func Plan(want State, have datapath.Observed) []Op {
 	for _, f := range have.FDB {
 		haveFDB[f.Key()] = f
 	}
-	for _, k := range sortedKeys(want.Neigh) {
-		n := want.Neigh[k]
-		if cur, ok := haveNeigh[k]; !ok || cur != n || rebuilt[n.VNI] {
-			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
-		}
-	}
 	for _, k := range sortedKeys(want.FDB) {
 		f := want.FDB[k]
 		if cur, ok := haveFDB[k]; !ok || cur != f || rebuilt[f.VNI] {
 			ops = append(ops, Op{Kind: SetFDB, FDB: f})
 		}
 	}
-	// Entries of networks that go away vanish with their devices.
-	for _, f := range sortedFDB(have.FDB) {
-		if _, keep := want.Networks[f.VNI]; !keep {
-			continue
-		}
-		if w, ok := want.FDB[f.Key()]; !ok || (f.MAC == datapath.ZeroMAC && w != f) {
-			ops = append(ops, Op{Kind: DelFDB, FDB: f})
+	for _, k := range sortedKeys(want.Neigh) {
+		n := want.Neigh[k]
+		if cur, ok := haveNeigh[k]; !ok || cur != n || rebuilt[n.VNI] {
+			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
 		}
 	}
+	// Entries of networks that go away vanish with their devices.
 	for _, n := range sortedNeigh(have.Neigh) {
 		if _, keep := want.Networks[n.VNI]; !keep {
 			continue
 		}
 		if _, ok := want.Neigh[n.Key()]; !ok {
 			ops = append(ops, Op{Kind: DelNeigh, Neigh: n})
+		}
+	}
+	for _, f := range sortedFDB(have.FDB) {
+		if _, keep := want.Networks[f.VNI]; !keep {
+			continue
+		}
+		if w, ok := want.FDB[f.Key()]; !ok || (f.MAC == datapath.ZeroMAC && w != f) {
+			ops = append(ops, Op{Kind: DelFDB, FDB: f})
 		}
 	}
 	ports := append([]datapath.Port(nil), have.Ports...)

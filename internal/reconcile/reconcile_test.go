@@ -183,7 +183,7 @@ func TestPlanRemovesWhatIsNotWanted(t *testing.T) {
 		kinds = append(kinds, op.String())
 	}
 	got := strings.Join(kinds, "; ")
-	wantOps := "del-fdb fdb vni 4097 02:aa:00:00:00:01 -> 198.18.0.9; del-neigh neigh vni 4097 198.19.1.99 -> 02:aa:00:00:00:01; detach orphan; delete-network vni 99"
+	wantOps := "del-neigh neigh vni 4097 198.19.1.99 -> 02:aa:00:00:00:01; del-fdb fdb vni 4097 02:aa:00:00:00:01 -> 198.18.0.9; detach orphan; delete-network vni 99"
 	if got != wantOps {
 		t.Fatalf("ops = %s\nwant  %s", got, wantOps)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -585,7 +586,30 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	if err := d.h.LinkSetUp(host); err != nil {
 		return fail(fmt.Errorf("set %s up: %w", hostIf, err))
 	}
+	// The kernel turns carrier on (and the bridge port to forwarding)
+	// asynchronously; return only once frames reach the container.
+	if err := waitOperUp(d.h, hostIf); err != nil {
+		return fail(err)
+	}
 	return port, nil
+}
+
+// waitOperUp polls a link until its operational state is up (bounded).
+func waitOperUp(h *netlink.Handle, name string) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("look up %s: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not come up (operational state %s)", name, l.Attrs().OperState)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func setupContainer(ch *netlink.Handle, tmpPeer string, e datapath.EndpointSpec) error {

@@ -1,0 +1,123 @@
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// ConvergeSample is one attach measured from another host.
+type ConvergeSample struct {
+	Host string
+	// Programmed is attach start to the neighbour entry on the prober's host.
+	Programmed time.Duration
+	// FirstReply is attach start to the first echo reply.
+	FirstReply time.Duration
+}
+
+// MeasureConvergence attaches new containers on hosts other than the first,
+// one at a time, and times how long until the first host has them
+// programmed and until a container there gets an echo reply. Needs an
+// agent lab with at least two hosts and a container on the first host.
+func (l *Lab) MeasureConvergence(samples int) ([]ConvergeSample, error) {
+	if !l.Agent || len(l.Hosts) < 2 {
+		return nil, fmt.Errorf("convergence needs an agent lab with at least 2 hosts")
+	}
+	var prober Container
+	for _, c := range l.Containers {
+		if c.Host == l.Hosts[0].Name && c.Network == l.Networks[0].Name {
+			prober = c
+		}
+	}
+	if prober.Name == "" {
+		return nil, fmt.Errorf("no container of %s on %s to probe from", l.Networks[0].Name, l.Hosts[0].Name)
+	}
+	nw := l.Networks[0]
+	h1, err := openHandle(l.Hosts[0].Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer h1.Close()
+	vx, err := h1.LinkByName(datapath.VxlanName(nw.VNI))
+	if err != nil {
+		return nil, fmt.Errorf("vxlan device of %s on %s: %w", nw.Name, l.Hosts[0].Name, err)
+	}
+	var out []ConvergeSample
+	for i := 0; i < samples; i++ {
+		host := l.Hosts[1+i%(len(l.Hosts)-1)]
+		name := fmt.Sprintf("%scv%d", l.Prefix, i)
+		path, err := nsutil.Create(name)
+		if err != nil {
+			return out, err
+		}
+		s, err := l.convergeOnce(h1, vx.Attrs().Index, prober, host, path)
+		c := api.NewClient(host.Socket)
+		derr := c.Detach(api.DetachRequest{Network: nw.Name, Netns: path})
+		_ = nsutil.Delete(name)
+		if err != nil {
+			return out, err
+		}
+		if derr != nil {
+			return out, fmt.Errorf("detach sample %d: %w", i, derr)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, host Host, path string) (ConvergeSample, error) {
+	s := ConvergeSample{Host: host.Name}
+	start := time.Now()
+	att, err := api.NewClient(host.Socket).Attach(api.AttachRequest{Network: prober.Network, Netns: path})
+	if err != nil {
+		return s, fmt.Errorf("attach on %s: %w", host.Name, err)
+	}
+	ip := netip.MustParsePrefix(att.IP).Addr()
+	deadline := start.Add(10 * time.Second)
+	for s.Programmed == 0 {
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("%s never programmed on %s", ip, l.Hosts[0].Name)
+		}
+		neighs, err := h1.NeighList(vxIndex, netlink.FAMILY_V4)
+		if err != nil {
+			return s, err
+		}
+		for _, n := range neighs {
+			if n.IP.Equal(ip.AsSlice()) {
+				s.Programmed = time.Since(start)
+			}
+		}
+		if s.Programmed == 0 {
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+	for s.FirstReply == 0 {
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("no reply from %s", ip)
+		}
+		if _, err := probe.Ping(prober.Netns, ip, 56, false, 100*time.Millisecond); err == nil {
+			s.FirstReply = time.Since(start)
+		}
+	}
+	return s, nil
+}
+
+// Percentile returns the p-th percentile (0-100) of ds by nearest rank.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	rank := int(p/100*float64(len(s))+0.999999) - 1
+	rank = max(0, min(rank, len(s)-1))
+	return s[rank]
+}
