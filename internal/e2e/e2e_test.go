@@ -461,3 +461,97 @@ func TestConcurrentCreate(t *testing.T) {
 	}
 	_ = model.Network{}
 }
+
+// TestPartitionDuplicateReported: during a partition both sides hand out
+// the same static address; after the heal every member reports the
+// duplicate and resolves it the same way (the lower endpoint ID keeps it).
+func TestPartitionDuplicateReported(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "part", Subnet: "10.90.0.0/24", VNI: 900}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNetwork(l, "part"); err != nil {
+		t.Fatal(err)
+	}
+	setUnderlay(t, l, "h3", false)
+	// Both sides of the cut accept the same address.
+	a, c := newContainer(t, l, "pa"), newContainer(t, l, "pc")
+	if _, err := client(l, "h1").Attach(api.AttachRequest{Network: "part", Netns: a, IP: "10.90.0.50"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(l, "h3").Attach(api.AttachRequest{Network: "part", Netns: c, IP: "10.90.0.50"}); err != nil {
+		t.Fatal(err)
+	}
+	setUnderlay(t, l, "h3", true)
+	err := waitCond(30*time.Second, func() error {
+		for _, h := range l.Hosts {
+			s, err := client(l, h.Name).Status()
+			if err != nil {
+				return err
+			}
+			found := false
+			for _, c := range s.Conflicts {
+				found = found || strings.Contains(c, "duplicate-ip: address 10.90.0.50 is claimed by endpoints")
+			}
+			if !found {
+				return fmt.Errorf("%s reports no duplicate yet: %v", h.Name, s.Conflicts)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A late, third claim is refused outright now that the state is merged.
+	b := newContainer(t, l, "pb")
+	_, err = client(l, "h2").Attach(api.AttachRequest{Network: "part", Netns: b, IP: "10.90.0.50"})
+	wantStatusError(t, err, 409, "address 10.90.0.50 is already in use")
+}
+
+// TestLateJoinConverges: an agent that starts from an empty state directory
+// after the cluster changed learns everything on join.
+func TestLateJoinConverges(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h3, _ := l.Host("h3")
+	if err := os.RemoveAll(filepath.Join(h3.Dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "late", Subnet: "10.91.0.0/24", VNI: 910}); err != nil {
+		t.Fatal(err)
+	}
+	x := newContainer(t, l, "lx")
+	if _, err := client(l, "h2").Attach(api.AttachRequest{Network: "late", Netns: x, IP: "10.91.0.20"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent("h3"); err != nil {
+		t.Fatal(err)
+	}
+	y := newContainer(t, l, "ly")
+	err := waitCond(10*time.Second, func() error {
+		_, err := client(l, "h3").Attach(api.AttachRequest{Network: "late", Netns: y, IP: "10.91.0.30"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, y, netip.MustParseAddr("10.91.0.20"), 5*time.Second)
+	// Every member holds the same endpoints.
+	var views []string
+	for _, h := range l.Hosts {
+		s, err := api.NewClient(h.Socket).Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v []string
+		for _, n := range s.Networks {
+			v = append(v, fmt.Sprintf("%s/%d/%d", n.Name, n.VNI, n.Local+n.Remote))
+		}
+		views = append(views, strings.Join(v, " "))
+	}
+	if views[0] != views[1] || views[1] != views[2] {
+		t.Fatalf("members disagree: %v", views)
+	}
+}
