@@ -587,9 +587,14 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 		return fail(fmt.Errorf("set %s up: %w", hostIf, err))
 	}
 	// The kernel turns carrier on (and the bridge port to forwarding)
-	// asynchronously; return only once frames reach the container.
+	// asynchronously; return only once frames pass both ways.
 	if err := waitOperUp(d.h, hostIf); err != nil {
 		return fail(err)
+	}
+	// The container end too: until the kernel has activated its queue,
+	// what the container sends (its first ARP request) is dropped.
+	if err := waitOperUp(ch, e.IfName); err != nil {
+		return fail(fmt.Errorf("in %s: %w", e.Netns, err))
 	}
 	return port, nil
 }
