@@ -118,6 +118,9 @@ type Observed struct {
 	FDB      []FDB                  `json:"fdb"`
 	Neigh    []Neigh                `json:"neigh"`
 	Ports    []Port                 `json:"ports"`
+	// Isolation lists, sorted, the VNIs whose bridges the isolation rules
+	// cover (routing from them to any other network's bridge is dropped).
+	Isolation []uint32 `json:"isolation"`
 }
 
 // Dataplane programs the kernel of one host. Every method is idempotent.
@@ -139,6 +142,11 @@ type Dataplane interface {
 	Attach(EndpointSpec) (Port, error)
 	// Detach removes an endpoint's interfaces; an absent one is no error.
 	Detach(id string) error
+	// EnsureIsolation installs, replacing what was there, the rules that
+	// drop traffic routed from the bridge of one of vnis to the bridge of
+	// another network; RemoveIsolation takes them all away.
+	EnsureIsolation(vnis []uint32) error
+	RemoveIsolation() error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.

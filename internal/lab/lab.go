@@ -245,6 +245,13 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix string, i int) (Host
 	if err := hh.AddrAdd(eth, addr); err != nil {
 		return h, fmt.Errorf("address of %s: %w", h.Name, err)
 	}
+	// Hosts route IP, as Docker hosts do: isolation between networks must
+	// come from vxnet's rules, not from a host that happens not to forward.
+	if err := nsutil.Do(path, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+	}); err != nil {
+		return h, fmt.Errorf("enable forwarding on %s: %w", h.Name, err)
+	}
 	for _, name := range []string{"lo", "eth0"} {
 		l, err := hh.LinkByName(name)
 		if err == nil {

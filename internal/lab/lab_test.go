@@ -164,6 +164,31 @@ func TestLabDatapath(t *testing.T) {
 			t.Fatal("a broadcast crossed hosts although flooding is off")
 		}
 	})
+	t.Run("IsolationWithForwarding", func(t *testing.T) {
+		// Hosts forward IP; only vxnet's rule keeps net2 out of net1.
+		other := container(t, l, "h1-n2-c1")
+		if _, err := probe.Ping(other.Netns, b.IP, 56, false, 500*time.Millisecond); err == nil {
+			t.Fatal("a container of net2 reached net1 through the host")
+		}
+		dp, err := linux.Open(l.Hosts[0].Netns, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		if err := dp.RemoveIsolation(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := probe.Ping(other.Netns, a.IP, 56, false, time.Second); err != nil {
+			t.Fatalf("without the isolation rule routing between networks should work (proving the rule matters): %v", err)
+		}
+		ops, err := l.SyncHost(l.Hosts[0])
+		if err != nil || len(ops) != 1 || ops[0].Kind.String() != "ensure-isolation" {
+			t.Fatalf("resync: %v, %v; want the isolation rule restored", ops, err)
+		}
+		if _, err := probe.Ping(other.Netns, a.IP, 56, false, 500*time.Millisecond); err == nil {
+			t.Fatal("isolation not restored")
+		}
+	})
 	t.Run("ReapplyIsNoop", func(t *testing.T) {
 		for _, h := range l.Hosts {
 			ops, err := l.SyncHost(h)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -139,16 +140,18 @@ type OpKind int
 
 // Operation kinds, in the order Plan emits them.
 const (
-	EnsureNetwork OpKind = iota
+	EnsureIsolation OpKind = iota
+	EnsureNetwork
 	SetFDB
 	SetNeigh
 	DelNeigh
 	DelFDB
 	DetachPort
 	DeleteNetwork
+	RemoveIsolation
 )
 
-var opNames = [...]string{"ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network"}
+var opNames = [...]string{"ensure-isolation", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-isolation"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -160,10 +163,13 @@ type Op struct {
 	FDB     datapath.FDB
 	Neigh   datapath.Neigh
 	PortID  string
+	VNIs    []uint32
 }
 
 func (o Op) String() string {
 	switch o.Kind {
+	case EnsureIsolation, RemoveIsolation:
+		return o.Kind.String()
 	case EnsureNetwork:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
 	case SetNeigh, DelNeigh:
@@ -183,6 +189,10 @@ func (o Op) String() string {
 // ARP has somewhere to go), and neighbours removed before their FDB entries.
 func Plan(want State, have datapath.Observed) []Op {
 	var ops []Op
+	// Isolation covers every network before its bridge exists.
+	if vnis := sortedKeys(want.Networks); len(vnis) > 0 && !slices.Equal(vnis, have.Isolation) {
+		ops = append(ops, Op{Kind: EnsureIsolation, VNIs: vnis})
+	}
 	rebuilt := map[uint32]bool{}
 	for _, vni := range sortedKeys(want.Networks) {
 		spec := want.Networks[vni]
@@ -245,6 +255,9 @@ func Plan(want State, have datapath.Observed) []Op {
 			ops = append(ops, Op{Kind: DeleteNetwork, VNI: vni})
 		}
 	}
+	if len(want.Networks) == 0 && have.Isolation != nil {
+		ops = append(ops, Op{Kind: RemoveIsolation})
+	}
 	return ops
 }
 
@@ -255,6 +268,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 	for _, op := range ops {
 		var err error
 		switch op.Kind {
+		case EnsureIsolation:
+			err = dp.EnsureIsolation(op.VNIs)
+		case RemoveIsolation:
+			err = dp.RemoveIsolation()
 		case EnsureNetwork:
 			err = dp.EnsureNetwork(op.Network)
 			if err != nil {

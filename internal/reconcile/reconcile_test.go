@@ -146,8 +146,8 @@ func TestPlanOrderAndIdempotence(t *testing.T) {
 		}
 		last = op.Kind
 	}
-	if len(ops) == 0 || ops[0].Kind != reconcile.EnsureNetwork {
-		t.Fatalf("first op = %v, want ensure-network", ops)
+	if len(ops) < 2 || ops[0].Kind != reconcile.EnsureIsolation || ops[1].Kind != reconcile.EnsureNetwork {
+		t.Fatalf("first ops = %v, want ensure-isolation, ensure-network", ops)
 	}
 	before := dp.Changes
 	ops, err = reconcile.Sync(dp, want)
@@ -204,5 +204,29 @@ func TestPlanReplacesMovedMAC(t *testing.T) {
 	ops, err := reconcile.Sync(dp, want)
 	if err != nil || len(ops) != 1 || ops[0].Kind != reconcile.SetFDB || ops[0].FDB.VTEP != h3.Addr {
 		t.Fatalf("ops = %v, err %v; want one set-fdb to h3", ops, err)
+	}
+}
+
+func TestIsolationFollowsNetworks(t *testing.T) {
+	dp := fake.New()
+	want, _ := reconcile.Desired(input())
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	if obs, _ := dp.Observe(); len(obs.Isolation) != 2 {
+		t.Fatalf("isolation covers %v, want both networks", obs.Isolation)
+	}
+	in := input()
+	in.Networks = nil
+	want, _ = reconcile.Desired(in)
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := ops[len(ops)-1]; last.Kind != reconcile.RemoveIsolation {
+		t.Fatalf("ops = %v, want remove-isolation last", ops)
+	}
+	if obs, _ := dp.Observe(); obs.Isolation != nil || len(obs.Networks) != 0 {
+		t.Fatalf("after removing every network: %+v", obs)
 	}
 }

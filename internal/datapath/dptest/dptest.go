@@ -166,6 +166,22 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("ports after detach = %v", got)
 		}
 	})
+	t.Run("Isolation", func(t *testing.T) {
+		dp := h.New(t)
+		if got := observe(t, dp).Isolation; got != nil {
+			t.Fatalf("a fresh host reports isolation %v", got)
+		}
+		must(t, dp.EnsureIsolation([]uint32{4097, 12}))
+		must(t, dp.EnsureIsolation([]uint32{12, 4097, 99}))
+		if got := observe(t, dp).Isolation; !reflect.DeepEqual(got, []uint32{12, 99, 4097}) {
+			t.Fatalf("isolation = %v after EnsureIsolation, want [12 99 4097]", got)
+		}
+		must(t, dp.RemoveIsolation())
+		must(t, dp.RemoveIsolation())
+		if got := observe(t, dp).Isolation; got != nil {
+			t.Fatalf("isolation still observed after RemoveIsolation: %v", got)
+		}
+	})
 	t.Run("DeleteNetwork", func(t *testing.T) {
 		dp := h.New(t)
 		must(t, dp.EnsureNetwork(Spec(8000)))

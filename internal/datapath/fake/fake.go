@@ -20,6 +20,7 @@ type Dataplane struct {
 	fdb      map[string]datapath.FDB
 	neigh    map[string]datapath.Neigh
 	ports    map[string]datapath.Port
+	isolated []uint32
 	// Foreign holds device names vxnet did not create.
 	Foreign map[string]bool
 	// Changes counts writes.
@@ -56,6 +57,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	for _, p := range d.ports {
 		o.Ports = append(o.Ports, p)
 	}
+	o.Isolation = append([]uint32(nil), d.isolated...)
 	sort.Slice(o.FDB, func(i, j int) bool { return o.FDB[i].Key() < o.FDB[j].Key() })
 	sort.Slice(o.Neigh, func(i, j int) bool { return o.Neigh[i].Key() < o.Neigh[j].Key() })
 	sort.Slice(o.Ports, func(i, j int) bool { return o.Ports[i].ID < o.Ports[j].ID })
@@ -211,6 +213,27 @@ func (d *Dataplane) Detach(id string) error {
 	defer d.mu.Unlock()
 	if _, ok := d.ports[id]; ok {
 		delete(d.ports, id)
+		d.Changes++
+	}
+	return nil
+}
+
+// EnsureIsolation records the isolation rules as installed.
+func (d *Dataplane) EnsureIsolation(vnis []uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.isolated = append([]uint32(nil), vnis...)
+	sort.Slice(d.isolated, func(i, j int) bool { return d.isolated[i] < d.isolated[j] })
+	d.Changes++
+	return nil
+}
+
+// RemoveIsolation records the isolation rules as removed.
+func (d *Dataplane) RemoveIsolation() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.isolated != nil {
+		d.isolated = nil
 		d.Changes++
 	}
 	return nil

@@ -158,6 +158,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		}
 		obs.Networks[vni] = spec
 	}
+	if obs.Isolation, err = d.observeIsolation(); err != nil {
+		return obs, err
+	}
 	for vni, vx := range vxlans {
 		if _, ok := bridges[vni]; !ok {
 			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: vx.rest}
