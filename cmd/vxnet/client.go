@@ -185,7 +185,7 @@ func newStatusCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), s)
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "node %s (%s); last reconcile %s ago", s.Node, s.Addr, time.Since(s.LastSync).Round(time.Millisecond))
+			fmt.Fprintf(out, "node %s (%s); last reconcile %s ago, took %s", s.Node, s.Addr, time.Since(s.LastSync).Round(time.Millisecond), s.LastSyncDuration.Round(time.Microsecond))
 			if s.SyncError != "" {
 				fmt.Fprintf(out, ", error: %s", s.SyncError)
 			}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -10,7 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vxnet/vxnet/internal/bench"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 func newLabCmd(g *globals) *cobra.Command {
@@ -109,7 +113,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		},
 	}
 	matrix.Flags().StringVar(&name, "name", "lab", "lab name")
-	cmd.AddCommand(up, down, matrix, newConvergeCmd(g))
+	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd())
 	return cmd
 }
 
@@ -170,5 +174,109 @@ func newConvergeCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newBenchCmd(g *globals) *cobra.Command {
+	c := bench.Config{}
+	var asJSON bool
+	var svg string
+	var convergeHosts []int
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Benchmark datapath (vs raw underlay and the hand-made recipe), control plane and footprint in labs of its own",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("the benchmark builds labs of network namespaces: run it as root")
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			c.Binary, c.Log, c.ConvergeHosts = exe, g.logger(), convergeHosts
+			if c.Hosts < 2 {
+				return fmt.Errorf("invalid --hosts %d: the datapath part needs at least 2", c.Hosts)
+			}
+			res, err := bench.Run(c)
+			if err != nil {
+				return err
+			}
+			if svg != "" {
+				if err := os.WriteFile(svg, []byte(bench.ConvergenceSVG(res.Converge)), 0o644); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			bench.PrintTable(cmd.OutOrStdout(), res)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&c.Hosts, "hosts", 2, "hosts of the datapath lab (and the small footprint lab)")
+	f.IntSliceVar(&convergeHosts, "converge-hosts", []int{2, 8, 32}, "lab sizes of the control-plane part")
+	f.IntVar(&c.Samples, "samples", 50, "attaches timed per lab size")
+	f.DurationVar(&c.Duration, "time", 4*time.Second, "duration of each throughput measurement")
+	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
+	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
+	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")
+	f.BoolVar(&asJSON, "json", false, "print one JSON object")
+	f.StringVar(&svg, "svg", "", "write a plot of convergence against hosts to this file")
+	return cmd
+}
+
+// newSyntheticCmd is the benchmark's synthetic member: it joins a lab
+// cluster from the namespace it was started in, announces endpoints in
+// bulk, and stays until killed.
+func newSyntheticCmd() *cobra.Command {
+	var name, addr, join, keyFile, network, first string
+	var count int
+	cmd := &cobra.Command{
+		Use:    "synthetic",
+		Short:  "Benchmark helper: a member without datapath that announces many endpoints",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := netip.ParseAddr(addr)
+			if err != nil {
+				return fmt.Errorf("invalid --addr %q", addr)
+			}
+			f, err := netip.ParseAddr(first)
+			if err != nil {
+				return fmt.Errorf("invalid --first %q", first)
+			}
+			s, err := lab.JoinSynthetic(name, a, keyFile, []string{join})
+			if err != nil {
+				return err
+			}
+			defer s.Stop()
+			var nw model.Network
+			for i := 0; ; i++ {
+				if n, ok := s.State.Network(network); ok {
+					nw = n
+					break
+				}
+				if i > 500 {
+					return fmt.Errorf("network %q not learnt from the cluster", network)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if err := s.Announce(nw, f, count); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "synthetic", "member name")
+	f.StringVar(&addr, "addr", "", "member address (in this namespace)")
+	f.StringVar(&join, "join", "", "a member to join")
+	f.StringVar(&keyFile, "key-file", "", "cluster key file")
+	f.StringVar(&network, "network", "", "network of the endpoints")
+	f.StringVar(&first, "first", "", "first endpoint address")
+	f.IntVar(&count, "count", 1000, "number of endpoints")
 	return cmd
 }

@@ -81,8 +81,11 @@ type Agent struct {
 	apiMu  sync.Mutex // serialises allocations and local writes
 	locals map[string]localEndpoint
 
+	savedGen uint64 // state generation last written to the store
+
 	statMu    sync.Mutex
 	lastSync  time.Time
+	lastDur   time.Duration
 	syncErr   error
 	conflicts []string
 	syncs     atomic.Int64
@@ -296,8 +299,12 @@ func (a *Agent) loop(ctx context.Context) {
 			backoff = 100 * time.Millisecond
 		}
 		a.gcLocal()
-		if err := a.store.saveState(a.state); err != nil {
-			a.log.Error("save state", "err", err)
+		if gen := a.state.Generation(); gen != a.savedGen {
+			if err := a.store.saveState(a.state); err != nil {
+				a.log.Error("save state", "err", err)
+			} else {
+				a.savedGen = gen
+			}
 		}
 	}
 }
@@ -316,6 +323,7 @@ func (a *Agent) sync() error {
 	// The input is read under the datapath lock: an attach in flight
 	// records its endpoint before it lets go of the datapath, so a pass can
 	// never see its fresh port without its record and remove it.
+	start := time.Now()
 	a.dpMu.Lock()
 	in, cconf := a.input()
 	want, rconf := reconcile.Desired(in)
@@ -339,7 +347,7 @@ func (a *Agent) sync() error {
 			a.log.Warn("conflict in cluster state", "detail", c)
 		}
 	}
-	a.lastSync, a.syncErr, a.conflicts = time.Now(), err, conflicts
+	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
 	a.statMu.Unlock()
 	return err
 }

@@ -394,7 +394,12 @@ func (a *Agent) allocate(n model.Network, used map[netip.Addr]string) (netip.Add
 	}
 	b, err := ipam.FreeBlock(n.Subnet, a.state.Self(), claimed)
 	if err != nil {
-		return netip.Addr{}, nil, conflict("network %s: %v", n.Name, err)
+		// Every block is claimed: take any free address of the subnet.
+		if ip, ok := ipam.Borrow(n, used); ok {
+			a.log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
+			return ip, nil, nil
+		}
+		return netip.Addr{}, nil, conflict("network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
 	}
 	rec, err := a.state.Put(cluster.BlockKey(n.Name, b), cluster.Block{Network: n.Name, CIDR: b, Node: a.state.Self()})
 	if err != nil {
@@ -449,7 +454,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	s := api.Status{Node: a.state.Self(), Addr: a.cfg.AdvertiseAddr.String(), Members: a.gossip.Members(),
 		Malformed: a.gossip.Malformed.Load(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
 	a.statMu.Lock()
-	s.LastSync, s.Conflicts = a.lastSync, append([]string{}, a.conflicts...)
+	s.LastSync, s.LastSyncDuration, s.Conflicts = a.lastSync, a.lastDur, append([]string{}, a.conflicts...)
 	if a.syncErr != nil {
 		s.SyncError = a.syncErr.Error()
 	}

@@ -91,10 +91,12 @@ type Status struct {
 	Malformed int64            `json:"malformedMessages"`
 	Records   int              `json:"records"`
 	LastSync  time.Time        `json:"lastSync,omitzero"`
-	SyncError string           `json:"syncError,omitempty"`
-	Syncs     int64            `json:"syncs"`
-	KernelOps int64            `json:"kernelOps"`
-	Endpoints []model.Endpoint `json:"endpoints,omitempty"`
+	// LastSyncDuration is how long the last reconcile pass took.
+	LastSyncDuration time.Duration    `json:"lastSyncDuration"`
+	SyncError        string           `json:"syncError,omitempty"`
+	Syncs            int64            `json:"syncs"`
+	KernelOps        int64            `json:"kernelOps"`
+	Endpoints        []model.Endpoint `json:"endpoints,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

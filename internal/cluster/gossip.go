@@ -85,7 +85,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	mc.Delegate = (*delegate)(g)
 	mc.Events = (*events)(g)
 	mc.Ping = (*pings)(g)
-	mc.PushPullInterval = 5 * time.Second
+	mc.PushPullInterval = 15 * time.Second
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.ProbeInterval = time.Second
 	if cfg.ProbeInterval > 0 {

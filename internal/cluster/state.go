@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Key prefixes of the record kinds.
@@ -58,8 +60,12 @@ type State struct {
 	mu      sync.RWMutex
 	self    string
 	clock   uint64
+	gen     uint64 // bumped on every change
 	records map[string]Record
 	now     func() time.Time
+
+	epCache    []model.Endpoint // decoded endpoints as of epCacheGen
+	epCacheGen uint64
 }
 
 // NewState returns an empty state for member self.
@@ -69,6 +75,14 @@ func NewState(self string) *State {
 
 // Self returns this member's name.
 func (s *State) Self() string { return s.self }
+
+// Generation counts changes to this member's state; equal generations mean
+// identical state.
+func (s *State) Generation() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.gen
+}
 
 // Clock returns the Lamport clock.
 func (s *State) Clock() uint64 {
@@ -86,6 +100,7 @@ func (s *State) Put(key string, v any) (Record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clock++
+	s.gen++
 	r := Record{Key: key, Value: b, Version: s.clock, Origin: s.self}
 	s.records[key] = r
 	return r, nil
@@ -100,6 +115,7 @@ func (s *State) Delete(key string) (Record, bool) {
 		return Record{}, false
 	}
 	s.clock++
+	s.gen++
 	r := Record{Key: key, Version: s.clock, Origin: s.self, Deleted: true, seen: s.now()}
 	s.records[key] = r
 	return r, true
@@ -128,6 +144,7 @@ func (s *State) Merge(recs []Record) (changed []Record, err error) {
 			r.seen = s.now()
 		}
 		s.records[r.Key] = r
+		s.gen++
 		changed = append(changed, r)
 	}
 	if bad > 0 {
@@ -199,6 +216,7 @@ func (s *State) CollectTombstones(age time.Duration) int {
 	for k, r := range s.records {
 		if r.Deleted && r.seen.Before(cut) {
 			delete(s.records, k)
+			s.gen++
 			n++
 		}
 	}

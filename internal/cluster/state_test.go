@@ -236,3 +236,27 @@ func FuzzDecodeMessage(f *testing.F) {
 		s.Endpoints()
 	})
 }
+
+func TestEndpointsCacheFollowsChanges(t *testing.T) {
+	s := NewState("a")
+	e := model.Endpoint{ID: "e1", Network: "web", Node: "a", MAC: "02:00:00:00:00:01", IP: netip.MustParseAddr("10.0.0.2")}
+	g0 := s.Generation()
+	_, _ = s.Put(EndpointKey("e1"), e)
+	if len(s.Endpoints()) != 1 || s.Generation() == g0 {
+		t.Fatal("endpoint not listed after put")
+	}
+	g1 := s.Generation()
+	if len(s.Endpoints()) != 1 || s.Generation() != g1 {
+		t.Fatal("reading changed the generation")
+	}
+	e.ID = "e2"
+	r, _ := NewState("b").Put(EndpointKey("e2"), e)
+	_, _ = s.Merge([]Record{r})
+	if len(s.Endpoints()) != 2 {
+		t.Fatal("cache not invalidated by merge")
+	}
+	s.Delete(EndpointKey("e1"))
+	if got := s.Endpoints(); len(got) != 1 || got[0].ID != "e2" {
+		t.Fatalf("cache not invalidated by delete: %v", got)
+	}
+}

@@ -65,13 +65,28 @@ func (s *State) Network(name string) (model.Network, bool) {
 }
 
 // Endpoints returns every endpoint record.
+// The decoded list is cached until the state changes; callers must not
+// modify it.
 func (s *State) Endpoints() []model.Endpoint {
-	var out []model.Endpoint
+	s.mu.RLock()
+	if s.epCache != nil && s.epCacheGen == s.gen {
+		out := s.epCache
+		s.mu.RUnlock()
+		return out
+	}
+	gen := s.gen
+	s.mu.RUnlock()
+	out := []model.Endpoint{}
 	for _, r := range s.List(PrefixEndpoint) {
 		if e, err := Decode[model.Endpoint](r); err == nil {
 			out = append(out, e)
 		}
 	}
+	s.mu.Lock()
+	if s.gen == gen {
+		s.epCache, s.epCacheGen = out, gen
+	}
+	s.mu.Unlock()
 	return out
 }
 

@@ -8,6 +8,7 @@
 package datapath
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -52,13 +53,31 @@ type FDB struct {
 	VTEP netip.Addr `json:"vtep"`
 }
 
-// Key identifies the entry: unicast MACs map to one VTEP, flood entries are
-// one per VTEP.
-func (f FDB) Key() string {
+// FDBKey identifies an FDB entry: a unicast MAC maps to one VTEP (VTEP is
+// zero in its key), flood entries are one per VTEP.
+type FDBKey struct {
+	VNI  uint32
+	MAC  string
+	VTEP netip.Addr
+}
+
+// Key identifies the entry.
+func (f FDB) Key() FDBKey {
 	if f.MAC == ZeroMAC {
-		return fmt.Sprintf("%d/%s/%s", f.VNI, f.MAC, f.VTEP)
+		return FDBKey{VNI: f.VNI, MAC: f.MAC, VTEP: f.VTEP}
 	}
-	return fmt.Sprintf("%d/%s", f.VNI, f.MAC)
+	return FDBKey{VNI: f.VNI, MAC: f.MAC}
+}
+
+// Compare orders keys (for deterministic plans).
+func (k FDBKey) Compare(o FDBKey) int {
+	if k.VNI != o.VNI {
+		return cmp.Compare(k.VNI, o.VNI)
+	}
+	if k.MAC != o.MAC {
+		return strings.Compare(k.MAC, o.MAC)
+	}
+	return k.VTEP.Compare(o.VTEP)
 }
 
 func (f FDB) String() string { return fmt.Sprintf("fdb vni %d %s -> %s", f.VNI, f.MAC, f.VTEP) }
@@ -71,8 +90,22 @@ type Neigh struct {
 	MAC string     `json:"mac"`
 }
 
+// NeighKey identifies a neighbour entry.
+type NeighKey struct {
+	VNI uint32
+	IP  netip.Addr
+}
+
 // Key identifies the entry.
-func (n Neigh) Key() string { return fmt.Sprintf("%d/%s", n.VNI, n.IP) }
+func (n Neigh) Key() NeighKey { return NeighKey{VNI: n.VNI, IP: n.IP} }
+
+// Compare orders keys (for deterministic plans).
+func (k NeighKey) Compare(o NeighKey) int {
+	if k.VNI != o.VNI {
+		return cmp.Compare(k.VNI, o.VNI)
+	}
+	return k.IP.Compare(o.IP)
+}
 
 func (n Neigh) String() string { return fmt.Sprintf("neigh vni %d %s -> %s", n.VNI, n.IP, n.MAC) }
 

@@ -12,9 +12,9 @@ import (
 )
 
 // BlockBits returns the prefix length of a subnet's blocks: /26 (64
-// addresses) in large subnets, 16 blocks in smaller ones, never past /30.
+// addresses) in large subnets, 32 blocks in smaller ones, never past /30.
 func BlockBits(subnet netip.Prefix) int {
-	b := max(subnet.Bits()+4, 26)
+	b := max(subnet.Bits()+5, 26)
 	return min(b, 30)
 }
 
@@ -66,6 +66,21 @@ func Allocate(n model.Network, blocks []netip.Prefix, used map[netip.Addr]string
 			if _, taken := used[a]; !taken {
 				return a, true
 			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Borrow returns any free address of the subnet, for a node that finds every
+// block claimed: addresses are still unique cluster-wide (used holds every
+// endpoint's address), only the locality of blocks is lost.
+func Borrow(n model.Network, used map[netip.Addr]string) (netip.Addr, bool) {
+	for a := n.Subnet.Masked().Addr(); n.Subnet.Contains(a); a = a.Next() {
+		if Reserved(n, a) {
+			continue
+		}
+		if _, taken := used[a]; !taken {
+			return a, true
 		}
 	}
 	return netip.Addr{}, false

@@ -16,7 +16,7 @@ func TestBlocks(t *testing.T) {
 		third  string
 	}{
 		{"172.18.0.0/16", 26, 1024, "172.18.0.128/26"},
-		{"198.19.1.0/24", 28, 16, "198.19.1.32/28"},
+		{"198.19.1.0/24", 29, 32, "198.19.1.16/29"},
 		{"10.0.0.0/28", 30, 4, "10.0.0.8/30"},
 		{"10.0.0.0/30", 30, 1, ""},
 	} {
@@ -101,5 +101,23 @@ func TestMACFor(t *testing.T) {
 	}
 	if _, err := model.ParseMAC(MACFor(netip.MustParseAddr("255.255.255.255"))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestBorrow(t *testing.T) {
+	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("10.0.0.0/29")}
+	n.Normalize()
+	used := map[netip.Addr]string{}
+	var got []string
+	for {
+		a, ok := Borrow(n, used)
+		if !ok {
+			break
+		}
+		used[a] = "x"
+		got = append(got, a.String())
+	}
+	if want := "10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6"; strings.Join(got, " ") != want {
+		t.Fatalf("borrowed %v, want %s", got, want)
 	}
 }

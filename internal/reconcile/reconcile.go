@@ -32,8 +32,8 @@ type Input struct {
 // State is a desired kernel state.
 type State struct {
 	Networks map[uint32]datapath.NetworkSpec
-	FDB      map[string]datapath.FDB
-	Neigh    map[string]datapath.Neigh
+	FDB      map[datapath.FDBKey]datapath.FDB
+	Neigh    map[datapath.NeighKey]datapath.Neigh
 	// Ports are the IDs of local endpoints that may exist.
 	Ports map[string]bool
 }
@@ -52,8 +52,8 @@ func (c Conflict) String() string {
 
 // Desired computes the kernel state for in.Node.
 func Desired(in Input) (State, []Conflict) {
-	st := State{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[string]datapath.FDB{},
-		Neigh: map[string]datapath.Neigh{}, Ports: map[string]bool{}}
+	st := State{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[datapath.FDBKey]datapath.FDB{},
+		Neigh: map[datapath.NeighKey]datapath.Neigh{}, Ports: map[string]bool{}}
 	var conflicts []Conflict
 	nets := map[string]model.Network{}
 	for _, n := range in.Networks {
@@ -78,8 +78,13 @@ func Desired(in Input) (State, []Conflict) {
 	eps := append([]model.Endpoint(nil), in.Endpoints...)
 	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
 	type owner struct{ id string }
-	seenIP := map[string]owner{}
-	seenMAC := map[string]owner{}
+	type ipKey struct {
+		net string
+		ip  netip.Addr
+	}
+	type macKey struct{ net, mac string }
+	seenIP := map[ipKey]owner{}
+	seenMAC := map[macKey]owner{}
 	for _, e := range eps {
 		n, ok := nets[e.Network]
 		if !ok {
@@ -88,19 +93,18 @@ func Desired(in Input) (State, []Conflict) {
 		if e.Node == in.Node {
 			st.Ports[e.ID] = true
 		}
-		ipKey := e.Network + "/" + e.IP.String()
-		macKey := e.Network + "/" + e.MAC
-		if o, dup := seenIP[ipKey]; dup {
+		ik, mk := ipKey{e.Network, e.IP}, macKey{e.Network, e.MAC}
+		if o, dup := seenIP[ik]; dup {
 			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-ip",
 				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP, o.id, e.ID, o.id)})
 			continue
 		}
-		if o, dup := seenMAC[macKey]; dup {
+		if o, dup := seenMAC[mk]; dup {
 			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-mac",
 				Detail: fmt.Sprintf("MAC %s is claimed by endpoints %s and %s; %s keeps it", e.MAC, o.id, e.ID, o.id)})
 			continue
 		}
-		seenIP[ipKey], seenMAC[macKey] = owner{e.ID}, owner{e.ID}
+		seenIP[ik], seenMAC[mk] = owner{e.ID}, owner{e.ID}
 		if e.Node == in.Node {
 			continue
 		}
@@ -206,21 +210,21 @@ func Plan(want State, have datapath.Observed) []Op {
 			}
 		}
 	}
-	haveNeigh := map[string]datapath.Neigh{}
+	haveNeigh := make(map[datapath.NeighKey]datapath.Neigh, len(have.Neigh))
 	for _, n := range have.Neigh {
 		haveNeigh[n.Key()] = n
 	}
-	haveFDB := map[string]datapath.FDB{}
+	haveFDB := make(map[datapath.FDBKey]datapath.FDB, len(have.FDB))
 	for _, f := range have.FDB {
 		haveFDB[f.Key()] = f
 	}
-	for _, k := range sortedKeys(want.FDB) {
+	for _, k := range sortedFDBKeys(want.FDB) {
 		f := want.FDB[k]
 		if cur, ok := haveFDB[k]; !ok || cur != f || rebuilt[f.VNI] {
 			ops = append(ops, Op{Kind: SetFDB, FDB: f})
 		}
 	}
-	for _, k := range sortedKeys(want.Neigh) {
+	for _, k := range sortedNeighKeys(want.Neigh) {
 		n := want.Neigh[k]
 		if cur, ok := haveNeigh[k]; !ok || cur != n || rebuilt[n.VNI] {
 			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
@@ -313,6 +317,24 @@ func Sync(dp datapath.Dataplane, want State) ([]Op, error) {
 	return ops, Apply(dp, ops)
 }
 
+func sortedFDBKeys(m map[datapath.FDBKey]datapath.FDB) []datapath.FDBKey {
+	keys := make([]datapath.FDBKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, datapath.FDBKey.Compare)
+	return keys
+}
+
+func sortedNeighKeys(m map[datapath.NeighKey]datapath.Neigh) []datapath.NeighKey {
+	keys := make([]datapath.NeighKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, datapath.NeighKey.Compare)
+	return keys
+}
+
 func sortedKeys[K string | uint32, V any](m map[K]V) []K {
 	keys := make([]K, 0, len(m))
 	for k := range m {
@@ -324,12 +346,12 @@ func sortedKeys[K string | uint32, V any](m map[K]V) []K {
 
 func sortedFDB(s []datapath.FDB) []datapath.FDB {
 	out := append([]datapath.FDB(nil), s...)
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	slices.SortFunc(out, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
 	return out
 }
 
 func sortedNeigh(s []datapath.Neigh) []datapath.Neigh {
 	out := append([]datapath.Neigh(nil), s...)
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	slices.SortFunc(out, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
 	return out
 }

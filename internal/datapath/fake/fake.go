@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 
@@ -17,8 +18,8 @@ import (
 type Dataplane struct {
 	mu       sync.Mutex
 	networks map[uint32]datapath.NetworkSpec
-	fdb      map[string]datapath.FDB
-	neigh    map[string]datapath.Neigh
+	fdb      map[datapath.FDBKey]datapath.FDB
+	neigh    map[datapath.NeighKey]datapath.Neigh
 	ports    map[string]datapath.Port
 	isolated []uint32
 	// Foreign holds device names vxnet did not create.
@@ -33,8 +34,8 @@ var _ datapath.Dataplane = (*Dataplane)(nil)
 func New() *Dataplane {
 	return &Dataplane{
 		networks: map[uint32]datapath.NetworkSpec{},
-		fdb:      map[string]datapath.FDB{},
-		neigh:    map[string]datapath.Neigh{},
+		fdb:      map[datapath.FDBKey]datapath.FDB{},
+		neigh:    map[datapath.NeighKey]datapath.Neigh{},
 		ports:    map[string]datapath.Port{},
 		Foreign:  map[string]bool{},
 	}
@@ -58,8 +59,8 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		o.Ports = append(o.Ports, p)
 	}
 	o.Isolation = append([]uint32(nil), d.isolated...)
-	sort.Slice(o.FDB, func(i, j int) bool { return o.FDB[i].Key() < o.FDB[j].Key() })
-	sort.Slice(o.Neigh, func(i, j int) bool { return o.Neigh[i].Key() < o.Neigh[j].Key() })
+	slices.SortFunc(o.FDB, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
+	slices.SortFunc(o.Neigh, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
 	sort.Slice(o.Ports, func(i, j int) bool { return o.Ports[i].ID < o.Ports[j].ID })
 	return o, nil
 }

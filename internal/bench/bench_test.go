@@ -1,0 +1,111 @@
+package bench
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+func TestParsers(t *testing.T) {
+	cpu, err := ParseStatCPU("1234 (vxnet agent) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 12 0")
+	if err != nil || cpu != 175 {
+		t.Fatalf("ParseStatCPU = %d, %v; want 175", cpu, err)
+	}
+	if _, err := ParseStatCPU("garbage"); err == nil {
+		t.Fatal("garbage stat accepted")
+	}
+	rss, err := ParseRSS("Name:\tvxnet\nVmRSS:\t   23456 kB\nThreads: 9\n")
+	if err != nil || rss != 23456 {
+		t.Fatalf("ParseRSS = %d, %v", rss, err)
+	}
+	if _, err := ParseRSS("Name: x\n"); err == nil {
+		t.Fatal("status without VmRSS accepted")
+	}
+	if Ratio(3, 0) != 0 || Ratio(3, 2) != 1.5 {
+		t.Fatal("Ratio")
+	}
+}
+
+func TestReport(t *testing.T) {
+	r := Result{Paths: map[string]Path{"underlay": {Tput1Gbps: 10}, "recipe": {Tput1Gbps: 8}, "vxnet": {Tput1Gbps: 8.8, RRp50us: 42}},
+		TputRatioVsRecipe: 1.1, Converge: []ConvergePoint{{Hosts: 2, P50ms: 5, P99ms: 9}, {Hosts: 8, P50ms: 20, P99ms: 40}}}
+	var b bytes.Buffer
+	PrintTable(&b, r)
+	for _, want := range []string{"vxnet        8.80 Gb/s", "42.0 us", "vxnet/recipe (1 stream) 1.100", "20.0 ms", "40.0 ms"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	svg := ConvergenceSVG(r.Converge)
+	if !strings.HasPrefix(svg, "<svg") || strings.Count(svg, "<circle") != 4 || !strings.Contains(svg, ">8</text>") {
+		t.Fatalf("svg:\n%s", svg)
+	}
+}
+
+// TestMeasurementsAcrossNamespaces runs the real measuring code over a veth
+// between two namespaces.
+func TestMeasurementsAcrossNamespaces(t *testing.T) {
+	_, a := testutil.Netns(t)
+	_, b := testutil.Netns(t)
+	na, err := netns.GetFromPath(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer na.Close()
+	nb, err := netns.GetFromPath(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Close()
+	ha, err := netlink.NewHandleAt(na)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ha.Close()
+	hb, err := netlink.NewHandleAt(nb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hb.Close()
+	if err := ha.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb", PeerNamespace: netlink.NsFd(nb)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		h    *netlink.Handle
+		name string
+		ip   string
+	}{{ha, "va", "198.18.9.1"}, {hb, "vb", "198.18.9.2"}} {
+		l, err := x.h.LinkByName(x.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(x.ip), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := netip.MustParseAddr("198.18.9.2")
+	rtts, err := RequestResponse(b, a, dst, 7001, 200)
+	if err != nil || len(rtts) != 200 {
+		t.Fatalf("rr: %d samples, %v", len(rtts), err)
+	}
+	for _, streams := range []int{1, 3} {
+		bps, err := Throughput(b, a, dst, 7002, streams, 400*time.Millisecond)
+		if err != nil || bps <= 0 {
+			t.Fatalf("throughput with %d streams: %v bps, %v", streams, bps, err)
+		}
+	}
+	if _, err := Throughput(b, a, netip.MustParseAddr("198.18.9.3"), 7003, 1, 100*time.Millisecond); err == nil {
+		t.Fatal("throughput to an address nobody has succeeded")
+	}
+}

@@ -1,0 +1,467 @@
+package bench
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// Config drives one benchmark run.
+type Config struct {
+	Binary string
+	// Hosts is the lab size for the datapath and footprint parts (>= 2).
+	Hosts int
+	// ConvergeHosts are the lab sizes of the control-plane part.
+	ConvergeHosts []int
+	Samples       int
+	// Duration of each throughput measurement.
+	Duration time.Duration
+	// RR is the number of request/response exchanges per path.
+	RR int
+	// Endpoints is the number of synthetic remote endpoints of the footprint part.
+	Endpoints int
+	// FootprintHosts is the larger lab size of the footprint part.
+	FootprintHosts int
+	Log            *slog.Logger
+}
+
+// Path is one datapath's figures.
+type Path struct {
+	Tput1Gbps float64 `json:"tput_1_gbps"`
+	Tput4Gbps float64 `json:"tput_4_gbps"`
+	RRp50us   float64 `json:"rr_p50_us"`
+	RRp99us   float64 `json:"rr_p99_us"`
+}
+
+// ConvergePoint is the control plane at one lab size.
+type ConvergePoint struct {
+	Hosts           int     `json:"hosts"`
+	Samples         int     `json:"samples"`
+	P50ms           float64 `json:"converge_p50_ms"`
+	P99ms           float64 `json:"converge_p99_ms"`
+	NetworkUsableMs float64 `json:"network_usable_ms"`
+	FailureWithdrMs float64 `json:"failure_withdrawal_ms"`
+}
+
+// Footprint is an agent's resource use at one lab size.
+type Footprint struct {
+	Hosts      int     `json:"hosts"`
+	Endpoints  int     `json:"remote_endpoints"`
+	RSSMB      float64 `json:"rss_mb"`
+	IdleCPUPct float64 `json:"idle_cpu_pct"`
+	ProgramMs  float64 `json:"program_ms,omitempty"`
+	// PassMs is the duration of the agent's last reconcile pass.
+	PassMs float64 `json:"pass_ms"`
+}
+
+// Result is everything one run measured.
+type Result struct {
+	Paths               map[string]Path `json:"paths"`
+	TputRatioVsUnderlay float64         `json:"tput_ratio_vs_underlay"`
+	TputRatioVsRecipe   float64         `json:"tput_ratio_vs_recipe"`
+	Tput4RatioVsRecipe  float64         `json:"tput4_ratio_vs_recipe"`
+	Converge            []ConvergePoint `json:"converge"`
+	ConvergeP99ms       float64         `json:"converge_p99_ms"`
+	Footprint           []Footprint     `json:"footprint"`
+}
+
+// Ratio divides, 0 when the divisor is 0.
+func Ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func labCfg(name string, hosts int, c Config) lab.Config {
+	return lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: c.Binary, Log: c.Log}
+}
+
+// Run builds its own labs, measures, and removes them.
+func Run(c Config) (Result, error) {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	res := Result{Paths: map[string]Path{}}
+	if err := datapathPart(c, &res); err != nil {
+		return res, fmt.Errorf("datapath: %w", err)
+	}
+	for _, n := range c.ConvergeHosts {
+		p, err := convergePart(c, n)
+		if err != nil {
+			return res, fmt.Errorf("control plane at %d hosts: %w", n, err)
+		}
+		res.Converge = append(res.Converge, p)
+		res.ConvergeP99ms = p.P99ms
+	}
+	for _, n := range []int{c.Hosts, c.FootprintHosts} {
+		fp, err := footprintPart(c, n)
+		if err != nil {
+			return res, fmt.Errorf("footprint at %d hosts: %w", n, err)
+		}
+		res.Footprint = append(res.Footprint, fp...)
+	}
+	return res, nil
+}
+
+func datapathPart(c Config, res *Result) error {
+	name := "bdp"
+	l, err := lab.Up(labCfg(name, c.Hosts, c))
+	if err != nil {
+		return err
+	}
+	defer lab.Down(name)
+	r, err := l.BuildRecipe()
+	if err != nil {
+		return err
+	}
+	var v1, v2 lab.Container
+	for _, ct := range l.Containers {
+		switch ct.Host {
+		case l.Hosts[0].Name:
+			v1 = ct
+		case l.Hosts[1].Name:
+			v2 = ct
+		}
+	}
+	type ends struct {
+		srv, cli string
+		dst      netip.Addr
+	}
+	paths := map[string]ends{
+		"underlay": {l.Hosts[1].Netns, l.Hosts[0].Netns, l.Hosts[1].Addr},
+		"recipe":   {r.Containers[1].Netns, r.Containers[0].Netns, r.Containers[1].IP},
+		"vxnet":    {v2.Netns, v1.Netns, v2.IP},
+	}
+	order := []string{"underlay", "recipe", "vxnet"}
+	for _, p := range order {
+		e := paths[p]
+		if _, err := RequestResponse(e.srv, e.cli, e.dst, 5201, 10); err != nil { // warm ARP and caches
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	out := map[string]Path{}
+	// Interleave the paths for each metric so drift on a shared machine
+	// hits all three alike.
+	for _, p := range order {
+		e := paths[p]
+		rtts, err := RequestResponse(e.srv, e.cli, e.dst, 5202, c.RR)
+		if err != nil {
+			return fmt.Errorf("%s rr: %w", p, err)
+		}
+		pr := out[p]
+		pr.RRp50us, pr.RRp99us = us(lab.Percentile(rtts, 50)), us(lab.Percentile(rtts, 99))
+		out[p] = pr
+	}
+	for _, streams := range []int{1, 4} {
+		for _, p := range order {
+			e := paths[p]
+			bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
+			if err != nil {
+				return fmt.Errorf("%s throughput: %w", p, err)
+			}
+			pr := out[p]
+			if streams == 1 {
+				pr.Tput1Gbps = bps / 1e9
+			} else {
+				pr.Tput4Gbps = bps / 1e9
+			}
+			out[p] = pr
+			c.Log.Info("throughput", "path", p, "streams", streams, "gbps", fmt.Sprintf("%.2f", bps/1e9))
+		}
+	}
+	res.Paths = out
+	res.TputRatioVsUnderlay = Ratio(out["vxnet"].Tput1Gbps, out["underlay"].Tput1Gbps)
+	res.TputRatioVsRecipe = Ratio(out["vxnet"].Tput1Gbps, out["recipe"].Tput1Gbps)
+	res.Tput4RatioVsRecipe = Ratio(out["vxnet"].Tput4Gbps, out["recipe"].Tput4Gbps)
+	return nil
+}
+
+func convergePart(c Config, hosts int) (ConvergePoint, error) {
+	name := fmt.Sprintf("bcv%d", hosts)
+	l, err := lab.Up(labCfg(name, hosts, c))
+	if err != nil {
+		return ConvergePoint{}, err
+	}
+	defer lab.Down(name)
+	pt := ConvergePoint{Hosts: hosts}
+	samples, err := l.MeasureConvergence(c.Samples)
+	if err != nil {
+		return pt, err
+	}
+	var reply []time.Duration
+	for _, s := range samples {
+		reply = append(reply, s.FirstReply)
+	}
+	pt.Samples = len(samples)
+	pt.P50ms, pt.P99ms = ms(lab.Percentile(reply, 50)), ms(lab.Percentile(reply, 99))
+
+	// Network create to usable: its bridge exists on every host. The create
+	// call itself waits a moment to detect concurrent creations, so the
+	// hosts are watched while it runs.
+	start := time.Now()
+	nw := model.Network{Name: "usable", VNI: 777, Subnet: netip.MustParsePrefix("198.19.200.0/24")}
+	created := make(chan error, 1)
+	go func() {
+		_, err := api.NewClient(l.Hosts[0].Socket).CreateNetwork(api.NetworkCreate{Name: nw.Name, Subnet: nw.Subnet.String(), VNI: nw.VNI})
+		created <- err
+	}()
+	for _, h := range l.Hosts {
+		if err := waitLink(h.Netns, datapath.BridgeName(nw.VNI), true, 30*time.Second); err != nil {
+			return pt, fmt.Errorf("network usable on %s: %w", h.Name, err)
+		}
+	}
+	pt.NetworkUsableMs = ms(time.Since(start))
+	if err := <-created; err != nil {
+		return pt, err
+	}
+
+	// Failure of the last host to withdrawal of its endpoints on the first.
+	last := l.Hosts[len(l.Hosts)-1]
+	if err := setLinkState(nsutil.Path(l.Switch), last.Name, false); err != nil {
+		return pt, err
+	}
+	start = time.Now()
+	deadline := start.Add(60 * time.Second)
+	for hasVTEP(l.Hosts[0].Netns, last.Addr) {
+		if time.Now().After(deadline) {
+			return pt, fmt.Errorf("%s never withdrawn", last.Name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pt.FailureWithdrMs = ms(time.Since(start))
+	c.Log.Info("control plane", "hosts", hosts, "p99_ms", pt.P99ms, "usable_ms", pt.NetworkUsableMs, "withdrawal_ms", pt.FailureWithdrMs)
+	return pt, nil
+}
+
+func footprintPart(c Config, hosts int) ([]Footprint, error) {
+	name := fmt.Sprintf("bfp%d", hosts)
+	l, err := lab.Up(labCfg(name, hosts, c))
+	if err != nil {
+		return nil, err
+	}
+	defer lab.Down(name)
+	h1 := l.Hosts[0]
+	time.Sleep(2 * time.Second) // settle
+	rss, cpu, err := usage(h1.PID, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	out := []Footprint{{Hosts: hosts, RSSMB: rss, IdleCPUPct: cpu, PassMs: lastPass(h1)}}
+	if c.Endpoints == 0 || hosts != c.FootprintHosts {
+		return out, nil
+	}
+	nw := model.Network{Name: "many", VNI: 888, Subnet: netip.MustParsePrefix("198.19.128.0/17")}
+	nw.Normalize()
+	if _, err := api.NewClient(h1.Socket).CreateNetwork(api.NetworkCreate{Name: nw.Name, Subnet: nw.Subnet.String(), VNI: nw.VNI}); err != nil {
+		return nil, err
+	}
+	if err := waitLink(h1.Netns, datapath.VxlanName(nw.VNI), true, 30*time.Second); err != nil {
+		return nil, err
+	}
+	sh, err := l.AddSyntheticHost(250)
+	if err != nil {
+		return nil, err
+	}
+	// The synthetic member runs as its own process inside its namespace, so
+	// every connection it opens starts there.
+	syn := exec.Command(c.Binary, "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
+		"--join", h1.Addr.String(), "--key-file", l.KeyFile(), "--network", nw.Name,
+		"--first", "198.19.160.0", "--count", strconv.Itoa(c.Endpoints))
+	syn.Stderr = os.Stderr
+	start := time.Now()
+	if err := nsutil.Do(sh.Netns, syn.Start); err != nil {
+		return nil, fmt.Errorf("start synthetic member: %w", err)
+	}
+	defer func() { _ = syn.Process.Kill(); _ = syn.Wait() }()
+	deadline := start.Add(2 * time.Minute)
+	for {
+		n, err := neighCount(h1.Netns, datapath.VxlanName(nw.VNI))
+		if err != nil {
+			return nil, err
+		}
+		if n >= c.Endpoints {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("only %d of %d endpoints programmed on %s", n, c.Endpoints, h1.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	prog := time.Since(start)
+	time.Sleep(2 * time.Second)
+	rss, cpu, err = usage(h1.PID, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, Footprint{Hosts: hosts, Endpoints: c.Endpoints, RSSMB: rss, IdleCPUPct: cpu, ProgramMs: ms(prog), PassMs: lastPass(h1)})
+	return out, nil
+}
+
+func lastPass(h lab.Host) float64 {
+	s, err := api.NewClient(h.Socket).Status()
+	if err != nil {
+		return 0
+	}
+	return ms(s.LastSyncDuration)
+}
+
+func handleAt(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+func waitLink(nsPath, name string, present bool, timeout time.Duration) error {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := h.LinkByName(name)
+		if (err == nil) == present {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear", name)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func setLinkState(nsPath, name string, up bool) error {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if up {
+		return h.LinkSetUp(l)
+	}
+	return h.LinkSetDown(l)
+}
+
+func hasVTEP(nsPath string, vtep netip.Addr) bool {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	fdbs, err := h.NeighList(0, 7 /* AF_BRIDGE */)
+	if err != nil {
+		return false
+	}
+	for _, f := range fdbs {
+		if f.IP != nil && f.IP.Equal(vtep.AsSlice()) {
+			return true
+		}
+	}
+	return false
+}
+
+func neighCount(nsPath, dev string) (int, error) {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return 0, err
+	}
+	ns, err := h.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	return len(ns), err
+}
+
+// usage returns a process's resident set (MB) and its CPU use (% of one
+// core) over the window.
+func usage(pid int, window time.Duration) (float64, float64, error) {
+	t0, err := cpuTicks(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(window)
+	t1, err := cpuTicks(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	rss, err := rssKB(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	const hz = 100 // USER_HZ
+	return float64(rss) / 1024, float64(t1-t0) / hz / window.Seconds() * 100, nil
+}
+
+// ParseStatCPU returns utime+stime from the text of /proc/PID/stat.
+func ParseStatCPU(stat string) (int64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	return u + s, nil
+}
+
+func cpuTicks(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return ParseStatCPU(string(b))
+}
+
+// ParseRSS returns VmRSS in kB from the text of /proc/PID/status.
+func ParseRSS(status string) (int64, error) {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS line")
+}
+
+func rssKB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return ParseRSS(string(b))
+}
