@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -553,5 +554,65 @@ func TestLateJoinConverges(t *testing.T) {
 	}
 	if views[0] != views[1] || views[1] != views[2] {
 		t.Fatalf("members disagree: %v", views)
+	}
+}
+
+// TestSyntheticMember: a member without datapath (the benchmark's) announces
+// endpoints in bulk; agents program them and withdraw them when it leaves.
+func TestSyntheticMember(t *testing.T) {
+	l := up(t, 2, 1, 0)
+	nw := model.Network{Name: "bulk", VNI: 920, Subnet: netip.MustParsePrefix("10.92.0.0/16")}
+	if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: nw.Name, Subnet: nw.Subnet.String(), VNI: nw.VNI}); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := l.AddSyntheticHost(200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testutil.Binary(t), "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(), "--join", l.Hosts[0].Addr.String(),
+		"--key-file", l.KeyFile(), "--network", nw.Name, "--first", "10.92.1.0", "--count", "300")
+	if err := nsutil.Do(sh.Netns, cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	count := func() int {
+		s, err := client(l, "h2").Status()
+		if err != nil {
+			return -1
+		}
+		for _, n := range s.Networks {
+			if n.Name == nw.Name {
+				return n.Remote
+			}
+		}
+		return 0
+	}
+	if err := waitCond(20*time.Second, func() error {
+		if n := count(); n != 300 {
+			return fmt.Errorf("h2 sees %d of 300 synthetic endpoints", n)
+		}
+		if !hasVTEP(t, l, "h2", sh.Addr) {
+			return errors.New("h2 has no FDB entry towards the synthetic member")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	stopped = true
+	if err := waitCond(20*time.Second, func() error {
+		if hasVTEP(t, l, "h2", sh.Addr) {
+			return errors.New("h2 still forwards to the departed member")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -330,3 +330,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("valid config refused: %v", err)
 	}
 }
+
+// TestRecipe: the hand-made baseline carries traffic next to vxnet, and
+// vxnet leaves its unmarked devices alone.
+func TestRecipe(t *testing.T) {
+	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1})
+	r, err := l.BuildRecipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(r.Containers[0].Netns, r.Containers[1].IP, 1450-28, true, 3*time.Second); err != nil {
+		t.Fatalf("recipe path: %v", err)
+	}
+	for _, h := range l.Hosts {
+		if ops, err := l.SyncHost(h); err != nil || len(ops) != 0 {
+			t.Fatalf("vxnet wants to change %s after the recipe was added: %v %v", h.Name, ops, err)
+		}
+	}
+	if !lab.MatrixOK(l.Matrix(time.Second)) {
+		t.Fatal("vxnet matrix broken by the recipe")
+	}
+}
