@@ -22,11 +22,12 @@ import (
 
 func newAgentCmd(g *globals) *cobra.Command {
 	var (
-		cfg        agent.Config
-		advertise  string
-		join       string
-		keyFile    string
-		configFile string
+		cfg          agent.Config
+		advertise    string
+		join         string
+		keyFile      string
+		configFile   string
+		dockerSocket string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -67,6 +68,16 @@ func newAgentCmd(g *globals) *cobra.Command {
 			} else if !cfg.Insecure {
 				return fmt.Errorf("no cluster key: give --key-file (create one with 'vxnet key generate > key'), or --insecure to run unencrypted")
 			}
+			switch dockerSocket {
+			case "none":
+			case "auto":
+				// Serve Docker's plugin directory when Docker is installed.
+				if _, err := os.Stat("/run/docker"); err == nil {
+					cfg.DockerPluginSocket = "/run/docker/plugins/vxnet.sock"
+				}
+			default:
+				cfg.DockerPluginSocket = dockerSocket
+			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -87,6 +98,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket")
 	f.IntVar(&cfg.VXLANPort, "vxlan-port", 4789, "VXLAN UDP port")
 	f.IntVar(&cfg.GossipPort, "gossip-port", 7946, "gossip port (TCP and UDP)")
+	f.StringVar(&dockerSocket, "docker-plugin-socket", "auto", "Docker network/IPAM driver socket: a path, 'auto' (/run/docker/plugins/vxnet.sock when /run/docker exists) or 'none'")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
 	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")
 	return cmd

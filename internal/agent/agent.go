@@ -22,6 +22,7 @@ import (
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/reconcile"
 )
@@ -41,7 +42,10 @@ type Config struct {
 	ResyncInterval time.Duration
 	// ProbeInterval tunes gossip failure detection.
 	ProbeInterval time.Duration
-	Log           *slog.Logger
+	// DockerPluginSocket is where the Docker network and IPAM driver is
+	// served (empty: not served).
+	DockerPluginSocket string
+	Log                *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -221,6 +225,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Error("api server", "err", err)
 		}
 	}()
+	if a.cfg.DockerPluginSocket != "" {
+		ds := docker.NewServer(newDockerBackend(a), a.log.With("component", "docker"))
+		if err := ds.Serve(a.cfg.DockerPluginSocket); err != nil {
+			_ = srv.Close()
+			a.gossip.Shutdown()
+			return fmt.Errorf("docker plugin: %w", err)
+		}
+		defer ds.Close()
+		a.log.Info("serving the Docker network and IPAM driver", "socket", a.cfg.DockerPluginSocket)
+	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
 	if len(a.cfg.Join) > 0 {

@@ -23,6 +23,7 @@ type store struct {
 var (
 	bucketMeta  = []byte("meta")
 	bucketLocal = []byte("local")
+	bucketDock  = []byte("docker")
 	keyNode     = []byte("node")
 	keyClock    = []byte("clock")
 	keyRecords  = []byte("records")
@@ -38,7 +39,7 @@ func openStore(dir string) (*store, error) {
 		return nil, fmt.Errorf("open %s: %w (is another agent using this state directory?)", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketLocal} {
+		for _, b := range [][]byte{bucketMeta, bucketLocal, bucketDock} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -125,4 +126,22 @@ func (s *store) locals() (map[string]localEndpoint, error) {
 		})
 	})
 	return out, err
+}
+
+// dockerNetwork returns the cluster network name of a Docker network ID ("" if unknown).
+func (s *store) dockerNetwork(id string) (string, error) {
+	var name string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		name = string(tx.Bucket(bucketDock).Get([]byte(id)))
+		return nil
+	})
+	return name, err
+}
+
+func (s *store) putDockerNetwork(id, name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDock).Put([]byte(id), []byte(name)) })
+}
+
+func (s *store) delDockerNetwork(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDock).Delete([]byte(id)) })
 }

@@ -113,7 +113,9 @@ func (n Neigh) String() string { return fmt.Sprintf("neigh vni %d %s -> %s", n.V
 type EndpointSpec struct {
 	ID  string `json:"id"`
 	VNI uint32 `json:"vni"`
-	// Netns is the path of the container's network namespace.
+	// Netns is the path of the container's network namespace. Empty means
+	// the container end stays in the host namespace, named IfName, for a
+	// runtime (Docker) to move and configure itself.
 	Netns   string       `json:"netns"`
 	IfName  string       `json:"ifname"`
 	MAC     string       `json:"mac"`

@@ -316,6 +316,7 @@ func Down(name string) error {
 	for _, pid := range pids {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 	}
+	killCgroups(Prefix(name))
 	waitGone(pids, 3*time.Second)
 	for _, pid := range pids {
 		_ = syscall.Kill(pid, syscall.SIGKILL)

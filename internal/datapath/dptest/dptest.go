@@ -160,6 +160,15 @@ func Run(t *testing.T, h Harness) {
 		if _, err := dp.Attach(bad); err == nil || !strings.Contains(err.Error(), bad.Netns) {
 			t.Fatalf("attach to missing namespace: err = %v, want one naming the path", err)
 		}
+		// A container end left on the host for the runtime to move (Docker).
+		hp := e
+		hp.ID, hp.Netns, hp.IfName, hp.MAC = "ctr-3", "", "vxc-test3", "02:00:00:00:70:03"
+		p3, err := dp.Attach(hp)
+		must(t, err)
+		if p3.HostIf != datapath.HostIfName("ctr-3") || len(observe(t, dp).Ports) != 2 {
+			t.Fatalf("host-peer attach: %+v, ports %v", p3, observe(t, dp).Ports)
+		}
+		must(t, dp.Detach("ctr-3"))
 		must(t, dp.Detach("ctr-1"))
 		must(t, dp.Detach("ctr-1"))
 		if got := observe(t, dp).Ports; len(got) != 0 {

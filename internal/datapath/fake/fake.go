@@ -191,8 +191,10 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	if _, err := net.ParseMAC(e.MAC); err != nil {
 		return p, fmt.Errorf("endpoint %s: invalid MAC %q: %w", e.ID, e.MAC, err)
 	}
-	if _, err := os.Stat(e.Netns); err != nil {
-		return p, fmt.Errorf("network namespace %s does not exist: %w", e.Netns, err)
+	if e.Netns != "" {
+		if _, err := os.Stat(e.Netns); err != nil {
+			return p, fmt.Errorf("network namespace %s does not exist: %w", e.Netns, err)
+		}
 	}
 	if err := d.need(e.VNI); err != nil {
 		return p, err

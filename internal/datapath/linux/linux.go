@@ -528,8 +528,10 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	if err != nil {
 		return port, fmt.Errorf("endpoint %s: invalid MAC %q: %w", e.ID, e.MAC, err)
 	}
-	if _, err := os.Stat(e.Netns); err != nil {
-		return port, fmt.Errorf("network namespace %s does not exist: %w", e.Netns, err)
+	if e.Netns != "" {
+		if _, err := os.Stat(e.Netns); err != nil {
+			return port, fmt.Errorf("network namespace %s does not exist: %w", e.Netns, err)
+		}
 	}
 	br, err := d.lookupOwned(datapath.BridgeName(e.VNI), "bridge")
 	if err != nil {
@@ -547,6 +549,9 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 			return port, fmt.Errorf("interface %s already belongs to endpoint %q", hostIf, o.rest)
 		}
 		return port, nil // already attached
+	}
+	if e.Netns == "" {
+		return d.attachHostPeer(e, port, br, mac)
 	}
 	cns, err := netns.GetFromPath(e.Netns)
 	if err != nil {
@@ -598,6 +603,36 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	// what the container sends (its first ARP request) is dropped.
 	if err := waitOperUp(ch, e.IfName); err != nil {
 		return fail(fmt.Errorf("in %s: %w", e.Netns, err))
+	}
+	return port, nil
+}
+
+// attachHostPeer creates the veth pair with its container end left in the
+// host namespace (named e.IfName, with its MAC and MTU, down) for the
+// runtime to move into the container.
+func (d *Dataplane) attachHostPeer(e datapath.EndpointSpec, port datapath.Port, br netlink.Link, mac net.HardwareAddr) (datapath.Port, error) {
+	if _, err := d.h.LinkByName(e.IfName); err == nil {
+		return port, fmt.Errorf("interface %s already exists on the host", e.IfName)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = port.HostIf, e.MTU
+	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: e.IfName, PeerHardwareAddr: mac, PeerMTU: uint32(e.MTU)}
+	if err := d.addOwned(veth, aliasFor("ep", e.VNI, e.ID)); err != nil {
+		return port, fmt.Errorf("create veth %s for endpoint %s: %w", port.HostIf, e.ID, err)
+	}
+	d.changed("created veth", "dev", port.HostIf, "peer", e.IfName)
+	host, err := d.h.LinkByName(port.HostIf)
+	if err == nil {
+		err = d.h.LinkSetMasterByIndex(host, br.Attrs().Index)
+	}
+	if err == nil {
+		err = d.h.LinkSetUp(host)
+	}
+	if err != nil {
+		if l, lerr := d.h.LinkByName(port.HostIf); lerr == nil {
+			_ = d.h.LinkDel(l)
+		}
+		return port, fmt.Errorf("attach %s to %s: %w", port.HostIf, br.Attrs().Name, err)
 	}
 	return port, nil
 }

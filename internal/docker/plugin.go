@@ -1,0 +1,253 @@
+// Package docker serves Docker's remote network driver and IPAM driver
+// plugin API (libnetwork remote API, protocol v1) on a unix socket, so that
+// `docker network create -d vxnet --ipam-driver vxnet` and `docker run --net`
+// use vxnet. The handlers only translate; a Backend (the agent) does the work.
+package docker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ContentType is the plugin protocol's media type.
+const ContentType = "application/vnd.docker.plugins.v1.2+json"
+
+// Option keys understood in `docker network create -o`.
+const (
+	OptVNI   = "vxnet.vni"
+	OptFlood = "vxnet.flood"
+	OptMTU   = "com.docker.network.driver.mtu"
+	// Docker's generic option bag in CreateNetwork requests.
+	genericOpts = "com.docker.network.generic"
+	// The gateway request marker in RequestAddress options.
+	requestAddressType = "RequestAddressType"
+	gatewayType        = "com.docker.network.gateway"
+)
+
+// Network is what CreateNetwork asks for.
+type Network struct {
+	DockerID string
+	Subnet   string
+	Gateway  string // with or without prefix length
+	VNI      uint32
+	MTU      int
+	Flood    bool
+}
+
+// Endpoint is a container interface Docker creates.
+type Endpoint struct {
+	DockerNetwork string
+	DockerID      string
+	Address       string // with prefix length
+	MAC           string
+}
+
+// Joined is what Join returns: the interface left in the host namespace for
+// Docker to move into the container, and the gateway.
+type Joined struct {
+	SrcName string
+	Gateway string
+}
+
+// Backend does the work behind the handlers.
+type Backend interface {
+	// IPAM
+	RequestPool(subnet string, v6 bool) (poolID string, err error)
+	ReleasePool(poolID string) error
+	RequestAddress(poolID, address string, gateway bool) (string, error)
+	ReleaseAddress(poolID, address string) error
+	// Network driver
+	CreateNetwork(Network) error
+	DeleteNetwork(dockerID string) error
+	CreateEndpoint(Endpoint) (mac string, err error)
+	DeleteEndpoint(dockerNetwork, dockerID string) error
+	Join(dockerNetwork, dockerID, sandbox string) (Joined, error)
+	Leave(dockerNetwork, dockerID string) error
+}
+
+// Server is the plugin's HTTP server.
+type Server struct {
+	b   Backend
+	log *slog.Logger
+	srv *http.Server
+}
+
+// NewServer builds the handlers.
+func NewServer(b Backend, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{b: b, log: log}
+	mux := http.NewServeMux()
+	h := func(path string, fn func(body []byte) (any, error)) {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			var out any
+			if err == nil {
+				out, err = fn(body)
+			}
+			w.Header().Set("Content-Type", ContentType)
+			if err != nil {
+				s.log.Warn("docker plugin call failed", "call", path, "err", err)
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"Err": err.Error()})
+				return
+			}
+			s.log.Debug("docker plugin call", "call", path)
+			_ = json.NewEncoder(w).Encode(out)
+		})
+	}
+	empty := map[string]any{}
+	h("/Plugin.Activate", func([]byte) (any, error) {
+		return map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}}, nil
+	})
+	h("/NetworkDriver.GetCapabilities", func([]byte) (any, error) {
+		return map[string]string{"Scope": "local", "ConnectivityScope": "global"}, nil
+	})
+	h("/IpamDriver.GetCapabilities", func([]byte) (any, error) {
+		return map[string]bool{"RequiresMACAddress": false}, nil
+	})
+	h("/IpamDriver.GetDefaultAddressSpaces", func([]byte) (any, error) {
+		return map[string]string{"LocalDefaultAddressSpace": "vxnet", "GlobalDefaultAddressSpace": "vxnet"}, nil
+	})
+	h("/IpamDriver.RequestPool", func(b []byte) (any, error) {
+		var req RequestPoolRequest
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		id, err := s.b.RequestPool(req.Pool, req.V6)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"PoolID": id, "Pool": req.Pool, "Data": map[string]string{}}, nil
+	})
+	h("/IpamDriver.ReleasePool", func(b []byte) (any, error) {
+		var req struct{ PoolID string }
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		return empty, s.b.ReleasePool(req.PoolID)
+	})
+	h("/IpamDriver.RequestAddress", func(b []byte) (any, error) {
+		var req RequestAddressRequest
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		addr, err := s.b.RequestAddress(req.PoolID, req.Address, req.Options[requestAddressType] == gatewayType)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"Address": addr, "Data": map[string]string{}}, nil
+	})
+	h("/IpamDriver.ReleaseAddress", func(b []byte) (any, error) {
+		var req struct{ PoolID, Address string }
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		return empty, s.b.ReleaseAddress(req.PoolID, req.Address)
+	})
+	h("/NetworkDriver.CreateNetwork", func(b []byte) (any, error) {
+		var req CreateNetworkRequest
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		n, err := req.Network()
+		if err != nil {
+			return nil, err
+		}
+		return empty, s.b.CreateNetwork(n)
+	})
+	h("/NetworkDriver.DeleteNetwork", func(b []byte) (any, error) {
+		var req struct{ NetworkID string }
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		return empty, s.b.DeleteNetwork(req.NetworkID)
+	})
+	h("/NetworkDriver.CreateEndpoint", func(b []byte) (any, error) {
+		var req CreateEndpointRequest
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		if req.Interface == nil || req.Interface.Address == "" {
+			return nil, errors.New("vxnet needs an IPv4 address for the endpoint: use --ipam-driver vxnet with --subnet")
+		}
+		mac, err := s.b.CreateEndpoint(Endpoint{DockerNetwork: req.NetworkID, DockerID: req.EndpointID,
+			Address: req.Interface.Address, MAC: req.Interface.MacAddress})
+		if err != nil {
+			return nil, err
+		}
+		if req.Interface.MacAddress != "" {
+			return map[string]any{}, nil // Docker chose it; we must not answer one
+		}
+		return map[string]any{"Interface": map[string]string{"MacAddress": mac}}, nil
+	})
+	h("/NetworkDriver.EndpointOperInfo", func([]byte) (any, error) {
+		return map[string]any{"Value": map[string]string{}}, nil
+	})
+	h("/NetworkDriver.DeleteEndpoint", func(b []byte) (any, error) {
+		var req struct{ NetworkID, EndpointID string }
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		return empty, s.b.DeleteEndpoint(req.NetworkID, req.EndpointID)
+	})
+	h("/NetworkDriver.Join", func(b []byte) (any, error) {
+		var req JoinRequest
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		j, err := s.b.Join(req.NetworkID, req.EndpointID, req.SandboxKey)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"InterfaceName": map[string]string{"SrcName": j.SrcName, "DstPrefix": "eth"},
+			"Gateway": j.Gateway}, nil
+	})
+	h("/NetworkDriver.Leave", func(b []byte) (any, error) {
+		var req struct{ NetworkID, EndpointID string }
+		if err := Decode(b, &req); err != nil {
+			return nil, err
+		}
+		return empty, s.b.Leave(req.NetworkID, req.EndpointID)
+	})
+	for _, p := range []string{"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
+		"/NetworkDriver.ProgramExternalConnectivity", "/NetworkDriver.RevokeExternalConnectivity"} {
+		h(p, func([]byte) (any, error) { return empty, nil })
+	}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return s
+}
+
+// Serve listens on the socket path (its directory is created) until Close.
+func (s *Server) Serve(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("plugin directory: %w", err)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("docker plugin server", "err", err)
+		}
+	}()
+	return nil
+}
+
+// Close stops serving.
+func (s *Server) Close() error { return s.srv.Close() }

@@ -1,0 +1,134 @@
+package docker
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// RequestPoolRequest is IpamDriver.RequestPool.
+type RequestPoolRequest struct {
+	AddressSpace string
+	Pool         string
+	SubPool      string
+	Options      map[string]string
+	V6           bool
+}
+
+// RequestAddressRequest is IpamDriver.RequestAddress.
+type RequestAddressRequest struct {
+	PoolID  string
+	Address string
+	Options map[string]string
+}
+
+// IPAMData is one address pool of a network.
+type IPAMData struct {
+	AddressSpace string
+	Pool         string
+	Gateway      string
+	AuxAddresses map[string]string
+}
+
+// CreateNetworkRequest is NetworkDriver.CreateNetwork.
+type CreateNetworkRequest struct {
+	NetworkID string
+	Options   map[string]any
+	IPv4Data  []IPAMData
+	IPv6Data  []IPAMData
+}
+
+// EndpointInterface is the interface part of CreateEndpoint.
+type EndpointInterface struct {
+	Address     string
+	AddressIPv6 string
+	MacAddress  string
+}
+
+// CreateEndpointRequest is NetworkDriver.CreateEndpoint.
+type CreateEndpointRequest struct {
+	NetworkID  string
+	EndpointID string
+	Interface  *EndpointInterface
+	Options    map[string]any
+}
+
+// JoinRequest is NetworkDriver.Join.
+type JoinRequest struct {
+	NetworkID  string
+	EndpointID string
+	SandboxKey string
+	Options    map[string]any
+}
+
+// Decode parses a request body: bounded, one JSON object. Unknown fields are
+// allowed (Docker adds fields over versions).
+func Decode(b []byte, v any) error {
+	if len(b) > 1<<20 {
+		return fmt.Errorf("request of %d bytes is too large", len(b))
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed plugin request: %w", err)
+	}
+	if dec.More() {
+		return fmt.Errorf("malformed plugin request: data after the JSON object")
+	}
+	return nil
+}
+
+// Network turns the request into what vxnet needs, validating the options.
+func (r CreateNetworkRequest) Network() (Network, error) {
+	n := Network{DockerID: r.NetworkID}
+	if r.NetworkID == "" {
+		return n, fmt.Errorf("CreateNetwork without a network ID")
+	}
+	if len(r.IPv6Data) > 0 {
+		return n, fmt.Errorf("IPv6 on Docker networks is not supported by vxnet yet: create the network without --ipv6")
+	}
+	if len(r.IPv4Data) != 1 || r.IPv4Data[0].Pool == "" {
+		return n, fmt.Errorf("vxnet networks need exactly one IPv4 subnet: give --subnet (and --ipam-driver vxnet)")
+	}
+	n.Subnet, n.Gateway = r.IPv4Data[0].Pool, r.IPv4Data[0].Gateway
+	opts := map[string]string{}
+	if g, ok := r.Options[genericOpts].(map[string]any); ok {
+		for k, v := range g {
+			opts[k] = fmt.Sprint(v)
+		}
+	}
+	for k, v := range opts {
+		switch k {
+		case OptVNI:
+			vni, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return n, fmt.Errorf("invalid -o %s=%q: want a number between %d and %d", k, v, model.MinVNI, model.MaxVNI)
+			}
+			if err := model.ValidateVNI(vni); err != nil {
+				return n, fmt.Errorf("invalid -o %s: %w", k, err)
+			}
+			n.VNI = uint32(vni)
+		case OptMTU:
+			mtu, err := strconv.Atoi(v)
+			if err != nil || mtu <= 0 {
+				return n, fmt.Errorf("invalid -o %s=%q: want a positive number", k, v)
+			}
+			n.MTU = mtu
+		case OptFlood:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return n, fmt.Errorf("invalid -o %s=%q: want true or false", k, v)
+			}
+			n.Flood = b
+		default:
+			if strings.HasPrefix(k, "vxnet.") {
+				return n, fmt.Errorf("unknown option -o %s: vxnet understands %s, %s and %s", k, OptVNI, OptFlood, OptMTU)
+			}
+		}
+	}
+	return n, nil
+}
