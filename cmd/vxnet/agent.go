@@ -98,6 +98,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Socket, "socket", api.DefaultSocket, "local API socket")
 	f.IntVar(&cfg.VXLANPort, "vxlan-port", 4789, "VXLAN UDP port")
 	f.IntVar(&cfg.GossipPort, "gossip-port", 7946, "gossip port (TCP and UDP)")
+	f.StringVar(&cfg.DockerHost, "docker-host", "", "local dockerd API socket (e.g. unix:///var/run/docker.sock): keep its vxnet networks equal to the cluster's")
 	f.StringVar(&dockerSocket, "docker-plugin-socket", "auto", "Docker network/IPAM driver socket: a path, 'auto' (/run/docker/plugins/vxnet.sock when /run/docker exists) or 'none'")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
 	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")

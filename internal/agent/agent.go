@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +46,10 @@ type Config struct {
 	// DockerPluginSocket is where the Docker network and IPAM driver is
 	// served (empty: not served).
 	DockerPluginSocket string
-	Log                *slog.Logger
+	// DockerHost is the local dockerd's API socket: with it the agent keeps
+	// the dockerd's vxnet networks equal to the cluster's.
+	DockerHost string
+	Log        *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -79,7 +83,8 @@ type Agent struct {
 	underlay string
 	mtu      int
 
-	dirty chan struct{}
+	dirty   chan struct{}
+	dockerc *docker.Client
 
 	dpMu   sync.Mutex // serialises kernel programming
 	apiMu  sync.Mutex // serialises allocations and local writes
@@ -112,6 +117,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dirty: make(chan struct{}, 1)}
+	if cfg.DockerHost != "" {
+		a.dockerc = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -313,6 +321,9 @@ func (a *Agent) loop(ctx context.Context) {
 			backoff = 100 * time.Millisecond
 		}
 		a.gcLocal()
+		if a.dockerc != nil {
+			a.syncDocker()
+		}
 		if gen := a.state.Generation(); gen != a.savedGen {
 			if err := a.store.saveState(a.state); err != nil {
 				a.log.Error("save state", "err", err)

@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
@@ -198,8 +202,13 @@ func (d *dockerBackend) CreateNetwork(dn docker.Network) error {
 		}
 		req.Gateway = gw
 	}
-	if _, err := d.a.CreateNetwork(req); err != nil {
+	// Docker does not tell the driver the network's name: it is learnt from
+	// dockerd once the network exists, and then other dockerds get it too.
+	if _, err := d.a.createNetwork(req, ""); err != nil {
 		return err
+	}
+	if d.a.dockerc != nil {
+		go d.a.learnDockerName(dn.DockerID, req.Name)
 	}
 	return d.a.store.putDockerNetwork(dn.DockerID, req.Name)
 }
@@ -304,4 +313,75 @@ func (d *dockerBackend) Leave(dockerNetwork, dockerID string) error {
 	}
 	d.a.log.Info("docker endpoint left", "endpoint", id)
 	return nil
+}
+
+// learnDockerName asks dockerd for the name of a network Docker created
+// through this agent and records it in the cluster state.
+func (a *Agent) learnDockerName(dockerID, network string) {
+	for i := 0; i < 100; i++ {
+		time.Sleep(50 * time.Millisecond)
+		info, err := a.dockerc.Network(dockerID)
+		if err != nil {
+			continue
+		}
+		a.apiMu.Lock()
+		n, ok := a.state.Network(network)
+		if ok && n.DockerName == "" {
+			n.DockerName = info.Name
+			if r, err := a.state.Put(cluster.NetworkKey(network), n); err == nil {
+				a.gossip.Publish(r)
+			}
+		}
+		a.apiMu.Unlock()
+		a.log.Info("docker network named", "network", network, "docker_name", info.Name)
+		a.markDirty()
+		return
+	}
+	a.log.Warn("could not learn the docker name of a network; other dockerds will not get it", "network", network)
+}
+
+// syncDocker keeps the local dockerd's vxnet networks equal to the cluster's:
+// it creates the ones it lacks and removes (empty) ones the cluster dropped.
+func (a *Agent) syncDocker() {
+	if _, err := os.Stat(a.dockerc.Socket); err != nil {
+		return // no dockerd (yet)
+	}
+	dns, err := a.dockerc.Networks("vxnet")
+	if err != nil {
+		a.log.Warn("list docker networks", "err", err)
+		return
+	}
+	nets, _ := a.state.Networks()
+	have := map[string]docker.NetworkInfo{}
+	for _, dn := range dns {
+		for _, c := range dn.IPAM.Config {
+			have[c.Subnet] = dn
+		}
+	}
+	want := map[string]bool{}
+	for _, n := range nets {
+		want[n.Subnet.String()] = true
+		if _, ok := have[n.Subnet.String()]; ok || n.DockerName == "" {
+			continue
+		}
+		opts := map[string]string{docker.OptVNI: strconv.FormatUint(uint64(n.VNI), 10)}
+		if n.Flood {
+			opts[docker.OptFlood] = "true"
+		}
+		if err := a.dockerc.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), opts); err != nil {
+			a.log.Warn("create docker network", "network", n.Name, "docker_name", n.DockerName, "err", err)
+			continue
+		}
+		a.log.Info("created docker network", "network", n.Name, "docker_name", n.DockerName)
+	}
+	for subnet, dn := range have {
+		if want[subnet] || len(dn.Containers) > 0 {
+			continue
+		}
+		if err := a.dockerc.RemoveNetwork(dn.ID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			a.log.Warn("remove docker network", "docker_name", dn.Name, "err", err)
+			continue
+		}
+		a.log.Info("removed docker network the cluster no longer has", "docker_name", dn.Name)
+	}
 }

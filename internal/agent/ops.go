@@ -81,12 +81,18 @@ func parseNetwork(r api.NetworkCreate) (model.Network, error) {
 	return n, nil
 }
 
-// CreateNetwork adds a network to the cluster.
+// CreateNetwork adds a network to the cluster; it appears under the same
+// name in the dockerd of every agent that has one.
 func (a *Agent) CreateNetwork(r api.NetworkCreate) (api.NetworkInfo, error) {
+	return a.createNetwork(r, r.Name)
+}
+
+func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.NetworkInfo, error) {
 	n, err := parseNetwork(r)
 	if err != nil {
 		return api.NetworkInfo{}, err
 	}
+	n.DockerName = dockerName
 	if _, err := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6()); err != nil {
 		return api.NetworkInfo{}, badRequest("network %s: %v", n.Name, err)
 	}

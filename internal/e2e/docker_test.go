@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/probe"
@@ -77,8 +78,8 @@ func TestDockerClassicSteps(t *testing.T) {
 	l := up(t, 2, 1, 0)
 	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
 	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.18.0.0/16", "vxlan-net")
-	// The same network on host 2 (Docker networks are per daemon).
-	mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.18.0.0/16", "vxlan-net")
+	// Host 2's agent creates the same network in its own dockerd.
+	waitDockerNetwork(t, d2, "vxlan-net", true)
 	mustDocker(t, d1, "run", "-d", "--name", "c1", "--net", "vxlan-net", "--ip", "172.18.0.11", lab.DockerImage, "sleep", "600")
 	mustDocker(t, d2, "run", "-d", "--name", "c2", "--net", "vxlan-net", "--ip", "172.18.0.12", lab.DockerImage, "sleep", "600")
 	pingFrom(t, d1, "c1", "172.18.0.12")
@@ -107,8 +108,34 @@ func TestDockerClassicSteps(t *testing.T) {
 		if out, err := d1.Docker("exec", "c1", "ping", "-c", "1", "-W", "1", ip); err == nil {
 			t.Fatalf("c1 reached %s on another network: %s", ip, out)
 		}
+		waitDockerNetwork(t, d1, "other", true)
 		mustDocker(t, d2, "rm", "-f", "o2")
 		mustDocker(t, d2, "network", "rm", "other")
+		// Removed on host 2, it goes from host 1's dockerd too.
+		waitDockerNetwork(t, d1, "other", false)
+	})
+	t.Run("VxnetNetworkAppearsInDocker", func(t *testing.T) {
+		if _, err := client(l, "h2").CreateNetwork(api.NetworkCreate{Name: "fromcli", Subnet: "172.20.0.0/24"}); err != nil {
+			t.Fatal(err)
+		}
+		waitDockerNetwork(t, d1, "fromcli", true)
+		waitDockerNetwork(t, d2, "fromcli", true)
+		mustDocker(t, d1, "run", "-d", "--name", "f1", "--net", "fromcli", lab.DockerImage, "sleep", "600")
+		// Docker removes its network even when the driver refuses (it only
+		// logs the driver's error). The cluster network stays, because a
+		// container on host 1 uses it, and host 2's dockerd gets it back.
+		mustDocker(t, d2, "network", "rm", "fromcli")
+		if _, err := client(l, "h2").Network("fromcli"); err != nil {
+			t.Fatalf("cluster network gone although a container uses it: %v", err)
+		}
+		waitDockerNetwork(t, d2, "fromcli", true)
+		pingFrom(t, d1, "f1", "172.20.0.1")
+		mustDocker(t, d1, "rm", "-f", "f1")
+		if err := client(l, "h2").RemoveNetwork("fromcli", false); err != nil {
+			t.Fatal(err)
+		}
+		waitDockerNetwork(t, d1, "fromcli", false)
+		waitDockerNetwork(t, d2, "fromcli", false)
 	})
 	t.Run("ContainerRestart", func(t *testing.T) {
 		mustDocker(t, d2, "restart", "-t", "1", "c2")
@@ -121,7 +148,7 @@ func TestDockerClassicSteps(t *testing.T) {
 		mustDocker(t, d1, "rm", "-f", "c1")
 		mustDocker(t, d2, "rm", "-f", "c2")
 		mustDocker(t, d1, "network", "rm", "vxlan-net")
-		mustDocker(t, d2, "network", "rm", "vxlan-net")
+		waitDockerNetwork(t, d2, "vxlan-net", false)
 		err := waitCond(10*time.Second, func() error {
 			for _, h := range l.Hosts {
 				dp, err := linux.Open(h.Netns, nil)
@@ -143,6 +170,27 @@ func TestDockerClassicSteps(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+func waitDockerNetwork(t *testing.T, d *lab.Dockerd, name string, present bool) {
+	t.Helper()
+	err := waitCond(15*time.Second, func() error {
+		out, err := d.Docker("network", "ls", "--filter", "driver=vxnet", "--format", "{{.Name}}")
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, n := range strings.Fields(out) {
+			found = found || n == name
+		}
+		if found != present {
+			return fmt.Errorf("docker network %s present=%v on %s, want %v", name, found, d.Host, present)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func ctrNetns(t *testing.T, d *lab.Dockerd, ctr string) string {

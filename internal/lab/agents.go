@@ -98,7 +98,7 @@ func (l *Lab) StartAgentWithKey(host, keyFile string) error {
 	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
 		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
 		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", "500ms", "-v",
-		"--docker-plugin-socket", h.PluginSocket()}
+		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
 	var join []string
 	for _, o := range l.Hosts {
 		if o.Name != h.Name && len(join) < 2 {

@@ -36,6 +36,9 @@ type Network struct {
 	MTU int `json:"mtu,omitempty"`
 	// Flood enables broadcast/multicast flooding by head-end replication.
 	Flood bool `json:"flood,omitempty"`
+	// DockerName is the name of the network in every dockerd (agents with a
+	// Docker host create it there); empty while unknown.
+	DockerName string `json:"dockerName,omitempty"`
 }
 
 // Node is one host of the cluster.

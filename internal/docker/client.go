@@ -1,0 +1,108 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client is a minimal Docker Engine API client over a unix socket, for the
+// few calls the agent needs to keep every dockerd's networks in step.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for a dockerd socket path.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}}}}
+}
+
+// ErrNotFound is returned for a 404 from dockerd.
+var ErrNotFound = errors.New("not found")
+
+// NetworkInfo is the part of a Docker network vxnet reads.
+type NetworkInfo struct {
+	ID     string
+	Name   string
+	Driver string
+	IPAM   struct {
+		Driver string
+		Config []struct{ Subnet, Gateway string }
+	}
+	Containers map[string]any
+}
+
+func (c *Client) do(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://docker"+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("dockerd at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode == http.StatusNotFound {
+		return ErrNotFound
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Message string }
+		_ = json.Unmarshal(b, &e)
+		return fmt.Errorf("dockerd %s %s: %s: %s", method, path, resp.Status, e.Message)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// Network inspects one network by ID or name.
+func (c *Client) Network(idOrName string) (NetworkInfo, error) {
+	var n NetworkInfo
+	return n, c.do(http.MethodGet, "/networks/"+url.PathEscape(idOrName), nil, &n)
+}
+
+// Networks lists the networks of a driver.
+func (c *Client) Networks(driver string) ([]NetworkInfo, error) {
+	f, _ := json.Marshal(map[string][]string{"driver": {driver}})
+	var ns []NetworkInfo
+	return ns, c.do(http.MethodGet, "/networks?filters="+url.QueryEscape(string(f)), nil, &ns)
+}
+
+// CreateNetwork creates a network with vxnet as network and IPAM driver.
+func (c *Client) CreateNetwork(name, subnet, gateway string, options map[string]string) error {
+	cfg := map[string]string{"Subnet": subnet}
+	if gateway != "" {
+		cfg["Gateway"] = gateway
+	}
+	req := map[string]any{"Name": name, "Driver": "vxnet", "CheckDuplicate": true, "Options": options,
+		"IPAM": map[string]any{"Driver": "vxnet", "Config": []map[string]string{cfg}}}
+	return c.do(http.MethodPost, "/networks/create", req, nil)
+}
+
+// RemoveNetwork removes a network.
+func (c *Client) RemoveNetwork(idOrName string) error {
+	return c.do(http.MethodDelete, "/networks/"+url.PathEscape(idOrName), nil, nil)
+}
