@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,9 +30,9 @@ func requireDocker(t *testing.T) {
 	}
 }
 
-func startDocker(t *testing.T, l *lab.Lab, host string) *lab.Dockerd {
+func startDocker(t *testing.T, l *lab.Lab, host string, extra ...string) *lab.Dockerd {
 	t.Helper()
-	d, err := l.StartDocker(host)
+	d, err := l.StartDocker(host, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,4 +198,114 @@ func ctrNetns(t *testing.T, d *lab.Dockerd, ctr string) string {
 	t.Helper()
 	pid := mustDocker(t, d, "inspect", "-f", "{{.State.Pid}}", ctr)
 	return "/proc/" + pid + "/ns/net"
+}
+
+// TestDockerRestartAndConnect: connect/disconnect, a dockerd restart with
+// containers that come back (--restart always), and a dockerd killed -9:
+// the cluster view and the datapath follow, nothing stale stays.
+func TestDockerRestartAndConnect(t *testing.T) {
+	requireDocker(t)
+	l := up(t, 2, 1, 0)
+	parent := t // daemons restarted in subtests live as long as the test
+	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
+	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.21.0.0/24", "web")
+	waitDockerNetwork(t, d2, "web", true)
+	mustDocker(t, d1, "run", "-d", "--name", "ca", "--net", "web", "--ip", "172.21.0.10", lab.DockerImage, "sleep", "600")
+	mustDocker(t, d2, "run", "-d", "--name", "cb", "--restart", "always", "--net", "web", "--ip", "172.21.0.20", lab.DockerImage, "sleep", "600")
+	pingFrom(t, d1, "ca", "172.21.0.20")
+
+	endpoints := func() int {
+		n, err := client(l, "h1").Network(dockerNetworkName(t, l, "h1", "172.21.0.0/24"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := 0
+		for _, c := range n.Endpoints {
+			total += c
+		}
+		return total
+	}
+	waitEndpoints := func(want int) {
+		t.Helper()
+		if err := waitCond(15*time.Second, func() error {
+			if got := endpoints(); got != want {
+				return fmt.Errorf("network has %d endpoints, want %d", got, want)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("ConnectDisconnect", func(t *testing.T) {
+		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.22.0.0/24", "web2")
+		mustDocker(t, d2, "run", "-d", "--name", "cx", "--net", "web2", lab.DockerImage, "sleep", "600")
+		mustDocker(t, d2, "network", "connect", "--ip", "172.21.0.30", "web", "cx")
+		waitEndpoints(3)
+		pingFrom(t, d1, "ca", "172.21.0.30")
+		mustDocker(t, d2, "network", "disconnect", "web", "cx")
+		waitEndpoints(2)
+		if _, err := d1.Docker("exec", "ca", "ping", "-c", "1", "-W", "1", "172.21.0.30"); err == nil {
+			t.Fatal("a disconnected container still answers")
+		}
+		mustDocker(t, d2, "rm", "-f", "cx")
+	})
+	t.Run("DockerdRestart", func(t *testing.T) {
+		if err := d2.Kill(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		waitEndpoints(1) // dockerd stopped b on its way down
+		d2 = startDocker(parent, l, "h2")
+		waitEndpoints(2) // --restart always brought b back, same address
+		pingFrom(t, d1, "ca", "172.21.0.20")
+	})
+	t.Run("DockerdLiveRestore", func(t *testing.T) {
+		// A daemon that keeps its containers while it is down.
+		if err := d2.Kill(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		d2 = startDocker(parent, l, "h2", "--live-restore")
+		waitEndpoints(2)
+		if err := d2.Kill(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		// The container outlives its daemon; so do its address and its path.
+		if _, err := probe.Ping(ctrNetns(t, d1, "ca"), netip.MustParseAddr("172.21.0.20"), 56, false, 2*time.Second); err != nil {
+			t.Fatalf("traffic stopped with dockerd: %v", err)
+		}
+		if got := endpoints(); got != 2 {
+			t.Fatalf("network has %d endpoints while dockerd is down, want 2", got)
+		}
+		d2 = startDocker(parent, l, "h2", "--live-restore")
+		waitEndpoints(2)
+		pingFrom(t, d1, "ca", "172.21.0.20")
+		h2, _ := l.Host("h2")
+		dp, err := linux.Open(h2.Netns, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		obs, err := dp.Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(obs.Ports) != 1 {
+			t.Fatalf("h2 has %d container ports after the restarts, want 1: %v", len(obs.Ports), obs.Ports)
+		}
+	})
+}
+
+func dockerNetworkName(t *testing.T, l *lab.Lab, host, subnet string) string {
+	t.Helper()
+	nets, err := client(l, host).Networks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nets {
+		if n.Subnet.String() == subnet {
+			return n.Name
+		}
+	}
+	t.Fatalf("no network with subnet %s on %s", subnet, host)
+	return ""
 }

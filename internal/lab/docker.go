@@ -33,8 +33,9 @@ func (h Host) PluginSocket() string { return filepath.Join(h.Dir, "plugins", "vx
 
 func (l *Lab) cgroupParent(host string) string { return l.Prefix + host }
 
-// StartDocker starts dockerd on a host of an agent lab and imports the image.
-func (l *Lab) StartDocker(host string) (*Dockerd, error) {
+// StartDocker starts dockerd (with extra flags) on a host of an agent lab
+// and imports the image.
+func (l *Lab) StartDocker(host string, extra ...string) (*Dockerd, error) {
 	h, ok := l.Host(host)
 	if !ok || h.Dir == "" {
 		return nil, fmt.Errorf("host %q has no agent directory (docker needs an agent lab)", host)
@@ -53,7 +54,8 @@ func (l *Lab) StartDocker(host string) (*Dockerd, error) {
 		"mount --bind " + filepath.Join(h.Dir, "plugins") + " /run/docker/plugins",
 		"exec dockerd --data-root " + filepath.Join(d.Dir, "data") + " --exec-root " + filepath.Join(d.Dir, "exec") +
 			" -H unix://" + d.Socket + " --pidfile " + filepath.Join(d.Dir, "docker.pid") +
-			" --iptables=false --ip-forward=false --ip-masq=false --bridge=none --cgroup-parent " + l.cgroupParent(host),
+			" --iptables=false --ip-forward=false --ip-masq=false --bridge=none --cgroup-parent " + l.cgroupParent(host) +
+			" " + strings.Join(extra, " "),
 	}, "\n")
 	logf, err := os.OpenFile(filepath.Join(d.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
