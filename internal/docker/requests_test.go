@@ -1,0 +1,72 @@
+package docker
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCreateNetworkRequest(t *testing.T) {
+	body := func(opts string) []byte {
+		return []byte(`{"NetworkID":"abc123","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{` + opts + `}},` +
+			`"IPv4Data":[{"AddressSpace":"vxnet","Gateway":"172.18.0.1/16","Pool":"172.18.0.0/16"}],"IPv6Data":[]}`)
+	}
+	for _, tc := range []struct {
+		opts string
+		want string
+		vni  uint32
+		mtu  int
+	}{
+		{``, "", 0, 0},
+		{`"vxnet.vni":"4242","com.docker.network.driver.mtu":"1400","vxnet.flood":"true"`, "", 4242, 1400},
+		{`"vxnet.vni":"0"`, "invalid -o vxnet.vni: invalid VNI 0", 0, 0},
+		{`"vxnet.vni":"banana"`, `invalid -o vxnet.vni="banana"`, 0, 0},
+		{`"com.docker.network.driver.mtu":"-3"`, `invalid -o com.docker.network.driver.mtu="-3"`, 0, 0},
+		{`"vxnet.flood":"maybe"`, `invalid -o vxnet.flood="maybe"`, 0, 0},
+		{`"vxnet.colour":"blue"`, "unknown option -o vxnet.colour", 0, 0},
+	} {
+		var req CreateNetworkRequest
+		if err := Decode(body(tc.opts), &req); err != nil {
+			t.Fatal(err)
+		}
+		n, err := req.Network()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: err = %v, want %q", tc.opts, err, tc.want)
+			continue
+		}
+		if err == nil && (n.VNI != tc.vni || n.MTU != tc.mtu || n.Subnet != "172.18.0.0/16" || n.Gateway != "172.18.0.1/16") {
+			t.Errorf("%s: network = %+v", tc.opts, n)
+		}
+	}
+	var req CreateNetworkRequest
+	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[]}`), &req)
+	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "give --subnet") {
+		t.Errorf("no pool: err = %v", err)
+	}
+	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[{"Pool":"fd00::/64"}]}`), &req)
+	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "IPv6") {
+		t.Errorf("ipv6: err = %v", err)
+	}
+	if err := Decode([]byte(`{"NetworkID":`), &req); err == nil || !strings.Contains(err.Error(), "malformed plugin request") {
+		t.Errorf("truncated: err = %v", err)
+	}
+}
+
+func FuzzDecodeRequests(f *testing.F) {
+	f.Add([]byte(`{"NetworkID":"abc","Options":{"com.docker.network.generic":{"vxnet.vni":"7"}},"IPv4Data":[{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}]}`))
+	f.Add([]byte(`{"NetworkID":"n","EndpointID":"e","Interface":{"Address":"10.0.0.5/24","MacAddress":""}}`))
+	f.Add([]byte(`{"PoolID":"10.0.0.0/24","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var cn CreateNetworkRequest
+		if Decode(in, &cn) == nil {
+			if n, err := cn.Network(); err == nil && (n.Subnet == "" || n.DockerID == "") {
+				t.Fatalf("accepted a network without subnet or ID: %+v", n)
+			}
+		}
+		var ce CreateEndpointRequest
+		_ = Decode(in, &ce)
+		var ra RequestAddressRequest
+		_ = Decode(in, &ra)
+		var j JoinRequest
+		_ = Decode(in, &j)
+	})
+}
