@@ -102,6 +102,30 @@ func TestDockerClassicSteps(t *testing.T) {
 		}
 		_, _ = d1.Docker("rm", "-f", "dup")
 	})
+	t.Run("ErrorsReachDockerCLI", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--subnet", "172.18.5.0/24", "overlap"}, "overlaps"},
+			{[]string{"--subnet", "10.77.0.0/24", "-o", "vxnet.vni=0", "badvni"}, "invalid VNI 0"},
+			{[]string{"overlap2"}, "needs an explicit --subnet"},
+		} {
+			args := append([]string{"network", "create", "-d", "vxnet", "--ipam-driver", "vxnet"}, tc.args...)
+			out, err := d1.Docker(args...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("docker %v: err %v, output %q, want it to say %q", tc.args, err, out, tc.want)
+			}
+		}
+		n, err := client(l, "h1").Network(dockerNetName(t, l, "172.18.0.0/16"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := d2.Docker("network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "10.78.0.0/24", "-o", fmt.Sprintf("vxnet.vni=%d", n.VNI), "vnitaken")
+		if err == nil || !strings.Contains(out, fmt.Sprintf("VNI %d is already used", n.VNI)) {
+			t.Errorf("VNI taken: err %v, output %q", err, out)
+		}
+	})
 	t.Run("IsolatedFromOtherNetwork", func(t *testing.T) {
 		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.19.0.0/16", "other")
 		mustDocker(t, d2, "run", "-d", "--name", "o2", "--net", "other", lab.DockerImage, "sleep", "600")
@@ -205,14 +229,21 @@ func ctrNetns(t *testing.T, d *lab.Dockerd, ctr string) string {
 // the cluster view and the datapath follow, nothing stale stays.
 func TestDockerRestartAndConnect(t *testing.T) {
 	requireDocker(t)
-	l := up(t, 2, 1, 0)
+	l := up(t, 3, 1, 0)
 	parent := t // daemons restarted in subtests live as long as the test
-	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
-	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.21.0.0/24", "web")
+	d1, d2, d3 := startDocker(t, l, "h1"), startDocker(t, l, "h2"), startDocker(t, l, "h3")
+	mustDocker(t, d3, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.21.0.0/24", "web")
+	waitDockerNetwork(t, d1, "web", true)
 	waitDockerNetwork(t, d2, "web", true)
 	mustDocker(t, d1, "run", "-d", "--name", "ca", "--net", "web", "--ip", "172.21.0.10", lab.DockerImage, "sleep", "600")
 	mustDocker(t, d2, "run", "-d", "--name", "cb", "--restart", "always", "--net", "web", "--ip", "172.21.0.20", lab.DockerImage, "sleep", "600")
 	pingFrom(t, d1, "ca", "172.21.0.20")
+	// A third host, its address from vxnet's IPAM.
+	mustDocker(t, d3, "run", "-d", "--name", "cc", "--net", "web", lab.DockerImage, "sleep", "600")
+	ccIP := mustDocker(t, d3, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "cc")
+	pingFrom(t, d1, "ca", ccIP)
+	pingFrom(t, d3, "cc", "172.21.0.20")
+	mustDocker(t, d3, "rm", "-f", "cc")
 
 	endpoints := func() int {
 		n, err := client(l, "h1").Network(dockerNetworkName(t, l, "h1", "172.21.0.0/24"))
@@ -308,4 +339,9 @@ func dockerNetworkName(t *testing.T, l *lab.Lab, host, subnet string) string {
 	}
 	t.Fatalf("no network with subnet %s on %s", subnet, host)
 	return ""
+}
+
+func dockerNetName(t *testing.T, l *lab.Lab, subnet string) string {
+	t.Helper()
+	return dockerNetworkName(t, l, "h1", subnet)
 }
