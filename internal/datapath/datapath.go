@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -153,9 +154,8 @@ type Observed struct {
 	FDB      []FDB                  `json:"fdb"`
 	Neigh    []Neigh                `json:"neigh"`
 	Ports    []Port                 `json:"ports"`
-	// Isolation lists, sorted, the VNIs whose bridges the isolation rules
-	// cover (routing from them to any other network's bridge is dropped).
-	Isolation []uint32 `json:"isolation"`
+	// Firewall is vxnet's nftables table, nil when absent.
+	Firewall *Firewall `json:"firewall,omitempty"`
 }
 
 // Dataplane programs the kernel of one host. Every method is idempotent.
@@ -177,11 +177,10 @@ type Dataplane interface {
 	Attach(EndpointSpec) (Port, error)
 	// Detach removes an endpoint's interfaces; an absent one is no error.
 	Detach(id string) error
-	// EnsureIsolation installs, replacing what was there, the rules that
-	// drop traffic routed from the bridge of one of vnis to the bridge of
-	// another network; RemoveIsolation takes them all away.
-	EnsureIsolation(vnis []uint32) error
-	RemoveIsolation() error
+	// EnsureFirewall installs vxnet's firewall, replacing what was there
+	// in one transaction; RemoveFirewall takes it away.
+	EnsureFirewall(Firewall) error
+	RemoveFirewall() error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.
@@ -202,4 +201,20 @@ func ParseAlias(alias string) (kind, name string, ok bool) {
 	}
 	kind, name, ok = strings.Cut(rest, ":")
 	return kind, name, ok
+}
+
+// Firewall is vxnet's packet filter on a host (nftables table inet vxnet).
+type Firewall struct {
+	// Isolate lists, sorted, the VNIs whose bridges may not be routed to
+	// the bridge of another network.
+	Isolate []uint32 `json:"isolate"`
+	// Port is the VXLAN UDP port; VXLAN packets are accepted only from VTEPs.
+	Port int `json:"port"`
+	// VTEPs lists, sorted, the member addresses VXLAN is accepted from.
+	VTEPs []netip.Addr `json:"vteps"`
+}
+
+// Equal compares two firewalls.
+func (f Firewall) Equal(o Firewall) bool {
+	return f.Port == o.Port && slices.Equal(f.Isolate, o.Isolate) && slices.Equal(f.VTEPs, o.VTEPs)
 }

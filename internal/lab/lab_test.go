@@ -175,14 +175,14 @@ func TestLabDatapath(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer dp.Close()
-		if err := dp.RemoveIsolation(); err != nil {
+		if err := dp.RemoveFirewall(); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := probe.Ping(other.Netns, a.IP, 56, false, time.Second); err != nil {
 			t.Fatalf("without the isolation rule routing between networks should work (proving the rule matters): %v", err)
 		}
 		ops, err := l.SyncHost(l.Hosts[0])
-		if err != nil || len(ops) != 1 || ops[0].Kind.String() != "ensure-isolation" {
+		if err != nil || len(ops) != 1 || ops[0].Kind.String() != "ensure-firewall" {
 			t.Fatalf("resync: %v, %v; want the isolation rule restored", ops, err)
 		}
 		if _, err := probe.Ping(other.Netns, a.IP, 56, false, 500*time.Millisecond); err == nil {
@@ -349,5 +349,62 @@ func TestRecipe(t *testing.T) {
 	}
 	if !lab.MatrixOK(l.Matrix(time.Second)) {
 		t.Fatal("vxnet matrix broken by the recipe")
+	}
+}
+
+// TestRogueVXLANDropped: a namespace on the underlay that is not a member
+// crafts VXLAN frames with the right VNI, inner MAC and IP for a container;
+// nothing reaches it. Without vxnet's firewall the same frame does (so the
+// test can tell), and members' traffic still flows.
+func TestRogueVXLANDropped(t *testing.T) {
+	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1})
+	victim := container(t, l, "h2-n1-c1")
+	h2, _ := l.Host("h2")
+	nw := l.Networks[0]
+	rogue, err := l.AddSyntheticHost(99) // on the switch, not a member
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := model.ParseMAC(victim.MAC)
+	frame := probe.VXLANFrame(nw.VNI, mac, []byte{0x02, 0x66, 0, 0, 0, 1}, netip.MustParseAddr("198.19.1.99"), victim.IP, 9999, []byte("injected"))
+	inject := func() (string, bool) {
+		t.Helper()
+		pc, err := probe.ListenUDP(victim.Netns, 9999)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		for i := 0; i < 3; i++ {
+			if err := probe.SendUDP(rogue.Netns, netip.AddrPortFrom(h2.Addr, lab.VXLANPort), frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = pc.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+		buf := make([]byte, 64)
+		n, _, err := pc.ReadFrom(buf)
+		return string(buf[:max(n, 0)]), err == nil
+	}
+	if got, ok := inject(); ok {
+		t.Fatalf("a frame from a non-member reached the container: %q", got)
+	}
+	if !lab.MatrixOK(l.Matrix(time.Second)) {
+		t.Fatal("members' traffic blocked")
+	}
+	dp, err := linux.Open(h2.Netns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	if err := dp.RemoveFirewall(); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := inject(); !ok || got != "injected" {
+		t.Fatalf("without the firewall the crafted frame should arrive (else this test proves nothing): %q %v", got, ok)
+	}
+	if _, err := l.SyncHost(h2); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := inject(); ok {
+		t.Fatalf("firewall not restored by the next pass: %q arrived", got)
 	}
 }

@@ -36,6 +36,8 @@ type State struct {
 	Neigh    map[datapath.NeighKey]datapath.Neigh
 	// Ports are the IDs of local endpoints that may exist.
 	Ports map[string]bool
+	// Firewall isolates the networks and admits VXLAN only from members.
+	Firewall datapath.Firewall
 }
 
 // Conflict is a problem in the cluster state that Desired resolved
@@ -121,6 +123,14 @@ func Desired(in Input) (State, []Conflict) {
 			}
 		}
 	}
+	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks), Port: in.Port}
+	for _, nd := range in.Nodes {
+		if nd.Name != in.Node && nd.Addr.IsValid() {
+			st.Firewall.VTEPs = append(st.Firewall.VTEPs, nd.Addr)
+		}
+	}
+	slices.SortFunc(st.Firewall.VTEPs, netip.Addr.Compare)
+	st.Firewall.VTEPs = slices.Compact(st.Firewall.VTEPs)
 	for _, n := range in.Networks {
 		if !n.Flood {
 			continue
@@ -144,7 +154,7 @@ type OpKind int
 
 // Operation kinds, in the order Plan emits them.
 const (
-	EnsureIsolation OpKind = iota
+	EnsureFirewall OpKind = iota
 	EnsureNetwork
 	SetFDB
 	SetNeigh
@@ -152,27 +162,27 @@ const (
 	DelFDB
 	DetachPort
 	DeleteNetwork
-	RemoveIsolation
+	RemoveFirewall
 )
 
-var opNames = [...]string{"ensure-isolation", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-isolation"}
+var opNames = [...]string{"ensure-firewall", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-firewall"}
 
 func (k OpKind) String() string { return opNames[k] }
 
 // Op is one kernel change.
 type Op struct {
-	Kind    OpKind
-	Network datapath.NetworkSpec
-	VNI     uint32
-	FDB     datapath.FDB
-	Neigh   datapath.Neigh
-	PortID  string
-	VNIs    []uint32
+	Kind     OpKind
+	Network  datapath.NetworkSpec
+	VNI      uint32
+	FDB      datapath.FDB
+	Neigh    datapath.Neigh
+	PortID   string
+	Firewall datapath.Firewall
 }
 
 func (o Op) String() string {
 	switch o.Kind {
-	case EnsureIsolation, RemoveIsolation:
+	case EnsureFirewall, RemoveFirewall:
 		return o.Kind.String()
 	case EnsureNetwork:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
@@ -193,9 +203,10 @@ func (o Op) String() string {
 // ARP has somewhere to go), and neighbours removed before their FDB entries.
 func Plan(want State, have datapath.Observed) []Op {
 	var ops []Op
-	// Isolation covers every network before its bridge exists.
-	if vnis := sortedKeys(want.Networks); len(vnis) > 0 && !slices.Equal(vnis, have.Isolation) {
-		ops = append(ops, Op{Kind: EnsureIsolation, VNIs: vnis})
+	// The firewall goes in before any vxlan device or bridge exists: VXLAN
+	// is admitted only from members (fail closed) and networks are isolated.
+	if len(want.Networks) > 0 && (have.Firewall == nil || !have.Firewall.Equal(want.Firewall)) {
+		ops = append(ops, Op{Kind: EnsureFirewall, Firewall: want.Firewall})
 	}
 	rebuilt := map[uint32]bool{}
 	for _, vni := range sortedKeys(want.Networks) {
@@ -259,8 +270,8 @@ func Plan(want State, have datapath.Observed) []Op {
 			ops = append(ops, Op{Kind: DeleteNetwork, VNI: vni})
 		}
 	}
-	if len(want.Networks) == 0 && have.Isolation != nil {
-		ops = append(ops, Op{Kind: RemoveIsolation})
+	if len(want.Networks) == 0 && have.Firewall != nil {
+		ops = append(ops, Op{Kind: RemoveFirewall})
 	}
 	return ops
 }
@@ -272,10 +283,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 	for _, op := range ops {
 		var err error
 		switch op.Kind {
-		case EnsureIsolation:
-			err = dp.EnsureIsolation(op.VNIs)
-		case RemoveIsolation:
-			err = dp.RemoveIsolation()
+		case EnsureFirewall:
+			err = dp.EnsureFirewall(op.Firewall)
+		case RemoveFirewall:
+			err = dp.RemoveFirewall()
 		case EnsureNetwork:
 			err = dp.EnsureNetwork(op.Network)
 			if err != nil {

@@ -146,7 +146,7 @@ func TestPlanOrderAndIdempotence(t *testing.T) {
 		}
 		last = op.Kind
 	}
-	if len(ops) < 2 || ops[0].Kind != reconcile.EnsureIsolation || ops[1].Kind != reconcile.EnsureNetwork {
+	if len(ops) < 2 || ops[0].Kind != reconcile.EnsureFirewall || ops[1].Kind != reconcile.EnsureNetwork {
 		t.Fatalf("first ops = %v, want ensure-isolation, ensure-network", ops)
 	}
 	before := dp.Changes
@@ -207,26 +207,34 @@ func TestPlanReplacesMovedMAC(t *testing.T) {
 	}
 }
 
-func TestIsolationFollowsNetworks(t *testing.T) {
+func TestFirewallFollowsNetworksAndMembers(t *testing.T) {
 	dp := fake.New()
 	want, _ := reconcile.Desired(input())
 	if _, err := reconcile.Sync(dp, want); err != nil {
 		t.Fatal(err)
 	}
-	if obs, _ := dp.Observe(); len(obs.Isolation) != 2 {
-		t.Fatalf("isolation covers %v, want both networks", obs.Isolation)
+	want2 := datapath.Firewall{Isolate: []uint32{4097, 4098}, Port: 4789, VTEPs: []netip.Addr{h2.Addr, h3.Addr}}
+	if obs, _ := dp.Observe(); obs.Firewall == nil || !obs.Firewall.Equal(want2) {
+		t.Fatalf("firewall %+v, want %+v", obs.Firewall, want2)
 	}
+	// A member leaves: its VTEP leaves the allow-list (and its flood entry goes).
 	in := input()
-	in.Networks = nil
+	in.Nodes = []model.Node{h1, h3}
 	want, _ = reconcile.Desired(in)
 	ops, err := reconcile.Sync(dp, want)
+	if err != nil || len(ops) != 2 || ops[0].Kind != reconcile.EnsureFirewall || len(ops[0].Firewall.VTEPs) != 1 || ops[1].Kind != reconcile.DelFDB {
+		t.Fatalf("ops after a member left: %v %v", ops, err)
+	}
+	in.Networks = nil
+	want, _ = reconcile.Desired(in)
+	ops, err = reconcile.Sync(dp, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if last := ops[len(ops)-1]; last.Kind != reconcile.RemoveIsolation {
-		t.Fatalf("ops = %v, want remove-isolation last", ops)
+	if last := ops[len(ops)-1]; last.Kind != reconcile.RemoveFirewall {
+		t.Fatalf("ops = %v, want remove-firewall last", ops)
 	}
-	if obs, _ := dp.Observe(); obs.Isolation != nil || len(obs.Networks) != 0 {
+	if obs, _ := dp.Observe(); obs.Firewall != nil || len(obs.Networks) != 0 {
 		t.Fatalf("after removing every network: %+v", obs)
 	}
 }

@@ -175,20 +175,26 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("ports after detach = %v", got)
 		}
 	})
-	t.Run("Isolation", func(t *testing.T) {
+	t.Run("Firewall", func(t *testing.T) {
 		dp := h.New(t)
-		if got := observe(t, dp).Isolation; got != nil {
-			t.Fatalf("a fresh host reports isolation %v", got)
+		if got := observe(t, dp).Firewall; got != nil {
+			t.Fatalf("a fresh host reports a firewall %+v", got)
 		}
-		must(t, dp.EnsureIsolation([]uint32{4097, 12}))
-		must(t, dp.EnsureIsolation([]uint32{12, 4097, 99}))
-		if got := observe(t, dp).Isolation; !reflect.DeepEqual(got, []uint32{12, 99, 4097}) {
-			t.Fatalf("isolation = %v after EnsureIsolation, want [12 99 4097]", got)
+		a, b := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3")
+		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{4097, 12}, Port: 4789, VTEPs: []netip.Addr{b}}))
+		want := datapath.Firewall{Isolate: []uint32{12, 99, 4097}, Port: 4790, VTEPs: []netip.Addr{a, b}}
+		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{12, 4097, 99}, Port: 4790, VTEPs: []netip.Addr{b, a}}))
+		if got := observe(t, dp).Firewall; got == nil || !got.Equal(want) {
+			t.Fatalf("firewall = %+v, want %+v", got, want)
 		}
-		must(t, dp.RemoveIsolation())
-		must(t, dp.RemoveIsolation())
-		if got := observe(t, dp).Isolation; got != nil {
-			t.Fatalf("isolation still observed after RemoveIsolation: %v", got)
+		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{7}, Port: 4789}))
+		if got := observe(t, dp).Firewall; got == nil || len(got.VTEPs) != 0 || !got.Equal(datapath.Firewall{Isolate: []uint32{7}, Port: 4789}) {
+			t.Fatalf("firewall with no peers = %+v", got)
+		}
+		must(t, dp.RemoveFirewall())
+		must(t, dp.RemoveFirewall())
+		if got := observe(t, dp).Firewall; got != nil {
+			t.Fatalf("firewall still observed after RemoveFirewall: %+v", got)
 		}
 	})
 	t.Run("DeleteNetwork", func(t *testing.T) {

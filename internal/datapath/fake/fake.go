@@ -6,6 +6,7 @@ package fake
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sort"
@@ -21,7 +22,7 @@ type Dataplane struct {
 	fdb      map[datapath.FDBKey]datapath.FDB
 	neigh    map[datapath.NeighKey]datapath.Neigh
 	ports    map[string]datapath.Port
-	isolated []uint32
+	firewall *datapath.Firewall
 	// Foreign holds device names vxnet did not create.
 	Foreign map[string]bool
 	// Changes counts writes.
@@ -58,7 +59,10 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	for _, p := range d.ports {
 		o.Ports = append(o.Ports, p)
 	}
-	o.Isolation = append([]uint32(nil), d.isolated...)
+	if d.firewall != nil {
+		f := *d.firewall
+		o.Firewall = &f
+	}
 	slices.SortFunc(o.FDB, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
 	slices.SortFunc(o.Neigh, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
 	sort.Slice(o.Ports, func(i, j int) bool { return o.Ports[i].ID < o.Ports[j].ID })
@@ -221,22 +225,25 @@ func (d *Dataplane) Detach(id string) error {
 	return nil
 }
 
-// EnsureIsolation records the isolation rules as installed.
-func (d *Dataplane) EnsureIsolation(vnis []uint32) error {
+// EnsureFirewall records the firewall.
+func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.isolated = append([]uint32(nil), vnis...)
-	sort.Slice(d.isolated, func(i, j int) bool { return d.isolated[i] < d.isolated[j] })
+	f.Isolate = append([]uint32(nil), f.Isolate...)
+	f.VTEPs = append([]netip.Addr(nil), f.VTEPs...)
+	slices.Sort(f.Isolate)
+	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
+	d.firewall = &f
 	d.Changes++
 	return nil
 }
 
-// RemoveIsolation records the isolation rules as removed.
-func (d *Dataplane) RemoveIsolation() error {
+// RemoveFirewall forgets the firewall.
+func (d *Dataplane) RemoveFirewall() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.isolated != nil {
-		d.isolated = nil
+	if d.firewall != nil {
+		d.firewall = nil
 		d.Changes++
 	}
 	return nil

@@ -1,9 +1,11 @@
 package linux
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,12 +16,15 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 )
 
-// IsolationTable is the nftables table (family inet) vxnet owns on a host.
-const IsolationTable = "vxnet"
+// FirewallTable is the nftables table (family inet) vxnet owns on a host.
+const FirewallTable = "vxnet"
 
 const (
-	isolationChain = "forward"
-	rulePrefix     = "vxnet-isolate:"
+	forwardChain  = "forward"
+	inputChain    = "input"
+	vtepSet       = "vteps"
+	isolatePrefix = "vxnet-isolate:"
+	ingressPrefix = "vxnet-ingress:"
 )
 
 func ifname(name string) []byte { return append([]byte(name), 0) }
@@ -31,13 +36,34 @@ func ifname(name string) []byte { return append([]byte(name), 0) }
 // input and output, which the rule lets through.
 func isolationRule(t *nftables.Table, c *nftables.Chain, vni uint32) *nftables.Rule {
 	br := datapath.BridgeName(vni)
-	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(rulePrefix + strconv.FormatUint(uint64(vni), 10)),
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(isolatePrefix + strconv.FormatUint(uint64(vni), 10)),
 		Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(br)},
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(br)},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("vxbr")}, // prefix: any vxnet bridge
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}}
+}
+
+// ingressRule drops IPv4 UDP to the VXLAN port from any address that is not
+// a member's VTEP: VXLAN has no authentication, so this is what stops a
+// stranger on the underlay from injecting frames into a network.
+func ingressRule(t *nftables.Table, c *nftables.Chain, set *nftables.Set, port int) *nftables.Rule {
+	p := make([]byte, 2)
+	binary.BigEndian.PutUint16(p, uint16(port))
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(ingressPrefix + strconv.Itoa(port)),
+		Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}}
@@ -51,77 +77,117 @@ func (d *Dataplane) nft() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// observeIsolation returns the VNIs the isolation rules cover, or nil when
-// vxnet's table is absent.
-func (d *Dataplane) observeIsolation() ([]uint32, error) {
+// observeFirewall reads vxnet's table; nil when absent. A table that holds
+// anything vxnet did not write reads as a firewall that matches nothing
+// wanted, so the next pass rebuilds it.
+func (d *Dataplane) observeFirewall() (*datapath.Firewall, error) {
 	c, err := d.nft()
 	if err != nil {
 		return nil, err
 	}
-	t, err := c.ListTableOfFamily(IsolationTable, nftables.TableFamilyINet)
+	t, err := c.ListTableOfFamily(FirewallTable, nftables.TableFamilyINet)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("look up nftables table inet %s: %w", IsolationTable, err)
+		return nil, fmt.Errorf("look up nftables table inet %s: %w", FirewallTable, err)
 	}
-	ch, err := c.ListChain(t, isolationChain)
-	if err != nil {
-		return []uint32{}, nil // a table without our chain: rebuild
-	}
-	rules, err := c.GetRules(t, ch)
-	if err != nil {
-		return nil, fmt.Errorf("list rules of %s/%s: %w", IsolationTable, isolationChain, err)
-	}
-	vnis := []uint32{}
-	for _, r := range rules {
-		v, ok := strings.CutPrefix(string(r.UserData), rulePrefix)
-		n, err := strconv.ParseUint(v, 10, 32)
-		if !ok || err != nil || len(r.Exprs) != 7 {
-			return []uint32{}, nil // not a rule we wrote: rebuild
+	broken := &datapath.Firewall{Port: -1}
+	f := &datapath.Firewall{Isolate: []uint32{}, VTEPs: []netip.Addr{}}
+	for _, name := range []string{forwardChain, inputChain} {
+		ch, err := c.ListChain(t, name)
+		if err != nil {
+			return broken, nil
 		}
-		vnis = append(vnis, uint32(n))
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s/%s: %w", FirewallTable, name, err)
+		}
+		for _, r := range rules {
+			ud := string(r.UserData)
+			if v, ok := strings.CutPrefix(ud, isolatePrefix); ok && name == forwardChain {
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil {
+					return broken, nil
+				}
+				f.Isolate = append(f.Isolate, uint32(n))
+			} else if v, ok := strings.CutPrefix(ud, ingressPrefix); ok && name == inputChain {
+				if f.Port, err = strconv.Atoi(v); err != nil {
+					return broken, nil
+				}
+			} else {
+				return broken, nil
+			}
+		}
 	}
-	sort.Slice(vnis, func(i, j int) bool { return vnis[i] < vnis[j] })
-	return vnis, nil
+	set, err := c.GetSetByName(t, vtepSet)
+	if err != nil {
+		return broken, nil
+	}
+	elems, err := c.GetSetElements(set)
+	if err != nil {
+		return nil, fmt.Errorf("list set %s: %w", vtepSet, err)
+	}
+	for _, e := range elems {
+		if a, ok := netip.AddrFromSlice(e.Key); ok {
+			f.VTEPs = append(f.VTEPs, a.Unmap())
+		}
+	}
+	slices.Sort(f.Isolate)
+	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
+	return f, nil
 }
 
-// EnsureIsolation rebuilds the isolation table for vnis in one transaction.
-func (d *Dataplane) EnsureIsolation(vnis []uint32) error {
+// EnsureFirewall rebuilds vxnet's table in one transaction: there is no
+// moment without it once it exists.
+func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	c, err := d.nft()
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: IsolationTable, Family: nftables.TableFamilyINet}
+	t := &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
 	// Add-then-delete removes whatever was there; then build it anew.
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	policy := nftables.ChainPolicyAccept
-	ch := c.AddChain(&nftables.Chain{Name: isolationChain, Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy})
-	for _, v := range vnis {
-		c.AddRule(isolationRule(t, ch, v))
+	accept := nftables.ChainPolicyAccept
+	fwd := c.AddChain(&nftables.Chain{Name: forwardChain, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	for _, v := range f.Isolate {
+		c.AddRule(isolationRule(t, fwd, v))
 	}
+	in := c.AddChain(&nftables.Chain{Name: inputChain, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	set := &nftables.Set{Table: t, Name: vtepSet, KeyType: nftables.TypeIPAddr}
+	var elems []nftables.SetElement
+	for _, a := range f.VTEPs {
+		if a.Is4() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		}
+	}
+	if err := c.AddSet(set, elems); err != nil {
+		return fmt.Errorf("nftables set %s: %w", vtepSet, err)
+	}
+	c.AddRule(ingressRule(t, in, set, f.Port))
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("install nftables table inet %s: %w", IsolationTable, err)
+		return fmt.Errorf("install nftables table inet %s: %w", FirewallTable, err)
 	}
-	d.changed("installed isolation rules", "table", IsolationTable, "networks", len(vnis))
+	d.changed("installed firewall", "table", FirewallTable, "networks", len(f.Isolate), "vteps", len(f.VTEPs))
 	return nil
 }
 
-// RemoveIsolation deletes the isolation table; absent is no error.
-func (d *Dataplane) RemoveIsolation() error {
+// RemoveFirewall deletes vxnet's table; absent is no error.
+func (d *Dataplane) RemoveFirewall() error {
 	c, err := d.nft()
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: IsolationTable, Family: nftables.TableFamilyINet}
+	t := &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
 	c.AddTable(t)
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("remove nftables table inet %s: %w", IsolationTable, err)
+		return fmt.Errorf("remove nftables table inet %s: %w", FirewallTable, err)
 	}
-	d.changed("removed isolation rules", "table", IsolationTable)
+	d.changed("removed firewall", "table", FirewallTable)
 	return nil
 }

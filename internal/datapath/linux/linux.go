@@ -158,7 +158,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		}
 		obs.Networks[vni] = spec
 	}
-	if obs.Isolation, err = d.observeIsolation(); err != nil {
+	if obs.Firewall, err = d.observeFirewall(); err != nil {
 		return obs, err
 	}
 	for vni, vx := range vxlans {
