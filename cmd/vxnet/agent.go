@@ -178,7 +178,49 @@ func readKeyFile(path string) ([][]byte, error) {
 }
 
 func newKeyCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "key", Short: "Cluster keys"}
+	cmd := &cobra.Command{Use: "key", Short: "Cluster keys",
+		Long: "Rotate the cluster key without downtime: 'key install' the new key on every host, then 'key use' it on every host, then 'key remove' the old one on every host."}
+	for _, op := range []string{"install", "use", "remove"} {
+		var cf clientFlags
+		var keyFile string
+		c := &cobra.Command{
+			Use:   op + " --key-file FILE",
+			Short: map[string]string{"install": "Add a key to this agent's keyring (accepted for decryption)", "use": "Encrypt with an installed key from now on", "remove": "Drop a key that is no longer used"}[op],
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				keys, err := readKeyFile(keyFile)
+				if err != nil {
+					return err
+				}
+				k, err := cf.client().KeyOp(op, base64.StdEncoding.EncodeToString(keys[0]))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "keyring: primary %s, keys %s\n", k.Primary, strings.Join(k.Keys, " "))
+				return nil
+			},
+		}
+		cf.add(c, false)
+		c.Flags().StringVar(&keyFile, "key-file", "", "file holding the key (first line)")
+		cmd.AddCommand(c)
+	}
+	var lf clientFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Fingerprints of this agent's keys (the keys themselves are never shown)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := lf.client().Keyring()
+			if err != nil {
+				return err
+			}
+			if lf.json {
+				return printJSON(cmd.OutOrStdout(), k)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "primary %s\nkeys    %s\n", k.Primary, strings.Join(k.Keys, " "))
+			return nil
+		},
+	}
+	lf.add(list, true)
+	cmd.AddCommand(list)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "generate",
 		Short: "Print a new random 32-byte cluster key (base64)",

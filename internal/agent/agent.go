@@ -142,6 +142,16 @@ func New(cfg Config) (*Agent, error) {
 	if a.locals, err = st.locals(); err != nil {
 		return nil, err
 	}
+	if len(cfg.Keys) > 0 {
+		saved, err := loadKeyring(cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		if len(saved) > 0 {
+			cfg.Log.Info("using the keyring saved by a key rotation", "keys", len(saved), "primary", cluster.Fingerprint(saved[0]))
+			cfg.Keys = saved
+		}
+	}
 	a.underlay, a.mtu, err = underlayOf(cfg.AdvertiseAddr)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -488,4 +489,34 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 		s.Endpoints = eps
 	}
 	return s
+}
+
+// KeyOp changes this agent's keyring and saves it (never logging a key).
+func (a *Agent) KeyOp(r api.KeyRequest) (api.Keyring, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.Key))
+	if err != nil {
+		return api.Keyring{}, badRequest("the key is not base64 (make one with 'vxnet key generate')")
+	}
+	a.apiMu.Lock()
+	defer a.apiMu.Unlock()
+	if err := a.gossip.KeyOp(r.Op, key); err != nil {
+		return api.Keyring{}, badRequest("key %s %s: %v", r.Op, cluster.Fingerprint(key), err)
+	}
+	if err := saveKeyring(a.cfg.StateDir, a.gossip.Keys()); err != nil {
+		return api.Keyring{}, err
+	}
+	a.log.Info("keyring changed", "op", r.Op, "key", cluster.Fingerprint(key))
+	return a.Keyring(), nil
+}
+
+// Keyring lists key fingerprints, the primary first.
+func (a *Agent) Keyring() api.Keyring {
+	var k api.Keyring
+	for i, key := range a.gossip.Keys() {
+		if i == 0 {
+			k.Primary = cluster.Fingerprint(key)
+		}
+		k.Keys = append(k.Keys, cluster.Fingerprint(key))
+	}
+	return k
 }

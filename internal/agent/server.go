@@ -55,6 +55,18 @@ func (a *Agent) server() *http.Server {
 		}
 		reply(w, struct{}{}, a.Detach(req))
 	})
+	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, a.Keyring(), nil)
+	})
+	mux.HandleFunc("POST /v1/keys", func(w http.ResponseWriter, r *http.Request) {
+		var req api.KeyRequest
+		if err := decode(r, &req); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		k, err := a.KeyOp(req)
+		reply(w, k, err)
+	})
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 }
 

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -144,4 +146,39 @@ func (s *store) putDockerNetwork(id, name string) error {
 
 func (s *store) delDockerNetwork(id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDock).Delete([]byte(id)) })
+}
+
+// keyringPath is where the agent keeps its keyring after a rotation, so a
+// restart uses the keys the cluster uses now, not the original key file.
+func keyringPath(dir string) string { return filepath.Join(dir, "keyring") }
+
+func saveKeyring(dir string, keys [][]byte) error {
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(base64.StdEncoding.EncodeToString(k) + "\n")
+	}
+	tmp := keyringPath(dir) + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("save keyring: %w", err)
+	}
+	return os.Rename(tmp, keyringPath(dir))
+}
+
+func loadKeyring(dir string) ([][]byte, error) {
+	b, err := os.ReadFile(keyringPath(dir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read keyring: %w", err)
+	}
+	var keys [][]byte
+	for _, line := range strings.Fields(string(b)) {
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil {
+			return nil, fmt.Errorf("keyring %s is corrupt", keyringPath(dir))
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

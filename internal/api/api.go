@@ -99,6 +99,18 @@ type Status struct {
 	Endpoints        []model.Endpoint `json:"endpoints,omitempty"`
 }
 
+// KeyRequest changes an agent's keyring: Op is install, use or remove.
+type KeyRequest struct {
+	Op  string `json:"op"`
+	Key string `json:"key"` // base64
+}
+
+// Keyring lists key fingerprints (never keys), the primary first.
+type Keyring struct {
+	Primary string   `json:"primary"`
+	Keys    []string `json:"keys"`
+}
+
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
@@ -216,4 +228,16 @@ func (c *Client) Detach(r DetachRequest) error {
 func IsNotFound(err error) bool {
 	var se *StatusError
 	return errors.As(err, &se) && se.Code == http.StatusNotFound
+}
+
+// KeyOp changes the agent's keyring.
+func (c *Client) KeyOp(op, key string) (Keyring, error) {
+	var k Keyring
+	return k, c.Do(http.MethodPost, "/v1/keys", KeyRequest{Op: op, Key: key}, &k)
+}
+
+// Keyring lists the agent's key fingerprints.
+func (c *Client) Keyring() (Keyring, error) {
+	var k Keyring
+	return k, c.Do(http.MethodGet, "/v1/keys", nil, &k)
 }

@@ -3,6 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log"
@@ -49,11 +51,12 @@ type Member struct {
 // membership and failure detection, changes pushed to every member at once,
 // and periodic full-state push/pull as anti-entropy.
 type Gossip struct {
-	cfg   GossipConfig
-	state *State
-	ml    *memberlist.Memberlist
-	queue *memberlist.TransmitLimitedQueue
-	log   *slog.Logger
+	cfg     GossipConfig
+	state   *State
+	ml      *memberlist.Memberlist
+	queue   *memberlist.TransmitLimitedQueue
+	keyring *memberlist.Keyring
+	log     *slog.Logger
 
 	mu      sync.Mutex
 	contact map[string]Member
@@ -100,6 +103,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 			return nil, fmt.Errorf("cluster key: %w", err)
 		}
 		mc.Keyring = kr
+		g.keyring = kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 	ml, err := memberlist.Create(mc)
@@ -287,4 +291,46 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	}
 	w.log.Log(context.Background(), level, line, "component", "memberlist")
 	return len(p), nil
+}
+
+// KeyOp changes the cluster keyring of this member: "install" adds a key
+// (accepted for decryption), "use" makes an installed key the one that
+// encrypts, "remove" drops a key that is not in use.
+func (g *Gossip) KeyOp(op string, key []byte) error {
+	if g.keyring == nil {
+		return errors.New("this agent runs without encryption (--insecure): there is no keyring")
+	}
+	if l := len(key); l != 16 && l != 24 && l != 32 {
+		return fmt.Errorf("invalid key of %d bytes: want 16, 24 or 32", l)
+	}
+	switch op {
+	case "install":
+		return g.keyring.AddKey(key)
+	case "use":
+		return g.keyring.UseKey(key)
+	case "remove":
+		return g.keyring.RemoveKey(key)
+	}
+	return fmt.Errorf("unknown key operation %q: want install, use or remove", op)
+}
+
+// Keys returns the keyring, the primary key first (nil without encryption).
+func (g *Gossip) Keys() [][]byte {
+	if g.keyring == nil {
+		return nil
+	}
+	primary := g.keyring.GetPrimaryKey()
+	out := [][]byte{primary}
+	for _, k := range g.keyring.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Fingerprint names a key without revealing it.
+func Fingerprint(key []byte) string {
+	sum := sha256.Sum256(key)
+	return hex.EncodeToString(sum[:6])
 }

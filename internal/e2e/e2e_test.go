@@ -616,3 +616,80 @@ func TestSyntheticMember(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyRotation rotates the cluster key with traffic and membership up;
+// afterwards the old key no longer gets anyone in, a restarted agent uses
+// the new key, and no key appears in any log.
+func TestKeyRotation(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	oldKey, err := os.ReadFile(l.KeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey := "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=" // 32 bytes
+	for _, op := range []string{"install", "use"} {
+		for _, h := range l.Hosts {
+			if _, err := client(l, h.Name).KeyOp(op, newKey); err != nil {
+				t.Fatalf("%s on %s: %v", op, h.Name, err)
+			}
+		}
+		if !lab.MatrixOK(l.Matrix(time.Second)) {
+			t.Fatalf("traffic broken after key %s", op)
+		}
+		if n := aliveCount(t, l, "h1"); n != 3 {
+			t.Fatalf("after key %s h1 sees %d alive members", op, n)
+		}
+	}
+	for _, h := range l.Hosts {
+		k, err := client(l, h.Name).KeyOp("remove", strings.TrimSpace(string(oldKey)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Keys) != 1 || k.Primary != k.Keys[0] {
+			t.Fatalf("keyring of %s after removal: %+v", h.Name, k)
+		}
+	}
+	_, err = client(l, "h1").KeyOp("remove", newKey)
+	wantStatusError(t, err, 400, "key remove")
+	time.Sleep(2 * time.Second)
+	if n := aliveCount(t, l, "h1"); n != 3 {
+		t.Fatalf("after removing the old key h1 sees %d alive members", n)
+	}
+	// h2 restarts with its original key file: its saved keyring wins.
+	if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent("h2"); err != nil {
+		t.Fatal(err)
+	}
+	// h3 starts afresh with only the old key: it stays outside.
+	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h3, _ := l.Host("h3")
+	if err := os.RemoveAll(filepath.Join(h3.Dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent("h3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(20*time.Second, func() error {
+		if n := aliveCount(t, l, "h1"); n != 2 {
+			return fmt.Errorf("h1 sees %d alive members, want 2 (h1, h2)", n)
+		}
+		if n := aliveCount(t, l, "h3"); n != 1 {
+			return fmt.Errorf("the agent with the old key sees %d alive members", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Hosts {
+		b, _ := os.ReadFile(filepath.Join(h.Dir, "agent.log"))
+		for _, k := range []string{strings.TrimSpace(string(oldKey)), newKey} {
+			if strings.Contains(string(b), k) {
+				t.Fatalf("a key appears in the log of %s", h.Name)
+			}
+		}
+	}
+}
