@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -691,5 +692,110 @@ func TestKeyRotation(t *testing.T) {
 				t.Fatalf("a key appears in the log of %s", h.Name)
 			}
 		}
+	}
+}
+
+// TestChurn: 300 attaches and detaches spread over 4 hosts as fast as the
+// API takes them; no duplicate address, every live endpoint reachable, and
+// nothing left once all are detached.
+func TestChurn(t *testing.T) {
+	l := up(t, 4, 1, 0)
+	if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "churn", Subnet: "10.93.0.0/20", VNI: 930}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNetwork(l, "churn"); err != nil {
+		t.Fatal(err)
+	}
+	prober := newContainer(t, l, "probe")
+	if _, err := client(l, "h1").Attach(api.AttachRequest{Network: "churn", Netns: prober}); err != nil {
+		t.Fatal(err)
+	}
+	type ep struct{ host, ns, name, ip string }
+	var mu sync.Mutex
+	var live []ep
+	errs := make(chan error, 4)
+	for w, h := range l.Hosts {
+		go func() {
+			var mine []ep
+			for i := 0; i < 75; i++ {
+				name := fmt.Sprintf("ch%d-%d", w, i)
+				path, err := nsutil.Create(l.Prefix + name)
+				if err != nil {
+					errs <- err
+					return
+				}
+				att, err := client(l, h.Name).Attach(api.AttachRequest{Network: "churn", Netns: path})
+				if err != nil {
+					errs <- fmt.Errorf("attach %s on %s: %w", name, h.Name, err)
+					return
+				}
+				mine = append(mine, ep{h.Name, path, name, strings.Split(att.IP, "/")[0]})
+				if i%2 == 1 { // detach an older one
+					old := mine[0]
+					mine = mine[1:]
+					if err := client(l, h.Name).Detach(api.DetachRequest{Network: "churn", Netns: old.ns}); err != nil {
+						errs <- fmt.Errorf("detach %s: %w", old.name, err)
+						return
+					}
+					_ = nsutil.Delete(l.Prefix + old.name)
+				}
+			}
+			mu.Lock()
+			live = append(live, mine...)
+			mu.Unlock()
+			errs <- nil
+		}()
+	}
+	for range l.Hosts {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]string{}
+	for _, e := range live {
+		if other, dup := seen[e.ip]; dup {
+			t.Fatalf("address %s given to %s and %s", e.ip, other, e.name)
+		}
+		seen[e.ip] = e.name
+	}
+	for _, e := range live {
+		pingUntil(t, prober, netip.MustParseAddr(e.ip), 5*time.Second)
+	}
+	s, err := client(l, "h3").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range s.Networks {
+		if n.Name == "churn" && n.Local+n.Remote != len(live)+1 {
+			t.Fatalf("h3 sees %d churn endpoints, want %d", n.Local+n.Remote, len(live)+1)
+		}
+	}
+	for _, e := range live {
+		if err := client(l, e.host).Detach(api.DetachRequest{Network: "churn", Netns: e.ns}); err != nil {
+			t.Fatal(err)
+		}
+		_ = nsutil.Delete(l.Prefix + e.name)
+	}
+	if err := client(l, "h1").Detach(api.DetachRequest{Network: "churn", Netns: prober}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(10*time.Second, func() error {
+		for _, h := range l.Hosts {
+			dp, err := linux.Open(h.Netns, nil)
+			if err != nil {
+				return err
+			}
+			obs, err := dp.Observe()
+			dp.Close()
+			if err != nil {
+				return err
+			}
+			if len(obs.Ports) != 0 || len(obs.FDB) != 0 || len(obs.Neigh) != 0 {
+				return fmt.Errorf("%s still has %d ports, %d fdb, %d neighbours", h.Name, len(obs.Ports), len(obs.FDB), len(obs.Neigh))
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
