@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -81,4 +83,31 @@ func FuzzDecodeRequest(f *testing.F) {
 		var ar api.AttachRequest
 		_ = DecodeRequest(strings.NewReader(string(in)), &ar)
 	})
+}
+
+func TestListenSocketPermissions(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listenSocket(filepath.Join(open, "vxnet.sock")); err == nil || !strings.Contains(err.Error(), "is world-writable (mode 777)") {
+		t.Fatalf("world-writable directory: err = %v", err)
+	}
+	path := filepath.Join(dir, "run", "vxnet.sock")
+	ln, err := listenSocket(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	if _, err := listenSocket(path); err == nil || !strings.Contains(err.Error(), "in use by another agent") {
+		t.Fatalf("second agent on the same socket: err = %v", err)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/model"
@@ -798,4 +799,60 @@ func TestChurn(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestStaleStateCleanedOnStart: leftovers of a crashed run (a hand-made FDB
+// entry, a network nobody has any more, an orphan container port) are gone
+// after the agent starts, and traffic flows.
+func TestStaleStateCleanedOnStart(t *testing.T) {
+	l := up(t, 2, 1, 1)
+	if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := l.Host("h2")
+	dp, err := linux.Open(h2.Netns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	nw := l.Networks[0]
+	stray := datapath.FDB{VNI: nw.VNI, MAC: "02:ee:00:00:00:09", VTEP: netip.MustParseAddr("198.18.0.77")}
+	old := datapath.NetworkSpec{Name: "gone", VNI: 999, Port: 4789, Local: h2.Addr, MTU: 1450, GatewayMAC: model.GatewayMAC(999).String(),
+		Gateway: netip.MustParsePrefix("10.99.0.1/24")}
+	orphanNS := newContainer(t, l, "orphan")
+	for _, err := range []error{dp.SetFDB(stray), dp.EnsureNetwork(old)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dp.Attach(datapath.EndpointSpec{ID: "crashed-run-endpoint", VNI: nw.VNI, Netns: orphanNS, IfName: "eth0",
+		MAC: "02:ee:00:00:00:0a", IP: netip.MustParsePrefix("198.19.1.200/24"), Gateway: nw.Gateway, MTU: 1450}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent("h2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(10*time.Second, func() error {
+		obs, err := dp.Observe()
+		if err != nil {
+			return err
+		}
+		if _, ok := obs.Networks[999]; ok {
+			return errors.New("the orphan network is still there")
+		}
+		for _, f := range obs.FDB {
+			if f.MAC == stray.MAC {
+				return errors.New("the hand-made FDB entry is still there")
+			}
+		}
+		for _, p := range obs.Ports {
+			if p.ID == "crashed-run-endpoint" {
+				return errors.New("the orphan port is still there")
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, ctr(t, l, "h1-n1-c1").Netns, ctr(t, l, "h2-n1-c1").IP, 3*time.Second)
 }
