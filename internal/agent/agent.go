@@ -90,7 +90,8 @@ type Agent struct {
 	apiMu  sync.Mutex // serialises allocations and local writes
 	locals map[string]localEndpoint
 
-	savedGen uint64 // state generation last written to the store
+	savedGen  uint64 // state generation last written to the store
+	rejoining atomic.Bool
 
 	statMu    sync.Mutex
 	lastSync  time.Time
@@ -164,6 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	a.gossip, err = cluster.StartGossip(cluster.GossipConfig{
 		Name: name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: cfg.Keys, Insecure: cfg.Insecure,
 		OnChange: a.markDirty, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
+		OnSelfConflict: a.rejoinLater,
 	}, a.state)
 	if err != nil {
 		dp.Close()
@@ -219,6 +221,26 @@ func DefaultAdvertiseAddr() (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+}
+
+// rejoinLater joins again once the members have declared this node's old
+// address dead and may accept the new one (one pending rejoin at a time).
+func (a *Agent) rejoinLater() {
+	if len(a.cfg.Join) == 0 || !a.rejoining.CompareAndSwap(false, true) {
+		return
+	}
+	probe := a.cfg.ProbeInterval
+	if probe == 0 {
+		probe = time.Second
+	}
+	time.AfterFunc(8*probe, func() {
+		defer a.rejoining.Store(false)
+		if _, err := a.gossip.Join(a.cfg.Join); err != nil {
+			a.log.Warn("rejoin after address change", "err", err)
+			return
+		}
+		a.log.Info("rejoined the cluster with the new address")
+	})
 }
 
 func (a *Agent) markDirty() {

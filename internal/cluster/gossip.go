@@ -36,6 +36,10 @@ type GossipConfig struct {
 	Log      *slog.Logger
 	// ProbeInterval tunes failure detection (default 1s).
 	ProbeInterval time.Duration
+	// OnSelfConflict is called when members still know this member's name
+	// at another address (after an address change): rejoin once that old
+	// address has been declared dead.
+	OnSelfConflict func()
 }
 
 // Member is one member as this agent sees it.
@@ -88,6 +92,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	mc.Delegate = (*delegate)(g)
 	mc.Events = (*events)(g)
 	mc.Ping = (*pings)(g)
+	mc.Conflict = (*conflicts)(g)
 	mc.PushPullInterval = 15 * time.Second
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.ProbeInterval = time.Second
@@ -96,6 +101,9 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 		mc.ProbeTimeout = cfg.ProbeInterval / 2
 	}
 	mc.SuspicionMult = 3
+	// A host whose underlay address changed comes back under its name with
+	// the new address once the old one has been dead this long.
+	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
@@ -259,6 +267,15 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 func (e *events) NotifyUpdate(n *memberlist.Node) {
 	e.log.Info("member updated", "member", n.Name, "addr", n.Addr.String())
 	e.cfg.OnChange()
+}
+
+type conflicts Gossip
+
+func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
+	c.log.Warn("two addresses claim one member name", "member", existing.Name, "known", existing.Addr.String(), "claimed", other.Addr.String())
+	if existing.Name == c.cfg.Name && c.cfg.OnSelfConflict != nil {
+		c.cfg.OnSelfConflict()
+	}
 }
 
 type pings Gossip

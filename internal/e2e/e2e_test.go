@@ -856,3 +856,37 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 	}
 	pingUntil(t, ctr(t, l, "h1-n1-c1").Netns, ctr(t, l, "h2-n1-c1").IP, 3*time.Second)
 }
+
+// TestUnderlayAddressChange: a host gets a new underlay address and its
+// agent restarts with it; the other hosts follow (their FDB entries move to
+// the new VTEP) and traffic flows again.
+func TestUnderlayAddressChange(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	pingUntil(t, a.Netns, c.IP, 3*time.Second)
+	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	newAddr := netip.MustParseAddr("198.18.0.33")
+	if err := l.Renumber("h3", newAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent("h3"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := waitCond(30*time.Second, func() error {
+		if !hasVTEP(t, l, "h1", newAddr) {
+			return errors.New("h1 does not forward to h3's new address yet")
+		}
+		if hasVTEP(t, l, "h1", netip.MustParseAddr("198.18.0.3")) {
+			return errors.New("h1 still forwards to h3's old address")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("h1 follows h3's new address %s after its agent restarted", time.Since(start).Round(time.Millisecond))
+	pingUntil(t, a.Netns, c.IP, 5*time.Second)
+	pingUntil(t, c.Netns, a.IP, 5*time.Second)
+}

@@ -4,12 +4,15 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/nsutil"
@@ -207,4 +210,37 @@ func waitFor(timeout time.Duration, cond func() error) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Renumber gives a host a new underlay address (as a DHCP change or a move
+// would); restart its agent afterwards.
+func (l *Lab) Renumber(host string, addr netip.Addr) error {
+	idx := -1
+	for i := range l.Hosts {
+		if l.Hosts[i].Name == host {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return fmt.Errorf("no host %q", host)
+	}
+	h := &l.Hosts[idx]
+	hh, err := openHandle(h.Netns)
+	if err != nil {
+		return err
+	}
+	defer hh.Close()
+	eth, err := hh.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	mask := net.CIDRMask(underlayNet.Bits(), 32)
+	if err := hh.AddrDel(eth, &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: mask}}); err != nil {
+		return fmt.Errorf("remove %s from %s: %w", h.Addr, host, err)
+	}
+	if err := hh.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: mask}}); err != nil {
+		return fmt.Errorf("add %s to %s: %w", addr, host, err)
+	}
+	h.Addr = addr
+	return l.save()
 }
