@@ -64,6 +64,8 @@ type Gossip struct {
 
 	mu      sync.Mutex
 	contact map[string]Member
+	failed  map[string]failedMember // members that failed, to reconnect to
+	stop    chan struct{}
 
 	// Malformed counts refused messages from the network.
 	Malformed atomic.Int64
@@ -82,7 +84,8 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func() {}
 	}
-	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]Member{}}
+	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]Member{},
+		failed: map[string]failedMember{}, stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.Addr.String()
@@ -120,7 +123,46 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	}
 	g.ml = ml
 	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: 3}
+	go g.reconnect(4 * mc.ProbeInterval)
 	return g, nil
+}
+
+type failedMember struct {
+	addr  string
+	since time.Time
+}
+
+// reconnectFor bounds how long a failed member is retried.
+const reconnectFor = 24 * time.Hour
+
+// reconnect tries, every period, to join the members that failed: a
+// partition that heals is noticed by both sides within a period, instead of
+// waiting for memberlist's gossip to the dead (which stops after a while).
+func (g *Gossip) reconnect(period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		g.mu.Lock()
+		var addrs []string
+		for name, f := range g.failed {
+			if time.Since(f.since) > reconnectFor {
+				delete(g.failed, name)
+				continue
+			}
+			addrs = append(addrs, f.addr)
+		}
+		g.mu.Unlock()
+		if len(addrs) > 0 {
+			if n, err := g.ml.Join(addrs); err == nil {
+				g.log.Debug("reconnected to failed members", "contacted", n)
+			}
+		}
+	}
 }
 
 // Join contacts existing members ("addr" or "addr:port"); it succeeds when at
@@ -208,11 +250,20 @@ func (g *Gossip) Members() []Member {
 // Leave announces departure and stops.
 func (g *Gossip) Leave(timeout time.Duration) error {
 	err := g.ml.Leave(timeout)
-	return errors.Join(err, g.ml.Shutdown())
+	return errors.Join(err, g.Shutdown())
 }
 
 // Shutdown stops without announcing (as a crash would).
-func (g *Gossip) Shutdown() error { return g.ml.Shutdown() }
+func (g *Gossip) Shutdown() error {
+	g.mu.Lock()
+	select {
+	case <-g.stop:
+	default:
+		close(g.stop)
+	}
+	g.mu.Unlock()
+	return g.ml.Shutdown()
+}
 
 func (g *Gossip) receive(b []byte, what string) {
 	m, err := DecodeMessage(b)
@@ -256,11 +307,25 @@ type events Gossip
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.log.Info("member joined", "member", n.Name, "addr", n.Addr.String())
+	e.mu.Lock()
+	delete(e.failed, n.Name)
+	e.mu.Unlock()
 	e.cfg.OnChange()
+	if n.Name != e.cfg.Name {
+		// A member that joins or comes back (after a partition or a
+		// restart) gets our whole state now rather than at the next
+		// push/pull, so both sides converge at once.
+		go (*Gossip)(e).sendState(n)
+	}
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	e.log.Warn("member left or failed", "member", n.Name, "addr", n.Addr.String())
+	// Failed or left: either way, try to get back in touch (a member that
+	// left for good just does not answer).
+	e.mu.Lock()
+	e.failed[n.Name] = failedMember{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), since: time.Now()}
+	e.mu.Unlock()
 	e.cfg.OnChange()
 }
 
@@ -350,4 +415,15 @@ func (g *Gossip) Keys() [][]byte {
 func Fingerprint(key []byte) string {
 	sum := sha256.Sum256(key)
 	return hex.EncodeToString(sum[:6])
+}
+
+func (g *Gossip) sendState(n *memberlist.Node) {
+	msg, err := Encode(Message{Kind: MsgState, Records: g.state.Snapshot()})
+	if err != nil {
+		g.log.Error("encode state", "err", err)
+		return
+	}
+	if err := g.ml.SendReliable(n, msg); err != nil {
+		g.log.Debug("send state", "to", n.Name, "err", err)
+	}
 }

@@ -314,36 +314,52 @@ func TestAgentKill9(t *testing.T) {
 	}
 }
 
-// TestMemberFailure cuts a host off the underlay: the others withdraw its
+// TestMemberFailure cuts a host off the underlay (a partition), or stops it
+// hard (its agent killed and its link down): the others withdraw its
 // endpoints; when it comes back they return and traffic flows again.
 func TestMemberFailure(t *testing.T) {
-	l := up(t, 3, 1, 1)
-	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
-	pingUntil(t, a.Netns, c.IP, 3*time.Second)
-	h3, _ := l.Host("h3")
-	setUnderlay(t, l, "h3", false)
-	start := time.Now()
-	err := waitCond(20*time.Second, func() error {
-		if hasVTEP(t, l, "h1", h3.Addr) {
-			return errors.New("h1 still forwards to h3")
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	for _, hard := range []bool{false, true} {
+		name := map[bool]string{false: "Partition", true: "HardStop"}[hard]
+		t.Run(name, func(t *testing.T) {
+			l := up(t, 3, 1, 1)
+			a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+			pingUntil(t, a.Netns, c.IP, 3*time.Second)
+			h3, _ := l.Host("h3")
+			if hard {
+				if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+			}
+			setUnderlay(t, l, "h3", false)
+			start := time.Now()
+			err := waitCond(20*time.Second, func() error {
+				if hasVTEP(t, l, "h1", h3.Addr) {
+					return errors.New("h1 still forwards to h3")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("h3's endpoints withdrawn from h1 %s after it went away", time.Since(start).Round(time.Millisecond))
+			setUnderlay(t, l, "h3", true)
+			if hard {
+				if err := l.StartAgent("h3"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = waitCond(30*time.Second, func() error {
+				if !hasVTEP(t, l, "h1", h3.Addr) {
+					return errors.New("h1 does not forward to h3 yet")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pingUntil(t, a.Netns, c.IP, 5*time.Second)
+		})
 	}
-	t.Logf("h3's endpoints withdrawn from h1 %s after its underlay link went down", time.Since(start).Round(time.Millisecond))
-	setUnderlay(t, l, "h3", true)
-	err = waitCond(30*time.Second, func() error {
-		if !hasVTEP(t, l, "h1", h3.Addr) {
-			return errors.New("h1 does not forward to h3 yet")
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pingUntil(t, a.Netns, c.IP, 5*time.Second)
 }
 
 func setUnderlay(t *testing.T, l *lab.Lab, host string, up bool) {
@@ -485,25 +501,43 @@ func TestPartitionDuplicateReported(t *testing.T) {
 	if _, err := client(l, "h3").Attach(api.AttachRequest{Network: "part", Netns: c, IP: "10.90.0.50"}); err != nil {
 		t.Fatal(err)
 	}
+	// Both halves also create networks that clash (overlapping subnets).
+	if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "left", Subnet: "10.94.0.0/24", VNI: 940}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(l, "h3").CreateNetwork(api.NetworkCreate{Name: "right", Subnet: "10.94.0.0/25", VNI: 941}); err != nil {
+		t.Fatal(err)
+	}
 	setUnderlay(t, l, "h3", true)
+	views := map[string]string{}
 	err := waitCond(30*time.Second, func() error {
 		for _, h := range l.Hosts {
 			s, err := client(l, h.Name).Status()
 			if err != nil {
 				return err
 			}
-			found := false
+			dup, clash := false, false
 			for _, c := range s.Conflicts {
-				found = found || strings.Contains(c, "duplicate-ip: address 10.90.0.50 is claimed by endpoints")
+				dup = dup || strings.Contains(c, "duplicate-ip: address 10.90.0.50 is claimed by endpoints")
+				clash = clash || strings.Contains(c, "overlaps subnet")
 			}
-			if !found {
-				return fmt.Errorf("%s reports no duplicate yet: %v", h.Name, s.Conflicts)
+			if !dup || !clash {
+				return fmt.Errorf("%s reports %v, want the duplicate address and the clashing networks", h.Name, s.Conflicts)
 			}
+			var names []string
+			for _, n := range s.Networks {
+				names = append(names, n.Name)
+			}
+			views[h.Name] = strings.Join(names, ",")
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every member programs the same networks: exactly one of the two.
+	if views["h1"] != views["h2"] || views["h2"] != views["h3"] || strings.Contains(views["h1"], "left") == strings.Contains(views["h1"], "right") {
+		t.Fatalf("members disagree or kept both clashing networks: %v", views)
 	}
 	// A late, third claim is refused outright now that the state is merged.
 	b := newContainer(t, l, "pb")
