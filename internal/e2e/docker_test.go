@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
-	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/probe"
 	"github.com/vxnet/vxnet/internal/testutil"
@@ -176,12 +175,7 @@ func TestDockerClassicSteps(t *testing.T) {
 		waitDockerNetwork(t, d2, "vxlan-net", false)
 		err := waitCond(10*time.Second, func() error {
 			for _, h := range l.Hosts {
-				dp, err := linux.Open(h.Netns, nil)
-				if err != nil {
-					return err
-				}
-				obs, err := dp.Observe()
-				dp.Close()
+				obs, err := l.Observe(h.Name)
 				if err != nil {
 					return err
 				}
@@ -310,13 +304,7 @@ func TestDockerRestartAndConnect(t *testing.T) {
 		d2 = startDocker(parent, l, "h2", "--live-restore")
 		waitEndpoints(2)
 		pingFrom(t, d1, "ca", "172.21.0.20")
-		h2, _ := l.Host("h2")
-		dp, err := linux.Open(h2.Netns, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer dp.Close()
-		obs, err := dp.Observe()
+		obs, err := l.Observe("h2")
 		if err != nil {
 			t.Fatal(err)
 		}

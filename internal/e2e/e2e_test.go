@@ -208,12 +208,7 @@ func TestCluster(t *testing.T) {
 		// Every host removes its devices of VNI 100.
 		err = waitCond(5*time.Second, func() error {
 			for _, h := range l.Hosts {
-				dp, err := linux.Open(h.Netns, nil)
-				if err != nil {
-					return err
-				}
-				obs, err := dp.Observe()
-				dp.Close()
+				obs, err := l.Observe(h.Name)
 				if err != nil {
 					return err
 				}
@@ -390,13 +385,7 @@ func setUnderlay(t *testing.T, l *lab.Lab, host string, up bool) {
 
 func hasVTEP(t *testing.T, l *lab.Lab, host string, vtep netip.Addr) bool {
 	t.Helper()
-	h, _ := l.Host(host)
-	dp, err := linux.Open(h.Netns, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	obs, err := dp.Observe()
+	obs, err := l.Observe(host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -816,12 +805,7 @@ func TestChurn(t *testing.T) {
 	}
 	if err := waitCond(10*time.Second, func() error {
 		for _, h := range l.Hosts {
-			dp, err := linux.Open(h.Netns, nil)
-			if err != nil {
-				return err
-			}
-			obs, err := dp.Observe()
-			dp.Close()
+			obs, err := l.Observe(h.Name)
 			if err != nil {
 				return err
 			}

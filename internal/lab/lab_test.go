@@ -132,12 +132,7 @@ func TestLabDatapath(t *testing.T) {
 		for _, n := range l.Networks {
 			seen := map[string]bool{}
 			for _, h := range l.Hosts {
-				dp, err := linux.Open(h.Netns, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				obs, err := dp.Observe()
-				dp.Close()
+				obs, err := l.Observe(h.Name)
 				if err != nil {
 					t.Fatal(err)
 				}

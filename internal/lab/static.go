@@ -69,3 +69,17 @@ func (l *Lab) programStatic(cfg Config) error {
 	}
 	return nil
 }
+
+// Observe reads what vxnet has programmed on a host.
+func (l *Lab) Observe(host string) (datapath.Observed, error) {
+	h, ok := l.Host(host)
+	if !ok {
+		return datapath.Observed{}, fmt.Errorf("no host %q in lab %s", host, l.Name)
+	}
+	dp, err := linux.Open(h.Netns, nil)
+	if err != nil {
+		return datapath.Observed{}, err
+	}
+	defer dp.Close()
+	return dp.Observe()
+}
