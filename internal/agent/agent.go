@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,8 +91,9 @@ type Agent struct {
 	apiMu  sync.Mutex // serialises allocations and local writes
 	locals map[string]localEndpoint
 
-	savedGen  uint64 // state generation last written to the store
-	rejoining atomic.Bool
+	savedGen     uint64   // state generation last written to the store
+	savedMembers []string // member addresses last written to the store
+	rejoining    atomic.Bool
 
 	statMu    sync.Mutex
 	lastSync  time.Time
@@ -243,6 +245,24 @@ func (a *Agent) rejoinLater() {
 	})
 }
 
+// rememberMembers saves the other members' addresses when they changed.
+func (a *Agent) rememberMembers() {
+	var addrs []string
+	for _, n := range a.gossip.Alive() {
+		if n.Name != a.state.Self() {
+			addrs = append(addrs, n.Addr.String())
+		}
+	}
+	if len(addrs) == 0 || slices.Equal(addrs, a.savedMembers) {
+		return
+	}
+	if err := a.store.saveMembers(addrs); err != nil {
+		a.log.Error("save members", "err", err)
+		return
+	}
+	a.savedMembers = addrs
+}
+
 func (a *Agent) markDirty() {
 	select {
 	case a.dirty <- struct{}{}:
@@ -277,8 +297,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
-	if len(a.cfg.Join) > 0 {
-		a.join(ctx)
+	// Join the given members and the ones known before a restart.
+	join := append([]string(nil), a.cfg.Join...)
+	if known, err := a.store.members(); err == nil {
+		for _, m := range known {
+			if !slices.Contains(join, m) {
+				join = append(join, m)
+			}
+		}
+	}
+	if len(join) > 0 {
+		a.join(ctx, join)
 	}
 	loopDone := make(chan struct{})
 	go func() { a.loop(ctx); close(loopDone) }()
@@ -298,13 +327,13 @@ func (a *Agent) Run(ctx context.Context) error {
 // join contacts the given members, retrying in the background until one
 // answers. The first attempt is waited for (bounded) so that the first
 // reconcile pass sees the cluster, not an empty one.
-func (a *Agent) join(ctx context.Context) {
+func (a *Agent) join(ctx context.Context, addrs []string) {
 	first := make(chan struct{})
 	go func() {
 		defer close(first)
 		backoff := 500 * time.Millisecond
 		for attempt := 1; ; attempt++ {
-			n, err := a.gossip.Join(a.cfg.Join)
+			n, err := a.gossip.Join(addrs)
 			if err == nil {
 				a.log.Info("joined cluster", "contacted", n)
 				return
@@ -353,6 +382,7 @@ func (a *Agent) loop(ctx context.Context) {
 			backoff = 100 * time.Millisecond
 		}
 		a.gcLocal()
+		a.rememberMembers()
 		if a.dockerc != nil {
 			a.syncDocker()
 		}

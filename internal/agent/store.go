@@ -182,3 +182,27 @@ func loadKeyring(dir string) ([][]byte, error) {
 	}
 	return keys, nil
 }
+
+var keyMembers = []byte("members")
+
+// saveMembers remembers the members' gossip addresses, so that a restarted
+// agent finds the cluster even when the members it was told to join are
+// gone.
+func (s *store) saveMembers(addrs []string) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyMembers, b) })
+}
+
+func (s *store) members() ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyMembers); v != nil {
+			return json.Unmarshal(v, &out)
+		}
+		return nil
+	})
+	return out, err
+}

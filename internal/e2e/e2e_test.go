@@ -908,3 +908,24 @@ func TestUnderlayAddressChange(t *testing.T) {
 	pingUntil(t, a.Netns, c.IP, 5*time.Second)
 	pingUntil(t, c.Netns, a.IP, 5*time.Second)
 }
+
+// TestRestartWithoutJoin: an agent restarted without --join finds the
+// cluster through the members it remembers.
+func TestRestartWithoutJoin(t *testing.T) {
+	l := up(t, 3, 1, 1)
+	if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RestartAgentWithoutJoin("h2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(10*time.Second, func() error {
+		if n := aliveCount(t, l, "h2"); n != 3 {
+			return fmt.Errorf("h2 sees %d alive members", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, ctr(t, l, "h2-n1-c1").Netns, ctr(t, l, "h3-n1-c1").IP, 3*time.Second)
+}

@@ -81,10 +81,18 @@ func (l *Lab) startAgents(cfg Config) error {
 
 // StartAgent starts (or restarts) the agent of a host, in the host's
 // namespace, and waits until its API answers.
-func (l *Lab) StartAgent(host string) error { return l.StartAgentWithKey(host, l.KeyFile()) }
+func (l *Lab) StartAgent(host string) error { return l.startAgent(host, l.KeyFile(), true) }
 
 // StartAgentWithKey starts a host's agent with another key file.
-func (l *Lab) StartAgentWithKey(host, keyFile string) error {
+func (l *Lab) StartAgentWithKey(host, keyFile string) error { return l.startAgent(host, keyFile, true) }
+
+// RestartAgentWithoutJoin starts a host's agent without --join: it must find
+// the cluster from what it remembers.
+func (l *Lab) RestartAgentWithoutJoin(host string) error {
+	return l.startAgent(host, l.KeyFile(), false)
+}
+
+func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
 	idx := -1
 	for i := range l.Hosts {
 		if l.Hosts[i].Name == host {
@@ -107,6 +115,9 @@ func (l *Lab) StartAgentWithKey(host, keyFile string) error {
 		if o.Name != h.Name && len(join) < 2 {
 			join = append(join, o.Addr.String())
 		}
+	}
+	if !withJoin {
+		join = nil
 	}
 	if len(join) > 0 && idx > 0 {
 		args = append(args, "--join", join[0])
