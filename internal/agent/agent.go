@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -437,6 +438,22 @@ func (a *Agent) sync() error {
 	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
 	a.statMu.Unlock()
 	return err
+}
+
+// prepareLocked runs a reconcile pass before a port of network n is added,
+// so the firewall and then n's devices exist, and returns n's spec (dpMu
+// held).
+func (a *Agent) prepareLocked(n model.Network) (datapath.NetworkSpec, error) {
+	in, _ := a.input()
+	want, _ := reconcile.Desired(in)
+	spec, ok := want.Networks[n.VNI]
+	if !ok {
+		return spec, &api.StatusError{Code: http.StatusConflict,
+			Msg: fmt.Sprintf("network %s is not programmable on this host (see 'vxnet status' for conflicts)", n.Name)}
+	}
+	ops, err := reconcile.Sync(a.dp, want)
+	a.kernelOps.Add(int64(len(ops)))
+	return spec, err
 }
 
 // gcLocal removes local endpoints whose namespace is gone or whose network

@@ -16,7 +16,6 @@ import (
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/ipam"
 	"github.com/vxnet/vxnet/internal/model"
-	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
 // dockerBackend implements docker.Backend on the agent: Docker networks are
@@ -271,15 +270,9 @@ func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Jo
 	a := d.a
 	a.apiMu.Lock()
 	defer a.apiMu.Unlock()
-	in, _ := a.input()
-	want, _ := reconcile.Desired(in)
-	spec, ok := want.Networks[n.VNI]
-	if !ok {
-		return docker.Joined{}, fmt.Errorf("network %s is not programmable on this host (see 'vxnet status')", n.Name)
-	}
 	rec := model.Endpoint{ID: id, Network: n.Name, Node: a.state.Self(), MAC: e.MAC, IP: p.Addr()}
 	a.dpMu.Lock()
-	err = a.dp.EnsureNetwork(spec)
+	spec, err := a.prepareLocked(n)
 	if err == nil {
 		_, err = a.dp.Attach(datapath.EndpointSpec{ID: id, VNI: n.VNI, IfName: peer, MAC: e.MAC,
 			IP: netip.PrefixFrom(p.Addr(), n.Subnet.Bits()), Gateway: n.Gateway, MTU: spec.MTU})

@@ -18,7 +18,6 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/ipam"
 	"github.com/vxnet/vxnet/internal/model"
-	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
 func badRequest(format string, args ...any) error {
@@ -335,17 +334,12 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if ifname == "" {
 		ifname = "eth0"
 	}
-	// The network's devices must exist before the veth can join the bridge.
-	in, _ := a.input()
-	want, _ := reconcile.Desired(in)
-	spec, ok := want.Networks[n.VNI]
-	if !ok {
-		return api.Attachment{}, conflict("network %s is not programmable on this host (see 'vxnet status' for conflicts)", n.Name)
-	}
 	e := model.Endpoint{ID: id, Network: n.Name, Node: a.state.Self(), MAC: mac, IP: ip}
-	// Port and record appear together under the datapath lock (see sync).
+	// Port and record appear together under the datapath lock (see sync);
+	// the network's devices (and the firewall before them) must exist
+	// before the veth can join the bridge.
 	a.dpMu.Lock()
-	err = a.dp.EnsureNetwork(spec)
+	_, err = a.prepareLocked(n)
 	var port datapath.Port
 	if err == nil {
 		port, err = a.dp.Attach(datapath.EndpointSpec{ID: id, VNI: n.VNI, Netns: path, IfName: ifname, MAC: mac,
