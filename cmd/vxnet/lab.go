@@ -57,6 +57,9 @@ func newLabCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(out, "lab %q: %d hosts, %d networks, %d containers, built in %s\n",
 				l.Name, len(l.Hosts), len(l.Networks), len(l.Containers), time.Since(start).Round(time.Millisecond))
 			printLab(cmd, l)
+			if need, budget, ok := l.MatrixFits(); !ok {
+				fmt.Fprintf(out, "warning: a full matrix needs about %d neighbour entries, and this one kernel keeps %d for all lab hosts and containers together (net.ipv4.neigh.default.gc_thresh3): expect failures that real, separate hosts would not have\n", need, budget)
+			}
 			m := l.Matrix(time.Second)
 			l.PrintMatrix(out, m)
 			ok := lab.MatrixOK(m)

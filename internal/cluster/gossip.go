@@ -233,10 +233,13 @@ func (g *Gossip) Alive() []model.Node {
 
 // Members returns every member known, with state and last contact.
 func (g *Gossip) Members() []Member {
+	// memberlist calls our event delegate with its node lock held, and the
+	// delegate takes g.mu: never call into memberlist while holding g.mu.
+	members := g.ml.Members()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []Member
-	for _, m := range g.ml.Members() {
+	for _, m := range members {
 		a, _ := netip.AddrFromSlice(m.Addr)
 		mm := g.contact[m.Name]
 		mm.Name, mm.Addr = m.Name, a.Unmap()

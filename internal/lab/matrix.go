@@ -3,6 +3,8 @@ package lab
 import (
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +23,28 @@ type Cell struct {
 
 // OK reports whether the probe matched the expectation.
 func (c Cell) OK() bool { return c.Expected == c.Reached }
+
+// NeighbourBudget returns how many dynamic neighbour (ARP) entries the
+// kernel keeps in all namespaces together before it refuses new ones
+// (net.ipv4.neigh.default.gc_thresh3): every lab host and container shares
+// this one table, so a full matrix of N containers needs about N*N entries.
+// On real hosts each kernel has its own table.
+func NeighbourBudget() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// MatrixFits reports whether a full matrix fits the neighbour budget.
+func (l *Lab) MatrixFits() (need, budget int, ok bool) {
+	n := len(l.Containers)
+	need = n*(n-1) + len(l.Hosts)*(len(l.Hosts)-1)
+	budget = NeighbourBudget()
+	return need, budget, budget == 0 || need <= budget
+}
 
 // Matrix pings every container from every other one, in parallel.
 func (l *Lab) Matrix(timeout time.Duration) [][]Cell {
