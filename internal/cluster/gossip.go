@@ -311,13 +311,14 @@ type events Gossip
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.log.Info("member joined", "member", n.Name, "addr", n.Addr.String())
 	e.mu.Lock()
+	_, wasFailed := e.failed[n.Name]
 	delete(e.failed, n.Name)
 	e.mu.Unlock()
 	e.cfg.OnChange()
-	if n.Name != e.cfg.Name {
-		// A member that joins or comes back (after a partition or a
-		// restart) gets our whole state now rather than at the next
-		// push/pull, so both sides converge at once.
+	if wasFailed && n.Name != e.cfg.Name {
+		// A member that comes back (after a partition or a restart) gets
+		// our whole state now rather than at the next push/pull, so both
+		// sides converge at once. (A first join exchanges state anyway.)
 		go (*Gossip)(e).sendState(n)
 	}
 }
