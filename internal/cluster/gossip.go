@@ -65,6 +65,7 @@ type Gossip struct {
 	mu      sync.Mutex
 	contact map[string]Member
 	failed  map[string]failedMember // members that failed, to reconnect to
+	grace   time.Duration           // endpoints of a failed member stay this long
 	stop    chan struct{}
 
 	// Malformed counts refused messages from the network.
@@ -123,12 +124,14 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	}
 	g.ml = ml
 	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: 3}
+	g.grace = 2 * mc.ProbeInterval
 	go g.reconnect(4 * mc.ProbeInterval)
 	return g, nil
 }
 
 type failedMember struct {
-	addr  string
+	addr  string // host:port, to reconnect
+	vtep  netip.Addr
 	since time.Time
 }
 
@@ -215,18 +218,30 @@ func (g *Gossip) Publish(recs ...Record) {
 }
 
 // Alive returns the members that are alive, this one included.
+// Alive returns the members whose endpoints stay programmed: the live and
+// suspect ones, and those declared dead less than a grace period ago (two
+// probe intervals), so that a member that is briefly starved or cut off and
+// comes straight back does not make every host withdraw and re-add all its
+// endpoints.
 func (g *Gossip) Alive() []model.Node {
+	members := g.ml.Members()
 	var out []model.Node
-	for _, m := range g.ml.Members() {
-		if m.State != memberlist.StateAlive {
-			continue
-		}
+	seen := map[string]bool{}
+	for _, m := range members {
 		a, ok := netip.AddrFromSlice(m.Addr)
 		if !ok {
 			continue
 		}
 		out = append(out, model.Node{Name: m.Name, Addr: a.Unmap()})
+		seen[m.Name] = true
 	}
+	g.mu.Lock()
+	for name, f := range g.failed {
+		if !seen[name] && time.Since(f.since) < g.grace && f.vtep.IsValid() {
+			out = append(out, model.Node{Name: name, Addr: f.vtep})
+		}
+	}
+	g.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
@@ -325,10 +340,13 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	e.log.Warn("member left or failed", "member", n.Name, "addr", n.Addr.String())
+	// Withdraw its endpoints once the grace has passed.
+	time.AfterFunc(e.grace+10*time.Millisecond, e.cfg.OnChange)
 	// Failed or left: either way, try to get back in touch (a member that
 	// left for good just does not answer).
 	e.mu.Lock()
-	e.failed[n.Name] = failedMember{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), since: time.Now()}
+	vtep, _ := netip.AddrFromSlice(n.Addr)
+	e.failed[n.Name] = failedMember{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), vtep: vtep.Unmap(), since: time.Now()}
 	e.mu.Unlock()
 	e.cfg.OnChange()
 }
