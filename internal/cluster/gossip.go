@@ -246,7 +246,9 @@ func (g *Gossip) Alive() []model.Node {
 	return out
 }
 
-// Members returns every member known, with state and last contact.
+// Members returns every member known: the reachable ones ("alive", which
+// includes members under suspicion) and the ones that failed or left
+// ("failed", with the time of the failure as last contact).
 func (g *Gossip) Members() []Member {
 	// memberlist calls our event delegate with its node lock held, and the
 	// delegate takes g.mu: never call into memberlist while holding g.mu.
@@ -254,12 +256,18 @@ func (g *Gossip) Members() []Member {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []Member
+	listed := map[string]bool{}
 	for _, m := range members {
 		a, _ := netip.AddrFromSlice(m.Addr)
 		mm := g.contact[m.Name]
-		mm.Name, mm.Addr = m.Name, a.Unmap()
-		mm.State = [...]string{"alive", "suspect", "dead", "left"}[m.State]
+		mm.Name, mm.Addr, mm.State = m.Name, a.Unmap(), "alive"
 		out = append(out, mm)
+		listed[m.Name] = true
+	}
+	for name, f := range g.failed {
+		if !listed[name] {
+			out = append(out, Member{Name: name, Addr: f.vtep, State: "failed", LastContact: f.since})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

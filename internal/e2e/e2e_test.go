@@ -337,6 +337,19 @@ func TestMemberFailure(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("h3's endpoints withdrawn from h1 %s after it went away", time.Since(start).Round(time.Millisecond))
+			s, err := client(l, "h1").Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			state := "missing"
+			for _, m := range s.Members {
+				if m.Name == "h3" {
+					state = m.State
+				}
+			}
+			if state != "failed" {
+				t.Fatalf("h1's status shows h3 as %q while it is gone, want failed", state)
+			}
 			setUnderlay(t, l, "h3", true)
 			if hard {
 				if err := l.StartAgent("h3"); err != nil {
