@@ -92,8 +92,8 @@ type Agent struct {
 	apiMu  sync.Mutex // serialises allocations and local writes
 	locals map[string]localEndpoint
 
-	savedGen     uint64   // state generation last written to the store
-	savedMembers []string // member addresses last written to the store
+	savedGen     atomic.Uint64 // state generation last written to the store
+	savedMembers []string      // member addresses last written to the store
 	rejoining    atomic.Bool
 
 	statMu    sync.Mutex
@@ -246,6 +246,26 @@ func (a *Agent) rejoinLater() {
 	})
 }
 
+// persist writes the cluster state to the store unless it has not changed
+// since the last write (the loop and the API both call it after changes).
+func (a *Agent) persist() error {
+	gen := a.state.Generation()
+	if gen == a.savedGen.Load() {
+		return nil
+	}
+	if err := a.store.saveState(a.state); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	a.savedGen.Store(gen)
+	return nil
+}
+
+func (a *Agent) persistOrLog() {
+	if err := a.persist(); err != nil {
+		a.log.Error("persist", "err", err)
+	}
+}
+
 // rememberMembers saves the other members' addresses when they changed.
 func (a *Agent) rememberMembers() {
 	var addrs []string
@@ -317,9 +337,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
 	<-loopDone
-	if err := a.store.saveState(a.state); err != nil {
-		a.log.Error("save state", "err", err)
-	}
+	a.persistOrLog()
 	// Stop without leaving: the kernel keeps forwarding and peers keep our
 	// endpoints until failure detection, so a restart is invisible.
 	return a.gossip.Shutdown()
@@ -387,13 +405,7 @@ func (a *Agent) loop(ctx context.Context) {
 		if a.dockerc != nil {
 			a.syncDocker()
 		}
-		if gen := a.state.Generation(); gen != a.savedGen {
-			if err := a.store.saveState(a.state); err != nil {
-				a.log.Error("save state", "err", err)
-			} else {
-				a.savedGen = gen
-			}
-		}
+		a.persistOrLog()
 	}
 }
 
@@ -495,7 +507,7 @@ func (a *Agent) removeEndpoint(id string) error {
 		return err
 	}
 	a.markDirty()
-	return a.store.saveState(a.state)
+	return a.persist()
 }
 
 func listenSocket(path string) (net.Listener, error) {

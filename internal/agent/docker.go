@@ -289,9 +289,7 @@ func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Jo
 	delete(d.reserved, p.Addr())
 	d.mu.Unlock()
 	a.gossip.Publish(r)
-	if err := a.store.saveState(a.state); err != nil {
-		a.log.Error("save state", "err", err)
-	}
+	a.persistOrLog()
 	a.markDirty()
 	a.log.Info("docker endpoint joined", "endpoint", id, "network", n.Name, "ip", p.Addr(), "sandbox", sandbox)
 	return docker.Joined{SrcName: peer, Gateway: n.Gateway.String()}, nil

@@ -113,9 +113,7 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 	}
 	a.gossip.Publish(rec)
 	a.markDirty()
-	if err := a.store.saveState(a.state); err != nil {
-		a.log.Error("save state", "err", err)
-	}
+	a.persistOrLog()
 	// Another member may have created the same name (or VNI, or subnet) at
 	// the same moment: let the pushes cross, then check who won.
 	if len(a.gossip.Alive()) > 1 {
@@ -225,7 +223,7 @@ func (a *Agent) RemoveNetwork(name string, force bool) error {
 	a.gossip.Publish(recs...)
 	a.markDirty()
 	a.log.Info("network removed", "network", name, "forced_endpoints", len(eps))
-	return a.store.saveState(a.state)
+	return a.persist()
 }
 
 // resolveNetns accepts a namespace path or a PID.
@@ -365,9 +363,7 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if err := a.store.putLocal(id, a.locals[id]); err != nil {
 		a.log.Error("save local endpoint", "err", err)
 	}
-	if err := a.store.saveState(a.state); err != nil {
-		a.log.Error("save state", "err", err)
-	}
+	a.persistOrLog()
 	a.markDirty()
 	a.log.Info("endpoint attached", "endpoint", id, "network", n.Name, "ip", ip, "mac", mac, "host_if", port.HostIf)
 	return a.attachment(e, n, path, ifname, mtu), nil

@@ -70,8 +70,6 @@ type Gossip struct {
 
 	// Malformed counts refused messages from the network.
 	Malformed atomic.Int64
-	// Received counts accepted messages.
-	Received atomic.Int64
 }
 
 // StartGossip starts the member; it is alone until Join.
@@ -298,7 +296,6 @@ func (g *Gossip) receive(b []byte, what string) {
 		g.log.Warn("refused malformed message", "via", what, "bytes", len(b), "err", err)
 		return
 	}
-	g.Received.Add(1)
 	changed, err := g.state.Merge(m.Records)
 	if err != nil {
 		g.log.Warn("merge", "err", err)

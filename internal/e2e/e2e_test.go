@@ -80,13 +80,11 @@ func newContainer(t *testing.T, l *lab.Lab, name string) string {
 
 func ctr(t *testing.T, l *lab.Lab, name string) lab.Container {
 	t.Helper()
-	for _, c := range l.Containers {
-		if c.Name == name {
-			return c
-		}
+	c, ok := l.Container(name)
+	if !ok {
+		t.Fatalf("no container %s", name)
 	}
-	t.Fatalf("no container %s", name)
-	return lab.Container{}
+	return c
 }
 
 func pingUntil(t *testing.T, ns string, dst netip.Addr, timeout time.Duration) {

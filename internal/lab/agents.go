@@ -93,14 +93,9 @@ func (l *Lab) RestartAgentWithoutJoin(host string) error {
 }
 
 func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
-	idx := -1
-	for i := range l.Hosts {
-		if l.Hosts[i].Name == host {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		return fmt.Errorf("no host %q in lab %s", host, l.Name)
+	idx, err := l.hostIndex(host)
+	if err != nil {
+		return err
 	}
 	h := &l.Hosts[idx]
 	if err := os.MkdirAll(h.Dir, 0o700); err != nil {
@@ -226,14 +221,9 @@ func waitFor(timeout time.Duration, cond func() error) error {
 // Renumber gives a host a new underlay address (as a DHCP change or a move
 // would); restart its agent afterwards.
 func (l *Lab) Renumber(host string, addr netip.Addr) error {
-	idx := -1
-	for i := range l.Hosts {
-		if l.Hosts[i].Name == host {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		return fmt.Errorf("no host %q", host)
+	idx, err := l.hostIndex(host)
+	if err != nil {
+		return err
 	}
 	h := &l.Hosts[idx]
 	hh, err := openHandle(h.Netns)

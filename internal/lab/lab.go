@@ -359,12 +359,31 @@ func waitGone(pids []int, d time.Duration) {
 
 // Host returns the host of that name.
 func (l *Lab) Host(name string) (Host, bool) {
-	for _, h := range l.Hosts {
-		if h.Name == name {
-			return h, true
+	i, err := l.hostIndex(name)
+	if err != nil {
+		return Host{}, false
+	}
+	return l.Hosts[i], true
+}
+
+// Container returns the container of that name.
+func (l *Lab) Container(name string) (Container, bool) {
+	for _, c := range l.Containers {
+		if c.Name == name {
+			return c, true
 		}
 	}
-	return Host{}, false
+	return Container{}, false
+}
+
+// hostIndex returns the index of a host in l.Hosts.
+func (l *Lab) hostIndex(name string) (int, error) {
+	for i := range l.Hosts {
+		if l.Hosts[i].Name == name {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("no host %q in lab %s", name, l.Name)
 }
 
 // Network returns the network of that name.

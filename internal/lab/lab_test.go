@@ -49,13 +49,11 @@ func up(t *testing.T, cfg lab.Config) *lab.Lab {
 
 func container(t *testing.T, l *lab.Lab, name string) lab.Container {
 	t.Helper()
-	for _, c := range l.Containers {
-		if c.Name == name {
-			return c
-		}
+	c, ok := l.Container(name)
+	if !ok {
+		t.Fatalf("no container %s", name)
 	}
-	t.Fatalf("no container %s", name)
-	return lab.Container{}
+	return c
 }
 
 func handle(t *testing.T, path string) *netlink.Handle {
