@@ -3,19 +3,16 @@
 package api
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/unixhttp"
 )
 
 // DefaultSocket is the agent's default API socket.
@@ -127,53 +124,29 @@ func (e *StatusError) Error() string { return e.Msg }
 // Client talks to an agent's socket.
 type Client struct {
 	Socket string
-	hc     *http.Client
+	c      *unixhttp.Client
 }
 
 // NewClient returns a client for the socket path.
 func NewClient(socket string) *Client {
-	return &Client{Socket: socket, hc: &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}},
-	}}
+	return &Client{Socket: socket, c: unixhttp.New(socket)}
 }
 
 // Do sends a request and decodes the answer into out (when not nil).
 func (c *Client) Do(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://vxnet"+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.hc.Do(req)
+	resp, err := c.c.Call(method, path, in, 64<<20)
 	if err != nil {
 		return fmt.Errorf("agent at %s: %w (is 'vxnet agent' running?)", c.Socket, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
+	if resp.Code/100 != 2 {
 		var e Error
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		if json.Unmarshal(resp.Body, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("agent answered %s", resp.Status)
 		}
-		return &StatusError{Code: resp.StatusCode, Msg: e.Error}
+		return &StatusError{Code: resp.Code, Msg: e.Error}
 	}
 	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
+		if err := json.Unmarshal(resp.Body, out); err != nil {
 			return fmt.Errorf("decode answer: %w", err)
 		}
 	}

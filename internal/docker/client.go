@@ -1,33 +1,24 @@
 package docker
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/vxnet/vxnet/internal/unixhttp"
 )
 
 // Client is a minimal Docker Engine API client over a unix socket, for the
 // few calls the agent needs to keep every dockerd's networks in step.
 type Client struct {
 	Socket string
-	hc     *http.Client
+	c      *unixhttp.Client
 }
 
 // NewClient returns a client for a dockerd socket path.
-func NewClient(socket string) *Client {
-	return &Client{Socket: socket, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}}}}
-}
+func NewClient(socket string) *Client { return &Client{Socket: socket, c: unixhttp.New(socket)} }
 
 // ErrNotFound is returned for a 404 from dockerd.
 var ErrNotFound = errors.New("not found")
@@ -45,35 +36,20 @@ type NetworkInfo struct {
 }
 
 func (c *Client) do(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://docker"+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.hc.Do(req)
+	resp, err := c.c.Call(method, path, in, 16<<20)
 	if err != nil {
 		return fmt.Errorf("dockerd at %s: %w", c.Socket, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode == http.StatusNotFound {
+	if resp.Code == http.StatusNotFound {
 		return ErrNotFound
 	}
-	if resp.StatusCode/100 != 2 {
+	if resp.Code/100 != 2 {
 		var e struct{ Message string }
-		_ = json.Unmarshal(b, &e)
+		_ = json.Unmarshal(resp.Body, &e)
 		return fmt.Errorf("dockerd %s %s: %s: %s", method, path, resp.Status, e.Message)
 	}
 	if out != nil {
-		return json.Unmarshal(b, out)
+		return json.Unmarshal(resp.Body, out)
 	}
 	return nil
 }
