@@ -125,6 +125,20 @@ func TestDockerClassicSteps(t *testing.T) {
 			t.Errorf("VNI taken: err %v, output %q", err, out)
 		}
 	})
+	t.Run("DriverOptions", func(t *testing.T) {
+		mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.23.0.0/24",
+			"-o", "vxnet.vni=4242", "-o", "com.docker.network.driver.mtu=1400", "opts")
+		mustDocker(t, d1, "run", "-d", "--name", "o1", "--net", "opts", lab.DockerImage, "sleep", "600")
+		if mtu := mustDocker(t, d1, "exec", "o1", "cat", "/sys/class/net/eth0/mtu"); mtu != "1400" {
+			t.Fatalf("container MTU = %s, want the 1400 asked for", mtu)
+		}
+		n, err := client(l, "h1").Network(dockerNetName(t, l, "172.23.0.0/24"))
+		if err != nil || n.VNI != 4242 {
+			t.Fatalf("network %+v, %v; want VNI 4242", n, err)
+		}
+		mustDocker(t, d1, "rm", "-f", "o1")
+		mustDocker(t, d1, "network", "rm", "opts")
+	})
 	t.Run("IsolatedFromOtherNetwork", func(t *testing.T) {
 		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.19.0.0/16", "other")
 		mustDocker(t, d2, "run", "-d", "--name", "o2", "--net", "other", lab.DockerImage, "sleep", "600")

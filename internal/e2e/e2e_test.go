@@ -940,3 +940,29 @@ func TestRestartWithoutJoin(t *testing.T) {
 	}
 	pingUntil(t, ctr(t, l, "h2-n1-c1").Netns, ctr(t, l, "h3-n1-c1").IP, 3*time.Second)
 }
+
+// TestAttachByPID: a container given by the PID of a process in its
+// namespace (as for docker's /proc/PID/ns/net) is attached, and the same
+// namespace by path is the same endpoint.
+func TestAttachByPID(t *testing.T) {
+	l := up(t, 2, 1, 0)
+	path := newContainer(t, l, "bypid")
+	var cmd *exec.Cmd
+	if err := nsutil.Do(path, func() error {
+		cmd = exec.Command("sleep", "60")
+		return cmd.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	att, err := client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: fmt.Sprint(cmd.Process.Pid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: path})
+	if err != nil || again.ID != att.ID {
+		t.Fatalf("by path: %+v %v; want the endpoint attached by PID (%s)", again, err, att.ID)
+	}
+	_, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: "999999999"})
+	wantStatusError(t, err, 400, "network namespace /proc/999999999/ns/net does not exist")
+}
