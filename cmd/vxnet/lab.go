@@ -200,6 +200,9 @@ func newBenchCmd(g *globals) *cobra.Command {
 			if c.Hosts < 2 {
 				return fmt.Errorf("invalid --hosts %d: the datapath part needs at least 2", c.Hosts)
 			}
+			if c.Parts, err = bench.ParseParts(c.Parts); err != nil {
+				return err
+			}
 			res, err := bench.Run(c)
 			if err != nil {
 				return err
@@ -224,6 +227,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
 	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")
+	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, control, footprint (default all)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&svg, "svg", "", "write a plot of convergence against hosts to this file")
 	return cmd

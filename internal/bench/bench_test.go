@@ -50,6 +50,42 @@ func TestReport(t *testing.T) {
 	}
 }
 
+func TestParts(t *testing.T) {
+	for _, tc := range []struct {
+		parts []string
+		err   string
+		runs  map[string]bool
+	}{
+		{nil, "", map[string]bool{PartDatapath: true, PartControl: true, PartFootprint: true}},
+		{[]string{"footprint"}, "", map[string]bool{PartFootprint: true}},
+		{[]string{"datapath", "control"}, "", map[string]bool{PartDatapath: true, PartControl: true}},
+		{[]string{"control", "speed"}, `unknown part "speed": want datapath, control or footprint`, nil},
+	} {
+		parts, err := ParseParts(tc.parts)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("ParseParts(%q) error = %v; want %q", tc.parts, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("ParseParts(%q): %v", tc.parts, err)
+		}
+		c := Config{Parts: parts}
+		for _, p := range []string{PartDatapath, PartControl, PartFootprint} {
+			if c.runs(p) != tc.runs[p] {
+				t.Errorf("parts %q: runs(%s) = %v", tc.parts, p, c.runs(p))
+			}
+		}
+	}
+	// A table of one part shows that part only.
+	var b bytes.Buffer
+	PrintTable(&b, Result{Footprint: []Footprint{{Hosts: 32, Endpoints: 5000, RSSMB: 30, ProgramMs: 1500}}})
+	if s := b.String(); strings.Contains(s, "DATAPATH") || strings.Contains(s, "CONTROL") || !strings.Contains(s, "1500 ms") {
+		t.Fatalf("footprint-only table:\n%s", s)
+	}
+}
+
 // TestMeasurementsAcrossNamespaces runs the real measuring code over a veth
 // between two namespaces.
 func TestMeasurementsAcrossNamespaces(t *testing.T) {

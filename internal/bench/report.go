@@ -8,6 +8,18 @@ import (
 
 // PrintTable writes a result as text tables.
 func PrintTable(w io.Writer, r Result) {
+	if len(r.Paths) > 0 {
+		printPaths(w, r)
+	}
+	if len(r.Converge) > 0 {
+		printConverge(w, r)
+	}
+	if len(r.Footprint) > 0 {
+		printFootprint(w, r)
+	}
+}
+
+func printPaths(w io.Writer, r Result) {
 	fmt.Fprintln(w, "DATAPATH (host 1 -> host 2)")
 	fmt.Fprintf(w, "  %-9s %12s %12s %11s %11s\n", "path", "1 stream", "4 streams", "rr p50", "rr p99")
 	for _, p := range []string{"underlay", "recipe", "vxnet"} {
@@ -16,11 +28,17 @@ func PrintTable(w io.Writer, r Result) {
 	}
 	fmt.Fprintf(w, "  vxnet/underlay (1 stream) %.3f   vxnet/recipe (1 stream) %.3f   vxnet/recipe (4 streams) %.3f\n",
 		r.TputRatioVsUnderlay, r.TputRatioVsRecipe, r.Tput4RatioVsRecipe)
+}
+
+func printConverge(w io.Writer, r Result) {
 	fmt.Fprintln(w, "CONTROL PLANE")
 	fmt.Fprintf(w, "  %5s %8s %14s %14s %16s %18s\n", "hosts", "samples", "converge p50", "converge p99", "network usable", "failure withdrawn")
 	for _, c := range r.Converge {
 		fmt.Fprintf(w, "  %5d %8d %11.1f ms %11.1f ms %13.1f ms %15.1f ms\n", c.Hosts, c.Samples, c.P50ms, c.P99ms, c.NetworkUsableMs, c.FailureWithdrMs)
 	}
+}
+
+func printFootprint(w io.Writer, r Result) {
 	fmt.Fprintln(w, "FOOTPRINT (agent of host 1)")
 	fmt.Fprintf(w, "  %5s %17s %9s %9s %14s %10s\n", "hosts", "remote endpoints", "RSS", "idle CPU", "programmed in", "pass")
 	for _, f := range r.Footprint {

@@ -36,7 +36,41 @@ type Config struct {
 	Endpoints int
 	// FootprintHosts is the larger lab size of the footprint part.
 	FootprintHosts int
-	Log            *slog.Logger
+	// Parts selects what to run: any of PartDatapath, PartControl,
+	// PartFootprint; empty runs all.
+	Parts []string
+	Log   *slog.Logger
+}
+
+// The parts of a run.
+const (
+	PartDatapath  = "datapath"
+	PartControl   = "control"
+	PartFootprint = "footprint"
+)
+
+// ParseParts checks a list of part names.
+func ParseParts(parts []string) ([]string, error) {
+	for _, p := range parts {
+		switch p {
+		case PartDatapath, PartControl, PartFootprint:
+		default:
+			return nil, fmt.Errorf("unknown part %q: want %s, %s or %s", p, PartDatapath, PartControl, PartFootprint)
+		}
+	}
+	return parts, nil
+}
+
+func (c Config) runs(part string) bool {
+	if len(c.Parts) == 0 {
+		return true
+	}
+	for _, p := range c.Parts {
+		if p == part {
+			return true
+		}
+	}
+	return false
 }
 
 // Path is one datapath's figures.
@@ -100,10 +134,15 @@ func Run(c Config) (Result, error) {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	res := Result{Paths: map[string]Path{}}
-	if err := datapathPart(c, &res); err != nil {
-		return res, fmt.Errorf("datapath: %w", err)
+	if c.runs(PartDatapath) {
+		if err := datapathPart(c, &res); err != nil {
+			return res, fmt.Errorf("datapath: %w", err)
+		}
 	}
 	for _, n := range c.ConvergeHosts {
+		if !c.runs(PartControl) {
+			break
+		}
 		p, err := convergePart(c, n)
 		if err != nil {
 			return res, fmt.Errorf("control plane at %d hosts: %w", n, err)
@@ -112,6 +151,9 @@ func Run(c Config) (Result, error) {
 		res.ConvergeP99ms = p.P99ms
 	}
 	for _, n := range []int{c.Hosts, c.FootprintHosts} {
+		if !c.runs(PartFootprint) {
+			break
+		}
 		fp, err := footprintPart(c, n)
 		if err != nil {
 			return res, fmt.Errorf("footprint at %d hosts: %w", n, err)
