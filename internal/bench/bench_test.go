@@ -32,14 +32,30 @@ func TestParsers(t *testing.T) {
 	if Ratio(3, 0) != 0 || Ratio(3, 2) != 1.5 {
 		t.Fatal("Ratio")
 	}
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{4}, 4}, {[]float64{9, 1, 5}, 5}, {[]float64{8, 2, 4, 6}, 5}} {
+		if got := Median(tc.in); got != tc.want {
+			t.Errorf("Median(%v) = %v; want %v", tc.in, got, tc.want)
+		}
+	}
+	// Ratios are taken within each round, then the median: a round where
+	// the machine was slow for every path does not skew the ratio.
+	if got := MedianRatio([]float64{8, 4, 9}, []float64{10, 5, 10}); got != 0.8 {
+		t.Errorf("MedianRatio = %v; want 0.8", got)
+	}
+	if got := MedianRatio([]float64{8, 4}, []float64{10}); got != 0.8 {
+		t.Errorf("MedianRatio with uneven rounds = %v; want 0.8 (first round only)", got)
+	}
 }
 
 func TestReport(t *testing.T) {
-	r := Result{Paths: map[string]Path{"underlay": {Tput1Gbps: 10}, "recipe": {Tput1Gbps: 8}, "vxnet": {Tput1Gbps: 8.8, RRp50us: 42}},
-		TputRatioVsRecipe: 1.1, Converge: []ConvergePoint{{Hosts: 2, P50ms: 5, P99ms: 9}, {Hosts: 8, P50ms: 20, P99ms: 40}}}
+	r := Result{Paths: map[string]Path{"underlay": {Tput1Gbps: 10}, "bare": {Tput1Gbps: 9.1}, "recipe": {Tput1Gbps: 8}, "vxnet": {Tput1Gbps: 8.8, RRp50us: 42}},
+		Rounds: 3, TputRatioVsRecipe: 1.1, TputRatioVsBare: 0.967, Converge: []ConvergePoint{{Hosts: 2, P50ms: 5, P99ms: 9}, {Hosts: 8, P50ms: 20, P99ms: 40}}}
 	var b bytes.Buffer
 	PrintTable(&b, r)
-	for _, want := range []string{"vxnet        8.80 Gb/s", "42.0 us", "vxnet/recipe (1 stream) 1.100", "20.0 ms", "40.0 ms"} {
+	for _, want := range []string{"vxnet        8.80 Gb/s", "bare         9.10 Gb/s", "42.0 us", "vxnet/recipe 1.100", "vxnet/bare 0.967", "medians of 3", "20.0 ms", "40.0 ms"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -22,12 +22,15 @@ func PrintTable(w io.Writer, r Result) {
 func printPaths(w io.Writer, r Result) {
 	fmt.Fprintln(w, "DATAPATH (host 1 -> host 2)")
 	fmt.Fprintf(w, "  %-9s %12s %12s %11s %11s\n", "path", "1 stream", "4 streams", "rr p50", "rr p99")
-	for _, p := range []string{"underlay", "recipe", "vxnet"} {
+	for _, p := range PathOrder {
 		x := r.Paths[p]
 		fmt.Fprintf(w, "  %-9s %7.2f Gb/s %7.2f Gb/s %8.1f us %8.1f us\n", p, x.Tput1Gbps, x.Tput4Gbps, x.RRp50us, x.RRp99us)
 	}
-	fmt.Fprintf(w, "  vxnet/underlay (1 stream) %.3f   vxnet/recipe (1 stream) %.3f   vxnet/recipe (4 streams) %.3f\n",
+	fmt.Fprintf(w, "  medians of %d interleaved rounds; ratios (1 stream unless said):\n", r.Rounds)
+	fmt.Fprintf(w, "  vxnet/underlay %.3f   vxnet/recipe %.3f   vxnet/recipe (4 streams) %.3f\n",
 		r.TputRatioVsUnderlay, r.TputRatioVsRecipe, r.Tput4RatioVsRecipe)
+	fmt.Fprintf(w, "  vxnet/bare %.3f   bare/underlay %.3f (bare = kernel VXLAN alone, the ceiling of any VXLAN datapath)\n",
+		r.TputRatioVsBare, r.BareRatioVsUnderlay)
 }
 
 func printConverge(w io.Writer, r Result) {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,11 @@ import (
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
+// PathOrder lists the datapaths measured between two hosts: the raw
+// underlay, bare kernel VXLAN (no bridge, veth or container), the
+// hand-made recipe and vxnet.
+var PathOrder = []string{"underlay", "bare", "recipe", "vxnet"}
+
 // Config drives one benchmark run.
 type Config struct {
 	Binary string
@@ -30,6 +36,9 @@ type Config struct {
 	Samples       int
 	// Duration of each throughput measurement.
 	Duration time.Duration
+	// Rounds of throughput measurements; each round measures every path
+	// once, interleaved, and the figures are the medians over rounds.
+	Rounds int
 	// RR is the number of request/response exchanges per path.
 	RR int
 	// Endpoints is the number of synthetic remote endpoints of the footprint part.
@@ -102,12 +111,18 @@ type Footprint struct {
 	PassMs float64 `json:"pass_ms"`
 }
 
-// Result is everything one run measured.
+// Result is everything one run measured. Throughput ratios are medians of
+// the ratios taken within each round (1 stream unless named tput4).
 type Result struct {
 	Paths               map[string]Path `json:"paths"`
+	Rounds              int             `json:"rounds,omitempty"`
 	TputRatioVsUnderlay float64         `json:"tput_ratio_vs_underlay"`
 	TputRatioVsRecipe   float64         `json:"tput_ratio_vs_recipe"`
 	Tput4RatioVsRecipe  float64         `json:"tput4_ratio_vs_recipe"`
+	// TputRatioVsBare compares vxnet with the bare VXLAN path, the ceiling
+	// of any kernel-VXLAN datapath; BareRatioVsUnderlay is that ceiling.
+	TputRatioVsBare     float64         `json:"tput_ratio_vs_bare"`
+	BareRatioVsUnderlay float64         `json:"bare_ratio_vs_underlay"`
 	Converge            []ConvergePoint `json:"converge"`
 	ConvergeP99ms       float64         `json:"converge_p99_ms"`
 	Footprint           []Footprint     `json:"footprint"`
@@ -119,6 +134,28 @@ func Ratio(a, b float64) float64 {
 		return 0
 	}
 	return a / b
+}
+
+// Median of xs (the mean of the middle two for an even count), 0 for none.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// MedianRatio is the median over rounds of a[i]/b[i].
+func MedianRatio(a, b []float64) float64 {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		rs = append(rs, Ratio(a[i], b[i]))
+	}
+	return Median(rs)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -174,6 +211,10 @@ func datapathPart(c Config, res *Result) error {
 	if err != nil {
 		return err
 	}
+	bare, err := l.BuildBareVXLAN()
+	if err != nil {
+		return err
+	}
 	var v1, v2 lab.Container
 	for _, ct := range l.Containers {
 		switch ct.Host {
@@ -189,11 +230,11 @@ func datapathPart(c Config, res *Result) error {
 	}
 	paths := map[string]ends{
 		"underlay": {l.Hosts[1].Netns, l.Hosts[0].Netns, l.Hosts[1].Addr},
+		"bare":     {bare.Netns[1], bare.Netns[0], bare.IP[1]},
 		"recipe":   {r.Containers[1].Netns, r.Containers[0].Netns, r.Containers[1].IP},
 		"vxnet":    {v2.Netns, v1.Netns, v2.IP},
 	}
-	order := []string{"underlay", "recipe", "vxnet"}
-	for _, p := range order {
+	for _, p := range PathOrder {
 		e := paths[p]
 		if _, err := RequestResponse(e.srv, e.cli, e.dst, 5201, 10); err != nil { // warm ARP and caches
 			return fmt.Errorf("%s: %w", p, err)
@@ -201,8 +242,8 @@ func datapathPart(c Config, res *Result) error {
 	}
 	out := map[string]Path{}
 	// Interleave the paths for each metric so drift on a shared machine
-	// hits all three alike.
-	for _, p := range order {
+	// hits all of them alike.
+	for _, p := range PathOrder {
 		e := paths[p]
 		rtts, err := RequestResponse(e.srv, e.cli, e.dst, 5202, c.RR)
 		if err != nil {
@@ -212,27 +253,33 @@ func datapathPart(c Config, res *Result) error {
 		pr.RRp50us, pr.RRp99us = us(lab.Percentile(rtts, 50)), us(lab.Percentile(rtts, 99))
 		out[p] = pr
 	}
-	for _, streams := range []int{1, 4} {
-		for _, p := range order {
-			e := paths[p]
-			bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
-			if err != nil {
-				return fmt.Errorf("%s throughput: %w", p, err)
+	rounds := max(1, c.Rounds)
+	tput := map[int]map[string][]float64{1: {}, 4: {}} // streams -> path -> Gb/s per round
+	for round := 0; round < rounds; round++ {
+		for _, streams := range []int{1, 4} {
+			for _, p := range PathOrder {
+				e := paths[p]
+				bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
+				if err != nil {
+					return fmt.Errorf("%s throughput: %w", p, err)
+				}
+				tput[streams][p] = append(tput[streams][p], bps/1e9)
+				c.Log.Info("throughput", "round", round+1, "path", p, "streams", streams, "gbps", fmt.Sprintf("%.2f", bps/1e9))
 			}
-			pr := out[p]
-			if streams == 1 {
-				pr.Tput1Gbps = bps / 1e9
-			} else {
-				pr.Tput4Gbps = bps / 1e9
-			}
-			out[p] = pr
-			c.Log.Info("throughput", "path", p, "streams", streams, "gbps", fmt.Sprintf("%.2f", bps/1e9))
 		}
 	}
-	res.Paths = out
-	res.TputRatioVsUnderlay = Ratio(out["vxnet"].Tput1Gbps, out["underlay"].Tput1Gbps)
-	res.TputRatioVsRecipe = Ratio(out["vxnet"].Tput1Gbps, out["recipe"].Tput1Gbps)
-	res.Tput4RatioVsRecipe = Ratio(out["vxnet"].Tput4Gbps, out["recipe"].Tput4Gbps)
+	for _, p := range PathOrder {
+		pr := out[p]
+		pr.Tput1Gbps, pr.Tput4Gbps = Median(tput[1][p]), Median(tput[4][p])
+		out[p] = pr
+	}
+	res.Paths, res.Rounds = out, rounds
+	one := tput[1]
+	res.TputRatioVsUnderlay = MedianRatio(one["vxnet"], one["underlay"])
+	res.TputRatioVsRecipe = MedianRatio(one["vxnet"], one["recipe"])
+	res.Tput4RatioVsRecipe = MedianRatio(tput[4]["vxnet"], tput[4]["recipe"])
+	res.TputRatioVsBare = MedianRatio(one["vxnet"], one["bare"])
+	res.BareRatioVsUnderlay = MedianRatio(one["bare"], one["underlay"])
 	return nil
 }
 

@@ -343,6 +343,20 @@ func TestRecipe(t *testing.T) {
 	if !lab.MatrixOK(l.Matrix(time.Second)) {
 		t.Fatal("vxnet matrix broken by the recipe")
 	}
+	// The bare VXLAN path (the benchmark's floor) too: full-size packets
+	// cross it, and vxnet leaves it alone.
+	b, err := l.BuildBareVXLAN()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(b.Netns[0], b.IP[1], 1450-28, true, 3*time.Second); err != nil {
+		t.Fatalf("bare vxlan path: %v", err)
+	}
+	for _, h := range l.Hosts {
+		if ops, err := l.SyncHost(h); err != nil || len(ops) != 0 {
+			t.Fatalf("vxnet wants to change %s after the bare path was added: %v %v", h.Name, ops, err)
+		}
+	}
 }
 
 // TestRogueVXLANDropped: a namespace on the underlay that is not a member

@@ -113,3 +113,55 @@ func buildRecipeHost(h, other Host, c Container) error {
 	}
 	return nil
 }
+
+// BareVNI is the VNI of the bare VXLAN path (BuildBareVXLAN).
+const BareVNI = 101
+
+// BareVXLAN is the least any kernel-VXLAN datapath can do: a vxlan device
+// in each of the first two hosts, carrying an address itself, with no
+// bridge, veth or container namespace. Its throughput is the ceiling for
+// every datapath built on kernel VXLAN, vxnet's and the recipe's alike.
+type BareVXLAN struct {
+	// Netns and IP of the two ends (the host namespaces).
+	Netns [2]string
+	IP    [2]netip.Addr
+}
+
+// BuildBareVXLAN adds the bare path to hosts h1 and h2 of the lab.
+func (l *Lab) BuildBareVXLAN() (*BareVXLAN, error) {
+	if len(l.Hosts) < 2 {
+		return nil, fmt.Errorf("the bare VXLAN path needs two hosts")
+	}
+	b := &BareVXLAN{}
+	for i := 0; i < 2; i++ {
+		h, other := l.Hosts[i], l.Hosts[1-i]
+		b.Netns[i], b.IP[i] = h.Netns, netip.AddrFrom4([4]byte{198, 19, 251, byte(i + 1)})
+		if err := buildBareHost(h, other, b.IP[i]); err != nil {
+			return nil, fmt.Errorf("bare vxlan on %s: %w", h.Name, err)
+		}
+	}
+	return b, nil
+}
+
+func buildBareHost(h, other Host, ip netip.Addr) error {
+	hh, err := openHandle(h.Netns)
+	if err != nil {
+		return err
+	}
+	defer hh.Close()
+	eth, err := hh.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = "bvx0", UnderlayMTU-50
+	vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: BareVNI, Port: 4789, VtepDevIndex: eth.Attrs().Index,
+		SrcAddr: h.Addr.AsSlice(), Group: other.Addr.AsSlice()}
+	if err := hh.LinkAdd(vx); err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	if err := hh.AddrAdd(vx, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		return err
+	}
+	return hh.LinkSetUp(vx)
+}
