@@ -197,12 +197,31 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("firewall still observed after RemoveFirewall: %+v", got)
 		}
 	})
+	t.Run("ReplacedDeviceTakesEntries", func(t *testing.T) {
+		// A vxlan device re-created for a changed port gets the entries
+		// written after it, with no observation in between.
+		dp := h.New(t)
+		spec := Spec(8100)
+		must(t, dp.EnsureNetwork(spec))
+		must(t, dp.SetFDB(datapath.FDB{VNI: 8100, MAC: "02:00:00:00:00:0d", VTEP: netip.MustParseAddr("198.18.0.4")}))
+		spec.Port++
+		must(t, dp.EnsureNetwork(spec))
+		f := datapath.FDB{VNI: 8100, MAC: "02:00:00:00:00:0e", VTEP: netip.MustParseAddr("198.18.0.5")}
+		must(t, dp.SetFDB(f))
+		if obs := observe(t, dp); !sameFDB(obs.FDB, []datapath.FDB{f}) {
+			t.Fatalf("fdb after the device was replaced = %v, want %v", obs.FDB, f)
+		}
+	})
 	t.Run("DeleteNetwork", func(t *testing.T) {
 		dp := h.New(t)
 		must(t, dp.EnsureNetwork(Spec(8000)))
 		must(t, dp.SetFDB(datapath.FDB{VNI: 8000, MAC: "02:00:00:00:00:0b", VTEP: netip.MustParseAddr("198.18.0.4")}))
 		must(t, dp.DeleteNetwork(8000))
 		must(t, dp.DeleteNetwork(8000))
+		// Nothing of the deleted network is remembered: entries need it again.
+		if err := dp.SetFDB(datapath.FDB{VNI: 8000, MAC: "02:00:00:00:00:0c", VTEP: netip.MustParseAddr("198.18.0.4")}); err == nil || !strings.Contains(err.Error(), "VNI 8000") {
+			t.Fatalf("SetFDB after delete: err = %v, want one naming VNI 8000", err)
+		}
 		obs := observe(t, dp)
 		if len(obs.Networks) != 0 || len(obs.FDB) != 0 {
 			t.Fatalf("after delete: %+v", obs)

@@ -81,8 +81,14 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 	if _, err := net.ParseMAC(s.GatewayMAC); err != nil {
 		return fmt.Errorf("network %s: gateway MAC %q: %w", s.Name, s.GatewayMAC, err)
 	}
-	if cur, ok := d.networks[s.VNI]; ok && cur == s {
+	cur, ok := d.networks[s.VNI]
+	if ok && cur == s {
 		return nil
+	}
+	if ok && (cur.Port != s.Port || cur.Local != s.Local || (s.Underlay != "" && cur.Underlay != s.Underlay)) {
+		// The kernel fixes these at creation: the device is replaced and
+		// its entries go with it.
+		d.dropEntries(s.VNI)
 	}
 	d.networks[s.VNI] = s
 	d.Changes++
@@ -102,6 +108,12 @@ func (d *Dataplane) DeleteNetwork(vni uint32) error {
 		return nil
 	}
 	delete(d.networks, vni)
+	d.dropEntries(vni)
+	d.Changes++
+	return nil
+}
+
+func (d *Dataplane) dropEntries(vni uint32) {
 	for k, f := range d.fdb {
 		if f.VNI == vni {
 			delete(d.fdb, k)
@@ -112,8 +124,6 @@ func (d *Dataplane) DeleteNetwork(vni uint32) error {
 			delete(d.neigh, k)
 		}
 	}
-	d.Changes++
-	return nil
 }
 
 func (d *Dataplane) need(vni uint32) error {
