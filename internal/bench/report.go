@@ -50,6 +50,9 @@ func printFootprint(w io.Writer, r Result) {
 			prog = fmt.Sprintf("%.0f ms", f.ProgramMs)
 		}
 		fmt.Fprintf(w, "  %5d %17d %6.1f MB %8.2f%% %14s %7.1f ms\n", f.Hosts, f.Endpoints, f.RSSMB, f.IdleCPUPct, prog, f.PassMs)
+		if f.PassError != "" {
+			fmt.Fprintf(w, "        that pass failed: %s\n", f.PassError)
+		}
 	}
 }
 

@@ -107,8 +107,10 @@ type Footprint struct {
 	RSSMB      float64 `json:"rss_mb"`
 	IdleCPUPct float64 `json:"idle_cpu_pct"`
 	ProgramMs  float64 `json:"program_ms,omitempty"`
-	// PassMs is the duration of the agent's last reconcile pass.
-	PassMs float64 `json:"pass_ms"`
+	// PassMs is the duration of the agent's last reconcile pass, and
+	// PassError its error, if it failed.
+	PassMs    float64 `json:"pass_ms"`
+	PassError string  `json:"pass_error,omitempty"`
 }
 
 // Result is everything one run measured. Throughput ratios are medians of
@@ -353,7 +355,8 @@ func footprintPart(c Config, hosts int) ([]Footprint, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []Footprint{{Hosts: hosts, RSSMB: rss, IdleCPUPct: cpu, PassMs: lastPass(h1)}}
+	out := []Footprint{{Hosts: hosts, RSSMB: rss, IdleCPUPct: cpu}}
+	out[0].PassMs, out[0].PassError = lastPass(h1)
 	if c.Endpoints == 0 || hosts != c.FootprintHosts {
 		return out, nil
 	}
@@ -400,16 +403,18 @@ func footprintPart(c Config, hosts int) ([]Footprint, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = append(out, Footprint{Hosts: hosts, Endpoints: c.Endpoints, RSSMB: rss, IdleCPUPct: cpu, ProgramMs: ms(prog), PassMs: lastPass(h1)})
+	fp := Footprint{Hosts: hosts, Endpoints: c.Endpoints, RSSMB: rss, IdleCPUPct: cpu, ProgramMs: ms(prog)}
+	fp.PassMs, fp.PassError = lastPass(h1)
+	out = append(out, fp)
 	return out, nil
 }
 
-func lastPass(h lab.Host) float64 {
+func lastPass(h lab.Host) (float64, string) {
 	s, err := api.NewClient(h.Socket).Status()
 	if err != nil {
-		return 0
+		return 0, fmt.Sprintf("status of %s: %v", h.Name, err)
 	}
-	return ms(s.LastSyncDuration)
+	return ms(s.LastSyncDuration), s.SyncError
 }
 
 func handleAt(path string) (*netlink.Handle, error) {
