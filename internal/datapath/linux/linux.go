@@ -60,10 +60,38 @@ func Open(path string, log *slog.Logger) (*Dataplane, error) {
 	return &Dataplane{h: h, ns: ns, log: log, vxlanIdx: map[uint32]int{}}, nil
 }
 
+func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, error) {
+	return dump(what, func() ([]netlink.Neigh, error) { return d.h.NeighList(index, family) })
+}
+
 // Close releases the namespace handle.
 func (d *Dataplane) Close() error {
 	d.h.Close()
 	return d.ns.Close()
+}
+
+// dumpAttempts bounds how often a dump is read again when the kernel
+// flags it as interrupted (the table changed while it was being read).
+const dumpAttempts = 5
+
+// dump runs a netlink dump, reading again while the kernel reports it
+// interrupted; what names the dump in the error.
+func dump[T any](what string, read func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range dumpAttempts {
+		v, err = read()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		return v, fmt.Errorf("%s: interrupted %d times in a row (the table kept changing): %w", what, dumpAttempts, err)
+	}
+	if err != nil {
+		return v, fmt.Errorf("%s: %w", what, err)
+	}
+	return v, nil
 }
 
 func (d *Dataplane) changed(what string, args ...any) {
@@ -98,9 +126,9 @@ func aliasFor(kind string, vni uint32, rest string) string {
 // Observe reads every vxnet-owned device and its entries.
 func (d *Dataplane) Observe() (datapath.Observed, error) {
 	obs := datapath.Observed{Networks: map[uint32]datapath.NetworkSpec{}}
-	links, err := d.h.LinkList()
+	links, err := dump("list links", d.h.LinkList)
 	if err != nil {
-		return obs, fmt.Errorf("list links: %w", err)
+		return obs, err
 	}
 	byIndex := map[int]netlink.Link{}
 	for _, l := range links {
@@ -142,9 +170,11 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			}
 		}
 		spec.GatewayMAC = br.link.Attrs().HardwareAddr.String()
-		addrs, err := d.h.AddrList(br.link, netlink.FAMILY_ALL)
+		addrs, err := dump("list addresses of "+br.link.Attrs().Name, func() ([]netlink.Addr, error) {
+			return d.h.AddrList(br.link, netlink.FAMILY_ALL)
+		})
 		if err != nil {
-			return obs, fmt.Errorf("list addresses of %s: %w", br.link.Attrs().Name, err)
+			return obs, err
 		}
 		var n4, n6 int
 		for _, a := range addrs {
@@ -173,9 +203,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: vx.rest}
 			continue
 		}
-		fdbs, err := d.h.NeighList(vx.link.Attrs().Index, unix.AF_BRIDGE)
+		fdbs, err := d.neighList("list fdb of "+vx.link.Attrs().Name, vx.link.Attrs().Index, unix.AF_BRIDGE)
 		if err != nil {
-			return obs, fmt.Errorf("list fdb of %s: %w", vx.link.Attrs().Name, err)
+			return obs, err
 		}
 		for _, f := range fdbs {
 			if f.Flags&netlink.NTF_MASTER != 0 || f.IP == nil || f.LinkIndex != vx.link.Attrs().Index {
@@ -185,9 +215,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			obs.FDB = append(obs.FDB, datapath.FDB{VNI: vni, MAC: f.HardwareAddr.String(), VTEP: vtep.Unmap()})
 		}
 		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-			ns, err := d.h.NeighList(vx.link.Attrs().Index, fam)
+			ns, err := d.neighList("list neighbours of "+vx.link.Attrs().Name, vx.link.Attrs().Index, fam)
 			if err != nil {
-				return obs, fmt.Errorf("list neighbours of %s: %w", vx.link.Attrs().Name, err)
+				return obs, err
 			}
 			for _, n := range ns {
 				ip, _ := netip.AddrFromSlice(n.IP)
@@ -358,9 +388,11 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 }
 
 func (d *Dataplane) ensureAddrs(br netlink.Link, want ...netip.Prefix) error {
-	addrs, err := d.h.AddrList(br, netlink.FAMILY_ALL)
+	addrs, err := dump("list addresses of "+br.Attrs().Name, func() ([]netlink.Addr, error) {
+		return d.h.AddrList(br, netlink.FAMILY_ALL)
+	})
 	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", br.Attrs().Name, err)
+		return err
 	}
 	have := map[netip.Prefix]bool{}
 	for _, a := range addrs {
@@ -452,9 +484,9 @@ func (d *Dataplane) SetFDB(f datapath.FDB) error {
 	if f.MAC == datapath.ZeroMAC {
 		// Flood entries are appended, one per VTEP; the kernel accepts a
 		// duplicate silently, so look first to keep the write count honest.
-		cur, lerr := d.h.NeighList(n.LinkIndex, unix.AF_BRIDGE)
+		cur, lerr := d.neighList(fmt.Sprintf("list fdb for %s", f), n.LinkIndex, unix.AF_BRIDGE)
 		if lerr != nil {
-			return fmt.Errorf("list fdb for %s: %w", f, lerr)
+			return lerr
 		}
 		for _, c := range cur {
 			if c.HardwareAddr.String() == datapath.ZeroMAC && c.IP.Equal(n.IP) && c.Flags&netlink.NTF_MASTER == 0 {
@@ -698,9 +730,9 @@ func setupContainer(ch *netlink.Handle, tmpPeer string, e datapath.EndpointSpec)
 		if gw.Is6() {
 			fam = netlink.FAMILY_V6
 		}
-		routes, err := ch.RouteList(nil, fam)
+		routes, err := dump("list routes", func() ([]netlink.Route, error) { return ch.RouteList(nil, fam) })
 		if err != nil {
-			return fmt.Errorf("list routes: %w", err)
+			return err
 		}
 		if hasDefault(routes) {
 			continue // the container already has a default route: keep it
