@@ -57,26 +57,33 @@ func BenchmarkProgram5000(b *testing.B) {
 	}
 }
 
-// BenchmarkNoopPass5000 is a pass over 5,000 programmed remote endpoints
-// that finds nothing to change: the steady-state cost. Needs root.
-func BenchmarkNoopPass5000(b *testing.B) {
-	in := manyEndpoints(5000)
-	_, path := testutil.Netns(b)
-	dp, err := linux.Open(path, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dp.Close()
-	want, _ := reconcile.Desired(in)
-	if _, err := reconcile.Sync(dp, want); err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		want, _ := reconcile.Desired(in)
-		ops, err := reconcile.Sync(dp, want)
-		if err != nil || len(ops) != 0 {
-			b.Fatalf("%d ops, %v", len(ops), err)
-		}
+// BenchmarkNoopPass is a pass over programmed remote endpoints (32, as
+// in a small cluster, and 5,000) that finds nothing to change: the
+// steady-state cost, paid by every agent on every change. Needs root.
+//
+//	go test -run XXX -bench NoopPass ./internal/datapath/linux/
+func BenchmarkNoopPass(b *testing.B) {
+	for _, n := range []int{32, 5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			in := manyEndpoints(n)
+			_, path := testutil.Netns(b)
+			dp, err := linux.Open(path, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer dp.Close()
+			want, _ := reconcile.Desired(in)
+			if _, err := reconcile.Sync(dp, want); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				want, _ := reconcile.Desired(in)
+				ops, err := reconcile.Sync(dp, want)
+				if err != nil || len(ops) != 0 {
+					b.Fatalf("%d ops, %v", len(ops), err)
+				}
+			}
+		})
 	}
 }

@@ -77,14 +77,44 @@ func (d *Dataplane) nft() (*nftables.Conn, error) {
 	return c, nil
 }
 
+// reader returns the lasting nftables connection that every pass reads
+// through: a connection per request costs a socket in the namespace each,
+// which was a third of a pass.
+func (d *Dataplane) reader() (*nftables.Conn, error) {
+	if d.nftRead != nil {
+		return d.nftRead, nil
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(d.ns)), nftables.AsLasting())
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	d.nftRead = c
+	return c, nil
+}
+
+func (d *Dataplane) closeReader() {
+	if d.nftRead != nil {
+		_ = d.nftRead.CloseLasting()
+		d.nftRead = nil
+	}
+}
+
 // observeFirewall reads vxnet's table; nil when absent. A table that holds
 // anything vxnet did not write reads as a firewall that matches nothing
 // wanted, so the next pass rebuilds it.
 func (d *Dataplane) observeFirewall() (*datapath.Firewall, error) {
-	c, err := d.nft()
+	c, err := d.reader()
 	if err != nil {
 		return nil, err
 	}
+	f, err := readFirewall(c)
+	if err != nil {
+		d.closeReader() // start afresh on the next pass
+	}
+	return f, err
+}
+
+func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	t, err := c.ListTableOfFamily(FirewallTable, nftables.TableFamilyINet)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {

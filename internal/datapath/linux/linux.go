@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -32,6 +33,9 @@ type Dataplane struct {
 	// of programming many endpoints. Observe, EnsureNetwork and
 	// DeleteNetwork refresh it, so it never outlives a pass.
 	vxlanIdx map[uint32]int
+	// nftRead is the lasting connection the firewall is read through;
+	// writes, rare, each use a connection of their own.
+	nftRead *nftables.Conn
 }
 
 var _ datapath.Dataplane = (*Dataplane)(nil)
@@ -66,6 +70,7 @@ func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, 
 
 // Close releases the namespace handle.
 func (d *Dataplane) Close() error {
+	d.closeReader()
 	d.h.Close()
 	return d.ns.Close()
 }
