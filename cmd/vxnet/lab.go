@@ -224,7 +224,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntSliceVar(&convergeHosts, "converge-hosts", []int{2, 8, 32}, "lab sizes of the control-plane part")
 	f.IntVar(&c.Samples, "samples", 50, "attaches timed per lab size")
 	f.DurationVar(&c.Duration, "time", 3*time.Second, "duration of each throughput measurement")
-	f.IntVar(&c.Rounds, "rounds", 3, "interleaved rounds of throughput measurements (figures are medians)")
+	f.IntVar(&c.Rounds, "rounds", 5, "interleaved rounds of throughput measurements (figures are medians)")
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
 	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")

@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
@@ -100,6 +102,24 @@ func TestParts(t *testing.T) {
 	if s := b.String(); strings.Contains(s, "DATAPATH") || strings.Contains(s, "CONTROL") || !strings.Contains(s, "1500 ms") ||
 		!strings.Contains(s, "that pass failed: list links: EBUSY") {
 		t.Fatalf("footprint-only table:\n%s", s)
+	}
+}
+
+func TestMemberSummary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    api.Status
+		want string
+	}{
+		{"all alive", api.Status{Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}}},
+			"h1 sees 2 members alive"},
+		{"one failed and a failing pass", api.Status{Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "syn", State: "failed"}},
+			SyncError: "list links: EBUSY"},
+			"h1 sees 1 members alive, not alive: syn failed; last pass failed: list links: EBUSY"},
+	} {
+		if got := MemberSummary("h1", tc.s); got != tc.want {
+			t.Errorf("%s: MemberSummary = %q; want %q", tc.name, got, tc.want)
+		}
 	}
 }
 

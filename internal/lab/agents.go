@@ -92,6 +92,13 @@ func (l *Lab) RestartAgentWithoutJoin(host string) error {
 	return l.startAgent(host, l.KeyFile(), false)
 }
 
+func (l *Lab) probeInterval() time.Duration {
+	if l.ProbeInterval == 0 {
+		return DefaultProbeInterval
+	}
+	return l.ProbeInterval
+}
+
 func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
 	idx, err := l.hostIndex(host)
 	if err != nil {
@@ -103,7 +110,7 @@ func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
 	}
 	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
 		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
-		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", "500ms", "-v",
+		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
 	var join []string
 	for _, o := range l.Hosts {
