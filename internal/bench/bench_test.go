@@ -42,6 +42,14 @@ func TestParsers(t *testing.T) {
 			t.Errorf("Median(%v) = %v; want %v", tc.in, got, tc.want)
 		}
 	}
+	for r, want := range []string{"a b c", "b c a", "c a b", "a b c"} {
+		if got := strings.Join(Rotate([]string{"a", "b", "c"}, r), " "); got != want {
+			t.Errorf("Rotate(a b c, %d) = %s; want %s", r, got, want)
+		}
+	}
+	if Rotate(nil, 3) != nil {
+		t.Error("Rotate(nil) not nil")
+	}
 	// Ratios are taken within each round, then the median: a round where
 	// the machine was slow for every path does not skew the ratio.
 	if got := MedianRatio([]float64{8, 4, 9}, []float64{10, 5, 10}); got != 0.8 {

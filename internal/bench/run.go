@@ -138,6 +138,16 @@ func Ratio(a, b float64) float64 {
 	return a / b
 }
 
+// Rotate returns s started at index r (mod its length): each round
+// measures the paths in another order, so none always comes first or last.
+func Rotate(s []string, r int) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	r %= len(s)
+	return append(slices.Clone(s[r:]), s[:r]...)
+}
+
 // Median of xs (the mean of the middle two for an even count), 0 for none.
 func Median(xs []float64) float64 {
 	if len(xs) == 0 {
@@ -259,7 +269,7 @@ func datapathPart(c Config, res *Result) error {
 	tput := map[int]map[string][]float64{1: {}, 4: {}} // streams -> path -> Gb/s per round
 	for round := 0; round < rounds; round++ {
 		for _, streams := range []int{1, 4} {
-			for _, p := range PathOrder {
+			for _, p := range Rotate(PathOrder, round) {
 				e := paths[p]
 				bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
 				if err != nil {
