@@ -22,7 +22,7 @@ func PrintTable(w io.Writer, r Result) {
 func printPaths(w io.Writer, r Result) {
 	fmt.Fprintln(w, "DATAPATH (host 1 -> host 2)")
 	fmt.Fprintf(w, "  %-9s %12s %12s %11s %11s\n", "path", "1 stream", "4 streams", "rr p50", "rr p99")
-	for _, p := range PathOrder {
+	for _, p := range PathNames() {
 		x := r.Paths[p]
 		fmt.Fprintf(w, "  %-9s %7.2f Gb/s %7.2f Gb/s %8.1f us %8.1f us\n", p, x.Tput1Gbps, x.Tput4Gbps, x.RRp50us, x.RRp99us)
 	}

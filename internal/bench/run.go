@@ -21,10 +21,10 @@ import (
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
-// PathOrder lists the datapaths measured between two hosts: the raw
-// underlay, bare kernel VXLAN (no bridge, veth or container), the
-// hand-made recipe and vxnet.
-var PathOrder = []string{"underlay", "bare", "recipe", "vxnet"}
+// PathNames lists the datapaths measured between two hosts, in their
+// base order: the raw underlay, bare kernel VXLAN (no bridge, veth or
+// container), the hand-made recipe and vxnet.
+func PathNames() []string { return []string{"underlay", "bare", "recipe", "vxnet"} }
 
 // Config drives one benchmark run.
 type Config struct {
@@ -74,12 +74,7 @@ func (c Config) runs(part string) bool {
 	if len(c.Parts) == 0 {
 		return true
 	}
-	for _, p := range c.Parts {
-		if p == part {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(c.Parts, part)
 }
 
 // Path is one datapath's figures.
@@ -246,7 +241,7 @@ func datapathPart(c Config, res *Result) error {
 		"recipe":   {r.Containers[1].Netns, r.Containers[0].Netns, r.Containers[1].IP},
 		"vxnet":    {v2.Netns, v1.Netns, v2.IP},
 	}
-	for _, p := range PathOrder {
+	for _, p := range PathNames() {
 		e := paths[p]
 		if _, err := RequestResponse(e.srv, e.cli, e.dst, 5201, 10); err != nil { // warm ARP and caches
 			return fmt.Errorf("%s: %w", p, err)
@@ -255,7 +250,7 @@ func datapathPart(c Config, res *Result) error {
 	out := map[string]Path{}
 	// Interleave the paths for each metric so drift on a shared machine
 	// hits all of them alike.
-	for _, p := range PathOrder {
+	for _, p := range PathNames() {
 		e := paths[p]
 		rtts, err := RequestResponse(e.srv, e.cli, e.dst, 5202, c.RR)
 		if err != nil {
@@ -269,7 +264,7 @@ func datapathPart(c Config, res *Result) error {
 	tput := map[int]map[string][]float64{1: {}, 4: {}} // streams -> path -> Gb/s per round
 	for round := 0; round < rounds; round++ {
 		for _, streams := range []int{1, 4} {
-			for _, p := range Rotate(PathOrder, round) {
+			for _, p := range Rotate(PathNames(), round) {
 				e := paths[p]
 				bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
 				if err != nil {
@@ -280,7 +275,7 @@ func datapathPart(c Config, res *Result) error {
 			}
 		}
 	}
-	for _, p := range PathOrder {
+	for _, p := range PathNames() {
 		pr := out[p]
 		pr.Tput1Gbps, pr.Tput4Gbps = Median(tput[1][p]), Median(tput[4][p])
 		out[p] = pr
