@@ -110,7 +110,7 @@ type Lab struct {
 	Containers []Container     `json:"containers"`
 	Agent      bool            `json:"agent"`
 	Binary     string          `json:"binary,omitempty"`
-	// ProbeInterval of the agents.
+	// ProbeInterval of the agents (DefaultProbeInterval when zero).
 	ProbeInterval time.Duration `json:"probeInterval,omitempty"`
 }
 
@@ -138,9 +138,6 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	p := Prefix(cfg.Name)
 	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval}
-	if l.ProbeInterval == 0 {
-		l.ProbeInterval = DefaultProbeInterval
-	}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {

@@ -343,7 +343,7 @@ func TestRecipe(t *testing.T) {
 	if !lab.MatrixOK(l.Matrix(time.Second)) {
 		t.Fatal("vxnet matrix broken by the recipe")
 	}
-	// The bare VXLAN path (the benchmark's floor) too: full-size packets
+	// The bare VXLAN path (the benchmark's ceiling for VXLAN datapaths) too: full-size packets
 	// cross it, and vxnet leaves it alone.
 	b, err := l.BuildBareVXLAN()
 	if err != nil {
