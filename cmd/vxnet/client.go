@@ -189,6 +189,9 @@ func newStatusCmd() *cobra.Command {
 			if s.SyncError != "" {
 				fmt.Fprintf(out, ", error: %s", s.SyncError)
 			}
+			if s.AddrError != "" {
+				fmt.Fprintf(out, "\nERROR: %s", s.AddrError)
+			}
 			fmt.Fprintf(out, "\n\nMEMBERS\n")
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tLAST CONTACT\tRTT")

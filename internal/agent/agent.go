@@ -100,6 +100,7 @@ type Agent struct {
 	lastSync  time.Time
 	lastDur   time.Duration
 	syncErr   error
+	addrErr   error // the advertise address is gone from this host
 	conflicts []string
 	syncs     atomic.Int64
 	kernelOps atomic.Int64
@@ -196,6 +197,47 @@ func underlayOf(addr netip.Addr) (string, int, error) {
 		}
 	}
 	return "", 0, fmt.Errorf("advertise address %s is not configured on any interface of this host", addr)
+}
+
+// hasAddr reports whether addr is configured on an interface of this host
+// (one dump of every address).
+func hasAddr(addr netip.Addr) (bool, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// checkAddr reports, in status and once in the log, when the advertise
+// address is no longer on this host: peers keep sending VXLAN to it, so
+// nothing reaches this host's containers until the agent restarts with its
+// new address. Checked on every resync tick.
+func (a *Agent) checkAddr() {
+	ok, err := hasAddr(a.cfg.AdvertiseAddr)
+	if err != nil {
+		a.log.Warn("check advertise address", "err", err)
+		return
+	}
+	var lost error
+	if !ok {
+		lost = fmt.Errorf("advertise address %s is no longer on any interface of this host: peers cannot reach it; restart the agent with its new address (--advertise-addr, or none to take the default route's)", a.cfg.AdvertiseAddr)
+	}
+	a.statMu.Lock()
+	was := a.addrErr
+	a.addrErr = lost
+	a.statMu.Unlock()
+	switch {
+	case lost != nil && was == nil:
+		a.log.Error("advertise address lost", "addr", a.cfg.AdvertiseAddr, "err", lost)
+	case lost == nil && was != nil:
+		a.log.Info("advertise address back", "addr", a.cfg.AdvertiseAddr)
+	}
 }
 
 // DefaultAdvertiseAddr returns the preferred source address of the default route.
@@ -387,6 +429,7 @@ func (a *Agent) loop(ctx context.Context) {
 			return
 		case <-a.dirty:
 		case <-tick.C:
+			a.checkAddr()
 		case <-gc.C:
 			if n := a.state.CollectTombstones(10 * time.Minute); n > 0 {
 				a.log.Debug("collected tombstones", "count", n)

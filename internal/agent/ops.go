@@ -455,6 +455,9 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	if a.syncErr != nil {
 		s.SyncError = a.syncErr.Error()
 	}
+	if a.addrErr != nil {
+		s.AddrError = a.addrErr.Error()
+	}
 	a.statMu.Unlock()
 	alive := map[string]bool{}
 	for _, n := range a.gossip.Alive() {

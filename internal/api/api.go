@@ -89,11 +89,13 @@ type Status struct {
 	Records   int              `json:"records"`
 	LastSync  time.Time        `json:"lastSync,omitzero"`
 	// LastSyncDuration is how long the last reconcile pass took.
-	LastSyncDuration time.Duration    `json:"lastSyncDuration"`
-	SyncError        string           `json:"syncError,omitempty"`
-	Syncs            int64            `json:"syncs"`
-	KernelOps        int64            `json:"kernelOps"`
-	Endpoints        []model.Endpoint `json:"endpoints,omitempty"`
+	LastSyncDuration time.Duration `json:"lastSyncDuration"`
+	SyncError        string        `json:"syncError,omitempty"`
+	// AddrError says the advertise address has gone from the host.
+	AddrError string           `json:"addrError,omitempty"`
+	Syncs     int64            `json:"syncs"`
+	KernelOps int64            `json:"kernelOps"`
+	Endpoints []model.Endpoint `json:"endpoints,omitempty"`
 }
 
 // KeyRequest changes an agent's keyring: Op is install, use or remove.

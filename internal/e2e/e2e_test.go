@@ -886,18 +886,32 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 	pingUntil(t, ctr(t, l, "h1-n1-c1").Netns, ctr(t, l, "h2-n1-c1").IP, 3*time.Second)
 }
 
-// TestUnderlayAddressChange: a host gets a new underlay address and its
-// agent restarts with it; the other hosts follow (their FDB entries move to
-// the new VTEP) and traffic flows again.
+// TestUnderlayAddressChange: a host gets a new underlay address while its
+// agent runs; the agent reports that its address is gone (status and log)
+// until it restarts with the new one; the other hosts follow (their FDB
+// entries move to the new VTEP) and traffic flows again.
 func TestUnderlayAddressChange(t *testing.T) {
 	l := up(t, 3, 1, 1)
 	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
 	pingUntil(t, a.Netns, c.IP, 3*time.Second)
-	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
 	newAddr := netip.MustParseAddr("198.18.0.33")
 	if err := l.Renumber("h3", newAddr); err != nil {
+		t.Fatal(err)
+	}
+	// The agent notices on its next resync tick (10 s by default).
+	if err := waitCond(20*time.Second, func() error {
+		s, err := client(l, "h3").Status()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(s.AddrError, "advertise address 198.18.0.3 is no longer on any interface of this host") {
+			return fmt.Errorf("h3 status addrError = %q", s.AddrError)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.StartAgent("h3"); err != nil {
@@ -918,6 +932,9 @@ func TestUnderlayAddressChange(t *testing.T) {
 	t.Logf("h1 follows h3's new address %s after its agent restarted", time.Since(start).Round(time.Millisecond))
 	pingUntil(t, a.Netns, c.IP, 5*time.Second)
 	pingUntil(t, c.Netns, a.IP, 5*time.Second)
+	if s, err := client(l, "h3").Status(); err != nil || s.AddrError != "" {
+		t.Fatalf("restarted h3: addrError %q, %v", s.AddrError, err)
+	}
 }
 
 // TestRestartWithoutJoin: an agent restarted without --join finds the
