@@ -71,7 +71,8 @@ func TestReport(t *testing.T) {
 		}
 	}
 	svg := ConvergenceSVG(r.Converge)
-	if !strings.HasPrefix(svg, "<svg") || strings.Count(svg, "<circle") != 4 || !strings.Contains(svg, ">8</text>") {
+	if !strings.HasPrefix(svg, "<svg") || strings.Count(svg, "<circle") != 4 || !strings.Contains(svg, ">8</text>") ||
+		!strings.Contains(svg, "target p99 at 32 hosts: 300 ms") {
 		t.Fatalf("svg:\n%s", svg)
 	}
 }

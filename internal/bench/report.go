@@ -56,10 +56,15 @@ func printFootprint(w io.Writer, r Result) {
 	}
 }
 
-// ConvergenceSVG plots converge p50 and p99 against the number of hosts.
+// ConvergeTargetMs is the issue's target for converge p99 at 32 hosts,
+// drawn on the plot.
+const ConvergeTargetMs = 300
+
+// ConvergenceSVG plots converge p50 and p99 against the number of hosts,
+// with the target as a dashed line.
 func ConvergenceSVG(points []ConvergePoint) string {
 	const w, h, left, bottom, top, right = 480, 300, 60, 40, 20, 20
-	maxX, maxY := 1, 1.0
+	maxX, maxY := 1, float64(ConvergeTargetMs)
 	for _, p := range points {
 		maxX = max(maxX, p.Hosts)
 		maxY = max(maxY, p.P99ms)
@@ -94,6 +99,8 @@ func ConvergenceSVG(points []ConvergePoint) string {
 	for _, p := range points {
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", x(p.Hosts), h-bottom+16, p.Hosts)
 	}
+	fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#555" stroke-dasharray="6 4"/>`+"\n", left, y(ConvergeTargetMs), w-right, y(ConvergeTargetMs))
+	fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="#555">target p99 at 32 hosts: %d ms</text>`+"\n", w-right, y(ConvergeTargetMs)-4, ConvergeTargetMs)
 	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#2b6cb0">p50</text><text x="%d" y="%d" fill="#c53030">p99</text>`+"\n", left+10, top+12, left+50, top+12)
 	b.WriteString("</svg>\n")
 	return b.String()
