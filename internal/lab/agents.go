@@ -233,15 +233,11 @@ func (l *Lab) Renumber(host string, addr netip.Addr) error {
 		return err
 	}
 	h := &l.Hosts[idx]
-	hh, err := openHandle(h.Netns)
+	hh, eth, err := openUnderlay(*h)
 	if err != nil {
 		return err
 	}
 	defer hh.Close()
-	eth, err := hh.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
 	mask := net.CIDRMask(underlayNet.Bits(), 32)
 	if err := hh.AddrDel(eth, &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: mask}}); err != nil {
 		return fmt.Errorf("remove %s from %s: %w", h.Addr, host, err)

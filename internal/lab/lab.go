@@ -204,6 +204,21 @@ func Up(cfg Config) (l *Lab, err error) {
 	return l, l.save()
 }
 
+// openUnderlay opens a netlink handle in host h and finds its underlay
+// device; the caller closes the handle.
+func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
+	hh, err := openHandle(h.Netns)
+	if err != nil {
+		return nil, nil, err
+	}
+	eth, err := hh.LinkByName("eth0")
+	if err != nil {
+		hh.Close()
+		return nil, nil, fmt.Errorf("underlay device of %s: %w", h.Name, err)
+	}
+	return hh, eth, nil
+}
+
 func openHandle(path string) (*netlink.Handle, error) {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {

@@ -47,15 +47,11 @@ func (l *Lab) BuildRecipe() (*Recipe, error) {
 }
 
 func buildRecipeHost(h, other Host, c Container) error {
-	hh, err := openHandle(h.Netns)
+	hh, eth, err := openUnderlay(h)
 	if err != nil {
 		return err
 	}
 	defer hh.Close()
-	eth, err := hh.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "rbr0"}}
 	if err := hh.LinkAdd(br); err != nil {
 		return fmt.Errorf("bridge: %w", err)
@@ -144,15 +140,11 @@ func (l *Lab) BuildBareVXLAN() (*BareVXLAN, error) {
 }
 
 func buildBareHost(h, other Host, ip netip.Addr) error {
-	hh, err := openHandle(h.Netns)
+	hh, eth, err := openUnderlay(h)
 	if err != nil {
 		return err
 	}
 	defer hh.Close()
-	eth, err := hh.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU = "bvx0", UnderlayMTU-50
 	vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: BareVNI, Port: 4789, VtepDevIndex: eth.Attrs().Index,
