@@ -118,65 +118,37 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 	h("/IpamDriver.GetDefaultAddressSpaces", func([]byte) (any, error) {
 		return map[string]string{"LocalDefaultAddressSpace": "vxnet", "GlobalDefaultAddressSpace": "vxnet"}, nil
 	})
-	h("/IpamDriver.RequestPool", func(b []byte) (any, error) {
-		var req RequestPoolRequest
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	h("/IpamDriver.RequestPool", decoded(func(req RequestPoolRequest) (any, error) {
 		id, err := s.b.RequestPool(req.Pool, req.V6)
 		if err != nil {
 			return nil, err
 		}
 		return map[string]any{"PoolID": id, "Pool": req.Pool, "Data": map[string]string{}}, nil
-	})
-	h("/IpamDriver.ReleasePool", func(b []byte) (any, error) {
-		var req struct{ PoolID string }
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/IpamDriver.ReleasePool", decoded(func(req struct{ PoolID string }) (any, error) {
 		return empty, s.b.ReleasePool(req.PoolID)
-	})
-	h("/IpamDriver.RequestAddress", func(b []byte) (any, error) {
-		var req RequestAddressRequest
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/IpamDriver.RequestAddress", decoded(func(req RequestAddressRequest) (any, error) {
 		addr, err := s.b.RequestAddress(req.PoolID, req.Address, req.Options[requestAddressType] == gatewayType)
 		if err != nil {
 			return nil, err
 		}
 		return map[string]any{"Address": addr, "Data": map[string]string{}}, nil
-	})
-	h("/IpamDriver.ReleaseAddress", func(b []byte) (any, error) {
-		var req struct{ PoolID, Address string }
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/IpamDriver.ReleaseAddress", decoded(func(req struct{ PoolID, Address string }) (any, error) {
 		return empty, s.b.ReleaseAddress(req.PoolID, req.Address)
-	})
-	h("/NetworkDriver.CreateNetwork", func(b []byte) (any, error) {
-		var req CreateNetworkRequest
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/NetworkDriver.CreateNetwork", decoded(func(req CreateNetworkRequest) (any, error) {
 		n, err := req.Network()
 		if err != nil {
 			return nil, err
 		}
 		return empty, s.b.CreateNetwork(n)
-	})
-	h("/NetworkDriver.DeleteNetwork", func(b []byte) (any, error) {
-		var req struct{ NetworkID string }
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/NetworkDriver.DeleteNetwork", decoded(func(req struct{ NetworkID string }) (any, error) {
 		return empty, s.b.DeleteNetwork(req.NetworkID)
-	})
-	h("/NetworkDriver.CreateEndpoint", func(b []byte) (any, error) {
-		var req CreateEndpointRequest
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/NetworkDriver.CreateEndpoint", decoded(func(req CreateEndpointRequest) (any, error) {
 		if req.Interface == nil || req.Interface.Address == "" {
 			return nil, errors.New("vxnet needs an IPv4 address for the endpoint: use --ipam-driver vxnet with --subnet")
 		}
@@ -189,42 +161,42 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 			return map[string]any{}, nil // Docker chose it; we must not answer one
 		}
 		return map[string]any{"Interface": map[string]string{"MacAddress": mac}}, nil
-	})
+	}))
 	h("/NetworkDriver.EndpointOperInfo", func([]byte) (any, error) {
 		return map[string]any{"Value": map[string]string{}}, nil
 	})
-	h("/NetworkDriver.DeleteEndpoint", func(b []byte) (any, error) {
-		var req struct{ NetworkID, EndpointID string }
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	h("/NetworkDriver.DeleteEndpoint", decoded(func(req struct{ NetworkID, EndpointID string }) (any, error) {
 		return empty, s.b.DeleteEndpoint(req.NetworkID, req.EndpointID)
-	})
-	h("/NetworkDriver.Join", func(b []byte) (any, error) {
-		var req JoinRequest
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/NetworkDriver.Join", decoded(func(req JoinRequest) (any, error) {
 		j, err := s.b.Join(req.NetworkID, req.EndpointID, req.SandboxKey)
 		if err != nil {
 			return nil, err
 		}
 		return map[string]any{"InterfaceName": map[string]string{"SrcName": j.SrcName, "DstPrefix": "eth"},
 			"Gateway": j.Gateway}, nil
-	})
-	h("/NetworkDriver.Leave", func(b []byte) (any, error) {
-		var req struct{ NetworkID, EndpointID string }
-		if err := Decode(b, &req); err != nil {
-			return nil, err
-		}
+	}))
+	h("/NetworkDriver.Leave", decoded(func(req struct{ NetworkID, EndpointID string }) (any, error) {
 		return empty, s.b.Leave(req.NetworkID, req.EndpointID)
-	})
+	}))
 	for _, p := range []string{"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
 		"/NetworkDriver.ProgramExternalConnectivity", "/NetworkDriver.RevokeExternalConnectivity"} {
 		h(p, func([]byte) (any, error) { return empty, nil })
 	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s
+}
+
+// decoded adapts a handler of a decoded request of type T to the raw body
+// every handler receives.
+func decoded[T any](fn func(req T) (any, error)) func(body []byte) (any, error) {
+	return func(body []byte) (any, error) {
+		var req T
+		if err := Decode(body, &req); err != nil {
+			return nil, err
+		}
+		return fn(req)
+	}
 }
 
 // Serve listens on the socket path (its directory is created) until Close.
