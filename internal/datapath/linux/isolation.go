@@ -168,18 +168,28 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	return f, nil
 }
 
+// clearTable opens a write connection and queues the removal of vxnet's
+// table, whatever it holds (add-then-delete: no error when absent); the
+// caller adds to the transaction and flushes it.
+func (d *Dataplane) clearTable() (*nftables.Conn, *nftables.Table, error) {
+	c, err := d.nft()
+	if err != nil {
+		return nil, nil, err
+	}
+	t := &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
+	c.AddTable(t)
+	c.DelTable(t)
+	return c, t, nil
+}
+
 // EnsureFirewall rebuilds vxnet's table in one transaction: there is no
 // moment without it once it exists.
 func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
-	c, err := d.nft()
+	c, t, err := d.clearTable()
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
-	// Add-then-delete removes whatever was there; then build it anew.
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
+	c.AddTable(t) // then build it anew, in the same transaction
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: forwardChain, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
@@ -208,13 +218,10 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 
 // RemoveFirewall deletes vxnet's table; absent is no error.
 func (d *Dataplane) RemoveFirewall() error {
-	c, err := d.nft()
+	c, _, err := d.clearTable()
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
-	c.AddTable(t)
-	c.DelTable(t)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("remove nftables table inet %s: %w", FirewallTable, err)
 	}
