@@ -5,6 +5,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -123,7 +124,7 @@ func Desired(in Input) (State, []Conflict) {
 			}
 		}
 	}
-	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks), Port: in.Port}
+	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port}
 	for _, nd := range in.Nodes {
 		if nd.Name != in.Node && nd.Addr.IsValid() {
 			st.Firewall.VTEPs = append(st.Firewall.VTEPs, nd.Addr)
@@ -209,7 +210,7 @@ func Plan(want State, have datapath.Observed) []Op {
 		ops = append(ops, Op{Kind: EnsureFirewall, Firewall: want.Firewall})
 	}
 	rebuilt := map[uint32]bool{}
-	for _, vni := range sortedKeys(want.Networks) {
+	for _, vni := range sortedKeys(want.Networks, cmp.Compare[uint32]) {
 		spec := want.Networks[vni]
 		cur, ok := have.Networks[vni]
 		if !ok || cur != spec {
@@ -229,13 +230,13 @@ func Plan(want State, have datapath.Observed) []Op {
 	for _, f := range have.FDB {
 		haveFDB[f.Key()] = f
 	}
-	for _, k := range sortedFDBKeys(want.FDB) {
+	for _, k := range sortedKeys(want.FDB, datapath.FDBKey.Compare) {
 		f := want.FDB[k]
 		if cur, ok := haveFDB[k]; !ok || cur != f || rebuilt[f.VNI] {
 			ops = append(ops, Op{Kind: SetFDB, FDB: f})
 		}
 	}
-	for _, k := range sortedNeighKeys(want.Neigh) {
+	for _, k := range sortedKeys(want.Neigh, datapath.NeighKey.Compare) {
 		n := want.Neigh[k]
 		if cur, ok := haveNeigh[k]; !ok || cur != n || rebuilt[n.VNI] {
 			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
@@ -265,7 +266,7 @@ func Plan(want State, have datapath.Observed) []Op {
 			ops = append(ops, Op{Kind: DetachPort, PortID: p.ID, VNI: p.VNI})
 		}
 	}
-	for _, vni := range sortedKeys(have.Networks) {
+	for _, vni := range sortedKeys(have.Networks, cmp.Compare[uint32]) {
 		if _, ok := want.Networks[vni]; !ok {
 			ops = append(ops, Op{Kind: DeleteNetwork, VNI: vni})
 		}
@@ -328,30 +329,13 @@ func Sync(dp datapath.Dataplane, want State) ([]Op, error) {
 	return ops, Apply(dp, ops)
 }
 
-func sortedFDBKeys(m map[datapath.FDBKey]datapath.FDB) []datapath.FDBKey {
-	keys := make([]datapath.FDBKey, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, datapath.FDBKey.Compare)
-	return keys
-}
-
-func sortedNeighKeys(m map[datapath.NeighKey]datapath.Neigh) []datapath.NeighKey {
-	keys := make([]datapath.NeighKey, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, datapath.NeighKey.Compare)
-	return keys
-}
-
-func sortedKeys[K string | uint32, V any](m map[K]V) []K {
+// sortedKeys returns m's keys in cmp order (one allocation, sized).
+func sortedKeys[K comparable, V any](m map[K]V, cmp func(a, b K) int) []K {
 	keys := make([]K, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	slices.SortFunc(keys, cmp)
 	return keys
 }
 
