@@ -18,6 +18,8 @@ import (
 
 	"github.com/vxnet/vxnet/internal/agent"
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/docker"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -51,7 +53,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 				if cfg.AdvertiseAddr, err = netip.ParseAddr(advertise); err != nil {
 					return fmt.Errorf("invalid --advertise-addr %q: want an IP address of this host", advertise)
 				}
-			} else if cfg.AdvertiseAddr, err = agent.DefaultAdvertiseAddr(); err != nil {
+			} else if cfg.AdvertiseAddr, err = linux.DefaultAdvertiseAddr(); err != nil {
 				return err
 			}
 			for _, j := range strings.Split(join, ",") {
@@ -78,7 +80,16 @@ func newAgentCmd(g *globals) *cobra.Command {
 			default:
 				cfg.DockerPluginSocket = dockerSocket
 			}
-			a, err := agent.New(cfg)
+			dp, err := linux.Open("", cfg.Log.With("component", "datapath"))
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: agent.GossipReplicator(cfg)}
+			if cfg.DockerHost != "" {
+				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
+			}
+			a, err := agent.New(cfg, deps)
 			if err != nil {
 				return err
 			}

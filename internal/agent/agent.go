@@ -1,6 +1,11 @@
-// Package agent is vxnet's per-host daemon: it joins the cluster, keeps the
-// replicated state, serves the local API, and runs the reconcile loop that
-// programs this host's kernel from the cluster state.
+// Package agent is vxnet's per-host core: it keeps the replicated state,
+// runs the one endpoint transaction every front door calls (local API,
+// Docker driver, CNI), and runs the reconcile loop that programs this host's
+// kernel from the cluster state.
+//
+// Its side effects are injected (Deps): the dataplane, the replicator that
+// spreads the state between hosts, the host's address lookups and the local
+// dockerd. cmd/vxnet wires the real ones; the unit tests wire fakes.
 package agent
 
 import (
@@ -11,23 +16,16 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
-	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/model"
-	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
 // Config configures an agent.
@@ -74,26 +72,96 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Agent is a running agent.
+// Replicator spreads the cluster state between hosts and tells who is
+// alive: memberlist gossip today (cluster.Gossip), etcd later.
+type Replicator interface {
+	// Join contacts members; it succeeds when at least one answered.
+	Join(addrs []string) (int, error)
+	// Publish sends changed records to the other members.
+	Publish(recs ...cluster.Record)
+	// Alive lists the members whose endpoints are programmed, self included.
+	Alive() []model.Node
+	// Members lists every member known, failed ones included.
+	Members() []cluster.Member
+	// MalformedMessages counts messages refused from the network.
+	MalformedMessages() int64
+	// KeyOp and Keys manage the cluster keyring.
+	KeyOp(op string, key []byte) error
+	Keys() [][]byte
+	// Shutdown stops without leaving (peers keep our endpoints until
+	// failure detection).
+	Shutdown() error
+}
+
+// ReplicatorConfig is what the agent hands the replicator it starts.
+type ReplicatorConfig struct {
+	// State is the agent's replicated state, restored from its store.
+	State *cluster.State
+	// Keys are the cluster keys to use (the saved keyring after a rotation).
+	Keys [][]byte
+	// OnChange is called when state or membership changed.
+	OnChange func()
+	// OnSelfConflict is called when members still know this node at an
+	// old address.
+	OnSelfConflict func()
+}
+
+// Host answers questions about this host's addresses.
+type Host interface {
+	// Underlay returns the device holding addr and its MTU.
+	Underlay(addr netip.Addr) (dev string, mtu int, err error)
+	// HasAddr reports whether addr is configured on an interface.
+	HasAddr(addr netip.Addr) (bool, error)
+}
+
+// Dockerd is the part of the local dockerd's API the agent uses.
+type Dockerd interface {
+	Networks(driver string) ([]docker.NetworkInfo, error)
+	Network(idOrName string) (docker.NetworkInfo, error)
+	CreateNetwork(name, subnet, gateway string, options map[string]string) error
+	RemoveNetwork(idOrName string) error
+}
+
+// Deps are the agent's side effects.
+type Deps struct {
+	Dataplane datapath.Dataplane
+	Host      Host
+	// StartReplicator starts the replicator over the agent's state.
+	StartReplicator func(ReplicatorConfig) (Replicator, error)
+	// Dockerd is the local dockerd (nil: none to keep in step).
+	Dockerd Dockerd
+}
+
+// Agent is the core of one host.
+//
+// Lock order: mu before kernelMu; statMu and dockerBackend.mu are leaves
+// (nothing is taken while holding them).
 type Agent struct {
-	cfg      Config
-	log      *slog.Logger
-	state    *cluster.State
-	gossip   *cluster.Gossip
-	store    *store
-	dp       datapath.Dataplane
+	cfg     Config
+	log     *slog.Logger
+	state   *cluster.State
+	repl    Replicator
+	store   *store
+	dp      datapath.Dataplane
+	host    Host
+	dockerd Dockerd
+
 	underlay string
 	mtu      int
 
-	dirty   chan struct{}
-	dockerc *docker.Client
+	dirty chan struct{}
 
-	dpMu   sync.Mutex // serialises kernel programming
-	apiMu  sync.Mutex // serialises allocations and local writes
+	// mu serialises the agent's own writes to the cluster state: address
+	// allocation, endpoint and network records, local endpoints, keyring.
+	mu     sync.Mutex
 	locals map[string]localEndpoint
+	// reserved holds addresses handed to Docker endpoints not joined yet.
+	reserved map[netip.Addr]string
+	// kernelMu serialises kernel programming (see pass).
+	kernelMu sync.Mutex
 
 	savedGen     atomic.Uint64 // state generation last written to the store
-	savedMembers []string      // member addresses last written to the store
+	savedMembers []string      // member addresses last written to the store (loop only)
 	rejoining    atomic.Bool
 
 	statMu    sync.Mutex
@@ -104,10 +172,15 @@ type Agent struct {
 	conflicts []string
 	syncs     atomic.Int64
 	kernelOps atomic.Int64
+
+	// settle is how long a network create waits for a concurrent create
+	// elsewhere to arrive before it decides who won.
+	settle time.Duration
 }
 
-// New prepares an agent: state, store, datapath, gossip. Call Run to serve.
-func New(cfg Config) (*Agent, error) {
+// New prepares an agent: store, state, underlay, replicator. Call Run to
+// serve. The caller owns deps.Dataplane and closes it after Run.
+func New(cfg Config, deps Deps) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -117,14 +190,15 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if deps.Dataplane == nil || deps.Host == nil || deps.StartReplicator == nil {
+		return nil, errors.New("agent: a dataplane, a host and a replicator are required")
+	}
 	st, err := openStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dirty: make(chan struct{}, 1)}
-	if cfg.DockerHost != "" {
-		a.dockerc = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
-	}
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
+		dirty: make(chan struct{}, 1), settle: 300 * time.Millisecond, reserved: map[netip.Addr]string{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -147,71 +221,39 @@ func New(cfg Config) (*Agent, error) {
 	if a.locals, err = st.locals(); err != nil {
 		return nil, err
 	}
-	if len(cfg.Keys) > 0 {
+	keys := cfg.Keys
+	if len(keys) > 0 {
 		saved, err := loadKeyring(cfg.StateDir)
 		if err != nil {
 			return nil, err
 		}
 		if len(saved) > 0 {
 			cfg.Log.Info("using the keyring saved by a key rotation", "keys", len(saved), "primary", cluster.Fingerprint(saved[0]))
-			cfg.Keys = saved
+			keys = saved
 		}
 	}
-	a.underlay, a.mtu, err = underlayOf(cfg.AdvertiseAddr)
+	a.underlay, a.mtu, err = deps.Host.Underlay(cfg.AdvertiseAddr)
 	if err != nil {
 		return nil, err
 	}
-	dp, err := linux.Open("", cfg.Log.With("component", "datapath"))
+	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
+		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater})
 	if err != nil {
-		return nil, err
-	}
-	a.dp = dp
-	a.gossip, err = cluster.StartGossip(cluster.GossipConfig{
-		Name: name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: cfg.Keys, Insecure: cfg.Insecure,
-		OnChange: a.markDirty, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
-		OnSelfConflict: a.rejoinLater,
-	}, a.state)
-	if err != nil {
-		dp.Close()
 		return nil, err
 	}
 	ok = true
 	return a, nil
 }
 
-// underlayOf finds the device holding addr and its MTU.
-func underlayOf(addr netip.Addr) (string, int, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return "", 0, fmt.Errorf("list links: %w", err)
+// GossipReplicator starts memberlist gossip as the agent's replicator.
+func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
+	return func(rc ReplicatorConfig) (Replicator, error) {
+		return cluster.StartGossip(cluster.GossipConfig{
+			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
+			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
+			OnSelfConflict: rc.OnSelfConflict,
+		}, rc.State)
 	}
-	for _, l := range links {
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
-				return l.Attrs().Name, l.Attrs().MTU, nil
-			}
-		}
-	}
-	return "", 0, fmt.Errorf("advertise address %s is not configured on any interface of this host", addr)
-}
-
-// hasAddr reports whether addr is configured on an interface of this host
-// (one dump of every address).
-func hasAddr(addr netip.Addr) (bool, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return false, fmt.Errorf("list addresses: %w", err)
-	}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // checkAddr reports, in status and once in the log, when the advertise
@@ -219,7 +261,7 @@ func hasAddr(addr netip.Addr) (bool, error) {
 // nothing reaches this host's containers until the agent restarts with its
 // new address. Checked on every resync tick.
 func (a *Agent) checkAddr() {
-	ok, err := hasAddr(a.cfg.AdvertiseAddr)
+	ok, err := a.host.HasAddr(a.cfg.AdvertiseAddr)
 	if err != nil {
 		a.log.Warn("check advertise address", "err", err)
 		return
@@ -240,34 +282,6 @@ func (a *Agent) checkAddr() {
 	}
 }
 
-// DefaultAdvertiseAddr returns the preferred source address of the default route.
-func DefaultAdvertiseAddr() (netip.Addr, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
-		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-				continue
-			}
-		}
-		if a, ok := netip.AddrFromSlice(r.Src); ok && a.IsValid() && !a.IsUnspecified() {
-			return a.Unmap(), nil
-		}
-		l, err := netlink.LinkByIndex(r.LinkIndex)
-		if err != nil {
-			continue
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err == nil && len(addrs) > 0 {
-			a, _ := netip.AddrFromSlice(addrs[0].IP)
-			return a.Unmap(), nil
-		}
-	}
-	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
-}
-
 // rejoinLater joins again once the members have declared this node's old
 // address dead and may accept the new one (one pending rejoin at a time).
 func (a *Agent) rejoinLater() {
@@ -280,7 +294,7 @@ func (a *Agent) rejoinLater() {
 	}
 	time.AfterFunc(8*probe, func() {
 		defer a.rejoining.Store(false)
-		if _, err := a.gossip.Join(a.cfg.Join); err != nil {
+		if _, err := a.repl.Join(a.cfg.Join); err != nil {
 			a.log.Warn("rejoin after address change", "err", err)
 			return
 		}
@@ -289,7 +303,7 @@ func (a *Agent) rejoinLater() {
 }
 
 // persist writes the cluster state to the store unless it has not changed
-// since the last write (the loop and the API both call it after changes).
+// since the last write (the loop and the front doors both call it).
 func (a *Agent) persist() error {
 	gen := a.state.Generation()
 	if gen == a.savedGen.Load() {
@@ -311,7 +325,7 @@ func (a *Agent) persistOrLog() {
 // rememberMembers saves the other members' addresses when they changed.
 func (a *Agent) rememberMembers() {
 	var addrs []string
-	for _, n := range a.gossip.Alive() {
+	for _, n := range a.repl.Alive() {
 		if n.Name != a.state.Self() {
 			addrs = append(addrs, n.Addr.String())
 		}
@@ -333,16 +347,16 @@ func (a *Agent) markDirty() {
 	}
 }
 
-// Run joins the cluster, serves the API and reconciles until ctx ends.
+// Run joins the cluster, serves the API (and the Docker driver) and
+// reconciles until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.store.close()
-	defer a.dp.(*linux.Dataplane).Close()
-	ln, err := listenSocket(a.cfg.Socket)
+	ln, err := api.Listen(a.cfg.Socket)
 	if err != nil {
-		a.gossip.Shutdown()
+		a.repl.Shutdown()
 		return err
 	}
-	srv := a.server()
+	srv := api.NewServer(a)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("api server", "err", err)
@@ -352,7 +366,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		ds := docker.NewServer(newDockerBackend(a), a.log.With("component", "docker"))
 		if err := ds.Serve(a.cfg.DockerPluginSocket); err != nil {
 			_ = srv.Close()
-			a.gossip.Shutdown()
+			a.repl.Shutdown()
 			return fmt.Errorf("docker plugin: %w", err)
 		}
 		defer ds.Close()
@@ -360,7 +374,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
-	// Join the given members and the ones known before a restart.
+	a.joinKnown(ctx)
+	loopDone := make(chan struct{})
+	go func() { a.loop(ctx); close(loopDone) }()
+	<-ctx.Done()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	<-loopDone
+	a.persistOrLog()
+	// Stop without leaving: the kernel keeps forwarding and peers keep our
+	// endpoints until failure detection, so a restart is invisible.
+	return a.repl.Shutdown()
+}
+
+// joinKnown joins the given members and the ones known before a restart.
+func (a *Agent) joinKnown(ctx context.Context) {
 	join := append([]string(nil), a.cfg.Join...)
 	if known, err := a.store.members(); err == nil {
 		for _, m := range known {
@@ -372,17 +401,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if len(join) > 0 {
 		a.join(ctx, join)
 	}
-	loopDone := make(chan struct{})
-	go func() { a.loop(ctx); close(loopDone) }()
-	<-ctx.Done()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
-	<-loopDone
-	a.persistOrLog()
-	// Stop without leaving: the kernel keeps forwarding and peers keep our
-	// endpoints until failure detection, so a restart is invisible.
-	return a.gossip.Shutdown()
 }
 
 // join contacts the given members, retrying in the background until one
@@ -394,7 +412,7 @@ func (a *Agent) join(ctx context.Context, addrs []string) {
 		defer close(first)
 		backoff := 500 * time.Millisecond
 		for attempt := 1; ; attempt++ {
-			n, err := a.gossip.Join(addrs)
+			n, err := a.repl.Join(addrs)
 			if err == nil {
 				a.log.Info("joined cluster", "contacted", n)
 				return
@@ -436,147 +454,26 @@ func (a *Agent) loop(ctx context.Context) {
 			}
 			continue
 		}
-		if err := a.sync(); err != nil {
+		if err := a.step(); err != nil {
 			a.log.Warn("reconcile failed; will retry", "err", err, "retry_in", backoff)
 			time.AfterFunc(backoff, a.markDirty)
 			backoff = min(backoff*2, 10*time.Second)
 		} else {
 			backoff = 100 * time.Millisecond
 		}
-		a.gcLocal()
-		a.rememberMembers()
-		if a.dockerc != nil {
-			a.syncDocker()
-		}
-		a.persistOrLog()
 	}
 }
 
-// input builds the reconcile input from the cluster state.
-func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
-	nets, conflicts := a.state.Networks()
-	return reconcile.Input{
-		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
-		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.gossip.Alive(), Endpoints: a.state.Endpoints(),
-	}, conflicts
-}
-
-// sync runs one reconcile pass.
-func (a *Agent) sync() error {
-	// The input is read under the datapath lock: an attach in flight
-	// records its endpoint before it lets go of the datapath, so a pass can
-	// never see its fresh port without its record and remove it.
-	start := time.Now()
-	a.dpMu.Lock()
-	in, cconf := a.input()
-	want, rconf := reconcile.Desired(in)
-	ops, err := reconcile.Sync(a.dp, want)
-	a.dpMu.Unlock()
-	a.syncs.Add(1)
-	a.kernelOps.Add(int64(len(ops)))
-	if len(ops) > 0 {
-		a.log.Debug("reconciled", "ops", len(ops))
+// step is one turn of the loop: a reconcile pass, then the housekeeping that
+// follows the state (stale local endpoints, remembered members, dockerd's
+// networks, the store).
+func (a *Agent) step() error {
+	err := a.sync()
+	a.gcLocal()
+	a.rememberMembers()
+	if a.dockerd != nil {
+		a.syncDocker()
 	}
-	var conflicts []string
-	for _, c := range cconf {
-		conflicts = append(conflicts, c.Detail)
-	}
-	for _, c := range rconf {
-		conflicts = append(conflicts, c.String())
-	}
-	a.statMu.Lock()
-	if len(conflicts) != len(a.conflicts) {
-		for _, c := range conflicts {
-			a.log.Warn("conflict in cluster state", "detail", c)
-		}
-	}
-	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
-	a.statMu.Unlock()
+	a.persistOrLog()
 	return err
-}
-
-// prepareLocked runs a reconcile pass before a port of network n is added,
-// so the firewall and then n's devices exist, and returns n's spec (dpMu
-// held).
-func (a *Agent) prepareLocked(n model.Network) (datapath.NetworkSpec, error) {
-	in, _ := a.input()
-	want, _ := reconcile.Desired(in)
-	spec, ok := want.Networks[n.VNI]
-	if !ok {
-		return spec, &api.StatusError{Code: http.StatusConflict,
-			Msg: fmt.Sprintf("network %s is not programmable on this host (see 'vxnet status' for conflicts)", n.Name)}
-	}
-	ops, err := reconcile.Sync(a.dp, want)
-	a.kernelOps.Add(int64(len(ops)))
-	return spec, err
-}
-
-// gcLocal removes local endpoints whose namespace is gone or whose network
-// was removed.
-func (a *Agent) gcLocal() {
-	a.apiMu.Lock()
-	defer a.apiMu.Unlock()
-	for _, e := range a.state.Endpoints() {
-		if e.Node != a.state.Self() {
-			continue
-		}
-		le, known := a.locals[e.ID]
-		_, netOK := a.state.Network(e.Network)
-		gone := known && !namespaceMatches(le.Netns, e.ID)
-		if netOK && !gone {
-			continue
-		}
-		a.log.Info("removing stale endpoint", "endpoint", e.ID, "network_exists", netOK, "netns_exists", !gone)
-		if err := a.removeEndpoint(e.ID); err != nil {
-			a.log.Warn("remove stale endpoint", "endpoint", e.ID, "err", err)
-		}
-	}
-}
-
-// removeEndpoint detaches a local endpoint and deletes its record; apiMu held.
-func (a *Agent) removeEndpoint(id string) error {
-	a.dpMu.Lock()
-	err := a.dp.Detach(id)
-	r, deleted := a.state.Delete(cluster.EndpointKey(id))
-	a.dpMu.Unlock()
-	if deleted {
-		a.gossip.Publish(r)
-	}
-	if err != nil {
-		return err
-	}
-	delete(a.locals, id)
-	if err := a.store.delLocal(id); err != nil {
-		return err
-	}
-	a.markDirty()
-	return a.persist()
-}
-
-func listenSocket(path string) (net.Listener, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
-	}
-	if fi.Mode().Perm()&0o002 != 0 {
-		return nil, fmt.Errorf("socket directory %s is world-writable (mode %o): refusing to serve the API there", dir, fi.Mode().Perm())
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("socket %s is in use by another agent", path)
-	}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("chmod %s: %w", path, err)
-	}
-	return ln, nil
 }

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,23 +18,28 @@ import (
 
 // dockerBackend implements docker.Backend on the agent: Docker networks are
 // cluster networks (matched by subnet), Docker endpoints are endpoints of
-// this node whose veth Docker itself moves into the container.
+// this node whose veth Docker itself moves into the container. It only
+// translates: addresses, endpoints and networks go through the agent's one
+// path for each.
 type dockerBackend struct {
 	a *Agent
 
-	mu       sync.Mutex
-	reserved map[netip.Addr]string // addresses handed to Docker, not yet joined
-	eps      map[string]docker.Endpoint
+	mu  sync.Mutex // a leaf: taken after a.mu, never before
+	eps map[string]docker.Endpoint
 }
 
 func newDockerBackend(a *Agent) *dockerBackend {
-	return &dockerBackend{a: a, reserved: map[netip.Addr]string{}, eps: map[string]docker.Endpoint{}}
+	return &dockerBackend{a: a, eps: map[string]docker.Endpoint{}}
 }
 
 // Docker network IDs are per dockerd: each host maps its own IDs to cluster
 // network names, in its store.
 
 var _ docker.Backend = (*dockerBackend)(nil)
+
+// reservedForDocker marks an address the IPAM handed to Docker for an
+// endpoint that has not joined yet.
+const reservedForDocker = "docker-reservation"
 
 // DockerNetworkName names the cluster network of a Docker network.
 func DockerNetworkName(dockerID string) string {
@@ -57,7 +60,7 @@ func dockerEndpointID(node, dockerID string) string {
 func (d *dockerBackend) networkBySubnet(pool string) (model.Network, error) {
 	p, err := model.ParseSubnet(pool)
 	if err != nil {
-		return model.Network{}, err
+		return model.Network{}, invalid("%w", err)
 	}
 	nets, _ := d.a.state.Networks()
 	for _, n := range nets {
@@ -65,7 +68,7 @@ func (d *dockerBackend) networkBySubnet(pool string) (model.Network, error) {
 			return n, nil
 		}
 	}
-	return model.Network{}, fmt.Errorf("no vxnet network has subnet %s", p)
+	return model.Network{}, model.Errorf(model.ErrNotFound, "no vxnet network has subnet %s", p)
 }
 
 func (d *dockerBackend) networkByDockerID(id string) (model.Network, error) {
@@ -79,24 +82,24 @@ func (d *dockerBackend) networkByDockerID(id string) (model.Network, error) {
 	if n, ok := d.a.state.Network(name); ok {
 		return n, nil
 	}
-	return model.Network{}, fmt.Errorf("docker network %s is not a vxnet network (any more)", id)
+	return model.Network{}, model.Errorf(model.ErrNotFound, "docker network %s is not a vxnet network (any more)", id)
 }
 
 func (d *dockerBackend) RequestPool(subnet string, v6 bool) (string, error) {
 	if v6 {
-		return "", fmt.Errorf("IPv6 pools are not supported by vxnet's IPAM yet")
+		return "", invalid("IPv6 pools are not supported by vxnet's IPAM yet")
 	}
 	if subnet == "" {
-		return "", fmt.Errorf("vxnet's IPAM needs an explicit --subnet, for example --subnet 172.18.0.0/16")
+		return "", invalid("vxnet's IPAM needs an explicit --subnet, for example --subnet 172.18.0.0/16")
 	}
 	p, err := model.ParseSubnet(subnet)
 	if err != nil {
-		return "", err
+		return "", invalid("%w", err)
 	}
 	nets, _ := d.a.state.Networks()
 	for _, n := range nets {
 		if n.Subnet != p && n.Subnet.Overlaps(p) {
-			return "", fmt.Errorf("subnet %s overlaps subnet %s of vxnet network %q", p, n.Subnet, n.Name)
+			return "", conflict("subnet %s overlaps subnet %s of vxnet network %q", p, n.Subnet, n.Name)
 		}
 	}
 	return p.String(), nil
@@ -107,18 +110,18 @@ func (d *dockerBackend) ReleasePool(string) error { return nil }
 func (d *dockerBackend) RequestAddress(pool, address string, gateway bool) (string, error) {
 	p, err := model.ParseSubnet(pool)
 	if err != nil {
-		return "", err
+		return "", invalid("%w", err)
 	}
 	if gateway {
 		// The anycast gateway is the same on every host: nothing to reserve.
 		gw := model.FirstHost(p)
 		if address != "" {
 			if gw, err = netip.ParseAddr(address); err != nil || !p.Contains(gw) {
-				return "", fmt.Errorf("invalid gateway %q: want an address inside %s", address, p)
+				return "", invalid("invalid gateway %q: want an address inside %s", address, p)
 			}
 		}
 		if n, err := d.networkBySubnet(pool); err == nil && n.Gateway != gw {
-			return "", fmt.Errorf("gateway %s differs from the gateway %s of vxnet network %q with subnet %s", gw, n.Gateway, n.Name, p)
+			return "", conflict("gateway %s differs from the gateway %s of vxnet network %q with subnet %s", gw, n.Gateway, n.Name, p)
 		}
 		return netip.PrefixFrom(gw, p.Bits()).String(), nil
 	}
@@ -126,61 +129,23 @@ func (d *dockerBackend) RequestAddress(pool, address string, gateway bool) (stri
 	if err != nil {
 		return "", err
 	}
-	d.a.apiMu.Lock()
-	defer d.a.apiMu.Unlock()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	used := d.usedLocked(n)
-	var ip netip.Addr
-	if address != "" {
-		if ip, err = netip.ParseAddr(address); err != nil {
-			return "", fmt.Errorf("invalid address %q: want an IPv4 address inside %s", address, n.Subnet)
-		}
-		if err := ipam.CheckStatic(n, ip, used); err != nil {
-			return "", err
-		}
-	} else {
-		var rec *cluster.Record
-		ip, rec, err = d.a.allocate(n, used)
-		if err != nil {
-			return "", err
-		}
-		if rec != nil {
-			d.a.gossip.Publish(*rec)
-		}
+	ip, err := d.a.reserve(n, address)
+	if err != nil {
+		return "", err
 	}
-	d.reserved[ip] = "docker-reservation"
 	return netip.PrefixFrom(ip, n.Subnet.Bits()).String(), nil
-}
-
-// usedLocked lists the addresses taken in a network, reservations included.
-func (d *dockerBackend) usedLocked(n model.Network) map[netip.Addr]string {
-	used := map[netip.Addr]string{}
-	for _, e := range d.a.state.Endpoints() {
-		if e.Network == n.Name {
-			used[e.IP] = e.ID
-		}
-	}
-	for ip, id := range d.reserved {
-		if n.Subnet.Contains(ip) {
-			used[ip] = id
-		}
-	}
-	return used
 }
 
 func (d *dockerBackend) ReleaseAddress(pool, address string) error {
 	ip, err := netip.ParseAddr(address)
 	if err != nil {
-		if p, perr := netip.ParsePrefix(address); perr == nil {
-			ip = p.Addr()
-		} else {
-			return fmt.Errorf("invalid address %q", address)
+		p, perr := netip.ParsePrefix(address)
+		if perr != nil {
+			return invalid("invalid address %q", address)
 		}
+		ip = p.Addr()
 	}
-	d.mu.Lock()
-	delete(d.reserved, ip)
-	d.mu.Unlock()
+	d.a.unreserve(ip)
 	return nil
 }
 
@@ -189,7 +154,7 @@ func (d *dockerBackend) CreateNetwork(dn docker.Network) error {
 		// A network vxnet already has (made with 'vxnet network create' or
 		// by Docker on another host): adopt it if the options agree.
 		if dn.VNI != 0 && dn.VNI != existing.VNI {
-			return fmt.Errorf("subnet %s belongs to vxnet network %q with VNI %d, not %d", dn.Subnet, existing.Name, existing.VNI, dn.VNI)
+			return conflict("subnet %s belongs to vxnet network %q with VNI %d, not %d", dn.Subnet, existing.Name, existing.VNI, dn.VNI)
 		}
 		return d.a.store.putDockerNetwork(dn.DockerID, existing.Name)
 	}
@@ -206,7 +171,7 @@ func (d *dockerBackend) CreateNetwork(dn docker.Network) error {
 	if _, err := d.a.createNetwork(req, ""); err != nil {
 		return err
 	}
-	if d.a.dockerc != nil {
+	if d.a.dockerd != nil {
 		go d.a.learnDockerName(dn.DockerID, req.Name)
 	}
 	return d.a.store.putDockerNetwork(dn.DockerID, req.Name)
@@ -217,7 +182,7 @@ func (d *dockerBackend) DeleteNetwork(dockerID string) error {
 	if err != nil {
 		return d.a.store.delDockerNetwork(dockerID) // not ours any more: forget it
 	}
-	if err := d.a.RemoveNetwork(n.Name, false); err != nil && !api.IsNotFound(err) {
+	if err := d.a.RemoveNetwork(n.Name, false); err != nil && !errors.Is(err, model.ErrNotFound) {
 		return err
 	}
 	return d.a.store.delDockerNetwork(dockerID)
@@ -226,13 +191,13 @@ func (d *dockerBackend) DeleteNetwork(dockerID string) error {
 func (d *dockerBackend) CreateEndpoint(e docker.Endpoint) (string, error) {
 	p, err := netip.ParsePrefix(e.Address)
 	if err != nil {
-		return "", fmt.Errorf("invalid endpoint address %q", e.Address)
+		return "", invalid("invalid endpoint address %q", e.Address)
 	}
 	mac := e.MAC
 	if mac == "" {
 		mac = ipam.MACFor(p.Addr())
 	} else if hw, err := model.ParseMAC(mac); err != nil {
-		return "", err
+		return "", invalid("%w", err)
 	} else {
 		mac = hw.String()
 	}
@@ -250,6 +215,8 @@ func (d *dockerBackend) DeleteEndpoint(dockerNetwork, dockerID string) error {
 	return nil
 }
 
+// Join plugs a Docker endpoint in through the agent's endpoint transaction;
+// its container end stays in the host namespace for Docker to move.
 func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Joined, error) {
 	n, err := d.networkByDockerID(dockerNetwork)
 	if err != nil {
@@ -259,51 +226,53 @@ func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Jo
 	e, ok := d.eps[dockerID]
 	d.mu.Unlock()
 	if !ok {
-		return docker.Joined{}, fmt.Errorf("unknown endpoint %s: CreateEndpoint was not called on this host", dockerID)
+		return docker.Joined{}, model.Errorf(model.ErrNotFound, "unknown endpoint %s: CreateEndpoint was not called on this host", dockerID)
 	}
 	p, err := netip.ParsePrefix(e.Address)
 	if err != nil {
-		return docker.Joined{}, err
+		return docker.Joined{}, invalid("invalid endpoint address %q", e.Address)
 	}
 	id := dockerEndpointID(d.a.state.Self(), dockerID)
 	peer := "vxc" + strings.TrimPrefix(datapath.HostIfName(id), "vxv")
-	a := d.a
-	a.apiMu.Lock()
-	defer a.apiMu.Unlock()
-	rec := model.Endpoint{ID: id, Network: n.Name, Node: a.state.Self(), MAC: e.MAC, IP: p.Addr()}
-	a.dpMu.Lock()
-	spec, err := a.prepareLocked(n)
-	if err == nil {
-		_, err = a.dp.Attach(datapath.EndpointSpec{ID: id, VNI: n.VNI, IfName: peer, MAC: e.MAC,
-			IP: netip.PrefixFrom(p.Addr(), n.Subnet.Bits()), Gateway: n.Gateway, MTU: spec.MTU})
-	}
-	var r cluster.Record
-	if err == nil {
-		r, err = a.state.Put(cluster.EndpointKey(id), rec)
-	}
-	a.dpMu.Unlock()
+	res, err := d.a.addEndpoint(endpointRequest{ID: id, Network: n.Name, IfName: peer,
+		IP: p.Addr().String(), MAC: e.MAC, Reserved: true})
 	if err != nil {
-		return docker.Joined{}, fmt.Errorf("join %s to %s: %w", dockerID, n.Name, err)
+		return docker.Joined{}, err
 	}
-	d.mu.Lock()
-	delete(d.reserved, p.Addr())
-	d.mu.Unlock()
-	a.gossip.Publish(r)
-	a.persistOrLog()
-	a.markDirty()
-	a.log.Info("docker endpoint joined", "endpoint", id, "network", n.Name, "ip", p.Addr(), "sandbox", sandbox)
+	d.a.log.Info("docker endpoint joined", "endpoint", id, "network", n.Name, "ip", res.Endpoint.IP, "sandbox", sandbox)
 	return docker.Joined{SrcName: peer, Gateway: n.Gateway.String()}, nil
 }
 
 func (d *dockerBackend) Leave(dockerNetwork, dockerID string) error {
 	id := dockerEndpointID(d.a.state.Self(), dockerID)
-	d.a.apiMu.Lock()
-	defer d.a.apiMu.Unlock()
-	if err := d.a.removeEndpoint(id); err != nil {
+	d.a.mu.Lock()
+	defer d.a.mu.Unlock()
+	if err := d.a.removeEndpointLocked(id); err != nil {
 		return err
 	}
 	d.a.log.Info("docker endpoint left", "endpoint", id)
 	return nil
+}
+
+// reserve checks or allocates an address for a Docker endpoint that will
+// join later, and holds it until then (or until Docker releases it).
+func (a *Agent) reserve(n model.Network, address string) (netip.Addr, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	used, _ := a.usedLocked(n)
+	ip, recs, err := a.address(n, endpointRequest{IP: address}, used)
+	a.repl.Publish(recs...)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	a.reserved[ip] = reservedForDocker
+	return ip, nil
+}
+
+func (a *Agent) unreserve(ip netip.Addr) {
+	a.mu.Lock()
+	delete(a.reserved, ip)
+	a.mu.Unlock()
 }
 
 // learnDockerName asks dockerd for the name of a network Docker created
@@ -311,19 +280,19 @@ func (d *dockerBackend) Leave(dockerNetwork, dockerID string) error {
 func (a *Agent) learnDockerName(dockerID, network string) {
 	for i := 0; i < 100; i++ {
 		time.Sleep(50 * time.Millisecond)
-		info, err := a.dockerc.Network(dockerID)
+		info, err := a.dockerd.Network(dockerID)
 		if err != nil {
 			continue
 		}
-		a.apiMu.Lock()
+		a.mu.Lock()
 		n, ok := a.state.Network(network)
 		if ok && n.DockerName == "" {
 			n.DockerName = info.Name
 			if r, err := a.state.Put(cluster.NetworkKey(network), n); err == nil {
-				a.gossip.Publish(r)
+				a.repl.Publish(r)
 			}
 		}
-		a.apiMu.Unlock()
+		a.mu.Unlock()
 		a.log.Info("docker network named", "network", network, "docker_name", info.Name)
 		a.markDirty()
 		return
@@ -334,10 +303,10 @@ func (a *Agent) learnDockerName(dockerID, network string) {
 // syncDocker keeps the local dockerd's vxnet networks equal to the cluster's:
 // it creates the ones it lacks and removes (empty) ones the cluster dropped.
 func (a *Agent) syncDocker() {
-	if _, err := os.Stat(a.dockerc.Socket); err != nil {
+	dns, err := a.dockerd.Networks("vxnet")
+	if errors.Is(err, docker.ErrNoDaemon) {
 		return // no dockerd (yet)
 	}
-	dns, err := a.dockerc.Networks("vxnet")
 	if err != nil {
 		a.log.Warn("list docker networks", "err", err)
 		return
@@ -359,7 +328,7 @@ func (a *Agent) syncDocker() {
 		if n.Flood {
 			opts[docker.OptFlood] = "true"
 		}
-		if err := a.dockerc.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), opts); err != nil {
+		if err := a.dockerd.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), opts); err != nil {
 			a.log.Warn("create docker network", "network", n.Name, "docker_name", n.DockerName, "err", err)
 			continue
 		}
@@ -369,7 +338,7 @@ func (a *Agent) syncDocker() {
 		if want[subnet] || len(dn.Containers) > 0 {
 			continue
 		}
-		if err := a.dockerc.RemoveNetwork(dn.ID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+		if err := a.dockerd.RemoveNetwork(dn.ID); err != nil && !errors.Is(err, docker.ErrNotFound) {
 			a.log.Warn("remove docker network", "docker_name", dn.Name, "err", err)
 			continue
 		}

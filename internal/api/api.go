@@ -4,7 +4,6 @@ package api
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -123,6 +122,21 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return e.Msg }
 
+// Unwrap gives the error kind of the status, so callers test an answer
+// with errors.Is(err, model.ErrNotFound) whether it came over the socket
+// or from the backend in process.
+func (e *StatusError) Unwrap() error {
+	switch e.Code {
+	case http.StatusBadRequest:
+		return model.ErrInvalid
+	case http.StatusNotFound:
+		return model.ErrNotFound
+	case http.StatusConflict:
+		return model.ErrConflict
+	}
+	return nil
+}
+
 // Client talks to an agent's socket.
 type Client struct {
 	Socket string
@@ -197,12 +211,6 @@ func (c *Client) Attach(r AttachRequest) (Attachment, error) {
 // Detach removes a namespace from a network.
 func (c *Client) Detach(r DetachRequest) error {
 	return c.Do(http.MethodPost, "/v1/endpoints/detach", r, nil)
-}
-
-// IsNotFound reports a 404 from the agent.
-func IsNotFound(err error) bool {
-	var se *StatusError
-	return errors.As(err, &se) && se.Code == http.StatusNotFound
 }
 
 // KeyOp changes the agent's keyring.

@@ -11,9 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
@@ -124,49 +121,6 @@ type Result struct {
 	ConvergeP99ms       float64         `json:"converge_p99_ms"`
 	Footprint           []Footprint     `json:"footprint"`
 }
-
-// Ratio divides, 0 when the divisor is 0.
-func Ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
-}
-
-// Rotate returns s started at index r (mod its length): each round
-// measures the paths in another order, so none always comes first or last.
-func Rotate(s []string, r int) []string {
-	if len(s) == 0 {
-		return nil
-	}
-	r %= len(s)
-	return append(slices.Clone(s[r:]), s[:r]...)
-}
-
-// Median of xs (the mean of the middle two for an even count), 0 for none.
-func Median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// MedianRatio is the median over rounds of a[i]/b[i].
-func MedianRatio(a, b []float64) float64 {
-	var rs []float64
-	for i := range min(len(a), len(b)) {
-		rs = append(rs, Ratio(a[i], b[i]))
-	}
-	return Median(rs)
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
 	return lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: c.Binary, Log: c.Log}
@@ -320,7 +274,7 @@ func convergePart(c Config, hosts int) (ConvergePoint, error) {
 		created <- err
 	}()
 	for _, h := range l.Hosts {
-		if err := waitLink(h.Netns, datapath.BridgeName(nw.VNI), true, 30*time.Second); err != nil {
+		if err := lab.WaitLink(h.Netns, datapath.BridgeName(nw.VNI), true, 30*time.Second); err != nil {
 			return pt, fmt.Errorf("network usable on %s: %w", h.Name, err)
 		}
 	}
@@ -333,18 +287,18 @@ func convergePart(c Config, hosts int) (ConvergePoint, error) {
 	// First its endpoints must be there: a member that flapped just before
 	// would otherwise read as withdrawn at once.
 	last := l.Hosts[len(l.Hosts)-1]
-	for deadline := time.Now().Add(30 * time.Second); !hasVTEP(l.Hosts[0].Netns, last.Addr); {
+	for deadline := time.Now().Add(30 * time.Second); !lab.HasVTEP(l.Hosts[0].Netns, last.Addr); {
 		if time.Now().After(deadline) {
 			return pt, fmt.Errorf("%s's endpoints never programmed on %s (%s)", last.Name, l.Hosts[0].Name, memberView(l.Hosts[0]))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := setLinkState(nsutil.Path(l.Switch), last.Name, false); err != nil {
+	if err := lab.SetLinkState(nsutil.Path(l.Switch), last.Name, false); err != nil {
 		return pt, err
 	}
 	start = time.Now()
 	deadline := start.Add(60 * time.Second)
-	for hasVTEP(l.Hosts[0].Netns, last.Addr) {
+	for lab.HasVTEP(l.Hosts[0].Netns, last.Addr) {
 		if time.Now().After(deadline) {
 			return pt, fmt.Errorf("%s never withdrawn", last.Name)
 		}
@@ -384,7 +338,7 @@ func footprintPart(c Config, hosts int) ([]Footprint, error) {
 	if _, err := api.NewClient(h1.Socket).CreateNetwork(api.NetworkCreate{Name: nw.Name, Subnet: nw.Subnet.String(), VNI: nw.VNI}); err != nil {
 		return nil, err
 	}
-	if err := waitLink(h1.Netns, datapath.VxlanName(nw.VNI), true, 30*time.Second); err != nil {
+	if err := lab.WaitLink(h1.Netns, datapath.VxlanName(nw.VNI), true, 30*time.Second); err != nil {
 		return nil, err
 	}
 	sh, err := l.AddSyntheticHost(250)
@@ -404,7 +358,7 @@ func footprintPart(c Config, hosts int) ([]Footprint, error) {
 	defer func() { _ = syn.Process.Kill(); _ = syn.Wait() }()
 	deadline := start.Add(2 * time.Minute)
 	for {
-		n, err := neighCount(h1.Netns, datapath.VxlanName(nw.VNI))
+		n, err := lab.NeighCount(h1.Netns, datapath.VxlanName(nw.VNI))
 		if err != nil {
 			return nil, err
 		}
@@ -464,147 +418,4 @@ func lastPass(h lab.Host) (float64, string) {
 		return 0, fmt.Sprintf("status of %s: %v", h.Name, err)
 	}
 	return ms(s.LastSyncDuration), s.SyncError
-}
-
-func handleAt(path string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	return netlink.NewHandleAt(ns)
-}
-
-func waitLink(nsPath, name string, present bool, timeout time.Duration) error {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	deadline := time.Now().Add(timeout)
-	for {
-		_, err := h.LinkByName(name)
-		if (err == nil) == present {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear", name)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func setLinkState(nsPath, name string, up bool) error {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if up {
-		return h.LinkSetUp(l)
-	}
-	return h.LinkSetDown(l)
-}
-
-func hasVTEP(nsPath string, vtep netip.Addr) bool {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		return false
-	}
-	defer h.Close()
-	fdbs, err := h.NeighList(0, 7 /* AF_BRIDGE */)
-	if err != nil {
-		return false
-	}
-	for _, f := range fdbs {
-		if f.IP != nil && f.IP.Equal(vtep.AsSlice()) {
-			return true
-		}
-	}
-	return false
-}
-
-func neighCount(nsPath, dev string) (int, error) {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		return 0, err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return 0, err
-	}
-	ns, err := h.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
-	return len(ns), err
-}
-
-// usage returns a process's resident set (MB) and its CPU use (% of one
-// core) over the window.
-func usage(pid int, window time.Duration) (float64, float64, error) {
-	t0, err := cpuTicks(pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	time.Sleep(window)
-	t1, err := cpuTicks(pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	rss, err := rssKB(pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	const hz = 100 // USER_HZ
-	return float64(rss) / 1024, float64(t1-t0) / hz / window.Seconds() * 100, nil
-}
-
-// ParseStatCPU returns utime+stime from the text of /proc/PID/stat.
-func ParseStatCPU(stat string) (int64, error) {
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed stat %q", stat)
-	}
-	f := strings.Fields(stat[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("malformed stat %q", stat)
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	s, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("malformed stat %q", stat)
-	}
-	return u + s, nil
-}
-
-func cpuTicks(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	return ParseStatCPU(string(b))
-}
-
-// ParseRSS returns VmRSS in kB from the text of /proc/PID/status.
-func ParseRSS(status string) (int64, error) {
-	for _, line := range strings.Split(status, "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) >= 1 {
-				return strconv.ParseInt(f[0], 10, 64)
-			}
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS line")
-}
-
-func rssKB(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	return ParseRSS(string(b))
 }

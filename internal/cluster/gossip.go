@@ -68,8 +68,7 @@ type Gossip struct {
 	grace   time.Duration           // endpoints of a failed member stay this long
 	stop    chan struct{}
 
-	// Malformed counts refused messages from the network.
-	Malformed atomic.Int64
+	malformed atomic.Int64 // messages refused from the network
 }
 
 // StartGossip starts the member; it is alone until Join.
@@ -215,7 +214,9 @@ func (g *Gossip) Publish(recs ...Record) {
 	}
 }
 
-// Alive returns the members that are alive, this one included.
+// MalformedMessages counts the messages refused from the network.
+func (g *Gossip) MalformedMessages() int64 { return g.malformed.Load() }
+
 // Alive returns the members whose endpoints stay programmed: the live and
 // suspect ones, and those declared dead less than a grace period ago (two
 // probe intervals), so that a member that is briefly starved or cut off and
@@ -292,7 +293,7 @@ func (g *Gossip) Shutdown() error {
 func (g *Gossip) receive(b []byte, what string) {
 	m, err := DecodeMessage(b)
 	if err != nil {
-		g.Malformed.Add(1)
+		g.malformed.Add(1)
 		g.log.Warn("refused malformed message", "via", what, "bytes", len(b), "err", err)
 		return
 	}

@@ -45,14 +45,34 @@ func (r Record) Newer(o Record) bool {
 	return r.Deleted && !o.Deleted
 }
 
-// ValidKey reports whether a key has a known prefix and a non-empty name.
-func ValidKey(k string) bool {
+// validKey reports whether a key has a known prefix and a non-empty name.
+func validKey(k string) bool {
 	for _, p := range []string{PrefixNetwork, PrefixEndpoint, PrefixBlock} {
 		if name, ok := strings.CutPrefix(k, p); ok {
 			return name != "" && len(k) <= 256
 		}
 	}
 	return false
+}
+
+// checkEnvelope checks what every record needs whatever it holds: a known
+// key, a version, an origin, and a value unless it is a tombstone. Merge
+// applies it to everything it takes in; ValidateRecord adds the checks of
+// the value for records from the network.
+func checkEnvelope(r Record) error {
+	if !validKey(r.Key) {
+		return fmt.Errorf("record key %q: want a known prefix (net/, ep/, block/) and a name", r.Key)
+	}
+	if r.Version == 0 {
+		return fmt.Errorf("record %s: version 0", r.Key)
+	}
+	if err := model.ValidateName("origin node", r.Origin); err != nil {
+		return fmt.Errorf("record %s: %w", r.Key, err)
+	}
+	if !r.Deleted && len(r.Value) == 0 {
+		return fmt.Errorf("record %s: no value", r.Key)
+	}
+	return nil
 }
 
 // State is the replicated map of one member.
@@ -122,13 +142,13 @@ func (s *State) Delete(key string) (Record, bool) {
 }
 
 // Merge applies records from another member and returns those that changed
-// this member's state. Records with invalid keys are refused.
+// this member's state. Records without a valid envelope are refused.
 func (s *State) Merge(recs []Record) (changed []Record, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var bad int
 	for _, r := range recs {
-		if !ValidKey(r.Key) || r.Version == 0 || r.Origin == "" || (!r.Deleted && len(r.Value) == 0) {
+		if checkEnvelope(r) != nil {
 			bad++
 			continue
 		}

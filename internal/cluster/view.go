@@ -103,20 +103,8 @@ func (s *State) Blocks(network string) []Block {
 
 // ValidateRecord checks that a record received from the network is well formed.
 func ValidateRecord(r Record) error {
-	if !ValidKey(r.Key) {
-		return fmt.Errorf("record key %q: want a known prefix (net/, ep/, block/) and a name", r.Key)
-	}
-	if r.Version == 0 {
-		return fmt.Errorf("record %s: version 0", r.Key)
-	}
-	if err := model.ValidateName("origin node", r.Origin); err != nil {
-		return fmt.Errorf("record %s: %w", r.Key, err)
-	}
-	if r.Deleted {
-		return nil
-	}
-	if len(r.Value) == 0 {
-		return fmt.Errorf("record %s: no value", r.Key)
+	if err := checkEnvelope(r); err != nil || r.Deleted {
+		return err
 	}
 	switch {
 	case len(r.Key) > len(PrefixNetwork) && r.Key[:len(PrefixNetwork)] == PrefixNetwork:

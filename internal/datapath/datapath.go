@@ -10,6 +10,7 @@ package datapath
 import (
 	"cmp"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -138,14 +139,12 @@ type Port struct {
 // HostIfName returns the host-side veth name of an endpoint ID.
 func HostIfName(id string) string { return "vxv" + shortHash(id) }
 
+// shortHash is FNV-1a (32 bit) as 8 hex digits: stable and short enough
+// for IFNAMSIZ.
 func shortHash(s string) string {
-	// FNV-1a, 32 bit, as 8 hex digits: stable and short enough for IFNAMSIZ.
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return fmt.Sprintf("%08x", h)
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return fmt.Sprintf("%08x", h.Sum32())
 }
 
 // Observed is what is programmed now on the devices vxnet owns.

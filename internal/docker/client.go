@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 
 	"github.com/vxnet/vxnet/internal/unixhttp"
 )
@@ -23,6 +24,9 @@ func NewClient(socket string) *Client { return &Client{Socket: socket, c: unixht
 // ErrNotFound is returned for a 404 from dockerd.
 var ErrNotFound = errors.New("not found")
 
+// ErrNoDaemon is returned when dockerd's socket does not exist (yet).
+var ErrNoDaemon = errors.New("no dockerd")
+
 // NetworkInfo is the part of a Docker network vxnet reads.
 type NetworkInfo struct {
 	ID     string
@@ -36,6 +40,9 @@ type NetworkInfo struct {
 }
 
 func (c *Client) do(method, path string, in, out any) error {
+	if _, err := os.Stat(c.Socket); err != nil {
+		return fmt.Errorf("dockerd at %s: %w", c.Socket, ErrNoDaemon)
+	}
 	resp, err := c.c.Call(method, path, in, 16<<20)
 	if err != nil {
 		return fmt.Errorf("dockerd at %s: %w", c.Socket, err)

@@ -16,9 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -370,12 +367,7 @@ func TestMemberFailure(t *testing.T) {
 
 func setUnderlay(t *testing.T, l *lab.Lab, host string, up bool) {
 	t.Helper()
-	ns, err := netns.GetFromPath(nsutil.Path(l.Switch))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := nsutil.Handle(nsutil.Path(l.Switch))
 	if err != nil {
 		t.Fatal(err)
 	}

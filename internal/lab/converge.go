@@ -41,7 +41,7 @@ func (l *Lab) MeasureConvergence(samples int) ([]ConvergeSample, error) {
 		return nil, fmt.Errorf("no container of %s on %s to probe from", l.Networks[0].Name, l.Hosts[0].Name)
 	}
 	nw := l.Networks[0]
-	h1, err := openHandle(l.Hosts[0].Netns)
+	h1, err := nsutil.Handle(l.Hosts[0].Netns)
 	if err != nil {
 		return nil, err
 	}

@@ -152,7 +152,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sw, err := openHandle(swPath)
+	sw, err := nsutil.Handle(swPath)
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +207,7 @@ func Up(cfg Config) (l *Lab, err error) {
 // openUnderlay opens a netlink handle in host h and finds its underlay
 // device; the caller closes the handle.
 func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
-	hh, err := openHandle(h.Netns)
+	hh, err := nsutil.Handle(h.Netns)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -217,19 +217,6 @@ func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
 		return nil, nil, fmt.Errorf("underlay device of %s: %w", h.Name, err)
 	}
 	return hh, eth, nil
-}
-
-func openHandle(path string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	return h, nil
 }
 
 // addHost creates host i: a namespace, its underlay link "eth0" plugged into
@@ -256,9 +243,9 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix string, i int) (Host
 	if err := sw.LinkSetUp(veth); err != nil {
 		return h, fmt.Errorf("underlay link of %s up: %w", h.Name, err)
 	}
-	hh, err := netlink.NewHandleAt(hostNS)
+	hh, err := nsutil.Handle(path)
 	if err != nil {
-		return h, fmt.Errorf("netlink in %s: %w", path, err)
+		return h, err
 	}
 	defer hh.Close()
 	eth, err := hh.LinkByName("eth0")

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -58,12 +57,7 @@ func container(t *testing.T, l *lab.Lab, name string) lab.Container {
 
 func handle(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := nsutil.Handle(path)
 	if err != nil {
 		t.Fatal(err)
 	}

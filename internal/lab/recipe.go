@@ -84,7 +84,7 @@ func buildRecipeHost(h, other Host, c Container) error {
 			return err
 		}
 	}
-	ch, err := netlink.NewHandleAt(cns)
+	ch, err := nsutil.Handle(c.Netns)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func (l *Lab) AddSyntheticHost(idx int) (Host, error) {
 	if idx < 1 || idx > 250 {
 		return Host{}, fmt.Errorf("synthetic host index %d: want 1-250", idx)
 	}
-	sw, err := openHandle(nsutil.Path(l.Switch))
+	sw, err := nsutil.Handle(nsutil.Path(l.Switch))
 	if err != nil {
 		return Host{}, err
 	}

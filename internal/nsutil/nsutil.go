@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -72,6 +73,21 @@ func List(prefix string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Handle returns a netlink handle working in the namespace at path (the
+// one place a namespace's handle is opened); close it after use.
+func Handle(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	return h, nil
 }
 
 // Do runs fn on a thread that is inside the namespace at path. Sockets opened

@@ -30,8 +30,8 @@ type Input struct {
 	Endpoints []model.Endpoint
 }
 
-// State is a desired kernel state.
-type State struct {
+// Target is the kernel state a pass aims at on one host.
+type Target struct {
 	Networks map[uint32]datapath.NetworkSpec
 	FDB      map[datapath.FDBKey]datapath.FDB
 	Neigh    map[datapath.NeighKey]datapath.Neigh
@@ -41,28 +41,28 @@ type State struct {
 	Firewall datapath.Firewall
 }
 
-// Conflict is a problem in the cluster state that Desired resolved
+// Problem is a clash in the cluster state that Desired resolved
 // deterministically (every host resolves it the same way) and reports.
-type Conflict struct {
+type Problem struct {
 	Network string `json:"network"`
 	Kind    string `json:"kind"`
 	Detail  string `json:"detail"`
 }
 
-func (c Conflict) String() string {
+func (c Problem) String() string {
 	return fmt.Sprintf("network %s: %s: %s", c.Network, c.Kind, c.Detail)
 }
 
 // Desired computes the kernel state for in.Node.
-func Desired(in Input) (State, []Conflict) {
-	st := State{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[datapath.FDBKey]datapath.FDB{},
+func Desired(in Input) (Target, []Problem) {
+	st := Target{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[datapath.FDBKey]datapath.FDB{},
 		Neigh: map[datapath.NeighKey]datapath.Neigh{}, Ports: map[string]bool{}}
-	var conflicts []Conflict
+	var conflicts []Problem
 	nets := map[string]model.Network{}
 	for _, n := range in.Networks {
 		mtu, err := model.EffectiveMTU(n.MTU, in.UnderlayMTU, in.Local.Is6())
 		if err != nil {
-			conflicts = append(conflicts, Conflict{Network: n.Name, Kind: "mtu", Detail: err.Error()})
+			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "mtu", Detail: err.Error()})
 			continue
 		}
 		spec := datapath.NetworkSpec{Name: n.Name, VNI: n.VNI, Port: in.Port, Local: in.Local, Underlay: in.Underlay,
@@ -98,12 +98,12 @@ func Desired(in Input) (State, []Conflict) {
 		}
 		ik, mk := ipKey{e.Network, e.IP}, macKey{e.Network, e.MAC}
 		if o, dup := seenIP[ik]; dup {
-			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-ip",
+			conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-ip",
 				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP, o.id, e.ID, o.id)})
 			continue
 		}
 		if o, dup := seenMAC[mk]; dup {
-			conflicts = append(conflicts, Conflict{Network: e.Network, Kind: "duplicate-mac",
+			conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-mac",
 				Detail: fmt.Sprintf("MAC %s is claimed by endpoints %s and %s; %s keeps it", e.MAC, o.id, e.ID, o.id)})
 			continue
 		}
@@ -202,7 +202,7 @@ func (o Op) String() string {
 // deletes, networks before their entries, an FDB entry before the neighbour
 // entry that lets the kernel resolve the address (so the first packet after
 // ARP has somewhere to go), and neighbours removed before their FDB entries.
-func Plan(want State, have datapath.Observed) []Op {
+func Plan(want Target, have datapath.Observed) []Op {
 	var ops []Op
 	// The firewall goes in before any vxlan device or bridge exists: VXLAN
 	// is admitted only from members (fail closed) and networks are isolated.
@@ -320,7 +320,7 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 }
 
 // Sync observes, plans and applies once, returning the operations it ran.
-func Sync(dp datapath.Dataplane, want State) ([]Op, error) {
+func Sync(dp datapath.Dataplane, want Target) ([]Op, error) {
 	have, err := dp.Observe()
 	if err != nil {
 		return nil, fmt.Errorf("observe: %w", err)

@@ -1,0 +1,456 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/fake"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+func mustCreate(t *testing.T, n *testNode, name, subnet string) api.NetworkInfo {
+	t.Helper()
+	info, err := n.CreateNetwork(api.NetworkCreate{Name: name, Subnet: subnet})
+	if err != nil {
+		t.Fatalf("create %s on %s: %v", name, n.state.Self(), err)
+	}
+	return info
+}
+
+func mustAttach(t *testing.T, n *testNode, r api.AttachRequest) api.Attachment {
+	t.Helper()
+	att, err := n.Attach(r)
+	if err != nil {
+		t.Fatalf("attach %+v on %s: %v", r, n.state.Self(), err)
+	}
+	return att
+}
+
+// wantErr checks an error's kind and its whole message.
+func wantErr(t *testing.T, err, kind error, msg string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want %v %q", kind, msg)
+	}
+	if !errors.Is(err, kind) {
+		t.Errorf("error %q is not %v", err, kind)
+	}
+	if err.Error() != msg {
+		t.Errorf("error\n %q\nwant\n %q", err, msg)
+	}
+}
+
+// observe returns what the fake kernel holds.
+func observe(t *testing.T, dp datapath.Dataplane) datapath.Observed {
+	t.Helper()
+	o, err := dp.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func portIDs(o datapath.Observed) []string {
+	var ids []string
+	for _, p := range o.Ports {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+func TestAttachDetach(t *testing.T) {
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join([]string{"198.18.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	ns := netns(t, "c1")
+	att := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns})
+	ino, _ := nsInode(ns)
+	wantID := fmt.Sprintf("h1.web.%x", ino)
+	if att.ID != wantID || att.IfName != "eth0" || att.MTU != 1450 || att.Gateway != "10.20.0.1" ||
+		att.HostIf != datapath.HostIfName(wantID) || att.Netns != ns {
+		t.Errorf("attachment %+v", att)
+	}
+	ip := netip.MustParsePrefix(att.IP)
+	if ip.Bits() != 16 || !netip.MustParsePrefix("10.20.0.0/16").Contains(ip.Addr()) {
+		t.Errorf("address %s not from the subnet", att.IP)
+	}
+	// The port is in the kernel before attach returns, and the record is
+	// on the other member.
+	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{wantID}) {
+		t.Errorf("ports %v, want [%s]", got, wantID)
+	}
+	eps := h2.state.Endpoints()
+	if len(eps) != 1 || eps[0].ID != wantID || eps[0].IP != ip.Addr() || eps[0].Node != "h1" {
+		t.Fatalf("h2 sees %+v", eps)
+	}
+	// h2 programs the remote endpoint after one pass.
+	if err := h2.sync(); err != nil {
+		t.Fatal(err)
+	}
+	o := observe(t, h2.dp)
+	if len(o.FDB) != 1 || o.FDB[0].MAC != att.MAC || o.FDB[0].VTEP != netip.MustParseAddr("198.18.0.1") {
+		t.Errorf("h2 fdb %v", o.FDB)
+	}
+	if len(o.Neigh) != 1 || o.Neigh[0].IP != ip.Addr() {
+		t.Errorf("h2 neigh %v", o.Neigh)
+	}
+	// Attach again: the same endpoint, nothing new.
+	again := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns})
+	if again != att {
+		t.Errorf("second attach %+v, want %+v", again, att)
+	}
+	if n := len(h1.state.Endpoints()); n != 1 {
+		t.Errorf("%d endpoints after a repeated attach", n)
+	}
+	if err := h1.Detach(api.DetachRequest{Network: "web", Netns: ns}); err != nil {
+		t.Fatal(err)
+	}
+	if got := portIDs(observe(t, h1.dp)); len(got) != 0 {
+		t.Errorf("ports after detach: %v", got)
+	}
+	if n := len(h2.state.Endpoints()); n != 0 {
+		t.Errorf("h2 still sees %d endpoints", n)
+	}
+	err := h1.Detach(api.DetachRequest{Network: "web", Netns: ns})
+	wantErr(t, err, model.ErrNotFound, "namespace "+ns+" is not attached to network web on this host")
+}
+
+func TestAttachErrors(t *testing.T) {
+	b := newBus()
+	h1 := newNode(t, b, "h1", 1, "")
+	mustCreate(t, h1, "web", "10.20.0.0/24")
+	taken := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a"), IP: "10.20.0.11", MAC: "02:00:00:00:00:11"})
+	other := netns(t, "b")
+	for _, tc := range []struct {
+		name string
+		req  api.AttachRequest
+		kind error
+		msg  string
+	}{
+		{"unknown network", api.AttachRequest{Network: "db", Netns: other}, model.ErrNotFound, `unknown network "db" (known: web)`},
+		{"no netns", api.AttachRequest{Network: "web"}, model.ErrInvalid, "--netns is required: a network namespace path (/run/netns/NAME, /proc/PID/ns/net) or a PID"},
+		{"missing netns", api.AttachRequest{Network: "web", Netns: "/run/netns/does-not-exist"}, model.ErrInvalid, "network namespace /run/netns/does-not-exist does not exist"},
+		{"bad pid", api.AttachRequest{Network: "web", Netns: "-3"}, model.ErrInvalid, "invalid PID -3"},
+		{"bad address", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0"}, model.ErrInvalid, `invalid address "10.20.0": want an IPv4 address inside 10.20.0.0/24`},
+		{"ipv6 address", api.AttachRequest{Network: "web", Netns: other, IP: "fd00::5"}, model.ErrInvalid, `invalid address "fd00::5": want an IPv4 address inside 10.20.0.0/24`},
+		{"outside", api.AttachRequest{Network: "web", Netns: other, IP: "10.21.0.5"}, model.ErrConflict, "address 10.21.0.5 is outside subnet 10.20.0.0/24 of network web"},
+		{"taken", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0.11"}, model.ErrConflict, "address 10.20.0.11 is already in use on network web by endpoint " + taken.ID},
+		{"gateway", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0.1"}, model.ErrConflict, "address 10.20.0.1 is the gateway of network web"},
+		{"bad mac", api.AttachRequest{Network: "web", Netns: other, MAC: "zz"}, model.ErrInvalid, `invalid MAC "zz": want six hex octets such as 02:42:ac:11:00:02`},
+		{"mac taken", api.AttachRequest{Network: "web", Netns: other, MAC: "02:00:00:00:00:11"}, model.ErrConflict, "MAC 02:00:00:00:00:11 is already in use on network web by endpoint " + taken.ID},
+		{"other address for an attached namespace", api.AttachRequest{Network: "web", Netns: taken.Netns, IP: "10.20.0.12"}, model.ErrConflict,
+			"namespace " + taken.Netns + " is already attached to network web with address 10.20.0.11, not 10.20.0.12"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h1.Attach(tc.req)
+			wantErr(t, err, tc.kind, tc.msg)
+		})
+	}
+	// Nothing was left behind by the refused requests.
+	if n := len(h1.state.Endpoints()); n != 1 {
+		t.Errorf("%d endpoints, want 1", n)
+	}
+	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{taken.ID}) {
+		t.Errorf("ports %v", got)
+	}
+}
+
+func TestAttachRollsBackWhenTheKernelFails(t *testing.T) {
+	b := newBus()
+	dp := &failingDP{Dataplane: fake.New(), attach: errors.New("veth: no space left")}
+	h1 := newNode(t, b, "h1", 1, "", withDataplane(dp))
+	h2 := newNode(t, b, "h2", 2, "")
+	if _, err := h1.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	ns := netns(t, "c1")
+	_, err := h1.Attach(api.AttachRequest{Network: "web", Netns: ns})
+	if err == nil || err.Error() != "attach namespace "+ns+" to web: veth: no space left" {
+		t.Fatalf("err = %v", err)
+	}
+	if n := len(h1.state.Endpoints()) + len(h2.state.Endpoints()); n != 0 {
+		t.Errorf("%d endpoint records after a failed attach", n)
+	}
+	if len(h1.locals) != 0 {
+		t.Errorf("local endpoints %v", h1.locals)
+	}
+	// The block claimed for it stays, on both members: it is valid and the
+	// next attach uses it.
+	b1, b2 := h1.state.Blocks("web"), h2.state.Blocks("web")
+	if len(b1) != 1 || len(b2) != 1 || b1[0] != b2[0] || b1[0].Node != "h1" {
+		t.Fatalf("blocks h1 %v h2 %v", b1, b2)
+	}
+	dp.attach = nil
+	att := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns})
+	if !b1[0].CIDR.Contains(netip.MustParsePrefix(att.IP).Addr()) {
+		t.Errorf("address %s not from the claimed block %s", att.IP, b1[0].CIDR)
+	}
+	if n := len(h1.state.Blocks("web")); n != 1 {
+		t.Errorf("%d blocks, want the one claimed before", n)
+	}
+}
+
+func TestBlockClaimsAndBorrowing(t *testing.T) {
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	// A /29 has 8 blocks of /30 (2 usable addresses each; the first and
+	// last addresses of the subnet and the gateway are reserved): 5 usable.
+	mustCreate(t, h1, "tiny", "10.30.0.0/27")
+	var got []netip.Addr
+	attach := func(n *testNode, name string) (netip.Addr, error) {
+		att, err := n.Attach(api.AttachRequest{Network: "tiny", Netns: netns(t, name)})
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		return netip.MustParsePrefix(att.IP).Addr(), nil
+	}
+	ip1, err := attach(h1, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip2, err := attach(h2, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := h1.state.Blocks("tiny")
+	if len(blocks) != 2 || blocks[0].Node == blocks[1].Node {
+		t.Fatalf("blocks %v: want one per node", blocks)
+	}
+	for _, bl := range blocks {
+		ip := map[string]netip.Addr{"h1": ip1, "h2": ip2}[bl.Node]
+		if !bl.CIDR.Contains(ip) {
+			t.Errorf("%s's address %s is outside its block %s", bl.Node, ip, bl.CIDR)
+		}
+	}
+	got = append(got, ip1, ip2)
+	// Fill the subnet from h1: it claims the remaining blocks, then fails
+	// with a clear error once nothing is left.
+	for i := 0; ; i++ {
+		ip, err := attach(h1, fmt.Sprintf("c%d", i))
+		if err != nil {
+			wantErr(t, err, model.ErrConflict, fmt.Sprintf("network tiny: no free address left in 10.30.0.0/27 (%d endpoints)", len(got)))
+			break
+		}
+		if slices.Contains(got, ip) {
+			t.Fatalf("address %s handed out twice", ip)
+		}
+		got = append(got, ip)
+		if i > 40 {
+			t.Fatal("allocation never ran out")
+		}
+	}
+	// 32 addresses less network, broadcast and gateway.
+	if len(got) != 29 {
+		t.Errorf("%d addresses allocated, want 29", len(got))
+	}
+	// With every block claimed, h2 borrows a freed address of h1's blocks.
+	var victim model.Endpoint
+	for _, e := range h1.state.Endpoints() {
+		if e.Node == "h1" {
+			victim = e
+			break
+		}
+	}
+	h1.mu.Lock()
+	err = h1.removeEndpointLocked(victim.ID)
+	h1.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, err := attach(h2, "borrower")
+	if err != nil || ip != victim.IP {
+		t.Errorf("borrow: %v, %v; want %s", ip, err, victim.IP)
+	}
+}
+
+func TestRemoveNetwork(t *testing.T) {
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	mustCreate(t, h1, "empty", "10.21.0.0/16")
+	a1 := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
+	a2 := mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
+
+	wantErr(t, h1.RemoveNetwork("nope", false), model.ErrNotFound, `unknown network "nope" (known: empty, web)`)
+	eps := []string{a1.ID + "@h1", a2.ID + "@h2"}
+	slices.Sort(eps)
+	wantErr(t, h2.RemoveNetwork("web", false), model.ErrConflict,
+		"network web still has 2 endpoints ("+strings.Join(eps, ", ")+"): detach them first, or use --force")
+
+	// An empty network goes at once, with its block claims.
+	if err := h1.RemoveNetwork("empty", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h2.state.Network("empty"); ok {
+		t.Error("h2 still has network empty")
+	}
+	// Forced: the network goes; each host drops its own endpoints and
+	// devices on its next pass.
+	if err := h2.RemoveNetwork("web", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{h1, h2} {
+		if err := n.step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []*testNode{h1, h2} {
+		o := observe(t, n.dp)
+		if len(o.Ports) != 0 || len(o.Networks) != 0 || o.Firewall != nil {
+			t.Errorf("%s keeps %+v", n.state.Self(), o)
+		}
+		if eps := n.state.Endpoints(); len(eps) != 0 {
+			t.Errorf("%s keeps endpoints %v", n.state.Self(), eps)
+		}
+		if bl := n.state.Blocks("web"); len(bl) != 1 || bl[0].Node != "h1" {
+			// h2 removed the network, so only its own claim went with it.
+			t.Errorf("%s blocks %v: want h1's claim only", n.state.Self(), bl)
+		}
+	}
+	if err := h1.RemoveNetwork("web", false); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("second removal: %v", err)
+	}
+}
+
+func TestCreateNetworkErrors(t *testing.T) {
+	b := newBus()
+	h1 := newNode(t, b, "h1", 1, "")
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	for _, tc := range []struct {
+		req  api.NetworkCreate
+		kind error
+		msg  string
+	}{
+		{api.NetworkCreate{Name: "db", Subnet: "10.20.5.0/24"}, model.ErrConflict, `subnet 10.20.5.0/24 overlaps subnet 10.20.0.0/16 of network "web"`},
+		{api.NetworkCreate{Name: "web", Subnet: "10.30.0.0/16"}, model.ErrConflict, fmt.Sprintf(`network name "web" is already in use (VNI %d, subnet 10.20.0.0/16)`, DeriveVNI("web"))},
+		{api.NetworkCreate{Name: "db", Subnet: "10.30.0.0/16", VNI: DeriveVNI("web")}, model.ErrConflict, fmt.Sprintf(`VNI %d is already used by network "web"; pick another VNI`, DeriveVNI("web"))},
+		{api.NetworkCreate{Name: "db", Subnet: "10.30.0.0/16", MTU: 1500}, model.ErrInvalid, "network db: MTU 1500 does not fit: underlay MTU 1500 minus 50 bytes of VXLAN overhead leaves at most 1450"},
+		{api.NetworkCreate{Name: "db"}, model.ErrInvalid, "network db: --subnet is required (for example 10.20.0.0/16)"},
+	} {
+		_, err := h1.CreateNetwork(tc.req)
+		wantErr(t, err, tc.kind, tc.msg)
+	}
+	// The same definition again is agreement, not a conflict.
+	info, err := h1.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "10.20.0.0/16"})
+	if err != nil || info.Origin != "h1" || info.EffectiveMTU != 1450 {
+		t.Errorf("repeat create: %+v, %v", info, err)
+	}
+	if _, err := h1.Network("nope"); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("inspect unknown: %v", err)
+	}
+	if nets := h1.Networks(); len(nets) != 1 || nets[0].Name != "web" {
+		t.Errorf("networks %+v", nets)
+	}
+}
+
+// Two members create one name with different definitions at the same
+// moment: the writes cross, both members keep the same one (the higher
+// origin wins a tie of versions) and the other creator is told.
+func TestConcurrentCreate(t *testing.T) {
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	h1.settle, h2.settle = time.Second, time.Second
+	b.hold()
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, c := range []struct {
+		n      *testNode
+		subnet string
+	}{{h1, "10.20.0.0/16"}, {h2, "10.30.0.0/16"}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = c.n.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: c.subnet})
+		}()
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.heldCount() < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the two creates never published")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.flush()
+	wg.Wait()
+	wantErr(t, errs[0], model.ErrConflict, fmt.Sprintf("network web was created at the same time by node h2 with another definition (VNI %d, subnet 10.30.0.0/16); that one was kept", DeriveVNI("web")))
+	if errs[1] != nil {
+		t.Errorf("h2's create: %v", errs[1])
+	}
+	for _, n := range []*testNode{h1, h2} {
+		if w, ok := n.state.Network("web"); !ok || w.Subnet != netip.MustParsePrefix("10.30.0.0/16") {
+			t.Errorf("%s keeps %+v", n.state.Self(), w)
+		}
+	}
+}
+
+// A state directory belongs to one node name.
+func TestStateDirIdentity(t *testing.T) {
+	h1 := newNode(t, newBus(), "h1", 1, "")
+	h1.store.close()
+	cfg := h1.cfg
+	cfg.Name = "other"
+	_, err := New(cfg, Deps{Dataplane: fake.New(), Host: h1.host, StartReplicator: newBus().start("other", cfg.AdvertiseAddr)})
+	if err == nil || err.Error() != fmt.Sprintf(`state directory %s belongs to node "h1", not "other": use --name h1 or another --state-dir`, h1.dir) {
+		t.Errorf("other name on the same state: %v", err)
+	}
+	_, err = New(h1.cfg, Deps{Dataplane: fake.New(), Host: &fakeHost{}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)})
+	if err == nil || err.Error() != "advertise address 198.18.0.1 is not configured on any interface of this host" {
+		t.Errorf("advertise address not on the host: %v", err)
+	}
+}
+
+// A restarted agent finds its endpoints, blocks and clock in its store and
+// changes nothing in the kernel.
+func TestRestartReprogramsNothing(t *testing.T) {
+	b := newBus()
+	h1 := newNode(t, b, "h1", 1, "")
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	ns := netns(t, "c1")
+	att := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns, IfName: "net1"})
+	if err := h1.step(); err != nil {
+		t.Fatal(err)
+	}
+	clock := h1.state.Clock()
+	before := observe(t, h1.dp)
+	h1.store.close()
+	// The same host after a restart: same kernel (the fake), same dir.
+	again := newNode(t, newBus(), "h1", 1, h1.dir, withDataplane(h1.dp))
+	if again.state.Clock() != clock {
+		t.Errorf("clock %d after restart, want %d", again.state.Clock(), clock)
+	}
+	if err := again.step(); err != nil {
+		t.Fatal(err)
+	}
+	if ops := again.kernelOps.Load(); again.syncs.Load() != 1 || ops != 0 {
+		t.Errorf("first pass after restart: %d passes, %d kernel writes; want 1 and 0", again.syncs.Load(), ops)
+	}
+	if after := observe(t, h1.dp); !reflect.DeepEqual(after, before) {
+		t.Errorf("kernel changed:\n%v\n%v", before, after)
+	}
+	// The endpoint is still known by its namespace, with its interface name.
+	same := mustAttach(t, again, api.AttachRequest{Network: "web", Netns: ns})
+	if same != att {
+		t.Errorf("after restart %+v, want %+v", same, att)
+	}
+}

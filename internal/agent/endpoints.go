@@ -1,0 +1,389 @@
+package agent
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/ipam"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// This file is the one endpoint path. Every front door (the local API's
+// attach, the Docker driver's join, the CNI plugin through the API) turns
+// its request into an endpointRequest and calls addEndpoint; every removal
+// goes through removeEndpointLocked; the addresses a network has in use are
+// computed in usedLocked alone.
+
+// endpointRequest is what a front door asks of the endpoint transaction.
+type endpointRequest struct {
+	// ID names the endpoint; the front door derives it from what
+	// identifies the container (namespace inode, Docker endpoint ID).
+	ID      string
+	Network string
+	// Netns is the container's namespace path. Empty leaves the container
+	// end in the host namespace, named IfName, for the runtime to move.
+	Netns  string
+	IfName string
+	// IP is a static address ("" allocates one from this node's blocks).
+	IP string
+	// MAC is the container interface's MAC ("" derives one from the IP).
+	MAC string
+	// Reserved says IP was reserved for this endpoint by the Docker IPAM
+	// (RequestAddress): that reservation does not count as a clash, and is
+	// released once the endpoint holds the address.
+	Reserved bool
+}
+
+// endpointResult is what addEndpoint made.
+type endpointResult struct {
+	Endpoint model.Endpoint
+	Network  model.Network
+	MTU      int
+	HostIf   string
+	IfName   string
+	Netns    string
+}
+
+func (r endpointResult) attachment() api.Attachment {
+	n, e := r.Network, r.Endpoint
+	return api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf,
+		MAC: e.MAC, IP: netip.PrefixFrom(e.IP, n.Subnet.Bits()).String(), Gateway: n.Gateway.String(), MTU: r.MTU}
+}
+
+// addEndpoint is the endpoint transaction: check or allocate the address,
+// program the port, write and publish the record, persist; on any failure
+// nothing is left behind but a block claim (valid, and used next time).
+// Asking again for an endpoint that exists returns it (and re-plugs its port
+// if it went missing).
+func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, err := a.network(req.Network)
+	if err != nil {
+		return endpointResult{}, err
+	}
+	mtu, err := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6())
+	if err != nil {
+		return endpointResult{}, invalid("network %s: %w", n.Name, err)
+	}
+	if req.IfName == "" {
+		req.IfName = "eth0"
+	}
+	res := endpointResult{Network: n, MTU: mtu, HostIf: datapath.HostIfName(req.ID), IfName: req.IfName, Netns: req.Netns}
+	var recs []cluster.Record // block claims, then the endpoint
+	e, exists := a.endpoint(req.ID)
+	if exists {
+		if le, ok := a.locals[req.ID]; ok && le.IfName != "" {
+			res.IfName = le.IfName
+		}
+		if req.IP != "" && req.IP != e.IP.String() {
+			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, e.IP, req.IP)
+		}
+	} else {
+		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self()}
+		ips, macs := a.usedLocked(n)
+		if e.IP, recs, err = a.address(n, req, ips); err != nil {
+			return endpointResult{}, err
+		}
+		if e.MAC, err = checkMAC(n, req.MAC, e.IP, macs); err != nil {
+			a.repl.Publish(recs...)
+			return endpointResult{}, err
+		}
+	}
+	res.Endpoint = e
+	// Port and record appear together under the kernel lock (see
+	// passLocked); the pass first makes the firewall and the network's
+	// devices exist, which the port needs.
+	a.kernelMu.Lock()
+	err = a.plugLocked(req, res, exists)
+	var rec cluster.Record
+	if err == nil && !exists {
+		if rec, err = a.state.Put(cluster.EndpointKey(e.ID), e); err != nil {
+			_ = a.dp.Detach(e.ID)
+		}
+	}
+	a.kernelMu.Unlock()
+	if err != nil {
+		a.repl.Publish(recs...) // keep the block claim: it is valid and will be used
+		return endpointResult{}, fmt.Errorf("attach %s to %s: %w", a.describe(req), n.Name, err)
+	}
+	if !exists {
+		recs = append(recs, rec)
+	}
+	a.repl.Publish(recs...)
+	if req.Reserved {
+		delete(a.reserved, e.IP)
+	}
+	le := localEndpoint{Netns: req.Netns, IfName: res.IfName}
+	if a.locals[e.ID] != le {
+		a.locals[e.ID] = le
+		if err := a.store.putLocal(e.ID, le); err != nil {
+			a.log.Error("save local endpoint", "endpoint", e.ID, "err", err)
+		}
+	}
+	a.persistOrLog()
+	a.markDirty()
+	if !exists {
+		a.log.Info("endpoint attached", "endpoint", e.ID, "network", n.Name, "ip", e.IP, "mac", e.MAC, "host_if", res.HostIf)
+	}
+	return res, nil
+}
+
+// plugLocked runs a pass and plugs the endpoint's port; kernelMu held.
+func (a *Agent) plugLocked(req endpointRequest, res endpointResult, exists bool) error {
+	want, err := a.passLocked()
+	if err != nil {
+		return err
+	}
+	spec, ok := want.Networks[res.Network.VNI]
+	if !ok {
+		return conflict("network %s is not programmable on this host (see 'vxnet status' for conflicts)", res.Network.Name)
+	}
+	_, err = a.dp.Attach(datapath.EndpointSpec{ID: req.ID, VNI: spec.VNI, Netns: req.Netns, IfName: res.IfName,
+		MAC: res.Endpoint.MAC, IP: netip.PrefixFrom(res.Endpoint.IP, res.Network.Subnet.Bits()),
+		Gateway: res.Network.Gateway, MTU: res.MTU})
+	return err
+}
+
+func (a *Agent) describe(req endpointRequest) string {
+	if req.Netns != "" {
+		return "namespace " + req.Netns
+	}
+	return "endpoint " + req.ID
+}
+
+// endpoint returns an endpoint record by ID.
+func (a *Agent) endpoint(id string) (model.Endpoint, bool) {
+	rec, ok := a.state.Get(cluster.EndpointKey(id))
+	if !ok {
+		return model.Endpoint{}, false
+	}
+	e, err := cluster.Decode[model.Endpoint](rec)
+	return e, err == nil
+}
+
+// usedLocked returns the addresses and MACs a network has in use, by whom:
+// every endpoint of the cluster and the addresses reserved for Docker
+// endpoints not yet joined; mu held.
+func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map[string]string) {
+	ips, macs = map[netip.Addr]string{}, map[string]string{}
+	for _, e := range a.state.Endpoints() {
+		if e.Network == n.Name {
+			ips[e.IP] = e.ID
+			macs[e.MAC] = e.ID
+		}
+	}
+	for ip, by := range a.reserved {
+		if n.Subnet.Contains(ip) {
+			if _, taken := ips[ip]; !taken {
+				ips[ip] = by
+			}
+		}
+	}
+	return ips, macs
+}
+
+// address checks a static address or allocates one, given the addresses
+// in use; mu held. It returns the block claims it made.
+func (a *Agent) address(n model.Network, req endpointRequest, used map[netip.Addr]string) (netip.Addr, []cluster.Record, error) {
+	if req.IP == "" {
+		ip, rec, err := a.allocateLocked(n, used)
+		if rec != nil {
+			return ip, []cluster.Record{*rec}, err
+		}
+		return ip, nil, err
+	}
+	ip, err := netip.ParseAddr(req.IP)
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, nil, invalid("invalid address %q: want an IPv4 address inside %s", req.IP, n.Subnet)
+	}
+	if req.Reserved && used[ip] == reservedForDocker {
+		used = maps.Clone(used)
+		delete(used, ip)
+	}
+	if err := ipam.CheckStatic(n, ip, used); err != nil {
+		return netip.Addr{}, nil, conflict("%w", err)
+	}
+	return ip, nil, nil
+}
+
+// checkMAC checks a requested MAC, or derives one from the address,
+// against the MACs in use.
+func checkMAC(n model.Network, want string, ip netip.Addr, macs map[string]string) (string, error) {
+	mac := ipam.MACFor(ip)
+	if want != "" {
+		hw, err := model.ParseMAC(want)
+		if err != nil {
+			return "", invalid("%w", err)
+		}
+		mac = hw.String()
+	}
+	if macs[mac] != "" {
+		return "", conflict("MAC %s is already in use on network %s by endpoint %s", mac, n.Name, macs[mac])
+	}
+	return mac, nil
+}
+
+// allocateLocked takes a free address from this node's blocks, claiming a
+// new block when they are full; mu held.
+func (a *Agent) allocateLocked(n model.Network, used map[netip.Addr]string) (netip.Addr, *cluster.Record, error) {
+	claimed := map[netip.Prefix]string{}
+	var mine []netip.Prefix
+	for _, b := range a.state.Blocks(n.Name) {
+		claimed[b.CIDR] = b.Node
+		if b.Node == a.state.Self() {
+			mine = append(mine, b.CIDR)
+		}
+	}
+	slices.SortFunc(mine, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
+	if ip, ok := ipam.Allocate(n, mine, used); ok {
+		return ip, nil, nil
+	}
+	b, err := ipam.FreeBlock(n.Subnet, a.state.Self(), claimed)
+	if err != nil {
+		// Every block is claimed: take any free address of the subnet.
+		if ip, ok := ipam.Borrow(n, used); ok {
+			a.log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
+			return ip, nil, nil
+		}
+		return netip.Addr{}, nil, conflict("network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
+	}
+	rec, err := a.state.Put(cluster.BlockKey(n.Name, b), cluster.Block{Network: n.Name, CIDR: b, Node: a.state.Self()})
+	if err != nil {
+		return netip.Addr{}, nil, err
+	}
+	a.log.Info("claimed address block", "network", n.Name, "block", b)
+	ip, ok := ipam.Allocate(n, []netip.Prefix{b}, used)
+	if !ok {
+		return netip.Addr{}, &rec, conflict("network %s: block %s has no free address", n.Name, b)
+	}
+	return ip, &rec, nil
+}
+
+// removeEndpointLocked unplugs a local endpoint and deletes its record;
+// mu held. An endpoint already gone is no error.
+func (a *Agent) removeEndpointLocked(id string) error {
+	a.kernelMu.Lock()
+	err := a.dp.Detach(id)
+	r, deleted := a.state.Delete(cluster.EndpointKey(id))
+	a.kernelMu.Unlock()
+	if deleted {
+		a.repl.Publish(r)
+	}
+	if err != nil {
+		return fmt.Errorf("detach endpoint %s: %w", id, err)
+	}
+	if _, ok := a.locals[id]; ok {
+		delete(a.locals, id)
+		if err := a.store.delLocal(id); err != nil {
+			return err
+		}
+	}
+	a.markDirty()
+	return a.persist()
+}
+
+// The local API's front door.
+
+// resolveNetns accepts a namespace path or a PID.
+func resolveNetns(s string) (string, error) {
+	if s == "" {
+		return "", invalid("--netns is required: a network namespace path (/run/netns/NAME, /proc/PID/ns/net) or a PID")
+	}
+	if pid, err := strconv.Atoi(s); err == nil {
+		if pid <= 0 {
+			return "", invalid("invalid PID %d", pid)
+		}
+		s = fmt.Sprintf("/proc/%d/ns/net", pid)
+	}
+	if _, err := os.Stat(s); err != nil {
+		return "", invalid("network namespace %s does not exist", s)
+	}
+	return s, nil
+}
+
+func nsInode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// endpointID names an endpoint after node, network and namespace identity,
+// so the same container reached by different paths is one endpoint.
+func (a *Agent) endpointID(network string, ino uint64) string {
+	return fmt.Sprintf("%s.%s.%x", a.state.Self(), network, ino)
+}
+
+func namespaceMatches(path, id string) bool {
+	ino, err := nsInode(path)
+	if err != nil {
+		return false
+	}
+	return strings.HasSuffix(id, fmt.Sprintf(".%x", ino))
+}
+
+// Attach plugs a container namespace into a network.
+func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
+	path, err := resolveNetns(r.Netns)
+	if err != nil {
+		return api.Attachment{}, err
+	}
+	ino, err := nsInode(path)
+	if err != nil {
+		return api.Attachment{}, invalid("network namespace %s: %w", path, err)
+	}
+	res, err := a.addEndpoint(endpointRequest{ID: a.endpointID(r.Network, ino), Network: r.Network,
+		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC})
+	if err != nil {
+		return api.Attachment{}, err
+	}
+	return res.attachment(), nil
+}
+
+// Detach removes a container namespace from a network.
+func (a *Agent) Detach(r api.DetachRequest) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, err := a.network(r.Network); err != nil {
+		return err
+	}
+	path, err := resolveNetns(r.Netns)
+	var id string
+	if err == nil {
+		ino, ierr := nsInode(path)
+		if ierr != nil {
+			return invalid("network namespace %s: %w", path, ierr)
+		}
+		id = a.endpointID(r.Network, ino)
+	} else {
+		// The namespace is gone: find the endpoint by its recorded path.
+		for lid, le := range a.locals {
+			if le.Netns == r.Netns && strings.Contains(lid, "."+r.Network+".") {
+				id = lid
+			}
+		}
+		if id == "" {
+			return err
+		}
+	}
+	if _, ok := a.endpoint(id); !ok {
+		return model.Errorf(model.ErrNotFound, "namespace %s is not attached to network %s on this host", r.Netns, r.Network)
+	}
+	if err := a.removeEndpointLocked(id); err != nil {
+		return err
+	}
+	a.log.Info("endpoint detached", "endpoint", id, "network", r.Network)
+	return nil
+}

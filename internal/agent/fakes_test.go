@@ -1,0 +1,336 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/fake"
+	"github.com/vxnet/vxnet/internal/docker"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// bus joins in-process replicators: a Publish reaches every other member's
+// state at once, or is held until flush (to make two writes cross).
+type bus struct {
+	mu      sync.Mutex
+	members map[string]*busMember
+	holding bool
+	held    []func()
+}
+
+func newBus() *bus { return &bus{members: map[string]*busMember{}} }
+
+type busMember struct {
+	bus   *bus
+	name  string
+	addr  netip.Addr
+	state *cluster.State
+	cfg   ReplicatorConfig
+	keys  [][]byte
+	down  bool
+	joins int
+}
+
+// start is a Deps.StartReplicator for a member of the bus.
+func (b *bus) start(name string, addr netip.Addr) func(ReplicatorConfig) (Replicator, error) {
+	return func(rc ReplicatorConfig) (Replicator, error) {
+		m := &busMember{bus: b, name: name, addr: addr, state: rc.State, cfg: rc, keys: rc.Keys}
+		b.mu.Lock()
+		b.members[name] = m
+		b.mu.Unlock()
+		return m, nil
+	}
+}
+
+// hold keeps every publish until flush.
+func (b *bus) hold() {
+	b.mu.Lock()
+	b.holding = true
+	b.mu.Unlock()
+}
+
+// heldCount returns how many publishes wait.
+func (b *bus) heldCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.held)
+}
+
+func (b *bus) flush() {
+	b.mu.Lock()
+	held := b.held
+	b.held, b.holding = nil, false
+	b.mu.Unlock()
+	for _, f := range held {
+		f()
+	}
+}
+
+func (m *busMember) peers() []*busMember {
+	m.bus.mu.Lock()
+	defer m.bus.mu.Unlock()
+	var out []*busMember
+	for _, o := range m.bus.members {
+		if o != m && !o.down {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (m *busMember) Join(addrs []string) (int, error) {
+	m.joins++
+	peers := m.peers()
+	if len(peers) == 0 {
+		return 0, errors.New("no member answered")
+	}
+	for _, o := range peers {
+		if _, err := o.state.Merge(m.state.Snapshot()); err != nil {
+			return 0, err
+		}
+		if _, err := m.state.Merge(o.state.Snapshot()); err != nil {
+			return 0, err
+		}
+		o.cfg.OnChange()
+	}
+	m.cfg.OnChange()
+	return len(peers), nil
+}
+
+func (m *busMember) Publish(recs ...cluster.Record) {
+	if len(recs) == 0 {
+		return
+	}
+	deliver := func() {
+		for _, o := range m.peers() {
+			if ch, _ := o.state.Merge(recs); len(ch) > 0 {
+				o.cfg.OnChange()
+			}
+		}
+	}
+	m.bus.mu.Lock()
+	if m.bus.holding {
+		m.bus.held = append(m.bus.held, deliver)
+		m.bus.mu.Unlock()
+		return
+	}
+	m.bus.mu.Unlock()
+	deliver()
+}
+
+func (m *busMember) Alive() []model.Node {
+	out := []model.Node{{Name: m.name, Addr: m.addr}}
+	for _, o := range m.peers() {
+		out = append(out, model.Node{Name: o.name, Addr: o.addr})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (m *busMember) Members() []cluster.Member {
+	var out []cluster.Member
+	for _, n := range m.Alive() {
+		out = append(out, cluster.Member{Name: n.Name, Addr: n.Addr, State: "alive"})
+	}
+	return out
+}
+
+func (m *busMember) MalformedMessages() int64 { return 0 }
+
+func (m *busMember) KeyOp(op string, key []byte) error {
+	switch op {
+	case "install":
+		m.keys = append(m.keys, key)
+	case "use":
+		i := slices.IndexFunc(m.keys, func(k []byte) bool { return string(k) == string(key) })
+		if i < 0 {
+			return errors.New("key is not in the keyring")
+		}
+		m.keys[0], m.keys[i] = m.keys[i], m.keys[0]
+	case "remove":
+		if len(m.keys) > 0 && string(m.keys[0]) == string(key) {
+			return errors.New("removing the primary key is not allowed")
+		}
+		m.keys = slices.DeleteFunc(m.keys, func(k []byte) bool { return string(k) == string(key) })
+	default:
+		return fmt.Errorf("unknown key operation %q", op)
+	}
+	return nil
+}
+
+func (m *busMember) Keys() [][]byte { return m.keys }
+
+func (m *busMember) Shutdown() error {
+	m.bus.mu.Lock()
+	m.down = true
+	m.bus.mu.Unlock()
+	return nil
+}
+
+// fakeHost answers address questions from fields.
+type fakeHost struct {
+	mu      sync.Mutex
+	mtu     int
+	missing bool // the advertise address has gone
+}
+
+func (h *fakeHost) Underlay(addr netip.Addr) (string, int, error) {
+	if h.mtu == 0 {
+		return "", 0, fmt.Errorf("advertise address %s is not configured on any interface of this host", addr)
+	}
+	return "eth0", h.mtu, nil
+}
+
+func (h *fakeHost) HasAddr(netip.Addr) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.missing, nil
+}
+
+// failingDP makes chosen dataplane calls fail.
+type failingDP struct {
+	*fake.Dataplane
+	attach error
+}
+
+func (d *failingDP) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
+	if d.attach != nil {
+		return datapath.Port{}, d.attach
+	}
+	return d.Dataplane.Attach(e)
+}
+
+// fakeDockerd is a dockerd's network list.
+type fakeDockerd struct {
+	mu       sync.Mutex
+	networks map[string]docker.NetworkInfo // by ID
+	down     bool
+}
+
+func newFakeDockerd() *fakeDockerd { return &fakeDockerd{networks: map[string]docker.NetworkInfo{}} }
+
+func (f *fakeDockerd) Networks(driver string) ([]docker.NetworkInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return nil, fmt.Errorf("dockerd: %w", docker.ErrNoDaemon)
+	}
+	var out []docker.NetworkInfo
+	for _, n := range f.networks {
+		if n.Driver == driver {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (f *fakeDockerd) Network(id string) (docker.NetworkInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.networks {
+		if n.ID == id || n.Name == id {
+			return n, nil
+		}
+	}
+	return docker.NetworkInfo{}, docker.ErrNotFound
+}
+
+func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, opts map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := fmt.Sprintf("%064d", len(f.networks)+1)
+	f.add(id, name, subnet)
+	return nil
+}
+
+// add records a network (f.mu held or not shared yet).
+func (f *fakeDockerd) add(id, name, subnet string) {
+	n := docker.NetworkInfo{ID: id, Name: name, Driver: "vxnet"}
+	n.IPAM.Driver = "vxnet"
+	n.IPAM.Config = append(n.IPAM.Config, struct{ Subnet, Gateway string }{Subnet: subnet})
+	f.networks[id] = n
+}
+
+func (f *fakeDockerd) RemoveNetwork(id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.networks[id]; !ok {
+		return docker.ErrNotFound
+	}
+	delete(f.networks, id)
+	return nil
+}
+
+func (f *fakeDockerd) names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, n := range f.networks {
+		out = append(out, n.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// testNode is one agent on the bus with fakes for every side effect.
+type testNode struct {
+	*Agent
+	dp   *fake.Dataplane
+	host *fakeHost
+	dir  string
+}
+
+type nodeOpt func(*Config, *Deps)
+
+func withDockerd(d Dockerd) nodeOpt { return func(_ *Config, deps *Deps) { deps.Dockerd = d } }
+
+func withDataplane(dp datapath.Dataplane) nodeOpt {
+	return func(_ *Config, deps *Deps) { deps.Dataplane = dp }
+}
+
+// newNode starts agent name (host index i) on bus b; its state directory
+// is dir (a new one when empty).
+func newNode(t *testing.T, b *bus, name string, i int, dir string, opts ...nodeOpt) *testNode {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	addr := netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+	cfg := Config{Name: name, AdvertiseAddr: addr, StateDir: dir, Socket: filepath.Join(dir, "vxnet.sock"),
+		VXLANPort: 4789, GossipPort: 7946, Insecure: true}
+	dp := fake.New()
+	host := &fakeHost{mtu: 1500}
+	deps := Deps{Dataplane: dp, Host: host, StartReplicator: b.start(name, addr)}
+	for _, o := range opts {
+		o(&cfg, &deps)
+	}
+	a, err := New(cfg, deps)
+	if err != nil {
+		t.Fatalf("new agent %s: %v", name, err)
+	}
+	a.settle = 20 * time.Millisecond
+	t.Cleanup(func() { a.store.close() })
+	return &testNode{Agent: a, dp: dp, host: host, dir: dir}
+}
+
+// netns makes a file that stands for a container's namespace (its inode
+// names the endpoint, as a namespace's does).
+func netns(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

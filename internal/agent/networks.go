@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// DeriveVNI picks a VNI from a network name when none is given: stable, in
+// 4096..16777215, so the same name gets the same VNI on every host.
+func DeriveVNI(name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return 4096 + h.Sum32()%(model.MaxVNI-4096)
+}
+
+func invalid(format string, args ...any) error {
+	return model.Errorf(model.ErrInvalid, format, args...)
+}
+
+func conflict(format string, args ...any) error {
+	return model.Errorf(model.ErrConflict, format, args...)
+}
+
+// parseNetwork turns an API request into a validated network.
+func parseNetwork(r api.NetworkCreate) (model.Network, error) {
+	n := model.Network{Name: r.Name, VNI: r.VNI, MTU: r.MTU, Flood: r.Flood}
+	if err := model.ValidateName("network", r.Name); err != nil {
+		return n, invalid("%w", err)
+	}
+	if r.Subnet == "" {
+		return n, invalid("network %s: --subnet is required (for example 10.20.0.0/16)", r.Name)
+	}
+	var err error
+	if n.Subnet, err = model.ParseSubnet(r.Subnet); err != nil {
+		return n, invalid("%w", err)
+	}
+	if r.Gateway != "" {
+		if n.Gateway, err = netip.ParseAddr(r.Gateway); err != nil {
+			return n, invalid("invalid gateway %q: want an IPv4 address inside %s", r.Gateway, n.Subnet)
+		}
+	}
+	if r.Subnet6 != "" {
+		if n.Subnet6, err = model.ParseSubnet(r.Subnet6); err != nil {
+			return n, invalid("%w", err)
+		}
+	}
+	if r.Gateway6 != "" {
+		if n.Gateway6, err = netip.ParseAddr(r.Gateway6); err != nil {
+			return n, invalid("invalid IPv6 gateway %q", r.Gateway6)
+		}
+	}
+	if n.VNI == 0 {
+		n.VNI = DeriveVNI(n.Name)
+	}
+	n.Normalize()
+	if err := n.Validate(); err != nil {
+		return n, invalid("%w", err)
+	}
+	return n, nil
+}
+
+// CreateNetwork adds a network to the cluster; it appears under the same
+// name in the dockerd of every agent that has one.
+func (a *Agent) CreateNetwork(r api.NetworkCreate) (api.NetworkInfo, error) {
+	return a.createNetwork(r, r.Name)
+}
+
+func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.NetworkInfo, error) {
+	n, err := parseNetwork(r)
+	if err != nil {
+		return api.NetworkInfo{}, err
+	}
+	n.DockerName = dockerName
+	if _, err := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6()); err != nil {
+		return api.NetworkInfo{}, invalid("network %s: %w", n.Name, err)
+	}
+	a.mu.Lock()
+	existing, _ := a.state.Networks()
+	if err := model.CheckConflicts(existing, n); err != nil {
+		a.mu.Unlock()
+		return api.NetworkInfo{}, conflict("%w", err)
+	}
+	if cur, ok := a.state.Network(n.Name); ok && cur.Equal(n) {
+		a.mu.Unlock()
+		return a.networkInfo(n), nil // identical definition: agreement
+	}
+	rec, err := a.state.Put(cluster.NetworkKey(n.Name), n)
+	a.mu.Unlock()
+	if err != nil {
+		return api.NetworkInfo{}, err
+	}
+	a.repl.Publish(rec)
+	a.markDirty()
+	a.persistOrLog()
+	// Another member may have created the same name (or VNI, or subnet) at
+	// the same moment: let the pushes cross, then check who won.
+	if len(a.repl.Alive()) > 1 {
+		time.Sleep(a.settle)
+		if cur, ok := a.state.Network(n.Name); !ok || !cur.Equal(n) {
+			r, _ := a.state.Get(cluster.NetworkKey(n.Name))
+			return api.NetworkInfo{}, conflict("network %s was created at the same time by node %s with another definition (VNI %d, subnet %s); that one was kept", n.Name, r.Origin, cur.VNI, cur.Subnet)
+		}
+		nets, _ := a.state.Networks()
+		found := false
+		for _, x := range nets {
+			found = found || x.Name == n.Name
+		}
+		if !found {
+			err := model.CheckConflicts(without(nets, n.Name), n)
+			if r, ok := a.state.Delete(cluster.NetworkKey(n.Name)); ok {
+				a.repl.Publish(r)
+			}
+			return api.NetworkInfo{}, conflict("network %s lost to a network created at the same time: %w", n.Name, err)
+		}
+	}
+	a.log.Info("network created", "network", n.Name, "vni", n.VNI, "subnet", n.Subnet)
+	return a.networkInfo(n), nil
+}
+
+func without(nets []model.Network, name string) []model.Network {
+	var out []model.Network
+	for _, n := range nets {
+		if n.Name != name {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (a *Agent) networkInfo(n model.Network) api.NetworkInfo {
+	info := api.NetworkInfo{Network: n, Endpoints: map[string]int{}}
+	info.EffectiveMTU, _ = model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6())
+	if r, ok := a.state.Get(cluster.NetworkKey(n.Name)); ok {
+		info.Origin = r.Origin
+	}
+	for _, e := range a.state.Endpoints() {
+		if e.Network == n.Name {
+			info.Endpoints[e.Node]++
+		}
+	}
+	return info
+}
+
+// Networks lists the networks.
+func (a *Agent) Networks() []api.NetworkInfo {
+	nets, _ := a.state.Networks()
+	out := []api.NetworkInfo{}
+	for _, n := range nets {
+		out = append(out, a.networkInfo(n))
+	}
+	return out
+}
+
+// Network inspects one network.
+func (a *Agent) Network(name string) (api.NetworkInfo, error) {
+	n, err := a.network(name)
+	if err != nil {
+		return api.NetworkInfo{}, err
+	}
+	return a.networkInfo(n), nil
+}
+
+// network returns a network by name, or an ErrNotFound naming the known ones.
+func (a *Agent) network(name string) (model.Network, error) {
+	if n, ok := a.state.Network(name); ok {
+		return n, nil
+	}
+	nets, _ := a.state.Networks()
+	var names []string
+	for _, n := range nets {
+		names = append(names, n.Name)
+	}
+	known := "none exist yet"
+	if len(names) > 0 {
+		known = "known: " + strings.Join(names, ", ")
+	}
+	return model.Network{}, model.Errorf(model.ErrNotFound, "unknown network %q (%s)", name, known)
+}
+
+// RemoveNetwork removes a network; with endpoints only when forced (their
+// records go with it, and every host removes its ports on its next pass).
+func (a *Agent) RemoveNetwork(name string, force bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, err := a.network(name); err != nil {
+		return err
+	}
+	var eps []string
+	for _, e := range a.state.Endpoints() {
+		if e.Network == name {
+			eps = append(eps, e.ID+"@"+e.Node)
+		}
+	}
+	if len(eps) > 0 && !force {
+		return conflict("network %s still has %d endpoints (%s): detach them first, or use --force", name, len(eps), strings.Join(eps, ", "))
+	}
+	r, _ := a.state.Delete(cluster.NetworkKey(name))
+	recs := []cluster.Record{r}
+	for _, b := range a.state.Blocks(name) {
+		if b.Node == a.state.Self() {
+			if br, ok := a.state.Delete(cluster.BlockKey(name, b.CIDR)); ok {
+				recs = append(recs, br)
+			}
+		}
+	}
+	a.repl.Publish(recs...)
+	a.markDirty()
+	a.log.Info("network removed", "network", name, "forced_endpoints", len(eps))
+	return a.persist()
+}

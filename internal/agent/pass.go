@@ -1,0 +1,86 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/reconcile"
+)
+
+// The kernel is programmed by one function, passLocked, reached two ways:
+// the loop's sync (every change, every resync tick) and the endpoint
+// transaction, which runs a pass before it plugs in a port so that the
+// firewall and then the network's devices exist first (and the port is
+// ready when attach returns, not one loop turn later). Both hold kernelMu;
+// the transaction also holds mu, taken first.
+
+// input builds the reconcile input from the cluster state.
+func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
+	nets, conflicts := a.state.Networks()
+	return reconcile.Input{
+		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
+		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(),
+	}, conflicts
+}
+
+// passLocked runs one reconcile pass and records its outcome for status;
+// kernelMu held. The input is read under the lock: the endpoint transaction
+// writes its record before it lets go of the kernel, so a pass never sees a
+// fresh port without its record (and removes it).
+func (a *Agent) passLocked() (reconcile.Target, error) {
+	start := time.Now()
+	in, cconf := a.input()
+	want, rconf := reconcile.Desired(in)
+	ops, err := reconcile.Sync(a.dp, want)
+	a.syncs.Add(1)
+	a.kernelOps.Add(int64(len(ops)))
+	if len(ops) > 0 {
+		a.log.Debug("reconciled", "ops", len(ops))
+	}
+	var conflicts []string
+	for _, c := range cconf {
+		conflicts = append(conflicts, c.Detail)
+	}
+	for _, c := range rconf {
+		conflicts = append(conflicts, c.String())
+	}
+	a.statMu.Lock()
+	if len(conflicts) != len(a.conflicts) {
+		for _, c := range conflicts {
+			a.log.Warn("conflict in cluster state", "detail", c)
+		}
+	}
+	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
+	a.statMu.Unlock()
+	return want, err
+}
+
+// sync runs one reconcile pass.
+func (a *Agent) sync() error {
+	a.kernelMu.Lock()
+	defer a.kernelMu.Unlock()
+	_, err := a.passLocked()
+	return err
+}
+
+// gcLocal removes local endpoints whose namespace is gone or whose network
+// was removed.
+func (a *Agent) gcLocal() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.state.Endpoints() {
+		if e.Node != a.state.Self() {
+			continue
+		}
+		le, known := a.locals[e.ID]
+		_, netOK := a.state.Network(e.Network)
+		gone := known && le.Netns != "" && !namespaceMatches(le.Netns, e.ID)
+		if netOK && !gone {
+			continue
+		}
+		a.log.Info("removing stale endpoint", "endpoint", e.ID, "network_exists", netOK, "netns_exists", !gone)
+		if err := a.removeEndpointLocked(e.ID); err != nil {
+			a.log.Warn("remove stale endpoint", "endpoint", e.ID, "err", err)
+		}
+	}
+}

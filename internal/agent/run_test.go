@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// Run serves the local API on its socket, joins the remembered members and
+// reconciles until its context ends.
+func TestRunServesTheAPI(t *testing.T) {
+	b := newBus()
+	h2 := newNode(t, b, "h2", 2, "")
+	// Short socket path: unix sockets allow about 100 bytes.
+	sockDir, err := os.MkdirTemp("", "vx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	h1 := newNode(t, b, "h1", 1, "", func(c *Config, _ *Deps) {
+		c.Socket = filepath.Join(sockDir, "s")
+		c.Join = []string{"198.18.0.2"}
+		c.ResyncInterval = 20 * time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h1.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("run did not return")
+		}
+	}()
+	c := api.NewClient(h1.cfg.Socket)
+	var st api.Status
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, err = c.Status(); err == nil && st.Syncs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no status with a pass: %+v %v", st, err)
+		}
+	}
+	if st.Node != "h1" || len(st.Members) != 2 {
+		t.Errorf("status %+v", st)
+	}
+	if _, err := c.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "10.20.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	// Errors keep their kind and message over the socket.
+	_, err = c.CreateNetwork(api.NetworkCreate{Name: "db", Subnet: "10.20.1.0/24"})
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != 409 || !errors.Is(err, model.ErrConflict) || se.Msg != `subnet 10.20.1.0/24 overlaps subnet 10.20.0.0/16 of network "web"` {
+		t.Errorf("overlap over the socket: %#v", err)
+	}
+	if _, err := c.Network("nope"); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("unknown network over the socket: %v", err)
+	}
+	ns := netns(t, "c1")
+	att, err := c.Attach(api.AttachRequest{Network: "web", Netns: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h2.Agent.endpoint(att.ID); !ok {
+		t.Error("the endpoint did not reach h2")
+	}
+	// The loop removes an endpoint whose namespace is gone.
+	if err := os.Remove(ns); err != nil {
+		t.Fatal(err)
+	}
+	h1.markDirty()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := h2.Agent.endpoint(att.ID); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the endpoint of a vanished namespace was never removed")
+		}
+	}
+	if nets, err := c.Networks(); err != nil || len(nets) != 1 {
+		t.Errorf("networks %v %v", nets, err)
+	}
+	if err := c.RemoveNetwork("web", false); err != nil {
+		t.Fatal(err)
+	}
+	// The members were remembered for a restart without --join.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m, _ := h1.store.members(); len(m) == 1 && m[0] == "198.18.0.2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("members never remembered")
+		}
+	}
+}
+
+func TestAdvertiseAddressLost(t *testing.T) {
+	h1 := newNode(t, newBus(), "h1", 1, "")
+	h1.checkAddr()
+	if s := h1.Status(false); s.AddrError != "" {
+		t.Fatalf("addr error with the address present: %q", s.AddrError)
+	}
+	h1.host.mu.Lock()
+	h1.host.missing = true
+	h1.host.mu.Unlock()
+	h1.checkAddr()
+	want := "advertise address 198.18.0.1 is no longer on any interface of this host: peers cannot reach it; restart the agent with its new address (--advertise-addr, or none to take the default route's)"
+	if s := h1.Status(false); s.AddrError != want {
+		t.Errorf("addr error %q", s.AddrError)
+	}
+	h1.host.mu.Lock()
+	h1.host.missing = false
+	h1.host.mu.Unlock()
+	h1.checkAddr()
+	if s := h1.Status(false); s.AddrError != "" {
+		t.Errorf("addr error after the address came back: %q", s.AddrError)
+	}
+}
+
+func TestStatusCounts(t *testing.T) {
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "c")})
+	s := h1.Status(true)
+	if len(s.Networks) != 1 || s.Networks[0].Local != 1 || s.Networks[0].Remote != 2 || len(s.Endpoints) != 3 {
+		t.Errorf("status networks %+v, %d endpoints", s.Networks, len(s.Endpoints))
+	}
+	if s.Syncs == 0 || s.LastSync.IsZero() || s.SyncError != "" {
+		t.Errorf("status of passes: %d %v %q", s.Syncs, s.LastSync, s.SyncError)
+	}
+	// An endpoint of a member that is gone is not counted as remote.
+	h2.repl.Shutdown()
+	if s := h1.Status(false); s.Networks[0].Remote != 0 || len(s.Endpoints) != 0 {
+		t.Errorf("after h2 went: %+v", s.Networks)
+	}
+	info, err := h1.Network("web")
+	if err != nil || info.Endpoints["h1"] != 1 || info.Endpoints["h2"] != 2 {
+		t.Errorf("inspect: %+v %v", info, err)
+	}
+}
+
+func TestKeyOps(t *testing.T) {
+	k1, k2 := strings.Repeat("a", 32), strings.Repeat("b", 32)
+	h1 := newNode(t, newBus(), "h1", 1, "", func(c *Config, _ *Deps) { c.Keys = [][]byte{[]byte(k1)} })
+	enc := func(k string) string { return base64.StdEncoding.EncodeToString([]byte(k)) }
+	if _, err := h1.KeyOp(api.KeyRequest{Op: "install", Key: "%%"}); err == nil || !errors.Is(err, model.ErrInvalid) ||
+		err.Error() != "the key is not base64 (make one with 'vxnet key generate')" {
+		t.Errorf("bad base64: %v", err)
+	}
+	for _, op := range []string{"install", "use"} {
+		if _, err := h1.KeyOp(api.KeyRequest{Op: op, Key: enc(k2)}); err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+	}
+	k, err := h1.KeyOp(api.KeyRequest{Op: "remove", Key: enc(k1)})
+	if err != nil || len(k.Keys) != 1 || k.Primary != k.Keys[0] {
+		t.Fatalf("keyring %+v %v", k, err)
+	}
+	_, err = h1.KeyOp(api.KeyRequest{Op: "remove", Key: enc(k2)})
+	if !errors.Is(err, model.ErrInvalid) || !strings.HasPrefix(err.Error(), "key remove ") || !strings.HasSuffix(err.Error(), ": removing the primary key is not allowed") {
+		t.Errorf("removing the primary: %v", err)
+	}
+	// The keyring is saved and used by the next start.
+	h1.store.close()
+	again := newNode(t, newBus(), "h1", 1, h1.dir, func(c *Config, _ *Deps) { c.Keys = [][]byte{[]byte(k1)} })
+	if got := again.Keyring(); len(got.Keys) != 1 || got.Primary != k.Primary {
+		t.Errorf("keyring after restart %+v, want %+v", got, k)
+	}
+}

@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"encoding/base64"
+	"strings"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+)
+
+// Status reports the agent's view.
+func (a *Agent) Status(withEndpoints bool) api.Status {
+	s := api.Status{Node: a.state.Self(), Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
+		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
+	a.statMu.Lock()
+	s.LastSync, s.LastSyncDuration, s.Conflicts = a.lastSync, a.lastDur, append([]string{}, a.conflicts...)
+	if a.syncErr != nil {
+		s.SyncError = a.syncErr.Error()
+	}
+	if a.addrErr != nil {
+		s.AddrError = a.addrErr.Error()
+	}
+	a.statMu.Unlock()
+	alive := map[string]bool{}
+	for _, n := range a.repl.Alive() {
+		alive[n.Name] = true
+	}
+	nets, _ := a.state.Networks()
+	eps := a.state.Endpoints()
+	for _, n := range nets {
+		ns := api.NetworkStatus{Name: n.Name, VNI: n.VNI, Subnet: n.Subnet.String()}
+		for _, e := range eps {
+			switch {
+			case e.Network != n.Name:
+			case e.Node == s.Node:
+				ns.Local++
+			case alive[e.Node]:
+				ns.Remote++
+			}
+		}
+		s.Networks = append(s.Networks, ns)
+	}
+	if withEndpoints {
+		s.Endpoints = eps
+	}
+	return s
+}
+
+// KeyOp changes this agent's keyring and saves it (never logging a key).
+func (a *Agent) KeyOp(r api.KeyRequest) (api.Keyring, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.Key))
+	if err != nil {
+		return api.Keyring{}, invalid("the key is not base64 (make one with 'vxnet key generate')")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.repl.KeyOp(r.Op, key); err != nil {
+		return api.Keyring{}, invalid("key %s %s: %w", r.Op, cluster.Fingerprint(key), err)
+	}
+	if err := saveKeyring(a.cfg.StateDir, a.repl.Keys()); err != nil {
+		return api.Keyring{}, err
+	}
+	a.log.Info("keyring changed", "op", r.Op, "key", cluster.Fingerprint(key))
+	return a.Keyring(), nil
+}
+
+// Keyring lists key fingerprints, the primary first.
+func (a *Agent) Keyring() api.Keyring {
+	var k api.Keyring
+	for i, key := range a.repl.Keys() {
+		if i == 0 {
+			k.Primary = cluster.Fingerprint(key)
+		}
+		k.Keys = append(k.Keys, cluster.Fingerprint(key))
+	}
+	return k
+}

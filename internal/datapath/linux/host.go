@@ -1,0 +1,76 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Host answers the agent's questions about this host's addresses, in the
+// network namespace the process runs in.
+type Host struct{}
+
+// Underlay finds the device holding addr and its MTU.
+func (Host) Underlay(addr netip.Addr) (string, int, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return "", 0, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+				return l.Attrs().Name, l.Attrs().MTU, nil
+			}
+		}
+	}
+	return "", 0, fmt.Errorf("advertise address %s is not configured on any interface of this host", addr)
+}
+
+// HasAddr reports whether addr is configured on an interface of this host
+// (one dump of every address).
+func (Host) HasAddr(addr netip.Addr) (bool, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// DefaultAdvertiseAddr returns the preferred source address of the default route.
+func DefaultAdvertiseAddr() (netip.Addr, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		if a, ok := netip.AddrFromSlice(r.Src); ok && a.IsValid() && !a.IsUnspecified() {
+			return a.Unmap(), nil
+		}
+		l, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err == nil && len(addrs) > 0 {
+			a, _ := netip.AddrFromSlice(addrs[0].IP)
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+}
