@@ -21,4 +21,6 @@ for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./intern
   set -- $target
   go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"
 done
-go test -count=1 -timeout 25m ./...
+# -p 1: the privileged packages (lab, e2e, datapath/linux) run real agents
+# and dockerds; one package at a time keeps them off each other's 2 cores.
+go test -count=1 -p 1 -timeout 25m ./...

@@ -185,7 +185,7 @@ func newStatusCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), s)
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "node %s (%s); last reconcile %s ago, took %s", s.Node, s.Addr, time.Since(s.LastSync).Round(time.Millisecond), s.LastSyncDuration.Round(time.Microsecond))
+			fmt.Fprintf(out, "node %s (%s), vxnet %s (record format %d); last reconcile %s ago, took %s", s.Node, s.Addr, s.Version, s.Format, time.Since(s.LastSync).Round(time.Millisecond), s.LastSyncDuration.Round(time.Microsecond))
 			if s.SyncError != "" {
 				fmt.Fprintf(out, ", error: %s", s.SyncError)
 			}
@@ -213,6 +213,9 @@ func newStatusCmd() *cobra.Command {
 			tw.Flush()
 			if len(s.Conflicts) > 0 {
 				fmt.Fprintf(out, "\nCONFLICTS\n  %s\n", strings.Join(s.Conflicts, "\n  "))
+			}
+			for node, n := range s.Unreadable {
+				fmt.Fprintf(out, "\nWARNING: %d records from %s are of a newer format than this agent reads (kept and passed on, not used): upgrade this agent\n", n, node)
 			}
 			if s.Malformed > 0 {
 				fmt.Fprintf(out, "\nrefused malformed messages: %d\n", s.Malformed)

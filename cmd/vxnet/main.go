@@ -7,6 +7,9 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/version"
 )
 
 func main() {
@@ -39,5 +42,12 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(newLabCmd(g), newAgentCmd(g), newKeyCmd(), newNetworkCmd(), newStatusCmd())
 	root.AddCommand(newAttachCmds()...)
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print this binary's version and the record format it reads",
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "vxnet %s (record format %d)\n", version.String(), cluster.WireFormat)
+		},
+	})
 	return root
 }

@@ -6,12 +6,17 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/version"
 )
 
 // Status reports the agent's view.
 func (a *Agent) Status(withEndpoints bool) api.Status {
-	s := api.Status{Node: a.state.Self(), Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
+	s := api.Status{Node: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
+		Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
 		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
+	if u := a.state.Unreadable(); len(u) > 0 {
+		s.Unreadable = u
+	}
 	a.statMu.Lock()
 	s.LastSync, s.LastSyncDuration, s.Conflicts = a.lastSync, a.lastDur, append([]string{}, a.conflicts...)
 	if a.syncErr != nil {

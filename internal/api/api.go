@@ -79,14 +79,21 @@ type NetworkStatus struct {
 
 // Status is the agent's view of the cluster.
 type Status struct {
-	Node      string           `json:"node"`
+	Node string `json:"node"`
+	// Version is this agent's build; Format the highest record format it
+	// reads. Members carry theirs.
+	Version   string           `json:"version"`
+	Format    int              `json:"format"`
 	Addr      string           `json:"addr"`
 	Members   []cluster.Member `json:"members"`
 	Networks  []NetworkStatus  `json:"networks"`
 	Conflicts []string         `json:"conflicts"`
 	Malformed int64            `json:"malformedMessages"`
 	Records   int              `json:"records"`
-	LastSync  time.Time        `json:"lastSync,omitzero"`
+	// Unreadable counts, by origin node, records of a newer format than
+	// this agent reads (kept and passed on, not used): upgrade this agent.
+	Unreadable map[string]int `json:"unreadable,omitempty"`
+	LastSync   time.Time      `json:"lastSync,omitzero"`
 	// LastSyncDuration is how long the last reconcile pass took.
 	LastSyncDuration time.Duration `json:"lastSyncDuration"`
 	SyncError        string        `json:"syncError,omitempty"`

@@ -292,6 +292,10 @@ func (g *Gossip) Shutdown() error {
 
 func (g *Gossip) receive(b []byte, what string) {
 	m, err := DecodeMessage(b)
+	if errors.Is(err, ErrUnknownKind) {
+		g.log.Debug("ignored a message of a kind this version does not know", "via", what, "err", err)
+		return
+	}
 	if err != nil {
 		g.malformed.Add(1)
 		g.log.Warn("refused malformed message", "via", what, "bytes", len(b), "err", err)

@@ -21,18 +21,6 @@ const (
 	PrefixBlock    = "block/"
 )
 
-// Record is one replicated value. The record with the higher Version wins;
-// on a tie the higher Origin wins, so every member picks the same one.
-type Record struct {
-	Key     string          `json:"k"`
-	Value   json.RawMessage `json:"v,omitempty"`
-	Version uint64          `json:"n"`
-	Origin  string          `json:"o"`
-	Deleted bool            `json:"d,omitempty"`
-	// seen is when this member learnt a tombstone, for collection.
-	seen time.Time
-}
-
 // Newer reports whether r wins over o.
 func (r Record) Newer(o Record) bool {
 	if r.Version != o.Version {
@@ -183,24 +171,25 @@ func (s *State) Restore(recs []Record, clock uint64) {
 	_, _ = s.Merge(recs)
 }
 
-// Get returns the live record of a key.
+// Get returns the live record of a key (not one of a newer format).
 func (s *State) Get(key string) (Record, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	r, ok := s.records[key]
-	if !ok || r.Deleted {
+	if !ok || r.Deleted || !r.readable() {
 		return Record{}, false
 	}
 	return r, true
 }
 
-// List returns the live records under a prefix, sorted by key.
+// List returns the live records under a prefix, sorted by key; records of
+// a newer format than this agent reads are left out.
 func (s *State) List(prefix string) []Record {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []Record
 	for k, r := range s.records {
-		if !r.Deleted && strings.HasPrefix(k, prefix) {
+		if !r.Deleted && r.readable() && strings.HasPrefix(k, prefix) {
 			out = append(out, r)
 		}
 	}
@@ -217,6 +206,20 @@ func (s *State) Snapshot() []Record {
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// Unreadable lists the live records of a newer format than this agent
+// reads, by origin: they are kept and passed on, never used.
+func (s *State) Unreadable() map[string]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]int{}
+	for _, r := range s.records {
+		if !r.Deleted && !r.readable() {
+			out[r.Origin]++
+		}
+	}
 	return out
 }
 

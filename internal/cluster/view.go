@@ -103,8 +103,8 @@ func (s *State) Blocks(network string) []Block {
 
 // ValidateRecord checks that a record received from the network is well formed.
 func ValidateRecord(r Record) error {
-	if err := checkEnvelope(r); err != nil || r.Deleted {
-		return err
+	if err := checkEnvelope(r); err != nil || r.Deleted || !r.readable() {
+		return err // a newer format's value is not ours to judge
 	}
 	switch {
 	case len(r.Key) > len(PrefixNetwork) && r.Key[:len(PrefixNetwork)] == PrefixNetwork:

@@ -31,8 +31,14 @@ func Encode(m Message) ([]byte, error) {
 	return b, nil
 }
 
+// ErrUnknownKind refuses a message of a kind this agent does not know (from
+// a newer agent): not malformed, just not for us.
+var ErrUnknownKind = errors.New("unknown message kind")
+
 // DecodeMessage parses and validates a message from the network. Every
-// record must be well formed; a message with any bad record is refused whole.
+// record must be well formed; a message with any bad record is refused
+// whole. Fields this agent does not know (from a newer agent) are ignored
+// on the message and kept on records (see WireFormat).
 func DecodeMessage(b []byte) (Message, error) {
 	var m Message
 	if len(b) == 0 {
@@ -42,7 +48,6 @@ func DecodeMessage(b []byte) (Message, error) {
 		return m, fmt.Errorf("message of %d bytes exceeds the %d byte limit", len(b), MaxMessage)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return Message{}, fmt.Errorf("malformed message: %w", err)
 	}
@@ -50,7 +55,7 @@ func DecodeMessage(b []byte) (Message, error) {
 		return Message{}, errors.New("malformed message: trailing data")
 	}
 	if m.Kind != MsgRecords && m.Kind != MsgState {
-		return Message{}, fmt.Errorf("unknown message kind %q: want %q or %q", m.Kind, MsgRecords, MsgState)
+		return Message{}, fmt.Errorf("%w %q: want %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState)
 	}
 	for i, r := range m.Records {
 		if err := ValidateRecord(r); err != nil {

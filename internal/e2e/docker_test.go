@@ -143,10 +143,18 @@ func TestDockerClassicSteps(t *testing.T) {
 		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.19.0.0/16", "other")
 		mustDocker(t, d2, "run", "-d", "--name", "o2", "--net", "other", lab.DockerImage, "sleep", "600")
 		ip := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "o2")
+		// Host 1 has the other network too (its bridge and gateway), and a
+		// container of it on host 1 reaches o2: the path exists, so c1's
+		// failure below is isolation, not a network that is not there yet.
+		waitDockerNetwork(t, d1, "other", true)
+		mustDocker(t, d1, "run", "-d", "--name", "o1", "--net", "other", lab.DockerImage, "sleep", "600")
+		if out, err := d1.Docker("exec", "o1", "ping", "-c", "1", "-W", "2", ip); err != nil {
+			t.Fatalf("positive control: o1 on network other cannot reach o2 (%s): %v %s", ip, err, out)
+		}
 		if out, err := d1.Docker("exec", "c1", "ping", "-c", "1", "-W", "1", ip); err == nil {
 			t.Fatalf("c1 reached %s on another network: %s", ip, out)
 		}
-		waitDockerNetwork(t, d1, "other", true)
+		mustDocker(t, d1, "rm", "-f", "o1")
 		mustDocker(t, d2, "rm", "-f", "o2")
 		mustDocker(t, d2, "network", "rm", "other")
 		// Removed on host 2, it goes from host 1's dockerd too.

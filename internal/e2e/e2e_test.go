@@ -26,12 +26,10 @@ import (
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
-var seq atomic.Int32
-
 func up(t *testing.T, hosts, networks, perHost int) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
-	name := fmt.Sprintf("e%d%d", os.Getpid()%100000, seq.Add(1))
+	name := testutil.LabName("e")
 	l, err := lab.Up(lab.Config{Name: name, Hosts: hosts, Networks: networks, PerHost: perHost, Agent: true, Binary: testutil.Binary(t)})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
@@ -95,6 +93,7 @@ func pingUntil(t *testing.T, ns string, dst netip.Addr, timeout time.Duration) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reply from %s within %s: %v", dst, timeout, err)
 		}
+		time.Sleep(50 * time.Millisecond) // a ping that fails fast must not spin
 	}
 }
 
@@ -933,15 +932,25 @@ func TestUnderlayAddressChange(t *testing.T) {
 // cluster through the members it remembers.
 func TestRestartWithoutJoin(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	// Every agent stops at once and comes back without --join: only the
+	// members each one remembered can bring the cluster together again
+	// (no peer is left running to reach out to them).
+	hosts := []string{"h1", "h2", "h3"}
+	for _, h := range hosts {
+		if err := l.KillAgent(h, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := l.RestartAgentWithoutJoin("h2"); err != nil {
-		t.Fatal(err)
+	for _, h := range hosts {
+		if err := l.RestartAgentWithoutJoin(h); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := waitCond(10*time.Second, func() error {
-		if n := aliveCount(t, l, "h2"); n != 3 {
-			return fmt.Errorf("h2 sees %d alive members", n)
+	if err := waitCond(15*time.Second, func() error {
+		for _, h := range hosts {
+			if n := aliveCount(t, l, h); n != 3 {
+				return fmt.Errorf("%s sees %d alive members", h, n)
+			}
 		}
 		return nil
 	}); err != nil {

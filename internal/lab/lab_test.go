@@ -1,12 +1,10 @@
 package lab_test
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,9 +19,7 @@ import (
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
-var labSeq atomic.Int32
-
-func labName() string { return fmt.Sprintf("t%d%d", os.Getpid()%100000, labSeq.Add(1)) }
+func labName() string { return testutil.LabName("t") }
 
 func up(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
@@ -270,6 +266,7 @@ func TestDownAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = lab.Down(name) }) // whatever the test below leaves
 	// A process left running in a host namespace, and no state file: as if
 	// 'lab up' had been killed.
 	var cmd *exec.Cmd

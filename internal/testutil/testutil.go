@@ -3,6 +3,7 @@ package testutil
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"testing"
@@ -24,6 +25,13 @@ func RequireRoot(t testing.TB) {
 }
 
 var seq atomic.Int64
+
+// LabName returns a lab name that no other run shares: a random part (not
+// the PID, which a crashed run's leftovers may share) and a sequence, 8
+// characters in all so that derived interface names fit.
+func LabName(prefix string) string {
+	return fmt.Sprintf("%s%05x%d", prefix, rand.Uint32()&0xfffff, seq.Add(1)%100)
+}
 
 // Netns creates a uniquely named namespace removed when the test ends.
 func Netns(t testing.TB) (name, path string) {

@@ -1,0 +1,83 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"time"
+)
+
+// WireFormat is the highest record format this agent interprets. A record
+// carries its format (field "f"; absent means 1). A newer agent writes a
+// higher format only for a change that an older agent must not interpret
+// half way; such records are kept, stored and passed on by older agents,
+// never used by them, and counted in their status. Fields a newer agent
+// adds without raising the format (in a record or in its value) are kept
+// and passed on unchanged, and ignored.
+const WireFormat = 1
+
+// Record is one replicated value. The record with the higher Version wins;
+// on a tie the higher Origin wins, so every member picks the same one.
+type Record struct {
+	Key     string          `json:"k"`
+	Value   json.RawMessage `json:"v,omitempty"`
+	Version uint64          `json:"n"`
+	Origin  string          `json:"o"`
+	Deleted bool            `json:"d,omitempty"`
+	// Format is the record's format (0 and 1 both mean the first).
+	Format int `json:"f,omitempty"`
+	// extra holds fields of a newer format this agent does not know, to
+	// pass them on unchanged.
+	extra map[string]json.RawMessage
+	// seen is when this member learnt a tombstone, for collection.
+	seen time.Time
+}
+
+// readable reports whether this agent may interpret the record.
+func (r Record) readable() bool { return r.Format <= WireFormat }
+
+// recordFields is Record without its methods, for the JSON codec.
+type recordFields Record
+
+// UnmarshalJSON decodes a record, keeping fields it does not know.
+func (r *Record) UnmarshalJSON(b []byte) error {
+	var f recordFields
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err == nil {
+		*r = Record(f)
+		return nil
+	}
+	// Slow path, only for records with unknown fields (or broken ones).
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	for _, k := range []string{"k", "v", "n", "o", "d", "f"} {
+		delete(all, k)
+	}
+	f.extra = nil
+	if len(all) > 0 {
+		f.extra = all
+	}
+	*r = Record(f)
+	return nil
+}
+
+// MarshalJSON encodes a record with the unknown fields it arrived with.
+func (r Record) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(recordFields(r))
+	if err != nil || len(r.extra) == 0 {
+		return b, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, err
+	}
+	out := maps.Clone(r.extra)
+	maps.Copy(out, all) // known fields win
+	return json.Marshal(out)
+}
