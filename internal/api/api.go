@@ -133,15 +133,19 @@ func (e *StatusError) Error() string { return e.Msg }
 // with errors.Is(err, model.ErrNotFound) whether it came over the socket
 // or from the backend in process.
 func (e *StatusError) Unwrap() error {
-	switch e.Code {
-	case http.StatusBadRequest:
-		return model.ErrInvalid
-	case http.StatusNotFound:
-		return model.ErrNotFound
-	case http.StatusConflict:
-		return model.ErrConflict
+	for kind, code := range kindStatus {
+		if code == e.Code {
+			return kind
+		}
 	}
 	return nil
+}
+
+// kindStatus is the one mapping of domain error kinds to HTTP statuses.
+var kindStatus = map[error]int{
+	model.ErrInvalid:  http.StatusBadRequest,
+	model.ErrNotFound: http.StatusNotFound,
+	model.ErrConflict: http.StatusConflict,
 }
 
 // Client talks to an agent's socket.

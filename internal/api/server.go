@@ -92,13 +92,8 @@ func HTTPStatus(err error) int {
 	if errors.As(err, &se) {
 		return se.Code
 	}
-	switch model.Kind(err) {
-	case model.ErrInvalid:
-		return http.StatusBadRequest
-	case model.ErrNotFound:
-		return http.StatusNotFound
-	case model.ErrConflict:
-		return http.StatusConflict
+	if code, ok := kindStatus[model.Kind(err)]; ok {
+		return code
 	}
 	return http.StatusInternalServerError
 }
