@@ -105,7 +105,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	// passLocked); the pass first makes the firewall and the network's
 	// devices exist, which the port needs.
 	a.kernelMu.Lock()
-	err = a.plugLocked(req, res, exists)
+	err = a.plugLocked(req, res)
 	var rec cluster.Record
 	if err == nil && !exists {
 		if rec, err = a.state.Put(cluster.EndpointKey(e.ID), e); err != nil {
@@ -140,7 +140,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 }
 
 // plugLocked runs a pass and plugs the endpoint's port; kernelMu held.
-func (a *Agent) plugLocked(req endpointRequest, res endpointResult, exists bool) error {
+func (a *Agent) plugLocked(req endpointRequest, res endpointResult) error {
 	want, err := a.passLocked()
 	if err != nil {
 		return err
