@@ -204,13 +204,9 @@ func TestAttachRollsBackWhenTheKernelFails(t *testing.T) {
 }
 
 func TestBlockClaimsAndBorrowing(t *testing.T) {
-	b := newBus()
-	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
-		t.Fatal(err)
-	}
-	// A /29 has 8 blocks of /30 (2 usable addresses each; the first and
-	// last addresses of the subnet and the gateway are reserved): 5 usable.
+	_, h1, h2 := joinedPair(t)
+	// A /27 has 8 blocks of /30; of its 32 addresses the network, the
+	// broadcast address and the gateway are reserved: 29 to hand out.
 	mustCreate(t, h1, "tiny", "10.30.0.0/27")
 	var got []netip.Addr
 	attach := func(n *testNode, name string) (netip.Addr, error) {
@@ -280,11 +276,7 @@ func TestBlockClaimsAndBorrowing(t *testing.T) {
 }
 
 func TestRemoveNetwork(t *testing.T) {
-	b := newBus()
-	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
-		t.Fatal(err)
-	}
+	_, h1, h2 := joinedPair(t)
 	mustCreate(t, h1, "web", "10.20.0.0/16")
 	mustCreate(t, h1, "empty", "10.21.0.0/16")
 	a1 := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
@@ -366,11 +358,7 @@ func TestCreateNetworkErrors(t *testing.T) {
 // moment: the writes cross, both members keep the same one (the higher
 // origin wins a tie of versions) and the other creator is told.
 func TestConcurrentCreate(t *testing.T) {
-	b := newBus()
-	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
-		t.Fatal(err)
-	}
+	b, h1, h2 := joinedPair(t)
 	h1.settle, h2.settle = time.Second, time.Second
 	b.hold()
 	errs := make([]error, 2)
@@ -385,12 +373,7 @@ func TestConcurrentCreate(t *testing.T) {
 			_, errs[i] = c.n.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: c.subnet})
 		}()
 	}
-	for deadline := time.Now().Add(5 * time.Second); b.heldCount() < 2; {
-		if time.Now().After(deadline) {
-			t.Fatal("the two creates never published")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "both creates published", func() bool { return b.heldCount() == 2 })
 	b.flush()
 	wg.Wait()
 	wantErr(t, errs[0], model.ErrConflict, fmt.Sprintf("network web was created at the same time by node h2 with another definition (VNI %d, subnet 10.30.0.0/16); that one was kept", DeriveVNI("web")))

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -64,14 +63,10 @@ func TestDockerEndpointPath(t *testing.T) {
 		t.Fatalf("h2 has no cluster network %s: %+v", name, n)
 	}
 	// The Docker name is learnt from dockerd and spread.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if n, _ := h2.state.Network(name); n.DockerName == "vxlan-net" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the docker name never reached h2")
-		}
-	}
+	eventually(t, "the docker name on h2", func() bool {
+		n, _ := h2.state.Network(name)
+		return n.DockerName == "vxlan-net"
+	})
 
 	j, addr, err := dockerRun(t, d, dockerNet, pool, "172.18.0.11", "ep1")
 	if err != nil {

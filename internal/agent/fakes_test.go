@@ -334,3 +334,24 @@ func netns(t *testing.T, name string) string {
 	}
 	return p
 }
+
+// joinedPair starts h1 and h2 on one bus, joined.
+func joinedPair(t *testing.T) (*bus, *testNode, *testNode) {
+	t.Helper()
+	b := newBus()
+	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	return b, h1, h2
+}
+
+// eventually polls cond until it holds, failing the test after 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+	}
+}

@@ -46,14 +46,10 @@ func TestRunServesTheAPI(t *testing.T) {
 	}()
 	c := api.NewClient(h1.cfg.Socket)
 	var st api.Status
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if st, err = c.Status(); err == nil && st.Syncs > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no status with a pass: %+v %v", st, err)
-		}
-	}
+	eventually(t, "a status with a reconcile pass", func() bool {
+		st, err = c.Status()
+		return err == nil && st.Syncs > 0
+	})
 	if st.Node != "h1" || len(st.Members) != 2 {
 		t.Errorf("status %+v", st)
 	}
@@ -82,14 +78,10 @@ func TestRunServesTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	h1.markDirty()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, ok := h2.Agent.endpoint(att.ID); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the endpoint of a vanished namespace was never removed")
-		}
-	}
+	eventually(t, "the endpoint of a vanished namespace removed", func() bool {
+		_, ok := h2.Agent.endpoint(att.ID)
+		return !ok
+	})
 	if nets, err := c.Networks(); err != nil || len(nets) != 1 {
 		t.Errorf("networks %v %v", nets, err)
 	}
@@ -97,14 +89,10 @@ func TestRunServesTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The members were remembered for a restart without --join.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if m, _ := h1.store.members(); len(m) == 1 && m[0] == "198.18.0.2" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("members never remembered")
-		}
-	}
+	eventually(t, "the members remembered", func() bool {
+		m, _ := h1.store.members()
+		return len(m) == 1 && m[0] == "198.18.0.2"
+	})
 }
 
 func TestAdvertiseAddressLost(t *testing.T) {
@@ -131,11 +119,7 @@ func TestAdvertiseAddressLost(t *testing.T) {
 }
 
 func TestStatusCounts(t *testing.T) {
-	b := newBus()
-	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
-		t.Fatal(err)
-	}
+	_, h1, h2 := joinedPair(t)
 	mustCreate(t, h1, "web", "10.20.0.0/16")
 	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
 	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
