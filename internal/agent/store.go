@@ -73,12 +73,22 @@ func (s *store) identity(name string) (string, error) {
 }
 
 type savedState struct {
-	Clock   uint64           `json:"clock"`
-	Records []cluster.Record `json:"records"`
+	Clock   uint64
+	Records []cluster.Record
+}
+
+// savedJSON is how savedState is stored.
+type savedJSON struct {
+	Clock   uint64          `json:"clock"`
+	Records json.RawMessage `json:"records"`
 }
 
 func (s *store) saveState(st *cluster.State) error {
-	b, err := json.Marshal(savedState{Clock: st.Clock(), Records: st.Snapshot()})
+	recs, err := cluster.MarshalRecords(st.Snapshot())
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(savedJSON{Clock: st.Clock(), Records: recs})
 	if err != nil {
 		return err
 	}
@@ -92,7 +102,17 @@ func (s *store) loadState() (savedState, error) {
 		if v == nil {
 			return nil
 		}
-		return json.Unmarshal(v, &out)
+		var saved savedJSON
+		if err := json.Unmarshal(v, &saved); err != nil {
+			return err
+		}
+		out.Clock = saved.Clock
+		if len(saved.Records) == 0 || string(saved.Records) == "null" {
+			return nil
+		}
+		recs, err := cluster.UnmarshalRecords(saved.Records)
+		out.Records = recs
+		return err
 	})
 	return out, err
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"maps"
 	"time"
 )
@@ -39,16 +40,11 @@ func (r Record) readable() bool { return r.Format <= WireFormat }
 // recordFields is Record without its methods, for the JSON codec.
 type recordFields Record
 
-// UnmarshalJSON decodes a record, keeping fields it does not know.
+// UnmarshalJSON decodes a record, keeping fields it does not know. Bulk
+// decoders (DecodeMessage, the store) first try plainRecords, which costs
+// one decode; this is their fallback.
 func (r *Record) UnmarshalJSON(b []byte) error {
 	var f recordFields
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err == nil {
-		*r = Record(f)
-		return nil
-	}
-	// Slow path, only for records with unknown fields (or broken ones).
 	if err := json.Unmarshal(b, &f); err != nil {
 		return err
 	}
@@ -80,4 +76,63 @@ func (r Record) MarshalJSON() ([]byte, error) {
 	out := maps.Clone(r.extra)
 	maps.Copy(out, all) // known fields win
 	return json.Marshal(out)
+}
+
+// plainRecords is a list of records without the per-record codec: the
+// common case, where no record has a field this agent does not know.
+type plainRecords []recordFields
+
+// records converts to Records.
+func (p plainRecords) records() []Record {
+	out := make([]Record, len(p))
+	for i, f := range p {
+		out[i] = Record(f)
+	}
+	return out
+}
+
+// plain returns recs as plainRecords when none carries unknown fields.
+func plain(recs []Record) (plainRecords, bool) {
+	out := make(plainRecords, len(recs))
+	for i, r := range recs {
+		if len(r.extra) > 0 {
+			return nil, false
+		}
+		out[i] = recordFields(r)
+	}
+	return out, true
+}
+
+// decodeStrict decodes b into v refusing unknown fields: the fast path of
+// the bulk decoders, which fall back to the tolerant codec when it fails.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// MarshalRecords encodes records as a JSON array (for the agent's store).
+func MarshalRecords(recs []Record) ([]byte, error) {
+	if p, ok := plain(recs); ok {
+		return json.Marshal(p)
+	}
+	return json.Marshal(recs)
+}
+
+// UnmarshalRecords decodes a JSON array of records, keeping the fields this
+// agent does not know.
+func UnmarshalRecords(b []byte) ([]Record, error) {
+	var p plainRecords
+	if decodeStrict(b, &p) == nil {
+		return p.records(), nil
+	}
+	var out []Record
+	err := json.Unmarshal(b, &out)
+	return out, err
 }

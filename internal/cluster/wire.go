@@ -24,7 +24,16 @@ type Message struct {
 
 // Encode serialises a message.
 func Encode(m Message) ([]byte, error) {
-	b, err := json.Marshal(m)
+	var b []byte
+	var err error
+	if p, ok := plain(m.Records); ok {
+		b, err = json.Marshal(struct {
+			Kind    string       `json:"kind"`
+			Records plainRecords `json:"records"`
+		}{m.Kind, p})
+	} else {
+		b, err = json.Marshal(m)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encode %s message: %w", m.Kind, err)
 	}
@@ -47,12 +56,21 @@ func DecodeMessage(b []byte) (Message, error) {
 	if len(b) > MaxMessage {
 		return m, fmt.Errorf("message of %d bytes exceeds the %d byte limit", len(b), MaxMessage)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&m); err != nil {
-		return Message{}, fmt.Errorf("malformed message: %w", err)
+	var fast struct {
+		Kind    string       `json:"kind"`
+		Records plainRecords `json:"records"`
 	}
-	if dec.More() {
-		return Message{}, errors.New("malformed message: trailing data")
+	if decodeStrict(b, &fast) == nil {
+		m = Message{Kind: fast.Kind, Records: fast.Records.records()}
+	} else {
+		// Fields this version does not know, or a broken message.
+		dec := json.NewDecoder(bytes.NewReader(b))
+		if err := dec.Decode(&m); err != nil {
+			return Message{}, fmt.Errorf("malformed message: %w", err)
+		}
+		if dec.More() {
+			return Message{}, errors.New("malformed message: trailing data")
+		}
 	}
 	if m.Kind != MsgRecords && m.Kind != MsgState {
 		return Message{}, fmt.Errorf("%w %q: want %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState)
