@@ -62,6 +62,7 @@ func newNetworkCmd() *cobra.Command {
 	create.Flags().StringVar(&req.Subnet6, "subnet6", "", "optional IPv6 subnet")
 	create.Flags().IntVar(&req.MTU, "mtu", 0, "container MTU (default: underlay MTU minus VXLAN overhead)")
 	create.Flags().BoolVar(&req.Flood, "flood", false, "flood broadcast/multicast to every host (head-end replication)")
+	create.Flags().BoolVar(&req.Internal, "internal", false, "no way out: no egress through the hosts, no published ports")
 
 	var lf clientFlags
 	ls := &cobra.Command{
@@ -140,8 +141,12 @@ func newAttachCmds() []*cobra.Command {
 			if af.json {
 				return printJSON(cmd.OutOrStdout(), a)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, address %s, MAC %s, gateway %s, MTU %d\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, address %s, MAC %s, gateway %s, MTU %d",
 				a.Netns, a.Network, a.IfName, a.IP, a.MAC, a.Gateway, a.MTU)
+			if len(a.Published) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), ", published %s", strings.Join(a.Published, " "))
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
 	}
@@ -150,6 +155,7 @@ func newAttachCmds() []*cobra.Command {
 	attach.Flags().StringVar(&req.IP, "ip", "", "static address (default: allocated)")
 	attach.Flags().StringVar(&req.MAC, "mac", "", "MAC address (default: derived from the address)")
 	attach.Flags().StringVar(&req.IfName, "ifname", "eth0", "interface name inside the container")
+	attach.Flags().StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a port at this host's addresses: HOSTPORT:PORT[/tcp|/udp] (repeatable)")
 
 	var df clientFlags
 	var dreq api.DetachRequest

@@ -112,13 +112,16 @@ type Host interface {
 	Underlay(addr netip.Addr) (dev string, mtu int, err error)
 	// HasAddr reports whether addr is configured on an interface.
 	HasAddr(addr netip.Addr) (bool, error)
+	// PortFree reports an error naming what holds a host port (proto tcp
+	// or udp) when something on the host listens there.
+	PortFree(proto string, port uint16) error
 }
 
 // Dockerd is the part of the local dockerd's API the agent uses.
 type Dockerd interface {
 	Networks(driver string) ([]docker.NetworkInfo, error)
 	Network(idOrName string) (docker.NetworkInfo, error)
-	CreateNetwork(name, subnet, gateway string, options map[string]string) error
+	CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error
 	RemoveNetwork(idOrName string) error
 }
 

@@ -108,7 +108,7 @@ func TestAttachDetach(t *testing.T) {
 	}
 	// Attach again: the same endpoint, nothing new.
 	again := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns})
-	if again != att {
+	if !reflect.DeepEqual(again, att) {
 		t.Errorf("second attach %+v, want %+v", again, att)
 	}
 	if n := len(h1.state.Endpoints()); n != 1 {
@@ -433,7 +433,69 @@ func TestRestartReprogramsNothing(t *testing.T) {
 	}
 	// The endpoint is still known by its namespace, with its interface name.
 	same := mustAttach(t, again, api.AttachRequest{Network: "web", Netns: ns})
-	if same != att {
+	if !reflect.DeepEqual(same, att) {
 		t.Errorf("after restart %+v, want %+v", same, att)
+	}
+}
+
+// Published ports are checked on this host (taken by another endpoint, by
+// a process of the host, on an internal network) and programmed into the
+// host firewall of this host only.
+func TestPublishedPorts(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	if _, err := h1.CreateNetwork(api.NetworkCreate{Name: "priv", Subnet: "10.21.0.0/16", Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	h1.host.taken = map[uint16]bool{22: true}
+	a := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a"), Publish: []string{"8080:80", "53:5353/udp"}})
+	if !slices.Equal(a.Published, []string{"8080:80/tcp", "53:5353/udp"}) {
+		t.Errorf("published %v", a.Published)
+	}
+	for _, tc := range []struct {
+		req  api.AttachRequest
+		kind error
+		msg  string
+	}{
+		{api.AttachRequest{Network: "web", Publish: []string{"8080:81"}}, model.ErrConflict, "host port 8080/tcp is already published on this host by endpoint " + a.ID},
+		{api.AttachRequest{Network: "web", Publish: []string{"22:22"}}, model.ErrConflict, "host port 22/tcp is in use on this host: address already in use"},
+		{api.AttachRequest{Network: "web", Publish: []string{"80"}}, model.ErrInvalid, `invalid published port "80": want HOSTPORT:PORT[/tcp|/udp], for example 8080:80/tcp`},
+		{api.AttachRequest{Network: "web", Publish: []string{"80:80/sctp"}}, model.ErrInvalid, `invalid published port "80:80/sctp": protocol "sctp", want tcp or udp`},
+		{api.AttachRequest{Network: "web", Publish: []string{"80:80", "80:81"}}, model.ErrInvalid, "host port 80/tcp is published twice"},
+		{api.AttachRequest{Network: "priv", Publish: []string{"80:80"}}, model.ErrInvalid, "network priv is internal: it publishes no ports"},
+	} {
+		tc.req.Netns = netns(t, "x")
+		_, err := h1.Attach(tc.req)
+		wantErr(t, err, tc.kind, tc.msg)
+	}
+	// The same host port on another host is fine: ports are per host.
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b"), Publish: []string{"8080:80"}})
+	for _, n := range []*testNode{h1, h2} {
+		if err := n.step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fw := observe(t, h1.dp).HostFirewall
+	ip := netip.MustParsePrefix(a.IP).Addr()
+	vni := DeriveVNI("web")
+	want := []datapath.PublishedPort{{VNI: vni, Proto: "tcp", HostPort: 8080, IP: ip, Port: 80}, {VNI: vni, Proto: "udp", HostPort: 53, IP: ip, Port: 5353}}
+	if fw == nil || !slices.Equal(fw.Ports, want) {
+		t.Fatalf("h1 host firewall %+v, want ports %v", fw, want)
+	}
+	if len(fw.Networks) != 2 || fw.Networks[0].Egress == fw.Networks[1].Egress {
+		t.Errorf("networks %+v: want web with egress and priv without", fw.Networks)
+	}
+	if fw := observe(t, h2.dp).HostFirewall; fw == nil || len(fw.Ports) != 1 || fw.Ports[0].HostPort != 8080 {
+		t.Errorf("h2 host firewall %+v", fw)
+	}
+	// Detach: the ports go with the endpoint.
+	if err := h1.Detach(api.DetachRequest{Network: "web", Netns: a.Netns}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.step(); err != nil {
+		t.Fatal(err)
+	}
+	if fw := observe(t, h1.dp).HostFirewall; fw == nil || len(fw.Ports) != 0 {
+		t.Errorf("ports left after detach: %+v", fw)
 	}
 }

@@ -156,9 +156,13 @@ func (d *dockerBackend) CreateNetwork(dn docker.Network) error {
 		if dn.VNI != 0 && dn.VNI != existing.VNI {
 			return conflict("subnet %s belongs to vxnet network %q with VNI %d, not %d", dn.Subnet, existing.Name, existing.VNI, dn.VNI)
 		}
+		if dn.Internal != existing.Internal {
+			return conflict("subnet %s belongs to vxnet network %q, which is %s; create the Docker network %s --internal", dn.Subnet, existing.Name,
+				map[bool]string{true: "internal", false: "not internal"}[existing.Internal], map[bool]string{true: "with", false: "without"}[existing.Internal])
+		}
 		return d.a.store.putDockerNetwork(dn.DockerID, existing.Name)
 	}
-	req := api.NetworkCreate{Name: DockerNetworkName(dn.DockerID), Subnet: dn.Subnet, VNI: dn.VNI, MTU: dn.MTU, Flood: dn.Flood}
+	req := api.NetworkCreate{Name: DockerNetworkName(dn.DockerID), Subnet: dn.Subnet, VNI: dn.VNI, MTU: dn.MTU, Flood: dn.Flood, Internal: dn.Internal}
 	if dn.Gateway != "" {
 		gw := dn.Gateway
 		if p, err := netip.ParsePrefix(gw); err == nil {
@@ -241,6 +245,18 @@ func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Jo
 	}
 	d.a.log.Info("docker endpoint joined", "endpoint", id, "network", n.Name, "ip", res.Endpoint.IP, "sandbox", sandbox)
 	return docker.Joined{SrcName: peer, Gateway: n.Gateway.String()}, nil
+}
+
+// Publish sets the ports a Docker endpoint publishes (libnetwork calls it
+// after Join with `docker run -p` bindings, and with none on the way out).
+func (d *dockerBackend) Publish(dockerNetwork, dockerID string, ports []model.PortMap) error {
+	id := dockerEndpointID(d.a.state.Self(), dockerID)
+	if len(ports) == 0 {
+		if _, ok := d.a.endpoint(id); !ok {
+			return nil // revoking for an endpoint already gone
+		}
+	}
+	return d.a.setPorts(id, ports)
 }
 
 func (d *dockerBackend) Leave(dockerNetwork, dockerID string) error {
@@ -328,7 +344,7 @@ func (a *Agent) syncDocker() {
 		if n.Flood {
 			opts[docker.OptFlood] = "true"
 		}
-		if err := a.dockerd.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), opts); err != nil {
+		if err := a.dockerd.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), n.Internal, opts); err != nil {
 			a.log.Warn("create docker network", "network", n.Name, "docker_name", n.DockerName, "err", err)
 			continue
 		}

@@ -109,6 +109,27 @@ func TestDockerEndpointPath(t *testing.T) {
 	}
 	mustAttach(t, h1, api.AttachRequest{Network: name, Netns: netns(t, "y"), IP: ip.String()})
 
+	// -p: libnetwork publishes after Join and revokes before Leave.
+	if err := d.Publish(dockerNet, "ep1", []model.PortMap{{Proto: "tcp", HostPort: 8080, Port: 80}}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := h2.Agent.endpoint(id); len(e.Ports) != 1 || e.Ports[0].HostPort != 8080 {
+		t.Errorf("h2 sees ports %v", e.Ports)
+	}
+	_, _, err = dockerRun(t, d, dockerNet, pool, "", "ep3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Publish(dockerNet, "ep3", []model.PortMap{{Proto: "tcp", HostPort: 8080, Port: 81}})
+	wantErr(t, err, model.ErrConflict, "host port 8080/tcp is already published on this host by endpoint "+id)
+	for range 2 {
+		if err := d.Publish(dockerNet, "ep1", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, _ := h2.Agent.endpoint(id); len(e.Ports) != 0 {
+		t.Errorf("ports after revoke: %v", e.Ports)
+	}
 	// Leave: record and port go; a second Leave is no error.
 	for range 2 {
 		if err := d.Leave(dockerNet, "ep1"); err != nil {

@@ -42,6 +42,8 @@ type endpointRequest struct {
 	// (RequestAddress): that reservation does not count as a clash, and is
 	// released once the endpoint holds the address.
 	Reserved bool
+	// Ports to publish at this host's addresses.
+	Ports []model.PortMap
 }
 
 // endpointResult is what addEndpoint made.
@@ -56,8 +58,12 @@ type endpointResult struct {
 
 func (r endpointResult) attachment() api.Attachment {
 	n, e := r.Network, r.Endpoint
-	return api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf,
+	att := api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf,
 		MAC: e.MAC, IP: netip.PrefixFrom(e.IP, n.Subnet.Bits()).String(), Gateway: n.Gateway.String(), MTU: r.MTU}
+	for _, p := range e.Ports {
+		att.Published = append(att.Published, p.String())
+	}
+	return att
 }
 
 // addEndpoint is the endpoint transaction: check or allocate the address,
@@ -79,6 +85,9 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if req.IfName == "" {
 		req.IfName = "eth0"
 	}
+	if req.Ports, err = model.ValidatePorts(req.Ports); err != nil {
+		return endpointResult{}, invalid("%w", err)
+	}
 	res := endpointResult{Network: n, MTU: mtu, HostIf: datapath.HostIfName(req.ID), IfName: req.IfName, Netns: req.Netns}
 	var recs []cluster.Record // block claims, then the endpoint
 	e, exists := a.endpoint(req.ID)
@@ -89,8 +98,14 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if req.IP != "" && req.IP != e.IP.String() {
 			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, e.IP, req.IP)
 		}
+		if len(req.Ports) > 0 && !slices.Equal(req.Ports, e.Ports) {
+			return endpointResult{}, conflict("%s is already attached to network %s publishing %v, not %v", a.describe(req), n.Name, e.Ports, req.Ports)
+		}
 	} else {
-		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self()}
+		if req.Ports, err = a.checkPortsLocked(n, req.ID, req.Ports); err != nil {
+			return endpointResult{}, err
+		}
+		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports}
 		ips, macs := a.usedLocked(n)
 		if e.IP, recs, err = a.address(n, req, ips); err != nil {
 			return endpointResult{}, err
@@ -137,6 +152,80 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		a.log.Info("endpoint attached", "endpoint", e.ID, "network", n.Name, "ip", e.IP, "mac", e.MAC, "host_if", res.HostIf)
 	}
 	return res, nil
+}
+
+// checkPortsLocked validates ports endpoint id would publish on network n:
+// none on an internal network, none a local endpoint publishes already,
+// none a process of this host listens on; mu held. It returns them sorted.
+func (a *Agent) checkPortsLocked(n model.Network, id string, ports []model.PortMap) ([]model.PortMap, error) {
+	if len(ports) == 0 {
+		return nil, nil
+	}
+	ports, err := model.ValidatePorts(ports)
+	if err != nil {
+		return nil, invalid("%w", err)
+	}
+	if n.Internal {
+		return nil, invalid("network %s is internal: it publishes no ports", n.Name)
+	}
+	held := map[model.PortMap]string{}
+	var had []model.PortMap
+	for _, e := range a.state.Endpoints() {
+		if e.Node != a.state.Self() {
+			continue
+		}
+		for _, p := range e.Ports {
+			if e.ID == id {
+				had = append(had, p)
+				continue
+			}
+			held[model.PortMap{Proto: p.Proto, HostPort: p.HostPort}] = e.ID
+		}
+	}
+	for _, p := range ports {
+		if by, ok := held[model.PortMap{Proto: p.Proto, HostPort: p.HostPort}]; ok {
+			return nil, conflict("host port %d/%s is already published on this host by endpoint %s", p.HostPort, p.Proto, by)
+		}
+		if slices.ContainsFunc(had, func(o model.PortMap) bool { return o.Proto == p.Proto && o.HostPort == p.HostPort }) {
+			continue // ours already: published by vxnet, not bound
+		}
+		if err := a.host.PortFree(p.Proto, p.HostPort); err != nil {
+			return nil, conflict("%w", err)
+		}
+	}
+	return ports, nil
+}
+
+// setPorts changes the ports a local endpoint publishes (the Docker
+// driver learns them after Join): the record changes, and every pass
+// programs them.
+func (a *Agent) setPorts(id string, ports []model.PortMap) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e, ok := a.endpoint(id)
+	if !ok || e.Node != a.state.Self() {
+		return model.Errorf(model.ErrNotFound, "no endpoint %s on this host", id)
+	}
+	n, err := a.network(e.Network)
+	if err != nil {
+		return err
+	}
+	if ports, err = a.checkPortsLocked(n, id, ports); err != nil {
+		return err
+	}
+	if slices.Equal(ports, e.Ports) {
+		return nil
+	}
+	e.Ports = ports
+	rec, err := a.state.Put(cluster.EndpointKey(id), e)
+	if err != nil {
+		return err
+	}
+	a.repl.Publish(rec)
+	a.persistOrLog()
+	a.markDirty()
+	a.log.Info("endpoint ports changed", "endpoint", id, "ports", fmt.Sprint(ports))
+	return nil
 }
 
 // plugLocked runs a pass and plugs the endpoint's port; kernelMu held.
@@ -344,8 +433,16 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if err != nil {
 		return api.Attachment{}, invalid("network namespace %s: %w", path, err)
 	}
+	var ports []model.PortMap
+	for _, s := range r.Publish {
+		p, err := model.ParsePortMap(s)
+		if err != nil {
+			return api.Attachment{}, invalid("%w", err)
+		}
+		ports = append(ports, p)
+	}
 	res, err := a.addEndpoint(endpointRequest{ID: a.endpointID(r.Network, ino), Network: r.Network,
-		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC})
+		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC, Ports: ports})
 	if err != nil {
 		return api.Attachment{}, err
 	}

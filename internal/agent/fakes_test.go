@@ -181,7 +181,17 @@ func (m *busMember) Shutdown() error {
 type fakeHost struct {
 	mu      sync.Mutex
 	mtu     int
-	missing bool // the advertise address has gone
+	missing bool            // the advertise address has gone
+	taken   map[uint16]bool // host ports something listens on
+}
+
+func (h *fakeHost) PortFree(proto string, port uint16) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.taken[port] {
+		return fmt.Errorf("host port %d/%s is in use on this host: address already in use", port, proto)
+	}
+	return nil
 }
 
 func (h *fakeHost) Underlay(addr netip.Addr) (string, int, error) {
@@ -246,7 +256,7 @@ func (f *fakeDockerd) Network(id string) (docker.NetworkInfo, error) {
 	return docker.NetworkInfo{}, docker.ErrNotFound
 }
 
-func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, opts map[string]string) error {
+func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, internal bool, opts map[string]string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id := fmt.Sprintf("%064d", len(f.networks)+1)

@@ -27,6 +27,8 @@ type NetworkCreate struct {
 	Gateway6 string `json:"gateway6,omitempty"`
 	MTU      int    `json:"mtu,omitempty"`
 	Flood    bool   `json:"flood,omitempty"`
+	// Internal networks have no egress and no published ports.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // NetworkInfo describes a network.
@@ -47,6 +49,9 @@ type AttachRequest struct {
 	IP     string `json:"ip,omitempty"`
 	MAC    string `json:"mac,omitempty"`
 	IfName string `json:"ifname,omitempty"`
+	// Publish lists ports to publish at the host's addresses,
+	// HOSTPORT:PORT[/tcp|/udp].
+	Publish []string `json:"publish,omitempty"`
 }
 
 // Attachment is the result of an attach.
@@ -60,6 +65,8 @@ type Attachment struct {
 	IP      string `json:"ip"` // with prefix length
 	Gateway string `json:"gateway"`
 	MTU     int    `json:"mtu"`
+	// Published are the ports published at the host's addresses.
+	Published []string `json:"published,omitempty"`
 }
 
 // DetachRequest removes a container namespace from a network.

@@ -13,7 +13,7 @@ import (
 // and a record of a newer format. This agent takes what it can read,
 // ignores what it does not know, and passes everything on unchanged.
 const newerMessage = `{"kind":"records","since":7,"records":[
- {"k":"ep/h9.web.1","v":{"id":"h9.web.1","network":"web","node":"h9","mac":"02:00:00:00:00:09","ip":"10.1.0.9","name":"c9","ports":[{"host":8080,"port":80}]},"n":5,"o":"h9","ttl":30},
+ {"k":"ep/h9.web.1","v":{"id":"h9.web.1","network":"web","node":"h9","mac":"02:00:00:00:00:09","ip":"10.1.0.9","labels":{"app":"web"},"health":{"probe":"tcp:80"}},"n":5,"o":"h9","ttl":30},
  {"k":"ep/h9.web.2","v":{"id":"h9.web.2","network":"web","node":"h9","mac":"02:00:00:00:00:0a","ip":"10.1.0.10"},"n":6,"o":"h9","f":2},
  {"k":"net/web","v":{"name":"web","vni":100,"subnet":"10.1.0.0/16","gateway":"10.1.0.1","internal":true},"n":4,"o":"h9"}]}`
 

@@ -130,6 +130,9 @@ func ValidateRecord(r Record) error {
 		if !e.IP.Is4() {
 			return fmt.Errorf("record %s: endpoint address %s is not IPv4", r.Key, e.IP)
 		}
+		if _, err := model.ValidatePorts(e.Ports); err != nil {
+			return fmt.Errorf("record %s: %w", r.Key, err)
+		}
 		return errors.Join(model.ValidateName("network", e.Network), model.ValidateName("node", e.Node))
 	default:
 		b, err := Decode[Block](r)

@@ -155,6 +155,9 @@ type Observed struct {
 	Ports    []Port                 `json:"ports"`
 	// Firewall is vxnet's nftables table, nil when absent.
 	Firewall *Firewall `json:"firewall,omitempty"`
+	// HostFirewall is what vxnet added to the host's iptables, nil when
+	// nothing.
+	HostFirewall *HostFirewall `json:"hostFirewall,omitempty"`
 }
 
 // Dataplane programs the kernel of one host. Every method is idempotent.
@@ -180,6 +183,12 @@ type Dataplane interface {
 	// in one transaction; RemoveFirewall takes it away.
 	EnsureFirewall(Firewall) error
 	RemoveFirewall() error
+	// EnsureHostFirewall makes the host's own packet filter (iptables,
+	// whichever backend the host uses) pass vxnet's traffic, replacing
+	// vxnet's rules there at once; RemoveHostFirewall takes them away and
+	// leaves every other rule alone.
+	EnsureHostFirewall(HostFirewall) error
+	RemoveHostFirewall() error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.
@@ -211,9 +220,52 @@ type Firewall struct {
 	Port int `json:"port"`
 	// VTEPs lists, sorted, the member addresses VXLAN is accepted from.
 	VTEPs []netip.Addr `json:"vteps"`
+	// Internal lists, sorted, the VNIs of networks with no way out: nothing
+	// is routed from or to their bridges.
+	Internal []uint32 `json:"internal,omitempty"`
 }
 
 // Equal compares two firewalls.
 func (f Firewall) Equal(o Firewall) bool {
-	return f.Port == o.Port && slices.Equal(f.Isolate, o.Isolate) && slices.Equal(f.VTEPs, o.VTEPs)
+	return f.Port == o.Port && slices.Equal(f.Isolate, o.Isolate) && slices.Equal(f.VTEPs, o.VTEPs) &&
+		slices.Equal(f.Internal, o.Internal)
+}
+
+// HostFirewall is what vxnet adds to the host's own packet filter so that
+// its traffic passes a host that drops forwarded traffic by default (as
+// dockerd, ufw and firewalld make it), reaches out, and is reached through
+// published ports: per network, forwarding on its bridge (and out of it,
+// source-NATed to the host's address, unless internal); per published
+// port, a destination NAT at the host's addresses and its forwarding.
+type HostFirewall struct {
+	// Networks, sorted by VNI.
+	Networks []HostNet `json:"networks"`
+	// Ports, sorted by protocol and host port.
+	Ports []PublishedPort `json:"ports,omitempty"`
+	// Incomplete marks an observed state that lacks rules vxnet writes
+	// (flushed or deleted by someone): it equals nothing wanted.
+	Incomplete bool `json:"incomplete,omitempty"`
+}
+
+// HostNet is one network in the host firewall.
+type HostNet struct {
+	VNI    uint32       `json:"vni"`
+	Subnet netip.Prefix `json:"subnet"`
+	// Egress lets the network's containers out through the host, NATed.
+	Egress bool `json:"egress"`
+}
+
+// PublishedPort is a local container port reachable at the host's
+// addresses.
+type PublishedPort struct {
+	VNI      uint32     `json:"vni"`
+	Proto    string     `json:"proto"`
+	HostPort uint16     `json:"hostPort"`
+	IP       netip.Addr `json:"ip"`
+	Port     uint16     `json:"port"`
+}
+
+// Equal compares two host firewalls.
+func (h HostFirewall) Equal(o HostFirewall) bool {
+	return h.Incomplete == o.Incomplete && slices.Equal(h.Networks, o.Networks) && slices.Equal(h.Ports, o.Ports)
 }

@@ -36,6 +36,7 @@ type NetworkInfo struct {
 		Driver string
 		Config []struct{ Subnet, Gateway string }
 	}
+	Internal   bool
 	Containers map[string]any
 }
 
@@ -75,12 +76,12 @@ func (c *Client) Networks(driver string) ([]NetworkInfo, error) {
 }
 
 // CreateNetwork creates a network with vxnet as network and IPAM driver.
-func (c *Client) CreateNetwork(name, subnet, gateway string, options map[string]string) error {
+func (c *Client) CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error {
 	cfg := map[string]string{"Subnet": subnet}
 	if gateway != "" {
 		cfg["Gateway"] = gateway
 	}
-	req := map[string]any{"Name": name, "Driver": "vxnet", "CheckDuplicate": true, "Options": options,
+	req := map[string]any{"Name": name, "Driver": "vxnet", "CheckDuplicate": true, "Options": options, "Internal": internal,
 		"IPAM": map[string]any{"Driver": "vxnet", "Config": []map[string]string{cfg}}}
 	return c.do(http.MethodPost, "/networks/create", req, nil)
 }

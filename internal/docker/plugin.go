@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // ContentType is the plugin protocol's media type.
@@ -25,6 +27,8 @@ const (
 	OptVNI   = "vxnet.vni"
 	OptFlood = "vxnet.flood"
 	OptMTU   = "com.docker.network.driver.mtu"
+	// OptInternal is how libnetwork passes `docker network create --internal`.
+	OptInternal = "com.docker.network.internal"
 	// Docker's generic option bag in CreateNetwork requests.
 	genericOpts = "com.docker.network.generic"
 	// The gateway request marker in RequestAddress options.
@@ -40,6 +44,7 @@ type Network struct {
 	VNI      uint32
 	MTU      int
 	Flood    bool
+	Internal bool
 }
 
 // Endpoint is a container interface Docker creates.
@@ -71,6 +76,9 @@ type Backend interface {
 	DeleteEndpoint(dockerNetwork, dockerID string) error
 	Join(dockerNetwork, dockerID, sandbox string) (Joined, error)
 	Leave(dockerNetwork, dockerID string) error
+	// Publish sets the ports an endpoint publishes at the host's
+	// addresses (none: revoke).
+	Publish(dockerNetwork, dockerID string, ports []model.PortMap) error
 }
 
 // Server is the plugin's HTTP server.
@@ -179,8 +187,17 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 	h("/NetworkDriver.Leave", decoded(func(req struct{ NetworkID, EndpointID string }) (any, error) {
 		return empty, s.b.Leave(req.NetworkID, req.EndpointID)
 	}))
-	for _, p := range []string{"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
-		"/NetworkDriver.ProgramExternalConnectivity", "/NetworkDriver.RevokeExternalConnectivity"} {
+	h("/NetworkDriver.ProgramExternalConnectivity", decoded(func(req ConnectivityRequest) (any, error) {
+		ports, err := req.PortMaps()
+		if err != nil {
+			return nil, err
+		}
+		return empty, s.b.Publish(req.NetworkID, req.EndpointID, ports)
+	}))
+	h("/NetworkDriver.RevokeExternalConnectivity", decoded(func(req ConnectivityRequest) (any, error) {
+		return empty, s.b.Publish(req.NetworkID, req.EndpointID, nil)
+	}))
+	for _, p := range []string{"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete"} {
 		h(p, func([]byte) (any, error) { return empty, nil })
 	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -65,6 +65,59 @@ type JoinRequest struct {
 	Options    map[string]any
 }
 
+// ConnectivityRequest is NetworkDriver.ProgramExternalConnectivity (and
+// RevokeExternalConnectivity, without options).
+type ConnectivityRequest struct {
+	NetworkID  string
+	EndpointID string
+	Options    map[string]any
+}
+
+// portMapOpt is where libnetwork puts `docker run -p` bindings.
+const portMapOpt = "com.docker.network.portmap"
+
+// PortBinding is one binding of portMapOpt.
+type PortBinding struct {
+	Proto       int // IANA protocol number: 6 tcp, 17 udp
+	IP          string
+	Port        uint16
+	HostIP      string
+	HostPort    uint16
+	HostPortEnd uint16
+}
+
+// PortMaps reads the published ports of the request.
+func (r ConnectivityRequest) PortMaps() ([]model.PortMap, error) {
+	raw, ok := r.Options[portMapOpt]
+	if !ok || raw == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("option %s: %w", portMapOpt, err)
+	}
+	var bindings []PortBinding
+	if err := json.Unmarshal(b, &bindings); err != nil {
+		return nil, fmt.Errorf("malformed option %s: %w", portMapOpt, err)
+	}
+	var out []model.PortMap
+	for _, pb := range bindings {
+		proto := map[int]string{6: "tcp", 17: "udp"}[pb.Proto]
+		switch {
+		case proto == "":
+			return nil, fmt.Errorf("published port %d: protocol %d is not supported by vxnet (tcp and udp are)", pb.Port, pb.Proto)
+		case pb.HostPort == 0:
+			return nil, fmt.Errorf("published port %d/%s: vxnet needs an explicit host port (-p HOSTPORT:%d)", pb.Port, proto, pb.Port)
+		case pb.HostPortEnd != 0 && pb.HostPortEnd != pb.HostPort:
+			return nil, fmt.Errorf("published port %d/%s: host port ranges (%d-%d) are not supported by vxnet: publish one host port", pb.Port, proto, pb.HostPort, pb.HostPortEnd)
+		case pb.HostIP != "" && pb.HostIP != "0.0.0.0" && pb.HostIP != "::":
+			return nil, fmt.Errorf("published port %d/%s: binding to one host address (%s) is not supported by vxnet: publish on all (-p %d:%d)", pb.Port, proto, pb.HostIP, pb.HostPort, pb.Port)
+		}
+		out = append(out, model.PortMap{Proto: proto, HostPort: pb.HostPort, Port: pb.Port})
+	}
+	return model.ValidatePorts(out)
+}
+
 // Decode parses a request body: bounded, one JSON object. Unknown fields are
 // allowed (Docker adds fields over versions).
 func Decode(b []byte, v any) error {
@@ -95,6 +148,10 @@ func (r CreateNetworkRequest) Network() (Network, error) {
 		return n, fmt.Errorf("vxnet networks need exactly one IPv4 subnet: give --subnet (and --ipam-driver vxnet)")
 	}
 	n.Subnet, n.Gateway = r.IPv4Data[0].Pool, r.IPv4Data[0].Gateway
+	// libnetwork puts --internal beside the generic options, not in them.
+	if v, ok := r.Options[OptInternal].(bool); ok {
+		n.Internal = v
+	}
 	opts := map[string]string{}
 	if g, ok := r.Options[genericOpts].(map[string]any); ok {
 		for k, v := range g {
@@ -124,6 +181,7 @@ func (r CreateNetworkRequest) Network() (Network, error) {
 				return n, fmt.Errorf("invalid -o %s=%q: want true or false", k, v)
 			}
 			n.Flood = b
+
 		default:
 			if strings.HasPrefix(k, "vxnet.") {
 				return n, fmt.Errorf("unknown option -o %s: vxnet understands %s, %s and %s", k, OptVNI, OptFlood, OptMTU)

@@ -39,6 +39,8 @@ type Network struct {
 	// DockerName is the name of the network in every dockerd (agents with a
 	// Docker host create it there); empty while unknown.
 	DockerName string `json:"dockerName,omitempty"`
+	// Internal networks have no way out: no egress, no published ports.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // Node is one host of the cluster.
@@ -55,6 +57,8 @@ type Endpoint struct {
 	MAC     string     `json:"mac"`
 	IP      netip.Addr `json:"ip"`
 	IP6     netip.Addr `json:"ip6,omitzero"`
+	// Ports are published at the addresses of the endpoint's host.
+	Ports []PortMap `json:"ports,omitempty"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)

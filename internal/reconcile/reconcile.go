@@ -39,6 +39,9 @@ type Target struct {
 	Ports map[string]bool
 	// Firewall isolates the networks and admits VXLAN only from members.
 	Firewall datapath.Firewall
+	// HostFirewall lets the networks' traffic through the host's iptables,
+	// out (NATed) and in through published ports.
+	HostFirewall datapath.HostFirewall
 }
 
 // Problem is a clash in the cluster state that Desired resolved
@@ -86,8 +89,13 @@ func Desired(in Input) (Target, []Problem) {
 		ip  netip.Addr
 	}
 	type macKey struct{ net, mac string }
+	type portKey struct {
+		proto string
+		port  uint16
+	}
 	seenIP := map[ipKey]owner{}
 	seenMAC := map[macKey]owner{}
+	seenPort := map[portKey]owner{}
 	for _, e := range eps {
 		n, ok := nets[e.Network]
 		if !ok {
@@ -109,6 +117,22 @@ func Desired(in Input) (Target, []Problem) {
 		}
 		seenIP[ik], seenMAC[mk] = owner{e.ID}, owner{e.ID}
 		if e.Node == in.Node {
+			for _, p := range e.Ports {
+				pk := portKey{p.Proto, p.HostPort}
+				if o, dup := seenPort[pk]; dup {
+					conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-port",
+						Detail: fmt.Sprintf("host port %d/%s is published by endpoints %s and %s; %s keeps it", p.HostPort, p.Proto, o.id, e.ID, o.id)})
+					continue
+				}
+				if n.Internal {
+					conflicts = append(conflicts, Problem{Network: e.Network, Kind: "internal-port",
+						Detail: fmt.Sprintf("endpoint %s publishes %s on an internal network; not published", e.ID, p)})
+					continue
+				}
+				seenPort[pk] = owner{e.ID}
+				st.HostFirewall.Ports = append(st.HostFirewall.Ports, datapath.PublishedPort{VNI: n.VNI, Proto: p.Proto,
+					HostPort: p.HostPort, IP: e.IP, Port: p.Port})
+			}
 			continue
 		}
 		vtep, alive := vteps[e.Node]
@@ -125,6 +149,16 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port}
+	for _, vni := range st.Firewall.Isolate {
+		n := nets[st.Networks[vni].Name]
+		st.HostFirewall.Networks = append(st.HostFirewall.Networks, datapath.HostNet{VNI: vni, Subnet: n.Subnet, Egress: !n.Internal})
+		if n.Internal {
+			st.Firewall.Internal = append(st.Firewall.Internal, vni)
+		}
+	}
+	slices.SortFunc(st.HostFirewall.Ports, func(a, b datapath.PublishedPort) int {
+		return model.PortMap{Proto: a.Proto, HostPort: a.HostPort}.Compare(model.PortMap{Proto: b.Proto, HostPort: b.HostPort})
+	})
 	for _, nd := range in.Nodes {
 		if nd.Name != in.Node && nd.Addr.IsValid() {
 			st.Firewall.VTEPs = append(st.Firewall.VTEPs, nd.Addr)
@@ -156,6 +190,7 @@ type OpKind int
 // Operation kinds, in the order Plan emits them.
 const (
 	EnsureFirewall OpKind = iota
+	EnsureHostFirewall
 	EnsureNetwork
 	SetFDB
 	SetNeigh
@@ -163,10 +198,11 @@ const (
 	DelFDB
 	DetachPort
 	DeleteNetwork
+	RemoveHostFirewall
 	RemoveFirewall
 )
 
-var opNames = [...]string{"ensure-firewall", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-firewall"}
+var opNames = [...]string{"ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -179,12 +215,15 @@ type Op struct {
 	Neigh    datapath.Neigh
 	PortID   string
 	Firewall datapath.Firewall
+	HostFW   datapath.HostFirewall
 }
 
 func (o Op) String() string {
 	switch o.Kind {
-	case EnsureFirewall, RemoveFirewall:
+	case EnsureFirewall, RemoveFirewall, RemoveHostFirewall:
 		return o.Kind.String()
+	case EnsureHostFirewall:
+		return fmt.Sprintf("%s networks %d ports %d", o.Kind, len(o.HostFW.Networks), len(o.HostFW.Ports))
 	case EnsureNetwork:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
 	case SetNeigh, DelNeigh:
@@ -208,6 +247,12 @@ func Plan(want Target, have datapath.Observed) []Op {
 	// is admitted only from members (fail closed) and networks are isolated.
 	if len(want.Networks) > 0 && (have.Firewall == nil || !have.Firewall.Equal(want.Firewall)) {
 		ops = append(ops, Op{Kind: EnsureFirewall, Firewall: want.Firewall})
+	}
+	// The host's iptables let the networks' traffic through before their
+	// devices exist (a host that drops forwarded traffic drops nothing of
+	// ours), and stop doing so only after they are gone.
+	if len(want.Networks) > 0 && (have.HostFirewall == nil || !have.HostFirewall.Equal(want.HostFirewall)) {
+		ops = append(ops, Op{Kind: EnsureHostFirewall, HostFW: want.HostFirewall})
 	}
 	rebuilt := map[uint32]bool{}
 	for _, vni := range sortedKeys(want.Networks, cmp.Compare[uint32]) {
@@ -271,6 +316,9 @@ func Plan(want Target, have datapath.Observed) []Op {
 			ops = append(ops, Op{Kind: DeleteNetwork, VNI: vni})
 		}
 	}
+	if len(want.Networks) == 0 && have.HostFirewall != nil {
+		ops = append(ops, Op{Kind: RemoveHostFirewall})
+	}
 	if len(want.Networks) == 0 && have.Firewall != nil {
 		ops = append(ops, Op{Kind: RemoveFirewall})
 	}
@@ -288,6 +336,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 			err = dp.EnsureFirewall(op.Firewall)
 		case RemoveFirewall:
 			err = dp.RemoveFirewall()
+		case EnsureHostFirewall:
+			err = dp.EnsureHostFirewall(op.HostFW)
+		case RemoveHostFirewall:
+			err = dp.RemoveHostFirewall()
 		case EnsureNetwork:
 			err = dp.EnsureNetwork(op.Network)
 			if err != nil {

@@ -2,6 +2,7 @@ package reconcile_test
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -146,8 +147,8 @@ func TestPlanOrderAndIdempotence(t *testing.T) {
 		}
 		last = op.Kind
 	}
-	if len(ops) < 2 || ops[0].Kind != reconcile.EnsureFirewall || ops[1].Kind != reconcile.EnsureNetwork {
-		t.Fatalf("first ops = %v, want ensure-isolation, ensure-network", ops)
+	if len(ops) < 3 || ops[0].Kind != reconcile.EnsureFirewall || ops[1].Kind != reconcile.EnsureHostFirewall || ops[2].Kind != reconcile.EnsureNetwork {
+		t.Fatalf("first ops = %v, want ensure-firewall, ensure-host-firewall, ensure-network", ops)
 	}
 	before := dp.Changes
 	ops, err = reconcile.Sync(dp, want)
@@ -236,5 +237,69 @@ func TestFirewallFollowsNetworksAndMembers(t *testing.T) {
 	}
 	if obs, _ := dp.Observe(); obs.Firewall != nil || len(obs.Networks) != 0 {
 		t.Fatalf("after removing every network: %+v", obs)
+	}
+}
+
+// The host firewall: every programmed network forwards on its bridge and,
+// unless internal, out of it; local endpoints' published ports become
+// DNATs (remote endpoints' ports are their hosts' business); a host port
+// published twice stays with the first endpoint and is reported.
+func TestDesiredHostFirewall(t *testing.T) {
+	internal := db
+	internal.Internal = true
+	a := ep("a", "web", "h1", "02:00:00:00:00:01", "198.19.1.2")
+	a.Ports = []model.PortMap{{Proto: "tcp", HostPort: 8080, Port: 80}, {Proto: "udp", HostPort: 53, Port: 5353}}
+	b := ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3")
+	b.Ports = []model.PortMap{{Proto: "tcp", HostPort: 9090, Port: 90}}
+	c := ep("c", "web", "h1", "02:00:00:00:00:03", "198.19.1.4")
+	c.Ports = []model.PortMap{{Proto: "tcp", HostPort: 8080, Port: 81}}
+	d := ep("d", "db", "h1", "02:00:00:00:00:04", "198.19.2.4")
+	d.Ports = []model.PortMap{{Proto: "tcp", HostPort: 7070, Port: 70}}
+	in := input(a, b, c, d)
+	in.Networks = []model.Network{web, internal}
+	want, problems := reconcile.Desired(in)
+	wantFW := datapath.HostFirewall{
+		Networks: []datapath.HostNet{{VNI: web.VNI, Subnet: web.Subnet, Egress: true}, {VNI: db.VNI, Subnet: db.Subnet, Egress: false}},
+		Ports: []datapath.PublishedPort{
+			{VNI: web.VNI, Proto: "tcp", HostPort: 8080, IP: a.IP, Port: 80},
+			{VNI: web.VNI, Proto: "udp", HostPort: 53, IP: a.IP, Port: 5353},
+		},
+	}
+	if !want.HostFirewall.Equal(wantFW) {
+		t.Errorf("host firewall\n %+v\nwant\n %+v", want.HostFirewall, wantFW)
+	}
+	if !slices.Equal(want.Firewall.Internal, []uint32{db.VNI}) {
+		t.Errorf("internal %v, want [%d]", want.Firewall.Internal, db.VNI)
+	}
+	var got []string
+	for _, p := range problems {
+		got = append(got, p.String())
+	}
+	wantProblems := []string{
+		"network web: duplicate-port: host port 8080/tcp is published by endpoints a and c; a keeps it",
+		"network db: internal-port: endpoint d publishes 7070:70/tcp on an internal network; not published",
+	}
+	slices.Sort(got)
+	slices.Sort(wantProblems)
+	if !slices.Equal(got, wantProblems) {
+		t.Errorf("problems\n %q\nwant\n %q", got, wantProblems)
+	}
+	// Rules flushed by someone come back on the next pass; with the
+	// networks gone they go.
+	dp := fake.New()
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	dp.FlushHostFirewall()
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil || len(ops) != 1 || ops[0].Kind != reconcile.EnsureHostFirewall {
+		t.Fatalf("after a flush: ops %v, err %v; want one ensure-host-firewall", ops, err)
+	}
+	empty, _ := reconcile.Desired(reconcile.Input{Node: "h1", Local: h1.Addr, Port: 4789, UnderlayMTU: 1500})
+	if _, err := reconcile.Sync(dp, empty); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := dp.Observe(); o.HostFirewall != nil || o.Firewall != nil {
+		t.Errorf("left after the last network: %+v %+v", o.HostFirewall, o.Firewall)
 	}
 }

@@ -25,6 +25,10 @@ type Harness struct {
 	Changes func(dp datapath.Dataplane) int
 	// AddForeign creates a device vxnet did not create, with that name.
 	AddForeign func(t *testing.T, dp datapath.Dataplane, name string)
+	// FlushHostFirewall empties vxnet's filter chain in the host firewall,
+	// as someone flushing the host's iptables would, and makes the next
+	// Observe read the host again.
+	FlushHostFirewall func(t *testing.T, dp datapath.Dataplane)
 }
 
 // Spec returns a valid network spec for a VNI.
@@ -191,10 +195,50 @@ func Run(t *testing.T, h Harness) {
 		if got := observe(t, dp).Firewall; got == nil || len(got.VTEPs) != 0 || !got.Equal(datapath.Firewall{Isolate: []uint32{7}, Port: 4789}) {
 			t.Fatalf("firewall with no peers = %+v", got)
 		}
+		internal := datapath.Firewall{Isolate: []uint32{7, 8}, Port: 4789, Internal: []uint32{8}}
+		must(t, dp.EnsureFirewall(internal))
+		if got := observe(t, dp).Firewall; got == nil || !got.Equal(internal) {
+			t.Fatalf("firewall with an internal network = %+v, want %+v", got, internal)
+		}
 		must(t, dp.RemoveFirewall())
 		must(t, dp.RemoveFirewall())
 		if got := observe(t, dp).Firewall; got != nil {
 			t.Fatalf("firewall still observed after RemoveFirewall: %+v", got)
+		}
+	})
+	t.Run("HostFirewall", func(t *testing.T) {
+		dp := h.New(t)
+		if got := observe(t, dp).HostFirewall; got != nil {
+			t.Fatalf("a fresh host reports host firewall rules %+v", got)
+		}
+		web := datapath.HostNet{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Egress: true}
+		db := datapath.HostNet{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24")}
+		port := datapath.PublishedPort{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80}
+		udp := datapath.PublishedPort{VNI: 4097, Proto: "udp", HostPort: 5353, IP: netip.MustParseAddr("198.19.7.6"), Port: 53}
+		for _, want := range []datapath.HostFirewall{
+			{Networks: []datapath.HostNet{web}},
+			{Networks: []datapath.HostNet{web, db}, Ports: []datapath.PublishedPort{port, udp}},
+			{Networks: []datapath.HostNet{db}},
+		} {
+			must(t, dp.EnsureHostFirewall(want))
+			if got := observe(t, dp).HostFirewall; got == nil || !got.Equal(want) {
+				t.Fatalf("host firewall = %+v, want %+v", got, want)
+			}
+		}
+		want := datapath.HostFirewall{Networks: []datapath.HostNet{web}, Ports: []datapath.PublishedPort{port}}
+		must(t, dp.EnsureHostFirewall(want))
+		h.FlushHostFirewall(t, dp)
+		if got := observe(t, dp).HostFirewall; got != nil && got.Equal(want) {
+			t.Fatalf("flushed host firewall still reads as installed: %+v", got)
+		}
+		must(t, dp.EnsureHostFirewall(want))
+		if got := observe(t, dp).HostFirewall; got == nil || !got.Equal(want) {
+			t.Fatalf("host firewall after a flush and ensure = %+v, want %+v", got, want)
+		}
+		must(t, dp.RemoveHostFirewall())
+		must(t, dp.RemoveHostFirewall())
+		if got := observe(t, dp).HostFirewall; got != nil {
+			t.Fatalf("host firewall still observed after RemoveHostFirewall: %+v", got)
 		}
 	})
 	t.Run("ReplacedDeviceTakesEntries", func(t *testing.T) {

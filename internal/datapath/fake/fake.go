@@ -23,6 +23,7 @@ type Dataplane struct {
 	neigh    map[datapath.NeighKey]datapath.Neigh
 	ports    map[string]datapath.Port
 	firewall *datapath.Firewall
+	hostFW   *datapath.HostFirewall
 	// Foreign holds device names vxnet did not create.
 	Foreign map[string]bool
 	// Changes counts writes.
@@ -62,6 +63,10 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if d.firewall != nil {
 		f := *d.firewall
 		o.Firewall = &f
+	}
+	if d.hostFW != nil {
+		h := *d.hostFW
+		o.HostFirewall = &h
 	}
 	slices.SortFunc(o.FDB, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
 	slices.SortFunc(o.Neigh, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
@@ -241,6 +246,8 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	defer d.mu.Unlock()
 	f.Isolate = append([]uint32(nil), f.Isolate...)
 	f.VTEPs = append([]netip.Addr(nil), f.VTEPs...)
+	f.Internal = slices.Clone(f.Internal)
+	slices.Sort(f.Internal)
 	slices.Sort(f.Isolate)
 	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
 	d.firewall = &f
@@ -257,4 +264,33 @@ func (d *Dataplane) RemoveFirewall() error {
 		d.Changes++
 	}
 	return nil
+}
+
+// EnsureHostFirewall records the host firewall rules.
+func (d *Dataplane) EnsureHostFirewall(h datapath.HostFirewall) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h.Networks, h.Ports = slices.Clone(h.Networks), slices.Clone(h.Ports)
+	d.hostFW = &h
+	d.Changes++
+	return nil
+}
+
+// RemoveHostFirewall forgets the host firewall rules.
+func (d *Dataplane) RemoveHostFirewall() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.hostFW != nil {
+		d.hostFW = nil
+		d.Changes++
+	}
+	return nil
+}
+
+// FlushHostFirewall drops the host firewall rules as someone flushing the
+// host's iptables would: vxnet's record of them is gone too.
+func (d *Dataplane) FlushHostFirewall() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.hostFW = nil
 }

@@ -20,7 +20,8 @@ func TestContract(t *testing.T) {
 			}
 			return p
 		},
-		Changes:    func(dp datapath.Dataplane) int { return dp.(*fake.Dataplane).Changes },
-		AddForeign: func(t *testing.T, dp datapath.Dataplane, name string) { dp.(*fake.Dataplane).Foreign[name] = true },
+		Changes:           func(dp datapath.Dataplane) int { return dp.(*fake.Dataplane).Changes },
+		AddForeign:        func(t *testing.T, dp datapath.Dataplane, name string) { dp.(*fake.Dataplane).Foreign[name] = true },
+		FlushHostFirewall: func(t *testing.T, dp datapath.Dataplane) { dp.(*fake.Dataplane).FlushHostFirewall() },
 	})
 }

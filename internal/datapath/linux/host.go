@@ -3,6 +3,7 @@ package linux
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -45,6 +46,27 @@ func (Host) HasAddr(addr netip.Addr) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// PortFree tries to bind the port on every address of the host: a process
+// listening there (or Docker's proxy for a published port) makes it fail.
+func (Host) PortFree(proto string, port uint16) error {
+	addr := fmt.Sprintf(":%d", port)
+	switch proto {
+	case "tcp":
+		l, err := net.Listen("tcp4", addr)
+		if err != nil {
+			return fmt.Errorf("host port %d/tcp is in use on this host: %w", port, err)
+		}
+		return l.Close()
+	case "udp":
+		c, err := net.ListenPacket("udp4", addr)
+		if err != nil {
+			return fmt.Errorf("host port %d/udp is in use on this host: %w", port, err)
+		}
+		return c.Close()
+	}
+	return fmt.Errorf("unknown protocol %q: want tcp or udp", proto)
 }
 
 // DefaultAdvertiseAddr returns the preferred source address of the default route.

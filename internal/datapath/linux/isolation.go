@@ -20,11 +20,13 @@ import (
 const FirewallTable = "vxnet"
 
 const (
-	forwardChain  = "forward"
-	inputChain    = "input"
-	vtepSet       = "vteps"
-	isolatePrefix = "vxnet-isolate:"
-	ingressPrefix = "vxnet-ingress:"
+	forwardChain   = "forward"
+	inputChain     = "input"
+	vtepSet        = "vteps"
+	isolatePrefix  = "vxnet-isolate:"
+	internalPrefix = "vxnet-internal:"
+	ingressPrefix  = "vxnet-ingress:"
+	dnatTag        = "vxnet-dnat"
 )
 
 func ifname(name string) []byte { return append([]byte(name), 0) }
@@ -46,6 +48,41 @@ func isolationRule(t *nftables.Table, c *nftables.Chain, vni uint32) *nftables.R
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}}
+}
+
+// internalRules drop anything routed out of or into the bridge of an
+// internal network, whatever the host's other rules say.
+func internalRules(t *nftables.Table, c *nftables.Chain, vni uint32) []*nftables.Rule {
+	br := ifname(datapath.BridgeName(vni))
+	ud := []byte(internalPrefix + strconv.FormatUint(uint64(vni), 10))
+	var out []*nftables.Rule
+	for _, dir := range [][2]expr.MetaKey{{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME}, {expr.MetaKeyOIFNAME, expr.MetaKeyIIFNAME}} {
+		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: ud, Exprs: []expr.Any{
+			&expr.Meta{Key: dir[0], Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: br},
+			&expr.Meta{Key: dir[1], Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: br},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+	return out
+}
+
+// dnatRule accepts connections to published ports (destination-NATed by
+// vxnet's host rules) before the isolation rules: a container of another
+// network reaches a published port at the host's address, as with Docker.
+func dnatRule(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
+	const ipsDstNAT = 1 << 5 // IPS_DST_NAT
+	mask := make([]byte, 4)
+	binary.NativeEndian.PutUint32(mask, ipsDstNAT)
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(dnatTag), Exprs: []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}}
 }
 
 // ingressRule drops IPv4 UDP to the VXLAN port from any address that is not
@@ -124,6 +161,8 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	}
 	broken := &datapath.Firewall{Port: -1}
 	f := &datapath.Firewall{Isolate: []uint32{}, VTEPs: []netip.Addr{}}
+	internal := map[uint32]int{} // rules seen per internal network (two each)
+	dnat := 0
 	for _, name := range []string{forwardChain, inputChain} {
 		ch, err := c.ListChain(t, name)
 		if err != nil {
@@ -141,6 +180,14 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 					return broken, nil
 				}
 				f.Isolate = append(f.Isolate, uint32(n))
+			} else if v, ok := strings.CutPrefix(ud, internalPrefix); ok && name == forwardChain {
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil {
+					return broken, nil
+				}
+				internal[uint32(n)]++
+			} else if ud == dnatTag && name == forwardChain {
+				dnat++
 			} else if v, ok := strings.CutPrefix(ud, ingressPrefix); ok && name == inputChain {
 				if f.Port, err = strconv.Atoi(v); err != nil {
 					return broken, nil
@@ -163,7 +210,17 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 			f.VTEPs = append(f.VTEPs, a.Unmap())
 		}
 	}
+	if dnat != 1 {
+		return broken, nil
+	}
+	for vni, n := range internal {
+		if n != 2 {
+			return broken, nil
+		}
+		f.Internal = append(f.Internal, vni)
+	}
 	slices.Sort(f.Isolate)
+	slices.Sort(f.Internal)
 	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
 	return f, nil
 }
@@ -193,6 +250,12 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: forwardChain, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	c.AddRule(dnatRule(t, fwd))
+	for _, v := range f.Internal {
+		for _, r := range internalRules(t, fwd, v) {
+			c.AddRule(r)
+		}
+	}
 	for _, v := range f.Isolate {
 		c.AddRule(isolationRule(t, fwd, v))
 	}

@@ -36,7 +36,14 @@ type Dataplane struct {
 	// nftRead is the lasting connection the firewall is read through;
 	// writes, rare, each use a connection of their own.
 	nftRead *nftables.Conn
+	// ipt programs the host's iptables.
+	ipt iptables
 }
+
+// HostFirewallMaxAge is how long Observe trusts its last reading of the
+// host's iptables (reading them runs processes): rules someone flushed are
+// noticed by the first pass after that, well within a resync interval.
+const HostFirewallMaxAge = 2 * time.Second
 
 var _ datapath.Dataplane = (*Dataplane)(nil)
 
@@ -61,7 +68,8 @@ func Open(path string, log *slog.Logger) (*Dataplane, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Dataplane{h: h, ns: ns, log: log, vxlanIdx: map[uint32]int{}}, nil
+	return &Dataplane{h: h, ns: ns, log: log, vxlanIdx: map[uint32]int{},
+		ipt: iptables{nsPath: path, maxAge: HostFirewallMaxAge}}, nil
 }
 
 func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, error) {
@@ -199,6 +207,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			spec.Gateway = netip.Prefix{}
 		}
 		obs.Networks[vni] = spec
+	}
+	if obs.HostFirewall, err = d.ipt.observe(); err != nil {
+		return obs, fmt.Errorf("read the host's iptables: %w", err)
 	}
 	if obs.Firewall, err = d.observeFirewall(); err != nil {
 		return obs, err

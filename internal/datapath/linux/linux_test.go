@@ -36,6 +36,13 @@ func TestContract(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		FlushHostFirewall: func(t *testing.T, dp datapath.Dataplane) {
+			d := dp.(*linux.Dataplane)
+			if out, err := d.RunIptables("-w", "-F", "VXNET-FORWARD"); err != nil {
+				t.Fatalf("flush: %v %s", err, out)
+			}
+			d.RereadHostFirewall()
+		},
 	})
 }
 

@@ -1,0 +1,467 @@
+package linux
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// The host firewall is the host's own iptables, in whichever backend (nft or
+// legacy) the host uses: a drop in one base chain is final whatever other
+// tables accept, so vxnet's accepts must sit in the chains that drop. vxnet
+// owns three chains and four jumps to them, and nothing else:
+//
+//	filter VXNET-FORWARD      <- FORWARD (after DOCKER-USER when Docker's is there)
+//	nat    VXNET-POSTROUTING  <- POSTROUTING
+//	nat    VXNET-DNAT         <- PREROUTING and OUTPUT, for the host's own addresses
+//
+// Every rule in its chains carries a comment naming the network or port it
+// serves, which is how Observe reads them back.
+const (
+	chainForward = "VXNET-FORWARD"
+	chainSNAT    = "VXNET-POSTROUTING"
+	chainDNAT    = "VXNET-DNAT"
+	commentTag   = "vxnet:"
+)
+
+// jumps are vxnet's rules in the host's own chains: table, chain, rule.
+var jumps = []struct{ table, chain, rule string }{
+	{"filter", "FORWARD", "-j " + chainForward},
+	{"nat", "POSTROUTING", "-j " + chainSNAT},
+	{"nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j " + chainDNAT},
+	{"nat", "OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + chainDNAT},
+}
+
+// hostRule is one rule in one of vxnet's chains.
+type hostRule struct{ table, chain, spec string }
+
+func netComment(n datapath.HostNet) string {
+	mode := "egress"
+	if !n.Egress {
+		mode = "internal"
+	}
+	return fmt.Sprintf("%snet:%d:%s:%s", commentTag, n.VNI, n.Subnet, mode)
+}
+
+func portComment(p datapath.PublishedPort) string {
+	return fmt.Sprintf("%sport:%d:%s:%d:%s:%d", commentTag, p.VNI, p.Proto, p.HostPort, p.IP, p.Port)
+}
+
+// hostRules renders a host firewall as rules, grouped by comment.
+func hostRules(h datapath.HostFirewall) map[string][]hostRule {
+	out := map[string][]hostRule{}
+	for _, n := range h.Networks {
+		c := netComment(n)
+		br := datapath.BridgeName(n.VNI)
+		tag := " -m comment --comment " + c
+		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
+		if n.Egress {
+			rs = append(rs,
+				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
+				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
+				hostRule{"nat", chainSNAT, "-s " + n.Subnet.String() + " ! -o " + br + tag + " -j MASQUERADE"})
+		}
+		out[c] = rs
+	}
+	for _, p := range h.Ports {
+		c := portComment(p)
+		br := datapath.BridgeName(p.VNI)
+		tag := " -m comment --comment " + c
+		dst := netip.AddrPortFrom(p.IP, p.Port).String()
+		out[c] = []hostRule{
+			{"nat", chainDNAT, fmt.Sprintf("-p %s -m %s --dport %d%s -j DNAT --to-destination %s", p.Proto, p.Proto, p.HostPort, tag, dst)},
+			{"filter", chainForward, fmt.Sprintf("-d %s/32 -o %s -p %s -m %s --dport %d%s -j ACCEPT", p.IP, br, p.Proto, p.Proto, p.Port, tag)},
+		}
+	}
+	return out
+}
+
+// parseComment reads a network or port back from a rule's comment.
+func parseComment(c string, h *datapath.HostFirewall) bool {
+	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
+	switch {
+	case len(f) == 4 && f[0] == "net":
+		vni, err1 := strconv.ParseUint(f[1], 10, 32)
+		sub, err2 := netip.ParsePrefix(f[2])
+		if err1 != nil || err2 != nil || (f[3] != "egress" && f[3] != "internal") {
+			return false
+		}
+		h.Networks = append(h.Networks, datapath.HostNet{VNI: uint32(vni), Subnet: sub, Egress: f[3] == "egress"})
+	case len(f) == 7 && f[0] == "port":
+		vni, err1 := strconv.ParseUint(f[1], 10, 32)
+		hp, err2 := strconv.ParseUint(f[3], 10, 16)
+		ip, err3 := netip.ParseAddr(f[4])
+		cp, err4 := strconv.ParseUint(f[5], 10, 16)
+		if errors.Join(err1, err2, err3, err4) != nil {
+			return false
+		}
+		h.Ports = append(h.Ports, datapath.PublishedPort{VNI: uint32(vni), Proto: f[2], HostPort: uint16(hp), IP: ip, Port: uint16(cp)})
+	default:
+		return false
+	}
+	return true
+}
+
+// iptables runs the iptables tools of the host's backend in the
+// dataplane's namespace.
+type iptables struct {
+	nsPath string // "" for the caller's namespace
+	// prefix names the tools: "iptables-nft", "iptables-legacy" or
+	// "iptables" (when the host has only that); "" until detected.
+	prefix string
+	// seen is the host firewall as last read or written, and when: the
+	// tools are processes, too dear to run on every pass, so Observe reads
+	// them again only once seen is older than maxAge.
+	seen   *datapath.HostFirewall
+	seenAt time.Time
+	maxAge time.Duration
+	// missing is set when the host has no iptables tools at all.
+	missing bool
+}
+
+func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {
+	var out, errOut bytes.Buffer
+	do := func() error {
+		cmd := exec.Command(tool, args...)
+		cmd.Stdin = bytes.NewReader(stdin)
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		return cmd.Run()
+	}
+	var err error
+	if t.nsPath == "" {
+		err = do()
+	} else {
+		err = nsutil.Do(t.nsPath, do)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// detect picks the backend the host's rules live in, as Kubernetes does:
+// the one whose save shows more rules and non-default policies; on a tie
+// (a host with no rules yet) the system's default iptables.
+func (t *iptables) detect() error {
+	if t.prefix != "" || t.missing {
+		return nil
+	}
+	weight := func(prefix string) int {
+		b, err := t.run(prefix+"-save", nil)
+		if err != nil {
+			return -1
+		}
+		n := 0
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "-A ") || (strings.HasPrefix(l, ":") && strings.Contains(l, " DROP ")) {
+				n++
+			}
+		}
+		return n
+	}
+	_, errNft := exec.LookPath("iptables-nft")
+	_, errLegacy := exec.LookPath("iptables-legacy")
+	_, errPlain := exec.LookPath("iptables")
+	switch {
+	case errNft == nil && errLegacy == nil:
+		nft, legacy := weight("iptables-nft"), weight("iptables-legacy")
+		switch {
+		case legacy > nft:
+			t.prefix = "iptables-legacy"
+		case nft > legacy || errPlain != nil:
+			t.prefix = "iptables-nft"
+		default:
+			t.prefix = "iptables"
+		}
+	case errNft == nil:
+		t.prefix = "iptables-nft"
+	case errLegacy == nil:
+		t.prefix = "iptables-legacy"
+	case errPlain == nil:
+		t.prefix = "iptables"
+	default:
+		t.missing = true
+	}
+	return nil
+}
+
+// save returns the lines of one table.
+func (t *iptables) save(table string) ([]string, error) {
+	b, err := t.run(t.prefix+"-save", nil, "-t", table)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(string(b), "\n"), nil
+}
+
+// comment extracts the vxnet comment of a saved rule ("" when none).
+func comment(line string) string {
+	_, rest, ok := strings.Cut(line, "--comment ")
+	if !ok {
+		return ""
+	}
+	rest = strings.TrimPrefix(rest, `"`)
+	c, _, _ := strings.Cut(rest, " ")
+	c = strings.TrimSuffix(c, `"`)
+	if !strings.HasPrefix(c, commentTag) {
+		return ""
+	}
+	return c
+}
+
+// read reads vxnet's rules from the host: nil when it has none at all, an
+// Incomplete firewall when some are missing.
+func (t *iptables) read() (*datapath.HostFirewall, error) {
+	h := &datapath.HostFirewall{}
+	count := map[string]int{}
+	chains := 0
+	jumpsSeen := map[int]bool{}
+	for _, table := range []string{"filter", "nat"} {
+		lines, err := t.save(table)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lines {
+			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" {
+				chains++
+				continue
+			}
+			for i, j := range jumps {
+				if j.table == table && l == "-A "+j.chain+" "+j.rule {
+					jumpsSeen[i] = true
+				}
+			}
+			if strings.HasPrefix(l, "-A VXNET-") {
+				c := comment(l)
+				if c == "" {
+					h.Incomplete = true // a rule vxnet did not write, in its chain
+					continue
+				}
+				if count[c] == 0 && !parseComment(c, h) {
+					h.Incomplete = true
+				}
+				count[c]++
+			}
+		}
+	}
+	if chains == 0 && len(jumpsSeen) == 0 {
+		return nil, nil
+	}
+	for c, rs := range hostRules(*h) {
+		if count[c] != len(rs) {
+			h.Incomplete = true
+		}
+	}
+	if chains != 3 || len(jumpsSeen) != len(jumps) {
+		h.Incomplete = true
+	}
+	slices.SortFunc(h.Networks, func(a, b datapath.HostNet) int { return int(a.VNI) - int(b.VNI) })
+	slices.SortFunc(h.Ports, comparePorts)
+	return h, nil
+}
+
+func comparePorts(a, b datapath.PublishedPort) int {
+	if c := strings.Compare(a.Proto, b.Proto); c != 0 {
+		return c
+	}
+	return int(a.HostPort) - int(b.HostPort)
+}
+
+// observe returns the host firewall, read again when the last reading is
+// older than maxAge.
+func (t *iptables) observe() (*datapath.HostFirewall, error) {
+	if t.seenAt.IsZero() || time.Since(t.seenAt) >= t.maxAge {
+		if err := t.detect(); err != nil {
+			return nil, err
+		}
+		if t.missing {
+			return t.seen, nil
+		}
+		h, err := t.read()
+		if err != nil {
+			return nil, err
+		}
+		t.seen, t.seenAt = h, time.Now()
+	}
+	if t.seen == nil {
+		return nil, nil
+	}
+	c := *t.seen
+	return &c, nil
+}
+
+// ensure replaces vxnet's chains at once (iptables-restore without flushing
+// anything else) and adds the jumps that are missing.
+func (t *iptables) ensure(h datapath.HostFirewall) error {
+	if err := t.detect(); err != nil {
+		return err
+	}
+	if t.missing {
+		t.seen, t.seenAt = &h, time.Now()
+		return nil
+	}
+	rules := hostRules(h)
+	var keys []string
+	for c := range rules {
+		keys = append(keys, c)
+	}
+	slices.Sort(keys)
+	var in bytes.Buffer
+	for _, table := range []string{"filter", "nat"} {
+		fmt.Fprintf(&in, "*%s\n", table)
+		if table == "filter" {
+			fmt.Fprintf(&in, ":%s - [0:0]\n", chainForward)
+		} else {
+			fmt.Fprintf(&in, ":%s - [0:0]\n:%s - [0:0]\n", chainSNAT, chainDNAT)
+		}
+		for _, c := range keys {
+			for _, r := range rules[c] {
+				if r.table == table {
+					fmt.Fprintf(&in, "-A %s %s\n", r.chain, r.spec)
+				}
+			}
+		}
+		in.WriteString("COMMIT\n")
+	}
+	t.seenAt = time.Time{} // read again whatever happens next
+	if _, err := t.run(t.prefix+"-restore", in.Bytes(), "-w", "--noflush"); err != nil {
+		return fmt.Errorf("install vxnet's iptables chains: %w", err)
+	}
+	for _, j := range jumps {
+		if err := t.ensureJump(j.table, j.chain, j.rule); err != nil {
+			return err
+		}
+	}
+	if len(h.Ports) > 0 || slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return n.Egress }) {
+		if err := t.forwarding(); err != nil {
+			return err
+		}
+	}
+	t.seen, t.seenAt = &h, time.Now()
+	return nil
+}
+
+// ensureJump inserts a jump unless it is there: at the top of the chain,
+// or in FORWARD right after Docker's DOCKER-USER, so that rules users put
+// there for containers apply to vxnet's too.
+func (t *iptables) ensureJump(table, chain, rule string) error {
+	args := strings.Fields(rule)
+	if _, err := t.run(t.prefix, nil, append([]string{"-w", "-t", table, "-C", chain}, args...)...); err == nil {
+		return nil
+	}
+	pos := 1
+	if chain == "FORWARD" {
+		lines, err := t.save(table)
+		if err != nil {
+			return err
+		}
+		i := 0
+		for _, l := range lines {
+			if strings.HasPrefix(l, "-A FORWARD ") {
+				i++
+				if l == "-A FORWARD -j DOCKER-USER" {
+					pos = i + 1
+				}
+			}
+		}
+	}
+	if _, err := t.run(t.prefix, nil, append([]string{"-w", "-t", table, "-I", chain, strconv.Itoa(pos)}, args...)...); err != nil {
+		return fmt.Errorf("add vxnet's jump to %s %s: %w", table, chain, err)
+	}
+	return nil
+}
+
+// forwarding turns on IPv4 forwarding in the namespace, which egress and
+// published ports need (as Docker does for its networks).
+func (t *iptables) forwarding() error {
+	const path = "/proc/sys/net/ipv4/ip_forward"
+	set := func() error {
+		b, err := os.ReadFile(path)
+		if err != nil || strings.TrimSpace(string(b)) == "1" {
+			return err
+		}
+		return os.WriteFile(path, []byte("1\n"), 0o644)
+	}
+	if t.nsPath == "" {
+		return set()
+	}
+	return nsutil.Do(t.nsPath, set)
+}
+
+// remove deletes vxnet's jumps and chains; what is absent is no error.
+func (t *iptables) remove() error {
+	if err := t.detect(); err != nil {
+		return err
+	}
+	t.seen, t.seenAt = nil, time.Time{}
+	if t.missing {
+		return nil
+	}
+	var errs []error
+	for _, j := range jumps {
+		args := append([]string{"-w", "-t", j.table, "-D", j.chain}, strings.Fields(j.rule)...)
+		for range 10 { // a jump added twice by hand goes too
+			if _, err := t.run(t.prefix, nil, args...); err != nil {
+				break
+			}
+		}
+	}
+	for _, c := range []struct{ table, chain string }{{"filter", chainForward}, {"nat", chainSNAT}, {"nat", chainDNAT}} {
+		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
+			continue // absent
+		}
+		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// EnsureHostFirewall installs vxnet's rules in the host's iptables.
+func (d *Dataplane) EnsureHostFirewall(h datapath.HostFirewall) error {
+	if err := d.ipt.ensure(h); err != nil {
+		return err
+	}
+	if d.ipt.missing {
+		d.log.Warn("no iptables tools on this host: vxnet's traffic relies on the host forwarding it (install the iptables package if the host filters forwarded traffic)")
+	}
+	d.changed("installed host firewall", "backend", d.ipt.prefix, "networks", len(h.Networks), "ports", len(h.Ports))
+	return nil
+}
+
+// RemoveHostFirewall removes vxnet's rules from the host's iptables.
+func (d *Dataplane) RemoveHostFirewall() error {
+	if err := d.ipt.remove(); err != nil {
+		return err
+	}
+	d.changed("removed host firewall", "backend", d.ipt.prefix)
+	return nil
+}
+
+// HostFirewallBackend names the iptables tools in use ("" before first use).
+func (d *Dataplane) HostFirewallBackend() string { return d.ipt.prefix }
+
+// RunIptables runs the host's iptables (the detected backend) with args in
+// the dataplane's namespace, for tests and diagnosis.
+func (d *Dataplane) RunIptables(args ...string) ([]byte, error) {
+	if err := d.ipt.detect(); err != nil {
+		return nil, err
+	}
+	if d.ipt.missing {
+		return nil, errors.New("no iptables tools on this host")
+	}
+	return d.ipt.run(d.ipt.prefix, nil, args...)
+}
+
+// RereadHostFirewall makes the next Observe read the host's iptables again.
+func (d *Dataplane) RereadHostFirewall() { d.ipt.seenAt = time.Time{} }

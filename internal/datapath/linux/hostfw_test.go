@@ -1,0 +1,118 @@
+package linux_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+// save runs TOOL-save in the namespace.
+func save(t *testing.T, path, tool string) string {
+	t.Helper()
+	var out []byte
+	err := nsutil.Do(path, func() error {
+		var err error
+		out, err = exec.Command(tool + "-save").CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s-save: %v %s", tool, err, out)
+	}
+	return string(out)
+}
+
+// The host firewall goes into the iptables backend the host's own rules
+// are in (a drop in one backend is final whatever the other accepts), and
+// leaves every rule it did not write alone.
+func TestHostFirewallBackend(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct{ backend, other string }{
+		{"iptables-legacy", "iptables-nft"},
+		{"iptables-nft", "iptables-legacy"},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			_, path := testutil.Netns(t)
+			// The host's firewall, as ufw or dockerd leave it.
+			if err := nsutil.Do(path, func() error {
+				for _, args := range [][]string{{"-P", "FORWARD", "DROP"}, {"-A", "FORWARD", "-i", "lo", "-j", "ACCEPT"}} {
+					if out, err := exec.Command(tc.backend, args...).CombinedOutput(); err != nil {
+						t.Fatalf("%s %v: %v %s", tc.backend, args, err, out)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			dp, err := linux.Open(path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dp.Close()
+			h := datapath.HostFirewall{Networks: []datapath.HostNet{{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Egress: true}}}
+			if err := dp.EnsureHostFirewall(h); err != nil {
+				t.Fatal(err)
+			}
+			if got := dp.HostFirewallBackend(); got != tc.backend {
+				t.Errorf("backend %q, want %q", got, tc.backend)
+			}
+			mine, other := save(t, path, tc.backend), save(t, path, tc.other)
+			for _, want := range []string{"-A FORWARD -j VXNET-FORWARD", "-A FORWARD -i lo -j ACCEPT", ":FORWARD DROP",
+				"-A VXNET-FORWARD -i vxbr4097 -o vxbr4097", "-A VXNET-POSTROUTING -s 198.19.7.0/24 ! -o vxbr4097"} {
+				if !strings.Contains(mine, want) {
+					t.Errorf("%s lacks %q:\n%s", tc.backend, want, mine)
+				}
+			}
+			if strings.Contains(other, "VXNET") {
+				t.Errorf("%s got vxnet rules too:\n%s", tc.other, other)
+			}
+			if err := dp.RemoveHostFirewall(); err != nil {
+				t.Fatal(err)
+			}
+			after := save(t, path, tc.backend)
+			if strings.Contains(after, "VXNET") || !strings.Contains(after, "-A FORWARD -i lo -j ACCEPT") || !strings.Contains(after, ":FORWARD DROP") {
+				t.Errorf("after removal:\n%s", after)
+			}
+		})
+	}
+}
+
+// With Docker's DOCKER-USER chain in FORWARD, vxnet's jump goes right after
+// it, so what users put there for containers applies to vxnet's too.
+func TestHostFirewallAfterDockerUser(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	if err := nsutil.Do(path, func() error {
+		for _, args := range [][]string{{"-N", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "ACCEPT"}} {
+			if out, err := exec.Command("iptables-nft", args...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v %s", args, err, out)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	if err := dp.EnsureHostFirewall(datapath.HostFirewall{Networks: []datapath.HostNet{{VNI: 9, Subnet: netip.MustParsePrefix("198.19.9.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	var fwd []string
+	for _, l := range strings.Split(save(t, path, "iptables-nft"), "\n") {
+		if strings.HasPrefix(l, "-A FORWARD ") {
+			fwd = append(fwd, l)
+		}
+	}
+	want := []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j VXNET-FORWARD", "-A FORWARD -j ACCEPT"}
+	if strings.Join(fwd, "\n") != strings.Join(want, "\n") {
+		t.Errorf("FORWARD\n%s\nwant\n%s", strings.Join(fwd, "\n"), strings.Join(want, "\n"))
+	}
+}
