@@ -247,7 +247,10 @@ func TestDockerRestartAndConnect(t *testing.T) {
 	requireDocker(t)
 	l := up(t, 3, 1, 0)
 	parent := t // daemons restarted in subtests live as long as the test
-	d1, d2, d3 := startDocker(t, l, "h1"), startDocker(t, l, "h2"), startDocker(t, l, "h3")
+	// The one dockerd without iptables: a mixed cluster, as hosts are
+	// upgraded or configured one by one (every other dockerd runs with its
+	// defaults).
+	d1, d2, d3 := startDocker(t, l, "h1"), startDocker(t, l, "h2"), startDocker(t, l, "h3", "--iptables=false")
 	mustDocker(t, d3, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.21.0.0/24", "web")
 	waitDockerNetwork(t, d1, "web", true)
 	waitDockerNetwork(t, d2, "web", true)

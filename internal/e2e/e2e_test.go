@@ -28,9 +28,16 @@ import (
 
 func up(t *testing.T, hosts, networks, perHost int) *lab.Lab {
 	t.Helper()
+	return upCfg(t, lab.Config{Hosts: hosts, Networks: networks, PerHost: perHost})
+}
+
+// upCfg starts an agent lab (name, agents and binary filled in).
+func upCfg(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
 	testutil.RequireRoot(t)
 	name := testutil.LabName("e")
-	l, err := lab.Up(lab.Config{Name: name, Hosts: hosts, Networks: networks, PerHost: perHost, Agent: true, Binary: testutil.Binary(t)})
+	cfg.Name, cfg.Agent, cfg.Binary = name, true, testutil.Binary(t)
+	l, err := lab.Up(cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}

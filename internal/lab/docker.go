@@ -33,8 +33,10 @@ func (h Host) PluginSocket() string { return filepath.Join(h.Dir, "plugins", "vx
 
 func (l *Lab) cgroupParent(host string) string { return l.Prefix + host }
 
-// StartDocker starts dockerd (with extra flags) on a host of an agent lab
-// and imports the image.
+// StartDocker starts dockerd on a host of an agent lab, with its defaults
+// as users run it (iptables on: FORWARD policy DROP, br_netfilter, its own
+// NAT) plus extra flags, and imports the image. Its upstream DNS server is
+// the lab's outside machine, never this machine's resolver.
 func (l *Lab) StartDocker(host string, extra ...string) (*Dockerd, error) {
 	h, ok := l.Host(host)
 	if !ok || h.Dir == "" {
@@ -48,13 +50,21 @@ func (l *Lab) StartDocker(host string, extra ...string) (*Dockerd, error) {
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return nil, err
 	}
+	// A fresh host does not forward IP: dockerd turns forwarding on and,
+	// because it did, sets the FORWARD policy to DROP. Start it from there,
+	// as on a user's host (a lab host forwards from the start).
+	if err := nsutil.Do(h.Netns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0\n"), 0o644)
+	}); err != nil {
+		return nil, fmt.Errorf("reset forwarding on %s: %w", host, err)
+	}
 	script := strings.Join([]string{
 		"set -e",
 		"mkdir -p /run/docker/plugins",
 		"mount --bind " + filepath.Join(h.Dir, "plugins") + " /run/docker/plugins",
 		"exec dockerd --data-root " + filepath.Join(d.Dir, "data") + " --exec-root " + filepath.Join(d.Dir, "exec") +
 			" -H unix://" + d.Socket + " --pidfile " + filepath.Join(d.Dir, "docker.pid") +
-			" --iptables=false --ip-forward=false --ip-masq=false --bridge=none --cgroup-parent " + l.cgroupParent(host) +
+			" --dns " + OutsideAddr.String() + " --cgroup-parent " + l.cgroupParent(host) +
 			" " + strings.Join(extra, " "),
 	}, "\n")
 	logf, err := os.OpenFile(filepath.Join(d.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)

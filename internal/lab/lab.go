@@ -50,8 +50,17 @@ type Config struct {
 	// ProbeInterval is the agents' failure-detection probe interval
 	// (DefaultProbeInterval when zero).
 	ProbeInterval time.Duration
-	Log           *slog.Logger
+	// Outside adds a machine on the underlay that is no member (namespace
+	// NAME-out, OutsideAddr): the "internet" of egress, published-port and
+	// DNS tests.
+	Outside bool
+	Log     *slog.Logger
 }
+
+// OutsideAddr is the underlay address of the lab's outside machine, and
+// the upstream DNS server every lab dockerd is given (so no container ever
+// asks this machine's resolver).
+var OutsideAddr = netip.AddrFrom4([4]byte{198, 18, 0, 200})
 
 // DefaultProbeInterval is the lab agents' probe interval: half the
 // agent's default, so failure tests finish sooner.
@@ -112,6 +121,8 @@ type Lab struct {
 	Binary     string          `json:"binary,omitempty"`
 	// ProbeInterval of the agents (DefaultProbeInterval when zero).
 	ProbeInterval time.Duration `json:"probeInterval,omitempty"`
+	// Outside is the machine on the underlay that is no member, when asked for.
+	Outside *Host `json:"outside,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -167,11 +178,18 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, fmt.Errorf("underlay switch up: %w", err)
 	}
 	for i := 1; i <= cfg.Hosts; i++ {
-		h, err := addHost(sw, br, p, i)
+		h, err := addHost(sw, br, p, fmt.Sprintf("h%d", i), netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}))
 		if err != nil {
 			return nil, err
 		}
 		l.Hosts = append(l.Hosts, h)
+	}
+	if cfg.Outside {
+		out, err := addHost(sw, br, p, "out", OutsideAddr)
+		if err != nil {
+			return nil, err
+		}
+		l.Outside = &out
 	}
 	for j := 1; j <= cfg.Networks; j++ {
 		l.Networks = append(l.Networks, NetworkDef(j, cfg.Flood))
@@ -221,14 +239,14 @@ func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
 
 // addHost creates host i: a namespace, its underlay link "eth0" plugged into
 // the switch, and its address.
-func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix string, i int) (Host, error) {
-	h := Host{Name: fmt.Sprintf("h%d", i)}
+func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, addr netip.Addr) (Host, error) {
+	h := Host{Name: name}
 	path, err := nsutil.Create(prefix + h.Name)
 	if err != nil {
 		return h, err
 	}
 	h.Netns = path
-	h.Addr = netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+	h.Addr = addr
 	hostNS, err := netns.GetFromPath(path)
 	if err != nil {
 		return h, fmt.Errorf("open %s: %w", path, err)
@@ -252,8 +270,8 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix string, i int) (Host
 	if err != nil {
 		return h, fmt.Errorf("eth0 of %s: %w", h.Name, err)
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet.Bits(), 32)}}
-	if err := hh.AddrAdd(eth, addr); err != nil {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet.Bits(), 32)}}
+	if err := hh.AddrAdd(eth, a); err != nil {
 		return h, fmt.Errorf("address of %s: %w", h.Name, err)
 	}
 	// Hosts route IP, as Docker hosts do: isolation between networks must

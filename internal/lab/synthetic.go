@@ -41,7 +41,7 @@ func (l *Lab) AddSyntheticHost(idx int) (Host, error) {
 	if err != nil {
 		return Host{}, err
 	}
-	return addHost(sw, brl.(*netlink.Bridge), l.Prefix, idx)
+	return addHost(sw, brl.(*netlink.Bridge), l.Prefix, fmt.Sprintf("h%d", idx), netip.AddrFrom4([4]byte{198, 18, 0, byte(idx)}))
 }
 
 // JoinSynthetic starts the synthetic member in the calling process, which
