@@ -32,8 +32,8 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	in, cconf := a.input()
 	want, rconf := reconcile.Desired(in)
 	ops, err := reconcile.Sync(a.dp, want)
+	a.kernelOps.Add(int64(len(ops))) // before syncs: a pass counted is a pass whose writes are counted
 	a.syncs.Add(1)
-	a.kernelOps.Add(int64(len(ops)))
 	if len(ops) > 0 {
 		a.log.Debug("reconciled", "ops", len(ops))
 	}

@@ -97,7 +97,7 @@ func parseComment(c string, h *datapath.HostFirewall) bool {
 			return false
 		}
 		h.Networks = append(h.Networks, datapath.HostNet{VNI: uint32(vni), Subnet: sub, Egress: f[3] == "egress"})
-	case len(f) == 7 && f[0] == "port":
+	case len(f) == 6 && f[0] == "port":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)
 		ip, err3 := netip.ParseAddr(f[4])
@@ -180,8 +180,11 @@ func (t *iptables) detect() error {
 			t.prefix = "iptables-legacy"
 		case nft > legacy || errPlain != nil:
 			t.prefix = "iptables-nft"
-		default:
-			t.prefix = "iptables"
+		default: // the system's default names its backend
+			t.prefix = "iptables-nft"
+			if v, err := t.run("iptables", nil, "-V"); err == nil && strings.Contains(string(v), "legacy") {
+				t.prefix = "iptables-legacy"
+			}
 		}
 	case errNft == nil:
 		t.prefix = "iptables-nft"
@@ -465,3 +468,7 @@ func (d *Dataplane) RunIptables(args ...string) ([]byte, error) {
 
 // RereadHostFirewall makes the next Observe read the host's iptables again.
 func (d *Dataplane) RereadHostFirewall() { d.ipt.seenAt = time.Time{} }
+
+// SetHostFirewallMaxAge sets how long Observe trusts its last reading of
+// the host's iptables (HostFirewallMaxAge by default; 0 reads every time).
+func (d *Dataplane) SetHostFirewallMaxAge(age time.Duration) { d.ipt.maxAge = age }

@@ -1,0 +1,271 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// inNS runs a command inside a namespace.
+func inNS(t *testing.T, ns string, name string, args ...string) string {
+	t.Helper()
+	var out []byte
+	err := nsutil.Do(ns, func() error {
+		var err error
+		out, err = exec.Command(name, args...).CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s %v: %v %s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// serveTCP answers every connection to addr inside ns with "hello from
+// NAME, you are REMOTE" and closes it.
+func serveTCP(t *testing.T, ns, addr, name string) {
+	t.Helper()
+	var ln net.Listener
+	if err := nsutil.Do(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "hello from %s, you are %s", name, c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
+		}
+	}()
+}
+
+// dialTCP connects from inside ns and returns what the server said.
+func dialTCP(ns, addr string, timeout time.Duration) (string, error) {
+	var c net.Conn
+	if err := nsutil.Do(ns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func dialUntil(t *testing.T, ns, addr, want string, timeout time.Duration) {
+	t.Helper()
+	if err := waitCond(timeout, func() error {
+		got, err := dialTCP(ns, addr, time.Second)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("answer %q, want %q", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("connect from %s to %s: %v", ns, addr, err)
+	}
+}
+
+// dropForwarding makes a host drop forwarded traffic by default, as ufw,
+// firewalld and dockerd leave a host, with bridged frames passing iptables.
+func dropForwarding(t *testing.T, h lab.Host) {
+	t.Helper()
+	inNS(t, h.Netns, "iptables", "-P", "FORWARD", "DROP")
+	inNS(t, h.Netns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1")
+}
+
+func vxnetRules(t *testing.T, h lab.Host) string {
+	t.Helper()
+	var b strings.Builder
+	for _, l := range strings.Split(inNS(t, h.Netns, "iptables-save"), "\n") {
+		if strings.Contains(l, "VXNET") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// TestHostFirewall: hosts whose iptables drop forwarded traffic carry
+// vxnet's traffic (and stop when vxnet's rules are flushed, until the agent
+// puts them back); containers reach the outside through their host, NATed;
+// internal networks do not; published ports answer from outside, from the
+// host and across the overlay, and go with the container; kill -9 of the
+// agent changes none of it; the last network takes vxnet's rules away.
+func TestHostFirewall(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Outside: true})
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	out := *l.Outside
+	for _, h := range l.Hosts {
+		dropForwarding(t, h)
+	}
+	c1, c2 := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+
+	t.Run("ForwardDrop", func(t *testing.T) {
+		pingUntil(t, c1.Netns, c2.IP, 5*time.Second)
+		pingUntil(t, c2.Netns, c1.IP, 5*time.Second)
+	})
+	t.Run("FlushedRulesComeBack", func(t *testing.T) {
+		inNS(t, h1.Netns, "iptables", "-F", "VXNET-FORWARD")
+		// Negative control: without vxnet's rules the host drops the traffic.
+		if _, err := probe.Ping(c1.Netns, c2.IP, 56, false, time.Second); err == nil {
+			t.Fatal("ping crossed a host that drops forwarded traffic with vxnet's rules flushed")
+		}
+		start := time.Now()
+		pingUntil(t, c1.Netns, c2.IP, 15*time.Second) // one resync (10 s) and the 2 s re-read
+		t.Logf("rules back and traffic flowing %s after the flush", time.Since(start).Round(100*time.Millisecond))
+	})
+	parent := t // servers live as long as the whole test
+	t.Run("Egress", func(t *testing.T) {
+		serveTCP(parent, out.Netns, ":80", "outside")
+		// The outside sees the container's host, not the container.
+		dialUntil(t, c1.Netns, netip.AddrPortFrom(out.Addr, 80).String(), "hello from outside, you are "+h1.Addr.String(), 5*time.Second)
+		dialUntil(t, c2.Netns, netip.AddrPortFrom(out.Addr, 80).String(), "hello from outside, you are "+h2.Addr.String(), 5*time.Second)
+		// Between containers of the cluster nothing is NATed.
+		serveTCP(parent, c2.Netns, ":7000", "c2")
+		dialUntil(t, c1.Netns, netip.AddrPortFrom(c2.IP, 7000).String(), "hello from c2, you are "+c1.IP.String(), 5*time.Second)
+	})
+	t.Run("Internal", func(t *testing.T) {
+		if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "priv", Subnet: "198.19.50.0/24", Internal: true}); err != nil {
+			t.Fatal(err)
+		}
+		p1, p2 := newContainer(t, l, "priv1"), newContainer(t, l, "priv2")
+		a1, err := client(l, "h1").Attach(api.AttachRequest{Network: "priv", Netns: p1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := client(l, "h2").Attach(api.AttachRequest{Network: "priv", Netns: p2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Positive control: the internal network itself works.
+		pingUntil(t, p1, netip.MustParsePrefix(a2.IP).Addr(), 5*time.Second)
+		if got, err := dialTCP(p1, netip.AddrPortFrom(out.Addr, 80).String(), time.Second); err == nil {
+			t.Fatalf("a container of an internal network reached the outside: %q", got)
+		}
+		// Control: the outside still answers a container of net1.
+		dialUntil(t, c1.Netns, netip.AddrPortFrom(out.Addr, 80).String(), "hello from outside, you are "+h1.Addr.String(), 5*time.Second)
+		_, err = client(l, "h1").Attach(api.AttachRequest{Network: "priv", Netns: newContainer(t, l, "priv3"), Publish: []string{"8081:80"}})
+		wantStatusError(t, err, 400, "network priv is internal: it publishes no ports")
+		if !strings.Contains(vxnetRules(t, h1), "vxnet:net:") || a1.Network != "priv" {
+			t.Errorf("attachment %+v", a1)
+		}
+	})
+	var web api.Attachment
+	t.Run("PublishedPort", func(t *testing.T) {
+		ns := newContainer(t, l, "web")
+		var err error
+		web, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Publish: []string{"8080:80"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		serveTCP(parent, ns, ":80", "web")
+		hostPort := netip.AddrPortFrom(h1.Addr, 8080).String()
+		// From another machine, at the host's address.
+		dialUntil(t, out.Netns, hostPort, "hello from web, you are "+out.Addr.String(), 5*time.Second)
+		// From the host itself.
+		got, err := dialTCP(h1.Netns, hostPort, 2*time.Second)
+		if err != nil || !strings.HasPrefix(got, "hello from web") {
+			t.Errorf("from the host itself: %q %v", got, err)
+		}
+		// From a container on another host, through the overlay.
+		webIP := netip.MustParsePrefix(web.IP).Addr()
+		dialUntil(t, c2.Netns, netip.AddrPortFrom(webIP, 80).String(), "hello from web, you are "+c2.IP.String(), 5*time.Second)
+		// The same host port twice on one host is refused.
+		_, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: newContainer(t, l, "web2"), Publish: []string{"8080:81"}})
+		wantStatusError(t, err, 409, "host port 8080/tcp is already published on this host by endpoint "+web.ID)
+	})
+	t.Run("AgentKill9KeepsRules", func(t *testing.T) {
+		before := vxnetRules(t, h1)
+		if !strings.Contains(before, "-j DNAT") || !strings.Contains(before, "-j MASQUERADE") {
+			t.Fatalf("rules before: %s", before)
+		}
+		if err := l.KillAgent("h1", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if got := vxnetRules(t, h1); got != before {
+			t.Errorf("rules changed while the agent was down:\n%s\nwant\n%s", got, before)
+		}
+		if err := l.StartAgent("h1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitCond(10*time.Second, func() error {
+			s, err := client(l, "h1").Status()
+			if err != nil || s.Syncs == 0 {
+				return fmt.Errorf("no pass yet: %v", err)
+			}
+			if s.KernelOps != 0 {
+				return fmt.Errorf("the restarted agent made %d kernel changes", s.KernelOps)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got := vxnetRules(t, h1); got != before {
+			t.Errorf("rules changed by the restart:\n%s\nwant\n%s", got, before)
+		}
+		dialUntil(t, out.Netns, netip.AddrPortFrom(h1.Addr, 8080).String(), "hello from web, you are "+out.Addr.String(), 5*time.Second)
+	})
+	t.Run("DetachUnpublishes", func(t *testing.T) {
+		if err := client(l, "h1").Detach(api.DetachRequest{Network: "net1", Netns: web.Netns}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitCond(5*time.Second, func() error {
+			if strings.Contains(vxnetRules(t, h1), "-j DNAT") {
+				return fmt.Errorf("DNAT still there")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := dialTCP(out.Netns, netip.AddrPortFrom(h1.Addr, 8080).String(), time.Second); err == nil {
+			t.Errorf("the port still answers after detach: %q", got)
+		}
+	})
+	t.Run("LastNetworkTakesRulesAway", func(t *testing.T) {
+		for _, n := range []string{"net1", "priv"} {
+			if err := client(l, "h1").RemoveNetwork(n, true); err != nil && !errors.Is(err, model.ErrNotFound) {
+				t.Fatal(err)
+			}
+		}
+		for _, h := range l.Hosts {
+			if err := waitCond(10*time.Second, func() error {
+				if r := vxnetRules(t, h); r != "" {
+					return fmt.Errorf("%s keeps:\n%s", h.Name, r)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			// The host's own policy is left as it was.
+			if !strings.Contains(inNS(t, h.Netns, "iptables", "-S", "FORWARD"), "-P FORWARD DROP") {
+				t.Errorf("%s's FORWARD policy changed", h.Name)
+			}
+		}
+	})
+}
+
