@@ -268,4 +268,3 @@ func TestHostFirewall(t *testing.T) {
 		}
 	})
 }
-
