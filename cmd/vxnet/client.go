@@ -156,6 +156,8 @@ func newAttachCmds() []*cobra.Command {
 	attach.Flags().StringVar(&req.MAC, "mac", "", "MAC address (default: derived from the address)")
 	attach.Flags().StringVar(&req.IfName, "ifname", "eth0", "interface name inside the container")
 	attach.Flags().StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a port at this host's addresses: HOSTPORT:PORT[/tcp|/udp] (repeatable)")
+	attach.Flags().StringVar(&req.Name, "name", "", "name the network's containers resolve to this one, on every host")
+	attach.Flags().StringArrayVar(&req.Aliases, "alias", nil, "another name for it (repeatable)")
 
 	var df clientFlags
 	var dreq api.DetachRequest

@@ -24,6 +24,7 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/dns"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/model"
 )
@@ -49,7 +50,10 @@ type Config struct {
 	// DockerHost is the local dockerd's API socket: with it the agent keeps
 	// the dockerd's vxnet networks equal to the cluster's.
 	DockerHost string
-	Log        *slog.Logger
+	// DNSPort is the local port of the resolver that answers containers'
+	// queries for cluster names (0: no resolver, queries are not redirected).
+	DNSPort uint16
+	Log     *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -115,6 +119,9 @@ type Host interface {
 	// PortFree reports an error naming what holds a host port (proto tcp
 	// or udp) when something on the host listens there.
 	PortFree(proto string, port uint16) error
+	// OriginalDst returns where a query redirected to the resolver was
+	// going (see dns.Upstream).
+	OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error)
 }
 
 // Dockerd is the part of the local dockerd's API the agent uses.
@@ -123,6 +130,7 @@ type Dockerd interface {
 	Network(idOrName string) (docker.NetworkInfo, error)
 	CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error
 	RemoveNetwork(idOrName string) error
+	Container(id string) (docker.ContainerInfo, error)
 }
 
 // Deps are the agent's side effects.
@@ -374,6 +382,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer ds.Close()
 		a.log.Info("serving the Docker network and IPAM driver", "socket", a.cfg.DockerPluginSocket)
+	}
+	if a.cfg.DNSPort != 0 {
+		rs, err := dns.Listen(fmt.Sprintf(":%d", a.cfg.DNSPort), a, a.host, a.log.With("component", "dns"))
+		if err != nil {
+			_ = srv.Close()
+			a.repl.Shutdown()
+			return err
+		}
+		defer rs.Close()
 	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)

@@ -14,6 +14,7 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/fake"
+	"github.com/vxnet/vxnet/internal/dns"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -498,4 +499,48 @@ func TestPublishedPorts(t *testing.T) {
 	if fw := observe(t, h1.dp).HostFirewall; fw == nil || len(fw.Ports) != 0 {
 		t.Errorf("ports left after detach: %+v", fw)
 	}
+}
+
+// Names resolve within the querier's network, on every host, to every live
+// endpoint with that name or alias; NAME.NETWORK too; other names go
+// upstream; a querier on no network is refused.
+func TestResolveNames(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	mustCreate(t, h1, "db", "10.21.0.0/16")
+	a := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a"), Name: "c1", Aliases: []string{"api"}})
+	b := mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b"), Name: "c2"})
+	dup := mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "c"), Name: "c1"})
+	other := mustAttach(t, h2, api.AttachRequest{Network: "db", Netns: netns(t, "d"), Name: "c3"})
+	ip := func(att api.Attachment) netip.Addr { return netip.MustParsePrefix(att.IP).Addr() }
+	both := []netip.Addr{ip(a), ip(dup)}
+	slices.SortFunc(both, netip.Addr.Compare)
+	for _, tc := range []struct {
+		src     netip.Addr
+		name    string
+		verdict dns.Verdict
+		ips     []netip.Addr
+	}{
+		{ip(b), "c1", dns.Answer, both},
+		{ip(b), "api", dns.Answer, []netip.Addr{ip(a)}},
+		{ip(a), "c2", dns.Answer, []netip.Addr{ip(b)}},
+		{ip(a), "c2.web", dns.Answer, []netip.Addr{ip(b)}},
+		{ip(a), "nope.web", dns.Answer, nil},
+		{ip(a), "c3", dns.Forward, nil},     // another network's container: not ours to answer
+		{ip(other), "c1", dns.Forward, nil}, // isolation: db does not see web's names
+		{ip(a), "example.org", dns.Forward, nil},
+		{netip.MustParseAddr("192.0.2.9"), "c1", dns.Refuse, nil},
+	} {
+		v, ips := h2.Resolve(tc.src, tc.name)
+		if v != tc.verdict || !slices.Equal(ips, tc.ips) {
+			t.Errorf("%s asks %s: %v %v, want %v %v", tc.src, tc.name, v, ips, tc.verdict, tc.ips)
+		}
+	}
+	// A host that is gone takes its names with it.
+	h2.repl.Shutdown()
+	if v, ips := h1.Resolve(ip(a), "c1"); v != dns.Answer || !slices.Equal(ips, []netip.Addr{ip(a)}) {
+		t.Errorf("after h2 went: %v %v", v, ips)
+	}
+	_, err := h1.Attach(api.AttachRequest{Network: "web", Netns: netns(t, "e"), Name: "bad.name"})
+	wantErr(t, err, model.ErrInvalid, `invalid container name "bad.name": want one DNS label of letters, digits, '-' and '_' (up to 63 characters)`)
 }

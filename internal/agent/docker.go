@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -244,6 +245,9 @@ func (d *dockerBackend) Join(dockerNetwork, dockerID, sandbox string) (docker.Jo
 		return docker.Joined{}, err
 	}
 	d.a.log.Info("docker endpoint joined", "endpoint", id, "network", n.Name, "ip", res.Endpoint.IP, "sandbox", sandbox)
+	if d.a.dockerd != nil {
+		go d.a.learnContainerNames(dockerNetwork, dockerID, id)
+	}
 	return docker.Joined{SrcName: peer, Gateway: n.Gateway.String()}, nil
 }
 
@@ -314,6 +318,49 @@ func (a *Agent) learnDockerName(dockerID, network string) {
 		return
 	}
 	a.log.Warn("could not learn the docker name of a network; other dockerds will not get it", "network", network)
+}
+
+// learnContainerNames asks dockerd which container holds a Docker endpoint
+// (it knows once Join has returned) and records the container's name and
+// network aliases on the endpoint, for the other hosts' resolvers.
+func (a *Agent) learnContainerNames(dockerNetwork, dockerID, id string) {
+	for i := 0; i < 100; i++ {
+		time.Sleep(50 * time.Millisecond)
+		info, err := a.dockerd.Network(dockerNetwork)
+		if err != nil {
+			continue
+		}
+		for cid, c := range info.Containers {
+			if c.EndpointID != dockerID {
+				continue
+			}
+			name := strings.TrimPrefix(c.Name, "/")
+			var aliases []string
+			if ci, err := a.dockerd.Container(cid); err == nil {
+				for _, nw := range ci.NetworkSettings.Networks {
+					if nw.EndpointID == dockerID {
+						aliases = nw.Aliases
+					}
+				}
+			}
+			// Names that are no DNS label (Docker allows dots) are left out.
+			var ok []string
+			for _, al := range aliases {
+				if model.ValidateHostname("alias", al) == nil && !strings.EqualFold(al, name) && !slices.Contains(ok, al) {
+					ok = append(ok, al)
+				}
+			}
+			if model.ValidateHostname("container name", name) != nil {
+				a.log.Warn("docker container name is no DNS label; only its aliases resolve", "name", name)
+				name = ""
+			}
+			if err := a.setNames(id, name, ok); err != nil {
+				a.log.Warn("record docker container names", "endpoint", id, "err", err)
+			}
+			return
+		}
+	}
+	a.log.Warn("could not learn the container of a docker endpoint; it has no name on other hosts", "endpoint", id)
 }
 
 // syncDocker keeps the local dockerd's vxnet networks equal to the cluster's:

@@ -109,6 +109,24 @@ func TestDockerEndpointPath(t *testing.T) {
 	}
 	mustAttach(t, h1, api.AttachRequest{Network: name, Netns: netns(t, "y"), IP: ip.String()})
 
+	// The container's name and aliases are learnt from dockerd after Join
+	// and spread: names that are no DNS label are left out.
+	dd.mu.Lock()
+	n2 := dd.networks[dockerNet]
+	n2.Containers = map[string]struct{ Name, EndpointID string }{"cid1": {Name: "c1", EndpointID: "ep1"}}
+	dd.networks[dockerNet] = n2
+	ci := docker.ContainerInfo{ID: "cid1", Name: "/c1"}
+	ci.NetworkSettings.Networks = map[string]struct {
+		EndpointID string
+		Aliases    []string
+	}{"vxlan-net": {EndpointID: "ep1", Aliases: []string{"web", "c1", "my.dotted", "cid1"}}}
+	dd.containers = map[string]docker.ContainerInfo{"cid1": ci}
+	dd.mu.Unlock()
+	go h1.learnContainerNames(dockerNet, "ep1", id)
+	eventually(t, "the container name on h2", func() bool {
+		e, _ := h2.Agent.endpoint(id)
+		return e.Name == "c1" && slices.Equal(e.Aliases, []string{"web", "cid1"})
+	})
 	// -p: libnetwork publishes after Join and revokes before Leave.
 	if err := d.Publish(dockerNet, "ep1", []model.PortMap{{Proto: "tcp", HostPort: 8080, Port: 80}}); err != nil {
 		t.Fatal(err)

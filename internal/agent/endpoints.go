@@ -44,6 +44,9 @@ type endpointRequest struct {
 	Reserved bool
 	// Ports to publish at this host's addresses.
 	Ports []model.PortMap
+	// Name and Aliases the network's containers resolve to the endpoint.
+	Name    string
+	Aliases []string
 }
 
 // endpointResult is what addEndpoint made.
@@ -63,6 +66,7 @@ func (r endpointResult) attachment() api.Attachment {
 	for _, p := range e.Ports {
 		att.Published = append(att.Published, p.String())
 	}
+	att.Name, att.Aliases = e.Name, e.Aliases
 	return att
 }
 
@@ -88,6 +92,9 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if req.Ports, err = model.ValidatePorts(req.Ports); err != nil {
 		return endpointResult{}, invalid("%w", err)
 	}
+	if err := checkNames(req.Name, req.Aliases); err != nil {
+		return endpointResult{}, err
+	}
 	res := endpointResult{Network: n, MTU: mtu, HostIf: datapath.HostIfName(req.ID), IfName: req.IfName, Netns: req.Netns}
 	var recs []cluster.Record // block claims, then the endpoint
 	e, exists := a.endpoint(req.ID)
@@ -105,7 +112,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if req.Ports, err = a.checkPortsLocked(n, req.ID, req.Ports); err != nil {
 			return endpointResult{}, err
 		}
-		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports}
+		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports, Name: req.Name, Aliases: req.Aliases}
 		ips, macs := a.usedLocked(n)
 		if e.IP, recs, err = a.address(n, req, ips); err != nil {
 			return endpointResult{}, err
@@ -442,7 +449,7 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 		ports = append(ports, p)
 	}
 	res, err := a.addEndpoint(endpointRequest{ID: a.endpointID(r.Network, ino), Network: r.Network,
-		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC, Ports: ports})
+		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC, Ports: ports, Name: r.Name, Aliases: r.Aliases})
 	if err != nil {
 		return api.Attachment{}, err
 	}

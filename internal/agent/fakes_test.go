@@ -185,6 +185,10 @@ type fakeHost struct {
 	taken   map[uint16]bool // host ports something listens on
 }
 
+func (h *fakeHost) OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errors.New("no redirected connections here")
+}
+
 func (h *fakeHost) PortFree(proto string, port uint16) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -220,11 +224,22 @@ func (d *failingDP) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	return d.Dataplane.Attach(e)
 }
 
-// fakeDockerd is a dockerd's network list.
+// fakeDockerd is a dockerd's network list and containers.
 type fakeDockerd struct {
-	mu       sync.Mutex
-	networks map[string]docker.NetworkInfo // by ID
-	down     bool
+	mu         sync.Mutex
+	networks   map[string]docker.NetworkInfo // by ID
+	containers map[string]docker.ContainerInfo
+	down       bool
+}
+
+func (f *fakeDockerd) Container(id string) (docker.ContainerInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return c, docker.ErrNotFound
+	}
+	return c, nil
 }
 
 func newFakeDockerd() *fakeDockerd { return &fakeDockerd{networks: map[string]docker.NetworkInfo{}} }

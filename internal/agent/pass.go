@@ -19,7 +19,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	nets, conflicts := a.state.Networks()
 	return reconcile.Input{
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
-		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(),
+		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 	}, conflicts
 }
 

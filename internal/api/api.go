@@ -52,6 +52,10 @@ type AttachRequest struct {
 	// Publish lists ports to publish at the host's addresses,
 	// HOSTPORT:PORT[/tcp|/udp].
 	Publish []string `json:"publish,omitempty"`
+	// Name and Aliases are what the network's other containers resolve
+	// to this one, on every host.
+	Name    string   `json:"name,omitempty"`
+	Aliases []string `json:"aliases,omitempty"`
 }
 
 // Attachment is the result of an attach.
@@ -67,6 +71,8 @@ type Attachment struct {
 	MTU     int    `json:"mtu"`
 	// Published are the ports published at the host's addresses.
 	Published []string `json:"published,omitempty"`
+	Name      string   `json:"name,omitempty"`
+	Aliases   []string `json:"aliases,omitempty"`
 }
 
 // DetachRequest removes a container namespace from a network.

@@ -133,6 +133,16 @@ func ValidateRecord(r Record) error {
 		if _, err := model.ValidatePorts(e.Ports); err != nil {
 			return fmt.Errorf("record %s: %w", r.Key, err)
 		}
+		if e.Name != "" {
+			if err := model.ValidateHostname("container name", e.Name); err != nil {
+				return fmt.Errorf("record %s: %w", r.Key, err)
+			}
+		}
+		for _, al := range e.Aliases {
+			if err := model.ValidateHostname("alias", al); err != nil {
+				return fmt.Errorf("record %s: %w", r.Key, err)
+			}
+		}
 		return errors.Join(model.ValidateName("network", e.Network), model.ValidateName("node", e.Node))
 	default:
 		b, err := Decode[Block](r)

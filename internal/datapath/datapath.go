@@ -242,6 +242,10 @@ type HostFirewall struct {
 	Networks []HostNet `json:"networks"`
 	// Ports, sorted by protocol and host port.
 	Ports []PublishedPort `json:"ports,omitempty"`
+	// DNSPort is the local port of the agent's resolver: DNS queries
+	// from the networks' containers, to whatever server, are redirected to
+	// it at their gateway address (0: not redirected).
+	DNSPort uint16 `json:"dnsPort,omitempty"`
 	// Incomplete marks an observed state that lacks rules vxnet writes
 	// (flushed or deleted by someone): it equals nothing wanted.
 	Incomplete bool `json:"incomplete,omitempty"`
@@ -249,8 +253,9 @@ type HostFirewall struct {
 
 // HostNet is one network in the host firewall.
 type HostNet struct {
-	VNI    uint32       `json:"vni"`
-	Subnet netip.Prefix `json:"subnet"`
+	VNI     uint32       `json:"vni"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
 	// Egress lets the network's containers out through the host, NATed.
 	Egress bool `json:"egress"`
 }
@@ -267,5 +272,5 @@ type PublishedPort struct {
 
 // Equal compares two host firewalls.
 func (h HostFirewall) Equal(o HostFirewall) bool {
-	return h.Incomplete == o.Incomplete && slices.Equal(h.Networks, o.Networks) && slices.Equal(h.Ports, o.Ports)
+	return h.Incomplete == o.Incomplete && h.DNSPort == o.DNSPort && slices.Equal(h.Networks, o.Networks) && slices.Equal(h.Ports, o.Ports)
 }

@@ -36,8 +36,27 @@ type NetworkInfo struct {
 		Driver string
 		Config []struct{ Subnet, Gateway string }
 	}
-	Internal   bool
-	Containers map[string]any
+	Internal bool
+	// Containers are the network's containers on this dockerd, by ID.
+	Containers map[string]struct{ Name, EndpointID string }
+}
+
+// ContainerInfo is the part of a container vxnet reads.
+type ContainerInfo struct {
+	ID              string
+	Name            string
+	NetworkSettings struct {
+		Networks map[string]struct {
+			EndpointID string
+			Aliases    []string
+		}
+	}
+}
+
+// Container inspects one container.
+func (c *Client) Container(id string) (ContainerInfo, error) {
+	var ci ContainerInfo
+	return ci, c.do(http.MethodGet, "/containers/"+url.PathEscape(id)+"/json", nil, &ci)
 }
 
 func (c *Client) do(method, path string, in, out any) error {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/model"
@@ -179,7 +181,7 @@ func TestHostFirewall(t *testing.T) {
 	t.Run("PublishedPort", func(t *testing.T) {
 		ns := newContainer(t, l, "web")
 		var err error
-		web, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Publish: []string{"8080:80"}})
+		web, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Publish: []string{"8080:80"}, Name: "web", Aliases: []string{"www"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,6 +200,24 @@ func TestHostFirewall(t *testing.T) {
 		// The same host port twice on one host is refused.
 		_, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: newContainer(t, l, "web2"), Publish: []string{"8080:81"}})
 		wantStatusError(t, err, 409, "host port 8080/tcp is already published on this host by endpoint "+web.ID)
+	})
+	t.Run("Names", func(t *testing.T) {
+		// A container's query, to whatever server, is answered for the
+		// names of its network by its host's agent.
+		webIP := netip.MustParsePrefix(web.IP).Addr()
+		for _, name := range []string{"web.", "www.", "web.net1."} {
+			var r *dns.Msg
+			err := nsutil.Do(c2.Netns, func() error {
+				m := new(dns.Msg)
+				m.SetQuestion(name, dns.TypeA)
+				var err error
+				r, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, netip.AddrPortFrom(out.Addr, 53).String())
+				return err
+			})
+			if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != webIP.String() {
+				t.Errorf("%s from c2 on h2: %v %v; want %s", name, r, err, webIP)
+			}
+		}
 	})
 	t.Run("AgentKill9KeepsRules", func(t *testing.T) {
 		before := vxnetRules(t, h1)
@@ -235,8 +255,8 @@ func TestHostFirewall(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := waitCond(5*time.Second, func() error {
-			if strings.Contains(vxnetRules(t, h1), "-j DNAT") {
-				return fmt.Errorf("DNAT still there")
+			if strings.Contains(vxnetRules(t, h1), "--dport 8080") {
+				return fmt.Errorf("the DNAT of port 8080 is still there")
 			}
 			return nil
 		}); err != nil {

@@ -152,7 +152,7 @@ func busyboxImage() ([]byte, error) {
 	if _, err := tw.Write(bb); err != nil {
 		return nil, err
 	}
-	for _, a := range []string{"sh", "ping", "ip", "nc", "sleep", "cat", "ls", "ifconfig", "echo", "true", "wget", "hostname", "arp"} {
+	for _, a := range []string{"sh", "ping", "ip", "nc", "sleep", "cat", "ls", "ifconfig", "echo", "true", "wget", "hostname", "arp", "nslookup", "httpd", "mkdir"} {
 		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}); err != nil {
 			return nil, err
 		}

@@ -59,6 +59,34 @@ type Endpoint struct {
 	IP6     netip.Addr `json:"ip6,omitzero"`
 	// Ports are published at the addresses of the endpoint's host.
 	Ports []PortMap `json:"ports,omitempty"`
+	// Name and Aliases are what other containers of the network resolve
+	// to the endpoint's address, whichever host they run on.
+	Name    string   `json:"name,omitempty"`
+	Aliases []string `json:"aliases,omitempty"`
+}
+
+// HasName reports whether the endpoint answers to name (case-insensitive).
+func (e Endpoint) HasName(name string) bool {
+	if strings.EqualFold(e.Name, name) {
+		return true
+	}
+	for _, a := range e.Aliases {
+		if strings.EqualFold(a, name) {
+			return true
+		}
+	}
+	return false
+}
+
+var hostnameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9_-]{0,62})$`)
+
+// ValidateHostname checks a container name or alias: one DNS label of
+// letters, digits, '-' and '_' (up to 63).
+func ValidateHostname(kind, name string) error {
+	if !hostnameRE.MatchString(name) {
+		return fmt.Errorf("invalid %s %q: want one DNS label of letters, digits, '-' and '_' (up to 63 characters)", kind, name)
+	}
+	return nil
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)

@@ -28,6 +28,8 @@ type Input struct {
 	// only while their node is listed here.
 	Nodes     []model.Node
 	Endpoints []model.Endpoint
+	// DNSPort is the local port of the agent's resolver (0: none).
+	DNSPort uint16
 }
 
 // Target is the kernel state a pass aims at on one host.
@@ -149,9 +151,12 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port}
+	if len(st.Networks) > 0 {
+		st.HostFirewall.DNSPort = in.DNSPort
+	}
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
-		st.HostFirewall.Networks = append(st.HostFirewall.Networks, datapath.HostNet{VNI: vni, Subnet: n.Subnet, Egress: !n.Internal})
+		st.HostFirewall.Networks = append(st.HostFirewall.Networks, datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal})
 		if n.Internal {
 			st.Firewall.Internal = append(st.Firewall.Internal, vni)
 		}

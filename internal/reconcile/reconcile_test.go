@@ -257,9 +257,11 @@ func TestDesiredHostFirewall(t *testing.T) {
 	d.Ports = []model.PortMap{{Proto: "tcp", HostPort: 7070, Port: 70}}
 	in := input(a, b, c, d)
 	in.Networks = []model.Network{web, internal}
+	in.DNSPort = 53535
 	want, problems := reconcile.Desired(in)
 	wantFW := datapath.HostFirewall{
-		Networks: []datapath.HostNet{{VNI: web.VNI, Subnet: web.Subnet, Egress: true}, {VNI: db.VNI, Subnet: db.Subnet, Egress: false}},
+		Networks: []datapath.HostNet{{VNI: web.VNI, Subnet: web.Subnet, Gateway: web.Gateway, Egress: true}, {VNI: db.VNI, Subnet: db.Subnet, Gateway: db.Gateway, Egress: false}},
+		DNSPort:  53535,
 		Ports: []datapath.PublishedPort{
 			{VNI: web.VNI, Proto: "tcp", HostPort: 8080, IP: a.IP, Port: 80},
 			{VNI: web.VNI, Proto: "udp", HostPort: 53, IP: a.IP, Port: 5353},

@@ -211,13 +211,14 @@ func Run(t *testing.T, h Harness) {
 		if got := observe(t, dp).HostFirewall; got != nil {
 			t.Fatalf("a fresh host reports host firewall rules %+v", got)
 		}
-		web := datapath.HostNet{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Egress: true}
-		db := datapath.HostNet{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24")}
+		web := datapath.HostNet{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Gateway: netip.MustParseAddr("198.19.7.1"), Egress: true}
+		db := datapath.HostNet{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24"), Gateway: netip.MustParseAddr("198.19.8.1")}
 		port := datapath.PublishedPort{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80}
 		udp := datapath.PublishedPort{VNI: 4097, Proto: "udp", HostPort: 5353, IP: netip.MustParseAddr("198.19.7.6"), Port: 53}
 		for _, want := range []datapath.HostFirewall{
 			{Networks: []datapath.HostNet{web}},
 			{Networks: []datapath.HostNet{web, db}, Ports: []datapath.PublishedPort{port, udp}},
+			{Networks: []datapath.HostNet{web, db}, Ports: []datapath.PublishedPort{port}, DNSPort: 53535},
 			{Networks: []datapath.HostNet{db}},
 		} {
 			must(t, dp.EnsureHostFirewall(want))

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Host answers the agent's questions about this host's addresses, in the
@@ -95,4 +97,28 @@ func DefaultAdvertiseAddr() (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+}
+
+// OriginalDst returns where a connection from client, destination-NATed
+// to local on this host, was going: the connection tracking entry whose
+// reply goes from local to client names it.
+func (Host) OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error) {
+	p := map[string]uint8{"udp": unix.IPPROTO_UDP, "tcp": unix.IPPROTO_TCP}[proto]
+	if p == 0 {
+		return netip.AddrPort{}, fmt.Errorf("unknown protocol %q", proto)
+	}
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("conntrack: %w", err)
+	}
+	defer c.Close()
+	f, err := c.Get(conntrack.Flow{TupleReply: conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: local.Addr(), DestinationAddress: client.Addr()},
+		Proto: conntrack.ProtoTuple{Protocol: p, SourcePort: local.Port(), DestinationPort: client.Port()},
+	}})
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("conntrack entry of %s %s -> %s: %w", proto, client, local, err)
+	}
+	o := f.TupleOrig
+	return netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort), nil
 }

@@ -24,6 +24,7 @@ import (
 //	filter VXNET-FORWARD      <- FORWARD (after DOCKER-USER when Docker's is there)
 //	nat    VXNET-POSTROUTING  <- POSTROUTING
 //	nat    VXNET-DNAT         <- PREROUTING and OUTPUT, for the host's own addresses
+//	nat    VXNET-DNS          <- PREROUTING: containers' DNS queries to the agent's resolver
 //
 // Every rule in its chains carries a comment naming the network or port it
 // serves, which is how Observe reads them back.
@@ -31,6 +32,7 @@ const (
 	chainForward = "VXNET-FORWARD"
 	chainSNAT    = "VXNET-POSTROUTING"
 	chainDNAT    = "VXNET-DNAT"
+	chainDNS     = "VXNET-DNS"
 	commentTag   = "vxnet:"
 )
 
@@ -40,17 +42,25 @@ var jumps = []struct{ table, chain, rule string }{
 	{"nat", "POSTROUTING", "-j " + chainSNAT},
 	{"nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j " + chainDNAT},
 	{"nat", "OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + chainDNAT},
+	{"nat", "PREROUTING", "-j " + chainDNS},
 }
+
+// ownChains are vxnet's chains, by table.
+var ownChains = []struct{ table, chain string }{{"filter", chainForward}, {"nat", chainSNAT}, {"nat", chainDNAT}, {"nat", chainDNS}}
 
 // hostRule is one rule in one of vxnet's chains.
 type hostRule struct{ table, chain, spec string }
 
-func netComment(n datapath.HostNet) string {
+func netComment(n datapath.HostNet, dnsPort uint16) string {
 	mode := "egress"
 	if !n.Egress {
 		mode = "internal"
 	}
-	return fmt.Sprintf("%snet:%d:%s:%s", commentTag, n.VNI, n.Subnet, mode)
+	gw := "none"
+	if n.Gateway.IsValid() {
+		gw = n.Gateway.String()
+	}
+	return fmt.Sprintf("%snet:%d:%s:%s:%s:%d", commentTag, n.VNI, n.Subnet, gw, mode, dnsPort)
 }
 
 func portComment(p datapath.PublishedPort) string {
@@ -61,10 +71,16 @@ func portComment(p datapath.PublishedPort) string {
 func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 	out := map[string][]hostRule{}
 	for _, n := range h.Networks {
-		c := netComment(n)
+		c := netComment(n, h.DNSPort)
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
 		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
+		if h.DNSPort != 0 && n.Gateway.IsValid() {
+			to := netip.AddrPortFrom(n.Gateway, h.DNSPort).String()
+			for _, proto := range []string{"udp", "tcp"} {
+				rs = append(rs, hostRule{"nat", chainDNS, fmt.Sprintf("-i %s -p %s -m %s --dport 53%s -j DNAT --to-destination %s", br, proto, proto, tag, to)})
+			}
+		}
 		if n.Egress {
 			rs = append(rs,
 				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
@@ -90,13 +106,23 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 func parseComment(c string, h *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
-	case len(f) == 4 && f[0] == "net":
+	case len(f) == 6 && f[0] == "net":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		sub, err2 := netip.ParsePrefix(f[2])
-		if err1 != nil || err2 != nil || (f[3] != "egress" && f[3] != "internal") {
+		var gw netip.Addr
+		var err3 error
+		if f[3] != "none" {
+			gw, err3 = netip.ParseAddr(f[3])
+		}
+		dns, err4 := strconv.ParseUint(f[5], 10, 16)
+		if errors.Join(err1, err2, err3, err4) != nil || (f[4] != "egress" && f[4] != "internal") {
 			return false
 		}
-		h.Networks = append(h.Networks, datapath.HostNet{VNI: uint32(vni), Subnet: sub, Egress: f[3] == "egress"})
+		if len(h.Networks) > 0 && h.DNSPort != uint16(dns) {
+			h.Incomplete = true
+		}
+		h.DNSPort = uint16(dns)
+		h.Networks = append(h.Networks, datapath.HostNet{VNI: uint32(vni), Subnet: sub, Gateway: gw, Egress: f[4] == "egress"})
 	case len(f) == 6 && f[0] == "port":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)
@@ -265,7 +291,7 @@ func (t *iptables) read() (*datapath.HostFirewall, error) {
 			h.Incomplete = true
 		}
 	}
-	if chains != 3 || len(jumpsSeen) != len(jumps) {
+	if chains != len(ownChains) || len(jumpsSeen) != len(jumps) {
 		h.Incomplete = true
 	}
 	slices.SortFunc(h.Networks, func(a, b datapath.HostNet) int { return int(a.VNI) - int(b.VNI) })
@@ -322,10 +348,10 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 	var in bytes.Buffer
 	for _, table := range []string{"filter", "nat"} {
 		fmt.Fprintf(&in, "*%s\n", table)
-		if table == "filter" {
-			fmt.Fprintf(&in, ":%s - [0:0]\n", chainForward)
-		} else {
-			fmt.Fprintf(&in, ":%s - [0:0]\n:%s - [0:0]\n", chainSNAT, chainDNAT)
+		for _, c := range ownChains {
+			if c.table == table {
+				fmt.Fprintf(&in, ":%s - [0:0]\n", c.chain)
+			}
 		}
 		for _, c := range keys {
 			for _, r := range rules[c] {
@@ -419,7 +445,7 @@ func (t *iptables) remove() error {
 			}
 		}
 	}
-	for _, c := range []struct{ table, chain string }{{"filter", chainForward}, {"nat", chainSNAT}, {"nat", chainDNAT}} {
+	for _, c := range ownChains {
 		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
 			continue // absent
 		}
