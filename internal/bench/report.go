@@ -31,6 +31,10 @@ func printPaths(w io.Writer, r Result) {
 		r.TputRatioVsUnderlay, r.TputRatioVsRecipe, r.Tput4RatioVsRecipe)
 	fmt.Fprintf(w, "  vxnet/bare %.3f   bare/underlay %.3f (bare = kernel VXLAN alone, the ceiling of any VXLAN datapath)\n",
 		r.TputRatioVsBare, r.BareRatioVsUnderlay)
+	if f := r.Firewalled; f != nil {
+		fmt.Fprintf(w, "  vxnet on hosts with FORWARD DROP: %.2f Gb/s with bridged frames through iptables (br_netfilter), %.2f Gb/s without: ratio %.3f\n",
+			f.BrNetfilterGbps, f.PlainGbps, f.Ratio)
+	}
 }
 
 func printConverge(w io.Writer, r Result) {

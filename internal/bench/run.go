@@ -92,6 +92,17 @@ type ConvergePoint struct {
 	FailureWithdrMs float64 `json:"failure_withdrawal_ms"`
 }
 
+// Firewalled is vxnet's throughput (1 stream) on hosts whose iptables
+// FORWARD policy is DROP (vxnet's accept rules in place), with
+// bridge-nf-call-iptables on (as Docker and Kubernetes set it: every
+// bridged frame walks iptables) and off, medians of interleaved rounds.
+type Firewalled struct {
+	BrNetfilterGbps float64 `json:"br_netfilter_gbps"`
+	PlainGbps       float64 `json:"plain_gbps"`
+	// Ratio is br_netfilter/plain, the median of per-round ratios.
+	Ratio float64 `json:"ratio"`
+}
+
 // Footprint is an agent's resource use at one lab size.
 type Footprint struct {
 	Hosts      int     `json:"hosts"`
@@ -115,11 +126,14 @@ type Result struct {
 	Tput4RatioVsRecipe  float64         `json:"tput4_ratio_vs_recipe"`
 	// TputRatioVsBare compares vxnet with the bare VXLAN path, the ceiling
 	// of any kernel-VXLAN datapath; BareRatioVsUnderlay is that ceiling.
-	TputRatioVsBare     float64         `json:"tput_ratio_vs_bare"`
-	BareRatioVsUnderlay float64         `json:"bare_ratio_vs_underlay"`
-	Converge            []ConvergePoint `json:"converge"`
-	ConvergeP99ms       float64         `json:"converge_p99_ms"`
-	Footprint           []Footprint     `json:"footprint"`
+	TputRatioVsBare     float64 `json:"tput_ratio_vs_bare"`
+	BareRatioVsUnderlay float64 `json:"bare_ratio_vs_underlay"`
+	// Firewalled is vxnet on hosts that drop forwarded traffic (as dockerd
+	// leaves them), with bridged frames through iptables or not.
+	Firewalled    *Firewalled     `json:"firewalled,omitempty"`
+	Converge      []ConvergePoint `json:"converge"`
+	ConvergeP99ms float64         `json:"converge_p99_ms"`
+	Footprint     []Footprint     `json:"footprint"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -235,6 +249,9 @@ func datapathPart(c Config, res *Result) error {
 		out[p] = pr
 	}
 	res.Paths, res.Rounds = out, rounds
+	if res.Firewalled, err = firewalled(c, l, paths["vxnet"].srv, paths["vxnet"].cli, paths["vxnet"].dst, rounds); err != nil {
+		return err
+	}
 	one := tput[1]
 	res.TputRatioVsUnderlay = MedianRatio(one["vxnet"], one["underlay"])
 	res.TputRatioVsRecipe = MedianRatio(one["vxnet"], one["recipe"])
@@ -242,6 +259,46 @@ func datapathPart(c Config, res *Result) error {
 	res.TputRatioVsBare = MedianRatio(one["vxnet"], one["bare"])
 	res.BareRatioVsUnderlay = MedianRatio(one["bare"], one["underlay"])
 	return nil
+}
+
+// firewalled turns the lab's first two hosts into firewalled hosts and
+// measures vxnet with bridged frames through iptables and without.
+func firewalled(c Config, l *lab.Lab, srv, cli string, dst netip.Addr, rounds int) (*Firewalled, error) {
+	set := func(args ...string) error {
+		for _, h := range l.Hosts[:2] {
+			if err := nsutil.Do(h.Netns, func() error { return exec.Command(args[0], args[1:]...).Run() }); err != nil {
+				return fmt.Errorf("%v on %s: %w", args, h.Name, err)
+			}
+		}
+		return nil
+	}
+	if err := set("iptables", "-P", "FORWARD", "DROP"); err != nil {
+		return nil, err
+	}
+	brnf := func(on bool) error {
+		v := map[bool]string{true: "1", false: "0"}[on]
+		return set("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables="+v)
+	}
+	defer brnf(true)
+	var on, off []float64
+	for round := 0; round < rounds; round++ {
+		for _, mode := range Rotate([]string{"on", "off"}, round) {
+			if err := brnf(mode == "on"); err != nil {
+				return nil, err
+			}
+			bps, err := Throughput(srv, cli, dst, 5204, 1, c.Duration)
+			if err != nil {
+				return nil, fmt.Errorf("firewalled host, br_netfilter %s: %w", mode, err)
+			}
+			if mode == "on" {
+				on = append(on, bps/1e9)
+			} else {
+				off = append(off, bps/1e9)
+			}
+			c.Log.Info("throughput", "round", round+1, "path", "vxnet on a firewalled host", "br_netfilter", mode, "gbps", fmt.Sprintf("%.2f", bps/1e9))
+		}
+	}
+	return &Firewalled{BrNetfilterGbps: Median(on), PlainGbps: Median(off), Ratio: MedianRatio(on, off)}, nil
 }
 
 func convergePart(c Config, hosts int) (ConvergePoint, error) {

@@ -201,9 +201,10 @@ func TestHostFirewall(t *testing.T) {
 		_, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: newContainer(t, l, "web2"), Publish: []string{"8080:81"}})
 		wantStatusError(t, err, 409, "host port 8080/tcp is already published on this host by endpoint "+web.ID)
 	})
-	t.Run("Names", func(t *testing.T) {
-		// A container's query, to whatever server, is answered for the
-		// names of its network by its host's agent.
+	// A container's query, to whatever server, is answered for the names
+	// of its network by its host's agent.
+	names := func(t *testing.T) {
+		t.Helper()
 		webIP := netip.MustParsePrefix(web.IP).Addr()
 		for _, name := range []string{"web.", "www.", "web.net1."} {
 			var r *dns.Msg
@@ -218,7 +219,8 @@ func TestHostFirewall(t *testing.T) {
 				t.Errorf("%s from c2 on h2: %v %v; want %s", name, r, err, webIP)
 			}
 		}
-	})
+	}
+	t.Run("Names", names)
 	t.Run("AgentKill9KeepsRules", func(t *testing.T) {
 		before := vxnetRules(t, h1)
 		if !strings.Contains(before, "-j DNAT") || !strings.Contains(before, "-j MASQUERADE") {
@@ -249,6 +251,14 @@ func TestHostFirewall(t *testing.T) {
 			t.Errorf("rules changed by the restart:\n%s\nwant\n%s", got, before)
 		}
 		dialUntil(t, out.Netns, netip.AddrPortFrom(h1.Addr, 8080).String(), "hello from web, you are "+out.Addr.String(), 5*time.Second)
+		// Names too, on both hosts (h2 answers from the restored record).
+		if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgent("h2"); err != nil {
+			t.Fatal(err)
+		}
+		names(t)
 	})
 	t.Run("DetachUnpublishes", func(t *testing.T) {
 		if err := client(l, "h1").Detach(api.DetachRequest{Network: "net1", Netns: web.Netns}); err != nil {
