@@ -202,13 +202,21 @@ func newStatusCmd() *cobra.Command {
 			}
 			fmt.Fprintf(out, "\n\nMEMBERS\n")
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tLAST CONTACT\tRTT")
+			versions := map[string]string{}
+			for _, n := range s.Nodes {
+				versions[n.Name] = fmt.Sprintf("%s (format %d)", n.Version, n.Format)
+			}
+			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tVERSION\tLAST CONTACT\tRTT")
 			for _, m := range s.Members {
 				last := "-"
 				if !m.LastContact.IsZero() {
 					last = time.Since(m.LastContact).Round(time.Millisecond).String() + " ago"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, last, m.RTT.Round(time.Microsecond))
+				ver := versions[m.Name]
+				if ver == "" {
+					ver = "unknown (older than records of versions)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, ver, last, m.RTT.Round(time.Microsecond))
 			}
 			tw.Flush()
 			fmt.Fprintf(out, "\nNETWORKS\n")

@@ -27,6 +27,7 @@ import (
 	"github.com/vxnet/vxnet/internal/dns"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/version"
 )
 
 // Config configures an agent.
@@ -394,6 +395,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
+	a.announce()
 	a.joinKnown(ctx)
 	loopDone := make(chan struct{})
 	go func() { a.loop(ctx); close(loopDone) }()
@@ -406,6 +408,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Stop without leaving: the kernel keeps forwarding and peers keep our
 	// endpoints until failure detection, so a restart is invisible.
 	return a.repl.Shutdown()
+}
+
+// announce records this node's version in the cluster state (when it
+// changed), so every member's status shows the versions in the cluster.
+func (a *Agent) announce() {
+	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {
+		if cur, err := cluster.Decode[cluster.NodeInfo](r); err == nil && cur == me {
+			return
+		}
+	}
+	rec, err := a.state.Put(cluster.NodeKey(me.Name), me)
+	if err != nil {
+		a.log.Error("announce version", "err", err)
+		return
+	}
+	a.repl.Publish(rec)
+	a.persistOrLog()
 }
 
 // joinKnown joins the given members and the ones known before a restart.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -52,6 +53,13 @@ func TestRunServesTheAPI(t *testing.T) {
 	})
 	if st.Node != "h1" || len(st.Members) != 2 {
 		t.Errorf("status %+v", st)
+	}
+	// Its version is in the cluster state, on the other member too.
+	if len(st.Nodes) != 1 || st.Nodes[0].Name != "h1" || st.Nodes[0].Version != st.Version || st.Nodes[0].Format != cluster.WireFormat {
+		t.Errorf("nodes %+v, want h1 at %s", st.Nodes, st.Version)
+	}
+	if n := h2.state.Nodes(); len(n) != 1 || n[0].Name != "h1" {
+		t.Errorf("h2 knows nodes %+v", n)
 	}
 	if _, err := c.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "10.20.0.0/16"}); err != nil {
 		t.Fatal(err)

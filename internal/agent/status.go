@@ -14,6 +14,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	s := api.Status{Node: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
 		Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
 		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
+	s.Nodes = a.state.Nodes()
 	if u := a.state.Unreadable(); len(u) > 0 {
 		s.Unreadable = u
 	}

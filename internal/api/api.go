@@ -103,6 +103,8 @@ type Status struct {
 	Conflicts []string         `json:"conflicts"`
 	Malformed int64            `json:"malformedMessages"`
 	Records   int              `json:"records"`
+	// Nodes are the versions of every node's agent, as they told the cluster.
+	Nodes []cluster.NodeInfo `json:"nodes,omitempty"`
 	// Unreadable counts, by origin node, records of a newer format than
 	// this agent reads (kept and passed on, not used): upgrade this agent.
 	Unreadable map[string]int `json:"unreadable,omitempty"`

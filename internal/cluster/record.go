@@ -34,8 +34,9 @@ type Record struct {
 	seen time.Time
 }
 
-// readable reports whether this agent may interpret the record.
-func (r Record) readable() bool { return r.Format <= WireFormat }
+// readable reports whether this agent may interpret the record: a format
+// and a kind it knows.
+func (r Record) readable() bool { return r.Format <= WireFormat && knownKind(r.Key) }
 
 // recordFields is Record without its methods, for the JSON codec.
 type recordFields Record

@@ -9,13 +9,14 @@ import (
 )
 
 // A newer agent's message: an unknown message field, a record with an
-// unknown field, an endpoint value with fields this agent does not know,
-// and a record of a newer format. This agent takes what it can read,
+// unknown field, values with fields this agent does not know, a record of
+// a newer format and one of a kind this agent does not know. This agent takes what it can read,
 // ignores what it does not know, and passes everything on unchanged.
 const newerMessage = `{"kind":"records","since":7,"records":[
  {"k":"ep/h9.web.1","v":{"id":"h9.web.1","network":"web","node":"h9","mac":"02:00:00:00:00:09","ip":"10.1.0.9","labels":{"app":"web"},"health":{"probe":"tcp:80"}},"n":5,"o":"h9","ttl":30},
  {"k":"ep/h9.web.2","v":{"id":"h9.web.2","network":"web","node":"h9","mac":"02:00:00:00:00:0a","ip":"10.1.0.10"},"n":6,"o":"h9","f":2},
- {"k":"net/web","v":{"name":"web","vni":100,"subnet":"10.1.0.0/16","gateway":"10.1.0.1","internal":true},"n":4,"o":"h9"}]}`
+ {"k":"net/web","v":{"name":"web","vni":100,"subnet":"10.1.0.0/16","gateway":"10.1.0.1","qos":"gold"},"n":4,"o":"h9"},
+ {"k":"quota/web","v":{"endpoints":100},"n":7,"o":"h9"}]}`
 
 func TestForwardCompatibleRecords(t *testing.T) {
 	m, err := DecodeMessage([]byte(newerMessage))
@@ -34,8 +35,8 @@ func TestForwardCompatibleRecords(t *testing.T) {
 	if nets, _ := old.Networks(); len(nets) != 1 || nets[0].Name != "web" {
 		t.Fatalf("networks %+v", nets)
 	}
-	if u := old.Unreadable(); !reflect.DeepEqual(u, map[string]int{"h9": 1}) {
-		t.Errorf("unreadable %v, want 1 record of h9", u)
+	if u := old.Unreadable(); !reflect.DeepEqual(u, map[string]int{"h9": 2}) {
+		t.Errorf("unreadable %v, want 2 records of h9 (a newer format, an unknown kind)", u)
 	}
 	if _, ok := old.Get(EndpointKey("h9.web.2")); ok {
 		t.Error("a record of a newer format is readable")

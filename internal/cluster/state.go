@@ -6,6 +6,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ const (
 	PrefixNetwork  = "net/"
 	PrefixEndpoint = "ep/"
 	PrefixBlock    = "block/"
+	PrefixNode     = "node/"
 )
 
 // Newer reports whether r wins over o.
@@ -33,11 +35,22 @@ func (r Record) Newer(o Record) bool {
 	return r.Deleted && !o.Deleted
 }
 
-// validKey reports whether a key has a known prefix and a non-empty name.
-func validKey(k string) bool {
-	for _, p := range []string{PrefixNetwork, PrefixEndpoint, PrefixBlock} {
-		if name, ok := strings.CutPrefix(k, p); ok {
-			return name != "" && len(k) <= 256
+// knownKinds are the record kinds (key prefixes) this agent interprets.
+var knownKinds = []string{PrefixNetwork, PrefixEndpoint, PrefixBlock, PrefixNode}
+
+// keyRE is the shape of every record key: a kind of lower-case letters, a
+// slash, a name. Kinds this agent does not know (from a newer one) are kept
+// and passed on, never used.
+var keyRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}/[^\x00-\x1f]+$`)
+
+// validKey reports whether a key has the shape of a record key.
+func validKey(k string) bool { return len(k) <= 256 && keyRE.MatchString(k) }
+
+// knownKind reports whether this agent interprets records of key k.
+func knownKind(k string) bool {
+	for _, p := range knownKinds {
+		if strings.HasPrefix(k, p) {
+			return true
 		}
 	}
 	return false
@@ -49,7 +62,7 @@ func validKey(k string) bool {
 // the value for records from the network.
 func checkEnvelope(r Record) error {
 	if !validKey(r.Key) {
-		return fmt.Errorf("record key %q: want a known prefix (net/, ep/, block/) and a name", r.Key)
+		return fmt.Errorf("record key %q: want KIND/NAME (net/, ep/, block/, node/ and kinds of newer versions)", r.Key)
 	}
 	if r.Version == 0 {
 		return fmt.Errorf("record %s: version 0", r.Key)

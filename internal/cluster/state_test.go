@@ -71,10 +71,14 @@ func TestPutDeleteMerge(t *testing.T) {
 
 func TestMergeRefusesMalformed(t *testing.T) {
 	s := NewState("a")
-	_, err := s.Merge([]Record{{Key: "bogus/x", Value: []byte(`1`), Version: 1, Origin: "b"}, {Key: "net/", Value: []byte(`1`), Version: 1, Origin: "b"},
+	_, err := s.Merge([]Record{{Key: "Bogus/x", Value: []byte(`1`), Version: 1, Origin: "b"}, {Key: "net/", Value: []byte(`1`), Version: 1, Origin: "b"},
 		{Key: "net/x", Version: 1, Origin: "b"}, {Key: "net/y", Value: []byte(`1`), Version: 0, Origin: "b"}})
 	if err == nil || !strings.Contains(err.Error(), "refused 4 malformed records") || s.Len() != 0 {
 		t.Fatalf("err = %v, len = %d", err, s.Len())
+	}
+	// A kind this version does not know (from a newer one) is kept, not used.
+	if _, err := s.Merge([]Record{{Key: "bogus/x", Value: []byte(`1`), Version: 1, Origin: "b"}}); err != nil || s.Len() != 1 || len(s.List("bogus/")) != 0 {
+		t.Fatalf("unknown kind: err = %v, len = %d", err, s.Len())
 	}
 }
 
@@ -194,7 +198,8 @@ func TestDecodeMessage(t *testing.T) {
 		{"trailing", append(msg(), []byte(" {}")...), "trailing data"},
 		{"unknown message field (newer agent)", []byte(`{"kind":"records","records":[],"since":1}`), ""},
 		{"unknown kind", []byte(`{"kind":"shutdown","records":[]}`), `unknown message kind "shutdown": want "records" or "state"`},
-		{"bad key", msg(Record{Key: "etc/passwd", Value: good, Version: 1, Origin: "h1"}), `record key "etc/passwd"`},
+		{"bad key", msg(Record{Key: "../etc/passwd", Value: good, Version: 1, Origin: "h1"}), `record key "../etc/passwd": want KIND/NAME`},
+		{"no kind", msg(Record{Key: "passwd", Value: good, Version: 1, Origin: "h1"}), `record key "passwd"`},
 		{"key mismatch", msg(Record{Key: "net/other", Value: good, Version: 1, Origin: "h1"}), `holds network "web"`},
 		{"invalid network", msg(Record{Key: "net/web", Value: []byte(`{"name":"web","vni":0,"subnet":"10.1.0.0/16","gateway":"10.1.0.1"}`), Version: 1, Origin: "h1"}), "invalid VNI 0"},
 		{"bad origin", msg(Record{Key: "net/web", Value: good, Version: 1, Origin: "../x"}), "invalid origin node name"},

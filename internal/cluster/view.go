@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/vxnet/vxnet/internal/model"
 )
@@ -14,6 +15,28 @@ type Block struct {
 	Network string       `json:"network"`
 	CIDR    netip.Prefix `json:"cidr"`
 	Node    string       `json:"node"`
+}
+
+// NodeInfo is what a member tells the cluster about itself.
+type NodeInfo struct {
+	Name string `json:"name"`
+	// Version of its vxnet binary, and the highest record format it reads.
+	Version string `json:"version"`
+	Format  int    `json:"format"`
+}
+
+// NodeKey builds the key of a node record.
+func NodeKey(name string) string { return PrefixNode + name }
+
+// Nodes returns every node record, by name.
+func (s *State) Nodes() []NodeInfo {
+	var out []NodeInfo
+	for _, r := range s.List(PrefixNode) {
+		if n, err := Decode[NodeInfo](r); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // NetworkKey, EndpointKey and BlockKey build record keys.
@@ -144,6 +167,15 @@ func ValidateRecord(r Record) error {
 			}
 		}
 		return errors.Join(model.ValidateName("network", e.Network), model.ValidateName("node", e.Node))
+	case strings.HasPrefix(r.Key, PrefixNode):
+		n, err := Decode[NodeInfo](r)
+		if err != nil {
+			return err
+		}
+		if NodeKey(n.Name) != r.Key {
+			return fmt.Errorf("record %s holds node %q", r.Key, n.Name)
+		}
+		return model.ValidateName("node", n.Name)
 	default:
 		b, err := Decode[Block](r)
 		if err != nil {
