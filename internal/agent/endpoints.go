@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -112,7 +113,8 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if req.Ports, err = a.checkPortsLocked(n, req.ID, req.Ports); err != nil {
 			return endpointResult{}, err
 		}
-		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports, Name: req.Name, Aliases: req.Aliases}
+		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports, Name: req.Name, Aliases: req.Aliases,
+			Since: time.Now().UTC().Truncate(time.Second)}
 		ips, macs := a.usedLocked(n)
 		if e.IP, recs, err = a.address(n, req, ips); err != nil {
 			return endpointResult{}, err

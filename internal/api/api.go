@@ -201,6 +201,12 @@ func (c *Client) Status() (Status, error) {
 	return s, c.Do(http.MethodGet, "/v1/status", nil, &s)
 }
 
+// StatusWithEndpoints reads the agent's status with every endpoint record.
+func (c *Client) StatusWithEndpoints() (Status, error) {
+	var s Status
+	return s, c.Do(http.MethodGet, "/v1/status?endpoints=1", nil, &s)
+}
+
 // CreateNetwork creates a network.
 func (c *Client) CreateNetwork(r NetworkCreate) (NetworkInfo, error) {
 	var n NetworkInfo

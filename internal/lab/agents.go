@@ -99,7 +99,17 @@ func (l *Lab) probeInterval() time.Duration {
 	return l.ProbeInterval
 }
 
+// StartAgentWith starts (or restarts) a host's agent from another binary
+// (an older release, for mixed-version tests).
+func (l *Lab) StartAgentWith(host, binary string) error {
+	return l.startAgentBinary(host, l.KeyFile(), binary, true)
+}
+
 func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
+	return l.startAgentBinary(host, keyFile, l.Binary, withJoin)
+}
+
+func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) error {
 	idx, err := l.hostIndex(host)
 	if err != nil {
 		return err
@@ -131,7 +141,7 @@ func (l *Lab) startAgent(host, keyFile string, withJoin bool) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(l.Binary, args...)
+	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := nsutil.Do(h.Netns, cmd.Start); err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // VNI limits: VXLAN carries a 24-bit network identifier; 0 is reserved here.
@@ -63,6 +64,8 @@ type Endpoint struct {
 	// to the endpoint's address, whichever host they run on.
 	Name    string   `json:"name,omitempty"`
 	Aliases []string `json:"aliases,omitempty"`
+	// Since is when the endpoint was attached (UTC, to the second).
+	Since time.Time `json:"since,omitzero"`
 }
 
 // HasName reports whether the endpoint answers to name (case-insensitive).

@@ -37,3 +37,26 @@ func Binary(t testing.TB) string {
 	}
 	return binPath
 }
+
+// BinaryAt builds the vxnet binary of an earlier commit of this repository
+// (from git, into a temporary directory) with its version stamped as
+// version, for tests that mix releases.
+func BinaryAt(t testing.TB, commit, version string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	archive := exec.Command("sh", "-c", "cd \"$(git rev-parse --show-toplevel)\" && git archive "+commit+" | tar -x -C "+src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("commit %s of this repository (a full clone is needed): %v %s", commit, err, out)
+	}
+	bin := filepath.Join(dir, "vxnet")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/vxnet/vxnet/internal/version.Version="+version, "-o", bin, "./cmd/vxnet")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build commit %s: %v %s", commit, err, out)
+	}
+	return bin
+}
