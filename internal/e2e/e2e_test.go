@@ -259,6 +259,13 @@ func TestAgentKill9(t *testing.T) {
 	l := up(t, 3, 1, 1)
 	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 3*time.Second)
+	// h3 is never restarted: it must not be disturbed either (the others
+	// come back within the two-probe grace, so it withdraws and re-adds
+	// nothing).
+	h3Before, err := client(l, "h3").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var sent, lost atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -301,12 +308,26 @@ func TestAgentKill9(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if s.Syncs == 0 {
+			t.Fatalf("restarted agent of %s has made no reconcile pass yet: nothing checked", h)
+		}
 		if s.KernelOps != 0 || s.SyncError != "" {
 			t.Fatalf("restarted agent of %s changed the kernel %d times (err %q); the state was already right", h, s.KernelOps, s.SyncError)
 		}
 		if len(s.Networks) != 1 || s.Networks[0].Local != 1 || s.Networks[0].Remote != 2 {
 			t.Fatalf("restarted %s sees %+v", h, s.Networks)
 		}
+	}
+	if h3Before.Syncs == 0 {
+		t.Fatal("h3 has made no reconcile pass")
+	}
+	time.Sleep(2 * lab.DefaultProbeInterval)
+	h3After, err := client(l, "h3").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h3After.KernelOps != h3Before.KernelOps {
+		t.Fatalf("h3 changed its kernel %d times while h1 and h2 restarted within the grace", h3After.KernelOps-h3Before.KernelOps)
 	}
 }
 
