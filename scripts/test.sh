@@ -17,7 +17,7 @@ export VXNET_BINARY="$PWD/bin/vxnet"
 # Short bounded fuzz runs of every decoder of outside input (the corpora
 # under testdata/fuzz are replayed by the plain test run too).
 fuzztime="${VXNET_FUZZTIME:-10s}"
-for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./internal/agent" "FuzzDecodeRequests ./internal/docker" "FuzzParseConfig ./cmd/vxnet"; do
+for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./internal/agent" "FuzzDecodeRoundTrip ./internal/api" "FuzzDecodeRequests ./internal/docker" "FuzzParseConfig ./cmd/vxnet"; do
   set -- $target
   go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"
 done

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -543,4 +545,67 @@ func TestResolveNames(t *testing.T) {
 	}
 	_, err := h1.Attach(api.AttachRequest{Network: "web", Netns: netns(t, "e"), Name: "bad.name"})
 	wantErr(t, err, model.ErrInvalid, `invalid container name "bad.name": want one DNS label of letters, digits, '-' and '_' (up to 63 characters)`)
+}
+
+// A state file that is not a bbolt database, and one another agent holds,
+// stop the start with a clear error and change nothing.
+func TestStoreFaults(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "vxnet.db"), []byte("this is not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Name: "h1", AdvertiseAddr: netip.MustParseAddr("198.18.0.1"), StateDir: dir, Socket: filepath.Join(dir, "s"),
+		VXLANPort: 4789, GossipPort: 7946, Insecure: true}
+	deps := Deps{Dataplane: fake.New(), Host: &fakeHost{mtu: 1500}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)}
+	_, err := New(cfg, deps)
+	if err == nil || !strings.HasPrefix(err.Error(), "open "+filepath.Join(dir, "vxnet.db")+": ") {
+		t.Errorf("corrupt state: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "vxnet.db")); string(b) != "this is not a database" {
+		t.Error("the corrupt file was changed")
+	}
+	h1 := newNode(t, newBus(), "h1", 1, "")
+	cfg.StateDir = h1.dir
+	start := time.Now()
+	_, err = New(cfg, deps)
+	want := "open " + filepath.Join(h1.dir, "vxnet.db") + ": timeout (is another agent using this state directory?)"
+	if err == nil || err.Error() != want {
+		t.Errorf("state held by another agent: %v, want %q", err, want)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("waited %s for the lock", d)
+	}
+}
+
+// Many attaches at once on one agent: every one gets its own address and
+// MAC, and every port is in the kernel.
+func TestConcurrentAttaches(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/24")
+	const n = 40
+	atts := make([]api.Attachment, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := []*testNode{h1, h2}[i%2]
+			atts[i], errs[i] = node.Attach(api.AttachRequest{Network: "web", Netns: netns(t, fmt.Sprintf("c%d", i))})
+		}()
+	}
+	wg.Wait()
+	ips, macs := map[string]bool{}, map[string]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if ips[atts[i].IP] || macs[atts[i].MAC] {
+			t.Fatalf("address %s or MAC %s handed out twice", atts[i].IP, atts[i].MAC)
+		}
+		ips[atts[i].IP], macs[atts[i].MAC] = true, true
+	}
+	if got := len(observe(t, h1.dp).Ports) + len(observe(t, h2.dp).Ports); got != n {
+		t.Errorf("%d ports in the kernels, want %d", got, n)
+	}
 }

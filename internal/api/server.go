@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,7 +75,14 @@ func handle[Req, Resp any](ok int, call func(Req) (Resp, error)) http.HandlerFun
 // DecodeRequest parses a JSON request body strictly: bounded size, no
 // unknown fields, nothing after the object.
 func DecodeRequest(body io.Reader, v any) error {
-	dec := json.NewDecoder(io.LimitReader(body, MaxRequest))
+	b, err := io.ReadAll(io.LimitReader(body, MaxRequest+1))
+	if err != nil {
+		return model.Errorf(model.ErrInvalid, "malformed request: %w", err)
+	}
+	if len(b) > MaxRequest {
+		return model.Errorf(model.ErrInvalid, "malformed request: the body is larger than %d bytes", MaxRequest)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return model.Errorf(model.ErrInvalid, "malformed request: %w", err)

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -18,6 +20,7 @@ func TestDecodeRequest(t *testing.T) {
 		{`{"network":"web"} {"x":1}`, "data after the JSON object"},
 		{`{"network":`, "malformed request"},
 		{`[]`, "malformed request"},
+		{`{"network":"` + strings.Repeat("x", MaxRequest) + `"}`, "malformed request: the body is larger than 1048576 bytes"},
 	} {
 		var r AttachRequest
 		err := DecodeRequest(strings.NewReader(tc.in), &r)
@@ -73,4 +76,29 @@ func TestHTTPStatus(t *testing.T) {
 	if err := error(&StatusError{Code: http.StatusNotFound, Msg: "x"}); !errors.Is(err, model.ErrNotFound) {
 		t.Errorf("a 404 StatusError is not ErrNotFound")
 	}
+}
+
+// FuzzDecodeRoundTrip: whatever request decodes encodes back to something
+// that decodes to the same request.
+func FuzzDecodeRoundTrip(f *testing.F) {
+	f.Add([]byte(`{"network":"web","netns":"1234","ip":"172.18.0.11","mac":"02:42:ac:12:00:0b","publish":["8080:80"],"name":"c1","aliases":["db"]}`))
+	f.Add([]byte(`{"network":"web","netns":"/run/netns/x"}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var a AttachRequest
+		if DecodeRequest(bytes.NewReader(in), &a) != nil {
+			return
+		}
+		out, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b AttachRequest
+		if err := DecodeRequest(bytes.NewReader(out), &b); err != nil {
+			t.Fatalf("re-encoded request refused: %v", err)
+		}
+		// Equal up to empty lists, which encode as absent.
+		if again, _ := json.Marshal(b); !bytes.Equal(again, out) {
+			t.Fatalf("round trip changed the request:\n%s\n%s", out, again)
+		}
+	})
 }

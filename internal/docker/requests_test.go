@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -55,11 +56,35 @@ func FuzzDecodeRequests(f *testing.F) {
 	f.Add([]byte(`{"NetworkID":"abc","Options":{"com.docker.network.generic":{"vxnet.vni":"7"}},"IPv4Data":[{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}]}`))
 	f.Add([]byte(`{"NetworkID":"n","EndpointID":"e","Interface":{"Address":"10.0.0.5/24","MacAddress":""}}`))
 	f.Add([]byte(`{"PoolID":"10.0.0.0/24","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}`))
+	f.Add([]byte(`{"NetworkID":"n","EndpointID":"e","Options":{"com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}`))
+	f.Add([]byte(`{"NetworkID":"n","IPv4Data":[{"Pool":"10.1.0.0/24"}],"Options":{"com.docker.network.internal":true}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var cn CreateNetworkRequest
 		if Decode(in, &cn) == nil {
-			if n, err := cn.Network(); err == nil && (n.Subnet == "" || n.DockerID == "") {
+			n, err := cn.Network()
+			if err == nil && (n.Subnet == "" || n.DockerID == "") {
 				t.Fatalf("accepted a network without subnet or ID: %+v", n)
+			}
+			// What decodes reads the same after a round trip.
+			if err == nil {
+				b, _ := json.Marshal(cn)
+				var again CreateNetworkRequest
+				if err := Decode(b, &again); err != nil {
+					t.Fatalf("re-encoded request refused: %v", err)
+				}
+				if n2, err := again.Network(); err != nil || n2 != n {
+					t.Fatalf("round trip changed the network: %+v -> %+v (%v)", n, n2, err)
+				}
+			}
+		}
+		var pc ConnectivityRequest
+		if Decode(in, &pc) == nil {
+			if ports, err := pc.PortMaps(); err == nil {
+				for _, p := range ports {
+					if p.HostPort == 0 || p.Port == 0 || (p.Proto != "tcp" && p.Proto != "udp") {
+						t.Fatalf("accepted port %+v", p)
+					}
+				}
 			}
 		}
 		var ce CreateEndpointRequest
