@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// backend is an API backend with one network, for the CLI's own tests.
+type backend struct{ attached []api.AttachRequest }
+
+func (b *backend) Status(bool) api.Status { return api.Status{Node: "h1", Version: "v9", Format: 1} }
+func (b *backend) Networks() []api.NetworkInfo {
+	return []api.NetworkInfo{{Network: model.Network{Name: "web", VNI: 4097}, EffectiveMTU: 1450}}
+}
+func (b *backend) Network(name string) (api.NetworkInfo, error) {
+	if name != "web" {
+		return api.NetworkInfo{}, model.Errorf(model.ErrNotFound, "unknown network %q (known: web)", name)
+	}
+	return b.Networks()[0], nil
+}
+func (b *backend) CreateNetwork(r api.NetworkCreate) (api.NetworkInfo, error) {
+	return api.NetworkInfo{}, model.Errorf(model.ErrConflict, "network name %q is already in use", r.Name)
+}
+func (b *backend) RemoveNetwork(string, bool) error { return errors.New("disk on fire") }
+func (b *backend) Attach(r api.AttachRequest) (api.Attachment, error) {
+	b.attached = append(b.attached, r)
+	return api.Attachment{ID: "e1", Network: r.Network, IP: "10.0.0.5/24", Published: r.Publish, Name: r.Name}, nil
+}
+func (b *backend) Detach(api.DetachRequest) error { return nil }
+func (b *backend) Keyring() api.Keyring            { return api.Keyring{Primary: "aa", Keys: []string{"aa"}} }
+func (b *backend) KeyOp(api.KeyRequest) (api.Keyring, error) {
+	return api.Keyring{}, nil
+}
+
+// run runs the CLI with args against the backend and returns its output
+// and error (main prints the error and exits 1).
+func run(t *testing.T, sock string, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs(append(args, "--socket", sock))
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestCLIAgainstAgent(t *testing.T) {
+	dir, err := os.MkdirTemp("", "vxc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{}
+	srv := api.NewServer(b)
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	out, err := run(t, sock, "network", "ls", "--json")
+	var nets []api.NetworkInfo
+	if err != nil || json.Unmarshal([]byte(out), &nets) != nil || len(nets) != 1 || nets[0].Name != "web" || nets[0].EffectiveMTU != 1450 {
+		t.Errorf("network ls --json: %v %q", err, out)
+	}
+	out, err = run(t, sock, "status", "--json")
+	var st api.Status
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Node != "h1" || st.Version != "v9" {
+		t.Errorf("status --json: %v %q", err, out)
+	}
+	out, err = run(t, sock, "attach", "web", "--netns", "/run/netns/x", "-p", "8080:80", "--name", "c1", "--alias", "db")
+	if err != nil || !strings.Contains(out, "address 10.0.0.5/24") || !strings.Contains(out, "published 8080:80") {
+		t.Errorf("attach: %v %q", err, out)
+	}
+	if len(b.attached) != 1 || b.attached[0].Name != "c1" || len(b.attached[0].Aliases) != 1 || b.attached[0].Publish[0] != "8080:80" {
+		t.Errorf("the agent got %+v", b.attached)
+	}
+	// Errors come back whole, with their kind, and fail the command.
+	for _, tc := range []struct {
+		args []string
+		want string
+		kind error
+	}{
+		{[]string{"network", "inspect", "nope"}, `unknown network "nope" (known: web)`, model.ErrNotFound},
+		{[]string{"network", "create", "web", "--subnet", "10.0.0.0/24"}, `network name "web" is already in use`, model.ErrConflict},
+		{[]string{"network", "rm", "web"}, "disk on fire", nil},
+	} {
+		_, err := run(t, sock, tc.args...)
+		if err == nil || err.Error() != tc.want || (tc.kind != nil && !errors.Is(err, tc.kind)) {
+			t.Errorf("%v: err %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	// No agent: a clear error.
+	_, err = run(t, filepath.Join(dir, "none"), "status")
+	if err == nil || !strings.Contains(err.Error(), "(is 'vxnet agent' running?)") {
+		t.Errorf("no agent: %v", err)
+	}
+}
