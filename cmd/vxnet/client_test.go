@@ -36,7 +36,7 @@ func (b *backend) Attach(r api.AttachRequest) (api.Attachment, error) {
 	return api.Attachment{ID: "e1", Network: r.Network, IP: "10.0.0.5/24", Published: r.Publish, Name: r.Name}, nil
 }
 func (b *backend) Detach(api.DetachRequest) error { return nil }
-func (b *backend) Keyring() api.Keyring            { return api.Keyring{Primary: "aa", Keys: []string{"aa"}} }
+func (b *backend) Keyring() api.Keyring           { return api.Keyring{Primary: "aa", Keys: []string{"aa"}} }
 func (b *backend) KeyOp(api.KeyRequest) (api.Keyring, error) {
 	return api.Keyring{}, nil
 }
