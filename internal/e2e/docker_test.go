@@ -45,6 +45,16 @@ func startDocker(t *testing.T, l *lab.Lab, host string, extra ...string) *lab.Do
 	return d
 }
 
+// step runs one subtest of a sequence whose later steps use what the
+// earlier ones left (containers, networks): the first failure stops the
+// sequence, with a clear message, instead of cascading.
+func step(t *testing.T, name string, fn func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, fn) {
+		t.Fatalf("step %s failed; the steps after it depend on it and are not run", name)
+	}
+}
+
 func mustDocker(t *testing.T, d *lab.Dockerd, args ...string) string {
 	t.Helper()
 	out, err := d.Docker(args...)
@@ -94,14 +104,14 @@ func TestDockerClassicSteps(t *testing.T) {
 		t.Fatalf("full-size packet with DF: %v", err)
 	}
 
-	t.Run("AddressTakenOnOtherHost", func(t *testing.T) {
+	step(t, "AddressTakenOnOtherHost", func(t *testing.T) {
 		out, err := d1.Docker("run", "-d", "--name", "dup", "--net", "vxlan-net", "--ip", "172.18.0.12", lab.DockerImage, "sleep", "600")
 		if err == nil || !strings.Contains(out, "address 172.18.0.12 is already in use on network") {
 			t.Fatalf("duplicate --ip: err %v, output %q", err, out)
 		}
 		_, _ = d1.Docker("rm", "-f", "dup")
 	})
-	t.Run("ErrorsReachDockerCLI", func(t *testing.T) {
+	step(t, "ErrorsReachDockerCLI", func(t *testing.T) {
 		for _, tc := range []struct {
 			args []string
 			want string
@@ -125,7 +135,7 @@ func TestDockerClassicSteps(t *testing.T) {
 			t.Errorf("VNI taken: err %v, output %q", err, out)
 		}
 	})
-	t.Run("DriverOptions", func(t *testing.T) {
+	step(t, "DriverOptions", func(t *testing.T) {
 		mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.23.0.0/24",
 			"-o", "vxnet.vni=4242", "-o", "com.docker.network.driver.mtu=1400", "opts")
 		mustDocker(t, d1, "run", "-d", "--name", "o1", "--net", "opts", lab.DockerImage, "sleep", "600")
@@ -139,7 +149,7 @@ func TestDockerClassicSteps(t *testing.T) {
 		mustDocker(t, d1, "rm", "-f", "o1")
 		mustDocker(t, d1, "network", "rm", "opts")
 	})
-	t.Run("IsolatedFromOtherNetwork", func(t *testing.T) {
+	step(t, "IsolatedFromOtherNetwork", func(t *testing.T) {
 		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.19.0.0/16", "other")
 		mustDocker(t, d2, "run", "-d", "--name", "o2", "--net", "other", lab.DockerImage, "sleep", "600")
 		ip := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "o2")
@@ -160,7 +170,7 @@ func TestDockerClassicSteps(t *testing.T) {
 		// Removed on host 2, it goes from host 1's dockerd too.
 		waitDockerNetwork(t, d1, "other", false)
 	})
-	t.Run("VxnetNetworkAppearsInDocker", func(t *testing.T) {
+	step(t, "VxnetNetworkAppearsInDocker", func(t *testing.T) {
 		if _, err := client(l, "h2").CreateNetwork(api.NetworkCreate{Name: "fromcli", Subnet: "172.20.0.0/24"}); err != nil {
 			t.Fatal(err)
 		}
@@ -183,14 +193,14 @@ func TestDockerClassicSteps(t *testing.T) {
 		waitDockerNetwork(t, d1, "fromcli", false)
 		waitDockerNetwork(t, d2, "fromcli", false)
 	})
-	t.Run("ContainerRestart", func(t *testing.T) {
+	step(t, "ContainerRestart", func(t *testing.T) {
 		mustDocker(t, d2, "restart", "-t", "1", "c2")
 		pingFrom(t, d1, "c1", "172.18.0.12")
 		mustDocker(t, d2, "stop", "-t", "1", "c2")
 		mustDocker(t, d2, "start", "c2")
 		pingFrom(t, d1, "c1", "172.18.0.12")
 	})
-	t.Run("RemoveLeavesNothing", func(t *testing.T) {
+	step(t, "RemoveLeavesNothing", func(t *testing.T) {
 		mustDocker(t, d1, "rm", "-f", "c1")
 		mustDocker(t, d2, "rm", "-f", "c2")
 		mustDocker(t, d1, "network", "rm", "vxlan-net")
@@ -287,7 +297,7 @@ func TestDockerRestartAndConnect(t *testing.T) {
 		}
 	}
 
-	t.Run("ConnectDisconnect", func(t *testing.T) {
+	step(t, "ConnectDisconnect", func(t *testing.T) {
 		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.22.0.0/24", "web2")
 		mustDocker(t, d2, "run", "-d", "--name", "cx", "--net", "web2", lab.DockerImage, "sleep", "600")
 		mustDocker(t, d2, "network", "connect", "--ip", "172.21.0.30", "web", "cx")
@@ -300,7 +310,7 @@ func TestDockerRestartAndConnect(t *testing.T) {
 		}
 		mustDocker(t, d2, "rm", "-f", "cx")
 	})
-	t.Run("DockerdRestart", func(t *testing.T) {
+	step(t, "DockerdRestart", func(t *testing.T) {
 		if err := d2.Kill(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +319,7 @@ func TestDockerRestartAndConnect(t *testing.T) {
 		waitEndpoints(2) // --restart always brought b back, same address
 		pingFrom(t, d1, "ca", "172.21.0.20")
 	})
-	t.Run("DockerdLiveRestore", func(t *testing.T) {
+	step(t, "DockerdLiveRestore", func(t *testing.T) {
 		// A daemon that keeps its containers while it is down.
 		if err := d2.Kill(syscall.SIGTERM); err != nil {
 			t.Fatal(err)

@@ -83,7 +83,7 @@ func TestDockerRealHost(t *testing.T) {
 	c1IP, c2IP := ip(d1, "c1"), ip(d2, "c2")
 	pingFrom(t, d2, "c2", c1IP)
 
-	t.Run("NamesAcrossHosts", func(t *testing.T) {
+	step(t, "NamesAcrossHosts", func(t *testing.T) {
 		retryDocker(t, d2, "1 packets received", "exec", "c2", "ping", "-c", "1", "-W", "1", "c1")
 		retryDocker(t, d1, "1 packets received", "exec", "c1", "ping", "-c", "1", "-W", "1", "c2")
 		retryDocker(t, d1, c2IP, "exec", "c1", "nslookup", "c2")
@@ -106,7 +106,7 @@ func TestDockerRealHost(t *testing.T) {
 		}
 		mustDocker(t, d1, "rm", "-f", "c3")
 	})
-	t.Run("Egress", func(t *testing.T) {
+	step(t, "Egress", func(t *testing.T) {
 		got := retryDocker(t, d1, "hello from outside", "exec", "c1", "sh", "-c", "nc "+out.Addr.String()+" 80 </dev/null")
 		if !strings.Contains(got, "you are "+l.Hosts[0].Addr.String()) {
 			t.Errorf("the outside saw: %s", got)
@@ -122,7 +122,7 @@ func TestDockerRealHost(t *testing.T) {
 		mustDocker(t, d1, "rm", "-f", "p1")
 		mustDocker(t, d2, "rm", "-f", "p2")
 	})
-	t.Run("PublishedPort", func(t *testing.T) {
+	step(t, "PublishedPort", func(t *testing.T) {
 		mustDocker(t, d1, "run", "-d", "--name", "web", "--net", "vxlan-net", "-p", "8080:80", lab.DockerImage,
 			"sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www")
 		hostPort := netip.AddrPortFrom(l.Hosts[0].Addr, 8080).String()

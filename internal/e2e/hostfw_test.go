@@ -127,11 +127,11 @@ func TestHostFirewall(t *testing.T) {
 	}
 	c1, c2 := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
 
-	t.Run("ForwardDrop", func(t *testing.T) {
+	step(t, "ForwardDrop", func(t *testing.T) {
 		pingUntil(t, c1.Netns, c2.IP, 5*time.Second)
 		pingUntil(t, c2.Netns, c1.IP, 5*time.Second)
 	})
-	t.Run("FlushedRulesComeBack", func(t *testing.T) {
+	step(t, "FlushedRulesComeBack", func(t *testing.T) {
 		inNS(t, h1.Netns, "iptables", "-F", "VXNET-FORWARD")
 		// Negative control: without vxnet's rules the host drops the traffic.
 		if _, err := probe.Ping(c1.Netns, c2.IP, 56, false, time.Second); err == nil {
@@ -142,7 +142,7 @@ func TestHostFirewall(t *testing.T) {
 		t.Logf("rules back and traffic flowing %s after the flush", time.Since(start).Round(100*time.Millisecond))
 	})
 	parent := t // servers live as long as the whole test
-	t.Run("Egress", func(t *testing.T) {
+	step(t, "Egress", func(t *testing.T) {
 		serveTCP(parent, out.Netns, ":80", "outside")
 		// The outside sees the container's host, not the container.
 		dialUntil(t, c1.Netns, netip.AddrPortFrom(out.Addr, 80).String(), "hello from outside, you are "+h1.Addr.String(), 5*time.Second)
@@ -151,7 +151,7 @@ func TestHostFirewall(t *testing.T) {
 		serveTCP(parent, c2.Netns, ":7000", "c2")
 		dialUntil(t, c1.Netns, netip.AddrPortFrom(c2.IP, 7000).String(), "hello from c2, you are "+c1.IP.String(), 5*time.Second)
 	})
-	t.Run("Internal", func(t *testing.T) {
+	step(t, "Internal", func(t *testing.T) {
 		if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "priv", Subnet: "198.19.50.0/24", Internal: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +178,7 @@ func TestHostFirewall(t *testing.T) {
 		}
 	})
 	var web api.Attachment
-	t.Run("PublishedPort", func(t *testing.T) {
+	step(t, "PublishedPort", func(t *testing.T) {
 		ns := newContainer(t, l, "web")
 		var err error
 		web, err = client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Publish: []string{"8080:80"}, Name: "web", Aliases: []string{"www"}})
@@ -220,8 +220,8 @@ func TestHostFirewall(t *testing.T) {
 			}
 		}
 	}
-	t.Run("Names", names)
-	t.Run("AgentKill9KeepsRules", func(t *testing.T) {
+	step(t, "Names", names)
+	step(t, "AgentKill9KeepsRules", func(t *testing.T) {
 		before := vxnetRules(t, h1)
 		if !strings.Contains(before, "-j DNAT") || !strings.Contains(before, "-j MASQUERADE") {
 			t.Fatalf("rules before: %s", before)
@@ -260,7 +260,7 @@ func TestHostFirewall(t *testing.T) {
 		}
 		names(t)
 	})
-	t.Run("DetachUnpublishes", func(t *testing.T) {
+	step(t, "DetachUnpublishes", func(t *testing.T) {
 		if err := client(l, "h1").Detach(api.DetachRequest{Network: "net1", Netns: web.Netns}); err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +276,7 @@ func TestHostFirewall(t *testing.T) {
 			t.Errorf("the port still answers after detach: %q", got)
 		}
 	})
-	t.Run("LastNetworkTakesRulesAway", func(t *testing.T) {
+	step(t, "LastNetworkTakesRulesAway", func(t *testing.T) {
 		for _, n := range []string{"net1", "priv"} {
 			if err := client(l, "h1").RemoveNetwork(n, true); err != nil && !errors.Is(err, model.ErrNotFound) {
 				t.Fatal(err)

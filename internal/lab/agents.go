@@ -211,9 +211,17 @@ func (l *Lab) WaitConverged(timeout time.Duration) error {
 			if err != nil {
 				return err
 			}
+			seen := map[string]int{}
 			for _, n := range s.Networks {
-				if got := n.Local + n.Remote; got != want[n.Name] {
-					return fmt.Errorf("host %s sees %d of %d endpoints of %s", h.Name, got, want[n.Name], n.Name)
+				seen[n.Name] = n.Local + n.Remote
+			}
+			for _, nw := range l.Networks {
+				got, ok := seen[nw.Name]
+				if !ok {
+					return fmt.Errorf("host %s does not know network %s", h.Name, nw.Name)
+				}
+				if got != want[nw.Name] {
+					return fmt.Errorf("host %s sees %d of %d endpoints of %s", h.Name, got, want[nw.Name], nw.Name)
 				}
 			}
 		}
