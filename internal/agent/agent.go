@@ -184,10 +184,6 @@ type Agent struct {
 	conflicts []string
 	syncs     atomic.Int64
 	kernelOps atomic.Int64
-
-	// settle is how long a network create waits for a concurrent create
-	// elsewhere to arrive before it decides who won.
-	settle time.Duration
 }
 
 // New prepares an agent: store, state, underlay, replicator. Call Run to
@@ -210,7 +206,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
-		dirty: make(chan struct{}, 1), settle: 300 * time.Millisecond, reserved: map[netip.Addr]string{}}
+		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}}
 	ok := false
 	defer func() {
 		if !ok {

@@ -358,36 +358,41 @@ func TestCreateNetworkErrors(t *testing.T) {
 }
 
 // Two members create one name with different definitions at the same
-// moment: the writes cross, both members keep the same one (the higher
-// origin wins a tie of versions) and the other creator is told.
+// moment (each before the other's record reaches it): both creates return,
+// every member keeps the same definition (the higher version, then the
+// higher origin: h2's here, the versions tie), and the member whose
+// network lost says so in its status.
 func TestConcurrentCreate(t *testing.T) {
 	b, h1, h2 := joinedPair(t)
-	h1.settle, h2.settle = time.Second, time.Second
 	b.hold()
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for i, c := range []struct {
+	for _, c := range []struct {
 		n      *testNode
 		subnet string
 	}{{h1, "10.20.0.0/16"}, {h2, "10.30.0.0/16"}} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = c.n.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: c.subnet})
-		}()
+		if _, err := c.n.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: c.subnet}); err != nil {
+			t.Fatalf("create on %s: %v", c.n.state.Self(), err)
+		}
 	}
-	eventually(t, "both creates published", func() bool { return b.heldCount() == 2 })
 	b.flush()
-	wg.Wait()
-	wantErr(t, errs[0], model.ErrConflict, fmt.Sprintf("network web was created at the same time by node h2 with another definition (VNI %d, subnet 10.30.0.0/16); that one was kept", DeriveVNI("web")))
-	if errs[1] != nil {
-		t.Errorf("h2's create: %v", errs[1])
-	}
 	for _, n := range []*testNode{h1, h2} {
 		if w, ok := n.state.Network("web"); !ok || w.Subnet != netip.MustParsePrefix("10.30.0.0/16") {
 			t.Errorf("%s keeps %+v", n.state.Self(), w)
 		}
+		if err := n.sync(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	vni := DeriveVNI("web")
+	want := []string{fmt.Sprintf("network web created here (VNI %d, subnet 10.20.0.0/16) was replaced by the definition node h2 created at the same time (VNI %d, subnet 10.30.0.0/16)", vni, vni)}
+	if got := h1.Status(false).Conflicts; !slices.Equal(got, want) {
+		t.Errorf("h1 conflicts %q, want %q", got, want)
+	}
+	if got := h2.Status(false).Conflicts; len(got) != 0 {
+		t.Errorf("h2 (whose network was kept) reports %q", got)
+	}
+	// Once the records have met, a create that clashes is refused at once.
+	_, err := h1.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "10.20.0.0/16"})
+	wantErr(t, err, model.ErrConflict, fmt.Sprintf(`network name "web" is already in use (VNI %d, subnet 10.30.0.0/16)`, vni))
 }
 
 // A state directory belongs to one node name.

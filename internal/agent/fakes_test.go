@@ -344,7 +344,6 @@ func newNode(t *testing.T, b *bus, name string, i int, dir string, opts ...nodeO
 	if err != nil {
 		t.Fatalf("new agent %s: %v", name, err)
 	}
-	a.settle = 20 * time.Millisecond
 	t.Cleanup(func() { a.store.close() })
 	return &testNode{Agent: a, dp: dp, host: host, dir: dir}
 }

@@ -1,10 +1,10 @@
 package agent
 
 import (
+	"fmt"
 	"hash/fnv"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
@@ -95,40 +95,30 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 	if err != nil {
 		return api.NetworkInfo{}, err
 	}
+	// Another member may create the same name (or VNI, or subnet) before
+	// this record reaches it: every member then keeps the same one (the
+	// higher version, then origin, for one name; the one written first for
+	// a VNI or subnet), and the member whose network lost reports it in its
+	// status (see supersededNotices).
 	a.repl.Publish(rec)
 	a.markDirty()
 	a.persistOrLog()
-	// Another member may have created the same name (or VNI, or subnet) at
-	// the same moment: let the pushes cross, then check who won.
-	if len(a.repl.Alive()) > 1 {
-		time.Sleep(a.settle)
-		if cur, ok := a.state.Network(n.Name); !ok || !cur.Equal(n) {
-			r, _ := a.state.Get(cluster.NetworkKey(n.Name))
-			return api.NetworkInfo{}, conflict("network %s was created at the same time by node %s with another definition (VNI %d, subnet %s); that one was kept", n.Name, r.Origin, cur.VNI, cur.Subnet)
-		}
-		nets, _ := a.state.Networks()
-		found := false
-		for _, x := range nets {
-			found = found || x.Name == n.Name
-		}
-		if !found {
-			err := model.CheckConflicts(without(nets, n.Name), n)
-			if r, ok := a.state.Delete(cluster.NetworkKey(n.Name)); ok {
-				a.repl.Publish(r)
-			}
-			return api.NetworkInfo{}, conflict("network %s lost to a network created at the same time: %w", n.Name, err)
-		}
-	}
 	a.log.Info("network created", "network", n.Name, "vni", n.VNI, "subnet", n.Subnet)
 	return a.networkInfo(n), nil
 }
 
-func without(nets []model.Network, name string) []model.Network {
-	var out []model.Network
-	for _, n := range nets {
-		if n.Name != name {
-			out = append(out, n)
+// supersededNotices describes this node's networks that a definition
+// another member wrote at the same time replaced.
+func (a *Agent) supersededNotices() []string {
+	var out []string
+	for _, s := range a.state.Superseded() {
+		mine, err1 := cluster.Decode[model.Network](s.Mine)
+		by, err2 := cluster.Decode[model.Network](s.By)
+		if err1 != nil || err2 != nil {
+			continue
 		}
+		out = append(out, fmt.Sprintf("network %s created here (VNI %d, subnet %s) was replaced by the definition node %s created at the same time (VNI %d, subnet %s)",
+			mine.Name, mine.VNI, mine.Subnet, s.By.Origin, by.VNI, by.Subnet))
 	}
 	return out
 }

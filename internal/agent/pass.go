@@ -44,6 +44,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	for _, c := range rconf {
 		conflicts = append(conflicts, c.String())
 	}
+	conflicts = append(conflicts, a.supersededNotices()...)
 	a.statMu.Lock()
 	if len(conflicts) != len(a.conflicts) {
 		for _, c := range conflicts {

@@ -4,6 +4,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -87,6 +88,27 @@ type State struct {
 
 	epCache    []model.Endpoint // decoded endpoints as of epCacheGen
 	epCacheGen uint64
+
+	superseded []Superseded // this member's networks another's replaced, newest last
+}
+
+// Superseded is a network this member created that another member's
+// definition, written at the same time (before either saw the other),
+// replaced: the higher version (then origin) wins on every member alike,
+// and the member that lost says so.
+type Superseded struct {
+	Mine Record `json:"mine"`
+	By   Record `json:"by"`
+}
+
+// maxSuperseded bounds the notices kept.
+const maxSuperseded = 32
+
+// Superseded returns the notices of this member's replaced networks.
+func (s *State) Superseded() []Superseded {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return append([]Superseded(nil), s.superseded...)
 }
 
 // NewState returns an empty state for member self.
@@ -159,6 +181,13 @@ func (s *State) Merge(recs []Record) (changed []Record, err error) {
 		cur, ok := s.records[r.Key]
 		if ok && !r.Newer(cur) {
 			continue
+		}
+		if ok && !cur.Deleted && !r.Deleted && cur.Origin == s.self && r.Origin != s.self &&
+			strings.HasPrefix(r.Key, PrefixNetwork) && !bytes.Equal(cur.Value, r.Value) {
+			s.superseded = append(s.superseded, Superseded{Mine: cur, By: r})
+			if len(s.superseded) > maxSuperseded {
+				s.superseded = s.superseded[1:]
+			}
 		}
 		if r.Deleted {
 			r.Value = nil

@@ -276,3 +276,29 @@ func TestEndpointsCacheFollowsChanges(t *testing.T) {
 		t.Fatalf("cache not invalidated by delete: %v", got)
 	}
 }
+
+// A member whose network another member's concurrent create replaced
+// keeps a notice; the member whose network was kept, and updates of a
+// network by its own creator, leave none.
+func TestSupersededNotice(t *testing.T) {
+	a, b := NewState("a"), NewState("b")
+	ra, _ := a.Put(NetworkKey("web"), network("web", 100, "10.1.0.0/16"))
+	rb, _ := b.Put(NetworkKey("web"), network("web", 100, "10.2.0.0/16")) // same version: origin b wins
+	_, _ = a.Merge([]Record{rb})
+	_, _ = b.Merge([]Record{ra})
+	if got := a.Superseded(); len(got) != 1 || got[0].Mine.Origin != "a" || got[0].By.Origin != "b" {
+		t.Fatalf("a's notices %+v", got)
+	}
+	if got := b.Superseded(); len(got) != 0 {
+		t.Fatalf("b's notices %+v", got)
+	}
+	n := network("web", 100, "10.2.0.0/16")
+	n.DockerName = "web"
+	upd, _ := b.Put(NetworkKey("web"), n)
+	c := NewState("c")
+	_, _ = c.Merge([]Record{rb})
+	_, _ = c.Merge([]Record{upd})
+	if got := c.Superseded(); len(got) != 0 {
+		t.Fatalf("an update reads as a replacement on c: %+v", got)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -495,31 +496,52 @@ func aliveCount(t *testing.T, l *lab.Lab, host string) int {
 }
 
 // TestConcurrentCreate: two members create the same name with different
-// definitions at once; one network results and the other caller is told.
+// definitions before either hears of the other (they are cut apart, then
+// healed): both creates succeed, every member keeps the same definition
+// afterwards, and exactly the member whose network lost reports it.
 func TestConcurrentCreate(t *testing.T) {
 	l := up(t, 2, 1, 0)
-	errs := make(chan error, 2)
-	for i, h := range []string{"h1", "h2"} {
-		go func() {
-			_, err := client(l, h).CreateNetwork(api.NetworkCreate{Name: "dup", Subnet: fmt.Sprintf("10.%d.0.0/24", 50+i)})
-			errs <- err
-		}()
+	setUnderlay(t, l, "h2", false)
+	subnets := map[string]string{"h1": "10.50.0.0/24", "h2": "10.51.0.0/24"}
+	for _, h := range []string{"h1", "h2"} {
+		if _, err := client(l, h).CreateNetwork(api.NetworkCreate{Name: "dup", Subnet: subnets[h]}); err != nil {
+			t.Fatalf("create on %s: %v", h, err)
+		}
 	}
-	e1, e2 := <-errs, <-errs
-	if (e1 == nil) == (e2 == nil) {
-		t.Fatalf("want exactly one success: %v / %v", e1, e2)
+	setUnderlay(t, l, "h2", true)
+	var kept api.NetworkInfo
+	if err := waitCond(30*time.Second, func() error {
+		n1, err1 := client(l, "h1").Network("dup")
+		n2, err2 := client(l, "h2").Network("dup")
+		if err1 != nil || err2 != nil || !n1.Network.Equal(n2.Network) {
+			return fmt.Errorf("members disagree: %+v %v / %+v %v", n1.Network, err1, n2.Network, err2)
+		}
+		kept = n1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	failed := e1
-	if failed == nil {
-		failed = e2
+	winner, loser := kept.Origin, map[string]string{"h1": "h2", "h2": "h1"}[kept.Origin]
+	if kept.Subnet.String() != subnets[winner] {
+		t.Fatalf("kept %+v from %s", kept.Network, winner)
 	}
-	wantStatusError(t, failed, 409, "dup")
-	n1, err1 := client(l, "h1").Network("dup")
-	n2, err2 := client(l, "h2").Network("dup")
-	if err1 != nil || err2 != nil || !n1.Network.Equal(n2.Network) {
-		t.Fatalf("members disagree: %+v %v / %+v %v", n1, err1, n2, err2)
+	want := fmt.Sprintf("network dup created here (VNI %d, subnet %s) was replaced by the definition node %s created at the same time (VNI %d, subnet %s)",
+		kept.VNI, subnets[loser], winner, kept.VNI, subnets[winner])
+	if err := waitCond(10*time.Second, func() error {
+		s, err := client(l, loser).Status()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(s.Conflicts, want) {
+			return fmt.Errorf("%s reports %q", loser, s.Conflicts)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	_ = model.Network{}
+	if s, err := client(l, winner).Status(); err != nil || len(s.Conflicts) != 0 {
+		t.Fatalf("%s, whose network was kept, reports %v %v", winner, s.Conflicts, err)
+	}
 }
 
 // TestPartitionDuplicateReported: during a partition both sides hand out
