@@ -582,11 +582,30 @@ func TestStoreFaults(t *testing.T) {
 	}
 }
 
-// Many attaches at once on one agent: every one gets its own address and
-// MAC, and every port is in the kernel.
+// Many attaches at once on one agent, while reconcile passes run all the
+// time: every one gets its own address and MAC, and every port is in the
+// kernel (a pass that read the state just before an attach recorded its
+// endpoint once removed the fresh port: the defect BENCHMARKS names).
 func TestConcurrentAttaches(t *testing.T) {
 	_, h1, h2 := joinedPair(t)
 	mustCreate(t, h1, "web", "10.20.0.0/24")
+	stop := make(chan struct{})
+	passes := make(chan int)
+	for _, node := range []*testNode{h1, h2} {
+		go func() {
+			n := 0
+			for {
+				select {
+				case <-stop:
+					passes <- n
+					return
+				default:
+				}
+				_ = node.sync()
+				n++
+			}
+		}()
+	}
 	const n = 40
 	atts := make([]api.Attachment, n)
 	errs := make([]error, n)
@@ -600,6 +619,10 @@ func TestConcurrentAttaches(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	if p := <-passes + <-passes; p < n {
+		t.Errorf("only %d passes ran beside the attaches", p)
+	}
 	ips, macs := map[string]bool{}, map[string]bool{}
 	for i := range n {
 		if errs[i] != nil {
