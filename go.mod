@@ -3,6 +3,7 @@ module github.com/vxnet/vxnet
 go 1.26.8
 
 require (
+	github.com/containernetworking/cni v1.3.0
 	github.com/google/nftables v0.3.0
 	github.com/hashicorp/memberlist v0.7.0
 	github.com/miekg/dns v1.1.73

@@ -11,9 +11,10 @@ fi
 # Debian packages: iproute2 for humans exploring the lab, iperf3 for the
 # benchmarks, iptables (the host firewall, both backends) and procps
 # (sysctl) for the firewall tests, busybox-static and docker.io for the
-# Docker driver tests.
+# Docker driver tests, containernetworking-plugins (portmap) for the CNI
+# chaining tests.
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"

@@ -35,8 +35,9 @@ func (b *backend) Attach(r api.AttachRequest) (api.Attachment, error) {
 	b.attached = append(b.attached, r)
 	return api.Attachment{ID: "e1", Network: r.Network, IP: "10.0.0.5/24", Published: r.Publish, Name: r.Name}, nil
 }
-func (b *backend) Detach(api.DetachRequest) error { return nil }
-func (b *backend) Keyring() api.Keyring           { return api.Keyring{Primary: "aa", Keys: []string{"aa"}} }
+func (b *backend) Detach(api.DetachRequest) error      { return nil }
+func (b *backend) LocalEndpoints() []api.LocalEndpoint { return nil }
+func (b *backend) Keyring() api.Keyring                { return api.Keyring{Primary: "aa", Keys: []string{"aa"}} }
 func (b *backend) KeyOp(api.KeyRequest) (api.Keyring, error) {
 	return api.Keyring{}, nil
 }
@@ -105,5 +106,45 @@ func TestCLIAgainstAgent(t *testing.T) {
 	_, err = run(t, filepath.Join(dir, "none"), "status")
 	if err == nil || !strings.Contains(err.Error(), "(is 'vxnet agent' running?)") {
 		t.Errorf("no agent: %v", err)
+	}
+}
+
+func TestCNIInstall(t *testing.T) {
+	dir := t.TempDir()
+	plugin := filepath.Join(dir, "vxnet-cni")
+	if err := os.WriteFile(plugin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+	root.SetArgs([]string{"cni", "install", "--network", "web", "--subnet", "10.40.0.0/16", "--plugin", plugin, "--bin-dir", bin, "--conf-dir", conf})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(bin, "vxnet")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("plugin: %v %v", fi, err)
+	}
+	b, err := os.ReadFile(filepath.Join(conf, "10-vxnet-web.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		CNIVersion string           `json:"cniVersion"`
+		Name       string           `json:"name"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || list.Name != "web" || list.CNIVersion != "1.0.0" || len(list.Plugins) != 2 ||
+		list.Plugins[0]["type"] != "vxnet" || list.Plugins[0]["subnet"] != "10.40.0.0/16" || list.Plugins[1]["type"] != "portmap" {
+		t.Fatalf("conflist %s (%v)", b, err)
+	}
+	if !strings.Contains(out.String(), "wrote "+filepath.Join(bin, "vxnet")) {
+		t.Errorf("output %q", out.String())
+	}
+	root = newRoot()
+	root.SetArgs([]string{"cni", "install", "--network", "Bad Name", "--plugin", plugin, "--bin-dir", bin, "--conf-dir", conf})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), `invalid network name "Bad Name"`) {
+		t.Errorf("bad name: %v", err)
 	}
 }

@@ -637,3 +637,43 @@ func TestConcurrentAttaches(t *testing.T) {
 		t.Errorf("%d ports in the kernels, want %d", got, n)
 	}
 }
+
+// A runtime's container (CNI) is one endpoint per container and interface,
+// found again by them (not by namespace inode), kept while its namespace
+// path exists, and detached by container ID.
+func TestContainerEndpoints(t *testing.T) {
+	_, h1, _ := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	ns := netns(t, "pod")
+	a := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns, ContainerID: "abc", IfName: "eth0"})
+	again := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns, ContainerID: "abc", IfName: "eth0"})
+	if again.ID != a.ID || again.IP != a.IP {
+		t.Fatalf("ADD again: %+v, want %+v", again, a)
+	}
+	if err := h1.step(); err != nil {
+		t.Fatal(err)
+	}
+	eps := h1.LocalEndpoints()
+	if len(eps) != 1 || eps[0].ContainerID != "abc" || eps[0].IfName != "eth0" || eps[0].IP+"/16" != a.IP {
+		t.Fatalf("local endpoints %+v", eps)
+	}
+	err := h1.Detach(api.DetachRequest{Network: "web", ContainerID: "nope", IfName: "eth0"})
+	wantErr(t, err, model.ErrNotFound, "container nope (interface eth0) is not attached to network web on this host")
+	if err := h1.Detach(api.DetachRequest{Network: "web", ContainerID: "abc", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(h1.LocalEndpoints()) != 0 {
+		t.Fatal("endpoint left after detach by container")
+	}
+	// Its namespace removed without DEL: the loop collects it.
+	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: ns, ContainerID: "abc"})
+	if err := os.Remove(ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.step(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h1.LocalEndpoints()); n != 0 {
+		t.Fatalf("%d endpoints after their namespace went", n)
+	}
+}

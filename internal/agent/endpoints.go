@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"net/netip"
 	"os"
@@ -48,6 +50,8 @@ type endpointRequest struct {
 	// Name and Aliases the network's containers resolve to the endpoint.
 	Name    string
 	Aliases []string
+	// ContainerID is the runtime's container ID (CNI), kept for GC.
+	ContainerID string
 }
 
 // endpointResult is what addEndpoint made.
@@ -148,7 +152,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if req.Reserved {
 		delete(a.reserved, e.IP)
 	}
-	le := localEndpoint{Netns: req.Netns, IfName: res.IfName}
+	le := localEndpoint{Netns: req.Netns, IfName: res.IfName, ContainerID: req.ContainerID}
 	if a.locals[e.ID] != le {
 		a.locals[e.ID] = le
 		if err := a.store.putLocal(e.ID, le); err != nil {
@@ -424,6 +428,15 @@ func (a *Agent) endpointID(network string, ino uint64) string {
 	return fmt.Sprintf("%s.%s.%x", a.state.Self(), network, ino)
 }
 
+// containerEndpointID names the endpoint of a runtime's container
+// interface (CNI): the same ADD, repeated after a crash, is the same
+// endpoint, and DEL finds it with the namespace gone.
+func (a *Agent) containerEndpointID(network, containerID, ifname string) string {
+	h := fnv.New64a()
+	h.Write([]byte(containerID + "/" + ifname))
+	return fmt.Sprintf("%s.%s.c%016x", a.state.Self(), network, h.Sum64())
+}
+
 func namespaceMatches(path, id string) bool {
 	ino, err := nsInode(path)
 	if err != nil {
@@ -442,6 +455,10 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if err != nil {
 		return api.Attachment{}, invalid("network namespace %s: %w", path, err)
 	}
+	id := a.endpointID(r.Network, ino)
+	if r.ContainerID != "" {
+		id = a.containerEndpointID(r.Network, r.ContainerID, cmp.Or(r.IfName, "eth0"))
+	}
 	var ports []model.PortMap
 	for _, s := range r.Publish {
 		p, err := model.ParsePortMap(s)
@@ -450,8 +467,8 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 		}
 		ports = append(ports, p)
 	}
-	res, err := a.addEndpoint(endpointRequest{ID: a.endpointID(r.Network, ino), Network: r.Network,
-		Netns: path, IfName: r.IfName, IP: r.IP, MAC: r.MAC, Ports: ports, Name: r.Name, Aliases: r.Aliases})
+	res, err := a.addEndpoint(endpointRequest{ID: id, Network: r.Network, Netns: path, IfName: r.IfName,
+		IP: r.IP, MAC: r.MAC, Ports: ports, Name: r.Name, Aliases: r.Aliases, ContainerID: r.ContainerID})
 	if err != nil {
 		return api.Attachment{}, err
 	}
@@ -464,6 +481,17 @@ func (a *Agent) Detach(r api.DetachRequest) error {
 	defer a.mu.Unlock()
 	if _, err := a.network(r.Network); err != nil {
 		return err
+	}
+	if r.ContainerID != "" {
+		id := a.containerEndpointID(r.Network, r.ContainerID, cmp.Or(r.IfName, "eth0"))
+		if _, ok := a.endpoint(id); !ok {
+			return model.Errorf(model.ErrNotFound, "container %s (interface %s) is not attached to network %s on this host", r.ContainerID, cmp.Or(r.IfName, "eth0"), r.Network)
+		}
+		if err := a.removeEndpointLocked(id); err != nil {
+			return err
+		}
+		a.log.Info("endpoint detached", "endpoint", id, "network", r.Network, "container", r.ContainerID)
+		return nil
 	}
 	path, err := resolveNetns(r.Netns)
 	var id string
@@ -492,4 +520,21 @@ func (a *Agent) Detach(r api.DetachRequest) error {
 	}
 	a.log.Info("endpoint detached", "endpoint", id, "network", r.Network)
 	return nil
+}
+
+// LocalEndpoints lists this host's endpoints with what only it knows of
+// them (the CNI plugin's GC compares them with the runtime's containers).
+func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []api.LocalEndpoint{}
+	for _, e := range a.state.Endpoints() {
+		if e.Node != a.state.Self() {
+			continue
+		}
+		le := a.locals[e.ID]
+		out = append(out, api.LocalEndpoint{ID: e.ID, Network: e.Network, Netns: le.Netns, IfName: le.IfName,
+			ContainerID: le.ContainerID, IP: e.IP.String(), MAC: e.MAC})
+	}
+	return out
 }

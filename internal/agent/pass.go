@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"os"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
@@ -64,6 +65,17 @@ func (a *Agent) sync() error {
 	return err
 }
 
+// present reports whether a local endpoint's namespace is still there: the
+// same namespace (by inode, which the endpoint is named after), or, for a
+// runtime's container (CNI), its namespace path.
+func (le localEndpoint) present(id string) bool {
+	if le.ContainerID != "" {
+		_, err := os.Stat(le.Netns)
+		return err == nil
+	}
+	return namespaceMatches(le.Netns, id)
+}
+
 // gcLocal removes local endpoints whose namespace is gone or whose network
 // was removed.
 func (a *Agent) gcLocal() {
@@ -75,7 +87,7 @@ func (a *Agent) gcLocal() {
 		}
 		le, known := a.locals[e.ID]
 		_, netOK := a.state.Network(e.Network)
-		gone := known && le.Netns != "" && !namespaceMatches(le.Netns, e.ID)
+		gone := known && le.Netns != "" && !le.present(e.ID)
 		if netOK && !gone {
 			continue
 		}

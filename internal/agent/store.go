@@ -121,6 +121,9 @@ func (s *store) loadState() (savedState, error) {
 type localEndpoint struct {
 	Netns  string `json:"netns"`
 	IfName string `json:"ifname"`
+	// ContainerID is the runtime's ID of the container (CNI), for DEL and
+	// GC by container.
+	ContainerID string `json:"containerId,omitempty"`
 }
 
 func (s *store) putLocal(id string, le localEndpoint) error {

@@ -56,6 +56,11 @@ type AttachRequest struct {
 	// to this one, on every host.
 	Name    string   `json:"name,omitempty"`
 	Aliases []string `json:"aliases,omitempty"`
+	// ContainerID is a runtime's ID of the container (the CNI plugin
+	// gives it): the endpoint is then named after it and the interface,
+	// not after the namespace, so it can be found once the namespace is
+	// gone, and asking again returns the same endpoint.
+	ContainerID string `json:"containerId,omitempty"`
 }
 
 // Attachment is the result of an attach.
@@ -75,10 +80,24 @@ type Attachment struct {
 	Aliases   []string `json:"aliases,omitempty"`
 }
 
-// DetachRequest removes a container namespace from a network.
+// DetachRequest removes a container namespace from a network: by
+// namespace, or by container ID and interface name.
 type DetachRequest struct {
-	Network string `json:"network"`
-	Netns   string `json:"netns"`
+	Network     string `json:"network"`
+	Netns       string `json:"netns,omitempty"`
+	ContainerID string `json:"containerId,omitempty"`
+	IfName      string `json:"ifname,omitempty"`
+}
+
+// LocalEndpoint is an endpoint of this host as only it knows it.
+type LocalEndpoint struct {
+	ID          string `json:"id"`
+	Network     string `json:"network"`
+	Netns       string `json:"netns,omitempty"`
+	IfName      string `json:"ifname"`
+	ContainerID string `json:"containerId,omitempty"`
+	IP          string `json:"ip"`
+	MAC         string `json:"mac"`
 }
 
 // NetworkStatus counts endpoints of a network as this host sees them.
@@ -238,6 +257,12 @@ func (c *Client) RemoveNetwork(name string, force bool) error {
 func (c *Client) Attach(r AttachRequest) (Attachment, error) {
 	var a Attachment
 	return a, c.Do(http.MethodPost, "/v1/endpoints", r, &a)
+}
+
+// LocalEndpoints lists this host's endpoints.
+func (c *Client) LocalEndpoints() ([]LocalEndpoint, error) {
+	var out []LocalEndpoint
+	return out, c.Do(http.MethodGet, "/v1/endpoints", nil, &out)
 }
 
 // Detach removes a namespace from a network.

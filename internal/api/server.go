@@ -24,6 +24,7 @@ type Backend interface {
 	RemoveNetwork(name string, force bool) error
 	Attach(AttachRequest) (Attachment, error)
 	Detach(DetachRequest) error
+	LocalEndpoints() []LocalEndpoint
 	Keyring() Keyring
 	KeyOp(KeyRequest) (Keyring, error)
 }
@@ -49,6 +50,9 @@ func NewServer(b Backend) *http.Server {
 		reply(w, http.StatusOK, struct{}{}, b.RemoveNetwork(r.PathValue("name"), r.URL.Query().Get("force") == "1"))
 	})
 	mux.HandleFunc("POST /v1/endpoints", handle(http.StatusCreated, b.Attach))
+	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, b.LocalEndpoints(), nil)
+	})
 	mux.HandleFunc("POST /v1/endpoints/detach", handle(http.StatusOK, func(req DetachRequest) (struct{}, error) {
 		return struct{}{}, b.Detach(req)
 	}))
