@@ -258,4 +258,3 @@ func (p Plugin) Status(args *skel.CmdArgs) error {
 	}
 	return nil
 }
-
