@@ -11,10 +11,10 @@ fi
 # Debian packages: iproute2 for humans exploring the lab, iperf3 for the
 # benchmarks, iptables (the host firewall, both backends) and procps
 # (sysctl) for the firewall tests, busybox-static and docker.io for the
-# Docker driver tests, containernetworking-plugins (portmap) for the CNI
-# chaining tests.
+# Docker driver tests, containernetworking-plugins (portmap) and podman
+# (its CNI backend) for the CNI tests.
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins podman; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"
