@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -139,6 +140,7 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 func newConvergeCmd(g *globals) *cobra.Command {
 	var hosts, samples int
 	var asJSON bool
+	var via, plugin string
 	cmd := &cobra.Command{
 		Use:   "converge",
 		Short: "Benchmark: time from attach on one host to first reply from another, with real agents",
@@ -154,7 +156,18 @@ func newConvergeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer lab.Down(name)
-			res, err := l.MeasureConvergence(samples)
+			attach := lab.APIAttach
+			switch via {
+			case "api":
+			case "cni":
+				if plugin == "" {
+					plugin = filepath.Join(filepath.Dir(exe), "vxnet-cni")
+				}
+				attach = lab.CNIAttach(plugin)
+			default:
+				return fmt.Errorf("invalid --via %q: want api or cni", via)
+			}
+			res, err := l.MeasureConvergence(samples, attach)
 			if err != nil {
 				return err
 			}
@@ -163,7 +176,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 				prog, reply = append(prog, s.Programmed), append(reply, s.FirstReply)
 			}
 			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-			out := map[string]any{"hosts": hosts, "samples": len(res),
+			out := map[string]any{"hosts": hosts, "samples": len(res), "via": via,
 				"programmed_p50_ms": ms(lab.Percentile(prog, 50)), "programmed_p99_ms": ms(lab.Percentile(prog, 99)),
 				"converge_p50_ms": ms(lab.Percentile(reply, 50)), "converge_p99_ms": ms(lab.Percentile(reply, 99))}
 			if asJSON {
@@ -177,6 +190,8 @@ func newConvergeCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&via, "via", "api", "front door of the attach: api ('vxnet attach') or cni (the vxnet-cni plugin, ADD and DEL)")
+	cmd.Flags().StringVar(&plugin, "cni-plugin", "", "the vxnet-cni binary for --via cni (default: vxnet-cni beside this binary)")
 	return cmd
 }
 

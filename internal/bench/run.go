@@ -309,7 +309,7 @@ func convergePart(c Config, hosts int) (ConvergePoint, error) {
 	}
 	defer lab.Down(name)
 	pt := ConvergePoint{Hosts: hosts}
-	samples, err := l.MeasureConvergence(c.Samples)
+	samples, err := l.MeasureConvergence(c.Samples, lab.APIAttach)
 	if err != nil {
 		return pt, err
 	}

@@ -1,9 +1,13 @@
 package lab
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -23,11 +27,68 @@ type ConvergeSample struct {
 	FirstReply time.Duration
 }
 
+// Attacher attaches a container namespace to a network through a host's
+// front door, returning its address and how to detach it again.
+type Attacher func(host Host, network, netns string) (netip.Addr, func() error, error)
+
+// APIAttach attaches through the agent's API ('vxnet attach').
+func APIAttach(host Host, network, netns string) (netip.Addr, func() error, error) {
+	c := api.NewClient(host.Socket)
+	att, err := c.Attach(api.AttachRequest{Network: network, Netns: netns})
+	if err != nil {
+		return netip.Addr{}, nil, fmt.Errorf("attach on %s: %w", host.Name, err)
+	}
+	return netip.MustParsePrefix(att.IP).Addr(), func() error {
+		return c.Detach(api.DetachRequest{Network: network, Netns: netns})
+	}, nil
+}
+
+// CNIAttach attaches by running the vxnet-cni plugin binary (ADD, then DEL
+// to detach) in the host's namespace, as a runtime does.
+func CNIAttach(plugin string) Attacher {
+	var seq int
+	return func(host Host, network, netns string) (netip.Addr, func() error, error) {
+		seq++
+		conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"type":"vxnet","socket":%q}`, network, host.Socket)
+		run := func(command string) ([]byte, error) {
+			var out []byte
+			err := nsutil.Do(host.Netns, func() error {
+				cmd := exec.Command(plugin)
+				cmd.Env = []string{"CNI_COMMAND=" + command, fmt.Sprintf("CNI_CONTAINERID=cv%d", seq), "CNI_NETNS=" + netns,
+					"CNI_IFNAME=eth0", "CNI_PATH=" + filepath.Dir(plugin)}
+				cmd.Stdin = strings.NewReader(conf)
+				var err error
+				out, err = cmd.Output()
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("CNI %s on %s: %w: %s", command, host.Name, err, out)
+			}
+			return out, nil
+		}
+		out, err := run("ADD")
+		if err != nil {
+			return netip.Addr{}, nil, err
+		}
+		var res struct {
+			IPs []struct{ Address string } `json:"ips"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+			return netip.Addr{}, nil, fmt.Errorf("CNI ADD on %s answered %s", host.Name, out)
+		}
+		p, err := netip.ParsePrefix(res.IPs[0].Address)
+		if err != nil {
+			return netip.Addr{}, nil, err
+		}
+		return p.Addr(), func() error { _, err := run("DEL"); return err }, nil
+	}
+}
+
 // MeasureConvergence attaches new containers on hosts other than the first,
 // one at a time, and times how long until the first host has them
 // programmed and until a container there gets an echo reply. Needs an
 // agent lab with at least two hosts and a container on the first host.
-func (l *Lab) MeasureConvergence(samples int) ([]ConvergeSample, error) {
+func (l *Lab) MeasureConvergence(samples int, attach Attacher) ([]ConvergeSample, error) {
 	if !l.Agent || len(l.Hosts) < 2 {
 		return nil, fmt.Errorf("convergence needs an agent lab with at least 2 hosts")
 	}
@@ -58,9 +119,11 @@ func (l *Lab) MeasureConvergence(samples int) ([]ConvergeSample, error) {
 		if err != nil {
 			return out, err
 		}
-		s, err := l.convergeOnce(h1, vx.Attrs().Index, prober, host, path)
-		c := api.NewClient(host.Socket)
-		derr := c.Detach(api.DetachRequest{Network: nw.Name, Netns: path})
+		s, detach, err := l.convergeOnce(h1, vx.Attrs().Index, prober, host, path, attach)
+		var derr error
+		if detach != nil {
+			derr = detach()
+		}
 		_ = nsutil.Delete(name)
 		if err != nil {
 			return out, err
@@ -73,22 +136,21 @@ func (l *Lab) MeasureConvergence(samples int) ([]ConvergeSample, error) {
 	return out, nil
 }
 
-func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, host Host, path string) (ConvergeSample, error) {
+func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, host Host, path string, attach Attacher) (ConvergeSample, func() error, error) {
 	s := ConvergeSample{Host: host.Name}
 	start := time.Now()
-	att, err := api.NewClient(host.Socket).Attach(api.AttachRequest{Network: prober.Network, Netns: path})
+	ip, detach, err := attach(host, prober.Network, path)
 	if err != nil {
-		return s, fmt.Errorf("attach on %s: %w", host.Name, err)
+		return s, nil, err
 	}
-	ip := netip.MustParsePrefix(att.IP).Addr()
 	deadline := start.Add(10 * time.Second)
 	for s.Programmed == 0 {
 		if time.Now().After(deadline) {
-			return s, fmt.Errorf("%s never programmed on %s", ip, l.Hosts[0].Name)
+			return s, detach, fmt.Errorf("%s never programmed on %s", ip, l.Hosts[0].Name)
 		}
 		neighs, err := h1.NeighList(vxIndex, netlink.FAMILY_V4)
 		if err != nil {
-			return s, err
+			return s, detach, err
 		}
 		for _, n := range neighs {
 			if n.IP.Equal(ip.AsSlice()) {
@@ -101,13 +163,13 @@ func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, ho
 	}
 	for s.FirstReply == 0 {
 		if time.Now().After(deadline) {
-			return s, fmt.Errorf("no reply from %s", ip)
+			return s, detach, fmt.Errorf("no reply from %s", ip)
 		}
 		if _, err := probe.Ping(prober.Netns, ip, 56, false, 100*time.Millisecond); err == nil {
 			s.FirstReply = time.Since(start)
 		}
 	}
-	return s, nil
+	return s, detach, nil
 }
 
 // Percentile returns the p-th percentile (0-100) of ds by nearest rank.
