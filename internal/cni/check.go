@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
@@ -38,4 +39,39 @@ func checkInterface(netnsPath string, e api.LocalEndpoint) error {
 		}
 	}
 	return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: interface %s lacks its address %s", e.IfName, e.IP), "")
+}
+
+// checkRemotes verifies that this host (the plugin runs in its namespace)
+// has a neighbour entry for every remote endpoint of the network the agent
+// knows: a container that cannot reach its peers is not attached well.
+func checkRemotes(a Agent, network string) error {
+	n, err := a.Network(network)
+	if err != nil {
+		return cniError(err)
+	}
+	s, err := a.Status()
+	if err != nil {
+		return cniError(err)
+	}
+	remote := -1
+	for _, ns := range s.Networks {
+		if ns.Name == network {
+			remote = ns.Remote
+		}
+	}
+	if remote < 0 {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: network %s is not programmed on this host", network), "")
+	}
+	l, err := netlink.LinkByName(datapath.VxlanName(n.VNI))
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: network %s has no vxlan device on this host: %v", network, err), "")
+	}
+	neighs, err := netlink.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: neighbours of %s: %v", l.Attrs().Name, err), "")
+	}
+	if len(neighs) < remote {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: network %s has %d remote endpoints, %d programmed on this host", network, remote, len(neighs)), "")
+	}
+	return nil
 }

@@ -172,11 +172,14 @@ func result(att api.Attachment) (*current.Result, error) {
 		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: the agent answered address %q", att.IP), "")
 	}
 	gw := net.ParseIP(att.Gateway)
-	zero := 0
+	ctr := 1
 	return &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
-		Interfaces: []*current.Interface{{Name: att.IfName, Mac: att.MAC, Mtu: att.MTU, Sandbox: att.Netns}},
-		IPs: []*current.IPConfig{{Interface: &zero, Gateway: gw,
+		// The host end of the veth first (chained plugins such as
+		// bandwidth look for it), then the container's.
+		Interfaces: []*current.Interface{{Name: att.HostIf, Mtu: att.MTU},
+			{Name: att.IfName, Mac: att.MAC, Mtu: att.MTU, Sandbox: att.Netns}},
+		IPs: []*current.IPConfig{{Interface: &ctr, Gateway: gw,
 			Address: net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)}}},
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, GW: gw}},
 	}, nil
@@ -203,13 +206,17 @@ func (p Plugin) Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	eps, err := p.Dial(conf.Socket).LocalEndpoints()
+	a := p.Dial(conf.Socket)
+	eps, err := a.LocalEndpoints()
 	if err != nil {
 		return cniError(err)
 	}
 	for _, e := range eps {
 		if e.ContainerID == args.ContainerID && e.IfName == args.IfName && e.Network == conf.Network {
-			return checkInterface(args.Netns, e)
+			if err := checkInterface(args.Netns, e); err != nil {
+				return err
+			}
+			return checkRemotes(a, conf.Network)
 		}
 	}
 	return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("vxnet: container %s (interface %s) is not attached to network %s", args.ContainerID, args.IfName, conf.Network), "")

@@ -115,7 +115,8 @@ func TestCNI(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			if len(res.IPs) != 1 || len(res.Interfaces) != 1 || res.Interfaces[0].Name != "eth0" || res.Interfaces[0].Sandbox != ns ||
+			if len(res.IPs) != 1 || len(res.Interfaces) != 2 || res.Interfaces[1].Name != "eth0" || res.Interfaces[1].Sandbox != ns ||
+				*res.IPs[0].Interface != 1 || !strings.HasPrefix(res.Interfaces[0].Name, "vxv") || res.Interfaces[0].Sandbox != "" ||
 				res.IPs[0].Gateway.String() != "198.19.1.1" || !netip.MustParsePrefix("198.19.1.0/24").Contains(netip.MustParseAddr(res.IPs[0].Address.IP.String())) {
 				t.Fatalf("result %+v", res)
 			}
@@ -139,6 +140,14 @@ func TestCNI(t *testing.T) {
 			if err := rt.do(func() error { return rt.cni.CheckNetworkList(context.Background(), list, rtConf(id, ns)) }); err != nil {
 				t.Fatalf("CHECK: %v", err)
 			}
+			// A remote endpoint missing on this host: CHECK says so (the
+			// agent puts it back on its next pass).
+			inNS(t, h1.Netns, "ip", "neigh", "del", remote.IP.String(), "dev", "vxlan4097")
+			err = rt.do(func() error { return rt.cni.CheckNetworkList(context.Background(), list, rtConf(id, ns)) })
+			if err == nil || !strings.Contains(err.Error(), "vxnet: network net1 has 1 remote endpoints, 0 programmed on this host") {
+				t.Fatalf("CHECK with a remote endpoint missing: %v", err)
+			}
+			inNS(t, h1.Netns, "ip", "neigh", "replace", remote.IP.String(), "lladdr", remote.MAC, "dev", "vxlan4097", "nud", "permanent")
 			// Someone deletes the interface: CHECK says so; ADD again (the
 			// runtime lost its bookkeeping) gives it back with the same
 			// address.
@@ -240,13 +249,19 @@ func TestCNI(t *testing.T) {
 		}
 		_ = rt.do(func() error { return rt.cni.DelNetworkList(context.Background(), made, rtConf("b4", ns)) })
 	})
-	t.Run("ChainedPortmap", func(t *testing.T) {
-		list := confList(t, "1.0.0", h1.Socket, `{"type":"portmap","capabilities":{"portMappings":true},"snat":true}`)
+	t.Run("Chained", func(t *testing.T) {
+		list := confList(t, "1.0.0", h1.Socket, `{"type":"portmap","capabilities":{"portMappings":true},"snat":true}`,
+			`{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.rp_filter":"2"}}`,
+			`{"type":"firewall","backend":"iptables"}`,
+			`{"type":"bandwidth","ingressRate":1000000000,"ingressBurst":100000000,"egressRate":1000000000,"egressBurst":100000000}`)
 		ns := newContainer(t, l, "pm")
 		r := rtConf("pm", ns)
 		r.CapabilityArgs = map[string]interface{}{"portMappings": []map[string]interface{}{{"hostPort": 8090, "containerPort": 80, "protocol": "tcp"}}}
 		if _, err := rt.add(list, r); err != nil {
 			t.Fatalf("ADD with portmap: %v", err)
+		}
+		if got := strings.TrimSpace(inNS(t, ns, "cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter")); got != "2" {
+			t.Errorf("tuning did not set rp_filter: %s", got)
 		}
 		serveTCP(t, ns, ":80", "pm")
 		dialUntil(t, l.Outside.Netns, netip.AddrPortFrom(h1.Addr, 8090).String(), "hello from pm, you are "+l.Outside.Addr.String(), 5*time.Second)
