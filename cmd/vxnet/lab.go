@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -164,6 +165,31 @@ func newConvergeCmd(g *globals) *cobra.Command {
 					plugin = filepath.Join(filepath.Dir(exe), "vxnet-cni")
 				}
 				attach = lab.CNIAttach(plugin)
+			case "docker":
+				// A dockerd on every host but the first; each agent puts the
+				// lab's network into its dockerd.
+				ds := map[string]*lab.Dockerd{}
+				defer func() {
+					for _, d := range ds {
+						_ = d.Stop()
+					}
+				}()
+				for _, h := range l.Hosts[1:] {
+					d, err := l.StartDocker(h.Name)
+					if err != nil {
+						return err
+					}
+					ds[h.Name] = d
+					for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+						if out, err := d.Docker("network", "ls", "--format", "{{.Name}}"); err == nil && strings.Contains(out, l.Networks[0].Name) {
+							break
+						}
+						if time.Now().After(deadline) {
+							return fmt.Errorf("network %s never reached the dockerd of %s", l.Networks[0].Name, h.Name)
+						}
+					}
+				}
+				attach = lab.DockerAttach(ds)
 			default:
 				return fmt.Errorf("invalid --via %q: want api or cni", via)
 			}
@@ -190,7 +216,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().StringVar(&via, "via", "api", "front door of the attach: api ('vxnet attach') or cni (the vxnet-cni plugin, ADD and DEL)")
+	cmd.Flags().StringVar(&via, "via", "api", "front door of the attach: api ('vxnet attach'), cni (the vxnet-cni plugin, ADD and DEL) or docker ('docker run --net' on the host's dockerd)")
 	cmd.Flags().StringVar(&plugin, "cni-plugin", "", "the vxnet-cni binary for --via cni (default: vxnet-cni beside this binary)")
 	return cmd
 }

@@ -183,3 +183,30 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	rank = max(0, min(rank, len(s)-1))
 	return s[rank]
 }
+
+// DockerAttach attaches by starting a container with 'docker run --net' on
+// the host's dockerd (started by the caller with StartDocker).
+func DockerAttach(dockerds map[string]*Dockerd) Attacher {
+	var seq int
+	return func(host Host, network, netns string) (netip.Addr, func() error, error) {
+		d, ok := dockerds[host.Name]
+		if !ok {
+			return netip.Addr{}, nil, fmt.Errorf("no dockerd on %s", host.Name)
+		}
+		seq++
+		name := fmt.Sprintf("cv%d", seq)
+		if _, err := d.Docker("run", "-d", "--name", name, "--net", network, DockerImage, "sleep", "600"); err != nil {
+			return netip.Addr{}, nil, err
+		}
+		rm := func() error { _, err := d.Docker("rm", "-f", name); return err }
+		out, err := d.Docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+		if err != nil {
+			return netip.Addr{}, rm, err
+		}
+		ip, err := netip.ParseAddr(strings.TrimSpace(out))
+		if err != nil {
+			return netip.Addr{}, rm, fmt.Errorf("address of %s on %s: %q", name, host.Name, out)
+		}
+		return ip, rm, nil
+	}
+}
