@@ -148,3 +148,47 @@ func TestCNIInstall(t *testing.T) {
 		t.Errorf("bad name: %v", err)
 	}
 }
+
+func TestInit(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) (string, error) {
+		root := newRoot()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(append([]string{"init", "--dir", dir}, args...))
+		err := root.Execute()
+		return out.String(), err
+	}
+	// Joining without the cluster's key is refused before anything is written.
+	if _, err := run("--join", "10.0.0.1"); err == nil || err.Error() != "no cluster key at "+filepath.Join(dir, "key")+": copy the key file of the cluster you join there first (mode 0600)" {
+		t.Fatalf("join without a key: %v", err)
+	}
+	out, err := run()
+	if err != nil || !strings.Contains(out, "wrote a new cluster key") || !strings.Contains(out, "vxnet init --join <this host's address>") {
+		t.Fatalf("first init: %v %q", err, out)
+	}
+	key, _ := os.ReadFile(filepath.Join(dir, "key"))
+	if fi, _ := os.Stat(filepath.Join(dir, "key")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key mode %v", fi.Mode().Perm())
+	}
+	if _, err := readKeyFile(filepath.Join(dir, "key")); err != nil {
+		t.Fatalf("the key written is not a key: %v", err)
+	}
+	// Again, joining: the key stays, the configuration names the member.
+	if _, err := run("--join", "10.0.0.1", "--advertise-addr", "10.0.0.2"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(filepath.Join(dir, "key")); string(again) != string(key) {
+		t.Error("init replaced the key")
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "agent.json"))
+	vals, err := ParseConfig(b)
+	if err != nil || vals["join"] != "10.0.0.1" || vals["key-file"] != filepath.Join(dir, "key") || vals["advertise-addr"] != "10.0.0.2" {
+		t.Fatalf("config %s: %v", b, err)
+	}
+	// The agent takes it.
+	agent := newAgentCmd(&globals{})
+	if err := applyConfigFile(agent.Flags(), filepath.Join(dir, "agent.json")); err != nil {
+		t.Fatal(err)
+	}
+}

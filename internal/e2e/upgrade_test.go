@@ -4,12 +4,17 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/probe"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
@@ -111,4 +116,161 @@ func TestMixedVersions(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRollingUpgrade: agents of the baseline release carry a ping flow;
+// they are replaced by this release one host at a time: no reply lost, no
+// kernel write by any new agent, and every host's state carried over.
+func TestRollingUpgrade(t *testing.T) {
+	testutil.RequireRoot(t)
+	old := testutil.BinaryAt(t, compatBaseline, "baseline-"+compatBaseline)
+	l := upCfg(t, lab.Config{Hosts: 3, Networks: 1, PerHost: 1})
+	// The lab starts this release; put the old one everywhere first.
+	for _, h := range l.Hosts {
+		if err := l.KillAgent(h.Name, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgentWith(h.Name, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.WaitConverged(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	pingUntil(t, a.Netns, b.IP, 5*time.Second)
+	before := map[string]string{}
+	for _, h := range l.Hosts {
+		o, err := l.Observe(h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[h.Name] = fmt.Sprint(o.Networks, o.FDB, o.Neigh, o.Ports)
+	}
+	var sent, lost atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if _, err := probe.Ping(a.Netns, b.IP, 56, false, time.Second); err != nil {
+				lost.Add(1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	for _, h := range l.Hosts {
+		if err := l.KillAgent(h.Name, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgent(h.Name); err != nil { // this release
+			t.Fatal(err)
+		}
+		if err := waitCond(10*time.Second, func() error {
+			s, err := client(l, h.Name).Status()
+			if err != nil {
+				return err
+			}
+			if s.Syncs == 0 {
+				return fmt.Errorf("%s has made no pass yet", h.Name)
+			}
+			if s.KernelOps != 0 || s.SyncError != "" {
+				return fmt.Errorf("the upgraded agent of %s changed the kernel %d times (err %q)", h.Name, s.KernelOps, s.SyncError)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-done
+	if lost.Load() != 0 || sent.Load() < 20 {
+		t.Fatalf("lost %d of %d echo replies across the upgrade", lost.Load(), sent.Load())
+	}
+	for _, h := range l.Hosts {
+		o, err := l.Observe(h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(o.Networks, o.FDB, o.Neigh, o.Ports); got != before[h.Name] {
+			t.Errorf("%s's kernel changed across the upgrade:\n%s\nwant\n%s", h.Name, got, before[h.Name])
+		}
+		s, err := client(l, h.Name).Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Networks) != 1 || s.Networks[0].Local != 1 || s.Networks[0].Remote != 2 {
+			t.Errorf("%s after the upgrade: %+v", h.Name, s.Networks)
+		}
+	}
+}
+
+// TestUninstall: on a host with networks, a Docker container and vxnet's
+// host firewall, 'vxnet uninstall --purge' (agent stopped) leaves no vxnet
+// link, entry, table, rule, socket or state, keeps a device and a table
+// vxnet did not make, and is safe to run twice.
+func TestUninstall(t *testing.T) {
+	requireDocker(t)
+	l := up(t, 2, 1, 1)
+	h1, _ := l.Host("h1")
+	d1 := startDocker(t, l, "h1")
+	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.27.0.0/24", "dnet")
+	mustDocker(t, d1, "run", "-d", "--name", "u1", "--net", "dnet", "-p", "8080:80", lab.DockerImage, "sleep", "600")
+	inNS(t, h1.Netns, "ip", "link", "add", "mine0", "type", "bridge")
+	inNS(t, h1.Netns, "nft", "add", "table", "inet", "mine")
+	if err := l.KillAgent("h1", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(h1.Dir, "state")
+	uninstall := func() string {
+		return inNS(t, h1.Netns, testutil.Binary(t), "uninstall", "--purge", "--socket", h1.Socket,
+			"--state-dir", stateDir, "--docker-plugin-socket", h1.PluginSocket())
+	}
+	out := uninstall()
+	for _, want := range []string{"removed delete-network vni 4097", "removed remove-firewall", "removed remove-host-firewall", "removed " + stateDir} {
+		if !strings.Contains(out, want) {
+			t.Errorf("uninstall said:\n%s\nwant a line %q", out, want)
+		}
+	}
+	o, err := l.Observe("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Networks) != 0 || len(o.Ports) != 0 || len(o.FDB) != 0 || len(o.Neigh) != 0 || o.Firewall != nil || o.HostFirewall != nil {
+		t.Errorf("left on h1: %+v", o)
+	}
+	if links := inNS(t, h1.Netns, "ip", "-o", "link"); strings.Contains(links, "vxnet:") || !strings.Contains(links, "mine0") {
+		t.Errorf("links after uninstall:\n%s", links)
+	}
+	if rules := inNS(t, h1.Netns, "iptables-save"); strings.Contains(rules, "VXNET") {
+		t.Errorf("iptables after uninstall:\n%s", rules)
+	}
+	if tables := inNS(t, h1.Netns, "nft", "list", "tables"); strings.Contains(tables, "inet vxnet") || !strings.Contains(tables, "inet mine") {
+		t.Errorf("nftables after uninstall:\n%s", tables)
+	}
+	for _, p := range []string{stateDir, h1.PluginSocket()} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is still there", p)
+		}
+	}
+	if again := uninstall(); !strings.Contains(again, "no vxnet devices, entries or rules on this host") {
+		t.Errorf("second uninstall said:\n%s", again)
+	}
+	// A running agent is not uninstalled under its feet.
+	h2, _ := l.Host("h2")
+	cmd := exec.Command(testutil.Binary(t), "uninstall", "--socket", h2.Socket)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "is running: stop it first") {
+		t.Errorf("uninstall beside a running agent: %v %s", err, b)
+	}
+	// A reinstall: the agent starts afresh and serves Docker again (so the
+	// dockerd's cleanup does not wait on a plugin that is gone).
+	if err := l.StartAgent("h1"); err != nil {
+		t.Fatal(err)
+	}
+	mustDocker(t, d1, "rm", "-f", "u1")
 }

@@ -407,3 +407,8 @@ func sortedNeigh(s []datapath.Neigh) []datapath.Neigh {
 	slices.SortFunc(out, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
 	return out
 }
+
+// RemoveAll takes away everything vxnet owns on a host (its devices,
+// entries, ports, nftables table and iptables rules) and nothing else, and
+// returns what it removed: the pass of a host that wants nothing.
+func RemoveAll(dp datapath.Dataplane) ([]Op, error) { return Sync(dp, Target{}) }
