@@ -12,9 +12,10 @@ fi
 # benchmarks, iptables (the host firewall, both backends) and procps
 # (sysctl) for the firewall tests, busybox-static and docker.io for the
 # Docker driver tests, containernetworking-plugins (portmap) and podman
-# (its CNI backend) for the CNI tests.
+# (its CNI backend) for the CNI tests, systemd (systemd-analyze verify of
+# the unit).
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins podman; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins podman systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"
