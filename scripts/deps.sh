@@ -15,7 +15,7 @@ fi
 # (its CNI backend) for the CNI tests, systemd (systemd-analyze verify of
 # the unit).
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables procps docker.io busybox-static containernetworking-plugins podman systemd; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"
