@@ -112,6 +112,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.DockerHost, "docker-host", "", "local dockerd API socket (e.g. unix:///var/run/docker.sock): keep its vxnet networks equal to the cluster's")
 	f.StringVar(&dockerSocket, "docker-plugin-socket", "auto", "Docker network/IPAM driver socket: a path, 'auto' (/run/docker/plugins/vxnet.sock when /run/docker exists) or 'none'")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port, e.g. 127.0.0.1:9630)")
 	f.Uint16Var(&cfg.DNSPort, "dns-port", 53533, "local port of the resolver of container names (containers' DNS queries are redirected to it at their gateway); 0 turns names off")
 	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")
 	return cmd

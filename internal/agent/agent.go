@@ -54,7 +54,10 @@ type Config struct {
 	// DNSPort is the local port of the resolver that answers containers'
 	// queries for cluster names (0: no resolver, queries are not redirected).
 	DNSPort uint16
-	Log     *slog.Logger
+	// MetricsAddr is where Prometheus metrics are served (host:port; empty:
+	// not served).
+	MetricsAddr string
+	Log         *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -184,6 +187,8 @@ type Agent struct {
 	conflicts []string
 	syncs     atomic.Int64
 	kernelOps atomic.Int64
+
+	metrics *metrics
 }
 
 // New prepares an agent: store, state, underlay, replicator. Call Run to
@@ -244,6 +249,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.metrics = newMetrics(a)
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
 		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater})
 	if err != nil {
@@ -365,6 +371,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	srv := api.NewServer(a)
+	srv.Handler = a.metrics.instrument("api", srv.Handler)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("api server", "err", err)
@@ -372,6 +379,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	if a.cfg.DockerPluginSocket != "" {
 		ds := docker.NewServer(newDockerBackend(a), a.log.With("component", "docker"))
+		ds.Wrap(func(h http.Handler) http.Handler { return a.metrics.instrument("docker", h) })
 		if err := ds.Serve(a.cfg.DockerPluginSocket); err != nil {
 			_ = srv.Close()
 			a.repl.Shutdown()
@@ -379,6 +387,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer ds.Close()
 		a.log.Info("serving the Docker network and IPAM driver", "socket", a.cfg.DockerPluginSocket)
+	}
+	if a.cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+		if err != nil {
+			_ = srv.Close()
+			a.repl.Shutdown()
+			return fmt.Errorf("metrics on %s: %w", a.cfg.MetricsAddr, err)
+		}
+		ms := &http.Server{Handler: a.metrics.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = ms.Serve(mln) }()
+		defer ms.Close()
+		a.log.Info("serving metrics", "addr", mln.Addr().String())
 	}
 	if a.cfg.DNSPort != 0 {
 		rs, err := dns.Listen(fmt.Sprintf(":%d", a.cfg.DNSPort), a, a.host, a.log.With("component", "dns"))

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +33,7 @@ func TestRunServesTheAPI(t *testing.T) {
 		c.Socket = filepath.Join(sockDir, "s")
 		c.Join = []string{"198.18.0.2"}
 		c.ResyncInterval = 20 * time.Millisecond
+		c.MetricsAddr = "127.0.0.1:0" // loopback only
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -176,5 +180,44 @@ func TestKeyOps(t *testing.T) {
 	again := newNode(t, newBus(), "h1", 1, h1.dir, func(c *Config, _ *Deps) { c.Keys = [][]byte{[]byte(k1)} })
 	if got := again.Keyring(); len(got.Keys) != 1 || got.Primary != k.Primary {
 		t.Errorf("keyring after restart %+v, want %+v", got, k)
+	}
+}
+
+// The metrics tell the state the agent knows: members, endpoints per
+// network, passes and kernel writes, and count API requests.
+func TestMetrics(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "c")})
+	if err := h1.sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Two API requests through the instrumented handler: one good, one 404.
+	apiH := h1.metrics.instrument("api", api.NewServer(h1).Handler)
+	for _, path := range []string{"/v1/networks/web", "/v1/networks/nope"} {
+		apiH.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
+	}
+	rec := httptest.NewRecorder()
+	h1.metrics.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`vxnet_members{state="alive"} 2`,
+		`vxnet_endpoints{network="web",where="local"} 1`,
+		`vxnet_endpoints{network="web",where="remote"} 2`,
+		fmt.Sprintf("vxnet_reconcile_passes_total %d", h1.syncs.Load()),
+		fmt.Sprintf("vxnet_kernel_writes_total %d", h1.kernelOps.Load()),
+		`vxnet_reconcile_failing 0`,
+		fmt.Sprintf("vxnet_reconcile_pass_seconds_count %d", h1.syncs.Load()),
+		`vxnet_requests_total{code="200",door="api",path="GET /v1/networks/{name}"} 1`,
+		`vxnet_requests_total{code="404",door="api",path="GET /v1/networks/{name}"} 1`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", body)
 	}
 }

@@ -238,5 +238,8 @@ func (s *Server) Serve(path string) error {
 	return nil
 }
 
+// Wrap wraps the plugin's handler (for instrumentation); call before Serve.
+func (s *Server) Wrap(f func(http.Handler) http.Handler) { s.srv.Handler = f(s.srv.Handler) }
+
 // Close stops serving.
 func (s *Server) Close() error { return s.srv.Close() }

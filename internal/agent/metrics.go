@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics is the agent's Prometheus registry (its own, no globals). What
+// the status already holds is read at scrape time (collector); what happens
+// between scrapes is counted as it happens (pass durations, requests).
+type metrics struct {
+	reg      *prometheus.Registry
+	pass     prometheus.Histogram
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "vxnet_reconcile_pass_seconds",
+			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vxnet_requests_total",
+			Help: "Requests served, by front door (api, docker), path and HTTP code."}, []string{"door", "path", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "vxnet_request_seconds",
+			Help: "Request latency, by front door and path.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"door", "path"}),
+	}
+	m.reg.MustRegister(m.pass, m.requests, m.latency, (*statusCollector)(a))
+	return m
+}
+
+// handler serves /metrics.
+func (m *metrics) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// instrument counts and times the requests of a front door.
+func (m *metrics) instrument(door string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &codeRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		path := r.URL.Path
+		if r.Pattern != "" {
+			path = r.Pattern // the route, not every network's name
+		}
+		m.requests.WithLabelValues(door, path, strconv.Itoa(rec.code)).Inc()
+		m.latency.WithLabelValues(door, path).Observe(time.Since(start).Seconds())
+	})
+}
+
+type codeRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeRecorder) WriteHeader(code int) {
+	c.code = code
+	c.ResponseWriter.WriteHeader(code)
+}
+
+// statusCollector reads the agent's status at scrape time.
+type statusCollector Agent
+
+var (
+	descMembers   = prometheus.NewDesc("vxnet_members", "Members of the cluster by state.", []string{"state"}, nil)
+	descEndpoints = prometheus.NewDesc("vxnet_endpoints", "Endpoints of a network, local to this host or remote (of live members).", []string{"network", "where"}, nil)
+	descPasses    = prometheus.NewDesc("vxnet_reconcile_passes_total", "Reconcile passes run.", nil, nil)
+	descErrors    = prometheus.NewDesc("vxnet_reconcile_failing", "1 while the last reconcile pass failed.", nil, nil)
+	descWrites    = prometheus.NewDesc("vxnet_kernel_writes_total", "Kernel changes made by reconcile passes.", nil, nil)
+	descMalformed = prometheus.NewDesc("vxnet_gossip_malformed_messages_total", "Messages refused from the network.", nil, nil)
+	descConflicts = prometheus.NewDesc("vxnet_conflicts", "Conflicts in the cluster state (see vxnet status).", nil, nil)
+	descRecords   = prometheus.NewDesc("vxnet_records", "Records in the replicated state, tombstones included.", nil, nil)
+	descAddrLost  = prometheus.NewDesc("vxnet_advertise_address_lost", "1 while the advertise address is gone from the host.", nil, nil)
+)
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	s := (*Agent)(c).Status(false)
+	states := map[string]float64{"alive": 0, "failed": 0}
+	for _, m := range s.Members {
+		states[m.State]++
+	}
+	for st, n := range states {
+		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, n, st)
+	}
+	for _, n := range s.Networks {
+		ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(n.Local), n.Name, "local")
+		ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(n.Remote), n.Name, "remote")
+	}
+	b := func(ok bool) float64 {
+		if ok {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(s.Syncs))
+	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.GaugeValue, b(s.SyncError != ""))
+	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(s.KernelOps))
+	ch <- prometheus.MustNewConstMetric(descMalformed, prometheus.CounterValue, float64(s.Malformed))
+	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)))
+	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(s.Records))
+	ch <- prometheus.MustNewConstMetric(descAddrLost, prometheus.GaugeValue, b(s.AddrError != ""))
+}
