@@ -9,6 +9,8 @@ import (
 	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/datapath"
 )
 
 // Host answers the agent's questions about this host's addresses, in the
@@ -121,4 +123,25 @@ func (Host) OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrP
 	}
 	o := f.TupleOrig
 	return netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort), nil
+}
+
+// ForeignVXLAN lists the vxlan devices of this host vxnet did not make,
+// with their UDP port (another overlay: Docker's, flannel's).
+func ForeignVXLAN() (map[string]int, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := map[string]int{}
+	for _, l := range links {
+		vx, ok := l.(*netlink.Vxlan)
+		if !ok {
+			continue
+		}
+		if _, _, owned := datapath.ParseAlias(l.Attrs().Alias); owned {
+			continue
+		}
+		out[l.Attrs().Name] = vx.Port
+	}
+	return out, nil
 }

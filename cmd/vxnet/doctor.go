@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/doctor"
+)
+
+func readInt(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// socketHolders names the processes holding the given socket inodes.
+func socketHolders(inodes map[string]bool) map[string]string {
+	out := map[string]string{}
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		target, err := os.Readlink(fd)
+		if err != nil || !strings.HasPrefix(target, "socket:[") {
+			continue
+		}
+		ino := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
+		if !inodes[ino] {
+			continue
+		}
+		pid := strings.Split(fd, "/")[2]
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		out[ino] = fmt.Sprintf("pid %s (%s)", pid, strings.TrimSpace(string(comm)))
+	}
+	return out
+}
+
+// facts reads what the checks look at, on this host.
+func facts(cf clientFlags, port int) doctor.Facts {
+	f := doctor.Facts{VXLANPort: port, RPFilter: -1}
+	if s, err := cf.client().Status(); err == nil {
+		f.Status = &s
+	} else {
+		f.StatusErr = err
+	}
+	if out, err := exec.Command("iptables-save").Output(); err == nil {
+		f.IPTables = string(out)
+	}
+	if b, err := os.ReadFile("/proc/net/udp"); err == nil {
+		f.UDPSockets = strings.Split(string(b), "\n")
+		inodes := map[string]bool{}
+		for _, l := range f.UDPSockets {
+			if fs := strings.Fields(l); len(fs) >= 10 {
+				inodes[fs[9]] = true
+			}
+		}
+		f.PortHolders = socketHolders(inodes)
+	}
+	f.ForeignVXLAN, _ = linux.ForeignVXLAN()
+	f.GCThresh3 = readInt("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+	f.ConntrackCount = readInt("/proc/sys/net/netfilter/nf_conntrack_count")
+	f.ConntrackMax = readInt("/proc/sys/net/netfilter/nf_conntrack_max")
+	if f.Status != nil {
+		if a, err := netip.ParseAddr(f.Status.Addr); err == nil {
+			if dev, _, err := (linux.Host{}).Underlay(a); err == nil {
+				if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + dev + "/rp_filter"); err == nil {
+					f.RPFilter, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				}
+			}
+		}
+	}
+	return f
+}
+
+func newDoctorCmd() *cobra.Command {
+	var cf clientFlags
+	var port int
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check this host for what breaks overlays: each check says ok, warn or fail, with the evidence and the fix",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			findings := doctor.Run(facts(cf, port))
+			if cf.json {
+				if err := printJSON(cmd.OutOrStdout(), findings); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				for _, f := range findings {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Level, f.Check, f.Evidence)
+					if f.Fix != "" && f.Level != doctor.OK {
+						fmt.Fprintf(tw, "\t\tfix: %s\n", f.Fix)
+					}
+				}
+				tw.Flush()
+			}
+			if doctor.Worst(findings) == doctor.Fail {
+				return errors.New("doctor found problems (fail above)")
+			}
+			return nil
+		},
+	}
+	cf.add(cmd, true)
+	cmd.Flags().IntVar(&port, "vxlan-port", 4789, "the agent's VXLAN port")
+	return cmd
+}

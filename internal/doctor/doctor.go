@@ -1,0 +1,205 @@
+// Package doctor holds the local checks of 'vxnet doctor': each looks at a
+// fact of this host (read by the caller: the agent's status, the host's
+// iptables, /proc) and says ok, warn or fail, with the evidence and the
+// fix. The checks are pure; the command reads the facts.
+package doctor
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/vxnet/vxnet/internal/api"
+)
+
+// Level of a finding.
+type Level string
+
+// Levels, from fine to broken.
+const (
+	OK   Level = "ok"
+	Warn Level = "warn"
+	Fail Level = "fail"
+)
+
+// Finding is one check's result.
+type Finding struct {
+	Check    string `json:"check"`
+	Level    Level  `json:"level"`
+	Evidence string `json:"evidence"`
+	Fix      string `json:"fix,omitempty"`
+}
+
+// Facts are what the checks look at.
+type Facts struct {
+	// Status is the agent's (nil when it does not answer; StatusErr says why).
+	Status    *api.Status
+	StatusErr error
+	// VXLANPort is the agent's VXLAN port.
+	VXLANPort int
+	// IPTables is the output of iptables-save of the host's backend ("" if none).
+	IPTables string
+	// UDPSockets are the lines of /proc/net/udp.
+	UDPSockets []string
+	// PortHolders names the processes holding a socket inode, by inode.
+	PortHolders map[string]string
+	// ForeignVXLAN lists vxlan devices vxnet did not make, with their port.
+	ForeignVXLAN map[string]int
+	// GCThresh3 is net.ipv4.neigh.default.gc_thresh3 (0: unknown).
+	GCThresh3 int
+	// Conntrack is nf_conntrack_count and _max (0: unknown).
+	ConntrackCount, ConntrackMax int
+	// RPFilter is the underlay device's rp_filter (-1: unknown).
+	RPFilter int
+}
+
+// Run runs every check.
+func Run(f Facts) []Finding {
+	out := []Finding{agent(f)}
+	if f.Status != nil {
+		out = append(out, addr(f), reconcile(f))
+	}
+	out = append(out, portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
+	return out
+}
+
+// Worst is the worst level of findings.
+func Worst(fs []Finding) Level {
+	w := OK
+	for _, f := range fs {
+		if f.Level == Fail {
+			return Fail
+		}
+		if f.Level == Warn {
+			w = Warn
+		}
+	}
+	return w
+}
+
+func agent(f Facts) Finding {
+	if f.Status == nil {
+		return Finding{"agent", Fail, fmt.Sprintf("the agent does not answer: %v", f.StatusErr), "start it: systemctl start vxnet (or vxnet agent ...)"}
+	}
+	alive := 0
+	for _, m := range f.Status.Members {
+		if m.State == "alive" {
+			alive++
+		}
+	}
+	return Finding{"agent", OK, fmt.Sprintf("node %s (%s), vxnet %s, %d of %d members alive", f.Status.Node, f.Status.Addr, f.Status.Version, alive, len(f.Status.Members)), ""}
+}
+
+func addr(f Facts) Finding {
+	if f.Status.AddrError != "" {
+		return Finding{"advertise-address", Fail, f.Status.AddrError, "restart the agent with the host's new address"}
+	}
+	return Finding{"advertise-address", OK, fmt.Sprintf("%s is on this host", f.Status.Addr), ""}
+}
+
+func reconcile(f Facts) Finding {
+	s := f.Status
+	switch {
+	case s.SyncError != "":
+		return Finding{"reconcile", Fail, "the last pass failed: " + s.SyncError, "see the agent's log; 'vxnet doctor' names the usual causes below"}
+	case len(s.Conflicts) > 0:
+		return Finding{"reconcile", Warn, fmt.Sprintf("%d conflicts in the cluster state: %s", len(s.Conflicts), strings.Join(s.Conflicts, "; ")), "see 'vxnet status'"}
+	}
+	return Finding{"reconcile", OK, fmt.Sprintf("%d passes, the last in %s", s.Syncs, s.LastSyncDuration), ""}
+}
+
+// portHolders finds programs bound to the VXLAN port: a socket on it that
+// a process holds (the kernel's own vxlan sockets, vxnet's included, belong
+// to no process).
+func portHolders(f Facts) Finding {
+	hex := fmt.Sprintf(":%04X", f.VXLANPort)
+	var held []string
+	for _, l := range f.UDPSockets {
+		fs := strings.Fields(l)
+		if len(fs) < 10 || !strings.HasSuffix(fs[1], hex) {
+			continue
+		}
+		if who := f.PortHolders[fs[9]]; who != "" {
+			held = append(held, who)
+		}
+	}
+	if len(held) > 0 {
+		return Finding{"vxlan-port", Fail, fmt.Sprintf("UDP %d is held by %s", f.VXLANPort, strings.Join(held, ", ")),
+			fmt.Sprintf("stop it, or run vxnet on another port (--vxlan-port, the same on every host)")}
+	}
+	return Finding{"vxlan-port", OK, fmt.Sprintf("no program holds UDP %d", f.VXLANPort), ""}
+}
+
+func foreignVXLAN(f Facts) Finding {
+	var same, other []string
+	for dev, port := range f.ForeignVXLAN {
+		if port == f.VXLANPort {
+			same = append(same, dev)
+		} else {
+			other = append(other, fmt.Sprintf("%s (port %d)", dev, port))
+		}
+	}
+	switch {
+	case len(same) > 0:
+		return Finding{"other-vxlan", Fail, fmt.Sprintf("vxlan devices vxnet did not make use port %d too: %s", f.VXLANPort, strings.Join(same, ", ")),
+			"give vxnet another --vxlan-port, or remove the other overlay"}
+	case len(other) > 0:
+		return Finding{"other-vxlan", OK, "other overlays on other ports: " + strings.Join(other, ", "), ""}
+	}
+	return Finding{"other-vxlan", OK, "no other vxlan devices", ""}
+}
+
+// forwarding: a host that drops forwarded traffic needs vxnet's rules.
+func forwarding(f Facts) Finding {
+	if f.IPTables == "" {
+		return Finding{"forwarding", OK, "no iptables rules on this host", ""}
+	}
+	drop := strings.Contains(f.IPTables, ":FORWARD DROP")
+	jump := strings.Contains(f.IPTables, "-A FORWARD -j VXNET-FORWARD")
+	networks := f.Status != nil && len(f.Status.Networks) > 0
+	switch {
+	case drop && networks && !jump:
+		return Finding{"forwarding", Fail, "the FORWARD policy is DROP (as dockerd, ufw and firewalld set it) and vxnet's VXNET-FORWARD rules are missing: bridged traffic of vxnet's networks is dropped",
+			"let the agent put its rules back (they return within a resync), or check what removes them"}
+	case drop && jump:
+		return Finding{"forwarding", OK, "the FORWARD policy is DROP and vxnet's rules let its networks through", ""}
+	case drop:
+		return Finding{"forwarding", OK, "the FORWARD policy is DROP; vxnet adds its rules with its first network", ""}
+	}
+	return Finding{"forwarding", OK, "forwarded traffic is accepted by default", ""}
+}
+
+func neighbours(f Facts) Finding {
+	if f.GCThresh3 == 0 || f.Status == nil {
+		return Finding{"neighbour-table", OK, "not checked", ""}
+	}
+	remote := 0
+	for _, n := range f.Status.Networks {
+		remote += n.Remote
+	}
+	if remote*2 > f.GCThresh3 {
+		return Finding{"neighbour-table", Warn, fmt.Sprintf("%d remote endpoints against a neighbour table of %d entries (gc_thresh3)", remote, f.GCThresh3),
+			fmt.Sprintf("sysctl -w net.ipv4.neigh.default.gc_thresh3=%d (and gc_thresh1/2)", max(4*remote, 1024))}
+	}
+	return Finding{"neighbour-table", OK, fmt.Sprintf("%d remote endpoints, gc_thresh3 %d", remote, f.GCThresh3), ""}
+}
+
+func conntrack(f Facts) Finding {
+	if f.ConntrackMax == 0 {
+		return Finding{"conntrack", OK, "no connection tracking table", ""}
+	}
+	use := float64(f.ConntrackCount) / float64(f.ConntrackMax)
+	if use > 0.9 {
+		return Finding{"conntrack", Warn, fmt.Sprintf("the connection tracking table is %.0f%% full (%d of %d)", 100*use, f.ConntrackCount, f.ConntrackMax),
+			"raise net.netfilter.nf_conntrack_max"}
+	}
+	return Finding{"conntrack", OK, fmt.Sprintf("%d of %d connections tracked", f.ConntrackCount, f.ConntrackMax), ""}
+}
+
+func rpFilter(f Facts) Finding {
+	if f.RPFilter == 1 {
+		return Finding{"rp-filter", Warn, "strict reverse-path filtering on the underlay device drops VXLAN that arrives on another interface than the route back",
+			"sysctl -w net.ipv4.conf.<underlay>.rp_filter=2 (loose) on multi-homed hosts"}
+	}
+	return Finding{"rp-filter", OK, "rp_filter " + strconv.Itoa(f.RPFilter), ""}
+}

@@ -1,0 +1,66 @@
+package doctor
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+)
+
+func find(fs []Finding, check string) Finding {
+	for _, f := range fs {
+		if f.Check == check {
+			return f
+		}
+	}
+	return Finding{}
+}
+
+func TestChecks(t *testing.T) {
+	healthy := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
+		Members:  []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}},
+		Networks: []api.NetworkStatus{{Name: "web", Local: 1, Remote: 300}}}
+	udp := []string{
+		"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+		"   1: 00000000:12B5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2 0000000000000000 0",
+	}
+	for _, tc := range []struct {
+		name  string
+		facts Facts
+		check string
+		level Level
+		text  string
+	}{
+		{"agent down", Facts{StatusErr: errors.New("connection refused")}, "agent", Fail, "the agent does not answer: connection refused"},
+		{"agent up", Facts{Status: healthy}, "agent", OK, "2 of 2 members alive"},
+		{"address gone", Facts{Status: &api.Status{AddrError: "advertise address 10.0.0.1 is no longer on any interface"}}, "advertise-address", Fail, "no longer on any interface"},
+		{"pass failing", Facts{Status: &api.Status{SyncError: "ensure-network vni 7: address in use"}}, "reconcile", Fail, "the last pass failed: ensure-network vni 7: address in use"},
+		{"kernel socket", Facts{Status: healthy, VXLANPort: 4789, UDPSockets: udp}, "vxlan-port", OK, "no program holds UDP 4789"},
+		{"kernel socket with an inode", Facts{Status: healthy, VXLANPort: 4789, UDPSockets: append(udp[:1:1], strings.Replace(udp[1], " 0 2 0000", " 815313 2 0000", 1))},
+			"vxlan-port", OK, "no program holds UDP 4789"},
+		{"rogue socket", Facts{Status: healthy, VXLANPort: 4789, UDPSockets: append(udp[:1:1], strings.Replace(udp[1], " 0 2 0000", " 98765 2 0000", 1)),
+			PortHolders: map[string]string{"98765": "pid 42 (nc)"}}, "vxlan-port", Fail, "UDP 4789 is held by pid 42 (nc)"},
+		{"other overlay, same port", Facts{VXLANPort: 4789, ForeignVXLAN: map[string]int{"flannel.1": 4789}}, "other-vxlan", Fail, "flannel.1"},
+		{"other overlay, other port", Facts{VXLANPort: 4789, ForeignVXLAN: map[string]int{"flannel.1": 8472}}, "other-vxlan", OK, "flannel.1 (port 8472)"},
+		{"docker drop, no vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j DOCKER-USER\n"}, "forwarding", Fail, "vxnet's VXNET-FORWARD rules are missing"},
+		{"docker drop, vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j VXNET-FORWARD\n"}, "forwarding", OK, "let its networks through"},
+		{"small neighbour table", Facts{Status: healthy, GCThresh3: 512}, "neighbour-table", Warn, "300 remote endpoints against a neighbour table of 512"},
+		{"conntrack full", Facts{ConntrackCount: 95, ConntrackMax: 100}, "conntrack", Warn, "95% full"},
+		{"strict rp_filter", Facts{RPFilter: 1}, "rp-filter", Warn, "strict reverse-path filtering"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := find(Run(tc.facts), tc.check)
+			if f.Level != tc.level || !strings.Contains(f.Evidence, tc.text) {
+				t.Errorf("%s: %+v, want %s with %q", tc.check, f, tc.level, tc.text)
+			}
+			if f.Level != OK && f.Fix == "" {
+				t.Errorf("%s: no fix given", tc.check)
+			}
+		})
+	}
+	if w := Worst([]Finding{{Level: OK}, {Level: Warn}}); w != Warn {
+		t.Errorf("worst %s", w)
+	}
+}
