@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -219,5 +221,53 @@ func TestMetrics(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("metrics:\n%s", body)
+	}
+}
+
+// The sample Grafana dashboard asks only for metrics the agent has.
+func TestDashboardMetrics(t *testing.T) {
+	b, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Targets []struct{ Expr string } `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	h1 := newNode(t, newBus(), "h1", 1, "")
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	if err := h1.sync(); err != nil {
+		t.Fatal(err)
+	}
+	h1.metrics.instrument("api", api.NewServer(h1).Handler).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/v1/status", nil))
+	families, err := h1.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		have[f.GetName()] = true
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			have[f.GetName()+suffix] = true
+		}
+	}
+	re := regexp.MustCompile(`vxnet_[a-z_]+`)
+	n := 0
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range re.FindAllString(tg.Expr, -1) {
+				n++
+				if !have[m] {
+					t.Errorf("the dashboard asks for %s, which the agent does not export", m)
+				}
+			}
+		}
+	}
+	if n < 8 {
+		t.Errorf("only %d metrics found in the dashboard", n)
 	}
 }
