@@ -198,18 +198,27 @@ func (p Plugin) Del(args *skel.CmdArgs) error {
 	return nil
 }
 
-// Check verifies that the container is attached as the agent says: its
-// endpoint exists, and its interface is in the namespace with the address
-// and MAC the agent gave it.
-func (p Plugin) Check(args *skel.CmdArgs) error {
+// localEndpoints reads the configuration and the agent's local endpoints.
+func (p Plugin) localEndpoints(args *skel.CmdArgs) (*NetConf, Agent, []api.LocalEndpoint, error) {
 	conf, err := parse(args.StdinData)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	a := p.Dial(conf.Socket)
 	eps, err := a.LocalEndpoints()
 	if err != nil {
-		return cniError(err)
+		return nil, nil, nil, cniError(err)
+	}
+	return conf, a, eps, nil
+}
+
+// Check verifies that the container is attached as the agent says: its
+// endpoint exists, and its interface is in the namespace with the address
+// and MAC the agent gave it.
+func (p Plugin) Check(args *skel.CmdArgs) error {
+	conf, a, eps, err := p.localEndpoints(args)
+	if err != nil {
+		return err
 	}
 	for _, e := range eps {
 		if e.ContainerID == args.ContainerID && e.IfName == args.IfName && e.Network == conf.Network {
@@ -224,14 +233,9 @@ func (p Plugin) Check(args *skel.CmdArgs) error {
 
 // GC detaches the endpoints of this network the runtime no longer lists.
 func (p Plugin) GC(args *skel.CmdArgs) error {
-	conf, err := parse(args.StdinData)
+	conf, a, eps, err := p.localEndpoints(args)
 	if err != nil {
 		return err
-	}
-	a := p.Dial(conf.Socket)
-	eps, err := a.LocalEndpoints()
-	if err != nil {
-		return cniError(err)
 	}
 	valid := map[types.GCAttachment]bool{}
 	for _, v := range conf.ValidAttachments {

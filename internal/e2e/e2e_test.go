@@ -105,6 +105,40 @@ func pingUntil(t *testing.T, ns string, dst netip.Addr, timeout time.Duration) {
 	}
 }
 
+// pingFlow pings a destination every 10 ms until stopped, counting replies
+// lost (a running flow whose every packet must cross).
+type pingFlow struct {
+	sent, lost atomic.Int64
+	quit, done chan struct{}
+}
+
+func startPingFlow(ns string, dst netip.Addr) *pingFlow {
+	f := &pingFlow{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		for {
+			select {
+			case <-f.quit:
+				return
+			default:
+			}
+			f.sent.Add(1)
+			if _, err := probe.Ping(ns, dst, 56, false, time.Second); err != nil {
+				f.lost.Add(1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return f
+}
+
+// stop ends the flow and returns how many pings were sent and lost.
+func (f *pingFlow) stop() (sent, lost int64) {
+	close(f.quit)
+	<-f.done
+	return f.sent.Load(), f.lost.Load()
+}
+
 func wantStatusError(t *testing.T, err error, code int, msg string) {
 	t.Helper()
 	var se *api.StatusError
@@ -267,24 +301,7 @@ func TestAgentKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sent, lost atomic.Int64
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			sent.Add(1)
-			if _, err := probe.Ping(a.Netns, b.IP, 56, false, time.Second); err != nil {
-				lost.Add(1)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	flow := startPingFlow(a.Netns, b.IP)
 	time.Sleep(300 * time.Millisecond)
 	for _, h := range []string{"h2", "h1"} {
 		if err := l.KillAgent(h, syscall.SIGKILL); err != nil {
@@ -299,10 +316,8 @@ func TestAgentKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	<-done
-	if lost.Load() != 0 || sent.Load() < 20 {
-		t.Fatalf("lost %d of %d echo replies across agent kill -9 and restart", lost.Load(), sent.Load())
+	if sent, lost := flow.stop(); lost != 0 || sent < 20 {
+		t.Fatalf("lost %d of %d echo replies across agent kill -9 and restart", lost, sent)
 	}
 	for _, h := range []string{"h1", "h2"} {
 		s, err := client(l, h).Status()

@@ -7,14 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
-	"github.com/vxnet/vxnet/internal/probe"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
@@ -147,23 +145,7 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		before[h.Name] = fmt.Sprint(o.Networks, o.FDB, o.Neigh, o.Ports)
 	}
-	var sent, lost atomic.Int64
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			sent.Add(1)
-			if _, err := probe.Ping(a.Netns, b.IP, 56, false, time.Second); err != nil {
-				lost.Add(1)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	flow := startPingFlow(a.Netns, b.IP)
 	for _, h := range l.Hosts {
 		if err := l.KillAgent(h.Name, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -187,10 +169,8 @@ func TestRollingUpgrade(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	close(stop)
-	<-done
-	if lost.Load() != 0 || sent.Load() < 20 {
-		t.Fatalf("lost %d of %d echo replies across the upgrade", lost.Load(), sent.Load())
+	if sent, lost := flow.stop(); lost != 0 || sent < 20 {
+		t.Fatalf("lost %d of %d echo replies across the upgrade", lost, sent)
 	}
 	for _, h := range l.Hosts {
 		o, err := l.Observe(h.Name)
