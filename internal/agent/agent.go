@@ -112,6 +112,9 @@ type ReplicatorConfig struct {
 	// OnSelfConflict is called when members still know this node at an
 	// old address.
 	OnSelfConflict func()
+	// OnNameClaimed is called when a live agent elsewhere uses this node's
+	// name (the replicator refuses it).
+	OnNameClaimed func(addr netip.Addr)
 }
 
 // Host answers questions about this host's addresses.
@@ -185,10 +188,20 @@ type Agent struct {
 	syncErr   error
 	addrErr   error // the advertise address is gone from this host
 	conflicts []string
+	claimedBy map[netip.Addr]time.Time // other agents seen using this node's name
 	syncs     atomic.Int64
 	kernelOps atomic.Int64
 
 	metrics *metrics
+	fatal   chan error // an error that stops Run (see fail)
+}
+
+// fail stops Run with err (the first one wins).
+func (a *Agent) fail(err error) {
+	select {
+	case a.fatal <- err:
+	default:
+	}
 }
 
 // New prepares an agent: store, state, underlay, replicator. Call Run to
@@ -211,7 +224,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
-		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}}
+		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -251,7 +264,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.metrics = newMetrics(a)
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
-		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater})
+		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed})
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +278,7 @@ func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
 		return cluster.StartGossip(cluster.GossipConfig{
 			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
 			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
-			OnSelfConflict: rc.OnSelfConflict,
+			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed,
 		}, rc.State)
 	}
 }
@@ -294,6 +307,34 @@ func (a *Agent) checkAddr() {
 	case lost == nil && was != nil:
 		a.log.Info("advertise address back", "addr", a.cfg.AdvertiseAddr)
 	}
+}
+
+// nameClaimed records that a live agent at addr uses this node's name; it
+// is shown in status for an hour.
+func (a *Agent) nameClaimed(addr netip.Addr) {
+	a.statMu.Lock()
+	defer a.statMu.Unlock()
+	if a.claimedBy == nil {
+		a.claimedBy = map[netip.Addr]time.Time{}
+	}
+	a.claimedBy[addr] = time.Now()
+	a.markDirty()
+}
+
+// nameClaimNotices describes the other agents seen using this node's name
+// within the last hour (statMu held).
+func (a *Agent) nameClaimNoticesLocked() []string {
+	var out []string
+	for addr, at := range a.claimedBy {
+		if time.Since(at) > time.Hour {
+			delete(a.claimedBy, addr)
+			continue
+		}
+		out = append(out, fmt.Sprintf("name-in-use: an agent at %s also calls itself %q (seen %s); the members refuse it: give that host its own --name",
+			addr, a.cfg.Name, at.UTC().Format(time.RFC3339)))
+	}
+	slices.Sort(out)
+	return out
 }
 
 // rejoinLater joins again once the members have declared this node's old
@@ -413,17 +454,34 @@ func (a *Agent) Run(ctx context.Context) error {
 		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
 	a.announce()
 	a.joinKnown(ctx)
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	defer stopLoop()
 	loopDone := make(chan struct{})
-	go func() { a.loop(ctx); close(loopDone) }()
-	<-ctx.Done()
+	var fatal error
+	select {
+	case fatal = <-a.fatal: // refused while joining: never program the kernel
+		close(loopDone)
+	default:
+		go func() { a.loop(loopCtx); close(loopDone) }()
+		select {
+		case <-ctx.Done():
+		case fatal = <-a.fatal:
+		}
+	}
+	if fatal != nil {
+		a.log.Error("stopping", "err", fatal)
+		stopLoop()
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
 	<-loopDone
 	a.persistOrLog()
 	// Stop without leaving: the kernel keeps forwarding and peers keep our
-	// endpoints until failure detection, so a restart is invisible.
-	return a.repl.Shutdown()
+	// endpoints until failure detection, so a restart is invisible. (Never
+	// leave after a name clash either: the leave would speak for the other
+	// agent of that name.)
+	return errors.Join(fatal, a.repl.Shutdown())
 }
 
 // announce records this node's version in the cluster state (when it
@@ -473,6 +531,10 @@ func (a *Agent) join(ctx context.Context, addrs []string) {
 			n, err := a.repl.Join(addrs)
 			if err == nil {
 				a.log.Info("joined cluster", "contacted", n)
+				return
+			}
+			if errors.Is(err, cluster.ErrNameInUse) {
+				a.fail(err)
 				return
 			}
 			a.log.Warn("join failed; retrying", "attempt", attempt, "err", err, "retry_in", backoff)

@@ -48,6 +48,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	}
 	conflicts = append(conflicts, a.supersededNotices()...)
 	a.statMu.Lock()
+	conflicts = append(conflicts, a.nameClaimNoticesLocked()...)
 	if len(conflicts) != len(a.conflicts) {
 		for _, c := range conflicts {
 			a.log.Warn("conflict in cluster state", "detail", c)

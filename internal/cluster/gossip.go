@@ -37,10 +37,18 @@ type GossipConfig struct {
 	// ProbeInterval tunes failure detection (default 1s).
 	ProbeInterval time.Duration
 	// OnSelfConflict is called when members still know this member's name
-	// at another address (after an address change): rejoin once that old
-	// address has been declared dead.
+	// at another address that no longer answers as this member (after an
+	// address change): rejoin once that old address has been declared dead.
 	OnSelfConflict func()
+	// OnNameClaimed is called when a live agent at another address answers
+	// to this member's name after this member joined: the newcomer is
+	// refused (its Join fails with ErrNameInUse), this member keeps going.
+	OnNameClaimed func(addr netip.Addr)
 }
+
+// ErrNameInUse is returned by Join when a live member already has this
+// member's name at another address.
+var ErrNameInUse = errors.New("member name already in use")
 
 // Member is one member as this agent sees it.
 type Member struct {
@@ -67,6 +75,8 @@ type Gossip struct {
 	failed  map[string]failedMember // members that failed, to reconnect to
 	grace   time.Duration           // endpoints of a failed member stay this long
 	stop    chan struct{}
+	joins   int              // Join calls in progress
+	claims  []netip.AddrPort // other addresses seen claiming our name during a Join
 
 	malformed atomic.Int64 // messages refused from the network
 }
@@ -175,11 +185,39 @@ func (g *Gossip) Join(addrs []string) (int, error) {
 		}
 		full = append(full, a)
 	}
+	g.mu.Lock()
+	g.joins++
+	g.mu.Unlock()
 	n, err := g.ml.Join(full)
+	g.mu.Lock()
+	g.joins--
+	claims := g.claims
+	if g.joins == 0 {
+		g.claims = nil
+	}
+	g.mu.Unlock()
 	if err != nil {
 		return n, fmt.Errorf("join %v: %w", addrs, err)
 	}
+	// A member already known under our name at another address either is
+	// this host before an address change (it no longer answers) or another
+	// live agent with the same name: refuse to be the second one.
+	for _, c := range claims {
+		if g.answersAs(c) {
+			return n, fmt.Errorf("%w: an agent at %s answers as %q (this agent advertises %s): give each host its own --name", ErrNameInUse, c.Addr(), g.cfg.Name, g.cfg.Addr)
+		}
+	}
+	if len(claims) > 0 && g.cfg.OnSelfConflict != nil {
+		g.cfg.OnSelfConflict()
+	}
 	return n, nil
+}
+
+// answersAs pings addr as this member's name: only an agent of that name
+// acknowledges (memberlist ignores pings for another node).
+func (g *Gossip) answersAs(ap netip.AddrPort) bool {
+	_, err := g.ml.Ping(g.cfg.Name, net.UDPAddrFromAddrPort(ap))
+	return err == nil
 }
 
 // Publish sends changed records to every member now (best effort UDP, or
@@ -246,8 +284,9 @@ func (g *Gossip) Alive() []model.Node {
 }
 
 // Members returns every member known: the reachable ones ("alive", which
-// includes members under suspicion) and the ones that failed or left
-// ("failed", with the time of the failure as last contact).
+// includes members under suspicion: memberlist does not say which) and the
+// ones that failed or left ("failed", with the time of the failure as last
+// contact).
 func (g *Gossip) Members() []Member {
 	// memberlist calls our event delegate with its node lock held, and the
 	// delegate takes g.mu: never call into memberlist while holding g.mu.
@@ -370,9 +409,38 @@ type conflicts Gossip
 
 func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
 	c.log.Warn("two addresses claim one member name", "member", existing.Name, "known", existing.Addr.String(), "claimed", other.Addr.String())
-	if existing.Name == c.cfg.Name && c.cfg.OnSelfConflict != nil {
-		c.cfg.OnSelfConflict()
+	if existing.Name != c.cfg.Name {
+		return
 	}
+	a, ok := netip.AddrFromSlice(other.Addr)
+	if !ok {
+		return
+	}
+	claim := netip.AddrPortFrom(a.Unmap(), other.Port)
+	c.mu.Lock()
+	joining := c.joins > 0
+	if joining {
+		c.claims = append(c.claims, claim)
+	}
+	c.mu.Unlock()
+	if joining {
+		return // Join decides once the state exchange is over
+	}
+	// Called with memberlist's node lock held: ping from another goroutine.
+	g := (*Gossip)(c)
+	go func() {
+		if g.answersAs(claim) {
+			g.log.Error("another agent uses this member's name; it is refused by the members and should be given its own --name",
+				"member", g.cfg.Name, "other", claim.String())
+			if g.cfg.OnNameClaimed != nil {
+				g.cfg.OnNameClaimed(claim.Addr())
+			}
+			return
+		}
+		if g.cfg.OnSelfConflict != nil {
+			g.cfg.OnSelfConflict()
+		}
+	}()
 }
 
 type pings Gossip

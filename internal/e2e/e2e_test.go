@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -227,6 +229,33 @@ func TestCluster(t *testing.T) {
 		wantStatusError(t, err, 400, "MTU 1500 does not fit")
 		err = h2.RemoveNetwork("web", false)
 		wantStatusError(t, err, 409, "network web still has 2 endpoints")
+		// An interface name the namespace already has: refused, nothing kept.
+		had, err := h2.LocalEndpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nh, err := nsutil.Handle(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		taken := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "taken-peer"}
+		err = nh.LinkAdd(taken)
+		nh.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = h2.Attach(api.AttachRequest{Network: "web", Netns: c, IP: "172.18.0.77"})
+		wantStatusError(t, err, 409, fmt.Sprintf("interface eth0 already exists in namespace %s; choose another interface name", c))
+		if eps, err := h2.LocalEndpoints(); err != nil || len(eps) != len(had) {
+			t.Fatalf("after a refused attach h2 has local endpoints %+v (%v), want the %d it had", eps, err, len(had))
+		}
+		att, err := h2.Attach(api.AttachRequest{Network: "web", Netns: c, IP: "172.18.0.77", IfName: "eth1"})
+		if err != nil || att.IfName != "eth1" || att.IP != "172.18.0.77/16" {
+			t.Fatalf("attach as eth1 with the address the refused attach asked for: %+v, %v", att, err)
+		}
+		if err := h2.Detach(api.DetachRequest{Network: "web", Netns: c}); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("RemoveNetwork", func(t *testing.T) {

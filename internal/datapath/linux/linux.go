@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Dataplane programs one network namespace (a host).
@@ -625,7 +626,7 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	}
 	defer ch.Close()
 	if _, err := ch.LinkByName(e.IfName); err == nil {
-		return port, fmt.Errorf("interface %s already exists in namespace %s; choose another interface name", e.IfName, e.Netns)
+		return port, model.Errorf(model.ErrConflict, "interface %s already exists in namespace %s; choose another interface name", e.IfName, e.Netns)
 	}
 	tmpPeer := "vxp" + strings.TrimPrefix(hostIf, "vxv")
 	attrs := netlink.NewLinkAttrs()
