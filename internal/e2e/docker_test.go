@@ -310,6 +310,45 @@ func TestDockerRestartAndConnect(t *testing.T) {
 		}
 		mustDocker(t, d2, "rm", "-f", "cx")
 	})
+	step(t, "AgentRestartDuringRun", func(t *testing.T) {
+		// Docker calls the plugin while its agent is down (an upgrade, a
+		// crash): dockerd retries, the restarted agent answers, and the
+		// container comes up with a working address and nothing leaked.
+		if err := l.KillAgent("h2", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			out string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, err := d2.Docker("run", "-d", "--name", "cr", "--net", "web", lab.DockerImage, "sleep", "600")
+			done <- result{out, err}
+		}()
+		time.Sleep(2 * time.Second)
+		select {
+		case r := <-done:
+			t.Fatalf("docker run ended while the agent was down (%v): %s", r.err, r.out)
+		default:
+		}
+		if err := l.StartAgent("h2"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Fatalf("docker run across an agent restart: %v: %s", r.err, r.out)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("docker run still waits 60 s after the agent came back")
+		}
+		ip := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "cr")
+		waitEndpoints(3)
+		pingFrom(t, d1, "ca", ip)
+		mustDocker(t, d2, "rm", "-f", "cr")
+		waitEndpoints(2)
+	})
 	step(t, "DockerdRestart", func(t *testing.T) {
 		if err := d2.Kill(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
