@@ -30,6 +30,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		keyFile      string
 		configFile   string
 		dockerSocket string
+		healthSubnet string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -85,7 +86,11 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer dp.Close()
-			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: agent.GossipReplicator(cfg)}
+			if cfg.HealthSubnet, err = parseHealthSubnet(healthSubnet); err != nil {
+				return err
+			}
+			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: agent.GossipReplicator(cfg),
+				Health: healthPort{id: uint16(os.Getpid())}}
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
 			}
@@ -115,6 +120,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port, e.g. 127.0.0.1:9630)")
 	f.Uint16Var(&cfg.DNSPort, "dns-port", 53533, "local port of the resolver of container names (containers' DNS queries are redirected to it at their gateway); 0 turns names off")
 	f.DurationVar(&cfg.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")
+	f.StringVar(&healthSubnet, "health-subnet", "100.127.0.0/16", "subnet of the health network (one probe endpoint per host; the same on every host; no address of it appears on the hosts), or off")
+	f.StringVar(&cfg.HealthNetns, "health-netns", "vxnet-health", "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
+	f.DurationVar(&cfg.HealthInterval, "health-interval", time.Second, "health probe period")
 	return cmd
 }
 

@@ -7,10 +7,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -79,6 +81,20 @@ func TestCLIAgainstAgent(t *testing.T) {
 	var st api.Status
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Node != "h1" || st.Version != "v9" {
 		t.Errorf("status --json: %v %q", err, out)
+	}
+	// health: a table, exit 1 (errUnhealthy) when a path is broken; --all a matrix.
+	out, err = run(t, sock, "health")
+	if !errors.Is(err, errUnhealthy) || !regexp.MustCompile(`(?m)^h3\s+unreachable\s.*the last 3 probes`).MatchString(out) || !regexp.MustCompile(`(?m)^h2\s+ok\s`).MatchString(out) {
+		t.Errorf("health: %v %q", err, out)
+	}
+	out, err = run(t, sock, "health", "--all")
+	if !errors.Is(err, errUnhealthy) || !regexp.MustCompile(`(?m)^h1\s+-\s+ok\s+unreachable\s`).MatchString(out) || !regexp.MustCompile(`(?m)^h2\s+ok\s+-\s+mtu\s`).MatchString(out) {
+		t.Errorf("health --all: %v %q", err, out)
+	}
+	out, err = run(t, sock, "health", "--json")
+	var hv api.Health
+	if !errors.Is(err, errUnhealthy) || json.Unmarshal([]byte(out), &hv) != nil || len(hv.Peers) != 2 || hv.Peers[1].State != "unreachable" {
+		t.Errorf("health --json: %v %q", err, out)
 	}
 	out, err = run(t, sock, "attach", "web", "--netns", "/run/netns/x", "-p", "8080:80", "--name", "c1", "--alias", "db")
 	if err != nil || !strings.Contains(out, "address 10.0.0.5/24") || !strings.Contains(out, "published 8080:80") {
@@ -191,4 +207,13 @@ func TestInit(t *testing.T) {
 	if err := applyConfigFile(agent.Flags(), filepath.Join(dir, "agent.json")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func (b *backend) Health(all bool) api.Health {
+	h := api.Health{HealthReport: api.HealthReport{Node: "h1", Enabled: true, BigSize: 1450,
+		Peers: []health.Peer{{Node: "h2", State: health.OK}, {Node: "h3", State: health.Unreachable, Cause: "the last 3 probes through the overlay went unanswered"}}}}
+	if all {
+		h.All = []api.HealthReport{h.HealthReport, {Node: "h2", Peers: []health.Peer{{Node: "h1", State: health.OK}, {Node: "h3", State: health.MTU}}}}
+	}
+	return h
 }

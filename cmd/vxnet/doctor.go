@@ -51,6 +51,9 @@ func facts(cf clientFlags, port int) doctor.Facts {
 	f := doctor.Facts{VXLANPort: port, RPFilter: -1}
 	if s, err := cf.client().Status(); err == nil {
 		f.Status = &s
+		if h, err := cf.client().Health(false); err == nil {
+			f.Health = &h
+		}
 	} else {
 		f.StatusErr = err
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/version"
+	"github.com/vxnet/vxnet/internal/web"
 )
 
 // Config configures an agent.
@@ -57,7 +58,13 @@ type Config struct {
 	// MetricsAddr is where Prometheus metrics are served (host:port; empty:
 	// not served).
 	MetricsAddr string
-	Log         *slog.Logger
+	// HealthSubnet is the subnet of the health network (invalid: no health
+	// probes); HealthNetns names the namespace of this host's health
+	// endpoint; HealthInterval is the probe period (default 1s).
+	HealthSubnet   netip.Prefix
+	HealthNetns    string
+	HealthInterval time.Duration
+	Log            *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -148,6 +155,8 @@ type Deps struct {
 	StartReplicator func(ReplicatorConfig) (Replicator, error)
 	// Dockerd is the local dockerd (nil: none to keep in step).
 	Dockerd Dockerd
+	// Health sends the health probes (nil: none).
+	Health HealthPort
 }
 
 // Agent is the core of one host.
@@ -194,6 +203,9 @@ type Agent struct {
 
 	metrics *metrics
 	fatal   chan error // an error that stops Run (see fail)
+
+	healthPort HealthPort
+	hs         healthState
 }
 
 // fail stops Run with err (the first one wins).
@@ -223,7 +235,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, healthPort: deps.Health,
 		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
@@ -436,10 +448,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.repl.Shutdown()
 			return fmt.Errorf("metrics on %s: %w", a.cfg.MetricsAddr, err)
 		}
-		ms := &http.Server{Handler: a.metrics.handler(), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metrics.handler())
+		web.Register(mux, a)
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = ms.Serve(mln) }()
 		defer ms.Close()
-		a.log.Info("serving metrics", "addr", mln.Addr().String())
+		a.log.Info("serving metrics (/metrics) and the live page (/)", "addr", mln.Addr().String())
 	}
 	if a.cfg.DNSPort != 0 {
 		rs, err := dns.Listen(fmt.Sprintf(":%d", a.cfg.DNSPort), a, a.host, a.log.With("component", "dns"))
@@ -463,6 +478,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		close(loopDone)
 	default:
 		go func() { a.loop(loopCtx); close(loopDone) }()
+		go a.runHealth(loopCtx)
 		select {
 		case <-ctx.Done():
 		case fatal = <-a.fatal:

@@ -447,6 +447,9 @@ func namespaceMatches(path, id string) bool {
 
 // Attach plugs a container namespace into a network.
 func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
+	if r.Network == model.HealthNetwork {
+		return api.Attachment{}, errHealthReserved
+	}
 	path, err := resolveNetns(r.Netns)
 	if err != nil {
 		return api.Attachment{}, err
@@ -529,7 +532,7 @@ func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
 	defer a.mu.Unlock()
 	out := []api.LocalEndpoint{}
 	for _, e := range a.state.Endpoints() {
-		if e.Node != a.state.Self() {
+		if e.Node != a.state.Self() || e.Network == model.HealthNetwork {
 			continue
 		}
 		le := a.locals[e.ID]

@@ -95,10 +95,10 @@ func (m *busMember) Join(addrs []string) (int, error) {
 		return 0, errors.New("no member answered")
 	}
 	for _, o := range peers {
-		if _, err := o.state.Merge(m.state.Snapshot()); err != nil {
+		if _, err := o.state.Merge(m.wire(m.state.Snapshot())); err != nil {
 			return 0, err
 		}
-		if _, err := m.state.Merge(o.state.Snapshot()); err != nil {
+		if _, err := m.state.Merge(o.wire(o.state.Snapshot())); err != nil {
 			return 0, err
 		}
 		o.cfg.OnChange()
@@ -107,10 +107,24 @@ func (m *busMember) Join(addrs []string) (int, error) {
 	return len(peers), nil
 }
 
+// wire passes records through the real message codec, as gossip does: a
+// record the receivers would refuse fails the test.
+func (m *busMember) wire(recs []cluster.Record) []cluster.Record {
+	b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgRecords, Records: recs})
+	if err == nil {
+		var msg cluster.Message
+		if msg, err = cluster.DecodeMessage(b); err == nil {
+			return msg.Records
+		}
+	}
+	panic(fmt.Sprintf("%s sent records its peers refuse: %v", m.name, err))
+}
+
 func (m *busMember) Publish(recs ...cluster.Record) {
 	if len(recs) == 0 {
 		return
 	}
+	recs = m.wire(recs)
 	deliver := func() {
 		for _, o := range m.peers() {
 			if ch, _ := o.state.Merge(recs); len(ch) > 0 {

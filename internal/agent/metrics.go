@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vxnet/vxnet/internal/health"
 )
 
 // metrics is the agent's Prometheus registry (its own, no globals). What
@@ -78,10 +80,15 @@ var (
 	descConflicts = prometheus.NewDesc("vxnet_conflicts", "Conflicts in the cluster state (see vxnet status).", nil, nil)
 	descRecords   = prometheus.NewDesc("vxnet_records", "Records in the replicated state, tombstones included.", nil, nil)
 	descAddrLost  = prometheus.NewDesc("vxnet_advertise_address_lost", "1 while the advertise address is gone from the host.", nil, nil)
+	descPeerState = prometheus.NewDesc("vxnet_peer_health", "1 for the current verdict on the overlay path to a peer (ok, degraded, mtu, unreachable, unknown), 0 for the others.", []string{"peer", "state"}, nil)
+	descPeerRTT   = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
+	descPeerLoss  = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
 
+var healthStates = []health.State{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
+
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost} {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss} {
 		ch <- d
 	}
 }
@@ -112,4 +119,12 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(s.Records))
 	ch <- prometheus.MustNewConstMetric(descAddrLost, prometheus.GaugeValue, b(s.AddrError != ""))
+	for _, p := range (*Agent)(c).healthReport().Peers {
+		for _, st := range healthStates {
+			ch <- prometheus.MustNewConstMetric(descPeerState, prometheus.GaugeValue, b(p.State == st), p.Node, string(st))
+		}
+		ch <- prometheus.MustNewConstMetric(descPeerRTT, prometheus.GaugeValue, p.RTTms/1000, p.Node)
+		ch <- prometheus.MustNewConstMetric(descPeerLoss, prometheus.GaugeValue, p.Loss, p.Node, "small")
+		ch <- prometheus.MustNewConstMetric(descPeerLoss, prometheus.GaugeValue, p.BigLoss, p.Node, "full")
+	}
 }

@@ -68,6 +68,9 @@ func parseNetwork(r api.NetworkCreate) (model.Network, error) {
 // CreateNetwork adds a network to the cluster; it appears under the same
 // name in the dockerd of every agent that has one.
 func (a *Agent) CreateNetwork(r api.NetworkCreate) (api.NetworkInfo, error) {
+	if r.Name == model.HealthNetwork {
+		return api.NetworkInfo{}, errHealthReserved
+	}
 	return a.createNetwork(r, r.Name)
 }
 
@@ -142,6 +145,9 @@ func (a *Agent) Networks() []api.NetworkInfo {
 	nets, _ := a.state.Networks()
 	out := []api.NetworkInfo{}
 	for _, n := range nets {
+		if n.Name == model.HealthNetwork {
+			continue // shown by 'vxnet health'
+		}
 		out = append(out, a.networkInfo(n))
 	}
 	return out
@@ -164,7 +170,9 @@ func (a *Agent) network(name string) (model.Network, error) {
 	nets, _ := a.state.Networks()
 	var names []string
 	for _, n := range nets {
-		names = append(names, n.Name)
+		if n.Name != model.HealthNetwork {
+			names = append(names, n.Name)
+		}
 	}
 	known := "none exist yet"
 	if len(names) > 0 {
@@ -176,6 +184,9 @@ func (a *Agent) network(name string) (model.Network, error) {
 // RemoveNetwork removes a network; with endpoints only when forced (their
 // records go with it, and every host removes its ports on its next pass).
 func (a *Agent) RemoveNetwork(name string, force bool) error {
+	if name == model.HealthNetwork {
+		return errHealthReserved
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, err := a.network(name); err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/version"
 )
 
@@ -34,6 +35,9 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	nets, _ := a.state.Networks()
 	eps := a.state.Endpoints()
 	for _, n := range nets {
+		if n.Name == model.HealthNetwork {
+			continue // shown by 'vxnet health'
+		}
 		ns := api.NetworkStatus{Name: n.Name, VNI: n.VNI, Subnet: n.Subnet.String()}
 		for _, e := range eps {
 			switch {

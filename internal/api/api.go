@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/unixhttp"
 )
@@ -138,6 +139,40 @@ type Status struct {
 	Endpoints []model.Endpoint `json:"endpoints,omitempty"`
 }
 
+// HealthReport is one member's view of the overlay paths to the others,
+// from probes between the health endpoints (see internal/health).
+type HealthReport struct {
+	Node string `json:"node"`
+	// At is when the view was taken (for other members' views: when they
+	// last published it).
+	At time.Time `json:"at"`
+	// Enabled is false when the agent runs without health probes, and
+	// Error says why probing is not running (yet).
+	Enabled bool          `json:"enabled"`
+	Error   string        `json:"error,omitempty"`
+	Peers   []health.Peer `json:"peers"`
+	// BigSize is the size of the full-size probe (the inner MTU).
+	BigSize int `json:"big_size,omitempty"`
+}
+
+// Health is what GET /v1/health answers: this member's view, and with
+// all=1 every member's (gathered over the cluster state), by node.
+type Health struct {
+	HealthReport
+	All []HealthReport `json:"all,omitempty"`
+	// Events are the recent verdict changes seen here, newest last.
+	Events []HealthEvent `json:"events,omitempty"`
+}
+
+// HealthEvent is one change of a verdict.
+type HealthEvent struct {
+	At    time.Time    `json:"at"`
+	Peer  string       `json:"peer"`
+	From  health.State `json:"from"`
+	To    health.State `json:"to"`
+	Cause string       `json:"cause,omitempty"`
+}
+
 // KeyRequest changes an agent's keyring: Op is install, use or remove.
 type KeyRequest struct {
 	Op  string `json:"op"`
@@ -257,6 +292,17 @@ func (c *Client) RemoveNetwork(name string, force bool) error {
 func (c *Client) Attach(r AttachRequest) (Attachment, error) {
 	var a Attachment
 	return a, c.Do(http.MethodPost, "/v1/endpoints", r, &a)
+}
+
+// Health returns this agent's health view, and with all every member's.
+func (c *Client) Health(all bool) (Health, error) {
+	var h Health
+	path := "/v1/health"
+	if all {
+		path += "?all=1"
+	}
+	err := c.Do(http.MethodGet, path, nil, &h)
+	return h, err
 }
 
 // LocalEndpoints lists this host's endpoints.

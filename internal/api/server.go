@@ -27,6 +27,7 @@ type Backend interface {
 	LocalEndpoints() []LocalEndpoint
 	Keyring() Keyring
 	KeyOp(KeyRequest) (Keyring, error)
+	Health(all bool) Health
 }
 
 // MaxRequest bounds a request body.
@@ -37,6 +38,9 @@ func NewServer(b Backend) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.Status(r.URL.Query().Get("endpoints") == "1"), nil)
+	})
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, b.Health(r.URL.Query().Get("all") == "1"), nil)
 	})
 	mux.HandleFunc("GET /v1/networks", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.Networks(), nil)

@@ -22,6 +22,9 @@ const (
 	PrefixEndpoint = "ep/"
 	PrefixBlock    = "block/"
 	PrefixNode     = "node/"
+	// PrefixHealth records hold a member's view of the overlay paths to
+	// the others (its health matrix row).
+	PrefixHealth = "health/"
 )
 
 // Newer reports whether r wins over o.
@@ -37,7 +40,7 @@ func (r Record) Newer(o Record) bool {
 }
 
 // knownKinds are the record kinds (key prefixes) this agent interprets.
-var knownKinds = []string{PrefixNetwork, PrefixEndpoint, PrefixBlock, PrefixNode}
+var knownKinds = []string{PrefixNetwork, PrefixEndpoint, PrefixBlock, PrefixNode, PrefixHealth}
 
 // keyRE is the shape of every record key: a kind of lower-case letters, a
 // slash, a name. Kinds this agent does not know (from a newer one) are kept

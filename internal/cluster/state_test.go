@@ -205,6 +205,10 @@ func TestDecodeMessage(t *testing.T) {
 		{"bad origin", msg(Record{Key: "net/web", Value: good, Version: 1, Origin: "../x"}), "invalid origin node name"},
 		{"bad mac", msg(Record{Key: "ep/e", Value: []byte(`{"id":"e","network":"web","node":"h1","mac":"ff:ff:ff:ff:ff:ff","ip":"10.1.0.5"}`), Version: 1, Origin: "h1"}), "multicast bit"},
 		{"zero version", msg(Record{Key: "net/web", Value: good, Origin: "h1"}), "version 0"},
+		{"health view", msg(Record{Key: "health/h1", Value: []byte(`{"node":"h1","peers":[{"node":"h2","state":"ok"}]}`), Version: 4, Origin: "h1"},
+			Record{Key: "ep/h1.web.1", Value: ep, Version: 2, Origin: "h1"}), ""},
+		{"health view of another node", msg(Record{Key: "health/h1", Value: []byte(`{"node":"h9"}`), Version: 4, Origin: "h1"}), `record health/h1 holds the health view of "h9"`},
+		{"block key mismatch", msg(Record{Key: "block/web/10.1.0.0/26", Value: []byte(`{"network":"web","cidr":"10.1.0.64/26","node":"h1"}`), Version: 1, Origin: "h1"}), "holds block 10.1.0.64/26"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeMessage(tc.in)
@@ -222,6 +226,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add([]byte(`{"kind":"state","records":[{"k":"ep/x","n":2,"o":"h2","d":true}]}`))
 	f.Add([]byte(`{"kind":"records","records":[{"k":"block/web/10.1.0.0/26","v":{"network":"web","cidr":"10.1.0.0/26","node":"h1"},"n":1,"o":"h1"}]}`))
 	f.Add([]byte(newerMessage))
+	f.Add([]byte(`{"kind":"records","records":[{"k":"health/h1","v":{"node":"h1","peers":[{"node":"h2","state":"mtu","rtt_ms":0.4}]},"n":3,"o":"h1"}]}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := DecodeMessage(in)
 		if err != nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -24,6 +25,9 @@ type NodeInfo struct {
 	Version string `json:"version"`
 	Format  int    `json:"format"`
 }
+
+// HealthKey builds the key of a member's health record.
+func HealthKey(node string) string { return PrefixHealth + node }
 
 // NodeKey builds the key of a node record.
 func NodeKey(name string) string { return PrefixNode + name }
@@ -176,6 +180,17 @@ func ValidateRecord(r Record) error {
 			return fmt.Errorf("record %s holds node %q", r.Key, n.Name)
 		}
 		return model.ValidateName("node", n.Name)
+	case strings.HasPrefix(r.Key, PrefixHealth):
+		var h struct {
+			Node string `json:"node"`
+		}
+		if err := json.Unmarshal(r.Value, &h); err != nil {
+			return fmt.Errorf("record %s: %w", r.Key, err)
+		}
+		if HealthKey(h.Node) != r.Key {
+			return fmt.Errorf("record %s holds the health view of %q", r.Key, h.Node)
+		}
+		return model.ValidateName("node", h.Node)
 	default:
 		b, err := Decode[Block](r)
 		if err != nil {

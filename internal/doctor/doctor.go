@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
 )
 
 // Level of a finding.
@@ -51,13 +53,15 @@ type Facts struct {
 	ConntrackCount, ConntrackMax int
 	// RPFilter is the underlay device's rp_filter (-1: unknown).
 	RPFilter int
+	// Health is the agent's view of the overlay paths (nil: not asked).
+	Health *api.Health
 }
 
 // Run runs every check.
 func Run(f Facts) []Finding {
 	out := []Finding{agent(f)}
 	if f.Status != nil {
-		out = append(out, addr(f), reconcile(f))
+		out = append(out, addr(f), reconcile(f), paths(f))
 	}
 	out = append(out, portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
@@ -106,6 +110,59 @@ func reconcile(f Facts) Finding {
 		return Finding{"reconcile", Warn, fmt.Sprintf("%d conflicts in the cluster state: %s", len(s.Conflicts), strings.Join(s.Conflicts, "; ")), "see 'vxnet status'"}
 	}
 	return Finding{"reconcile", OK, fmt.Sprintf("%d passes, the last in %s", s.Syncs, s.LastSyncDuration), ""}
+}
+
+// paths turns the health probes' verdicts into findings: the overlay path
+// to a peer that gossip reaches but probes do not is a VXLAN port blocked
+// on the way; full-size probes lost while small ones pass is a path MTU
+// below the underlay's (or offload trouble).
+func paths(f Facts) Finding {
+	h := f.Health
+	if h == nil {
+		return Finding{"overlay-paths", Warn, "the agent did not report its health view", "upgrade the agent; 'vxnet health' shows the probes"}
+	}
+	if !h.Enabled {
+		return Finding{"overlay-paths", Warn, "health probes are off: broken paths between hosts go unnoticed", "run the agent without --health-subnet off"}
+	}
+	if h.Error != "" {
+		return Finding{"overlay-paths", Warn, "health probes are not running: " + h.Error, "see the agent's log"}
+	}
+	members := map[string]cluster.Member{}
+	for _, m := range f.Status.Members {
+		members[m.Name] = m
+	}
+	var fails, warns, fixes []string
+	ok := 0
+	for _, p := range h.Peers {
+		m, known := members[p.Node]
+		where := p.Node
+		if known && m.Addr.IsValid() {
+			where = fmt.Sprintf("%s (%s)", p.Node, m.Addr)
+		}
+		switch p.State {
+		case health.OK:
+			ok++
+		case health.Unreachable:
+			gossip := "and gossip does not reach it either"
+			if known && m.State == "alive" {
+				gossip = "while gossip reaches it: the hosts talk, their VXLAN does not"
+			}
+			fails = append(fails, fmt.Sprintf("the overlay path to %s is unreachable (%s) %s", where, p.Cause, gossip))
+			fixes = append(fixes, fmt.Sprintf("let UDP %d (VXLAN) through between %s and %s in both directions, in every firewall on the path (hosts, cloud security groups, switch ACLs)", f.VXLANPort, f.Status.Addr, where))
+		case health.MTU:
+			fails = append(fails, fmt.Sprintf("full-size frames to %s are lost: probes of %d bytes with DF (%d on the wire with VXLAN's 50) go unanswered while small ones pass", where, h.BigSize, h.BigSize+50))
+			fixes = append(fixes, fmt.Sprintf("raise the MTU of every link on the path to %s to at least %d, or create the networks with a smaller --mtu; if the MTU is right everywhere, suspect checksum or segmentation offload of the NICs (ethtool -K DEV tx off)", where, h.BigSize+50))
+		case health.Degraded:
+			warns = append(warns, fmt.Sprintf("%s: %s", where, p.Cause))
+		}
+	}
+	switch {
+	case len(fails) > 0:
+		return Finding{"overlay-paths", Fail, strings.Join(fails, "; "), strings.Join(fixes, "; ")}
+	case len(warns) > 0:
+		return Finding{"overlay-paths", Warn, "probes lost on the way to " + strings.Join(warns, "; "), "watch 'vxnet health'; a lossy underlay loses containers' packets too"}
+	}
+	return Finding{"overlay-paths", OK, fmt.Sprintf("%d of %d peers answer small and full-size (%d bytes, DF) probes through the overlay", ok, len(h.Peers), h.BigSize), ""}
 }
 
 // portHolders finds programs bound to the VXLAN port: a socket on it that

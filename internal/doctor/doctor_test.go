@@ -7,6 +7,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
 )
 
 func find(fs []Finding, check string) Finding {
@@ -47,6 +48,15 @@ func TestChecks(t *testing.T) {
 		{"docker drop, no vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j DOCKER-USER\n"}, "forwarding", Fail, "vxnet's VXNET-FORWARD rules are missing"},
 		{"docker drop, vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j VXNET-FORWARD\n"}, "forwarding", OK, "let its networks through"},
 		{"small neighbour table", Facts{Status: healthy, GCThresh3: 512}, "neighbour-table", Warn, "300 remote endpoints against a neighbour table of 512"},
+		{"paths ok", Facts{Status: healthy, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
+			Peers: []health.Peer{{Node: "h2", State: health.OK}}}}}, "overlay-paths", OK, "1 of 1 peers answer small and full-size (1450 bytes, DF) probes"},
+		{"probes off", Facts{Status: healthy, Health: &api.Health{}}, "overlay-paths", Warn, "health probes are off"},
+		{"vxlan blocked, gossip fine", Facts{Status: healthy, VXLANPort: 4789, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
+			Peers: []health.Peer{{Node: "h2", State: health.Unreachable, Cause: "the last 3 probes went unanswered"}}}}}, "overlay-paths", Fail,
+			"the overlay path to h2 is unreachable (the last 3 probes went unanswered) while gossip reaches it: the hosts talk, their VXLAN does not"},
+		{"mtu black hole", Facts{Status: healthy, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
+			Peers: []health.Peer{{Node: "h2", State: health.MTU}}}}}, "overlay-paths", Fail,
+			"full-size frames to h2 are lost: probes of 1450 bytes with DF (1500 on the wire with VXLAN's 50) go unanswered while small ones pass"},
 		{"conntrack full", Facts{ConntrackCount: 95, ConntrackMax: 100}, "conntrack", Warn, "95% full"},
 		{"strict rp_filter", Facts{RPFilter: 1}, "rp-filter", Warn, "strict reverse-path filtering"},
 	} {

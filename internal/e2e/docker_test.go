@@ -211,6 +211,7 @@ func TestDockerClassicSteps(t *testing.T) {
 				if err != nil {
 					return err
 				}
+				obs = withoutHealth(obs)
 				if len(obs.Ports) != 0 || len(obs.Networks) != 1 {
 					return fmt.Errorf("%s still has %d ports and %d networks", h.Name, len(obs.Ports), len(obs.Networks))
 				}

@@ -92,6 +92,9 @@ func (l *Lab) RestartAgentWithoutJoin(host string) error {
 	return l.startAgent(host, l.KeyFile(), false)
 }
 
+// HealthNetns names the namespace of a host's health endpoint.
+func (l *Lab) HealthNetns(host string) string { return l.Prefix + host + "-health" }
+
 func (l *Lab) probeInterval() time.Duration {
 	if l.ProbeInterval == 0 {
 		return DefaultProbeInterval
@@ -122,6 +125,13 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
 		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
+	if binary == l.Binary { // flags an older release may not know
+		if l.NoHealth {
+			args = append(args, "--health-subnet", "off")
+		} else {
+			args = append(args, "--health-netns", l.HealthNetns(h.Name), "--health-interval", l.probeInterval().String())
+		}
+	}
 	var join []string
 	for _, o := range l.Hosts {
 		if o.Name != h.Name && len(join) < 2 {

@@ -54,7 +54,10 @@ type Config struct {
 	// NAME-out, OutsideAddr): the "internet" of egress, published-port and
 	// DNS tests.
 	Outside bool
-	Log     *slog.Logger
+	// NoHealth runs the agents without health probes (they probe by
+	// default, as real agents do).
+	NoHealth bool
+	Log      *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -123,6 +126,8 @@ type Lab struct {
 	ProbeInterval time.Duration `json:"probeInterval,omitempty"`
 	// Outside is the machine on the underlay that is no member, when asked for.
 	Outside *Host `json:"outside,omitempty"`
+	// NoHealth: agents run with --health-subnet off.
+	NoHealth bool `json:"noHealth,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -148,7 +153,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %q already exists (%d namespaces); run 'vxnet lab down --name %s' first", cfg.Name, len(existing), cfg.Name)
 	}
 	p := Prefix(cfg.Name)
-	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval}
+	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {

@@ -15,6 +15,8 @@ import (
 const (
 	MinVNI = 1
 	MaxVNI = 1<<24 - 1
+	// HealthVNI is the VNI of HealthNetwork.
+	HealthVNI = MaxVNI
 )
 
 // Overheads of VXLAN encapsulation on the underlay:
@@ -300,3 +302,9 @@ func EffectiveMTU(explicit, underlayMTU int, underlayV6 bool) (int, error) {
 	}
 	return explicit, nil
 }
+
+// HealthNetwork is the network of the agents' health endpoints, one per
+// host in a namespace of its own: probes between them take the path
+// containers' traffic takes. The name is reserved; the network has no
+// gateway address on the hosts and no way out.
+const HealthNetwork = "vxnet-health"

@@ -75,6 +75,11 @@ func Desired(in Input) (Target, []Problem) {
 		if n.Subnet6.IsValid() {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
 		}
+		if n.Name == model.HealthNetwork {
+			// No address on the hosts' bridges: the health subnet stays
+			// out of the hosts' routing tables.
+			spec.Gateway, spec.Gateway6 = netip.Prefix{}, netip.Prefix{}
+		}
 		st.Networks[n.VNI] = spec
 		nets[n.Name] = n
 	}
@@ -151,15 +156,24 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port}
-	if len(st.Networks) > 0 {
-		st.HostFirewall.DNSPort = in.DNSPort
-	}
+	userNets := 0
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
-		st.HostFirewall.Networks = append(st.HostFirewall.Networks, datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal})
+		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal}
+		if n.Name == model.HealthNetwork {
+			// Its bridge forwards (the probes cross FORWARD where
+			// br_netfilter is on); it has no gateway, so no names.
+			hn.Gateway, hn.Egress = netip.Addr{}, false
+		} else {
+			userNets++
+		}
+		st.HostFirewall.Networks = append(st.HostFirewall.Networks, hn)
 		if n.Internal {
 			st.Firewall.Internal = append(st.Firewall.Internal, vni)
 		}
+	}
+	if userNets > 0 {
+		st.HostFirewall.DNSPort = in.DNSPort
 	}
 	slices.SortFunc(st.HostFirewall.Ports, func(a, b datapath.PublishedPort) int {
 		return model.PortMap{Proto: a.Proto, HostPort: a.HostPort}.Compare(model.PortMap{Proto: b.Proto, HostPort: b.HostPort})

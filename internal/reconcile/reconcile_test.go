@@ -305,3 +305,32 @@ func TestDesiredHostFirewall(t *testing.T) {
 		t.Errorf("left after the last network: %+v %+v", o.HostFirewall, o.Firewall)
 	}
 }
+
+// TestHealthNetwork: the health network's bridge gets no address (the
+// health subnet stays out of the hosts' routing), its traffic may cross
+// FORWARD but never leaves through NAT nor is redirected for names; alone,
+// it asks for no resolver redirection.
+func TestHealthNetwork(t *testing.T) {
+	hn := model.Network{Name: model.HealthNetwork, VNI: model.HealthVNI, Subnet: netip.MustParsePrefix("100.127.0.0/16"), Internal: true}
+	hn.Normalize()
+	web := model.Network{Name: "web", VNI: 100, Subnet: netip.MustParsePrefix("10.1.0.0/16")}
+	web.Normalize()
+	in := reconcile.Input{Node: "h1", Local: netip.MustParseAddr("10.0.0.1"), Port: 4789, UnderlayMTU: 1500, DNSPort: 53533,
+		Networks: []model.Network{hn}}
+	st, _ := reconcile.Desired(in)
+	spec := st.Networks[model.HealthVNI]
+	if spec.Gateway.IsValid() || spec.Gateway6.IsValid() {
+		t.Fatalf("health bridge gets address %s", spec.Gateway)
+	}
+	if len(st.HostFirewall.Networks) != 1 || st.HostFirewall.Networks[0].Gateway.IsValid() || st.HostFirewall.Networks[0].Egress || st.HostFirewall.DNSPort != 0 {
+		t.Fatalf("host firewall for the health network alone: %+v", st.HostFirewall)
+	}
+	if len(st.Firewall.Internal) != 1 || st.Firewall.Internal[0] != model.HealthVNI {
+		t.Fatalf("health network not isolated as internal: %+v", st.Firewall)
+	}
+	in.Networks = append(in.Networks, web)
+	st, _ = reconcile.Desired(in)
+	if st.HostFirewall.DNSPort != 53533 || !st.Networks[100].Gateway.IsValid() {
+		t.Fatalf("a user network beside it: %+v", st.HostFirewall)
+	}
+}

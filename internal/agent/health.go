@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// Health probing: every agent keeps one endpoint on the reserved health
+// network (model.HealthNetwork) in a namespace of its own, and every
+// interval sends each live peer's health endpoint a small echo and a
+// full-size one with DF. The probes take the containers' path (veth,
+// bridge, vxlan, underlay and back), so a path that carries small packets
+// but drops full-size ones is reported as an MTU problem, not as healthy.
+
+// HealthPort is the side of health probing that touches the host.
+type HealthPort interface {
+	// Namespace returns the path of the named namespace for the health
+	// endpoint, creating it when needed.
+	Namespace(name string) (string, error)
+	// Open returns a pinger sending from inside the namespace at nsPath.
+	Open(nsPath string) (Pinger, error)
+}
+
+// Pinger sends echo requests and waits for their replies.
+type Pinger interface {
+	// Ping sends size bytes of ICMP payload (DF set) and returns the
+	// round-trip time, or an error when no reply came within timeout.
+	Ping(dst netip.Addr, size int, timeout time.Duration) (time.Duration, error)
+	Close() error
+}
+
+// smallProbe is the ICMP payload of the small probe (as ping's default).
+const smallProbe = 56
+
+// maxHealthEvents bounds the recent verdict changes kept for the page.
+const maxHealthEvents = 100
+
+// healthState is the agent's health probing state (guarded by mu).
+type healthState struct {
+	mu      sync.Mutex
+	tracker health.Tracker
+	err     error // why probing is not running
+	at      time.Time
+	mtu     int
+	events  []api.HealthEvent
+	rounds  int
+}
+
+func (a *Agent) healthEnabled() bool {
+	return a.healthPort != nil && a.cfg.HealthSubnet.IsValid()
+}
+
+func (a *Agent) healthInterval() time.Duration {
+	return cmp.Or(a.cfg.HealthInterval, time.Second)
+}
+
+// healthEndpointID names this node's health endpoint.
+func (a *Agent) healthEndpointID() string { return a.state.Self() + ".health" }
+
+// runHealth sets up the health endpoint (retrying until it works) and then
+// probes every interval until ctx ends.
+func (a *Agent) runHealth(ctx context.Context) {
+	if !a.healthEnabled() {
+		return
+	}
+	var p Pinger
+	backoff := time.Second
+	for p == nil {
+		var err error
+		p, err = a.setupHealth()
+		a.hs.mu.Lock()
+		a.hs.err = err
+		a.hs.mu.Unlock()
+		if err != nil {
+			a.log.Warn("health probes not running yet; will retry", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	}
+	defer p.Close()
+	a.log.Info("health probes running", "namespace", a.cfg.HealthNetns, "interval", a.healthInterval())
+	t := time.NewTicker(a.healthInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.probeRound(p)
+	}
+}
+
+// setupHealth makes sure the health network exists (every agent defines it
+// the same way, so concurrent creations agree), plugs this node's health
+// endpoint into its namespace and opens the pinger there.
+func (a *Agent) setupHealth() (Pinger, error) {
+	want := api.NetworkCreate{Name: model.HealthNetwork, Subnet: a.cfg.HealthSubnet.String(), VNI: model.HealthVNI, Internal: true}
+	if cur, ok := a.state.Network(model.HealthNetwork); ok {
+		if cur.Subnet != a.cfg.HealthSubnet {
+			a.log.Warn("the cluster's health network has another subnet than --health-subnet; using the cluster's",
+				"cluster", cur.Subnet, "flag", a.cfg.HealthSubnet)
+		}
+	} else if _, err := a.createNetwork(want, ""); err != nil {
+		return nil, fmt.Errorf("health network %s (%s): %w", model.HealthNetwork, a.cfg.HealthSubnet, err)
+	}
+	ns, err := a.healthPort.Namespace(a.cfg.HealthNetns)
+	if err != nil {
+		return nil, err
+	}
+	// Kept like a runtime's container: present while its namespace path is.
+	res, err := a.addEndpoint(endpointRequest{ID: a.healthEndpointID(), Network: model.HealthNetwork, Netns: ns, IfName: "eth0",
+		ContainerID: model.HealthNetwork})
+	if err != nil {
+		return nil, fmt.Errorf("health endpoint: %w", err)
+	}
+	p, err := a.healthPort.Open(ns)
+	if err != nil {
+		return nil, err
+	}
+	a.hs.mu.Lock()
+	a.hs.mtu = res.MTU
+	a.hs.tracker.BigSize = res.MTU
+	a.hs.mu.Unlock()
+	return p, nil
+}
+
+type healthTarget struct {
+	node string
+	addr netip.Addr
+}
+
+// healthTargets are the health endpoints of the live peers.
+func (a *Agent) healthTargets() []healthTarget {
+	alive := map[string]bool{}
+	for _, n := range a.repl.Alive() {
+		alive[n.Name] = true
+	}
+	self := a.state.Self()
+	var out []healthTarget
+	for _, e := range a.state.Endpoints() {
+		if e.Network == model.HealthNetwork && e.Node != self && alive[e.Node] && e.IP.Is4() {
+			out = append(out, healthTarget{e.Node, e.IP})
+		}
+	}
+	return out
+}
+
+// probeRound probes every target once (small and full-size at the same
+// time, all targets in parallel) and records the verdicts.
+func (a *Agent) probeRound(p Pinger) {
+	targets := a.healthTargets()
+	a.hs.mu.Lock()
+	mtu := a.hs.mtu
+	a.hs.mu.Unlock()
+	timeout := a.healthInterval() * 8 / 10
+	results := make([]health.Result, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			rtt, err := p.Ping(t.addr, smallProbe, timeout)
+			results[i].Small, results[i].RTT = err == nil, rtt
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := p.Ping(t.addr, mtu-28, timeout)
+			results[i].Big = err == nil
+		}()
+	}
+	wg.Wait()
+	now := time.Now()
+	keep := map[string]bool{}
+	var changes []health.Change
+	a.hs.mu.Lock()
+	for i, t := range targets {
+		keep[t.node] = true
+		if c, ok := a.hs.tracker.Record(t.node, t.addr, results[i], now); ok {
+			changes = append(changes, c)
+			a.hs.events = append(a.hs.events, api.HealthEvent{At: now, Peer: c.Node, From: c.From, To: c.To, Cause: c.Cause})
+		}
+	}
+	if n := len(a.hs.events); n > maxHealthEvents {
+		a.hs.events = append([]api.HealthEvent(nil), a.hs.events[n-maxHealthEvents:]...)
+	}
+	a.hs.tracker.Forget(keep)
+	a.hs.at = now
+	a.hs.rounds++
+	publish := len(changes) > 0 || a.hs.rounds%30 == 1
+	a.hs.mu.Unlock()
+	for _, c := range changes {
+		switch c.To {
+		case health.OK, health.Unknown:
+			a.log.Info("overlay path to peer", "peer", c.Node, "state", c.To, "was", c.From)
+		default:
+			a.log.Warn("overlay path to peer", "peer", c.Node, "state", c.To, "was", c.From, "cause", c.Cause)
+		}
+	}
+	if publish {
+		a.publishHealth()
+	}
+}
+
+// healthReport is this node's view.
+func (a *Agent) healthReport() api.HealthReport {
+	r := api.HealthReport{Node: a.state.Self(), Enabled: a.healthEnabled(), Peers: []health.Peer{}}
+	a.hs.mu.Lock()
+	defer a.hs.mu.Unlock()
+	r.At, r.BigSize = a.hs.at, a.hs.mtu
+	if a.hs.err != nil {
+		r.Error = a.hs.err.Error()
+	}
+	if !r.Enabled {
+		r.Error = "health probes are off (--health-subnet off)"
+	}
+	r.Peers = append(r.Peers, a.hs.tracker.Peers()...)
+	return r
+}
+
+// publishHealth puts this node's view in the cluster state, for 'vxnet
+// health --all' on any member.
+func (a *Agent) publishHealth() {
+	r := a.healthReport()
+	a.mu.Lock()
+	rec, err := a.state.Put(cluster.HealthKey(r.Node), r)
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Warn("publish health view", "err", err)
+		return
+	}
+	a.repl.Publish(rec)
+}
+
+// Health answers GET /v1/health.
+func (a *Agent) Health(all bool) api.Health {
+	h := api.Health{HealthReport: a.healthReport()}
+	a.hs.mu.Lock()
+	h.Events = append([]api.HealthEvent(nil), a.hs.events...)
+	a.hs.mu.Unlock()
+	if !all {
+		return h
+	}
+	for _, r := range a.state.List(cluster.PrefixHealth) {
+		rep, err := cluster.Decode[api.HealthReport](r)
+		if err != nil {
+			continue
+		}
+		if rep.Node == h.Node {
+			rep = h.HealthReport // our own, fresher than the record
+		}
+		h.All = append(h.All, rep)
+	}
+	if !containsNode(h.All, h.Node) {
+		h.All = append(h.All, h.HealthReport)
+	}
+	sort.Slice(h.All, func(i, j int) bool { return h.All[i].Node < h.All[j].Node })
+	return h
+}
+
+func containsNode(rs []api.HealthReport, node string) bool {
+	for _, r := range rs {
+		if r.Node == node {
+			return true
+		}
+	}
+	return false
+}
+
+// errHealthReserved refuses user operations on the health network.
+var errHealthReserved = model.Errorf(model.ErrInvalid, "network %s is reserved for vxnet's health probes; pick another name", model.HealthNetwork)

@@ -1,0 +1,168 @@
+// Package icmp sends the health probes: ICMP echo over one raw socket
+// opened inside the health namespace.
+package icmp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// ICMP sends echo requests from one network namespace over a single raw
+// socket (opened inside it) and matches the replies; safe for concurrent
+// use. Every packet carries DF: a full-size probe that does not fit is lost
+// or refused, never fragmented.
+type ICMP struct {
+	fd      int
+	id      uint16
+	mu      sync.Mutex
+	seq     uint16
+	waiting map[uint16]chan struct{}
+	done    chan struct{}
+	closed  sync.Once
+}
+
+// OpenICMP opens the probe socket inside the namespace at nsPath.
+func OpenICMP(nsPath string, id uint16) (*ICMP, error) {
+	var fd int
+	err := nsutil.Do(nsPath, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("health probe socket in %s: %w", nsPath, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("health probe socket: set DF: %w", err)
+	}
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("health probe socket: set timeout: %w", err)
+	}
+	c := &ICMP{fd: fd, id: id, waiting: map[uint16]chan struct{}{}, done: make(chan struct{})}
+	go c.receive()
+	return c, nil
+}
+
+// Ping sends one echo of size bytes of ICMP payload (the IPv4 packet is
+// size+28 bytes) to dst and waits up to timeout for its reply.
+func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Duration, error) {
+	if !dst.Is4() {
+		return 0, fmt.Errorf("health probe to %s: only IPv4", dst)
+	}
+	ch := make(chan struct{}, 1)
+	c.mu.Lock()
+	c.seq++
+	seq := c.seq
+	c.waiting[seq] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, seq)
+		c.mu.Unlock()
+	}()
+	start := time.Now()
+	if err := unix.Sendto(c.fd, probe.EchoRequest(c.id, seq, size), 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+		return 0, fmt.Errorf("health probe to %s (%d bytes): %w", dst, size+28, err)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return time.Since(start), nil
+	case <-t.C:
+		return 0, fmt.Errorf("health probe to %s (%d bytes): no reply within %s", dst, size+28, timeout)
+	case <-c.done:
+		return 0, errors.New("health probe socket closed")
+	}
+}
+
+func (c *ICMP) receive() {
+	buf := make([]byte, 65536)
+	for {
+		select {
+		case <-c.done:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return // closed
+		}
+		if seq, ok := echoReply(buf[:n], c.id); ok {
+			c.mu.Lock()
+			if ch, ok := c.waiting[seq]; ok {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// echoReply returns the sequence number of an IPv4 echo reply with our id.
+func echoReply(p []byte, id uint16) (uint16, bool) {
+	if len(p) < 20 || p[0]>>4 != 4 {
+		return 0, false
+	}
+	ihl := int(p[0]&0x0f) * 4
+	if len(p) < ihl+8 {
+		return 0, false
+	}
+	icmp := p[ihl:]
+	if icmp[0] != 0 || binary.BigEndian.Uint16(icmp[4:]) != id {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(icmp[6:]), true
+}
+
+// Close stops the receiver and closes the socket.
+func (c *ICMP) Close() error {
+	var err error
+	c.closed.Do(func() {
+		close(c.done)
+		err = unix.Close(c.fd)
+	})
+	return err
+}
+
+// Namespace returns the path of the named network namespace for the
+// health endpoint, creating it (with lo up) when it does not exist.
+func Namespace(name string) (string, error) {
+	p := nsutil.Path(name)
+	if _, err := nsutil.Inode(p); err == nil {
+		return p, nil
+	}
+	if _, err := nsutil.Create(name); err != nil {
+		return "", fmt.Errorf("health namespace: %w", err)
+	}
+	h, err := nsutil.Handle(p)
+	if err != nil {
+		return "", fmt.Errorf("health namespace %s: %w", p, err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		return "", fmt.Errorf("health namespace %s: lo: %w", p, err)
+	}
+	return p, nil
+}
