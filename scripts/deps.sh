@@ -13,9 +13,9 @@ fi
 # (sysctl) for the firewall tests, busybox-static and docker.io for the
 # Docker driver tests, containernetworking-plugins (portmap) and podman
 # (its CNI backend) for the CNI tests, systemd (systemd-analyze verify of
-# the unit).
+# the unit), chromium (the live page, loaded in a real browser).
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"

@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -344,10 +346,14 @@ func (g *Gossip) receive(b []byte, what string) {
 	if err != nil {
 		g.log.Warn("merge", "err", err)
 	}
-	if len(changed) > 0 {
+	if slices.ContainsFunc(changed, AffectsKernel) {
 		g.cfg.OnChange()
 	}
 }
+
+// AffectsKernel reports whether a change of r can change what a host
+// programs: health views cannot, so they trigger no reconcile pass.
+func AffectsKernel(r Record) bool { return !strings.HasPrefix(r.Key, PrefixHealth) }
 
 type delegate Gossip
 

@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +121,29 @@ func TestHealth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The live page, in a real browser, from h1's agent: the grid shows
+		// the broken pair and only it.
+		page := fmt.Sprintf("http://%s/", netip.AddrPortFrom(h1.Addr, lab.MetricsPort))
+		err = waitCond(20*time.Second, func() error {
+			dom := browse(t, h1.Netns, "--dump-dom", page)
+			for _, want := range []string{
+				`<td class="cell unreachable" data-from="h1" data-to="h3"`, `<td class="cell unreachable" data-from="h3" data-to="h1"`,
+				`<td class="cell ok" data-from="h1" data-to="h2"`, `<td class="cell ok" data-from="h2" data-to="h3"`,
+				`<td>198.19.1.`, // an endpoint row
+			} {
+				if !strings.Contains(dom, want) {
+					return fmt.Errorf("the page lacks %s; its DOM:\n%s", want, tailLines(dom, 40))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if shot := os.Getenv("VXNET_SCREENSHOT"); shot != "" {
+			browse(t, h1.Netns, "--window-size=1100,760", "--screenshot="+shot, page)
+			t.Logf("screenshot of the page in %s", shot)
+		}
 		nftIn(t, sw, "delete table bridge vxtest\n")
 		waitHealth(t, l, 15*time.Second, allPairs(hosts, health.OK))
 	})
@@ -145,12 +173,38 @@ func TestHealth(t *testing.T) {
 		// directions, and the next pass puts the jump back.
 		inNS(t, h2.Netns, "iptables", "-P", "FORWARD", "DROP")
 		defer inNS(t, h2.Netns, "iptables", "-P", "FORWARD", "ACCEPT")
-		inNS(t, h2.Netns, "iptables", "-D", "FORWARD", "-j", "VXNET-FORWARD")
+		// A tool that keeps flushing (a firewall manager reloading): vxnet
+		// puts its jump back on its next pass, the tool takes it out again.
+		stop := make(chan struct{})
+		flushed := make(chan struct{})
+		go func() {
+			defer close(flushed)
+			for {
+				_ = nsutil.Do(h2.Netns, func() error {
+					return exec.Command("iptables", "-D", "FORWARD", "-j", "VXNET-FORWARD").Run()
+				})
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+		stopFlushing := func() {
+			select {
+			case <-stop:
+			default:
+				close(stop)
+				<-flushed
+			}
+		}
+		defer stopFlushing()
 		waitHealth(t, l, 10*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.Unreachable, {"h1", "h3"}: health.OK})
 		out, _ := doctorIn(t, h2.Netns, "--socket", h2.Socket)
 		if f := out["forwarding"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, "vxnet's VXNET-FORWARD rules are missing") {
 			t.Fatalf("doctor on h2: %+v", f)
 		}
+		stopFlushing()
 		// vxnet restores its rules within a resync, and the path heals.
 		waitHealth(t, l, 20*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.OK, {"h2", "h1"}: health.OK})
 	})
@@ -194,4 +248,33 @@ func healthMatrix(t *testing.T, l *lab.Lab, host string) map[string]map[string]h
 		}
 	}
 	return m
+}
+
+// browse runs headless Chromium inside a namespace on url with the given
+// flags (--dump-dom, --screenshot=FILE) and returns what it printed.
+func browse(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	bin := "/usr/lib/chromium/chromium" // the Debian wrapper's /dev/shm check misfires here
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("VXNET_REQUIRE_ROOT") == "1" {
+			t.Fatal("chromium is not installed (apt-get install chromium)")
+		}
+		t.Skip("skipping: chromium is not installed")
+	}
+	dir := t.TempDir()
+	flags := append([]string{"--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + filepath.Join(dir, "profile"),
+		"--virtual-time-budget=3000", "--hide-scrollbars", "--disable-dev-shm-usage"}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	err := nsutil.Do(ns, func() error {
+		cmd := exec.CommandContext(ctx, bin, flags...)
+		cmd.Env = append(os.Environ(), "TMPDIR="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "cfg"), "XDG_CACHE_HOME="+filepath.Join(dir, "cache"))
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		return cmd.Run()
+	})
+	if err != nil {
+		t.Fatalf("chromium %v: %v\n%s", args, err, tailLines(stderr.String(), 20))
+	}
+	return stdout.String()
 }

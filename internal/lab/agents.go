@@ -92,6 +92,10 @@ func (l *Lab) RestartAgentWithoutJoin(host string) error {
 	return l.startAgent(host, l.KeyFile(), false)
 }
 
+// MetricsPort is where lab agents serve metrics and the live page, at
+// their host's underlay address.
+const MetricsPort = 9630
+
 // HealthNetns names the namespace of a host's health endpoint.
 func (l *Lab) HealthNetns(host string) string { return l.Prefix + host + "-health" }
 
@@ -126,6 +130,7 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
 	if binary == l.Binary { // flags an older release may not know
+		args = append(args, "--metrics-addr", netip.AddrPortFrom(h.Addr, MetricsPort).String())
 		if l.NoHealth {
 			args = append(args, "--health-subnet", "off")
 		} else {
