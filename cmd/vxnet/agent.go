@@ -90,7 +90,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return err
 			}
 			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: agent.GossipReplicator(cfg),
-				Health: healthPort{id: uint16(os.Getpid())}}
+				Health: healthPort{id: uint16(os.Getpid())}, Tracer: tracer{}}
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
 			}

@@ -96,6 +96,15 @@ func TestCLIAgainstAgent(t *testing.T) {
 	if !errors.Is(err, errUnhealthy) || json.Unmarshal([]byte(out), &hv) != nil || len(hv.Peers) != 2 || hv.Peers[1].State != "unreachable" {
 		t.Errorf("health --json: %v %q", err, out)
 	}
+	// trace: the walk, the hop where it vanished and why; exit 1 without a reply.
+	out, err = run(t, sock, "trace", "c1", "c2")
+	if !errors.Is(err, errNotReached) || !regexp.MustCompile(`(?m)^\+\s+h1\s+underlay\s+eth0\s+request\s+VXLAN VNI 100, 10.0.0.1 -> 10.0.0.2`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^x\s+h2\s+underlay`).MatchString(out) || !strings.Contains(out, "vanished at h2 underlay (eth0, request): lost on the underlay between h1 and h2") {
+		t.Errorf("trace: %v %q", err, out)
+	}
+	if _, err := run(t, sock, "trace", "nope", "c2"); err == nil || !strings.Contains(err.Error(), `no endpoint is named "nope"`) {
+		t.Errorf("trace of an unknown endpoint: %v", err)
+	}
 	out, err = run(t, sock, "attach", "web", "--netns", "/run/netns/x", "-p", "8080:80", "--name", "c1", "--alias", "db")
 	if err != nil || !strings.Contains(out, "address 10.0.0.5/24") || !strings.Contains(out, "published 8080:80") {
 		t.Errorf("attach: %v %q", err, out)
@@ -216,4 +225,17 @@ func (b *backend) Health(all bool) api.Health {
 		h.All = []api.HealthReport{h.HealthReport, {Node: "h2", Peers: []health.Peer{{Node: "h1", State: health.OK}, {Node: "h3", State: health.MTU}}}}
 	}
 	return h
+}
+
+func (b *backend) Trace(r api.TraceRequest) (api.TraceResult, error) {
+	if r.Src != "c1" {
+		return api.TraceResult{}, model.Errorf(model.ErrNotFound, "no endpoint is named %q or has that address or ID", r.Src)
+	}
+	return api.TraceResult{Src: "h1.web.1", Dst: "h2.web.2", Network: "web", VNI: 100, Size: 56,
+		Hops: []api.TraceHop{
+			{Host: "h1", Point: "container veth", Iface: "vxv1", Dir: "request", Seen: true, Detail: "98 bytes"},
+			{Host: "h1", Point: "underlay", Iface: "eth0", Dir: "request", Seen: true, Detail: "VXLAN VNI 100, 10.0.0.1 -> 10.0.0.2, 148 bytes"},
+			{Host: "h2", Point: "underlay", Iface: "eth0", Dir: "request"},
+		},
+		Vanished: "h2 underlay (eth0, request)", Why: "lost on the underlay between h1 and h2"}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/bench"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/model"
 )
@@ -65,6 +68,9 @@ func newLabCmd(g *globals) *cobra.Command {
 			m := l.Matrix(time.Second)
 			l.PrintMatrix(out, m)
 			ok := lab.MatrixOK(m)
+			if cfg.Agent && !cfg.NoHealth {
+				ok = printLabHealth(out, l) && ok
+			}
 			if !keep {
 				if err := lab.Down(cfg.Name); err != nil {
 					return fmt.Errorf("remove lab: %w", err)
@@ -85,6 +91,8 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().IntVar(&cfg.PerHost, "per-host", 1, "containers per host and network")
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
+	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
+	up.Flags().DurationVar(&cfg.ProbeInterval, "probe-interval", lab.DefaultProbeInterval, "the agents' failure detection and health probe interval")
 	up.Flags().BoolVar(&keep, "keep", true, "keep the lab after showing the matrix (--keep=false removes it)")
 
 	var name string
@@ -120,6 +128,42 @@ func newLabCmd(g *globals) *cobra.Command {
 	matrix.Flags().StringVar(&name, "name", "lab", "lab name")
 	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd())
 	return cmd
+}
+
+// printLabHealth waits for every agent's verdict on every peer and prints
+// the cluster's health matrix as the first host sees it; false when a path
+// is not ok.
+func printLabHealth(out io.Writer, l *lab.Lab) bool {
+	c := api.NewClient(l.Hosts[0].Socket)
+	var h api.Health
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		h, err = c.Health(true)
+		done := err == nil && len(h.All) == len(l.Hosts)
+		for _, r := range h.All {
+			done = done && len(r.Peers) == len(l.Hosts)-1
+			for _, p := range r.Peers {
+				done = done && p.State != health.Unknown
+			}
+		}
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "\nhealth matrix (every agent probes every peer through the overlay, small and full-size with DF):\n")
+	printHealthMatrix(out, h.All)
+	h1 := l.Hosts[0]
+	fmt.Fprintf(out, "live page of %s: http://%s:%d/ from inside its namespace (ip netns exec %s%s ...)\n", h1.Name, h1.Addr, lab.MetricsPort, l.Prefix, h1.Name)
+	for _, r := range h.All {
+		for _, p := range r.Peers {
+			if p.State != health.OK {
+				return false
+			}
+		}
+	}
+	return len(h.All) == len(l.Hosts)
 }
 
 func printLab(cmd *cobra.Command, l *lab.Lab) {
@@ -269,7 +313,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
 	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")
-	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, control, footprint (default all)")
+	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, control, footprint, health (default all)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&svg, "svg", "", "write a plot of convergence against hosts to this file")
 	return cmd

@@ -13,17 +13,18 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
 func newUninstallCmd() *cobra.Command {
-	var socket, stateDir, pluginSocket string
+	var socket, stateDir, pluginSocket, healthNetns string
 	var purge bool
 	cmd := &cobra.Command{
 		Use:   "uninstall [--purge]",
 		Short: "Remove everything vxnet made on this host (stop the agent first)",
 		Long: "Removes every device, FDB and neighbour entry, port, nftables table and iptables rule vxnet made on this host, " +
-			"and its sockets; with --purge also its state directory. Leaves everything else. Safe to run twice.",
+			"the health endpoint's namespace and its sockets; with --purge also its state directory. Leaves everything else. Safe to run twice.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			if _, err := api.NewClient(socket).Status(); err == nil {
@@ -41,6 +42,14 @@ func newUninstallCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			removedNS := false
+			if _, err := nsutil.Inode(nsutil.Path(healthNetns)); err == nil {
+				if err := nsutil.Delete(healthNetns); err != nil {
+					return err
+				}
+				fmt.Fprintln(out, "removed namespace", nsutil.Path(healthNetns))
+				removedNS = true
+			}
 			paths := []string{socket, pluginSocket}
 			if purge {
 				paths = append(paths, stateDir)
@@ -54,7 +63,7 @@ func newUninstallCmd() *cobra.Command {
 				}
 				fmt.Fprintln(out, "removed", p)
 			}
-			if len(ops) == 0 {
+			if len(ops) == 0 && !removedNS {
 				fmt.Fprintln(out, "no vxnet devices, entries or rules on this host")
 			}
 			return nil
@@ -64,6 +73,7 @@ func newUninstallCmd() *cobra.Command {
 	f.StringVar(&socket, "socket", api.DefaultSocket, "the agent's API socket")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/vxnet", "the agent's state directory (removed with --purge)")
 	f.StringVar(&pluginSocket, "docker-plugin-socket", "/run/docker/plugins/vxnet.sock", "the Docker plugin socket")
+	f.StringVar(&healthNetns, "health-netns", "vxnet-health", "the namespace of the agent's health endpoint")
 	f.BoolVar(&purge, "purge", false, "also remove the state directory (the node's identity, keyring and saved state)")
 	return cmd
 }

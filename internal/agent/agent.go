@@ -10,6 +10,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,8 @@ type Replicator interface {
 	// KeyOp and Keys manage the cluster keyring.
 	KeyOp(op string, key []byte) error
 	Keys() [][]byte
+	// Request calls an operation on one member and returns its answer.
+	Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error)
 	// Shutdown stops without leaving (peers keep our endpoints until
 	// failure detection).
 	Shutdown() error
@@ -122,6 +125,8 @@ type ReplicatorConfig struct {
 	// OnNameClaimed is called when a live agent elsewhere uses this node's
 	// name (the replicator refuses it).
 	OnNameClaimed func(addr netip.Addr)
+	// OnCall answers other members' requests.
+	OnCall func(op string, body json.RawMessage) (any, error)
 }
 
 // Host answers questions about this host's addresses.
@@ -157,6 +162,8 @@ type Deps struct {
 	Dockerd Dockerd
 	// Health sends the health probes (nil: none).
 	Health HealthPort
+	// Tracer taps interfaces for 'vxnet trace' (nil: no tracing).
+	Tracer Tracer
 }
 
 // Agent is the core of one host.
@@ -206,6 +213,10 @@ type Agent struct {
 
 	healthPort HealthPort
 	hs         healthState
+
+	tracer  Tracer
+	traceMu sync.Mutex
+	traces  map[string]*traceTaps // trace sessions of other members, by ID
 }
 
 // fail stops Run with err (the first one wins).
@@ -235,7 +246,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, healthPort: deps.Health,
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, healthPort: deps.Health, tracer: deps.Tracer,
 		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
@@ -276,7 +287,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.metrics = newMetrics(a)
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
-		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed})
+		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +301,7 @@ func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
 		return cluster.StartGossip(cluster.GossipConfig{
 			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
 			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
-			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed,
+			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed, OnCall: rc.OnCall,
 		}, rc.State)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -140,6 +141,27 @@ func (m *busMember) Publish(recs ...cluster.Record) {
 	}
 	m.bus.mu.Unlock()
 	deliver()
+}
+
+func (m *busMember) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
+	for _, o := range m.peers() {
+		if o.name != node {
+			continue
+		}
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		if o.cfg.OnCall == nil {
+			return nil, errors.New("no call handler")
+		}
+		out, err := o.cfg.OnCall(op, b)
+		if err != nil {
+			return nil, fmt.Errorf("%s on %s: %w", op, node, err)
+		}
+		return json.Marshal(out)
+	}
+	return nil, fmt.Errorf("member %s is not reachable", node)
 }
 
 func (m *busMember) Alive() []model.Node {

@@ -173,6 +173,41 @@ type HealthEvent struct {
 	Cause string       `json:"cause,omitempty"`
 }
 
+// TraceRequest asks for a walk of one probe from Src (an endpoint on this
+// host) to Dst (any endpoint of its network): names, addresses or IDs.
+type TraceRequest struct {
+	Src  string `json:"src"`
+	Dst  string `json:"dst"`
+	Size int    `json:"size,omitempty"` // ICMP payload bytes (default 56)
+}
+
+// TraceHop is one tap point and what it saw of the probe.
+type TraceHop struct {
+	Host  string `json:"host"`
+	Point string `json:"point"` // container veth, bridge, vxlan, underlay, destination veth
+	Iface string `json:"iface"`
+	// Dir is "request" or "reply".
+	Dir  string `json:"dir"`
+	Seen bool   `json:"seen"`
+	// Detail says how (VNI and outer addresses once encapsulated).
+	Detail string `json:"detail,omitempty"`
+	Error  string `json:"error,omitempty"` // the tap could not run
+}
+
+// TraceResult is the walk: the hops in the order a frame crosses them,
+// whether the reply came back, and where the probe vanished and why.
+type TraceResult struct {
+	Src      string     `json:"src"`
+	Dst      string     `json:"dst"`
+	Network  string     `json:"network"`
+	VNI      uint32     `json:"vni"`
+	Size     int        `json:"size"`
+	Hops     []TraceHop `json:"hops"`
+	Replied  bool       `json:"replied"`
+	Vanished string     `json:"vanished,omitempty"` // the first hop that did not see it
+	Why      string     `json:"why,omitempty"`
+}
+
 // KeyRequest changes an agent's keyring: Op is install, use or remove.
 type KeyRequest struct {
 	Op  string `json:"op"`
@@ -303,6 +338,12 @@ func (c *Client) Health(all bool) (Health, error) {
 	}
 	err := c.Do(http.MethodGet, path, nil, &h)
 	return h, err
+}
+
+// Trace walks one probe from src to dst.
+func (c *Client) Trace(r TraceRequest) (TraceResult, error) {
+	var out TraceResult
+	return out, c.Do(http.MethodPost, "/v1/trace", r, &out)
 }
 
 // LocalEndpoints lists this host's endpoints.

@@ -28,6 +28,7 @@ type Backend interface {
 	Keyring() Keyring
 	KeyOp(KeyRequest) (Keyring, error)
 	Health(all bool) Health
+	Trace(TraceRequest) (TraceResult, error)
 }
 
 // MaxRequest bounds a request body.
@@ -39,6 +40,7 @@ func NewServer(b Backend) *http.Server {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.Status(r.URL.Query().Get("endpoints") == "1"), nil)
 	})
+	mux.HandleFunc("POST /v1/trace", handle(http.StatusOK, b.Trace))
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.Health(r.URL.Query().Get("all") == "1"), nil)
 	})

@@ -17,6 +17,11 @@ func PrintTable(w io.Writer, r Result) {
 	if len(r.Footprint) > 0 {
 		printFootprint(w, r)
 	}
+	if h := r.Health; h != nil {
+		fmt.Fprintf(w, "HEALTH PROBES (agent of host 1, %d hosts, 1 s interval, %d peers ok)\n", h.Hosts, h.PeersOK)
+		fmt.Fprintf(w, "  CPU %.2f%% with probes, %.2f%% without; %.0f bytes per peer per second on the wire (both directions)\n",
+			h.CPUPctWith, h.CPUPctWithout, h.BytesPerPeerSec)
+	}
 }
 
 func printPaths(w io.Writer, r Result) {

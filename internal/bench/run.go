@@ -53,15 +53,16 @@ const (
 	PartDatapath  = "datapath"
 	PartControl   = "control"
 	PartFootprint = "footprint"
+	PartHealth    = "health"
 )
 
 // ParseParts checks a list of part names.
 func ParseParts(parts []string) ([]string, error) {
 	for _, p := range parts {
 		switch p {
-		case PartDatapath, PartControl, PartFootprint:
+		case PartDatapath, PartControl, PartFootprint, PartHealth:
 		default:
-			return nil, fmt.Errorf("unknown part %q: want %s, %s or %s", p, PartDatapath, PartControl, PartFootprint)
+			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s or %s", p, PartDatapath, PartControl, PartFootprint, PartHealth)
 		}
 	}
 	return parts, nil
@@ -134,6 +135,8 @@ type Result struct {
 	Converge      []ConvergePoint `json:"converge"`
 	ConvergeP99ms float64         `json:"converge_p99_ms"`
 	Footprint     []Footprint     `json:"footprint"`
+	// Health is the cost of the health probes at the large footprint size.
+	Health *HealthCost `json:"health,omitempty"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -171,6 +174,13 @@ func Run(c Config) (Result, error) {
 			return res, fmt.Errorf("footprint at %d hosts: %w", n, err)
 		}
 		res.Footprint = append(res.Footprint, fp...)
+	}
+	if c.runs(PartHealth) {
+		hc, err := healthPart(c, c.FootprintHosts, 20*time.Second)
+		if err != nil {
+			return res, fmt.Errorf("health probes at %d hosts: %w", c.FootprintHosts, err)
+		}
+		res.Health = &hc
 	}
 	return res, nil
 }

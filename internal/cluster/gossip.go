@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -46,6 +47,8 @@ type GossipConfig struct {
 	// to this member's name after this member joined: the newcomer is
 	// refused (its Join fails with ErrNameInUse), this member keeps going.
 	OnNameClaimed func(addr netip.Addr)
+	// OnCall answers another member's request (Request); nil refuses all.
+	OnCall func(op string, body json.RawMessage) (any, error)
 }
 
 // ErrNameInUse is returned by Join when a live member already has this
@@ -77,6 +80,8 @@ type Gossip struct {
 	failed  map[string]failedMember // members that failed, to reconnect to
 	grace   time.Duration           // endpoints of a failed member stay this long
 	stop    chan struct{}
+	calls   map[string]chan *Call // requests waiting for their response, by ID
+	callSeq int
 	joins   int              // Join calls in progress
 	claims  []netip.AddrPort // other addresses seen claiming our name during a Join
 
@@ -342,12 +347,105 @@ func (g *Gossip) receive(b []byte, what string) {
 		g.log.Warn("refused malformed message", "via", what, "bytes", len(b), "err", err)
 		return
 	}
+	switch m.Kind {
+	case MsgRequest:
+		go g.answer(m.Call)
+		return
+	case MsgResponse:
+		g.mu.Lock()
+		ch := g.calls[m.Call.ID]
+		g.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- m.Call:
+			default:
+			}
+		}
+		return
+	}
 	changed, err := g.state.Merge(m.Records)
 	if err != nil {
 		g.log.Warn("merge", "err", err)
 	}
 	if slices.ContainsFunc(changed, AffectsKernel) {
 		g.cfg.OnChange()
+	}
+}
+
+// Request calls op on member node (over memberlist's reliable channel,
+// encrypted with the cluster key) and waits for its answer.
+func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
+	var target *memberlist.Node
+	for _, m := range g.ml.Members() {
+		if m.Name == node {
+			target = m
+		}
+	}
+	if target == nil {
+		return nil, fmt.Errorf("member %s is not reachable (not a live member)", node)
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("%s request: %w", op, err)
+	}
+	ch := make(chan *Call, 1)
+	g.mu.Lock()
+	if g.calls == nil {
+		g.calls = map[string]chan *Call{}
+	}
+	g.callSeq++
+	id := fmt.Sprintf("%s.%d", g.cfg.Name, g.callSeq)
+	g.calls[id] = ch
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.calls, id)
+		g.mu.Unlock()
+	}()
+	msg, err := Encode(Message{Kind: MsgRequest, Call: &Call{ID: id, From: g.cfg.Name, Op: op, Body: b}})
+	if err != nil {
+		return nil, err
+	}
+	if err := g.ml.SendReliable(target, msg); err != nil {
+		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
+	}
+	select {
+	case c := <-ch:
+		if c.Error != "" {
+			return nil, fmt.Errorf("%s on %s: %s", op, node, c.Error)
+		}
+		return c.Body, nil
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("%s request to %s: no answer within %s (an older agent there?)", op, node, timeout)
+	}
+}
+
+// answer runs a request and sends the response back to its sender.
+func (g *Gossip) answer(c *Call) {
+	resp := &Call{ID: c.ID, From: g.cfg.Name, Op: c.Op}
+	if g.cfg.OnCall == nil {
+		resp.Error = "this member answers no requests"
+	} else if out, err := g.cfg.OnCall(c.Op, c.Body); err != nil {
+		resp.Error = err.Error()
+	} else if resp.Body, err = json.Marshal(out); err != nil {
+		resp.Error = err.Error()
+	}
+	var from *memberlist.Node
+	for _, m := range g.ml.Members() {
+		if m.Name == c.From {
+			from = m
+		}
+	}
+	if from == nil {
+		g.log.Warn("cannot answer a request: its sender is no live member", "op", c.Op, "from", c.From)
+		return
+	}
+	msg, err := Encode(Message{Kind: MsgResponse, Call: resp})
+	if err == nil {
+		err = g.ml.SendReliable(from, msg)
+	}
+	if err != nil {
+		g.log.Warn("answer request", "op", c.Op, "from", c.From, "err", err)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // MaxMessage bounds a decoded message (a full state exchange included).
@@ -12,21 +14,34 @@ const MaxMessage = 64 << 20
 
 // Message kinds.
 const (
-	MsgRecords = "records" // pushed changes
-	MsgState   = "state"   // full state (anti-entropy)
+	MsgRecords  = "records"  // pushed changes
+	MsgState    = "state"    // full state (anti-entropy)
+	MsgRequest  = "request"  // a call to one member (Call)
+	MsgResponse = "response" // its answer
 )
 
 // Message is what agents send each other.
 type Message struct {
 	Kind    string   `json:"kind"`
 	Records []Record `json:"records"`
+	Call    *Call    `json:"call,omitempty"`
+}
+
+// Call is a request to one member, or its response (same ID).
+type Call struct {
+	ID   string          `json:"id"`
+	From string          `json:"from"` // the sender's node name
+	Op   string          `json:"op"`
+	Body json.RawMessage `json:"body,omitempty"`
+	// Error is the callee's error (responses only).
+	Error string `json:"error,omitempty"`
 }
 
 // Encode serialises a message.
 func Encode(m Message) ([]byte, error) {
 	var b []byte
 	var err error
-	if p, ok := plain(m.Records); ok {
+	if p, ok := plain(m.Records); ok && m.Call == nil {
 		b, err = json.Marshal(struct {
 			Kind    string       `json:"kind"`
 			Records plainRecords `json:"records"`
@@ -72,8 +87,17 @@ func DecodeMessage(b []byte) (Message, error) {
 			return Message{}, errors.New("malformed message: trailing data")
 		}
 	}
-	if m.Kind != MsgRecords && m.Kind != MsgState {
-		return Message{}, fmt.Errorf("%w %q: want %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState)
+	switch m.Kind {
+	case MsgRecords, MsgState:
+	case MsgRequest, MsgResponse:
+		if m.Call == nil || m.Call.ID == "" || m.Call.Op == "" {
+			return Message{}, fmt.Errorf("%s message without a call ID and operation", m.Kind)
+		}
+		if err := model.ValidateName("node", m.Call.From); err != nil {
+			return Message{}, fmt.Errorf("%s message: %w", m.Kind, err)
+		}
+	default:
+		return Message{}, fmt.Errorf("%w %q: want %q, %q, %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState, MsgRequest, MsgResponse)
 	}
 	for i, r := range m.Records {
 		if err := ValidateRecord(r); err != nil {

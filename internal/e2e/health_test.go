@@ -88,6 +88,32 @@ func TestHealth(t *testing.T) {
 	h3, _ := l.Host("h3")
 	sw := nsutil.Path(l.Switch)
 
+	c1, c3 := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	step(t, "TraceHealthy", func(t *testing.T) {
+		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c3.IP.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var walked []string
+		for _, h := range res.Hops {
+			walked = append(walked, fmt.Sprintf("%s %s %s %v", h.Host, h.Point, h.Dir, h.Seen))
+			if !h.Seen {
+				t.Errorf("hop not seen on a healthy path: %+v", h)
+			}
+		}
+		want := []string{"h1 container veth request true", "h1 vxlan request true", "h1 underlay request true",
+			"h3 underlay request true", "h3 vxlan request true", "h3 destination veth request true",
+			"h3 destination veth reply true", "h3 vxlan reply true", "h3 underlay reply true",
+			"h1 underlay reply true", "h1 vxlan reply true", "h1 container veth reply true"}
+		if strings.Join(walked, "\n") != strings.Join(want, "\n") || !res.Replied || res.Vanished != "" {
+			t.Fatalf("walk:\n%s\nwant\n%s\n(replied %v, vanished %q)", strings.Join(walked, "\n"), strings.Join(want, "\n"), res.Replied, res.Vanished)
+		}
+		wantEncap := fmt.Sprintf("VXLAN VNI %d, %s -> %s", res.VNI, h1.Addr, h3.Addr)
+		if !strings.HasPrefix(res.Hops[2].Detail, wantEncap) || !strings.HasPrefix(res.Hops[3].Detail, wantEncap) {
+			t.Fatalf("underlay hops %q / %q, want %q", res.Hops[2].Detail, res.Hops[3].Detail, wantEncap)
+		}
+	})
+
 	step(t, "VXLANDroppedBetweenOnePair", func(t *testing.T) {
 		rules := fmt.Sprintf(`table bridge vxtest {
 	chain cut {
@@ -120,6 +146,15 @@ func TestHealth(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The trace shows where the frame dies: sent by h1, never on h3.
+		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c3.IP.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantWhy := fmt.Sprintf("lost on the underlay between h1 and h3: a firewall or the network drops UDP %d between the two hosts", lab.VXLANPort)
+		if res.Replied || !strings.HasPrefix(res.Vanished, "h3 underlay (eth0, request)") || !strings.HasPrefix(res.Why, wantWhy) || !res.Hops[2].Seen {
+			t.Fatalf("trace across the cut: vanished %q, why %q, hops %+v", res.Vanished, res.Why, res.Hops)
 		}
 		// The live page, in a real browser, from h1's agent: the grid shows
 		// the broken pair and only it.
@@ -156,8 +191,22 @@ func TestHealth(t *testing.T) {
 			{"h1", "h3"}: health.OK})
 		t.Logf("found in %s", took.Round(time.Millisecond))
 		// Small packets still pass: ping works, which is why this fault hides.
-		c1, c2 := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+		c2 := ctr(t, l, "h2-n1-c1")
 		pingUntil(t, c1.Netns, c2.IP, 3*time.Second)
+		// A full-size trace dies on the underlay (here on the reply's way
+		// out of h2, through the narrow port); a small one makes it.
+		c2addr := c2.IP.String()
+		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c2addr, Size: 1422})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Replied || !strings.Contains(res.Vanished, " underlay (eth0, ") || !strings.Contains(res.Why, "lost on the underlay between") ||
+			!strings.Contains(res.Why, "h2") || !strings.Contains(res.Why, "or the path MTU is below 1500 bytes") {
+			t.Fatalf("full-size trace into the black hole: vanished %q, why %q", res.Vanished, res.Why)
+		}
+		if res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c2addr}); err != nil || !res.Replied {
+			t.Fatalf("small trace through the black hole: %+v, %v", res, err)
+		}
 		out, err := doctorIn(t, h1.Netns, "--socket", h1.Socket)
 		f := out["overlay-paths"]
 		want := fmt.Sprintf("full-size frames to h2 (%s) are lost: probes of 1450 bytes with DF (1500 on the wire with VXLAN's 50) go unanswered while small ones pass", h2.Addr)

@@ -16,6 +16,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
 
@@ -226,10 +227,11 @@ func TestUninstall(t *testing.T) {
 	stateDir := filepath.Join(h1.Dir, "state")
 	uninstall := func() string {
 		return inNS(t, h1.Netns, testutil.Binary(t), "uninstall", "--purge", "--socket", h1.Socket,
-			"--state-dir", stateDir, "--docker-plugin-socket", h1.PluginSocket())
+			"--state-dir", stateDir, "--docker-plugin-socket", h1.PluginSocket(), "--health-netns", l.HealthNetns("h1"))
 	}
 	out := uninstall()
-	for _, want := range []string{"removed delete-network vni 4097", "removed remove-firewall", "removed remove-host-firewall", "removed " + stateDir} {
+	for _, want := range []string{"removed delete-network vni 4097", "removed remove-firewall", "removed remove-host-firewall", "removed " + stateDir,
+		"removed delete-network vni 16777215", "removed namespace " + nsutil.Path(l.HealthNetns("h1"))} {
 		if !strings.Contains(out, want) {
 			t.Errorf("uninstall said:\n%s\nwant a line %q", out, want)
 		}
@@ -250,7 +252,7 @@ func TestUninstall(t *testing.T) {
 	if tables := inNS(t, h1.Netns, "nft", "list", "tables"); strings.Contains(tables, "inet vxnet") || !strings.Contains(tables, "inet mine") {
 		t.Errorf("nftables after uninstall:\n%s", tables)
 	}
-	for _, p := range []string{stateDir, h1.PluginSocket()} {
+	for _, p := range []string{stateDir, h1.PluginSocket(), nsutil.Path(l.HealthNetns("h1"))} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s is still there", p)
 		}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vxnet/vxnet/internal/agent"
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/trace"
+	"github.com/vxnet/vxnet/internal/trace/capture"
+)
+
+// tracer is the agent's real Tracer: packet sockets and a raw ICMP socket.
+type tracer struct{}
+
+func (tracer) Tap(nsPath, iface string, p trace.Probe, port uint16) (agent.Tap, error) {
+	return capture.StartTap(nsPath, iface, p, port)
+}
+func (tracer) Send(nsPath string, p trace.Probe, size int) error {
+	return capture.Send(nsPath, p, size)
+}
+
+// errNotReached makes 'vxnet trace' exit 1 when the reply did not come back.
+var errNotReached = errors.New("the probe did not make the round trip")
+
+func newTraceCmd() *cobra.Command {
+	var cf clientFlags
+	var size int
+	cmd := &cobra.Command{
+		Use:   "trace SRC DST",
+		Short: "Send one probe from SRC (an endpoint on this host) to DST and show every point it crossed, on both hosts (exit 1 if no reply)",
+		Long: `SRC and DST are endpoint names, aliases, addresses or IDs of one network.
+The agent taps the source's veth, the bridge, the vxlan device and the
+underlay here, asks DST's agent to tap its underlay, vxlan device, bridge and
+the destination's veth, sends one ICMP echo (DF set) from SRC's namespace
+and reports which points saw the request and the reply (with the VNI and
+outer addresses once encapsulated), the first point that did not, and what
+usually drops a frame there.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			res, err := cf.client().Trace(api.TraceRequest{Src: args[0], Dst: args[1], Size: size})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if cf.json {
+				err = printJSON(out, res)
+			} else {
+				printTrace(out, res)
+			}
+			if err == nil && !res.Replied {
+				cmd.SilenceUsage = true
+				err = errNotReached
+			}
+			return err
+		},
+	}
+	cf.add(cmd, true)
+	cmd.Flags().IntVar(&size, "size", 56, "ICMP payload bytes of the probe (the packet is 28 more)")
+	return cmd
+}
+
+func printTrace(out io.Writer, r api.TraceResult) {
+	fmt.Fprintf(out, "%s -> %s on %s (VNI %d), %d bytes of payload, DF\n\n", r.Src, r.Dst, r.Network, r.VNI, r.Size)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\tHOST\tPOINT\tIFACE\tDIR\tSEEN")
+	for _, h := range r.Hops {
+		seen, mark := "-", "x"
+		switch {
+		case h.Error != "":
+			seen, mark = "no capture: "+h.Error, "?"
+		case h.Seen:
+			seen, mark = h.Detail, "+"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, h.Host, h.Point, h.Iface, h.Dir, seen)
+	}
+	tw.Flush()
+	if r.Replied {
+		fmt.Fprintln(out, "\nthe reply came back: the path works")
+		return
+	}
+	fmt.Fprintf(out, "\nvanished at %s: %s\n", r.Vanished, r.Why)
+}

@@ -1,0 +1,128 @@
+// Package capture holds the side of a trace that touches the host: taps
+// (packet sockets on one interface) and the probe sent from a container's
+// namespace.
+package capture
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/trace"
+)
+
+// Tap captures the probe's frames on one interface of a namespace.
+type Tap struct {
+	fd    int
+	probe trace.Probe
+	port  uint16
+	start time.Time
+	mu    sync.Mutex
+	seen  []trace.Seen
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// StartTap opens a packet socket on iface inside the namespace at nsPath
+// ("" for the caller's) and records the probe's frames until Stop.
+func StartTap(nsPath, iface string, p trace.Probe, vxlanPort uint16) (*Tap, error) {
+	t := &Tap{probe: p, port: vxlanPort, done: make(chan struct{})}
+	open := func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", iface, err)
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return fmt.Errorf("packet socket on %s: %w", iface, err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("bind packet socket to %s: %w", iface, err)
+		}
+		t.fd = fd
+		return nil
+	}
+	var err error
+	if nsPath == "" {
+		err = open()
+	} else {
+		err = nsutil.Do(nsPath, open)
+	}
+	if err != nil {
+		return nil, err
+	}
+	tv := unix.Timeval{Usec: 50000}
+	if err := unix.SetsockoptTimeval(t.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(t.fd)
+		return nil, fmt.Errorf("tap timeout: %w", err)
+	}
+	t.start = time.Now()
+	t.wg.Add(1)
+	go t.loop()
+	return t, nil
+}
+
+func (t *Tap) loop() {
+	defer t.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		select {
+		case <-t.done:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(t.fd, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		if s, ok := trace.Match(buf[:n], t.probe, t.port); ok {
+			t.mu.Lock()
+			t.seen = append(t.seen, trace.Seen{Sighting: s, After: time.Since(t.start)})
+			t.mu.Unlock()
+		}
+	}
+}
+
+// Stop ends the capture and returns what it saw.
+func (t *Tap) Stop() []trace.Seen {
+	close(t.done)
+	t.wg.Wait()
+	unix.Close(t.fd)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen
+}
+
+// Send sends the probe's echo request (size bytes of payload, DF set) from
+// inside the namespace at nsPath; the reply is left to the taps.
+func Send(nsPath string, p trace.Probe, size int) error {
+	var fd int
+	err := nsutil.Do(nsPath, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("probe socket in %s: %w", nsPath, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
+		return fmt.Errorf("probe socket: set DF: %w", err)
+	}
+	if err := unix.Sendto(fd, probe.EchoRequest(p.ID, p.Seq, size), 0, &unix.SockaddrInet4{Addr: p.Dst.As4()}); err != nil {
+		return fmt.Errorf("send probe to %s (%d bytes): %w", p.Dst, size+28, err)
+	}
+	return nil
+}

@@ -1,0 +1,77 @@
+package trace
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+func ipv4(src, dst netip.Addr, proto byte, payload []byte) []byte {
+	b := make([]byte, 20+len(payload))
+	b[0], b[9] = 0x45, proto
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	copy(b[12:], src.AsSlice())
+	copy(b[16:], dst.AsSlice())
+	copy(b[20:], payload)
+	return b
+}
+
+func eth(etype uint16, payload []byte) []byte {
+	b := make([]byte, 14, 14+len(payload))
+	binary.BigEndian.PutUint16(b[12:], etype)
+	return append(b, payload...)
+}
+
+func echo(typ byte, id, seq uint16) []byte {
+	b := make([]byte, 8+56)
+	b[0] = typ
+	binary.BigEndian.PutUint16(b[4:], id)
+	binary.BigEndian.PutUint16(b[6:], seq)
+	return b
+}
+
+func vxlan(outerSrc, outerDst netip.Addr, port uint16, vni uint32, inner []byte) []byte {
+	udp := make([]byte, 8+8)
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	udp[8] = 0x08
+	udp[12], udp[13], udp[14] = byte(vni>>16), byte(vni>>8), byte(vni)
+	return eth(0x0800, ipv4(outerSrc, outerDst, 17, append(udp, inner...)))
+}
+
+func TestMatch(t *testing.T) {
+	a, b := netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("10.1.0.9")
+	o1, o2 := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	p := Probe{Src: a, Dst: b, ID: 0x4242, Seq: 7}
+	req := eth(0x0800, ipv4(a, b, 1, echo(8, 0x4242, 7)))
+	rep := eth(0x0800, ipv4(b, a, 1, echo(0, 0x4242, 7)))
+	tagged := append(append(append([]byte{}, req[:12]...), 0x81, 0x00, 0, 5), req[12:]...)
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		ok    bool
+		want  Sighting
+	}{
+		{"request", req, true, Sighting{}},
+		{"reply", rep, true, Sighting{Reply: true}},
+		{"VLAN-tagged request", tagged, true, Sighting{}},
+		{"other id", eth(0x0800, ipv4(a, b, 1, echo(8, 0x4243, 7))), false, Sighting{}},
+		{"other seq", eth(0x0800, ipv4(a, b, 1, echo(8, 0x4242, 8))), false, Sighting{}},
+		{"request the wrong way", eth(0x0800, ipv4(b, a, 1, echo(8, 0x4242, 7))), false, Sighting{}},
+		{"encapsulated request", vxlan(o1, o2, 4789, 4097, req), true, Sighting{Encap: true, VNI: 4097, OuterSrc: o1, OuterDst: o2}},
+		{"encapsulated reply", vxlan(o2, o1, 4789, 4097, rep), true, Sighting{Reply: true, Encap: true, VNI: 4097, OuterSrc: o2, OuterDst: o1}},
+		{"other UDP port", vxlan(o1, o2, 8472, 4097, req), false, Sighting{}},
+		{"VXLAN in VXLAN is not followed", vxlan(o1, o2, 4789, 1, vxlan(o1, o2, 4789, 2, req)), false, Sighting{}},
+		{"ARP", eth(0x0806, make([]byte, 28)), false, Sighting{}},
+		{"truncated", req[:30], false, Sighting{}},
+		{"empty", nil, false, Sighting{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, ok := Match(tc.frame, p, 4789)
+			tc.want.Len = len(tc.frame)
+			if ok != tc.ok || (ok && s != tc.want) {
+				t.Fatalf("Match = %+v, %v; want %+v, %v", s, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
