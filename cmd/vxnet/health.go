@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -25,6 +26,9 @@ type healthPort struct{ id uint16 }
 func (healthPort) Namespace(name string) (string, error) { return icmp.Namespace(name) }
 func (p healthPort) Open(nsPath string) (agent.Pinger, error) {
 	return icmp.OpenICMP(nsPath, p.id)
+}
+func (healthPort) Neighbours(nsPath, ifname string, peers map[netip.Addr]net.HardwareAddr) error {
+	return icmp.Neighbours(nsPath, ifname, peers)
 }
 
 // errUnhealthy makes 'vxnet health' exit 1 when a path is broken.

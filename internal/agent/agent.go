@@ -286,6 +286,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a.metrics = newMetrics(a)
+	a.hs.publishGap = healthPublishGap
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
 		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
+	"net"
 	"net/netip"
 	"sort"
 	"sync"
@@ -29,6 +31,10 @@ type HealthPort interface {
 	Namespace(name string) (string, error)
 	// Open returns a pinger sending from inside the namespace at nsPath.
 	Open(nsPath string) (Pinger, error)
+	// Neighbours makes the permanent neighbour entries of the health
+	// endpoint's interface exactly peers (no ARP, nothing counted against
+	// the host's neighbour-table limits).
+	Neighbours(nsPath, ifname string, peers map[netip.Addr]net.HardwareAddr) error
 }
 
 // Pinger sends echo requests and waits for their replies.
@@ -53,8 +59,35 @@ type healthState struct {
 	at      time.Time
 	mtu     int
 	events  []api.HealthEvent
-	rounds  int
+	// published is the summary last put in the cluster state, and when.
+	published   healthRecord
+	publishedAt time.Time
+	publishGap  time.Duration         // healthPublishGap (tests shorten it)
+	ns          string                // the health namespace's path
+	neigh       map[netip.Addr]string // neighbour entries last made there
 }
+
+// healthRecord is what a member tells the cluster of its view: small, so
+// it travels in one gossip packet in the common case (every path ok).
+type healthRecord struct {
+	Node string    `json:"node"`
+	At   time.Time `json:"at"`
+	// Probed is how many peers it probes; Bad their verdicts that are not
+	// ok (the others are).
+	Probed int                     `json:"probed"`
+	Bad    map[string]health.State `json:"bad,omitempty"`
+}
+
+func (r healthRecord) same(o healthRecord) bool {
+	return r.Node == o.Node && r.Probed == o.Probed && maps.Equal(r.Bad, o.Bad)
+}
+
+// Publishing: a changed view at most every healthPublishGap, an unchanged
+// one every healthRefresh (so a late joiner and the "as of" stay fresh).
+const (
+	healthPublishGap = 2 * time.Second
+	healthRefresh    = time.Minute
+)
 
 func (a *Agent) healthEnabled() bool {
 	return a.healthPort != nil && a.cfg.HealthSubnet.IsValid()
@@ -135,6 +168,7 @@ func (a *Agent) setupHealth() (Pinger, error) {
 	a.hs.mu.Lock()
 	a.hs.mtu = res.MTU
 	a.hs.tracker.BigSize = res.MTU
+	a.hs.ns, a.hs.neigh = ns, nil
 	a.hs.mu.Unlock()
 	return p, nil
 }
@@ -142,6 +176,7 @@ func (a *Agent) setupHealth() (Pinger, error) {
 type healthTarget struct {
 	node string
 	addr netip.Addr
+	mac  string
 }
 
 // healthTargets are the health endpoints of the live peers.
@@ -154,7 +189,7 @@ func (a *Agent) healthTargets() []healthTarget {
 	var out []healthTarget
 	for _, e := range a.state.Endpoints() {
 		if e.Network == model.HealthNetwork && e.Node != self && alive[e.Node] && e.IP.Is4() {
-			out = append(out, healthTarget{e.Node, e.IP})
+			out = append(out, healthTarget{e.Node, e.IP, e.MAC})
 		}
 	}
 	return out
@@ -164,6 +199,7 @@ func (a *Agent) healthTargets() []healthTarget {
 // time, all targets in parallel) and records the verdicts.
 func (a *Agent) probeRound(p Pinger) {
 	targets := a.healthTargets()
+	a.syncHealthNeighbours(targets)
 	a.hs.mu.Lock()
 	mtu := a.hs.mtu
 	a.hs.mu.Unlock()
@@ -200,8 +236,20 @@ func (a *Agent) probeRound(p Pinger) {
 	}
 	a.hs.tracker.Forget(keep)
 	a.hs.at = now
-	a.hs.rounds++
-	publish := len(changes) > 0 || a.hs.rounds%30 == 1
+	rec := healthRecord{Node: a.state.Self(), At: now, Probed: len(targets)}
+	for _, p := range a.hs.tracker.Peers() {
+		if p.State != health.OK {
+			if rec.Bad == nil {
+				rec.Bad = map[string]health.State{}
+			}
+			rec.Bad[p.Node] = p.State
+		}
+	}
+	since := now.Sub(a.hs.publishedAt)
+	publish := (!rec.same(a.hs.published) && since >= a.hs.publishGap) || since >= healthRefresh
+	if publish {
+		a.hs.published, a.hs.publishedAt = rec, now
+	}
 	a.hs.mu.Unlock()
 	for _, c := range changes {
 		switch c.To {
@@ -212,8 +260,35 @@ func (a *Agent) probeRound(p Pinger) {
 		}
 	}
 	if publish {
-		a.publishHealth()
+		a.publishHealth(rec)
 	}
+}
+
+// syncHealthNeighbours keeps a permanent neighbour entry per target in the
+// health namespace (when the targets changed).
+func (a *Agent) syncHealthNeighbours(targets []healthTarget) {
+	want := map[netip.Addr]string{}
+	macs := map[netip.Addr]net.HardwareAddr{}
+	for _, t := range targets {
+		mac, err := net.ParseMAC(t.mac)
+		if err != nil {
+			continue
+		}
+		want[t.addr], macs[t.addr] = t.mac, mac
+	}
+	a.hs.mu.Lock()
+	ns, same := a.hs.ns, a.hs.neigh != nil && maps.Equal(a.hs.neigh, want)
+	a.hs.mu.Unlock()
+	if same {
+		return
+	}
+	if err := a.healthPort.Neighbours(ns, "eth0", macs); err != nil {
+		a.log.Warn("health neighbours", "err", err)
+		return
+	}
+	a.hs.mu.Lock()
+	a.hs.neigh = want
+	a.hs.mu.Unlock()
 }
 
 // healthReport is this node's view.
@@ -233,9 +308,8 @@ func (a *Agent) healthReport() api.HealthReport {
 }
 
 // publishHealth puts this node's view in the cluster state, for 'vxnet
-// health --all' on any member.
-func (a *Agent) publishHealth() {
-	r := a.healthReport()
+// health --all' and the page on any member.
+func (a *Agent) publishHealth(r healthRecord) {
 	a.mu.Lock()
 	rec, err := a.state.Put(cluster.HealthKey(r.Node), r)
 	a.mu.Unlock()
@@ -255,30 +329,28 @@ func (a *Agent) Health(all bool) api.Health {
 	if !all {
 		return h
 	}
+	members := a.repl.Alive()
 	for _, r := range a.state.List(cluster.PrefixHealth) {
-		rep, err := cluster.Decode[api.HealthReport](r)
-		if err != nil {
+		rec, err := cluster.Decode[healthRecord](r)
+		if err != nil || rec.Node == h.Node {
 			continue
 		}
-		if rep.Node == h.Node {
-			rep = h.HealthReport // our own, fresher than the record
+		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}}
+		for _, m := range members {
+			if m.Name == rec.Node {
+				continue
+			}
+			st, bad := rec.Bad[m.Name]
+			if !bad {
+				st = health.OK
+			}
+			rep.Peers = append(rep.Peers, health.Peer{Node: m.Name, Addr: m.Addr, State: st})
 		}
 		h.All = append(h.All, rep)
 	}
-	if !containsNode(h.All, h.Node) {
-		h.All = append(h.All, h.HealthReport)
-	}
+	h.All = append(h.All, h.HealthReport) // our own, fresher than our record
 	sort.Slice(h.All, func(i, j int) bool { return h.All[i].Node < h.All[j].Node })
 	return h
-}
-
-func containsNode(rs []api.HealthReport, node string) bool {
-	for _, r := range rs {
-		if r.Node == node {
-			return true
-		}
-	}
-	return false
 }
 
 // errHealthReserved refuses user operations on the health network.

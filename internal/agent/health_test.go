@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -22,6 +23,7 @@ type fakePaths struct {
 	mu    sync.Mutex
 	carry map[netip.Addr]string // "all" (default), "small" or "none"
 	sizes []int
+	neigh map[netip.Addr]net.HardwareAddr
 }
 
 func (f *fakePaths) set(a netip.Addr, what string) {
@@ -37,6 +39,12 @@ type fakeHealthPort struct {
 
 func (p fakeHealthPort) Namespace(name string) (string, error) { return netns(p.t, name), nil }
 func (p fakeHealthPort) Open(string) (Pinger, error)           { return p.paths, nil }
+func (p fakeHealthPort) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
+	p.paths.mu.Lock()
+	defer p.paths.mu.Unlock()
+	p.paths.neigh = peers
+	return nil
+}
 
 func (f *fakePaths) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Duration, error) {
 	f.mu.Lock()
@@ -69,6 +77,7 @@ func TestHealthProbes(t *testing.T) {
 	for i, name := range []string{"h1", "h2", "h3"} {
 		n := newNode(t, b, name, i+1, "", withHealth(paths))
 		n.healthPort = fakeHealthPort{t: t, paths: paths}
+		n.hs.publishGap = 0 // every changed view is published at once
 		nodes[name] = n
 		if i > 0 {
 			if _, err := n.repl.Join(nil); err != nil {
@@ -139,8 +148,12 @@ func TestHealthProbes(t *testing.T) {
 			}
 		}
 	}
-	// Probes are 56 bytes and the inner MTU less the IPv4 and ICMP headers.
+	// Probes are 56 bytes and the inner MTU less the IPv4 and ICMP headers;
+	// the peers' health addresses have static neighbour entries.
 	paths.mu.Lock()
+	if len(paths.neigh) != 2 {
+		t.Errorf("health neighbours %v, want the 2 peers of the last node probed", paths.neigh)
+	}
 	sizes := map[int]bool{}
 	for _, s := range paths.sizes {
 		sizes[s] = true
@@ -209,6 +222,12 @@ func TestHealthProbes(t *testing.T) {
 	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/overview", nil))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST to the read-only page: %d", rec.Code)
+	}
+	// An unchanged view is not published again (until the refresh).
+	before, _ := h1.state.Get(cluster.HealthKey("h1"))
+	rounds(3)
+	if after, _ := h1.state.Get(cluster.HealthKey("h1")); after.Version != before.Version {
+		t.Fatalf("h1 republished an unchanged view (version %d -> %d)", before.Version, after.Version)
 	}
 	// A failed member is not probed: it drops out of the view.
 	b.hold()

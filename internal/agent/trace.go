@@ -332,7 +332,11 @@ func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, s
 	case prev.Point == "vxlan" && h.Point == "underlay":
 		return fmt.Sprintf("%s's vxlan device did not send it: no route to the other host, or %d bytes do not fit the underlay", h.Host, wire)
 	case prev.Point == "underlay" && h.Point == "underlay":
-		return fmt.Sprintf("lost on the underlay between %s and %s: a firewall or the network drops UDP %d between the two hosts, or the path MTU is below %d bytes", prev.Host, h.Host, port, wire)
+		why := fmt.Sprintf("lost on the underlay between %s and %s: a firewall or the network drops UDP %d between the two hosts", prev.Host, h.Host, port)
+		if size+28 > 576 { // a large probe: the path MTU is a suspect too
+			why += fmt.Sprintf(", or the path MTU is below %d bytes", wire)
+		}
+		return why
 	case prev.Point == "underlay" && h.Point == "vxlan":
 		return fmt.Sprintf("%s received it and did not decapsulate it: its firewall (INPUT, or vxnet's table that admits VXLAN only from members) dropped it, or the VNI or port differ", h.Host)
 	case strings.HasSuffix(h.Point, "veth"):

@@ -196,6 +196,9 @@ func Up(cfg Config) (l *Lab, err error) {
 		}
 		l.Outside = &out
 	}
+	if err := staticUnderlayNeighbours(l.Hosts); err != nil {
+		return nil, err
+	}
 	for j := 1; j <= cfg.Networks; j++ {
 		l.Networks = append(l.Networks, NetworkDef(j, cfg.Flood))
 	}
@@ -229,6 +232,42 @@ func Up(cfg Config) (l *Lab, err error) {
 
 // openUnderlay opens a netlink handle in host h and finds its underlay
 // device; the caller closes the handle.
+// staticUnderlayNeighbours gives every lab host a permanent neighbour entry
+// for every other host's underlay address. Real hosts each resolve their
+// peers in a table of their own; the lab's hosts share one kernel, whose
+// limit on dynamic entries (gc_thresh3, 1,024 by default) a full mesh of 32
+// hosts alone nearly fills. Permanent entries do not count against it.
+func staticUnderlayNeighbours(hosts []Host) error {
+	macs := map[netip.Addr]net.HardwareAddr{}
+	for _, h := range hosts {
+		hh, link, err := openUnderlay(h)
+		if err != nil {
+			return err
+		}
+		macs[h.Addr] = link.Attrs().HardwareAddr
+		hh.Close()
+	}
+	for _, h := range hosts {
+		hh, link, err := openUnderlay(h)
+		if err != nil {
+			return err
+		}
+		for _, o := range hosts {
+			if o.Name == h.Name {
+				continue
+			}
+			n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: net.IP(o.Addr.AsSlice()), HardwareAddr: macs[o.Addr]}
+			if err := hh.NeighSet(n); err != nil {
+				hh.Close()
+				return fmt.Errorf("underlay neighbour %s on %s: %w", o.Addr, h.Name, err)
+			}
+		}
+		hh.Close()
+	}
+	return nil
+}
+
 func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
 	hh, err := nsutil.Handle(h.Netns)
 	if err != nil {

@@ -3,13 +3,16 @@
 package icmp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/nsutil"
@@ -165,4 +168,55 @@ func Namespace(name string) (string, error) {
 		return "", fmt.Errorf("health namespace %s: lo: %w", p, err)
 	}
 	return p, nil
+}
+
+// Neighbours makes the permanent IPv4 neighbour entries on ifname of the
+// namespace at nsPath exactly want (address to MAC): the health endpoint
+// then never ARPs for its peers. Permanent entries do not count against
+// the kernel's neighbour-table limits (gc_thresh), which a host shares
+// between all its namespaces; a thousand peers' dynamic entries would not
+// fit in the default 1,024.
+func Neighbours(nsPath, ifname string, want map[netip.Addr]net.HardwareAddr) error {
+	h, err := nsutil.Handle(nsPath)
+	if err != nil {
+		return fmt.Errorf("health namespace %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("health namespace %s: %s: %w", nsPath, ifname, err)
+	}
+	have, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list neighbours of %s: %w", ifname, err)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, n := range have {
+		a, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		a = a.Unmap()
+		mac, wanted := want[a]
+		if n.State == netlink.NUD_PERMANENT && wanted && bytes.Equal(n.HardwareAddr, mac) {
+			seen[a] = true
+			continue
+		}
+		if n.State == netlink.NUD_PERMANENT || wanted {
+			if err := h.NeighDel(&n); err != nil {
+				return fmt.Errorf("remove neighbour %s: %w", a, err)
+			}
+		}
+	}
+	for a, mac := range want {
+		if seen[a] {
+			continue
+		}
+		n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: net.IP(a.AsSlice()), HardwareAddr: mac}
+		if err := h.NeighSet(n); err != nil {
+			return fmt.Errorf("set neighbour %s -> %s: %w", a, mac, err)
+		}
+	}
+	return nil
 }
