@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -238,7 +239,24 @@ func TestDashboardMetrics(t *testing.T) {
 	if err := json.Unmarshal(b, &d); err != nil {
 		t.Fatal(err)
 	}
-	h1 := newNode(t, newBus(), "h1", 1, "")
+	// Two members probing each other, so the per-peer health series exist.
+	b2 := newBus()
+	paths := &fakePaths{carry: map[netip.Addr]string{}}
+	h1 := newNode(t, b2, "h1", 1, "", withHealth(paths))
+	h2 := newNode(t, b2, "h2", 2, "", withHealth(paths))
+	if _, err := h2.repl.Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	var pingers []Pinger
+	for _, n := range []*testNode{h1, h2} {
+		n.healthPort = fakeHealthPort{t: t, paths: paths}
+		p, err := n.setupHealth()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pingers = append(pingers, p)
+	}
+	h1.probeRound(pingers[0])
 	mustCreate(t, h1, "web", "10.20.0.0/16")
 	if err := h1.sync(); err != nil {
 		t.Fatal(err)
