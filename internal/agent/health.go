@@ -107,32 +107,46 @@ func (a *Agent) runHealth(ctx context.Context) {
 		return
 	}
 	var p Pinger
-	backoff := time.Second
-	for p == nil {
-		var err error
-		p, err = a.setupHealth()
-		a.hs.mu.Lock()
-		a.hs.err = err
-		a.hs.mu.Unlock()
-		if err != nil {
-			a.log.Warn("health probes not running yet; will retry", "err", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 30*time.Second)
+	defer func() {
+		if p != nil {
+			p.Close()
 		}
-	}
-	defer p.Close()
-	a.log.Info("health probes running", "namespace", a.cfg.HealthNetns, "interval", a.healthInterval())
+	}()
+	backoff := time.Second
 	t := time.NewTicker(a.healthInterval())
 	defer t.Stop()
 	for {
+		if p == nil {
+			var err error
+			p, err = a.setupHealth()
+			a.hs.mu.Lock()
+			a.hs.err = err
+			a.hs.mu.Unlock()
+			if err != nil {
+				a.log.Warn("health probes not running yet; will retry", "err", err, "retry_in", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 30*time.Second)
+				continue
+			}
+			backoff = time.Second
+			a.log.Info("health probes running", "namespace", a.cfg.HealthNetns, "interval", a.healthInterval())
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if _, ok := a.endpoint(a.healthEndpointID()); !ok {
+			// Its namespace went away (and the sweep took the endpoint):
+			// make both again.
+			a.log.Warn("health endpoint gone; making it again")
+			p.Close()
+			p = nil
+			continue
 		}
 		a.probeRound(p)
 	}

@@ -6,18 +6,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
@@ -76,7 +80,8 @@ func allPairs(hosts []string, st health.State) map[[2]string]health.State {
 // VXLAN dropped between one pair of hosts only (a rule in the underlay
 // switch), a black hole for full-size frames on one host's underlay link
 // (its switch port's MTU lowered: small frames pass, full-size ones are
-// dropped without a word), and Docker's FORWARD DROP without vxnet's rules.
+// dropped without a word), Docker's FORWARD DROP without vxnet's rules, a
+// program on the VXLAN port, and the health namespace deleted by hand.
 // Gossip keeps working through all of them, so membership alone would say
 // all is well.
 func TestHealth(t *testing.T) {
@@ -256,6 +261,64 @@ func TestHealth(t *testing.T) {
 		stopFlushing()
 		// vxnet restores its rules within a resync, and the path heals.
 		waitHealth(t, l, 20*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.OK, {"h2", "h1"}: health.OK})
+	})
+
+	step(t, "RoguePortHolder", func(t *testing.T) {
+		// A program on h3 took the VXLAN port while vxnet's devices were
+		// gone (another overlay, a test tool): h3's agent cannot make them
+		// again, its peers find h3 unreachable, and its doctor names the
+		// program.
+		if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for _, vni := range []uint32{l.Networks[0].VNI, model.HealthVNI} {
+			inNS(t, h3.Netns, "ip", "link", "del", datapath.VxlanName(vni))
+		}
+		var pc net.PacketConn
+		if err := nsutil.Do(h3.Netns, func() error {
+			var err error
+			pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", lab.VXLANPort))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		closed := false
+		defer func() {
+			if !closed {
+				pc.Close()
+			}
+		}()
+		if err := l.StartAgent("h3"); err != nil {
+			t.Fatal(err)
+		}
+		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.State{
+			{"h1", "h3"}: health.Unreachable, {"h2", "h3"}: health.Unreachable, {"h1", "h2"}: health.OK})
+		t.Logf("found in %s", took.Round(time.Millisecond))
+		out, err := doctorIn(t, h3.Netns, "--socket", h3.Socket)
+		want := fmt.Sprintf("UDP %d is held by pid %d (", lab.VXLANPort, os.Getpid())
+		if f := out["vxlan-port"]; err == nil || f.Level != doctor.Fail || !strings.HasPrefix(f.Evidence, want) {
+			t.Fatalf("doctor on h3 (exit %v): %+v, want evidence starting %q", err, f, want)
+		}
+		pc.Close()
+		closed = true
+		waitHealth(t, l, 40*time.Second, allPairs(hosts, health.OK))
+	})
+
+	step(t, "HealthNamespaceDeleted", func(t *testing.T) {
+		// Someone removes h2's health namespace: its peers see h2's
+		// endpoint go, h2's agent makes both again, and the paths heal.
+		if err := nsutil.Delete(l.HealthNetns("h2")); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitCond(10*time.Second, func() error {
+			if p, err := healthOf(l, "h1", "h2"); err == nil && p.State == health.OK {
+				return errors.New("h1 still sees h2 ok")
+			}
+			return nil // unreachable, or no verdict once h2's endpoint is gone
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitHealth(t, l, 40*time.Second, allPairs(hosts, health.OK))
 	})
 }
 
