@@ -49,6 +49,9 @@ func socketHolders(inodes map[string]bool) map[string]string {
 // facts reads what the checks look at, on this host.
 func facts(cf clientFlags, port int) doctor.Facts {
 	f := doctor.Facts{VXLANPort: port, RPFilter: -1}
+	if _, err := os.Stat("/sys/module/vxlan"); err == nil {
+		f.KernelVXLAN = true
+	}
 	if s, err := cf.client().Status(); err == nil {
 		f.Status = &s
 		if h, err := cf.client().Health(false); err == nil {

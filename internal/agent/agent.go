@@ -101,6 +101,8 @@ type Replicator interface {
 	Members() []cluster.Member
 	// MalformedMessages counts messages refused from the network.
 	MalformedMessages() int64
+	// Traffic counts the messages and bytes sent and received.
+	Traffic() cluster.Traffic
 	// KeyOp and Keys manage the cluster keyring.
 	KeyOp(op string, key []byte) error
 	Keys() [][]byte

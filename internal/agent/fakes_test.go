@@ -32,14 +32,15 @@ type bus struct {
 func newBus() *bus { return &bus{members: map[string]*busMember{}} }
 
 type busMember struct {
-	bus   *bus
-	name  string
-	addr  netip.Addr
-	state *cluster.State
-	cfg   ReplicatorConfig
-	keys  [][]byte
-	down  bool
-	joins int
+	bus     *bus
+	name    string
+	addr    netip.Addr
+	state   *cluster.State
+	cfg     ReplicatorConfig
+	keys    [][]byte
+	down    bool
+	joins   int
+	traffic cluster.Traffic // guarded by bus.mu
 }
 
 // start is a Deps.StartReplicator for a member of the bus.
@@ -126,6 +127,13 @@ func (m *busMember) Publish(recs ...cluster.Record) {
 		return
 	}
 	recs = m.wire(recs)
+	peers := m.peers()
+	m.bus.mu.Lock()
+	for _, o := range peers {
+		m.traffic.OutMessages++
+		o.traffic.InMessages++
+	}
+	m.bus.mu.Unlock()
 	deliver := func() {
 		for _, o := range m.peers() {
 			if ch, _ := o.state.Merge(recs); len(ch) > 0 {
@@ -182,6 +190,12 @@ func (m *busMember) Members() []cluster.Member {
 }
 
 func (m *busMember) MalformedMessages() int64 { return 0 }
+
+func (m *busMember) Traffic() cluster.Traffic {
+	m.bus.mu.Lock()
+	defer m.bus.mu.Unlock()
+	return m.traffic
+}
 
 func (m *busMember) KeyOp(op string, key []byte) error {
 	switch op {

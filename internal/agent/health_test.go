@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -207,6 +208,9 @@ func TestHealthProbes(t *testing.T) {
 		if !strings.Contains(rec.Body.String(), line+"\n") {
 			t.Errorf("metrics lack %s", line)
 		}
+	}
+	if m := regexp.MustCompile(`vxnet_gossip_messages_total\{direction="out"\} (\d+)`).FindStringSubmatch(rec.Body.String()); m == nil || m[1] == "0" {
+		t.Errorf("no messages counted out of h1: %v", m)
 	}
 	// The live page and its data, on the same listener.
 	mux := http.NewServeMux()

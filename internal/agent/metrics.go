@@ -71,24 +71,26 @@ func (c *codeRecorder) WriteHeader(code int) {
 type statusCollector Agent
 
 var (
-	descMembers   = prometheus.NewDesc("vxnet_members", "Members of the cluster by state.", []string{"state"}, nil)
-	descEndpoints = prometheus.NewDesc("vxnet_endpoints", "Endpoints of a network, local to this host or remote (of live members).", []string{"network", "where"}, nil)
-	descPasses    = prometheus.NewDesc("vxnet_reconcile_passes_total", "Reconcile passes run.", nil, nil)
-	descErrors    = prometheus.NewDesc("vxnet_reconcile_failing", "1 while the last reconcile pass failed.", nil, nil)
-	descWrites    = prometheus.NewDesc("vxnet_kernel_writes_total", "Kernel changes made by reconcile passes.", nil, nil)
-	descMalformed = prometheus.NewDesc("vxnet_gossip_malformed_messages_total", "Messages refused from the network.", nil, nil)
-	descConflicts = prometheus.NewDesc("vxnet_conflicts", "Conflicts in the cluster state (see vxnet status).", nil, nil)
-	descRecords   = prometheus.NewDesc("vxnet_records", "Records in the replicated state, tombstones included.", nil, nil)
-	descAddrLost  = prometheus.NewDesc("vxnet_advertise_address_lost", "1 while the advertise address is gone from the host.", nil, nil)
-	descPeerState = prometheus.NewDesc("vxnet_peer_health", "1 for the current verdict on the overlay path to a peer (ok, degraded, mtu, unreachable, unknown), 0 for the others.", []string{"peer", "state"}, nil)
-	descPeerRTT   = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
-	descPeerLoss  = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
+	descMembers     = prometheus.NewDesc("vxnet_members", "Members of the cluster by state.", []string{"state"}, nil)
+	descEndpoints   = prometheus.NewDesc("vxnet_endpoints", "Endpoints of a network, local to this host or remote (of live members).", []string{"network", "where"}, nil)
+	descPasses      = prometheus.NewDesc("vxnet_reconcile_passes_total", "Reconcile passes run.", nil, nil)
+	descErrors      = prometheus.NewDesc("vxnet_reconcile_failing", "1 while the last reconcile pass failed.", nil, nil)
+	descWrites      = prometheus.NewDesc("vxnet_kernel_writes_total", "Kernel changes made by reconcile passes.", nil, nil)
+	descMalformed   = prometheus.NewDesc("vxnet_gossip_malformed_messages_total", "Messages refused from the network.", nil, nil)
+	descConflicts   = prometheus.NewDesc("vxnet_conflicts", "Conflicts in the cluster state (see vxnet status).", nil, nil)
+	descRecords     = prometheus.NewDesc("vxnet_records", "Records in the replicated state, tombstones included.", nil, nil)
+	descAddrLost    = prometheus.NewDesc("vxnet_advertise_address_lost", "1 while the advertise address is gone from the host.", nil, nil)
+	descGossipMsgs  = prometheus.NewDesc("vxnet_gossip_messages_total", "vxnet's messages (records, state exchanges, calls) received (in) and sent (out); memberlist's probes not counted.", []string{"direction"}, nil)
+	descGossipBytes = prometheus.NewDesc("vxnet_gossip_bytes_total", "Bytes of vxnet's messages received (in) and sent (out).", []string{"direction"}, nil)
+	descPeerState   = prometheus.NewDesc("vxnet_peer_health", "1 for the current verdict on the overlay path to a peer (ok, degraded, mtu, unreachable, unknown), 0 for the others.", []string{"peer", "state"}, nil)
+	descPeerRTT     = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
+	descPeerLoss    = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
 
 var healthStates = []health.State{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss} {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes} {
 		ch <- d
 	}
 }
@@ -119,6 +121,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(s.Records))
 	ch <- prometheus.MustNewConstMetric(descAddrLost, prometheus.GaugeValue, b(s.AddrError != ""))
+	tr := (*Agent)(c).repl.Traffic()
+	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.InMessages), "in")
+	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.OutMessages), "out")
+	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.InBytes), "in")
+	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.OutBytes), "out")
 	for _, p := range (*Agent)(c).healthReport().Peers {
 		for _, st := range healthStates {
 			ch <- prometheus.MustNewConstMetric(descPeerState, prometheus.GaugeValue, b(p.State == st), p.Node, string(st))

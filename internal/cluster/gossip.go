@@ -86,6 +86,24 @@ type Gossip struct {
 	claims  []netip.AddrPort // other addresses seen claiming our name during a Join
 
 	malformed atomic.Int64 // messages refused from the network
+	traffic   struct{ inMsgs, inBytes, outMsgs, outBytes atomic.Int64 }
+}
+
+// Traffic counts the messages and bytes of vxnet's own messages (records,
+// state exchanges, calls) this member received and sent; memberlist's
+// probes are not counted.
+type Traffic struct {
+	InMessages, InBytes, OutMessages, OutBytes int64
+}
+
+// Traffic returns the counts so far.
+func (g *Gossip) Traffic() Traffic {
+	return Traffic{g.traffic.inMsgs.Load(), g.traffic.inBytes.Load(), g.traffic.outMsgs.Load(), g.traffic.outBytes.Load()}
+}
+
+func (g *Gossip) sent(msg []byte) {
+	g.traffic.outMsgs.Add(1)
+	g.traffic.outBytes.Add(int64(len(msg)))
 }
 
 // StartGossip starts the member; it is alone until Join.
@@ -242,6 +260,7 @@ func (g *Gossip) Publish(recs ...Record) {
 		if m.Name == g.cfg.Name {
 			continue
 		}
+		g.sent(msg)
 		if len(msg) <= 1000 {
 			if err := g.ml.SendBestEffort(m, msg); err != nil {
 				g.log.Debug("push", "to", m.Name, "err", err)
@@ -337,6 +356,8 @@ func (g *Gossip) Shutdown() error {
 }
 
 func (g *Gossip) receive(b []byte, what string) {
+	g.traffic.inMsgs.Add(1)
+	g.traffic.inBytes.Add(int64(len(b)))
 	m, err := DecodeMessage(b)
 	if errors.Is(err, ErrUnknownKind) {
 		g.log.Debug("ignored a message of a kind this version does not know", "via", what, "err", err)
@@ -406,6 +427,7 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	if err != nil {
 		return nil, err
 	}
+	g.sent(msg)
 	if err := g.ml.SendReliable(target, msg); err != nil {
 		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
 	}
@@ -442,6 +464,7 @@ func (g *Gossip) answer(c *Call) {
 	}
 	msg, err := Encode(Message{Kind: MsgResponse, Call: resp})
 	if err == nil {
+		g.sent(msg)
 		err = g.ml.SendReliable(from, msg)
 	}
 	if err != nil {
@@ -460,7 +483,11 @@ func (d *delegate) NodeMeta(limit int) []byte { return nil }
 func (d *delegate) NotifyMsg(b []byte) { (*Gossip)(d).receive(b, "push") }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.queue.GetBroadcasts(overhead, limit)
+	out := d.queue.GetBroadcasts(overhead, limit)
+	for _, b := range out {
+		(*Gossip)(d).sent(b)
+	}
+	return out
 }
 
 func (d *delegate) LocalState(join bool) []byte {
@@ -469,6 +496,7 @@ func (d *delegate) LocalState(join bool) []byte {
 		d.log.Error("encode state", "err", err)
 		return nil
 	}
+	(*Gossip)(d).sent(b)
 	return b
 }
 

@@ -55,6 +55,9 @@ type Facts struct {
 	RPFilter int
 	// Health is the agent's view of the overlay paths (nil: not asked).
 	Health *api.Health
+	// KernelVXLAN says whether the kernel's vxlan support is there (built
+	// in or loaded: /sys/module/vxlan).
+	KernelVXLAN bool
 }
 
 // Run runs every check.
@@ -63,7 +66,7 @@ func Run(f Facts) []Finding {
 	if f.Status != nil {
 		out = append(out, addr(f), reconcile(f), paths(f))
 	}
-	out = append(out, portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
+	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
 }
 
@@ -110,6 +113,13 @@ func reconcile(f Facts) Finding {
 		return Finding{"reconcile", Warn, fmt.Sprintf("%d conflicts in the cluster state: %s", len(s.Conflicts), strings.Join(s.Conflicts, "; ")), "see 'vxnet status'"}
 	}
 	return Finding{"reconcile", OK, fmt.Sprintf("%d passes, the last in %s", s.Syncs, s.LastSyncDuration), ""}
+}
+
+func kernelVXLAN(f Facts) Finding {
+	if !f.KernelVXLAN {
+		return Finding{"kernel-vxlan", Fail, "the kernel's vxlan support is not loaded (no /sys/module/vxlan)", "modprobe vxlan; a kernel built without CONFIG_VXLAN cannot run vxnet"}
+	}
+	return Finding{"kernel-vxlan", OK, "the kernel has vxlan (built in or loaded)", ""}
 }
 
 // paths turns the health probes' verdicts into findings: the overlay path

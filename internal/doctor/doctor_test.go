@@ -57,6 +57,8 @@ func TestChecks(t *testing.T) {
 		{"mtu black hole", Facts{Status: healthy, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
 			Peers: []health.Peer{{Node: "h2", State: health.MTU}}}}}, "overlay-paths", Fail,
 			"full-size frames to h2 are lost: probes of 1450 bytes with DF (1500 on the wire with VXLAN's 50) go unanswered while small ones pass"},
+		{"no vxlan in the kernel", Facts{}, "kernel-vxlan", Fail, "the kernel's vxlan support is not loaded"},
+		{"vxlan in the kernel", Facts{KernelVXLAN: true}, "kernel-vxlan", OK, "the kernel has vxlan"},
 		{"conntrack full", Facts{ConntrackCount: 95, ConntrackMax: 100}, "conntrack", Warn, "95% full"},
 		{"strict rp_filter", Facts{RPFilter: 1}, "rp-filter", Warn, "strict reverse-path filtering"},
 	} {

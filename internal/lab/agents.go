@@ -76,7 +76,38 @@ func (l *Lab) startAgents(cfg Config) error {
 	if err := l.save(); err != nil {
 		return err
 	}
-	return l.WaitConverged(10 * time.Second)
+	if err := l.WaitConverged(10 * time.Second); err != nil {
+		return err
+	}
+	if l.NoHealth {
+		return nil
+	}
+	// Every health endpoint known and programmed everywhere (the probes
+	// pass), so a lab starts settled: tests that compare kernels before and
+	// after do not see the health network arrive.
+	return l.WaitHealthy(30 * time.Second)
+}
+
+// WaitHealthy waits until every agent's health probes reach every peer.
+func (l *Lab) WaitHealthy(timeout time.Duration) error {
+	return waitFor(timeout, func() error {
+		for _, h := range l.Hosts {
+			hv, err := api.NewClient(h.Socket).Health(false)
+			if err != nil {
+				return err
+			}
+			ok := 0
+			for _, p := range hv.Peers {
+				if p.State == "ok" || p.State == "degraded" { // degraded: answers, after early losses
+					ok++
+				}
+			}
+			if ok != len(l.Hosts)-1 {
+				return fmt.Errorf("host %s reaches %d of %d peers through the overlay", h.Name, ok, len(l.Hosts)-1)
+			}
+		}
+		return nil
+	})
 }
 
 // StartAgent starts (or restarts) the agent of a host, in the host's
