@@ -189,8 +189,11 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	a.mu.Lock()
 	le, local := a.locals[src.ID]
 	a.mu.Unlock()
-	if src.Node != a.state.Self() || !local || le.Netns == "" {
+	if src.Node != a.state.Self() {
 		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "%s runs on %s, not here: run vxnet trace on %s", src.ID, src.Node, src.Node)
+	}
+	if !local || le.Netns == "" {
+		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "vxnet does not know the namespace of %s (Docker moves the interface itself): trace from an endpoint attached with vxnet attach or the CNI plugin, or to this one from another", src.ID)
 	}
 	dst, err := a.findEndpoint(r.Dst, src.Network)
 	if err != nil {
@@ -244,7 +247,7 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 		}
 	}
 	res.Hops, res.Replied, res.Vanished, res.Why = walk(seen, far, src, dst, a.cfg.VXLANPort, size)
-	if res.Why != "" && strings.Contains(res.Vanished, "vxlan") && res.Vanished != "" && strings.HasPrefix(res.Vanished, self+" ") {
+	if strings.HasPrefix(res.Vanished, self+" vxlan ") {
 		res.Why = a.explainLocalVXLAN(n.VNI, dst, res.Why)
 	}
 	return res, nil
@@ -302,6 +305,9 @@ func walk(near, far []traceSeen, src, dst model.Endpoint, port, size int) (hops 
 	}
 	hops = append(req, rep...)
 	replied = len(rep) > 0 && rep[len(rep)-1].Seen
+	if replied {
+		return hops, true, "", "" // a sighting a tap missed is no loss
+	}
 	for i, h := range hops {
 		if h.Seen || h.Error != "" {
 			continue
