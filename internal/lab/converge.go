@@ -21,6 +21,8 @@ import (
 // ConvergeSample is one attach measured from another host.
 type ConvergeSample struct {
 	Host string
+	// Call is how long the attach call itself took.
+	Call time.Duration
 	// Programmed is attach start to the neighbour entry on the prober's host.
 	Programmed time.Duration
 	// FirstReply is attach start to the first echo reply.
@@ -143,6 +145,7 @@ func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, ho
 	if err != nil {
 		return s, nil, err
 	}
+	s.Call = time.Since(start)
 	deadline := start.Add(10 * time.Second)
 	for s.Programmed == 0 {
 		if time.Now().After(deadline) {
