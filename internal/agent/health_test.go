@@ -241,3 +241,22 @@ func TestHealthProbes(t *testing.T) {
 		t.Fatalf("h1 still probes h3 after it left: %s", state("h1", "h3"))
 	}
 }
+
+// TestHealthSubnetTaken: a cluster whose network already uses the health
+// range (an upgrade) gets no health network: setup says why, and the
+// report carries it for 'vxnet health' and the doctor.
+func TestHealthSubnetTaken(t *testing.T) {
+	paths := &fakePaths{carry: map[netip.Addr]string{}}
+	h1 := newNode(t, newBus(), "h1", 1, "", withHealth(paths))
+	h1.healthPort = fakeHealthPort{t: t, paths: paths}
+	mustCreate(t, h1, "mine", "100.127.3.0/24")
+	_, err := h1.setupHealth()
+	want := `health network vxnet-health (100.127.0.0/16): subnet 100.127.0.0/16 overlaps subnet 100.127.3.0/24 of network "mine"`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("setup with the range taken: %v, want %q", err, want)
+	}
+	h1.hs.err = err // as runHealth records it
+	if r := h1.Health(false); !r.Enabled || !strings.Contains(r.Error, want) {
+		t.Fatalf("report %+v", r.HealthReport)
+	}
+}
