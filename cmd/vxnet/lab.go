@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -20,6 +21,7 @@ import (
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/sim"
 )
 
 func newLabCmd(g *globals) *cobra.Command {
@@ -126,7 +128,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		},
 	}
 	matrix.Flags().StringVar(&name, "name", "lab", "lab name")
-	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd())
+	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd(), newSimCmd(g))
 	return cmd
 }
 
@@ -373,5 +375,48 @@ func newSyntheticCmd() *cobra.Command {
 	f.StringVar(&network, "network", "", "network of the endpoints")
 	f.StringVar(&first, "first", "", "first endpoint address")
 	f.IntVar(&count, "count", 1000, "number of endpoints")
+	return cmd
+}
+
+// newSimCmd runs the replication simulation at several cluster sizes.
+func newSimCmd(g *globals) *cobra.Command {
+	var members []int
+	var probe, window time.Duration
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Benchmark: many members in one process over memberlist's in-memory transport (real gossip and state code, no datapath)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var all []sim.Result
+			out := cmd.OutOrStdout()
+			if !asJSON {
+				fmt.Fprintf(out, "%7s %12s %14s %14s %14s %12s %10s %12s %14s\n", "members", "cold start", "change p50", "change p99", "change max", "B/member/s", "msg/m/s", "false deaths", "heap/member")
+			}
+			for _, n := range members {
+				log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				if g.verbose {
+					log = g.logger()
+				}
+				r, err := sim.Run(sim.Config{Members: n, ProbeInterval: probe, Window: window, Log: log})
+				if err != nil {
+					return fmt.Errorf("%d members: %w", n, err)
+				}
+				all = append(all, r)
+				if !asJSON {
+					fmt.Fprintf(out, "%7d %9.0f ms %11.1f ms %11.1f ms %11.1f ms %12.0f %10.1f %12d %11.0f KB\n", r.Members, r.ColdStartMs,
+						r.ConvergeP50Ms, r.ConvergeP99Ms, r.ConvergeMaxMs, r.BytesPerMemberSec, r.MsgsPerMemberSec, r.FalseDeaths, r.HeapKBPer)
+				}
+			}
+			if asJSON {
+				return printJSON(out, all)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntSliceVar(&members, "members", []int{10, 30, 100}, "cluster sizes")
+	f.DurationVar(&probe, "probe-interval", time.Second, "the members' failure detection interval")
+	f.DurationVar(&window, "window", 10*time.Second, "steady-state measurement window")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

@@ -49,6 +49,10 @@ type GossipConfig struct {
 	OnNameClaimed func(addr netip.Addr)
 	// OnCall answers another member's request (Request); nil refuses all.
 	OnCall func(op string, body json.RawMessage) (any, error)
+	// Transport replaces the network (nil: UDP and TCP on Addr:Port); the
+	// simulation runs many members in one process over memberlist's
+	// in-memory transport.
+	Transport memberlist.Transport
 }
 
 // ErrNameInUse is returned by Join when a live member already has this
@@ -141,6 +145,9 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	// the new address once the old one has been dead this long.
 	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
 		if err != nil {
