@@ -390,10 +390,12 @@ func newSimCmd(g *globals) *cobra.Command {
 			var all []sim.Result
 			out := cmd.OutOrStdout()
 			if !asJSON {
-				fmt.Fprintf(out, "%7s %12s %14s %14s %14s %12s %10s %12s %14s\n", "members", "cold start", "change p50", "change p99", "change max", "B/member/s", "msg/m/s", "false deaths", "heap/member")
+				fmt.Fprintf(out, "%7s %12s %14s %14s %14s %12s %10s %12s %14s %9s\n", "members", "cold start", "change p50", "change p99", "change max", "B/member/s", "msg/m/s", "false deaths", "heap/member", "dropped")
 			}
 			for _, n := range members {
-				log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				// memberlist warns per dropped packet: thousands a second
+				// when a large cluster overloads the machine.
+				log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 				if g.verbose {
 					log = g.logger()
 				}
@@ -403,8 +405,8 @@ func newSimCmd(g *globals) *cobra.Command {
 				}
 				all = append(all, r)
 				if !asJSON {
-					fmt.Fprintf(out, "%7d %9.0f ms %11.1f ms %11.1f ms %11.1f ms %12.0f %10.1f %12d %11.0f KB\n", r.Members, r.ColdStartMs,
-						r.ConvergeP50Ms, r.ConvergeP99Ms, r.ConvergeMaxMs, r.BytesPerMemberSec, r.MsgsPerMemberSec, r.FalseDeaths, r.HeapKBPer)
+					fmt.Fprintf(out, "%7d %9.0f ms %11.1f ms %11.1f ms %11.1f ms %12.0f %10.1f %12d %11.0f KB %9d\n", r.Members, r.ColdStartMs,
+						r.ConvergeP50Ms, r.ConvergeP99Ms, r.ConvergeMaxMs, r.BytesPerMemberSec, r.MsgsPerMemberSec, r.FalseDeaths, r.HeapKBPer, r.Dropped)
 				}
 			}
 			if asJSON {
