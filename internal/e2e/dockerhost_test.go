@@ -61,7 +61,8 @@ func retryDocker(t *testing.T, d *lab.Dockerd, want string, args ...string) stri
 }
 
 // TestDockerRealHost: Docker as users run it (dockerd defaults: iptables
-// on, FORWARD DROP), with an outside machine that is no member: containers
+// on, FORWARD DROP) on hosts whose INPUT drops (ufw's default; only VXLAN
+// and gossip opened by hand), with an outside machine that is no member: containers
 // reach it through their host, NATed; --internal networks do not; -p
 // publishes at the host's address; containers resolve each other by name
 // and alias across hosts, NAME.NETWORK too, and names outside the cluster
@@ -69,6 +70,10 @@ func retryDocker(t *testing.T, d *lab.Dockerd, want string, args ...string) stri
 func TestDockerRealHost(t *testing.T) {
 	requireDocker(t)
 	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, Outside: true})
+	// Both hosts drop what comes in unasked, as ufw's default does.
+	for _, h := range l.Hosts {
+		dropInput(t, h)
+	}
 	out := *l.Outside
 	serveDNS(t, out.Netns, out.Addr)
 	serveTCP(t, out.Netns, ":80", "outside")

@@ -102,6 +102,23 @@ func dropForwarding(t *testing.T, h lab.Host) {
 	inNS(t, h.Netns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1")
 }
 
+// dropInput makes a host's INPUT policy drop, as ufw leaves it, with what
+// a user opens by hand for vxnet between hosts (VXLAN, gossip) and for the
+// host itself (loopback, replies). vxnet must open the rest itself.
+func dropInput(t *testing.T, h lab.Host) {
+	t.Helper()
+	for _, r := range [][]string{
+		{"-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
+		{"-A", "INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+		{"-A", "INPUT", "-p", "udp", "--dport", fmt.Sprint(lab.VXLANPort), "-j", "ACCEPT"},
+		{"-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(lab.GossipPort), "-j", "ACCEPT"},
+		{"-A", "INPUT", "-p", "udp", "--dport", fmt.Sprint(lab.GossipPort), "-j", "ACCEPT"},
+		{"-P", "INPUT", "DROP"},
+	} {
+		inNS(t, h.Netns, "iptables", r...)
+	}
+}
+
 func vxnetRules(t *testing.T, h lab.Host) string {
 	t.Helper()
 	var b strings.Builder

@@ -19,9 +19,12 @@ import (
 // The host firewall is the host's own iptables, in whichever backend (nft or
 // legacy) the host uses: a drop in one base chain is final whatever other
 // tables accept, so vxnet's accepts must sit in the chains that drop. vxnet
-// owns three chains and four jumps to them, and nothing else:
+// owns five chains and six jumps to them, and nothing else:
 //
 //	filter VXNET-FORWARD      <- FORWARD (after DOCKER-USER when Docker's is there)
+//	filter VXNET-INPUT        <- INPUT: containers' redirected DNS queries to the
+//	                             agent's resolver (a host whose INPUT drops, as
+//	                             ufw's does, would drop them)
 //	nat    VXNET-POSTROUTING  <- POSTROUTING
 //	nat    VXNET-DNAT         <- PREROUTING and OUTPUT, for the host's own addresses
 //	nat    VXNET-DNS          <- PREROUTING: containers' DNS queries to the agent's resolver
@@ -33,6 +36,7 @@ const (
 	chainSNAT    = "VXNET-POSTROUTING"
 	chainDNAT    = "VXNET-DNAT"
 	chainDNS     = "VXNET-DNS"
+	chainInput   = "VXNET-INPUT"
 	commentTag   = "vxnet:"
 )
 
@@ -43,10 +47,11 @@ var jumps = []struct{ table, chain, rule string }{
 	{"nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j " + chainDNAT},
 	{"nat", "OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + chainDNAT},
 	{"nat", "PREROUTING", "-j " + chainDNS},
+	{"filter", "INPUT", "-j " + chainInput},
 }
 
 // ownChains are vxnet's chains, by table.
-var ownChains = []struct{ table, chain string }{{"filter", chainForward}, {"nat", chainSNAT}, {"nat", chainDNAT}, {"nat", chainDNS}}
+var ownChains = []struct{ table, chain string }{{"filter", chainForward}, {"nat", chainSNAT}, {"nat", chainDNAT}, {"nat", chainDNS}, {"filter", chainInput}}
 
 // hostRule is one rule in one of vxnet's chains.
 type hostRule struct{ table, chain, spec string }
@@ -78,7 +83,8 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 		if h.DNSPort != 0 && n.Gateway.IsValid() {
 			to := netip.AddrPortFrom(n.Gateway, h.DNSPort).String()
 			for _, proto := range []string{"udp", "tcp"} {
-				rs = append(rs, hostRule{"nat", chainDNS, fmt.Sprintf("-i %s -p %s -m %s --dport 53%s -j DNAT --to-destination %s", br, proto, proto, tag, to)})
+				rs = append(rs, hostRule{"nat", chainDNS, fmt.Sprintf("-i %s -p %s -m %s --dport 53%s -j DNAT --to-destination %s", br, proto, proto, tag, to)},
+					hostRule{"filter", chainInput, fmt.Sprintf("-d %s/32 -i %s -p %s -m %s --dport %d%s -j ACCEPT", n.Gateway, br, proto, proto, h.DNSPort, tag)})
 			}
 		}
 		if n.Egress {
