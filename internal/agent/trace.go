@@ -256,7 +256,9 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 // explainLocalVXLAN adds what the kernel holds when a probe vanished
 // between this host's bridge and its vxlan device.
 func (a *Agent) explainLocalVXLAN(vni uint32, dst model.Endpoint, why string) string {
+	a.kernelMu.Lock() // the dataplane is not safe beside a pass
 	obs, err := a.dp.Observe()
+	a.kernelMu.Unlock()
 	if err != nil {
 		return why
 	}

@@ -403,12 +403,7 @@ func (g *Gossip) receive(b []byte, what string) {
 // Request calls op on member node (over memberlist's reliable channel,
 // encrypted with the cluster key) and waits for its answer.
 func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
-	var target *memberlist.Node
-	for _, m := range g.ml.Members() {
-		if m.Name == node {
-			target = m
-		}
-	}
+	target := g.member(node)
 	if target == nil {
 		return nil, fmt.Errorf("member %s is not reachable (not a live member)", node)
 	}
@@ -449,6 +444,16 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	}
 }
 
+// member returns the live member of that name, or nil.
+func (g *Gossip) member(name string) *memberlist.Node {
+	for _, m := range g.ml.Members() {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
 // answer runs a request and sends the response back to its sender.
 func (g *Gossip) answer(c *Call) {
 	resp := &Call{ID: c.ID, From: g.cfg.Name, Op: c.Op}
@@ -459,12 +464,7 @@ func (g *Gossip) answer(c *Call) {
 	} else if resp.Body, err = json.Marshal(out); err != nil {
 		resp.Error = err.Error()
 	}
-	var from *memberlist.Node
-	for _, m := range g.ml.Members() {
-		if m.Name == c.From {
-			from = m
-		}
-	}
+	from := g.member(c.From)
 	if from == nil {
 		g.log.Warn("cannot answer a request: its sender is no live member", "op", c.Op, "from", c.From)
 		return

@@ -310,3 +310,15 @@ func TestSupersededNotice(t *testing.T) {
 		t.Fatalf("an update reads as a replacement on c: %+v", got)
 	}
 }
+
+// Health views change no host's kernel, so they wake no reconcile pass;
+// every other kind, known or not, may.
+func TestAffectsKernel(t *testing.T) {
+	for key, want := range map[string]bool{
+		"health/h1": false, "ep/h1.web.1": true, "net/web": true, "block/web/10.1.0.0/26": true, "node/h1": true, "policy/x": true,
+	} {
+		if got := AffectsKernel(Record{Key: key}); got != want {
+			t.Errorf("AffectsKernel(%s) = %v, want %v", key, got, want)
+		}
+	}
+}

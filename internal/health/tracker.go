@@ -129,15 +129,7 @@ func (t *Tracker) judge(rs []Result) (State, string) {
 	if n < k {
 		return Unknown, ""
 	}
-	lostSmall, lostBig := 0, 0
-	for _, r := range rs {
-		if !r.Small {
-			lostSmall++
-		}
-		if !r.Big {
-			lostBig++
-		}
-	}
+	lostSmall, lostBig := losses(rs)
 	{
 		last := rs[n-k:]
 		allSmallLost, allBigLost, anySmall := true, true, false
@@ -172,15 +164,7 @@ func (t *Tracker) Forget(keep map[string]bool) {
 func (t *Tracker) Peers() []Peer {
 	var out []Peer
 	for name, p := range t.peers {
-		lostSmall, lostBig := 0, 0
-		for _, r := range p.results {
-			if !r.Small {
-				lostSmall++
-			}
-			if !r.Big {
-				lostBig++
-			}
-		}
+		lostSmall, lostBig := losses(p.results)
 		n := len(p.results)
 		pe := Peer{Node: name, Addr: p.addr, State: p.state, RTTms: round(p.rtt), Since: p.since, Cause: p.cause, Probes: n}
 		if n > 0 {
@@ -190,6 +174,19 @@ func (t *Tracker) Peers() []Peer {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
+}
+
+// losses counts the unanswered small and full-size probes of a window.
+func losses(rs []Result) (small, big int) {
+	for _, r := range rs {
+		if !r.Small {
+			small++
+		}
+		if !r.Big {
+			big++
+		}
+	}
+	return small, big
 }
 
 func round(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
 // PingResult is the outcome of one echo.
@@ -34,23 +32,11 @@ func Ping(nsPath string, dst netip.Addr, size int, df bool, timeout time.Duratio
 	if !dst.Is4() {
 		return PingResult{}, fmt.Errorf("ping %s: only IPv4 is supported", dst)
 	}
-	var fd int
-	err := nsutil.Do(nsPath, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
-		return err
-	})
+	fd, err := ICMPSocket(nsPath, df)
 	if err != nil {
-		return PingResult{}, fmt.Errorf("ping socket in %s: %w", nsPath, err)
+		return PingResult{}, fmt.Errorf("ping %s: %w", dst, err)
 	}
 	defer unix.Close(fd)
-	if df {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
-			return PingResult{}, fmt.Errorf("set DF: %w", err)
-		}
-	} else if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); err != nil {
-		return PingResult{}, fmt.Errorf("clear DF: %w", err)
-	}
 	id := uint16(os.Getpid()) ^ uint16(pingID.Add(1)*7919)
 	const seq = 1
 	pkt := EchoRequest(id, seq, size)

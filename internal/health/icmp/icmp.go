@@ -35,18 +35,9 @@ type ICMP struct {
 
 // OpenICMP opens the probe socket inside the namespace at nsPath.
 func OpenICMP(nsPath string, id uint16) (*ICMP, error) {
-	var fd int
-	err := nsutil.Do(nsPath, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
-		return err
-	})
+	fd, err := probe.ICMPSocket(nsPath, true)
 	if err != nil {
-		return nil, fmt.Errorf("health probe socket in %s: %w", nsPath, err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("health probe socket: set DF: %w", err)
+		return nil, fmt.Errorf("health probes: %w", err)
 	}
 	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
@@ -92,31 +83,20 @@ func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Durat
 }
 
 func (c *ICMP) receive() {
-	buf := make([]byte, 65536)
-	for {
-		select {
-		case <-c.done:
+	probe.ReadLoop(c.fd, c.done, func(p []byte) {
+		seq, ok := echoReply(p, c.id)
+		if !ok {
 			return
-		default:
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
+		c.mu.Lock()
+		if ch, ok := c.waiting[seq]; ok {
+			select {
+			case ch <- struct{}{}:
+			default:
 			}
-			return // closed
 		}
-		if seq, ok := echoReply(buf[:n], c.id); ok {
-			c.mu.Lock()
-			if ch, ok := c.waiting[seq]; ok {
-				select {
-				case ch <- struct{}{}:
-				default:
-				}
-			}
-			c.mu.Unlock()
-		}
-	}
+		c.mu.Unlock()
+	})
 }
 
 // echoReply returns the sequence number of an IPv4 echo reply with our id.

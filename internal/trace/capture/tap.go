@@ -4,7 +4,6 @@
 package capture
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -73,26 +72,13 @@ func StartTap(nsPath, iface string, p trace.Probe, vxlanPort uint16) (*Tap, erro
 
 func (t *Tap) loop() {
 	defer t.wg.Done()
-	buf := make([]byte, 65536)
-	for {
-		select {
-		case <-t.done:
-			return
-		default:
-		}
-		n, _, err := unix.Recvfrom(t.fd, buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		if s, ok := trace.Match(buf[:n], t.probe, t.port); ok {
+	probe.ReadLoop(t.fd, t.done, func(frame []byte) {
+		if s, ok := trace.Match(frame, t.probe, t.port); ok {
 			t.mu.Lock()
 			t.seen = append(t.seen, trace.Seen{Sighting: s, After: time.Since(t.start)})
 			t.mu.Unlock()
 		}
-	}
+	})
 }
 
 // Stop ends the capture and returns what it saw.
@@ -108,19 +94,11 @@ func (t *Tap) Stop() []trace.Seen {
 // Send sends the probe's echo request (size bytes of payload, DF set) from
 // inside the namespace at nsPath; the reply is left to the taps.
 func Send(nsPath string, p trace.Probe, size int) error {
-	var fd int
-	err := nsutil.Do(nsPath, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
-		return err
-	})
+	fd, err := probe.ICMPSocket(nsPath, true)
 	if err != nil {
-		return fmt.Errorf("probe socket in %s: %w", nsPath, err)
+		return err
 	}
 	defer unix.Close(fd)
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
-		return fmt.Errorf("probe socket: set DF: %w", err)
-	}
 	if err := unix.Sendto(fd, probe.EchoRequest(p.ID, p.Seq, size), 0, &unix.SockaddrInet4{Addr: p.Dst.As4()}); err != nil {
 		return fmt.Errorf("send probe to %s (%d bytes): %w", p.Dst, size+28, err)
 	}
