@@ -57,7 +57,6 @@ type healthState struct {
 	tracker health.Tracker
 	err     error // why probing is not running
 	at      time.Time
-	mtu     int
 	events  []api.HealthEvent
 	// published is the summary last put in the cluster state, and when.
 	published   healthRecord
@@ -180,8 +179,7 @@ func (a *Agent) setupHealth() (Pinger, error) {
 		return nil, err
 	}
 	a.hs.mu.Lock()
-	a.hs.mtu = res.MTU
-	a.hs.tracker.BigSize = res.MTU
+	a.hs.tracker.BigSize = res.MTU // the full-size probe's packet: the inner MTU
 	a.hs.ns, a.hs.neigh = ns, nil
 	a.hs.mu.Unlock()
 	return p, nil
@@ -215,7 +213,7 @@ func (a *Agent) probeRound(p Pinger) {
 	targets := a.healthTargets()
 	a.syncHealthNeighbours(targets)
 	a.hs.mu.Lock()
-	mtu := a.hs.mtu
+	mtu := a.hs.tracker.BigSize
 	a.hs.mu.Unlock()
 	timeout := a.healthInterval() * 8 / 10
 	results := make([]health.Result, len(targets))
@@ -310,7 +308,7 @@ func (a *Agent) healthReport() api.HealthReport {
 	r := api.HealthReport{Node: a.state.Self(), Enabled: a.healthEnabled(), Peers: []health.Peer{}}
 	a.hs.mu.Lock()
 	defer a.hs.mu.Unlock()
-	r.At, r.BigSize = a.hs.at, a.hs.mtu
+	r.At, r.BigSize = a.hs.at, a.hs.tracker.BigSize
 	if a.hs.err != nil {
 		r.Error = a.hs.err.Error()
 	}
