@@ -61,13 +61,6 @@ func (b *bus) hold() {
 	b.mu.Unlock()
 }
 
-// heldCount returns how many publishes wait.
-func (b *bus) heldCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.held)
-}
-
 func (b *bus) flush() {
 	b.mu.Lock()
 	held := b.held

@@ -132,11 +132,8 @@ func (d *Dockerd) Kill(sig syscall.Signal) error {
 	return nil
 }
 
-// BusyboxImage is a root file system tarball of /bin/busybox and its
+// busyboxImage is a root file system tarball of /bin/busybox and its
 // applets, for docker import and podman import.
-func BusyboxImage() ([]byte, error) { return busyboxImage() }
-
-// busyboxImage is a root file system tarball of /bin/busybox and its applets.
 func busyboxImage() ([]byte, error) {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
