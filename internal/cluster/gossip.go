@@ -75,14 +75,16 @@ type Gossip struct {
 	cfg     GossipConfig
 	state   *State
 	ml      *memberlist.Memberlist
-	queue   *memberlist.TransmitLimitedQueue
+	spread  *Spreader
 	keyring *memberlist.Keyring
 	log     *slog.Logger
 
 	mu      sync.Mutex
 	contact map[string]Member
-	failed  map[string]failedMember // members that failed, to reconnect to
-	grace   time.Duration           // endpoints of a failed member stay this long
+	nodes   map[string]*memberlist.Node // live members by name, self included
+	peers   []string                    // their names but self's (nil: to rebuild)
+	failed  map[string]failedMember     // members that failed, to reconnect to
+	grace   time.Duration               // endpoints of a failed member stay this long
 	stop    chan struct{}
 	calls   map[string]chan *Call // requests waiting for their response, by ID
 	callSeq int
@@ -122,7 +124,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 		cfg.OnChange = func() {}
 	}
 	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]Member{},
-		failed: map[string]failedMember{}, stop: make(chan struct{})}
+		failed: map[string]failedMember{}, nodes: map[string]*memberlist.Node{}, stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.Addr.String()
@@ -162,7 +164,12 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
 	}
 	g.ml = ml
-	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: 3}
+	g.spread = &Spreader{Self: cfg.Name, State: state, Log: cfg.Log, Peers: g.peerNames, Send: g.send,
+		OnChange: func(changed []Record) {
+			if slices.ContainsFunc(changed, AffectsKernel) {
+				g.cfg.OnChange()
+			}
+		}}
 	g.grace = 2 * mc.ProbeInterval
 	go g.reconnect(4 * mc.ProbeInterval)
 	return g, nil
@@ -252,37 +259,68 @@ func (g *Gossip) answersAs(ap netip.AddrPort) bool {
 	return err == nil
 }
 
-// Publish sends changed records to every member now (best effort UDP, or
-// TCP when large) and queues them for gossip as a second path.
-func (g *Gossip) Publish(recs ...Record) {
-	if len(recs) == 0 {
+// Publish spreads changed records of this member: pushed to a few members
+// at once, who forward them, and gossiped (see Spreader). The cost on the
+// caller's path does not grow with the cluster.
+func (g *Gossip) Publish(recs ...Record) { g.spread.Publish(recs...) }
+
+// peerNames returns the live members but this one.
+func (g *Gossip) peerNames() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peers == nil {
+		g.peers = make([]string, 0, len(g.nodes))
+		for name := range g.nodes {
+			if name != g.cfg.Name {
+				g.peers = append(g.peers, name)
+			}
+		}
+		slices.Sort(g.peers)
+	}
+	return g.peers
+}
+
+// send sends one message to a member: a packet, or a stream (in the
+// background) when reliable.
+func (g *Gossip) send(to string, msg []byte, reliable bool) {
+	g.mu.Lock()
+	n := g.nodes[to]
+	g.mu.Unlock()
+	if n == nil {
 		return
 	}
-	msg, err := Encode(Message{Kind: MsgRecords, Records: recs})
-	if err != nil {
-		g.log.Error("publish", "err", err)
+	g.sent(msg)
+	if !reliable {
+		if err := g.ml.SendBestEffort(n, msg); err != nil {
+			g.log.Debug("push", "to", to, "err", err)
+		}
 		return
 	}
-	for _, m := range g.ml.Members() {
-		if m.Name == g.cfg.Name {
-			continue
+	go func() {
+		if err := g.ml.SendReliable(n, msg); err != nil {
+			g.log.Debug("send", "to", to, "err", err)
 		}
-		g.sent(msg)
-		if len(msg) <= 1000 {
-			if err := g.ml.SendBestEffort(m, msg); err != nil {
-				g.log.Debug("push", "to", m.Name, "err", err)
-			}
-			continue
+	}()
+}
+
+// metaDigest in a member's meta says it exchanges digests (MsgDigest).
+const metaDigest = "digest"
+
+// fullStateNeeded reports whether a live member predates digests: then
+// push/pull carries the whole state, as those members expect.
+func (g *Gossip) fullStateNeeded() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, n := range g.nodes {
+		if !digests(n) {
+			return true
 		}
-		go func(m *memberlist.Node) {
-			if err := g.ml.SendReliable(m, msg); err != nil {
-				g.log.Debug("push", "to", m.Name, "err", err)
-			}
-		}(m)
 	}
-	if len(msg) <= 1000 {
-		g.queue.QueueBroadcast(broadcast(msg))
-	}
+	return false
+}
+
+func digests(n *memberlist.Node) bool {
+	return slices.Contains(strings.Split(string(n.Meta), ","), metaDigest)
 }
 
 // MalformedMessages counts the messages refused from the network.
@@ -391,13 +429,7 @@ func (g *Gossip) receive(b []byte, what string) {
 		}
 		return
 	}
-	changed, err := g.state.Merge(m.Records)
-	if err != nil {
-		g.log.Warn("merge", "err", err)
-	}
-	if slices.ContainsFunc(changed, AffectsKernel) {
-		g.cfg.OnChange()
-	}
+	g.spread.Handle(m, what)
 }
 
 // Request calls op on member node (over memberlist's reliable channel,
@@ -485,12 +517,12 @@ func AffectsKernel(r Record) bool { return !strings.HasPrefix(r.Key, PrefixHealt
 
 type delegate Gossip
 
-func (d *delegate) NodeMeta(limit int) []byte { return nil }
+func (d *delegate) NodeMeta(limit int) []byte { return []byte(metaDigest) }
 
 func (d *delegate) NotifyMsg(b []byte) { (*Gossip)(d).receive(b, "push") }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	out := d.queue.GetBroadcasts(overhead, limit)
+	out := d.spread.Broadcasts(overhead, limit)
 	for _, b := range out {
 		(*Gossip)(d).sent(b)
 	}
@@ -498,7 +530,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 }
 
 func (d *delegate) LocalState(join bool) []byte {
-	b, err := Encode(Message{Kind: MsgState, Records: d.state.Snapshot()})
+	b, err := d.spread.LocalState((*Gossip)(d).fullStateNeeded())
 	if err != nil {
 		d.log.Error("encode state", "err", err)
 		return nil
@@ -516,13 +548,19 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.mu.Lock()
 	_, wasFailed := e.failed[n.Name]
 	delete(e.failed, n.Name)
+	e.nodes[n.Name], e.peers = n, nil
 	e.mu.Unlock()
 	e.cfg.OnChange()
 	if wasFailed && n.Name != e.cfg.Name {
-		// A member that comes back (after a partition or a restart) gets
-		// our whole state now rather than at the next push/pull, so both
-		// sides converge at once. (A first join exchanges state anyway.)
-		go (*Gossip)(e).sendState(n)
+		// A member that comes back (after a partition or a restart)
+		// exchanges digests with us now rather than at the next push/pull,
+		// so both sides converge at once. (A first join exchanges state
+		// anyway.) A member before digests gets our whole state.
+		if digests(n) {
+			e.spread.Exchange(n.Name)
+		} else {
+			go (*Gossip)(e).sendState(n)
+		}
 	}
 }
 
@@ -533,6 +571,8 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	// Failed or left: either way, try to get back in touch (a member that
 	// left for good just does not answer).
 	e.mu.Lock()
+	delete(e.nodes, n.Name)
+	e.peers = nil
 	vtep, _ := netip.AddrFromSlice(n.Addr)
 	e.failed[n.Name] = failedMember{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), vtep: vtep.Unmap(), since: time.Now()}
 	e.mu.Unlock()
@@ -541,6 +581,9 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {
 	e.log.Info("member updated", "member", n.Name, "addr", n.Addr.String())
+	e.mu.Lock()
+	e.nodes[n.Name], e.peers = n, nil
+	e.mu.Unlock()
 	e.cfg.OnChange()
 }
 
@@ -591,12 +634,6 @@ func (p *pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, pa
 	p.contact[other.Name] = Member{LastContact: time.Now(), RTT: rtt}
 	p.mu.Unlock()
 }
-
-type broadcast []byte
-
-func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
-func (b broadcast) Message() []byte                       { return b }
-func (b broadcast) Finished()                             {}
 
 // logWriter turns memberlist's "[LEVEL] memberlist: ..." lines into slog records.
 type logWriter struct{ log *slog.Logger }

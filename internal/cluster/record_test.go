@@ -108,7 +108,7 @@ func TestRecordJSONRoundTrip(t *testing.T) {
 }
 
 func TestUnknownKindIsNotMalformed(t *testing.T) {
-	_, err := DecodeMessage([]byte(`{"kind":"digest","records":[]}`))
+	_, err := DecodeMessage([]byte(`{"kind":"snapshot-v9","records":[]}`))
 	if !errors.Is(err, ErrUnknownKind) {
 		t.Errorf("err = %v, want ErrUnknownKind", err)
 	}

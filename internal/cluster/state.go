@@ -92,6 +92,9 @@ type State struct {
 	epCache    []model.Endpoint // decoded endpoints as of epCacheGen
 	epCacheGen uint64
 
+	digest    *Digest // summary as of digestGen
+	digestGen uint64
+
 	superseded []Superseded // this member's networks another's replaced, newest last
 }
 

@@ -197,7 +197,7 @@ func TestDecodeMessage(t *testing.T) {
 		{"not json", []byte("\x00\x01garbage"), "malformed message"},
 		{"trailing", append(msg(), []byte(" {}")...), "trailing data"},
 		{"unknown message field (newer agent)", []byte(`{"kind":"records","records":[],"since":1}`), ""},
-		{"unknown kind", []byte(`{"kind":"shutdown","records":[]}`), `unknown message kind "shutdown": want "records", "state", "request" or "response"`},
+		{"unknown kind", []byte(`{"kind":"shutdown","records":[]}`), `unknown message kind "shutdown": want "records", "state", "digest", "request" or "response"`},
 		{"request", []byte(`{"kind":"request","records":[],"call":{"id":"h1.1","from":"h1","op":"trace-capture","body":{"x":1}}}`), ""},
 		{"request without op", []byte(`{"kind":"request","records":[],"call":{"id":"h1.1","from":"h1"}}`), "request message without a call ID and operation"},
 		{"response from a bad name", []byte(`{"kind":"response","records":[],"call":{"id":"h1.1","from":"../x","op":"trace-capture"}}`), "response message: invalid node name"},
@@ -211,6 +211,11 @@ func TestDecodeMessage(t *testing.T) {
 		{"health view", msg(Record{Key: "health/h1", Value: []byte(`{"node":"h1","peers":[{"node":"h2","state":"ok"}]}`), Version: 4, Origin: "h1"},
 			Record{Key: "ep/h1.web.1", Value: ep, Version: 2, Origin: "h1"}), ""},
 		{"health view of another node", msg(Record{Key: "health/h1", Value: []byte(`{"node":"h9"}`), Version: 4, Origin: "h1"}), `record health/h1 holds the health view of "h9"`},
+		{"digest summary", []byte(`{"kind":"digest","records":[],"from":"h1","digest":{"root":7,"count":2}}`), ""},
+		{"digest with origins and records", []byte(`{"kind":"digest","records":[{"k":"ep/x","n":2,"o":"h2","d":true}],"from":"h1","digest":{"root":7,"count":1,"full":true,"origins":[{"o":"h2","c":1,"h":7}],"reply":true}}`), ""},
+		{"digest without digest", []byte(`{"kind":"digest","records":[],"from":"h1"}`), "digest message without its digest"},
+		{"digest from a bad name", []byte(`{"kind":"digest","records":[],"from":"../x","digest":{"root":7,"count":2}}`), "digest message: invalid node name"},
+		{"digest of an empty origin", []byte(`{"kind":"digest","records":[],"from":"h1","digest":{"root":7,"count":2,"origins":[{"o":"h2","c":0,"h":7}]}}`), "origin h2 with 0 records: want at least 1"},
 		{"block key mismatch", msg(Record{Key: "block/web/10.1.0.0/26", Value: []byte(`{"network":"web","cidr":"10.1.0.64/26","node":"h1"}`), Version: 1, Origin: "h1"}), "holds block 10.1.0.64/26"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,6 +234,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add([]byte(`{"kind":"state","records":[{"k":"ep/x","n":2,"o":"h2","d":true}]}`))
 	f.Add([]byte(`{"kind":"records","records":[{"k":"block/web/10.1.0.0/26","v":{"network":"web","cidr":"10.1.0.0/26","node":"h1"},"n":1,"o":"h1"}]}`))
 	f.Add([]byte(newerMessage))
+	f.Add([]byte(`{"kind":"digest","records":[],"from":"h1","digest":{"root":7,"count":1,"origins":[{"o":"h2","c":1,"h":7}],"reply":true}}`))
 	f.Add([]byte(`{"kind":"records","records":[{"k":"health/h1","v":{"node":"h1","peers":[{"node":"h2","state":"mtu","rtt_ms":0.4}]},"n":3,"o":"h1"}]}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := DecodeMessage(in)

@@ -18,6 +18,9 @@ const (
 	MsgState    = "state"    // full state (anti-entropy)
 	MsgRequest  = "request"  // a call to one member (Call)
 	MsgResponse = "response" // its answer
+	// MsgDigest summarises the sender's state for anti-entropy (Digest),
+	// with records the receiver lacks; agents before it ignore the kind.
+	MsgDigest = "digest"
 )
 
 // Message is what agents send each other.
@@ -25,6 +28,9 @@ type Message struct {
 	Kind    string   `json:"kind"`
 	Records []Record `json:"records"`
 	Call    *Call    `json:"call,omitempty"`
+	// From is the sender (digest messages).
+	From   string  `json:"from,omitempty"`
+	Digest *Digest `json:"digest,omitempty"`
 }
 
 // Call is a request to one member, or its response (same ID).
@@ -41,7 +47,7 @@ type Call struct {
 func Encode(m Message) ([]byte, error) {
 	var b []byte
 	var err error
-	if p, ok := plain(m.Records); ok && m.Call == nil {
+	if p, ok := plain(m.Records); ok && m.Call == nil && m.Digest == nil && m.From == "" {
 		b, err = json.Marshal(struct {
 			Kind    string       `json:"kind"`
 			Records plainRecords `json:"records"`
@@ -89,6 +95,21 @@ func DecodeMessage(b []byte) (Message, error) {
 	}
 	switch m.Kind {
 	case MsgRecords, MsgState:
+	case MsgDigest:
+		if m.Digest == nil {
+			return Message{}, errNoDigest
+		}
+		if err := model.ValidateName("node", m.From); err != nil {
+			return Message{}, fmt.Errorf("digest message: %w", err)
+		}
+		for _, o := range m.Digest.Origins {
+			if err := model.ValidateName("origin node", o.Origin); err != nil {
+				return Message{}, fmt.Errorf("digest message: %w", err)
+			}
+			if o.Count < 1 {
+				return Message{}, fmt.Errorf("digest message: origin %s with %d records: want at least 1", o.Origin, o.Count)
+			}
+		}
 	case MsgRequest, MsgResponse:
 		if m.Call == nil || m.Call.ID == "" || m.Call.Op == "" {
 			return Message{}, fmt.Errorf("%s message without a call ID and operation", m.Kind)
@@ -97,7 +118,7 @@ func DecodeMessage(b []byte) (Message, error) {
 			return Message{}, fmt.Errorf("%s message: %w", m.Kind, err)
 		}
 	default:
-		return Message{}, fmt.Errorf("%w %q: want %q, %q, %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState, MsgRequest, MsgResponse)
+		return Message{}, fmt.Errorf("%w %q: want %q, %q, %q, %q or %q", ErrUnknownKind, m.Kind, MsgRecords, MsgState, MsgDigest, MsgRequest, MsgResponse)
 	}
 	for i, r := range m.Records {
 		if err := ValidateRecord(r); err != nil {

@@ -1,0 +1,373 @@
+package cluster
+
+import (
+	"errors"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// How changes travel (the Spreader). The numbers keep the work of one
+// change on one member bounded whatever the cluster's size: the origin
+// pushes to originFanout members, every member that learns something new
+// forwards it at once to forwardFanout others (infect and forward: about
+// 98% of members have it after log4(N) hops of one packet each) and queues
+// it for memberlist's gossip rounds, which reach the rest; anti-entropy
+// (digests) repairs whatever was lost.
+const (
+	// PackLimit bounds one records message sent as a packet (by UDP or
+	// piggybacked on gossip); larger records travel alone over a stream.
+	PackLimit     = 1000
+	originFanout  = 6
+	forwardFanout = 4
+	// maxQueued bounds the gossip queue; anti-entropy covers what is pruned.
+	maxQueued = 4096
+)
+
+// Spreader is vxnet's dissemination protocol apart from its transport:
+// Gossip runs it over memberlist, the simulation over a model of
+// memberlist's rounds in virtual time.
+type Spreader struct {
+	Self  string
+	State *State
+	// Peers returns the live members other than this one.
+	Peers func() []string
+	// Send sends msg to member to; reliable asks for a stream (large
+	// messages, anti-entropy), otherwise a packet that may be lost.
+	Send func(to string, msg []byte, reliable bool)
+	// OnChange gets the records that changed this member's state.
+	OnChange func(changed []Record)
+	Log      *slog.Logger
+	// Rand picks a number in [0, n) (default math/rand/v2).
+	Rand func(n int) int
+
+	once  sync.Once
+	queue *memberlist.TransmitLimitedQueue
+	// sizes counts this member's peers, for the queue's retransmit limit.
+	sizes func() int
+}
+
+func (s *Spreader) init() {
+	s.once.Do(func() {
+		if s.Rand == nil {
+			s.Rand = rand.N[int]
+		}
+		if s.Log == nil {
+			s.Log = slog.New(slog.DiscardHandler)
+		}
+		if s.OnChange == nil {
+			s.OnChange = func([]Record) {}
+		}
+		s.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return len(s.Peers()) + 1 }, RetransmitMult: 3}
+	})
+}
+
+// Publish spreads this member's changed records: pushed to a few members
+// now, queued for gossip.
+func (s *Spreader) Publish(recs ...Record) {
+	s.spread(recs, originFanout)
+}
+
+func (s *Spreader) spread(recs []Record, fanout int) {
+	if len(recs) == 0 {
+		return
+	}
+	s.init()
+	msgs, err := Pack(recs, PackLimit)
+	if err != nil {
+		s.Log.Error("publish", "err", err)
+		return
+	}
+	targets := sample(s.Peers(), fanout, s.Rand)
+	for _, p := range msgs {
+		big := len(p.msg) > PackLimit
+		for _, t := range targets {
+			s.Send(t, p.msg, big)
+		}
+		if !big {
+			s.queue.QueueBroadcast(p.broadcast())
+		}
+	}
+	if n := s.queue.NumQueued(); n > maxQueued {
+		s.queue.Prune(maxQueued)
+	}
+}
+
+// Broadcasts returns queued messages for a gossip packet (memberlist's
+// Delegate.GetBroadcasts).
+func (s *Spreader) Broadcasts(overhead, limit int) [][]byte {
+	s.init()
+	return s.queue.GetBroadcasts(overhead, limit)
+}
+
+// Queued returns how many messages wait for gossip.
+func (s *Spreader) Queued() int {
+	s.init()
+	return s.queue.NumQueued()
+}
+
+// LocalState is this member's side of a push/pull exchange: a summary of
+// its state (root and count), or its whole state when full is set (a peer
+// of a version before digests is in the cluster).
+func (s *Spreader) LocalState(full bool) ([]byte, error) {
+	if full {
+		return Encode(Message{Kind: MsgState, Records: s.State.Snapshot()})
+	}
+	return Encode(Message{Kind: MsgDigest, From: s.Self, Digest: s.State.Digest(false)})
+}
+
+// Handle takes a records, state or digest message in; via says how it came
+// ("push" for messages and gossip, "push-pull" for the exchange).
+func (s *Spreader) Handle(m Message, via string) {
+	s.init()
+	changed, err := s.State.Merge(m.Records)
+	if err != nil {
+		s.Log.Warn("merge", "via", via, "err", err)
+	}
+	if len(changed) > 0 {
+		s.OnChange(changed)
+		// News travels on: forwarded at once and gossiped. Records that
+		// came with a state exchange are old news repaired, not forwarded
+		// (after a partition that would flood the cluster).
+		if m.Kind == MsgRecords {
+			s.spread(changed, forwardFanout)
+		}
+	}
+	if m.Kind != MsgDigest || m.Digest == nil || m.From == s.Self {
+		return
+	}
+	d := *m.Digest
+	switch {
+	case !d.Full:
+		// A summary from push/pull: on a difference, the member with the
+		// lower name starts the exchange of full digests (one side is
+		// enough).
+		mine := s.State.Digest(false)
+		if mine.Root != d.Root && s.Self < m.From {
+			s.sendDigest(m.From, nil, true)
+		}
+	case d.Reply:
+		s.sendDigest(m.From, s.State.Differing(d), false)
+	default:
+		if recs := s.State.Differing(d); len(recs) > 0 {
+			b, err := Encode(Message{Kind: MsgState, Records: recs})
+			if err != nil {
+				s.Log.Error("encode state", "err", err)
+				return
+			}
+			s.Send(m.From, b, true)
+		}
+	}
+}
+
+// Exchange starts a full digest exchange with member to (after it came
+// back from a partition or a restart): both sides end with the newer
+// records of each other.
+func (s *Spreader) Exchange(to string) { s.sendDigest(to, nil, true) }
+
+// sendDigest sends this member's full digest (and records the peer lacks);
+// reply asks the peer for its records and digest in return.
+func (s *Spreader) sendDigest(to string, recs []Record, reply bool) {
+	d := s.State.Digest(true)
+	d.Reply = reply
+	b, err := Encode(Message{Kind: MsgDigest, From: s.Self, Digest: d, Records: recs})
+	if err != nil {
+		s.Log.Error("encode digest", "err", err)
+		return
+	}
+	s.Send(to, b, true)
+}
+
+// packed is one message of Pack and, when it holds one record, its key
+// (a newer change of that key replaces it in the gossip queue).
+type packed struct {
+	msg []byte
+	key string
+}
+
+func (p packed) broadcast() memberlist.Broadcast {
+	if p.key != "" {
+		return namedBroadcast{p.msg, p.key}
+	}
+	return uniqueBroadcast(p.msg)
+}
+
+// Pack encodes records as records messages of at most limit bytes each; a
+// record too large for limit alone gets a message of its own.
+func Pack(recs []Record, limit int) ([]packed, error) {
+	const overhead = len(`{"kind":"records","records":[]}`)
+	var out []packed
+	var group []Record
+	size := overhead
+	flush := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		b, err := Encode(Message{Kind: MsgRecords, Records: group})
+		if err != nil {
+			return err
+		}
+		p := packed{msg: b}
+		if len(group) == 1 {
+			p.key = group[0].Key
+		}
+		out = append(out, p)
+		group, size = nil, overhead
+		return nil
+	}
+	for _, r := range recs {
+		b, err := r.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		if len(group) > 0 && size+1+len(b) > limit {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+		group = append(group, r)
+		size += len(b) + 1
+	}
+	return out, flush()
+}
+
+type namedBroadcast struct {
+	msg []byte
+	key string
+}
+
+func (b namedBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	n, ok := o.(namedBroadcast)
+	return ok && n.key == b.key
+}
+func (b namedBroadcast) Name() string    { return b.key }
+func (b namedBroadcast) Message() []byte { return b.msg }
+func (b namedBroadcast) Finished()       {}
+
+type uniqueBroadcast []byte
+
+func (b uniqueBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b uniqueBroadcast) Message() []byte                       { return b }
+func (b uniqueBroadcast) Finished()                             {}
+func (b uniqueBroadcast) UniqueBroadcast()                      {}
+
+// sample picks up to k of names at random.
+func sample(names []string, k int, rnd func(int) int) []string {
+	if len(names) <= k {
+		return names
+	}
+	names = slices.Clone(names)
+	for i := range k {
+		j := i + rnd(len(names)-i)
+		names[i], names[j] = names[j], names[i]
+	}
+	return names[:k]
+}
+
+// Digest summarises a state for anti-entropy: for each origin the number
+// of its records and a sum of their hashes (key, version, deletion), and
+// the sum of all. Two members with equal roots hold the same records.
+type Digest struct {
+	Root    uint64         `json:"root"`
+	Count   int            `json:"count"`
+	// Full says Origins is given (a member without records has none).
+	Full    bool           `json:"full,omitempty"`
+	Origins []OriginDigest `json:"origins,omitempty"`
+	// Reply asks the receiver for its records of the origins that differ
+	// and its own full digest.
+	Reply bool `json:"reply,omitempty"`
+}
+
+// OriginDigest summarises the records written by one member.
+type OriginDigest struct {
+	Origin string `json:"o"`
+	Count  int    `json:"c"`
+	Sum    uint64 `json:"h"`
+}
+
+func recordHash(r Record) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(r.Key))
+	var b [10]byte
+	for i := range 8 {
+		b[i] = byte(r.Version >> (8 * i))
+	}
+	if r.Deleted {
+		b[8] = 1
+	}
+	h.Write(b[:9])
+	h.Write([]byte(r.Origin))
+	return h.Sum64()
+}
+
+// Digest returns the summary of this state, with the per-origin part when
+// full is set. It is computed once per change of the state.
+func (s *State) Digest(full bool) *Digest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.digest == nil || s.digestGen != s.gen {
+		by := map[string]*OriginDigest{}
+		d := &Digest{}
+		for _, r := range s.records {
+			o := by[r.Origin]
+			if o == nil {
+				o = &OriginDigest{Origin: r.Origin}
+				by[r.Origin] = o
+			}
+			h := recordHash(r)
+			o.Count++
+			o.Sum += h
+			d.Root += h
+			d.Count++
+		}
+		d.Origins = make([]OriginDigest, 0, len(by))
+		for _, o := range by {
+			d.Origins = append(d.Origins, *o)
+		}
+		sort.Slice(d.Origins, func(i, j int) bool { return d.Origins[i].Origin < d.Origins[j].Origin })
+		s.digest, s.digestGen = d, s.gen
+	}
+	out := *s.digest
+	out.Full = full
+	if !full {
+		out.Origins = nil
+	}
+	return &out
+}
+
+// Differing returns this member's records of the origins whose summary in
+// d differs from its own: what the holder of d may lack or hold older.
+func (s *State) Differing(d Digest) []Record {
+	theirs := make(map[string]OriginDigest, len(d.Origins))
+	for _, o := range d.Origins {
+		theirs[o.Origin] = o
+	}
+	mine := s.Digest(true)
+	differ := map[string]bool{}
+	for _, o := range mine.Origins {
+		if t, ok := theirs[o.Origin]; !ok || t != o {
+			differ[o.Origin] = true
+		}
+	}
+	if len(differ) == 0 {
+		return nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []Record
+	for _, r := range s.records {
+		if differ[r.Origin] {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// errNoDigest refuses a digest message without its digest.
+var errNoDigest = errors.New(`digest message without its digest: want "digest":{"root":...,"count":...}`)

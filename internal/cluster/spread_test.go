@@ -1,0 +1,273 @@
+package cluster
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func epRecord(origin string, i int, pad int) Record {
+	v := fmt.Sprintf(`{"id":"%s.web.%d","network":"web","node":"%s","mac":"02:00:00:00:%02x:%02x","ip":"10.1.%d.%d","note":"%s"}`,
+		origin, i, origin, i/256, i%256, i/256, i%256+1, strings.Repeat("x", pad))
+	return Record{Key: EndpointKey(fmt.Sprintf("%s.web.%d", origin, i)), Value: []byte(v), Version: uint64(i + 1), Origin: origin}
+}
+
+func TestPack(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		recs      []Record
+		limit     int
+		wantMsgs  int
+		wantAlone []int // messages expected above the limit
+	}{
+		{"none", nil, 1000, 0, nil},
+		{"one", []Record{epRecord("h1", 1, 0)}, 1000, 1, nil},
+		{"many small", func() (r []Record) {
+			for i := range 40 {
+				r = append(r, epRecord("h1", i, 0))
+			}
+			return
+		}(), 1000, 7, nil},
+		{"a large one alone between small ones", []Record{epRecord("h1", 1, 0), epRecord("h1", 2, 1500), epRecord("h1", 3, 0)}, 1000, 3, []int{1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs, err := Pack(tc.recs, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(msgs) != tc.wantMsgs {
+				t.Fatalf("%d messages, want %d", len(msgs), tc.wantMsgs)
+			}
+			var got []Record
+			for i, p := range msgs {
+				m, err := DecodeMessage(p.msg)
+				if err != nil {
+					t.Fatalf("message %d does not decode: %v", i, err)
+				}
+				if m.Kind != MsgRecords {
+					t.Errorf("message %d is %q", i, m.Kind)
+				}
+				if len(p.msg) > tc.limit && !slices.Contains(tc.wantAlone, i) {
+					t.Errorf("message %d has %d bytes, over the %d limit", i, len(p.msg), tc.limit)
+				}
+				if (p.key != "") != (len(m.Records) == 1) || (p.key != "" && p.key != m.Records[0].Key) {
+					t.Errorf("message %d of %d records named %q", i, len(m.Records), p.key)
+				}
+				got = append(got, m.Records...)
+			}
+			if !reflect.DeepEqual(strip(got), strip(tc.recs)) {
+				t.Errorf("records changed by packing")
+			}
+		})
+	}
+}
+
+func TestDigestAndDiffering(t *testing.T) {
+	a, b := NewState("a"), NewState("b")
+	var recs []Record
+	for i := range 5 {
+		recs = append(recs, epRecord("h1", i, 0), epRecord("h2", i, 0))
+	}
+	_, _ = a.Merge(recs)
+	_, _ = b.Merge(slices.Clone(recs))
+	if da, db := a.Digest(true), b.Digest(true); !reflect.DeepEqual(da, db) || da.Count != 10 || len(da.Origins) != 2 {
+		t.Fatalf("equal states, digests %+v and %+v", da, db)
+	}
+	if got := a.Differing(*b.Digest(true)); got != nil {
+		t.Errorf("equal states differ in %d records", len(got))
+	}
+	// b misses one record of h2 and has a newer one of h1's.
+	_, _ = a.Merge([]Record{epRecord("h2", 7, 0)})
+	newer := epRecord("h1", 2, 0)
+	newer.Version, newer.Origin = 50, "h3"
+	_, _ = b.Merge([]Record{newer})
+	if a.Digest(false).Root == b.Digest(false).Root {
+		t.Fatal("different states, one root")
+	}
+	if d := a.Digest(false); d.Origins != nil {
+		t.Errorf("a summary carries %d origins", len(d.Origins))
+	}
+	toB := a.Differing(*b.Digest(true))
+	toA := b.Differing(*a.Digest(true))
+	origins := func(rs []Record) (o []string) {
+		for _, r := range rs {
+			o = append(o, r.Origin)
+		}
+		slices.Sort(o)
+		return slices.Compact(o)
+	}
+	// a sends its records of h1 (b's h1 set lacks one) and h2 (b lacks one);
+	// b sends those of the same origins and of h3.
+	if got := origins(toB); !slices.Equal(got, []string{"h1", "h2"}) {
+		t.Errorf("a sends records of %v, want h1 and h2", got)
+	}
+	if got := origins(toA); !slices.Equal(got, []string{"h1", "h2", "h3"}) {
+		t.Errorf("b sends records of %v, want h1, h2 and h3", got)
+	}
+	_, _ = b.Merge(toB)
+	_, _ = a.Merge(toA)
+	if !reflect.DeepEqual(a.Digest(true), b.Digest(true)) {
+		t.Errorf("after one exchange the digests still differ")
+	}
+	if !reflect.DeepEqual(strip(a.Snapshot()), strip(b.Snapshot())) {
+		t.Errorf("equal digests, different states")
+	}
+}
+
+// bus delivers Spreader messages between members synchronously; packets
+// are lost with probability loss, streams never.
+type bus struct {
+	members map[string]*Spreader
+	names   []string
+	loss    float64
+	rnd     *rand.Rand
+	sent    map[string]int // messages sent by member
+	queue   []func()
+}
+
+func newBus(n int, loss float64) *bus {
+	b := &bus{members: map[string]*Spreader{}, loss: loss, rnd: rand.New(rand.NewPCG(1, 2)), sent: map[string]int{}}
+	for i := range n {
+		b.names = append(b.names, fmt.Sprintf("m%03d", i))
+	}
+	for _, name := range b.names {
+		s := &Spreader{Self: name, State: NewState(name), Rand: b.rnd.IntN}
+		s.Peers = func() []string {
+			return slices.DeleteFunc(slices.Clone(b.names), func(n string) bool { return n == s.Self })
+		}
+		s.Send = func(to string, msg []byte, reliable bool) {
+			b.sent[s.Self]++
+			if !reliable && b.rnd.Float64() < b.loss {
+				return
+			}
+			b.queue = append(b.queue, func() { b.deliver(to, msg, "push") })
+		}
+		b.members[name] = s
+	}
+	return b
+}
+
+func (b *bus) deliver(to string, msg []byte, via string) {
+	m, err := DecodeMessage(msg)
+	if err != nil {
+		panic(err)
+	}
+	b.members[to].Handle(m, via)
+}
+
+func (b *bus) drain() {
+	for len(b.queue) > 0 {
+		f := b.queue[0]
+		b.queue = b.queue[1:]
+		f()
+	}
+}
+
+// gossipRound gives every member one memberlist gossip round: queued
+// broadcasts to three random members.
+func (b *bus) gossipRound() {
+	for _, name := range b.names {
+		s := b.members[name]
+		for _, to := range sample(s.Peers(), 3, b.rnd.IntN) {
+			for _, msg := range s.Broadcasts(2, 1350) {
+				b.queue = append(b.queue, func() { b.deliver(to, msg, "push") })
+			}
+		}
+	}
+	b.drain()
+}
+
+// pushPull runs memberlist's exchange between two members.
+func (b *bus) pushPull(x, y string) {
+	sx, _ := b.members[x].LocalState(false)
+	sy, _ := b.members[y].LocalState(false)
+	b.deliver(y, sx, "push-pull")
+	b.deliver(x, sy, "push-pull")
+	b.drain()
+}
+
+func (b *bus) has(key string) int {
+	n := 0
+	for _, s := range b.members {
+		if _, ok := s.State.Get(key); ok {
+			n++
+		}
+	}
+	return n
+}
+
+func TestSpreadReachesAllWithBoundedWork(t *testing.T) {
+	const n = 200
+	b := newBus(n, 0)
+	origin := b.members["m007"]
+	rec := epRecord("m007", 1, 0)
+	_, _ = origin.State.Merge([]Record{rec})
+	origin.Publish(rec)
+	b.drain()
+	direct := b.has(rec.Key)
+	rounds := 0
+	for b.has(rec.Key) < n && rounds < 20 {
+		b.gossipRound()
+		rounds++
+	}
+	if got := b.has(rec.Key); got < n {
+		t.Fatalf("after %d gossip rounds %d of %d members have the change", rounds, got, n)
+	}
+	if direct < n*9/10 {
+		t.Errorf("forwarding alone reached %d of %d members, want 90%%", direct, n)
+	}
+	t.Logf("forwarding reached %d of %d; gossip rounds to all: %d", direct, n, rounds)
+	// The origin pushes to originFanout members; every other member sends
+	// to forwardFanout members once for the change (gossip rounds aside).
+	if b.sent["m007"] != originFanout {
+		t.Errorf("origin sent %d messages, want %d", b.sent["m007"], originFanout)
+	}
+	for name, c := range b.sent {
+		if name != "m007" && c > forwardFanout {
+			t.Errorf("%s sent %d messages for one change, want at most %d", name, c, forwardFanout)
+		}
+	}
+}
+
+func TestAntiEntropyRepairsLoss(t *testing.T) {
+	b := newBus(20, 1) // every packet lost: only anti-entropy carries records
+	for i, name := range b.names[:5] {
+		s := b.members[name]
+		rec := epRecord(name, i, 0)
+		_, _ = s.State.Merge([]Record{rec})
+		s.Publish(rec)
+	}
+	b.drain()
+	if b.members["m000"].Queued() == 0 {
+		t.Fatal("nothing queued for gossip")
+	}
+	// Rounds of memberlist's push/pull: each member with one other.
+	for range 8 {
+		for _, x := range b.names {
+			y := sample(b.members[x].Peers(), 1, b.rnd.IntN)[0]
+			b.pushPull(x, y)
+		}
+	}
+	root := b.members["m000"].State.Digest(false).Root
+	for _, name := range b.names {
+		if d := b.members[name].State.Digest(false); d.Root != root || d.Count != 5 {
+			t.Errorf("%s holds %d records (root %x), want 5 (root %x)", name, d.Count, d.Root, root)
+		}
+	}
+	// Converged members exchange summaries only.
+	before := len(b.queue)
+	sx, _ := b.members["m003"].LocalState(false)
+	if len(sx) > 200 {
+		t.Errorf("a converged member's push/pull state is %d bytes", len(sx))
+	}
+	b.pushPull("m003", "m004")
+	if len(b.queue) != before {
+		t.Errorf("converged members sent more than summaries")
+	}
+	if full, _ := b.members["m003"].LocalState(true); !strings.Contains(string(full), `"kind":"state"`) {
+		t.Errorf("full local state is not a state message: %.80s", full)
+	}
+}
