@@ -553,11 +553,12 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.cfg.OnChange()
 	if wasFailed && n.Name != e.cfg.Name {
 		// A member that comes back (after a partition or a restart)
-		// exchanges digests with us now rather than at the next push/pull,
-		// so both sides converge at once. (A first join exchanges state
-		// anyway.) A member before digests gets our whole state.
+		// exchanges digests now with a few of us rather than at the next
+		// push/pull, so both sides converge at once. (A first join
+		// exchanges state anyway.) A member before digests gets our
+		// whole state.
 		if digests(n) {
-			e.spread.Exchange(n.Name)
+			e.spread.Rejoined(n.Name)
 		} else {
 			go (*Gossip)(e).sendState(n)
 		}

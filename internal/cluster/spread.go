@@ -170,6 +170,22 @@ func (s *Spreader) Handle(m Message, via string) {
 // records of each other.
 func (s *Spreader) Exchange(to string) { s.sendDigest(to, nil, true) }
 
+// rejoinExchanges is how many members, on average, start a digest
+// exchange with a member that came back: all of them would send it N
+// digests at once.
+const rejoinExchanges = 3
+
+// Rejoined is called when member name is back after it had failed (a
+// restart, a healed partition): a few members, picked at random by each
+// deciding alone, exchange digests with it at once; push/pull does the
+// rest later.
+func (s *Spreader) Rejoined(name string) {
+	s.init()
+	if n := len(s.Peers()); n <= rejoinExchanges || s.Rand(n) < rejoinExchanges {
+		s.Exchange(name)
+	}
+}
+
 // sendDigest sends this member's full digest (and records the peer lacks);
 // reply asks the peer for its records and digest in return.
 func (s *Spreader) sendDigest(to string, recs []Record, reply bool) {
@@ -273,8 +289,8 @@ func sample(names []string, k int, rnd func(int) int) []string {
 // of its records and a sum of their hashes (key, version, deletion), and
 // the sum of all. Two members with equal roots hold the same records.
 type Digest struct {
-	Root    uint64         `json:"root"`
-	Count   int            `json:"count"`
+	Root  uint64 `json:"root"`
+	Count int    `json:"count"`
 	// Full says Origins is given (a member without records has none).
 	Full    bool           `json:"full,omitempty"`
 	Origins []OriginDigest `json:"origins,omitempty"`
