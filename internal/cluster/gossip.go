@@ -172,6 +172,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 		}}
 	g.grace = 2 * mc.ProbeInterval
 	go g.reconnect(4 * mc.ProbeInterval)
+	go g.tick()
 	return g, nil
 }
 
@@ -210,6 +211,21 @@ func (g *Gossip) reconnect(period time.Duration) {
 			if n, err := g.ml.Join(addrs); err == nil {
 				g.log.Debug("reconnected to failed members", "contacted", n)
 			}
+		}
+	}
+}
+
+// tick sends this member's state summary to one member at random every
+// DigestInterval (anti-entropy between push/pulls).
+func (g *Gossip) tick() {
+	t := time.NewTicker(DigestInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+			g.spread.Tick()
 		}
 	}
 }

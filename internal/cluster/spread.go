@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -27,6 +28,13 @@ const (
 	forwardFanout = 4
 	// maxQueued bounds the gossip queue; anti-entropy covers what is pruned.
 	maxQueued = 4096
+	// DigestInterval is how often a member sends its summary to one
+	// member at random (Tick): a lost change is repaired within seconds,
+	// not at memberlist's push/pull (15 s to 90 s as the cluster grows).
+	DigestInterval = 5 * time.Second
+	// recheckAfter lets changes in flight land before a difference of
+	// summaries is taken for one that needs an exchange.
+	recheckAfter = time.Second
 )
 
 // Spreader is vxnet's dissemination protocol apart from its transport:
@@ -45,6 +53,8 @@ type Spreader struct {
 	Log      *slog.Logger
 	// Rand picks a number in [0, n) (default math/rand/v2).
 	Rand func(n int) int
+	// After runs f after d (default time.AfterFunc).
+	After func(d time.Duration, f func())
 
 	once  sync.Once
 	queue *memberlist.TransmitLimitedQueue
@@ -59,6 +69,9 @@ func (s *Spreader) init() {
 		}
 		if s.Log == nil {
 			s.Log = slog.New(slog.DiscardHandler)
+		}
+		if s.After == nil {
+			s.After = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
 		}
 		if s.OnChange == nil {
 			s.OnChange = func([]Record) {}
@@ -144,13 +157,22 @@ func (s *Spreader) Handle(m Message, via string) {
 	d := *m.Digest
 	switch {
 	case !d.Full:
-		// A summary from push/pull: on a difference, the member with the
-		// lower name starts the exchange of full digests (one side is
-		// enough).
-		mine := s.State.Digest(false)
-		if mine.Root != d.Root && s.Self < m.From {
-			s.sendDigest(m.From, nil, true)
+		// A summary. On a difference, one side (the receiver, or the
+		// lower name of a push/pull pair, where both get one) answers
+		// with its own summary a moment later; if they still differ
+		// then, the peer starts the exchange of full digests.
+		if s.State.Digest(false).Root == d.Root {
+			return
 		}
+		if d.Recheck {
+			s.sendDigest(m.From, nil, true)
+			return
+		}
+		if via == "push-pull" && s.Self > m.From {
+			return
+		}
+		from := m.From
+		s.After(recheckAfter, func() { s.sendSummary(from, true) })
 	case d.Reply:
 		s.sendDigest(m.From, s.State.Differing(d), false)
 	default:
@@ -163,6 +185,27 @@ func (s *Spreader) Handle(m Message, via string) {
 			s.Send(m.From, b, true)
 		}
 	}
+}
+
+// Tick sends this member's summary to one member at random; call it every
+// DigestInterval.
+func (s *Spreader) Tick() {
+	s.init()
+	if to := sample(s.Peers(), 1, s.Rand); len(to) == 1 {
+		s.sendSummary(to[0], false)
+	}
+}
+
+func (s *Spreader) sendSummary(to string, recheck bool) {
+	d := s.State.Digest(false)
+	d.Recheck = recheck
+	b, err := Encode(Message{Kind: MsgDigest, From: s.Self, Digest: d})
+	if err != nil {
+		s.Log.Error("encode digest", "err", err)
+		return
+	}
+	// The periodic summary is a packet; the recheck, rare, goes by stream.
+	s.Send(to, b, recheck)
 }
 
 // Exchange starts a full digest exchange with member to (after it came
@@ -297,6 +340,9 @@ type Digest struct {
 	// Reply asks the receiver for its records of the origins that differ
 	// and its own full digest.
 	Reply bool `json:"reply,omitempty"`
+	// Recheck marks a summary sent a moment after a difference: if it
+	// still differs, the receiver starts the exchange.
+	Recheck bool `json:"recheck,omitempty"`
 }
 
 // OriginDigest summarises the records written by one member.

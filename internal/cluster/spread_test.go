@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func epRecord(origin string, i int, pad int) Record {
@@ -134,7 +135,8 @@ func newBus(n int, loss float64) *bus {
 		b.names = append(b.names, fmt.Sprintf("m%03d", i))
 	}
 	for _, name := range b.names {
-		s := &Spreader{Self: name, State: NewState(name), Rand: b.rnd.IntN}
+		s := &Spreader{Self: name, State: NewState(name), Rand: b.rnd.IntN,
+			After: func(_ time.Duration, f func()) { b.queue = append(b.queue, f) }}
 		s.Peers = func() []string {
 			return slices.DeleteFunc(slices.Clone(b.names), func(n string) bool { return n == s.Self })
 		}
@@ -269,5 +271,32 @@ func TestAntiEntropyRepairsLoss(t *testing.T) {
 	}
 	if full, _ := b.members["m003"].LocalState(true); !strings.Contains(string(full), `"kind":"state"`) {
 		t.Errorf("full local state is not a state message: %.80s", full)
+	}
+}
+
+// TestTickRepairs: a record one member holds and nobody was told of (its
+// push lost) reaches everyone through the periodic summaries alone, and
+// equal members exchange nothing but summaries.
+func TestTickRepairs(t *testing.T) {
+	b := newBus(30, 0)
+	_, _ = b.members["m017"].State.Merge([]Record{epRecord("m017", 1, 0)})
+	for round := 0; round < 15 && b.has(EndpointKey("m017.web.1")) < 30; round++ {
+		for _, name := range b.names {
+			b.members[name].Tick()
+		}
+		b.drain()
+	}
+	if got := b.has(EndpointKey("m017.web.1")); got != 30 {
+		t.Fatalf("%d of 30 members have the record after the summaries", got)
+	}
+	clear(b.sent)
+	for _, name := range b.names {
+		b.members[name].Tick()
+	}
+	b.drain()
+	for name, n := range b.sent {
+		if n != 1 {
+			t.Errorf("%s sent %d messages in a round of equal members, want its one summary", name, n)
+		}
 	}
 }

@@ -317,6 +317,14 @@ func (m *world) probe(mm *modelMember) {
 	})
 }
 
+// digestTick is the agent's summary to one member every DigestInterval.
+func (m *world) digestTick(mm *modelMember) {
+	m.at(cluster.DigestInterval, func() { m.digestTick(mm) })
+	if mm.up {
+		mm.sp.Tick()
+	}
+}
+
 // pushPullInterval scales like memberlist's pushPullScale.
 func pushPullInterval(n int) time.Duration {
 	if n <= 32 {
@@ -407,6 +415,7 @@ func newModel(cfg ModelConfig) *world {
 		mm := &modelMember{name: fmt.Sprintf("m%04d", i), suspect: map[string]bool{}, view: map[string]nodeView{}}
 		mm.sp = &cluster.Spreader{Self: mm.name, State: cluster.NewState(mm.name), Rand: m.rnd.IntN,
 			Peers: mm.peerNames,
+			After: func(d time.Duration, f func()) { m.at(d, f) },
 			Send:  func(to string, b []byte, reliable bool) { m.send(mm, to, b, reliable) },
 			OnChange: func(changed []cluster.Record) {
 				for _, r := range changed {
@@ -500,6 +509,7 @@ func RunModel(cfg ModelConfig) (ModelResult, error) {
 			m.at(0, func() { m.gossip(mm) })
 			m.at(time.Duration(m.rnd.Int64N(int64(probeInterval))), func() { m.probe(mm) })
 			m.at(time.Duration(m.rnd.Int64N(int64(pushPullBase))), func() { m.pushPullTick(mm) })
+			m.at(time.Duration(m.rnd.Int64N(int64(cluster.DigestInterval))), func() { m.digestTick(mm) })
 		})
 	}
 	limit := 10 * time.Minute
@@ -508,6 +518,18 @@ func RunModel(cfg ModelConfig) (ModelResult, error) {
 			return res, fmt.Errorf("cold start of %d members: not converged after %s (virtual)", cfg.Members, limit)
 		}
 		m.run(m.now + 100*time.Millisecond)
+		if os.Getenv("VXNET_MODEL_DEBUG") != "" && m.now%(5*time.Second) == 0 {
+			full, known := 0, 0
+			for _, mm := range m.ms {
+				if mm.sp.State.Len() == m.total {
+					full++
+				}
+				if len(mm.peerNames()) == len(m.ms)-1 {
+					known++
+				}
+			}
+			fmt.Fprintf(os.Stderr, "t=%s: %d members hold every record, %d know every member, %d queued\n", m.now, full, known, m.queued())
+		}
 	}
 	res.ColdStartMs = ms2(m.now)
 
