@@ -128,7 +128,7 @@ func newLabCmd(g *globals) *cobra.Command {
 		},
 	}
 	matrix.Flags().StringVar(&name, "name", "lab", "lab name")
-	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd(), newSimCmd(g))
+	cmd.AddCommand(up, down, matrix, newConvergeCmd(g), newBenchCmd(g), newSyntheticCmd(), newSimCmd(g), newScaleCmd(g))
 	return cmd
 }
 
@@ -342,7 +342,7 @@ func newSyntheticCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("invalid --first %q", first)
 			}
-			s, err := lab.JoinSynthetic(name, a, keyFile, []string{join})
+			s, err := lab.JoinSynthetic(name, a, keyFile, strings.Split(join, ","))
 			if err != nil {
 				return err
 			}
@@ -375,6 +375,54 @@ func newSyntheticCmd() *cobra.Command {
 	f.StringVar(&network, "network", "", "network of the endpoints")
 	f.StringVar(&first, "first", "", "first endpoint address")
 	f.IntVar(&count, "count", 1000, "number of endpoints")
+	return cmd
+}
+
+// newScaleCmd runs the real-process scale part at several sizes.
+func newScaleCmd(g *globals) *cobra.Command {
+	var members []int
+	var endpoints, samples int
+	var binary string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "scale",
+		Short: "Benchmark: two agents and many synthetic members (real gossip processes, each in its own namespace)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if binary == "" {
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				binary = self
+			}
+			out := cmd.OutOrStdout()
+			if !asJSON {
+				fmt.Fprintf(out, "%7s %10s %11s %12s %12s %12s %11s %11s %12s %9s\n", "members", "joined", "programmed", "attach p50", "attach p99", "attach max", "call p50", "withdrawn", "false deaths", "agent RSS")
+			}
+			var all []bench.ScaleResult
+			for _, n := range members {
+				r, err := bench.Scale(bench.Config{Binary: binary, Log: g.logger()}, n, endpoints, samples)
+				if err != nil {
+					return fmt.Errorf("%d members: %w", n, err)
+				}
+				all = append(all, r)
+				if !asJSON {
+					fmt.Fprintf(out, "%7d %8.1f s %9.1f s %9.1f ms %9.1f ms %9.1f ms %8.1f ms %9.1f s %12d %6.0f MB\n", r.Members, r.JoinedMs/1000, r.ProgrammedMs/1000,
+						r.AttachP50Ms, r.AttachP99Ms, r.AttachMaxMs, r.AttachCallMs, r.WithdrawnMs/1000, r.FalseDeaths, r.AgentRSSMB)
+				}
+			}
+			if asJSON {
+				return printJSON(out, all)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntSliceVar(&members, "members", []int{50, 100}, "synthetic member counts (at most 240)")
+	f.IntVar(&endpoints, "endpoints", 10, "endpoints each synthetic member announces")
+	f.IntVar(&samples, "samples", 50, "attach samples")
+	f.StringVar(&binary, "binary", "", "vxnet binary for agents and members (default: this one)")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -60,9 +61,19 @@ func JoinSynthetic(name string, addr netip.Addr, keyFile string, join []string) 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.Gossip.Join(join); err != nil {
-		s.Gossip.Shutdown()
-		return nil, err
+	// Join as an agent does: every given member, retried with backoff.
+	backoff := 500 * time.Millisecond
+	for start := time.Now(); ; {
+		_, err := s.Gossip.Join(join)
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			s.Gossip.Shutdown()
+			return nil, err
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 10*time.Second)
 	}
 	return s, nil
 }
