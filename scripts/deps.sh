@@ -13,9 +13,10 @@ fi
 # (sysctl) for the firewall tests, busybox-static and docker.io for the
 # Docker driver tests, containernetworking-plugins (portmap) and podman
 # (its CNI backend) for the CNI tests, systemd (systemd-analyze verify of
-# the unit), chromium (the live page, loaded in a real browser).
+# the unit), chromium (the live page, loaded in a real browser),
+# etcd-server (the etcd store's tests run a three-member etcd cluster).
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium; do
+for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"
@@ -26,6 +27,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "vxnet: installing ${need[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's etcd-server starts a service where services start: the tests
+# run their own etcd in namespaces, none belongs in this host's.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 # A Debian Go older than go.mod asks for fetches the right toolchain
 # through the Go module proxy.

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -31,6 +32,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		configFile   string
 		dockerSocket string
 		healthSubnet string
+		store        string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -62,13 +64,20 @@ func newAgentCmd(g *globals) *cobra.Command {
 					cfg.Join = append(cfg.Join, j)
 				}
 			}
-			if keyFile != "" {
+			if cfg.Etcd, err = parseStore(store); err != nil {
+				return err
+			}
+			if len(cfg.Etcd) > 0 && len(cfg.Join) > 0 {
+				return fmt.Errorf("--join %s: members find each other in etcd with --store %s; --join is for the gossip store", join, store)
+			}
+			// With etcd, etcd's own TLS secures the state: no cluster key.
+			if len(cfg.Etcd) == 0 && keyFile != "" {
 				keys, err := readKeyFile(keyFile)
 				if err != nil {
 					return err
 				}
 				cfg.Keys = keys
-			} else if !cfg.Insecure {
+			} else if len(cfg.Etcd) == 0 && !cfg.Insecure {
 				return fmt.Errorf("no cluster key: give --key-file (create one with 'vxnet key generate > key'), or --insecure to run unencrypted")
 			}
 			switch dockerSocket {
@@ -89,7 +98,11 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if cfg.HealthSubnet, err = parseHealthSubnet(healthSubnet); err != nil {
 				return err
 			}
-			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: agent.GossipReplicator(cfg),
+			repl := agent.GossipReplicator(cfg)
+			if len(cfg.Etcd) > 0 {
+				repl = agent.EtcdReplicator(cfg)
+			}
+			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: repl,
 				Health: healthPort{id: uint16(os.Getpid())}, Tracer: tracer{}}
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
@@ -108,6 +121,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Name, "name", "", "node name (default: hostname)")
 	f.StringVar(&advertise, "advertise-addr", "", "VTEP and gossip address (default: source address of the default route)")
 	f.StringVar(&join, "join", "", "addresses of members to join, comma separated")
+	f.StringVar(&store, "store", "gossip", "where the cluster state lives: gossip (members gossip it), or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster you run)")
 	f.StringVar(&keyFile, "key-file", "", "cluster key file (from 'vxnet key generate')")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "run gossip without encryption")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/vxnet", "state directory")
@@ -255,4 +269,29 @@ func newKeyCmd() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// parseStore returns the etcd endpoints of --store etcd://..., none for gossip.
+func parseStore(s string) ([]string, error) {
+	if s == "" || s == "gossip" {
+		return nil, nil
+	}
+	rest, ok := strings.CutPrefix(s, "etcd://")
+	if !ok || rest == "" {
+		return nil, fmt.Errorf("invalid --store %q: want gossip or etcd://HOST:PORT[,HOST:PORT...]", s)
+	}
+	var out []string
+	for _, ep := range strings.Split(rest, ",") {
+		ep = strings.TrimSpace(ep)
+		ap, err := netip.ParseAddrPort(ep)
+		if err != nil {
+			if _, _, herr := net.SplitHostPort(ep); herr != nil || ep == "" {
+				return nil, fmt.Errorf("invalid --store %q: etcd endpoint %q is not HOST:PORT", s, ep)
+			}
+			out = append(out, "http://"+ep)
+			continue
+		}
+		out = append(out, "http://"+ap.String())
+	}
+	return out, nil
 }

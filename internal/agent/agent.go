@@ -65,7 +65,10 @@ type Config struct {
 	HealthSubnet   netip.Prefix
 	HealthNetns    string
 	HealthInterval time.Duration
-	Log            *slog.Logger
+	// Etcd holds the etcd client URLs when the cluster state lives in etcd
+	// (--store etcd://...); empty: gossip.
+	Etcd []string
+	Log  *slog.Logger
 }
 
 // Validate checks the configuration.
@@ -111,6 +114,13 @@ type Replicator interface {
 	// Shutdown stops without leaving (peers keep our endpoints until
 	// failure detection).
 	Shutdown() error
+}
+
+// Claimer is a replicator that can write a record only if no other member
+// holds its key (etcd): address blocks are then claimed with the store's
+// consistency. When another member holds it, Claim returns its record.
+type Claimer interface {
+	Claim(rec cluster.Record) (won bool, holder cluster.Record, err error)
 }
 
 // ReplicatorConfig is what the agent hands the replicator it starts.
@@ -306,6 +316,14 @@ func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
 			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
 			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed, OnCall: rc.OnCall,
 		}, rc.State)
+	}
+}
+
+// EtcdReplicator keeps the cluster state in etcd (cfg.Etcd).
+func EtcdReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
+	return func(rc ReplicatorConfig) (Replicator, error) {
+		return cluster.StartEtcd(cluster.EtcdConfig{Name: cfg.Name, Addr: cfg.AdvertiseAddr, Endpoints: cfg.Etcd,
+			OnChange: rc.OnChange, OnCall: rc.OnCall, Log: cfg.Log.With("component", "etcd")}, rc.State)
 	}
 }
 

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/fake"
 	"github.com/vxnet/vxnet/internal/dns"
+	"github.com/vxnet/vxnet/internal/ipam"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -354,6 +356,54 @@ func TestCreateNetworkErrors(t *testing.T) {
 	}
 	if nets := h1.Networks(); len(nets) != 1 || nets[0].Name != "web" {
 		t.Errorf("networks %+v", nets)
+	}
+}
+
+// With a store that claims (etcd), two members that cannot see each other's
+// records (publishes held back) never take the same address block: the
+// second claim is refused, the member learns the holder and takes the next
+// block. Over gossip the same moves give both the first block (the
+// conflict TestPartitionDuplicateReported shows resolved).
+func TestClaimedBlocksNeverTwice(t *testing.T) {
+	for _, strong := range []bool{true, false} {
+		t.Run(map[bool]string{true: "Claimer", false: "Gossip"}[strong], func(t *testing.T) {
+			b := newBus()
+			if strong {
+				b.claims = map[string]cluster.Record{}
+			}
+			// A second member whose first choice of block is h1's.
+			subnet := netip.MustParsePrefix("10.40.0.0/24")
+			first, _ := ipam.FreeBlock(subnet, "h1", nil)
+			other := ""
+			for i := 2; other == ""; i++ {
+				if b, _ := ipam.FreeBlock(subnet, fmt.Sprintf("h%d", i), nil); b == first {
+					other = fmt.Sprintf("h%d", i)
+				}
+			}
+			h1 := newNode(t, b, "h1", 1, "")
+			h2 := newNode(t, b, other, 2, "")
+			if _, err := h2.repl.Join([]string{"198.18.0.1"}); err != nil {
+				t.Fatal(err)
+			}
+			mustCreate(t, h1, "web", subnet.String())
+			b.hold()
+			a1 := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
+			a2 := mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
+			b.flush()
+			same := a1.IP == a2.IP
+			if strong && same {
+				t.Fatalf("both members got %s with a claiming store", a1.IP)
+			}
+			if !strong && !same {
+				t.Fatalf("without claims the blind members got different addresses (%s, %s): the test no longer shows the race", a1.IP, a2.IP)
+			}
+			if strong {
+				blocks := h2.state.Blocks("web")
+				if len(blocks) != 2 || blocks[0].Node == blocks[1].Node {
+					t.Fatalf("h2 sees blocks %+v, want one per member", blocks)
+				}
+			}
+		})
 	}
 }
 

@@ -351,18 +351,49 @@ func (a *Agent) allocateLocked(n model.Network, used map[netip.Addr]string) (net
 	if ip, ok := ipam.Allocate(n, mine, used); ok {
 		return ip, nil, nil
 	}
-	b, err := ipam.FreeBlock(n.Subnet, a.state.Self(), claimed)
-	if err != nil {
-		// Every block is claimed: take any free address of the subnet.
-		if ip, ok := ipam.Borrow(n, used); ok {
-			a.log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
-			return ip, nil, nil
+	var b netip.Prefix
+	var rec cluster.Record
+	for attempt := 0; ; attempt++ {
+		var err error
+		b, err = ipam.FreeBlock(n.Subnet, a.state.Self(), claimed)
+		if err != nil {
+			// Every block is claimed: take any free address of the subnet.
+			if ip, ok := ipam.Borrow(n, used); ok {
+				a.log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
+				return ip, nil, nil
+			}
+			return netip.Addr{}, nil, conflict("network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
 		}
-		return netip.Addr{}, nil, conflict("network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
-	}
-	rec, err := a.state.Put(cluster.BlockKey(n.Name, b), cluster.Block{Network: n.Name, CIDR: b, Node: a.state.Self()})
-	if err != nil {
-		return netip.Addr{}, nil, err
+		block := cluster.Block{Network: n.Name, CIDR: b, Node: a.state.Self()}
+		c, strong := a.repl.(Claimer)
+		if !strong {
+			if rec, err = a.state.Put(cluster.BlockKey(n.Name, b), block); err != nil {
+				return netip.Addr{}, nil, err
+			}
+			break
+		}
+		// A store that can claim (etcd) takes the block only if no other
+		// member holds it: no address is ever given twice.
+		if rec, err = a.state.Prepare(cluster.BlockKey(n.Name, b), block); err != nil {
+			return netip.Addr{}, nil, err
+		}
+		won, holder, err := c.Claim(rec)
+		if err != nil {
+			return netip.Addr{}, nil, fmt.Errorf("network %s: claim address block %s: %w", n.Name, b, err)
+		}
+		if won {
+			_, _ = a.state.Merge([]cluster.Record{rec})
+			break
+		}
+		// Another member holds it (or our tombstone is newer): learn that
+		// and pick again.
+		_, _ = a.state.Merge([]cluster.Record{holder})
+		if h, err := cluster.Decode[cluster.Block](holder); err == nil && !holder.Deleted {
+			claimed[b] = h.Node
+		}
+		if attempt == 8 {
+			return netip.Addr{}, nil, fmt.Errorf("network %s: no address block could be claimed after %d tries", n.Name, attempt+1)
+		}
 	}
 	a.log.Info("claimed address block", "network", n.Name, "block", b)
 	ip, ok := ipam.Allocate(n, []netip.Prefix{b}, used)

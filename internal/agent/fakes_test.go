@@ -27,6 +27,26 @@ type bus struct {
 	members map[string]*busMember
 	holding bool
 	held    []func()
+	// claims, when set, is a consistent store members claim records in
+	// (as etcd): their replicators are Claimers.
+	claims map[string]cluster.Record
+}
+
+// claimingMember is a bus member whose store can claim records.
+type claimingMember struct{ *busMember }
+
+func (m claimingMember) Claim(rec cluster.Record) (bool, cluster.Record, error) {
+	m.bus.mu.Lock()
+	defer m.bus.mu.Unlock()
+	cur, ok := m.bus.claims[rec.Key]
+	if ok && !cur.Deleted && cur.Origin != m.name {
+		return false, cur, nil
+	}
+	if ok && !rec.Newer(cur) {
+		return false, cur, nil
+	}
+	m.bus.claims[rec.Key] = rec
+	return true, rec, nil
 }
 
 func newBus() *bus { return &bus{members: map[string]*busMember{}} }
@@ -49,7 +69,11 @@ func (b *bus) start(name string, addr netip.Addr) func(ReplicatorConfig) (Replic
 		m := &busMember{bus: b, name: name, addr: addr, state: rc.State, cfg: rc, keys: rc.Keys}
 		b.mu.Lock()
 		b.members[name] = m
+		strong := b.claims != nil
 		b.mu.Unlock()
+		if strong {
+			return claimingMember{m}, nil
+		}
 		return m, nil
 	}
 }

@@ -155,6 +155,18 @@ func (s *State) Put(key string, v any) (Record, error) {
 	return r, nil
 }
 
+// Prepare returns the record Put would write, without writing it: for a
+// claim that must succeed elsewhere first (then Merge it).
+func (s *State) Prepare(key string, v any) (Record, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Record{}, fmt.Errorf("encode %s: %w", key, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return Record{Key: key, Value: b, Version: s.clock + 1, Origin: s.self}, nil
+}
+
 // Delete writes a tombstone as this member; ok is false when nothing was there.
 func (s *State) Delete(key string) (Record, bool) {
 	s.mu.Lock()

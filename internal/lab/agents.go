@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -177,8 +178,11 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 			join = append(join, o.Addr.String())
 		}
 	}
-	if !withJoin {
+	if !withJoin || len(l.Etcd) > 0 {
 		join = nil
+	}
+	if len(l.Etcd) > 0 {
+		args = append(args, "--store", "etcd://"+strings.Join(l.EtcdEndpoints(), ","))
 	}
 	if len(join) > 0 && idx > 0 {
 		args = append(args, "--join", join[0])

@@ -59,7 +59,10 @@ type Config struct {
 	// NoHealth runs the agents without health probes (they probe by
 	// default, as real agents do).
 	NoHealth bool
-	Log      *slog.Logger
+	// Etcd runs an etcd cluster of this many members (each in a namespace
+	// on the underlay) and the agents with --store etcd://...
+	Etcd int
+	Log  *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -86,6 +89,9 @@ func (c Config) Validate() error {
 	}
 	if c.Agent && c.Binary == "" {
 		return fmt.Errorf("agent mode needs the vxnet binary to run")
+	}
+	if c.Etcd < 0 || c.Etcd > 5 || (c.Etcd > 0 && !c.Agent) {
+		return fmt.Errorf("invalid etcd member count %d: want 0-5, with agents", c.Etcd)
 	}
 	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
 		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
@@ -130,6 +136,8 @@ type Lab struct {
 	Outside *Host `json:"outside,omitempty"`
 	// NoHealth: agents run with --health-subnet off.
 	NoHealth bool `json:"noHealth,omitempty"`
+	// Etcd are the etcd members, when the agents keep their state there.
+	Etcd []Host `json:"etcd,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -198,6 +206,14 @@ func Up(cfg Config) (l *Lab, err error) {
 		}
 		l.Outside = &out
 	}
+	for i := 1; i <= cfg.Etcd; i++ {
+		h, err := addHost(sw, br, p, fmt.Sprintf("etcd%d", i), EtcdAddr(i))
+		if err != nil {
+			return nil, err
+		}
+		h.Dir = filepath.Join(l.dir(), h.Name)
+		l.Etcd = append(l.Etcd, h)
+	}
 	if err := staticUnderlayNeighbours(l.Hosts); err != nil {
 		return nil, err
 	}
@@ -219,6 +235,14 @@ func Up(cfg Config) (l *Lab, err error) {
 		}
 	}
 	if err := l.save(); err != nil {
+		return nil, err
+	}
+	for i := range l.Etcd {
+		if err := l.StartEtcd(i); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.WaitEtcd(30 * time.Second); err != nil {
 		return nil, err
 	}
 	if cfg.Agent {

@@ -1,0 +1,702 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// EtcdConfig configures the etcd backend: the same records as gossip, kept
+// in an etcd cluster the user runs; a lease per member for liveness,
+// watches for changes.
+type EtcdConfig struct {
+	Name      string
+	Addr      netip.Addr // this member's VTEP address
+	Endpoints []string   // etcd client URLs
+	// Prefix of every key vxnet writes (default "/vxnet/").
+	Prefix string
+	// TTL of the member's lease: a member that stops renewing it is gone
+	// after this long (default 5 s).
+	TTL      time.Duration
+	OnChange func()
+	OnCall   func(op string, body json.RawMessage) (any, error)
+	Log      *slog.Logger
+	// DialTimeout bounds the first connection (default 5 s).
+	DialTimeout time.Duration
+}
+
+// Etcd replicates a State through etcd.
+type Etcd struct {
+	cfg    EtcdConfig
+	state  *State
+	cli    *clientv3.Client
+	log    *slog.Logger
+	lease  clientv3.LeaseID
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	members map[string]etcdMember // live members by name
+	failed  map[string]etcdMember // gone, with the time in since
+	calls   map[string]chan *Call
+	callSeq int
+	// pending holds records not yet written (etcd unreachable), by key.
+	pending map[string]Record
+
+	malformed atomic.Int64
+	traffic   struct{ inMsgs, inBytes, outMsgs, outBytes atomic.Int64 }
+}
+
+// etcdMember is the value of a member key.
+type etcdMember struct {
+	Name  string     `json:"name"`
+	Addr  netip.Addr `json:"addr"`
+	Since time.Time  `json:"since"`
+}
+
+// etcdGrace keeps the endpoints of a member whose lease expired this long
+// (as gossip keeps a failed member's for two probe intervals).
+const etcdGrace = 2 * time.Second
+
+func (e *Etcd) key(parts ...string) string { return e.cfg.Prefix + strings.Join(parts, "/") }
+
+// StartEtcd connects, registers this member under a lease (refusing a name
+// a live member holds at another address), loads the records and watches
+// them.
+func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd store: no endpoints: want --store etcd://HOST:PORT[,HOST:PORT...]")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "/vxnet/"
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 5 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OnChange == nil {
+		cfg.OnChange = func() {}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout,
+		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
+	}
+	e := &Etcd{cfg: cfg, state: state, cli: cli, log: cfg.Log, members: map[string]etcdMember{},
+		failed: map[string]etcdMember{}, calls: map[string]chan *Call{}, pending: map[string]Record{}}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			e.cancel()
+			cli.Close()
+		}
+	}()
+	if err := e.register(); err != nil {
+		return nil, err
+	}
+	rev, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	e.wg.Add(3)
+	go e.watchRecords(rev)
+	go e.watchMembers()
+	go e.retryPending()
+	ok = true
+	return e, nil
+}
+
+// register takes the member key under a new lease and keeps it alive.
+func (e *Etcd) register() error {
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.DialTimeout+e.cfg.TTL+2*time.Second)
+	defer cancel()
+	key := e.key("members", e.cfg.Name)
+	// The name held at another address: this host before an address
+	// change (its lease runs out within the TTL) or another live agent.
+	for deadline := time.Now().Add(e.cfg.TTL + time.Second); ; {
+		r, err := e.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("etcd store %v: %w", e.cfg.Endpoints, err)
+		}
+		var m etcdMember
+		if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &m) != nil || m.Addr == e.cfg.Addr {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: a live member at %s holds %q in etcd (this agent advertises %s): give each host its own --name", ErrNameInUse, m.Addr, e.cfg.Name, e.cfg.Addr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	l, err := e.cli.Grant(ctx, int64((e.cfg.TTL+time.Second-1)/time.Second))
+	if err != nil {
+		return fmt.Errorf("etcd lease: %w", err)
+	}
+	b, _ := json.Marshal(etcdMember{Name: e.cfg.Name, Addr: e.cfg.Addr, Since: time.Now()})
+	if _, err := e.cli.Put(ctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
+		return fmt.Errorf("etcd register %s: %w", key, err)
+	}
+	ka, err := e.cli.KeepAlive(e.ctx, l.ID)
+	if err != nil {
+		return fmt.Errorf("etcd lease keep-alive: %w", err)
+	}
+	e.mu.Lock()
+	e.lease = l.ID
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for range ka {
+		}
+		// The keep-alive ended: etcd unreachable too long, or the lease
+		// expired. Register again when etcd answers (unless stopping).
+		for e.ctx.Err() == nil {
+			e.log.Warn("etcd lease lost; registering again")
+			if err := e.register(); err == nil {
+				e.republish()
+				return
+			} else {
+				e.log.Warn("etcd register", "err", err)
+			}
+			select {
+			case <-e.ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return nil
+}
+
+// load reads every record, merges it, writes this member's newer ones
+// back, and returns the revision to watch from.
+func (e *Etcd) load() (int64, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	r, err := e.cli.Get(ctx, e.key("records")+"/", clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("etcd load records: %w", err)
+	}
+	var recs []Record
+	for _, kv := range r.Kvs {
+		if rec, ok := e.decode(kv.Value); ok {
+			recs = append(recs, rec)
+		}
+	}
+	if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, AffectsKernel) {
+		e.cfg.OnChange()
+	}
+	e.republish()
+	return r.Header.Revision, nil
+}
+
+// republish writes the records this member holds newer than etcd (its
+// own after etcd lost them, or changes made while etcd was unreachable).
+func (e *Etcd) republish() {
+	have := map[string]Record{}
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	if r, err := e.cli.Get(ctx, e.key("records")+"/", clientv3.WithPrefix()); err == nil {
+		for _, kv := range r.Kvs {
+			if rec, ok := e.decode(kv.Value); ok {
+				have[rec.Key] = rec
+			}
+		}
+	}
+	var out []Record
+	for _, r := range e.state.Snapshot() {
+		if cur, ok := have[r.Key]; !ok || r.Newer(cur) {
+			out = append(out, r)
+		}
+	}
+	e.Publish(out...)
+}
+
+func (e *Etcd) decode(b []byte) (Record, bool) {
+	e.traffic.inMsgs.Add(1)
+	e.traffic.inBytes.Add(int64(len(b)))
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		e.malformed.Add(1)
+		e.log.Warn("refused malformed record from etcd", "err", err)
+		return r, false
+	}
+	if err := ValidateRecord(r); err != nil {
+		e.malformed.Add(1)
+		e.log.Warn("refused invalid record from etcd", "err", err)
+		return r, false
+	}
+	return r, true
+}
+
+// Publish writes changed records to etcd; a record older than the one
+// etcd holds is not written (last writer wins, as in gossip, decided by
+// the same version and origin). A record etcd did not take (unreachable,
+// no leader) is kept and written again until it is.
+func (e *Etcd) Publish(recs ...Record) {
+	for _, r := range recs {
+		if err := e.put(r); err != nil {
+			e.log.Warn("etcd publish; will retry", "key", r.Key, "err", err)
+			e.mu.Lock()
+			if cur, ok := e.pending[r.Key]; !ok || r.Newer(cur) {
+				e.pending[r.Key] = r
+			}
+			e.mu.Unlock()
+		}
+	}
+}
+
+// retryPending writes the records etcd did not take, every half second.
+func (e *Etcd) retryPending() {
+	defer e.wg.Done()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		todo := make([]Record, 0, len(e.pending))
+		for _, r := range e.pending {
+			todo = append(todo, r)
+		}
+		e.mu.Unlock()
+		for _, r := range todo {
+			if err := e.put(r); err != nil {
+				break // still unreachable: next tick
+			}
+			e.mu.Lock()
+			if cur, ok := e.pending[r.Key]; ok && !cur.Newer(r) {
+				delete(e.pending, r.Key)
+			}
+			e.mu.Unlock()
+			e.log.Info("etcd took a record it had refused", "key", r.Key)
+		}
+	}
+}
+
+// Pending counts the records waiting to be written to etcd.
+func (e *Etcd) Pending() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.pending)
+}
+
+// Claim writes rec only if no other member holds its key (a tombstone or
+// this member's own older record may be replaced): address blocks are
+// claimed with etcd's consistency, never twice. When another member holds
+// it, Claim returns false and that member's record.
+func (e *Etcd) Claim(rec Record) (bool, Record, error) {
+	b, err := rec.MarshalJSON()
+	if err != nil {
+		return false, Record{}, err
+	}
+	key := e.key("records", rec.Key)
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	for attempt := 0; attempt < 5; attempt++ {
+		t, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(b))).Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			if retryable(ctx, err) {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			return false, Record{}, fmt.Errorf("claim %s in etcd: %w", rec.Key, err)
+		}
+		if t.Succeeded {
+			return true, rec, nil
+		}
+		kvs := t.Responses[0].GetResponseRange().Kvs
+		if len(kvs) != 1 {
+			continue // deleted meanwhile
+		}
+		cur, ok := e.decode(kvs[0].Value)
+		if !ok {
+			return false, Record{}, fmt.Errorf("claim %s: etcd holds a record this agent refuses", rec.Key)
+		}
+		if !cur.Deleted && cur.Origin != e.cfg.Name {
+			return false, cur, nil
+		}
+		if !rec.Newer(cur) {
+			return false, cur, nil // the caller merges it and claims again, newer
+		}
+		t, err = e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, string(b))).Commit()
+		if err == nil && t.Succeeded {
+			return true, rec, nil
+		}
+	}
+	return false, Record{}, fmt.Errorf("claim %s in etcd: no answer after five tries", rec.Key)
+}
+
+// retryable reports whether a failed etcd call may be tried again before
+// ctx ends (unavailable, no leader: another endpoint or a new leader will
+// answer).
+func retryable(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, context.Canceled)
+}
+
+func (e *Etcd) put(r Record) error {
+	b, err := r.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	key := e.key("records", r.Key)
+	// Bounded: the caller (an attach) waits; what is not written by then
+	// is retried in the background.
+	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+	defer cancel()
+	for attempt := 0; attempt < 20; attempt++ {
+		// Write only if the key is unchanged since read (compare and swap).
+		cur, err := e.cli.Get(ctx, key)
+		if err != nil {
+			if retryable(ctx, err) {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		if len(cur.Kvs) == 1 {
+			if old, ok := e.decode(cur.Kvs[0].Value); ok && !r.Newer(old) {
+				return nil
+			}
+			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", cur.Kvs[0].ModRevision)
+		}
+		e.traffic.outMsgs.Add(1)
+		e.traffic.outBytes.Add(int64(len(b)))
+		t, err := e.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, string(b))).Commit()
+		if err != nil {
+			if retryable(ctx, err) {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if t.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("record %s: not written after 20 tries", r.Key)
+}
+
+func (e *Etcd) watchRecords(rev int64) {
+	defer e.wg.Done()
+	prefix := e.key("records") + "/"
+	for e.ctx.Err() == nil {
+		wc := e.cli.Watch(clientv3.WithRequireLeader(e.ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		for resp := range wc {
+			if resp.CompactRevision > 0 {
+				// Missed events compacted away: load everything again.
+				if r, err := e.load(); err == nil {
+					rev = r
+				}
+				break
+			}
+			if err := resp.Err(); err != nil {
+				e.log.Warn("etcd watch records", "err", err)
+				break
+			}
+			var recs []Record
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypePut {
+					if r, ok := e.decode(ev.Kv.Value); ok {
+						recs = append(recs, r)
+					}
+				}
+			}
+			rev = resp.Header.Revision
+			if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, AffectsKernel) {
+				e.cfg.OnChange()
+			}
+		}
+		if e.ctx.Err() == nil {
+			// The watch broke (no leader, etcd unreachable): catch up on
+			// what changed meanwhile, then watch again.
+			time.Sleep(500 * time.Millisecond)
+			if r, err := e.load(); err == nil {
+				rev = r
+			}
+		}
+	}
+}
+
+func (e *Etcd) watchMembers() {
+	defer e.wg.Done()
+	prefix := e.key("members") + "/"
+	callPrefix := e.key("calls", e.cfg.Name) + "/"
+	replyPrefix := e.key("replies", e.cfg.Name) + "/"
+	for e.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		r, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			e.log.Warn("etcd members", "err", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		live := map[string]etcdMember{}
+		for _, kv := range r.Kvs {
+			var m etcdMember
+			if json.Unmarshal(kv.Value, &m) == nil && model.ValidateName("node", m.Name) == nil {
+				live[m.Name] = m
+			}
+		}
+		e.setMembers(live)
+		wctx := clientv3.WithRequireLeader(e.ctx)
+		wm := e.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1), clientv3.WithPrevKV())
+		wc := e.cli.Watch(wctx, callPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+		wr := e.cli.Watch(wctx, replyPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	watching:
+		for {
+			select {
+			case resp, ok := <-wm:
+				if !ok || resp.Err() != nil {
+					break watching
+				}
+				for _, ev := range resp.Events {
+					name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+					if ev.Type == clientv3.EventTypeDelete {
+						delete(live, name)
+						continue
+					}
+					var m etcdMember
+					if json.Unmarshal(ev.Kv.Value, &m) == nil && m.Name == name {
+						live[name] = m
+					}
+				}
+				e.setMembers(live)
+			case resp, ok := <-wc:
+				if !ok || resp.Err() != nil {
+					break watching
+				}
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypePut {
+						go e.answer(ev.Kv.Value)
+					}
+				}
+			case resp, ok := <-wr:
+				if !ok || resp.Err() != nil {
+					break watching
+				}
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypePut {
+						e.reply(ev.Kv.Value)
+					}
+				}
+			}
+		}
+		if e.ctx.Err() == nil {
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
+
+// setMembers takes the live member set; members gone are failed from now.
+func (e *Etcd) setMembers(live map[string]etcdMember) {
+	e.mu.Lock()
+	changed := len(live) != len(e.members)
+	for name, m := range e.members {
+		if _, ok := live[name]; !ok {
+			m.Since = time.Now()
+			e.failed[name] = m
+			changed = true
+			e.log.Warn("member left or failed", "member", name, "addr", m.Addr)
+		}
+	}
+	for name, m := range live {
+		if old, ok := e.members[name]; !ok || old.Addr != m.Addr {
+			changed = true
+			delete(e.failed, name)
+			e.log.Info("member joined", "member", name, "addr", m.Addr)
+		}
+	}
+	e.members = map[string]etcdMember{}
+	for k, v := range live {
+		e.members[k] = v
+	}
+	e.mu.Unlock()
+	if changed {
+		e.cfg.OnChange()
+		// Withdraw the failed members' endpoints once the grace is over.
+		time.AfterFunc(etcdGrace+10*time.Millisecond, e.cfg.OnChange)
+	}
+}
+
+// Join is not needed with etcd: every member finds the others there.
+func (e *Etcd) Join(addrs []string) (int, error) { return 0, nil }
+
+// Alive returns the members holding a lease, and those whose lease ended
+// less than a grace ago.
+func (e *Etcd) Alive() []model.Node {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []model.Node
+	for _, m := range e.members {
+		out = append(out, model.Node{Name: m.Name, Addr: m.Addr})
+	}
+	if _, ok := e.members[e.cfg.Name]; !ok {
+		// Self, even while etcd is unreachable.
+		out = append(out, model.Node{Name: e.cfg.Name, Addr: e.cfg.Addr})
+	}
+	for name, f := range e.failed {
+		if _, ok := e.members[name]; !ok && name != e.cfg.Name && time.Since(f.Since) < etcdGrace {
+			out = append(out, model.Node{Name: name, Addr: f.Addr})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Members lists live and failed members.
+func (e *Etcd) Members() []Member {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Member
+	for _, m := range e.members {
+		out = append(out, Member{Name: m.Name, Addr: m.Addr, State: "alive"})
+	}
+	for name, f := range e.failed {
+		if _, ok := e.members[name]; !ok {
+			out = append(out, Member{Name: name, Addr: f.Addr, State: "failed", LastContact: f.Since})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// MalformedMessages counts records refused from etcd.
+func (e *Etcd) MalformedMessages() int64 { return e.malformed.Load() }
+
+// Traffic counts records read from and written to etcd.
+func (e *Etcd) Traffic() Traffic {
+	return Traffic{e.traffic.inMsgs.Load(), e.traffic.inBytes.Load(), e.traffic.outMsgs.Load(), e.traffic.outBytes.Load()}
+}
+
+// ErrNoKeyring refuses key operations on the etcd backend.
+var ErrNoKeyring = errors.New("the etcd store has no cluster keys: connections to etcd are secured by etcd's own TLS; cluster keys are for the gossip store")
+
+// KeyOp refuses: cluster keys belong to gossip.
+func (e *Etcd) KeyOp(op string, key []byte) error { return ErrNoKeyring }
+
+// Keys returns none.
+func (e *Etcd) Keys() [][]byte { return nil }
+
+// Request calls op on member node through etcd: the request is a key under
+// the callee's calls/ prefix, the answer one under the caller's replies/,
+// both on a short lease.
+func (e *Etcd) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
+	e.mu.Lock()
+	_, live := e.members[node]
+	e.mu.Unlock()
+	if !live {
+		return nil, fmt.Errorf("member %s is not reachable (not a live member)", node)
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("%s request: %w", op, err)
+	}
+	ch := make(chan *Call, 1)
+	e.mu.Lock()
+	e.callSeq++
+	id := fmt.Sprintf("%s.%d.%d", e.cfg.Name, time.Now().UnixNano(), e.callSeq)
+	e.calls[id] = ch
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.calls, id)
+		e.mu.Unlock()
+	}()
+	msg, _ := json.Marshal(Call{ID: id, From: e.cfg.Name, Op: op, Body: b})
+	if err := e.putShort(e.key("calls", node, id), msg, timeout); err != nil {
+		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
+	}
+	select {
+	case c := <-ch:
+		if c.Error != "" {
+			return nil, fmt.Errorf("%s on %s: %s", op, node, c.Error)
+		}
+		return c.Body, nil
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("%s request to %s: no answer within %s", op, node, timeout)
+	}
+}
+
+// putShort writes a value that lives a few seconds.
+func (e *Etcd) putShort(key string, val []byte, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(e.ctx, timeout)
+	defer cancel()
+	l, err := e.cli.Grant(ctx, int64(max(timeout, 5*time.Second)/time.Second)+1)
+	if err != nil {
+		return err
+	}
+	_, err = e.cli.Put(ctx, key, string(val), clientv3.WithLease(l.ID))
+	return err
+}
+
+func (e *Etcd) answer(b []byte) {
+	var c Call
+	if err := json.Unmarshal(b, &c); err != nil || model.ValidateName("node", c.From) != nil || c.ID == "" {
+		e.malformed.Add(1)
+		return
+	}
+	resp := Call{ID: c.ID, From: e.cfg.Name, Op: c.Op}
+	if e.cfg.OnCall == nil {
+		resp.Error = "this member answers no requests"
+	} else if v, err := e.cfg.OnCall(c.Op, c.Body); err != nil {
+		resp.Error = err.Error()
+	} else if resp.Body, err = json.Marshal(v); err != nil {
+		resp.Error = err.Error()
+	}
+	msg, _ := json.Marshal(resp)
+	if err := e.putShort(e.key("replies", c.From, c.ID), msg, 10*time.Second); err != nil {
+		e.log.Warn("etcd answer", "to", c.From, "op", c.Op, "err", err)
+	}
+}
+
+func (e *Etcd) reply(b []byte) {
+	var c Call
+	if json.Unmarshal(b, &c) != nil {
+		e.malformed.Add(1)
+		return
+	}
+	e.mu.Lock()
+	ch := e.calls[c.ID]
+	e.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- &c:
+		default:
+		}
+	}
+}
+
+// Shutdown stops without giving up the lease: others keep this member's
+// endpoints until it expires (a restart within the TTL changes nothing).
+func (e *Etcd) Shutdown() error {
+	e.cancel()
+	err := e.cli.Close()
+	e.wg.Wait()
+	return err
+}
