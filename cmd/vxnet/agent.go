@@ -64,11 +64,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 					cfg.Join = append(cfg.Join, j)
 				}
 			}
-			if cfg.Etcd, err = parseStore(store); err != nil {
+			if cfg.Etcd, err = parseStore(store, join); err != nil {
 				return err
-			}
-			if len(cfg.Etcd) > 0 && len(cfg.Join) > 0 {
-				return fmt.Errorf("--join %s: members find each other in etcd with --store %s; --join is for the gossip store", join, store)
 			}
 			// With etcd, etcd's own TLS secures the state: no cluster key.
 			if len(cfg.Etcd) == 0 && keyFile != "" {
@@ -271,10 +268,14 @@ func newKeyCmd() *cobra.Command {
 	return cmd
 }
 
-// parseStore returns the etcd endpoints of --store etcd://..., none for gossip.
-func parseStore(s string) ([]string, error) {
+// parseStore returns the etcd endpoints of --store etcd://..., none for
+// gossip; --join belongs to gossip alone.
+func parseStore(s, join string) ([]string, error) {
 	if s == "" || s == "gossip" {
 		return nil, nil
+	}
+	if strings.TrimSpace(join) != "" {
+		return nil, fmt.Errorf("--join %s: with --store %s members find each other in etcd; --join is for the gossip store", join, s)
 	}
 	rest, ok := strings.CutPrefix(s, "etcd://")
 	if !ok || rest == "" {
