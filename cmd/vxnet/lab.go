@@ -94,6 +94,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
+	up.Flags().IntVar(&cfg.Etcd, "etcd", 0, "keep the cluster state in an etcd cluster of this many members (in namespaces), not gossip")
 	up.Flags().DurationVar(&cfg.ProbeInterval, "probe-interval", lab.DefaultProbeInterval, "the agents' failure detection and health probe interval")
 	up.Flags().BoolVar(&keep, "keep", true, "keep the lab after showing the matrix (--keep=false removes it)")
 
@@ -185,7 +186,7 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 }
 
 func newConvergeCmd(g *globals) *cobra.Command {
-	var hosts, samples int
+	var hosts, samples, etcd int
 	var asJSON, noHealth bool
 	var via, plugin string
 	cmd := &cobra.Command{
@@ -197,7 +198,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			name := "cv"
-			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger(), NoHealth: noHealth}
+			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger(), NoHealth: noHealth, Etcd: etcd}
 			l, err := lab.Up(cfg)
 			if err != nil {
 				return err
@@ -263,6 +264,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&noHealth, "no-health", false, "run the agents without health probes")
+	cmd.Flags().IntVar(&etcd, "etcd", 0, "run an etcd cluster of this many members and the agents with --store etcd://")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&via, "via", "api", "front door of the attach: api ('vxnet attach'), cni (the vxnet-cni plugin, ADD and DEL) or docker ('docker run --net' on the host's dockerd)")
 	cmd.Flags().StringVar(&plugin, "cni-plugin", "", "the vxnet-cni binary for --via cni (default: vxnet-cni beside this binary)")
