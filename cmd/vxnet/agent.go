@@ -118,6 +118,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Name, "name", "", "node name (default: hostname)")
 	f.StringVar(&advertise, "advertise-addr", "", "VTEP and gossip address (default: source address of the default route)")
 	f.StringVar(&join, "join", "", "addresses of members to join, comma separated")
+	f.StringVar(&cfg.EtcdTLS.CA, "etcd-cacert", "", "CA bundle that signed the etcd servers' certificates (TLS to etcd; without it: plain HTTP)")
+	f.StringVar(&cfg.EtcdTLS.Cert, "etcd-cert", "", "client certificate to present to etcd (with --etcd-key)")
+	f.StringVar(&cfg.EtcdTLS.Key, "etcd-key", "", "private key of --etcd-cert")
 	f.StringVar(&store, "store", "gossip", "where the cluster state lives: gossip (members gossip it), or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster you run)")
 	f.StringVar(&keyFile, "key-file", "", "cluster key file (from 'vxnet key generate')")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "run gossip without encryption")
@@ -289,10 +292,10 @@ func parseStore(s, join string) ([]string, error) {
 			if _, _, herr := net.SplitHostPort(ep); herr != nil || ep == "" {
 				return nil, fmt.Errorf("invalid --store %q: etcd endpoint %q is not HOST:PORT", s, ep)
 			}
-			out = append(out, "http://"+ep)
+			out = append(out, ep)
 			continue
 		}
-		out = append(out, "http://"+ap.String())
+		out = append(out, ap.String())
 	}
 	return out, nil
 }

@@ -13,8 +13,8 @@ func TestParseStore(t *testing.T) {
 	}{
 		{"gossip", "10.0.0.1", nil, ""},
 		{"", "", nil, ""},
-		{"etcd://10.0.0.5:2379", "", []string{"http://10.0.0.5:2379"}, ""},
-		{"etcd://10.0.0.5:2379, etcd1.lan:2379,[fd00::5]:2379", "", []string{"http://10.0.0.5:2379", "http://etcd1.lan:2379", "http://[fd00::5]:2379"}, ""},
+		{"etcd://10.0.0.5:2379", "", []string{"10.0.0.5:2379"}, ""},
+		{"etcd://10.0.0.5:2379, etcd1.lan:2379,[fd00::5]:2379", "", []string{"10.0.0.5:2379", "etcd1.lan:2379", "[fd00::5]:2379"}, ""},
 		{"etcd://", "", nil, `invalid --store "etcd://": want gossip or etcd://HOST:PORT[,HOST:PORT...]`},
 		{"consul://x:1", "", nil, `invalid --store "consul://x:1": want gossip or etcd://HOST:PORT[,HOST:PORT...]`},
 		{"etcd://10.0.0.5", "", nil, `invalid --store "etcd://10.0.0.5": etcd endpoint "10.0.0.5" is not HOST:PORT`},

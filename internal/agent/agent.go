@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -65,11 +67,16 @@ type Config struct {
 	HealthSubnet   netip.Prefix
 	HealthNetns    string
 	HealthInterval time.Duration
-	// Etcd holds the etcd client URLs when the cluster state lives in etcd
-	// (--store etcd://...); empty: gossip.
-	Etcd []string
-	Log  *slog.Logger
+	// Etcd holds the etcd client endpoints (HOST:PORT) when the cluster
+	// state lives in etcd (--store etcd://...); empty: gossip.
+	Etcd    []string
+	EtcdTLS EtcdTLS
+	Log     *slog.Logger
 }
+
+// EtcdTLS are the files of TLS to etcd: the CA that signed the servers'
+// certificates (TLS on when set) and a client certificate and key.
+type EtcdTLS struct{ CA, Cert, Key string }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
@@ -322,8 +329,23 @@ func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
 // EtcdReplicator keeps the cluster state in etcd (cfg.Etcd).
 func EtcdReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
 	return func(rc ReplicatorConfig) (Replicator, error) {
-		return cluster.StartEtcd(cluster.EtcdConfig{Name: cfg.Name, Addr: cfg.AdvertiseAddr, Endpoints: cfg.Etcd,
-			OnChange: rc.OnChange, OnCall: rc.OnCall, Log: cfg.Log.With("component", "etcd")}, rc.State)
+		ec := cluster.EtcdConfig{Name: cfg.Name, Addr: cfg.AdvertiseAddr,
+			OnChange: rc.OnChange, OnCall: rc.OnCall, Log: cfg.Log.With("component", "etcd")}
+		scheme := "http://"
+		if t := cfg.EtcdTLS; t.CA != "" || t.Cert != "" || t.Key != "" {
+			if t.CA == "" || (t.Cert == "") != (t.Key == "") {
+				return nil, fmt.Errorf("etcd TLS: give --etcd-cacert, and --etcd-cert with --etcd-key for a client certificate (got CA %q, cert %q, key %q)", t.CA, t.Cert, t.Key)
+			}
+			tc, err := transport.TLSInfo{TrustedCAFile: t.CA, CertFile: t.Cert, KeyFile: t.Key}.ClientConfig()
+			if err != nil {
+				return nil, fmt.Errorf("etcd TLS: %w", err)
+			}
+			ec.TLS, scheme = tc, "https://"
+		}
+		for _, ep := range cfg.Etcd {
+			ec.Endpoints = append(ec.Endpoints, scheme+ep)
+		}
+		return cluster.StartEtcd(ec, rc.State)
 	}
 }
 

@@ -2,11 +2,15 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -24,8 +28,9 @@ import (
 // watches for changes.
 type EtcdConfig struct {
 	Name      string
-	Addr      netip.Addr // this member's VTEP address
-	Endpoints []string   // etcd client URLs
+	Addr      netip.Addr  // this member's VTEP address
+	Endpoints []string    // etcd client URLs
+	TLS       *tls.Config // nil: plain HTTP
 	// Prefix of every key vxnet writes (default "/vxnet/").
 	Prefix string
 	// TTL of the member's lease: a member that stops renewing it is gone
@@ -96,7 +101,7 @@ func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func() {}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout,
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: cfg.TLS,
 		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
@@ -136,7 +141,7 @@ func (e *Etcd) register() error {
 	for deadline := time.Now().Add(e.cfg.TTL + time.Second); ; {
 		r, err := e.cli.Get(ctx, key)
 		if err != nil {
-			return fmt.Errorf("etcd store %v: %w", e.cfg.Endpoints, err)
+			return fmt.Errorf("etcd store %v: %w%s", e.cfg.Endpoints, err, diagnose(e.cfg.Endpoints, e.cfg.TLS))
 		}
 		var m etcdMember
 		if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &m) != nil || m.Addr == e.cfg.Addr {
@@ -699,4 +704,46 @@ func (e *Etcd) Shutdown() error {
 	err := e.cli.Close()
 	e.wg.Wait()
 	return err
+}
+
+// diagnose says why the first etcd endpoint does not answer, when a plain
+// connection shows it (gRPC reports only a deadline): unreachable, or the
+// TLS handshake refused (no client certificate, unknown CA).
+func diagnose(endpoints []string, tc *tls.Config) string {
+	if len(endpoints) == 0 {
+		return ""
+	}
+	u, err := url.Parse(endpoints[0])
+	if err != nil {
+		return ""
+	}
+	c, err := net.DialTimeout("tcp", u.Host, 2*time.Second)
+	if err != nil {
+		return fmt.Sprintf(" (%s: %v)", u.Host, err)
+	}
+	defer c.Close()
+	if tc == nil {
+		return fmt.Sprintf(" (%s accepts connections: is it etcd, and does it want TLS? give --etcd-cacert)", u.Host)
+	}
+	tc = tc.Clone()
+	if tc.ServerName == "" {
+		tc.ServerName = u.Hostname()
+	}
+	t := tls.Client(c, tc)
+	_ = t.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := t.Handshake(); err != nil {
+		return fmt.Sprintf(" (TLS to %s: %v%s)", u.Host, err, certHint(tc))
+	}
+	// With TLS 1.3 a refused client certificate shows on the first read.
+	if _, err := t.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Sprintf(" (TLS to %s: %v%s)", u.Host, err, certHint(tc))
+	}
+	return ""
+}
+
+func certHint(tc *tls.Config) string {
+	if len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
+		return "; no client certificate given: --etcd-cert and --etcd-key"
+	}
+	return ""
 }

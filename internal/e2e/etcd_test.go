@@ -187,27 +187,41 @@ func TestEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		var out bytes.Buffer
-		cmd := exec.Command(testutil.Binary(t), "agent", "--name", "h1", "--advertise-addr", sh.Addr.String(),
-			"--store", "etcd://"+strings.Join(l.EtcdEndpoints(), ","), "--health-subnet", "off",
-			"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "vxnet.sock"),
-			"--gossip-port", fmt.Sprint(lab.GossipPort), "--vxlan-port", fmt.Sprint(lab.VXLANPort))
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := nsutil.Do(sh.Netns, cmd.Start); err != nil {
-			t.Fatal(err)
+		tlsf := l.EtcdTLSFiles()
+		run := func(name string, args ...string) (string, error) {
+			var out bytes.Buffer
+			dir := filepath.Join(dir, name)
+			all := append([]string{"agent", "--name", name, "--advertise-addr", sh.Addr.String(),
+				"--store", "etcd://" + strings.Join(l.EtcdEndpoints(), ","), "--health-subnet", "off",
+				"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "vxnet.sock"),
+				"--gossip-port", fmt.Sprint(lab.GossipPort), "--vxlan-port", fmt.Sprint(lab.VXLANPort)}, args...)
+			cmd := exec.Command(testutil.Binary(t), all...)
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := nsutil.Do(sh.Netns, cmd.Start); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				return out.String(), err
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+				t.Fatalf("agent %s still runs after 30 s; its output:\n%s", name, tailLines(out.String(), 20))
+				return "", nil
+			}
 		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err = <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Fatalf("a second agent named h1 still runs after 30 s; its output:\n%s", tailLines(out.String(), 20))
+		// Without a client certificate etcd refuses the agent.
+		outNoCert, err := run("h9", "--etcd-cacert", tlsf.CA)
+		if err == nil || !strings.Contains(outNoCert, "remote error: tls: bad certificate; no client certificate given: --etcd-cert and --etcd-key") {
+			t.Fatalf("an agent without a client certificate: %v\n%s", err, tailLines(outNoCert, 10))
 		}
+		t.Logf("without a client certificate: %s", tailLines(outNoCert, 1))
+		outStr, err := run("h1", "--etcd-cacert", tlsf.CA, "--etcd-cert", tlsf.ClientCert, "--etcd-key", tlsf.ClientKey)
 		want := fmt.Sprintf(`member name already in use: a live member at 198.18.0.1 holds "h1" in etcd (this agent advertises %s): give each host its own --name`, sh.Addr)
-		if err == nil || !strings.Contains(out.String(), want) {
-			t.Fatalf("second agent named h1 ended with %v; its output lacks %q:\n%s", err, want, tailLines(out.String(), 20))
+		if err == nil || !strings.Contains(outStr, want) {
+			t.Fatalf("second agent named h1 ended with %v; its output lacks %q:\n%s", err, want, tailLines(outStr, 20))
 		}
 		if n := aliveCount(t, l, "h2"); n != 3 {
 			t.Fatalf("h2 sees %d live members after the impostor, want 3", n)

@@ -182,7 +182,9 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		join = nil
 	}
 	if len(l.Etcd) > 0 {
-		args = append(args, "--store", "etcd://"+strings.Join(l.EtcdEndpoints(), ","))
+		f := l.EtcdTLSFiles()
+		args = append(args, "--store", "etcd://"+strings.Join(l.EtcdEndpoints(), ","),
+			"--etcd-cacert", f.CA, "--etcd-cert", f.ClientCert, "--etcd-key", f.ClientKey)
 	}
 	if len(join) > 0 && idx > 0 {
 		args = append(args, "--join", join[0])

@@ -44,8 +44,12 @@ func (l *Lab) StartEtcd(i int) error {
 		state = "existing"
 	}
 	a := e.Addr.String()
+	cert, key := l.etcdServerFiles(e.Name)
+	// Clients over TLS with certificates (as etcd is run in production);
+	// the members' own traffic plain, on the lab's underlay.
 	cmd := exec.Command("etcd", "--name", e.Name, "--data-dir", filepath.Join(e.Dir, "data"),
-		"--listen-client-urls", "http://"+a+":2379", "--advertise-client-urls", "http://"+a+":2379",
+		"--listen-client-urls", "https://"+a+":2379", "--advertise-client-urls", "https://"+a+":2379",
+		"--cert-file", cert, "--key-file", key, "--client-cert-auth", "--trusted-ca-file", l.EtcdTLSFiles().CA,
 		"--listen-peer-urls", "http://"+a+":2380", "--initial-advertise-peer-urls", "http://"+a+":2380",
 		"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", state,
 		"--initial-cluster-token", l.Prefix+"etcd",

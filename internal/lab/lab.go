@@ -237,6 +237,11 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := l.save(); err != nil {
 		return nil, err
 	}
+	if len(l.Etcd) > 0 {
+		if err := l.makeEtcdPKI(); err != nil {
+			return nil, err
+		}
+	}
 	for i := range l.Etcd {
 		if err := l.StartEtcd(i); err != nil {
 			return nil, err
