@@ -434,6 +434,7 @@ func newSimCmd(g *globals) *cobra.Command {
 	var probe, window time.Duration
 	var asJSON, useModel bool
 	var endpoints int
+	var svg string
 	var churn float64
 	var seed uint64
 	cmd := &cobra.Command{
@@ -449,7 +450,7 @@ fit. It does not model CPU contention, so false deaths are not measured.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			if useModel {
-				return runModel(out, members, endpoints, churn, window, seed, asJSON)
+				return runModel(out, members, endpoints, churn, window, seed, asJSON, svg)
 			}
 			var all []sim.Result
 			if !asJSON {
@@ -487,10 +488,11 @@ fit. It does not model CPU contention, so false deaths are not measured.`,
 	f.IntVar(&endpoints, "endpoints", 10, "endpoints each member attaches after joining (--model)")
 	f.Float64Var(&churn, "churn", 0.05, "fraction of members restarted in the churn window (--model; negative: none)")
 	f.Uint64Var(&seed, "seed", 1, "random seed (--model)")
+	f.StringVar(&svg, "svg", "", "write a plot of one change's spread against the member count to this file (--model)")
 	return cmd
 }
 
-func runModel(out io.Writer, members []int, endpoints int, churn float64, window time.Duration, seed uint64, asJSON bool) error {
+func runModel(out io.Writer, members []int, endpoints int, churn float64, window time.Duration, seed uint64, asJSON bool, svg string) error {
 	var all []sim.ModelResult
 	if !asJSON {
 		fmt.Fprintf(out, "%7s %11s %12s %12s %12s %12s %12s %12s %12s %12s %12s %8s\n", "members", "cold start", "drained", "change p50", "change p99", "change max",
@@ -511,6 +513,21 @@ func runModel(out io.Writer, members []int, endpoints int, churn float64, window
 		if !asJSON {
 			fmt.Fprintf(out, "%7d %8.1f s %9.1f s %9.1f ms %9.1f ms %9.1f ms %12.0f %12.0f %9.1f ms %9.0f ms %9.0f KB %6.0f s\n", r.Members, r.ColdStartMs/1000, r.DrainedMs/1000,
 				r.ConvergeP50Ms, r.ConvergeP99Ms, r.ConvergeMaxMs, r.SteadyBytesPerSec, r.ChurnBytesPerSec, r.ChurnConvergeMaxMs, r.RejoinMaxMs, r.HeapKBPer, r.WallS)
+		}
+	}
+	if svg != "" {
+		p := bench.Plot{XLabel: "members (modelled)", YLabel: "one change to every member (ms)", LogX: true,
+			Target: 1000, TargetLabel: "target: 99% of members in 1 s"}
+		p50 := bench.Series{Name: "p50", Color: "#2b6cb0"}
+		p99 := bench.Series{Name: "p99", Color: "#c53030"}
+		mx := bench.Series{Name: "max", Color: "#555555"}
+		for _, r := range all {
+			p.X = append(p.X, float64(r.Members))
+			p50.Y, p99.Y, mx.Y = append(p50.Y, r.ConvergeP50Ms), append(p99.Y, r.ConvergeP99Ms), append(mx.Y, r.ConvergeMaxMs)
+		}
+		p.Series = []bench.Series{p50, p99, mx}
+		if err := os.WriteFile(svg, []byte(p.SVG()), 0o644); err != nil {
+			return err
 		}
 	}
 	if asJSON {

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"strings"
 )
 
@@ -72,45 +73,85 @@ const ConvergeTargetMs = 300
 // ConvergenceSVG plots converge p50 and p99 against the number of hosts,
 // with the target as a dashed line.
 func ConvergenceSVG(points []ConvergePoint) string {
+	p := Plot{XLabel: "hosts", YLabel: "attach to first reply (ms)", Target: ConvergeTargetMs,
+		TargetLabel: fmt.Sprintf("target p99 at 32 hosts: %d ms", ConvergeTargetMs)}
+	p50 := Series{Name: "p50", Color: "#2b6cb0"}
+	p99 := Series{Name: "p99", Color: "#c53030"}
+	for _, c := range points {
+		p.X = append(p.X, float64(c.Hosts))
+		p50.Y = append(p50.Y, c.P50ms)
+		p99.Y = append(p99.Y, c.P99ms)
+	}
+	p.Series = []Series{p50, p99}
+	return p.SVG()
+}
+
+// Plot is a line plot of series over shared x values, with an optional
+// target drawn as a dashed line.
+type Plot struct {
+	XLabel, YLabel string
+	X              []float64
+	LogX           bool
+	Series         []Series
+	Target         float64
+	TargetLabel    string
+}
+
+// Series is one line of a Plot.
+type Series struct {
+	Name, Color string
+	Y           []float64
+}
+
+// SVG draws the plot.
+func (p Plot) SVG() string {
 	const w, h, left, bottom, top, right = 480, 300, 60, 40, 20, 20
-	maxX, maxY := 1, float64(ConvergeTargetMs)
-	for _, p := range points {
-		maxX = max(maxX, p.Hosts)
-		maxY = max(maxY, p.P99ms)
+	minX, maxX, maxY := math.Inf(1), 1.0, p.Target
+	for i, v := range p.X {
+		minX, maxX = min(minX, v), max(maxX, v)
+		for _, s := range p.Series {
+			if i < len(s.Y) {
+				maxY = max(maxY, s.Y[i])
+			}
+		}
 	}
 	maxY *= 1.15
-	x := func(v int) float64 { return left + float64(v)/float64(maxX)*(w-left-right) }
+	x := func(v float64) float64 { return left + v/maxX*(w-left-right) }
+	if p.LogX && minX > 0 && maxX > minX {
+		x = func(v float64) float64 {
+			return left + 10 + (math.Log(v)-math.Log(minX))/(math.Log(maxX)-math.Log(minX))*(w-left-right-20)
+		}
+	}
 	y := func(v float64) float64 { return h - bottom - v/maxY*(h-top-bottom) }
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
 	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, h-bottom, w-right, h-bottom)
 	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, top, left, h-bottom)
-	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">hosts</text>`+"\n", (w+left)/2, h-8)
-	fmt.Fprintf(&b, `<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">attach to first reply (ms)</text>`+"\n", h/2, h/2)
+	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", (w+left)/2, h-8, p.XLabel)
+	fmt.Fprintf(&b, `<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">%s</text>`+"\n", h/2, h/2, p.YLabel)
 	for i := 0; i <= 4; i++ {
 		v := maxY * float64(i) / 4
 		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%.0f</text>`+"\n", left-6, y(v)+4, v)
 	}
-	for _, series := range []struct {
-		name, color string
-		val         func(ConvergePoint) float64
-	}{{"p50", "#2b6cb0", func(p ConvergePoint) float64 { return p.P50ms }}, {"p99", "#c53030", func(p ConvergePoint) float64 { return p.P99ms }}} {
+	for k, s := range p.Series {
 		var pts []string
-		for _, p := range points {
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(p.Hosts), y(series.val(p))))
+		for i, v := range s.Y {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(p.X[i]), y(v)))
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", series.color, strings.Join(pts, " "))
-		for _, p := range points {
-			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", x(p.Hosts), y(series.val(p)), series.color)
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", s.Color, strings.Join(pts, " "))
+		for i, v := range s.Y {
+			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", x(p.X[i]), y(v), s.Color)
 		}
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", left+10+50*k, top+12, s.Color, s.Name)
 	}
-	for _, p := range points {
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", x(p.Hosts), h-bottom+16, p.Hosts)
+	for _, v := range p.X {
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%g</text>`+"\n", x(v), h-bottom+16, v)
 	}
-	fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#555" stroke-dasharray="6 4"/>`+"\n", left, y(ConvergeTargetMs), w-right, y(ConvergeTargetMs))
-	fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="#555">target p99 at 32 hosts: %d ms</text>`+"\n", w-right, y(ConvergeTargetMs)-4, ConvergeTargetMs)
-	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#2b6cb0">p50</text><text x="%d" y="%d" fill="#c53030">p99</text>`+"\n", left+10, top+12, left+50, top+12)
+	if p.Target > 0 {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#555" stroke-dasharray="6 4"/>`+"\n", left, y(p.Target), w-right, y(p.Target))
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="#555">%s</text>`+"\n", w-right, y(p.Target)-4, p.TargetLabel)
+	}
 	b.WriteString("</svg>\n")
 	return b.String()
 }
