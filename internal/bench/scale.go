@@ -48,6 +48,9 @@ func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
 	if members < 1 || members > 240 {
 		return res, fmt.Errorf("invalid member count %d: want 1-240 (one lab subnet)", members)
 	}
+	if endpoints < 1 || endpoints > 64 {
+		return res, fmt.Errorf("invalid endpoint count %d per member: want 1-64", endpoints)
+	}
 	name := "bsc"
 	cfg := labCfg(name, 2, c)
 	cfg.ProbeInterval = time.Second
@@ -58,7 +61,7 @@ func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
 	}
 	defer lab.Down(name)
 	h1 := l.Hosts[0]
-	nw := model.Network{Name: "many", VNI: 888, Subnet: netip.MustParsePrefix("198.19.0.0/16")}
+	nw := model.Network{Name: "many", VNI: 888, Subnet: netip.MustParsePrefix("198.19.128.0/17")}
 	nw.Normalize()
 	if _, err := api.NewClient(h1.Socket).CreateNetwork(api.NetworkCreate{Name: nw.Name, Subnet: nw.Subnet.String(), VNI: nw.VNI}); err != nil {
 		return res, err
@@ -79,7 +82,9 @@ func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
 		if err != nil {
 			return res, err
 		}
-		first := netip.AddrFrom4([4]byte{198, 19, byte(1 + i), 0})
+		// 64 addresses per member from 198.19.129.0 on.
+		base := 129<<8 + i*64
+		first := netip.AddrFrom4([4]byte{198, 19, byte(base >> 8), byte(base)})
 		p := exec.Command(c.Binary, "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
 			"--join", h1.Addr.String(), "--key-file", l.KeyFile(), "--network", nw.Name,
 			"--first", first.String(), "--count", strconv.Itoa(endpoints))
