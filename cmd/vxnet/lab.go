@@ -355,7 +355,7 @@ func newSyntheticCmd() *cobra.Command {
 					nw = n
 					break
 				}
-				if i > 500 {
+				if i > 3000 {
 					return fmt.Errorf("network %q not learnt from the cluster", network)
 				}
 				time.Sleep(10 * time.Millisecond)

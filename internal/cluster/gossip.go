@@ -546,7 +546,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 }
 
 func (d *delegate) LocalState(join bool) []byte {
-	b, err := d.spread.LocalState((*Gossip)(d).fullStateNeeded())
+	b, err := d.spread.LocalState(join, (*Gossip)(d).fullStateNeeded())
 	if err != nil {
 		d.log.Error("encode state", "err", err)
 		return nil

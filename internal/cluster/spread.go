@@ -125,13 +125,14 @@ func (s *Spreader) Queued() int {
 }
 
 // LocalState is this member's side of a push/pull exchange: a summary of
-// its state (root and count), or its whole state when full is set (a peer
-// of a version before digests is in the cluster).
-func (s *Spreader) LocalState(full bool) ([]byte, error) {
-	if full {
+// its state (root and count); at a join its full digest, so that each side
+// at once sends the other the records of the origins that differ; its
+// whole state when old is set (a member before digests is in the cluster).
+func (s *Spreader) LocalState(join, old bool) ([]byte, error) {
+	if old {
 		return Encode(Message{Kind: MsgState, Records: s.State.Snapshot()})
 	}
-	return Encode(Message{Kind: MsgDigest, From: s.Self, Digest: s.State.Digest(false)})
+	return Encode(Message{Kind: MsgDigest, From: s.Self, Digest: s.State.Digest(join)})
 }
 
 // Handle takes a records, state or digest message in; via says how it came

@@ -184,8 +184,8 @@ func (b *bus) gossipRound() {
 
 // pushPull runs memberlist's exchange between two members.
 func (b *bus) pushPull(x, y string) {
-	sx, _ := b.members[x].LocalState(false)
-	sy, _ := b.members[y].LocalState(false)
+	sx, _ := b.members[x].LocalState(false, false)
+	sy, _ := b.members[y].LocalState(false, false)
 	b.deliver(y, sx, "push-pull")
 	b.deliver(x, sy, "push-pull")
 	b.drain()
@@ -261,7 +261,7 @@ func TestAntiEntropyRepairsLoss(t *testing.T) {
 	}
 	// Converged members exchange summaries only.
 	before := len(b.queue)
-	sx, _ := b.members["m003"].LocalState(false)
+	sx, _ := b.members["m003"].LocalState(false, false)
 	if len(sx) > 200 {
 		t.Errorf("a converged member's push/pull state is %d bytes", len(sx))
 	}
@@ -269,7 +269,7 @@ func TestAntiEntropyRepairsLoss(t *testing.T) {
 	if len(b.queue) != before {
 		t.Errorf("converged members sent more than summaries")
 	}
-	if full, _ := b.members["m003"].LocalState(true); !strings.Contains(string(full), `"kind":"state"`) {
+	if full, _ := b.members["m003"].LocalState(false, true); !strings.Contains(string(full), `"kind":"state"`) {
 		t.Errorf("full local state is not a state message: %.80s", full)
 	}
 }
@@ -298,5 +298,28 @@ func TestTickRepairs(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s sent %d messages in a round of equal members, want its one summary", name, n)
 		}
+	}
+}
+
+// TestJoinExchange: at a join both sides send full digests, and each at
+// once sends the other what it lacks, with no recheck delay.
+func TestJoinExchange(t *testing.T) {
+	b := newBus(2, 0)
+	x, y := b.members["m000"], b.members["m001"]
+	for i := range 3 {
+		_, _ = x.State.Merge([]Record{epRecord("m000", i, 0)})
+		_, _ = y.State.Merge([]Record{epRecord("m001", i, 0)})
+	}
+	delayed := 0
+	for _, m := range []*Spreader{x, y} {
+		m.After = func(time.Duration, func()) { delayed++ }
+	}
+	sx, _ := x.LocalState(true, false)
+	sy, _ := y.LocalState(true, false)
+	b.deliver("m001", sx, "push-pull")
+	b.deliver("m000", sy, "push-pull")
+	b.drain()
+	if x.State.Len() != 6 || y.State.Len() != 6 || delayed != 0 {
+		t.Fatalf("after a join exchange: %d and %d records, %d delayed rechecks; want 6, 6, 0", x.State.Len(), y.State.Len(), delayed)
 	}
 }

@@ -268,6 +268,13 @@ func Up(cfg Config) (l *Lab, err error) {
 // peers in a table of their own; the lab's hosts share one kernel, whose
 // limit on dynamic entries (gc_thresh3, 1,024 by default) a full mesh of 32
 // hosts alone nearly fills. Permanent entries do not count against it.
+// StaticNeighbours gives the lab's hosts and extra ones (synthetic members)
+// permanent underlay neighbour entries for each other: at a hundred members
+// the shared kernel's table of dynamic entries would overflow.
+func (l *Lab) StaticNeighbours(extra []Host) error {
+	return staticUnderlayNeighbours(append(slices.Clone(l.Hosts), extra...))
+}
+
 func staticUnderlayNeighbours(hosts []Host) error {
 	macs := map[netip.Addr]net.HardwareAddr{}
 	for _, h := range hosts {

@@ -353,8 +353,8 @@ func (m *world) pushPull(a, b *modelMember, join bool) {
 	if !b.up {
 		return
 	}
-	sa, _ := a.sp.LocalState(false)
-	sb, _ := b.sp.LocalState(false)
+	sa, _ := a.sp.LocalState(join, false)
+	sb, _ := b.sp.LocalState(join, false)
 	a.msgs++
 	b.msgs++
 	m.kinds["pushpull"] += int64(len(sa) + len(sb) + (len(a.view)+len(b.view))*nodeStateBytes)
