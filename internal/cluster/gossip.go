@@ -419,6 +419,9 @@ func (g *Gossip) Shutdown() error {
 func (g *Gossip) receive(b []byte, what string) {
 	g.traffic.inMsgs.Add(1)
 	g.traffic.inBytes.Add(int64(len(b)))
+	if g.spread.Duplicate(b) {
+		return
+	}
 	m, err := DecodeMessage(b)
 	if errors.Is(err, ErrUnknownKind) {
 		g.log.Debug("ignored a message of a kind this version does not know", "via", what, "err", err)

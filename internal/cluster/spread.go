@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"hash/fnv"
 	"log/slog"
@@ -58,6 +59,14 @@ type Spreader struct {
 
 	once  sync.Once
 	queue *memberlist.TransmitLimitedQueue
+
+	// seen holds hashes of the records messages taken in lately: the
+	// copies forwarding and gossip bring (about ten per change) are
+	// dropped before they are decoded.
+	seenMu   sync.Mutex
+	seen     map[uint64]struct{}
+	seenRing []uint64
+	seenNext int
 	// sizes counts this member's peers, for the queue's retransmit limit.
 	sizes func() int
 }
@@ -76,7 +85,7 @@ func (s *Spreader) init() {
 		if s.OnChange == nil {
 			s.OnChange = func([]Record) {}
 		}
-		s.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return len(s.Peers()) + 1 }, RetransmitMult: 3}
+		s.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return len(s.Peers()) + 1 }, RetransmitMult: 2}
 	})
 }
 
@@ -109,6 +118,37 @@ func (s *Spreader) spread(recs []Record, fanout int) {
 	if n := s.queue.NumQueued(); n > maxQueued {
 		s.queue.Prune(maxQueued)
 	}
+}
+
+// seenCap bounds the hashes of messages remembered.
+const seenCap = 8192
+
+// Duplicate reports whether b is a records message this member already
+// took in (and remembers it otherwise); only records messages are
+// remembered: they alone come in many identical copies.
+func (s *Spreader) Duplicate(b []byte) bool {
+	if !bytes.HasPrefix(b, []byte(`{"kind":"records"`)) {
+		return false
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	sum := h.Sum64()
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	if s.seen == nil {
+		s.seen = make(map[uint64]struct{}, seenCap)
+		s.seenRing = make([]uint64, seenCap)
+	}
+	if _, ok := s.seen[sum]; ok {
+		return true
+	}
+	if old := s.seenRing[s.seenNext]; old != 0 {
+		delete(s.seen, old)
+	}
+	s.seen[sum] = struct{}{}
+	s.seenRing[s.seenNext] = sum
+	s.seenNext = (s.seenNext + 1) % seenCap
+	return false
 }
 
 // Broadcasts returns queued messages for a gossip packet (memberlist's

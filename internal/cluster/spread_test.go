@@ -127,6 +127,7 @@ type bus struct {
 	rnd     *rand.Rand
 	sent    map[string]int // messages sent by member
 	queue   []func()
+	dups    int // copies dropped before decoding
 }
 
 func newBus(n int, loss float64) *bus {
@@ -153,6 +154,10 @@ func newBus(n int, loss float64) *bus {
 }
 
 func (b *bus) deliver(to string, msg []byte, via string) {
+	if b.members[to].Duplicate(msg) {
+		b.dups++
+		return
+	}
 	m, err := DecodeMessage(msg)
 	if err != nil {
 		panic(err)
@@ -221,7 +226,10 @@ func TestSpreadReachesAllWithBoundedWork(t *testing.T) {
 	if direct < n*9/10 {
 		t.Errorf("forwarding alone reached %d of %d members, want 90%%", direct, n)
 	}
-	t.Logf("forwarding reached %d of %d; gossip rounds to all: %d", direct, n, rounds)
+	t.Logf("forwarding reached %d of %d; gossip rounds to all: %d; copies dropped undecoded: %d", direct, n, rounds, b.dups)
+	if b.dups == 0 {
+		t.Error("no duplicate copy was recognised")
+	}
 	// The origin pushes to originFanout members; every other member sends
 	// to forwardFanout members once for the change (gossip rounds aside).
 	if b.sent["m007"] != originFanout {
@@ -321,5 +329,27 @@ func TestJoinExchange(t *testing.T) {
 	b.drain()
 	if x.State.Len() != 6 || y.State.Len() != 6 || delayed != 0 {
 		t.Fatalf("after a join exchange: %d and %d records, %d delayed rechecks; want 6, 6, 0", x.State.Len(), y.State.Len(), delayed)
+	}
+}
+
+func TestDuplicate(t *testing.T) {
+	s := &Spreader{Self: "a", State: NewState("a")}
+	recs, _ := Encode(Message{Kind: MsgRecords, Records: []Record{epRecord("h1", 1, 0)}})
+	digest := []byte(`{"kind":"digest","records":[],"from":"h1","digest":{"root":7,"count":2}}`)
+	for i, tc := range []struct {
+		msg  []byte
+		want bool
+	}{{recs, false}, {recs, true}, {digest, false}, {digest, false}} {
+		if got := s.Duplicate(tc.msg); got != tc.want {
+			t.Errorf("%d: Duplicate(%.30s) = %v, want %v", i, tc.msg, got, tc.want)
+		}
+	}
+	// The memory is bounded: the oldest are forgotten.
+	for i := range seenCap {
+		m, _ := Encode(Message{Kind: MsgRecords, Records: []Record{epRecord("h2", i, 0)}})
+		s.Duplicate(m)
+	}
+	if s.Duplicate(recs) || len(s.seen) != seenCap {
+		t.Errorf("after %d others the first is still remembered (%d kept)", seenCap, len(s.seen))
 	}
 }

@@ -205,6 +205,9 @@ func (m *world) deliver(to string, b []byte, via string) {
 		m.membership(t, string(b))
 		return
 	}
+	if t.sp.Duplicate(b) {
+		return
+	}
 	msg, err := cluster.DecodeMessage(b)
 	if err != nil {
 		panic(fmt.Sprintf("model: a member sent a message others refuse: %v", err))
