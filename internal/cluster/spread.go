@@ -15,17 +15,21 @@ import (
 )
 
 // How changes travel (the Spreader). The numbers keep the work of one
-// change on one member bounded whatever the cluster's size: the origin
-// pushes to originFanout members, every member that learns something new
-// forwards it at once to forwardFanout others (infect and forward: about
-// 98% of members have it after log4(N) hops of one packet each) and queues
-// it for memberlist's gossip rounds, which reach the rest; anti-entropy
-// (digests) repairs whatever was lost.
+// change on one member bounded whatever the cluster's size. The origin
+// pushes it to up to originFanout members (about a millisecond of sends)
+// and queues it for memberlist's gossip rounds (a second path for lost
+// packets). In a cluster that fits in originFanout that is all: every
+// member gets one copy. In a larger one, every member that learns
+// something new forwards it at once to forwardFanout others (infect and
+// forward: about 98% of members have it after a few hops of one packet
+// each) and gossips it too, which reaches the rest; each member then takes
+// in about ten copies of a change, and drops the copies unread
+// (Duplicate). Anti-entropy (digests) repairs whatever was lost.
 const (
 	// PackLimit bounds one records message sent as a packet (by UDP or
 	// piggybacked on gossip); larger records travel alone over a stream.
 	PackLimit     = 1000
-	originFanout  = 6
+	originFanout  = 128
 	forwardFanout = 4
 	// maxQueued bounds the gossip queue; anti-entropy covers what is pruned.
 	maxQueued = 4096
@@ -89,11 +93,15 @@ func (s *Spreader) init() {
 	})
 }
 
-// Publish spreads this member's changed records: pushed to a few members
-// now, queued for gossip.
+// Publish spreads this member's changed records: pushed to up to
+// originFanout members now, queued for gossip.
 func (s *Spreader) Publish(recs ...Record) {
 	s.spread(recs, originFanout)
 }
+
+// relays reports whether members forward what is new to them: only when
+// the origin cannot push to every member itself.
+func (s *Spreader) relays() bool { return len(s.Peers()) > originFanout }
 
 func (s *Spreader) spread(recs []Record, fanout int) {
 	if len(recs) == 0 {
@@ -185,10 +193,11 @@ func (s *Spreader) Handle(m Message, via string) {
 	}
 	if len(changed) > 0 {
 		s.OnChange(changed)
-		// News travels on: forwarded at once and gossiped. Records that
-		// came with a state exchange are old news repaired, not forwarded
-		// (after a partition that would flood the cluster).
-		if m.Kind == MsgRecords {
+		// In a cluster larger than one origin's push, news travels on:
+		// forwarded at once and gossiped. Records that came with a state
+		// exchange are old news repaired, not forwarded (after a partition
+		// that would flood the cluster).
+		if m.Kind == MsgRecords && s.relays() {
 			s.spread(changed, forwardFanout)
 		}
 	}

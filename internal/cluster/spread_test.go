@@ -207,38 +207,47 @@ func (b *bus) has(key string) int {
 }
 
 func TestSpreadReachesAllWithBoundedWork(t *testing.T) {
-	const n = 200
-	b := newBus(n, 0)
-	origin := b.members["m007"]
-	rec := epRecord("m007", 1, 0)
-	_, _ = origin.State.Merge([]Record{rec})
-	origin.Publish(rec)
-	b.drain()
-	direct := b.has(rec.Key)
-	rounds := 0
-	for b.has(rec.Key) < n && rounds < 20 {
-		b.gossipRound()
-		rounds++
-	}
-	if got := b.has(rec.Key); got < n {
-		t.Fatalf("after %d gossip rounds %d of %d members have the change", rounds, got, n)
-	}
-	if direct < n*9/10 {
-		t.Errorf("forwarding alone reached %d of %d members, want 90%%", direct, n)
-	}
-	t.Logf("forwarding reached %d of %d; gossip rounds to all: %d; copies dropped undecoded: %d", direct, n, rounds, b.dups)
-	if b.dups == 0 {
-		t.Error("no duplicate copy was recognised")
-	}
-	// The origin pushes to originFanout members; every other member sends
-	// to forwardFanout members once for the change (gossip rounds aside).
-	if b.sent["m007"] != originFanout {
-		t.Errorf("origin sent %d messages, want %d", b.sent["m007"], originFanout)
-	}
-	for name, c := range b.sent {
-		if name != "m007" && c > forwardFanout {
-			t.Errorf("%s sent %d messages for one change, want at most %d", name, c, forwardFanout)
-		}
+	for _, tc := range []struct {
+		members  int
+		relaying bool
+	}{{originFanout + 1, false}, {400, true}} {
+		t.Run(fmt.Sprint(tc.members), func(t *testing.T) {
+			n := tc.members
+			b := newBus(n, 0)
+			origin := b.members["m007"]
+			rec := epRecord("m007", 1, 0)
+			_, _ = origin.State.Merge([]Record{rec})
+			origin.Publish(rec)
+			b.drain()
+			direct := b.has(rec.Key)
+			rounds := 0
+			for b.has(rec.Key) < n && rounds < 20 {
+				b.gossipRound()
+				rounds++
+			}
+			if got := b.has(rec.Key); got < n {
+				t.Fatalf("after %d gossip rounds %d of %d members have the change", rounds, got, n)
+			}
+			t.Logf("pushes and forwarding reached %d of %d; gossip rounds to all: %d; copies dropped undecoded: %d", direct, n, rounds, b.dups)
+			// The origin pushes to at most originFanout members; in a
+			// cluster that fits, nobody else sends anything; in a larger
+			// one every other member forwards once (gossip rounds aside).
+			if b.sent["m007"] != min(n-1, originFanout) {
+				t.Errorf("origin sent %d messages, want %d", b.sent["m007"], min(n-1, originFanout))
+			}
+			for name, c := range b.sent {
+				want := map[bool]int{false: 0, true: forwardFanout}[tc.relaying]
+				if name != "m007" && c > want {
+					t.Errorf("%s sent %d messages for one change, want at most %d", name, c, want)
+				}
+			}
+			if !tc.relaying && (direct != n || b.dups != 0) {
+				t.Errorf("a cluster the origin covers: %d of %d reached by the push, %d copies", direct, n, b.dups)
+			}
+			if tc.relaying && (direct < n*9/10 || b.dups == 0) {
+				t.Errorf("forwarding reached %d of %d members (want 90%%), %d copies recognised", direct, n, b.dups)
+			}
+		})
 	}
 }
 
