@@ -385,7 +385,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 	var members []int
 	var endpoints, samples int
 	var binary string
-	var asJSON bool
+	var asJSON, oneSeed bool
 	cmd := &cobra.Command{
 		Use:   "scale",
 		Short: "Benchmark: two agents and many synthetic members (real gossip processes, each in its own namespace)",
@@ -403,7 +403,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 			}
 			var all []bench.ScaleResult
 			for _, n := range members {
-				r, err := bench.Scale(bench.Config{Binary: binary, Log: g.logger()}, n, endpoints, samples)
+				r, err := bench.Scale(bench.Config{Binary: binary, Log: g.logger()}, n, endpoints, samples, oneSeed)
 				if err != nil {
 					return fmt.Errorf("%d members: %w", n, err)
 				}
@@ -424,6 +424,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 	f.IntVar(&endpoints, "endpoints", 10, "endpoints each synthetic member announces")
 	f.IntVar(&samples, "samples", 50, "attach samples")
 	f.StringVar(&binary, "binary", "", "vxnet binary for agents and members (default: this one)")
+	f.BoolVar(&oneSeed, "one-seed", false, "members join through h1 alone (binaries before 2026-11 take one address)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

@@ -19,8 +19,7 @@ import (
 
 // ScaleResult is one run of the real-process scale part: a lab of two
 // agents and many synthetic members (real gossip, no datapath), each a
-// process in its own namespace, all joined through h1 (as the issue
-// measured; older binaries take one address).
+// process in its own namespace, joined through the agents.
 type ScaleResult struct {
 	Members   int `json:"members"`
 	Endpoints int `json:"endpoints_per_member"`
@@ -43,7 +42,7 @@ type ScaleResult struct {
 
 // Scale runs the scale part with members synthetic members announcing
 // endpoints each.
-func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
+func Scale(c Config, members, endpoints, samples int, old bool) (ScaleResult, error) {
 	res := ScaleResult{Members: members, Endpoints: endpoints}
 	if members < 1 || members > 240 {
 		return res, fmt.Errorf("invalid member count %d: want 1-240 (one lab subnet)", members)
@@ -76,6 +75,11 @@ func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
 			_ = p.Wait()
 		}
 	}()
+	// Through both agents (older binaries take one address: h1 alone).
+	join := h1.Addr.String() + "," + l.Hosts[1].Addr.String()
+	if old {
+		join = h1.Addr.String()
+	}
 	var shs []lab.Host
 	for i := range members {
 		sh, err := l.AddSyntheticHost(10 + i)
@@ -96,7 +100,7 @@ func Scale(c Config, members, endpoints, samples int) (ScaleResult, error) {
 		base := 129<<8 + i*64
 		first := netip.AddrFrom4([4]byte{198, 19, byte(base >> 8), byte(base)})
 		p := exec.Command(c.Binary, "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
-			"--join", h1.Addr.String(), "--key-file", l.KeyFile(), "--network", nw.Name,
+			"--join", join, "--key-file", l.KeyFile(), "--network", nw.Name,
 			"--first", first.String(), "--count", strconv.Itoa(endpoints))
 		p.Stderr = os.Stderr
 		if err := nsutil.Do(sh.Netns, p.Start); err != nil {

@@ -3,6 +3,7 @@ package lab
 import (
 	"encoding/base64"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"strings"
@@ -61,18 +62,21 @@ func JoinSynthetic(name string, addr netip.Addr, keyFile string, join []string) 
 	if err != nil {
 		return nil, err
 	}
-	// Join as an agent does: every given member, retried with backoff.
+	// Join as an agent does, retried with backoff; one member at a time
+	// from a random start, so that many members starting together do not
+	// all queue at the first address.
 	backoff := 500 * time.Millisecond
-	for start := time.Now(); ; {
-		_, err := s.Gossip.Join(join)
+	next := rand.N(len(join))
+	for start := time.Now(); ; next++ {
+		_, err := s.Gossip.Join([]string{join[next%len(join)]})
 		if err == nil {
 			break
 		}
-		if time.Since(start) > 2*time.Minute {
+		if time.Since(start) > 5*time.Minute {
 			s.Gossip.Shutdown()
 			return nil, err
 		}
-		time.Sleep(backoff)
+		time.Sleep(backoff/2 + rand.N(backoff))
 		backoff = min(2*backoff, 10*time.Second)
 	}
 	return s, nil
