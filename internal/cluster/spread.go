@@ -29,7 +29,7 @@ const (
 	// PackLimit bounds one records message sent as a packet (by UDP or
 	// piggybacked on gossip); larger records travel alone over a stream.
 	PackLimit     = 1000
-	originFanout  = 128
+	originFanout  = 256
 	forwardFanout = 4
 	// maxQueued bounds the gossip queue; anti-entropy covers what is pruned.
 	maxQueued = 4096
@@ -400,6 +400,8 @@ type OriginDigest struct {
 	Origin string `json:"o"`
 	Count  int    `json:"c"`
 	Sum    uint64 `json:"h"`
+	// Max is the highest version among them.
+	Max uint64 `json:"n,omitempty"`
 }
 
 func recordHash(r Record) uint64 {
@@ -434,6 +436,7 @@ func (s *State) Digest(full bool) *Digest {
 			h := recordHash(r)
 			o.Count++
 			o.Sum += h
+			o.Max = max(o.Max, r.Version)
 			d.Root += h
 			d.Count++
 		}
@@ -452,28 +455,39 @@ func (s *State) Digest(full bool) *Digest {
 	return &out
 }
 
-// Differing returns this member's records of the origins whose summary in
-// d differs from its own: what the holder of d may lack or hold older.
+// Differing returns what the holder of d may lack of this member's records,
+// by origin: for an origin it holds nothing of, or holds the same newest
+// version of (something older went missing), every record; for one where
+// this member is ahead, the records newer than the holder's newest (a later
+// round sends the rest if that was not all); for one where the holder is
+// ahead, nothing (the holder sends).
 func (s *State) Differing(d Digest) []Record {
 	theirs := make(map[string]OriginDigest, len(d.Origins))
 	for _, o := range d.Origins {
 		theirs[o.Origin] = o
 	}
 	mine := s.Digest(true)
-	differ := map[string]bool{}
+	since := map[string]uint64{} // send records of the origin above this version
 	for _, o := range mine.Origins {
-		if t, ok := theirs[o.Origin]; !ok || t != o {
-			differ[o.Origin] = true
+		t, ok := theirs[o.Origin]
+		switch {
+		case !ok:
+			since[o.Origin] = 0
+		case t == o:
+		case o.Max > t.Max:
+			since[o.Origin] = t.Max
+		case o.Max == t.Max:
+			since[o.Origin] = 0
 		}
 	}
-	if len(differ) == 0 {
+	if len(since) == 0 {
 		return nil
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []Record
 	for _, r := range s.records {
-		if differ[r.Origin] {
+		if v, ok := since[r.Origin]; ok && r.Version > v {
 			out = append(out, r)
 		}
 	}

@@ -100,13 +100,19 @@ func TestDigestAndDiffering(t *testing.T) {
 		slices.Sort(o)
 		return slices.Compact(o)
 	}
-	// a sends its records of h1 (b's h1 set lacks one) and h2 (b lacks one);
-	// b sends those of the same origins and of h3.
+	// a sends its records of h1 (same newest version, b's set lacks one:
+	// all of them) and h2 (a is ahead: the newer ones alone); b sends h1
+	// (same newest) and h3 (a has none), not h2 (a is ahead there).
 	if got := origins(toB); !slices.Equal(got, []string{"h1", "h2"}) {
 		t.Errorf("a sends records of %v, want h1 and h2", got)
 	}
-	if got := origins(toA); !slices.Equal(got, []string{"h1", "h2", "h3"}) {
-		t.Errorf("b sends records of %v, want h1, h2 and h3", got)
+	for _, r := range toB {
+		if r.Origin == "h2" && r.Key != EndpointKey("h2.web.7") {
+			t.Errorf("a sends %s of h2, which b holds", r.Key)
+		}
+	}
+	if got := origins(toA); !slices.Equal(got, []string{"h1", "h3"}) {
+		t.Errorf("b sends records of %v, want h1 and h3", got)
 	}
 	_, _ = b.Merge(toB)
 	_, _ = a.Merge(toA)
