@@ -36,7 +36,7 @@ const (
 	// DigestInterval is how often a member sends its summary to one
 	// member at random (Tick): a lost change is repaired within seconds,
 	// not at memberlist's push/pull (15 s to 90 s as the cluster grows).
-	DigestInterval = 5 * time.Second
+	DigestInterval = 2 * time.Second
 	// recheckAfter lets changes in flight land before a difference of
 	// summaries is taken for one that needs an exchange.
 	recheckAfter = time.Second
