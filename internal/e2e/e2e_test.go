@@ -40,6 +40,12 @@ func upCfg(t *testing.T, cfg lab.Config) *lab.Lab {
 	testutil.RequireRoot(t)
 	name := testutil.LabName("e")
 	cfg.Name, cfg.Agent, cfg.Binary = name, true, testutil.Binary(t)
+	// VXNET_E2E_STORE=etcd runs the agents on a three-member etcd cluster
+	// instead of gossip (scripts/test.sh runs the tests that do not test
+	// gossip itself so a second time).
+	if os.Getenv("VXNET_E2E_STORE") == "etcd" && cfg.Etcd == 0 {
+		cfg.Etcd = 3
+	}
 	l, err := lab.Up(cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
