@@ -24,3 +24,8 @@ done
 # -p 1: the privileged packages (lab, e2e, datapath/linux) run real agents
 # and dockerds; one package at a time keeps them off each other's 2 cores.
 go test -count=1 -p 1 -timeout 25m ./...
+# The end-to-end tests that do not test gossip itself, again with the
+# agents' state in a three-member etcd cluster (--store etcd://).
+VXNET_E2E_STORE=etcd go test -count=1 -timeout 20m \
+  -run '^(TestCluster|TestAgentKill9|TestChurn|TestStaleStateCleanedOnStart|TestRestartWithoutJoin|TestAttachByPID|TestDockerClassicSteps|TestDockerRealHost|TestCNI|TestHostFirewall|TestHealth|TestDoctor|TestMemberFailure|TestConcurrentCreate|TestLateJoinConverges|TestUninstall)$' \
+  ./internal/e2e
