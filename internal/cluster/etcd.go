@@ -372,26 +372,14 @@ func (e *Etcd) put(r Record) error {
 	// is retried in the background.
 	ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
 	defer cancel()
+	// One transaction: write if the key is as last seen (at first: absent,
+	// the common case of a new endpoint), else read it; a record older
+	// than etcd's is not written.
+	cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	for attempt := 0; attempt < 20; attempt++ {
-		// Write only if the key is unchanged since read (compare and swap).
-		cur, err := e.cli.Get(ctx, key)
-		if err != nil {
-			if retryable(ctx, err) {
-				time.Sleep(200 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
-		if len(cur.Kvs) == 1 {
-			if old, ok := e.decode(cur.Kvs[0].Value); ok && !r.Newer(old) {
-				return nil
-			}
-			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", cur.Kvs[0].ModRevision)
-		}
 		e.traffic.outMsgs.Add(1)
 		e.traffic.outBytes.Add(int64(len(b)))
-		t, err := e.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, string(b))).Commit()
+		t, err := e.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, string(b))).Else(clientv3.OpGet(key)).Commit()
 		if err != nil {
 			if retryable(ctx, err) {
 				time.Sleep(200 * time.Millisecond)
@@ -402,6 +390,15 @@ func (e *Etcd) put(r Record) error {
 		if t.Succeeded {
 			return nil
 		}
+		kvs := t.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			cmp = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+			continue
+		}
+		if old, ok := e.decode(kvs[0].Value); ok && !r.Newer(old) {
+			return nil
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)
 	}
 	return fmt.Errorf("record %s: not written after 20 tries", r.Key)
 }
