@@ -57,8 +57,7 @@ type Etcd struct {
 	mu      sync.Mutex
 	members map[string]etcdMember // live members by name
 	failed  map[string]etcdMember // gone, with the time in since
-	calls   map[string]chan *Call
-	callSeq int
+	calls   calls
 	// pending holds records not yet written (etcd unreachable), by key.
 	pending map[string]Record
 
@@ -107,7 +106,7 @@ func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
 		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
 	}
 	e := &Etcd{cfg: cfg, state: state, cli: cli, log: cfg.Log, members: map[string]etcdMember{},
-		failed: map[string]etcdMember{}, calls: map[string]chan *Call{}, pending: map[string]Record{}}
+		failed: map[string]etcdMember{}, pending: map[string]Record{}}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -619,30 +618,13 @@ func (e *Etcd) Request(node, op string, body any, timeout time.Duration) (json.R
 	if err != nil {
 		return nil, fmt.Errorf("%s request: %w", op, err)
 	}
-	ch := make(chan *Call, 1)
-	e.mu.Lock()
-	e.callSeq++
-	id := fmt.Sprintf("%s.%d.%d", e.cfg.Name, time.Now().UnixNano(), e.callSeq)
-	e.calls[id] = ch
-	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		delete(e.calls, id)
-		e.mu.Unlock()
-	}()
+	id, ch, done := e.calls.open(e.cfg.Name)
+	defer done()
 	msg, _ := json.Marshal(Call{ID: id, From: e.cfg.Name, Op: op, Body: b})
 	if err := e.putShort(e.key("calls", node, id), msg, timeout); err != nil {
 		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
 	}
-	select {
-	case c := <-ch:
-		if c.Error != "" {
-			return nil, fmt.Errorf("%s on %s: %s", op, node, c.Error)
-		}
-		return c.Body, nil
-	case <-time.After(timeout):
-		return nil, fmt.Errorf("%s request to %s: no answer within %s", op, node, timeout)
-	}
+	return wait(ch, op, node, timeout, "")
 }
 
 // putShort writes a value that lives a few seconds.
@@ -683,15 +665,7 @@ func (e *Etcd) reply(b []byte) {
 		e.malformed.Add(1)
 		return
 	}
-	e.mu.Lock()
-	ch := e.calls[c.ID]
-	e.mu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- &c:
-		default:
-		}
-	}
+	e.calls.deliver(&c)
 }
 
 // Shutdown stops without giving up the lease: others keep this member's

@@ -86,8 +86,7 @@ type Gossip struct {
 	failed  map[string]failedMember     // members that failed, to reconnect to
 	grace   time.Duration               // endpoints of a failed member stay this long
 	stop    chan struct{}
-	calls   map[string]chan *Call // requests waiting for their response, by ID
-	callSeq int
+	calls   calls
 	joins   int              // Join calls in progress
 	claims  []netip.AddrPort // other addresses seen claiming our name during a Join
 
@@ -437,15 +436,7 @@ func (g *Gossip) receive(b []byte, what string) {
 		go g.answer(m.Call)
 		return
 	case MsgResponse:
-		g.mu.Lock()
-		ch := g.calls[m.Call.ID]
-		g.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- m.Call:
-			default:
-			}
-		}
+		g.calls.deliver(m.Call)
 		return
 	}
 	g.spread.Handle(m, what)
@@ -462,20 +453,8 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	if err != nil {
 		return nil, fmt.Errorf("%s request: %w", op, err)
 	}
-	ch := make(chan *Call, 1)
-	g.mu.Lock()
-	if g.calls == nil {
-		g.calls = map[string]chan *Call{}
-	}
-	g.callSeq++
-	id := fmt.Sprintf("%s.%d", g.cfg.Name, g.callSeq)
-	g.calls[id] = ch
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.calls, id)
-		g.mu.Unlock()
-	}()
+	id, ch, done := g.calls.open(g.cfg.Name)
+	defer done()
 	msg, err := Encode(Message{Kind: MsgRequest, Call: &Call{ID: id, From: g.cfg.Name, Op: op, Body: b}})
 	if err != nil {
 		return nil, err
@@ -484,15 +463,7 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	if err := g.ml.SendReliable(target, msg); err != nil {
 		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
 	}
-	select {
-	case c := <-ch:
-		if c.Error != "" {
-			return nil, fmt.Errorf("%s on %s: %s", op, node, c.Error)
-		}
-		return c.Body, nil
-	case <-time.After(timeout):
-		return nil, fmt.Errorf("%s request to %s: no answer within %s (an older agent there?)", op, node, timeout)
-	}
+	return wait(ch, op, node, timeout, " (an older agent there?)")
 }
 
 // member returns the live member of that name, or nil.
