@@ -386,6 +386,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 	var endpoints, samples int
 	var binary string
 	var asJSON, oneSeed bool
+	var rate float64
 	cmd := &cobra.Command{
 		Use:   "scale",
 		Short: "Benchmark: two agents and many synthetic members (real gossip processes, each in its own namespace)",
@@ -403,7 +404,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 			}
 			var all []bench.ScaleResult
 			for _, n := range members {
-				r, err := bench.Scale(bench.Config{Binary: binary, Log: g.logger()}, n, endpoints, samples, oneSeed)
+				r, err := bench.Scale(bench.Config{Binary: binary, Log: g.logger()}, n, endpoints, samples, oneSeed, rate)
 				if err != nil {
 					return fmt.Errorf("%d members: %w", n, err)
 				}
@@ -424,6 +425,7 @@ func newScaleCmd(g *globals) *cobra.Command {
 	f.IntVar(&endpoints, "endpoints", 10, "endpoints each synthetic member announces")
 	f.IntVar(&samples, "samples", 50, "attach samples")
 	f.StringVar(&binary, "binary", "", "vxnet binary for agents and members (default: this one)")
+	f.Float64Var(&rate, "start-rate", 0, "members started per second (0: all at once)")
 	f.BoolVar(&oneSeed, "one-seed", false, "members join through h1 alone (binaries before 2026-11 take one address)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

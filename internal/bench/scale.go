@@ -41,8 +41,8 @@ type ScaleResult struct {
 }
 
 // Scale runs the scale part with members synthetic members announcing
-// endpoints each.
-func Scale(c Config, members, endpoints, samples int, old bool) (ScaleResult, error) {
+// endpoints each, started rate a second (0: all at once).
+func Scale(c Config, members, endpoints, samples int, old bool, rate float64) (ScaleResult, error) {
 	res := ScaleResult{Members: members, Endpoints: endpoints}
 	if members < 1 || members > 240 {
 		return res, fmt.Errorf("invalid member count %d: want 1-240 (one lab subnet)", members)
@@ -96,6 +96,9 @@ func Scale(c Config, members, endpoints, samples int, old bool) (ScaleResult, er
 	}
 	start := time.Now()
 	for i, sh := range shs {
+		if rate > 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))))
+		}
 		// 64 addresses per member from 198.19.129.0 on.
 		base := 129<<8 + i*64
 		first := netip.AddrFrom4([4]byte{198, 19, byte(base >> 8), byte(base)})
