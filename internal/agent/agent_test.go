@@ -407,6 +407,33 @@ func TestClaimedBlocksNeverTwice(t *testing.T) {
 	}
 }
 
+// With a claiming store that does not answer, an attach that needs a new
+// address block fails with the store's error and keeps nothing; an attach
+// from a block the member holds does not need the store.
+func TestClaimFailure(t *testing.T) {
+	b := newBus()
+	b.claims = map[string]cluster.Record{}
+	h1 := newNode(t, b, "h1", 1, "")
+	mustCreate(t, h1, "web", "10.40.0.0/24")
+	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a")})
+	b.mu.Lock()
+	b.claimErr = errors.New("claim block/web/10.40.0.0/26 in etcd: context deadline exceeded")
+	b.mu.Unlock()
+	mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "b")})
+	mustCreate(t, h1, "db", "10.41.0.0/24")
+	_, err := h1.Attach(api.AttachRequest{Network: "db", Netns: netns(t, "c")})
+	if err == nil || !strings.Contains(err.Error(), "network db: claim address block 10.41.0.") || !strings.Contains(err.Error(), "in etcd: context deadline exceeded") {
+		t.Fatalf("attach needing a block while the store is down: %v", err)
+	}
+	obs, err := h1.dp.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h1.state.Blocks("db")); n != 0 || len(obs.Ports) != 2 || len(h1.state.Endpoints()) != 2 {
+		t.Fatalf("a failed claim kept %d blocks, %d ports and %d endpoint records; want 0, 2 and 2", n, len(obs.Ports), len(h1.state.Endpoints()))
+	}
+}
+
 // Two members create one name with different definitions at the same
 // moment (each before the other's record reaches it): both creates return,
 // every member keeps the same definition (the higher version, then the

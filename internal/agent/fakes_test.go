@@ -28,8 +28,10 @@ type bus struct {
 	holding bool
 	held    []func()
 	// claims, when set, is a consistent store members claim records in
-	// (as etcd): their replicators are Claimers.
-	claims map[string]cluster.Record
+	// (as etcd): their replicators are Claimers; claimErr makes every
+	// claim fail (the store unreachable).
+	claims   map[string]cluster.Record
+	claimErr error
 }
 
 // claimingMember is a bus member whose store can claim records.
@@ -38,6 +40,9 @@ type claimingMember struct{ *busMember }
 func (m claimingMember) Claim(rec cluster.Record) (bool, cluster.Record, error) {
 	m.bus.mu.Lock()
 	defer m.bus.mu.Unlock()
+	if m.bus.claimErr != nil {
+		return false, cluster.Record{}, m.bus.claimErr
+	}
 	cur, ok := m.bus.claims[rec.Key]
 	if ok && !cur.Deleted && cur.Origin != m.name {
 		return false, cur, nil
