@@ -175,12 +175,12 @@ func (e *Etcd) register() error {
 		// expired. Register again when etcd answers (unless stopping).
 		for e.ctx.Err() == nil {
 			e.log.Warn("etcd lease lost; registering again")
-			if err := e.register(); err == nil {
+			err := e.register()
+			if err == nil {
 				e.republish()
 				return
-			} else {
-				e.log.Warn("etcd register", "err", err)
 			}
+			e.log.Warn("etcd register", "err", err)
 			select {
 			case <-e.ctx.Done():
 			case <-time.After(time.Second):
