@@ -71,8 +71,6 @@ type Spreader struct {
 	seen     map[uint64]struct{}
 	seenRing []uint64
 	seenNext int
-	// sizes counts this member's peers, for the queue's retransmit limit.
-	sizes func() int
 }
 
 func (s *Spreader) init() {
@@ -115,6 +113,7 @@ func (s *Spreader) spread(recs []Record, fanout int) {
 	}
 	targets := sample(s.Peers(), fanout, s.Rand)
 	for _, p := range msgs {
+		s.Duplicate(p.msg) // its echoes are copies too
 		big := len(p.msg) > PackLimit
 		for _, t := range targets {
 			s.Send(t, p.msg, big)
