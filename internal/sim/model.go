@@ -124,13 +124,13 @@ type modelMember struct {
 	view  map[string]nodeView // members known, self included
 	peers []string            // the alive ones but self (nil: rebuild)
 	// mlq holds memberlist's own broadcasts (alive and dead messages).
-	mlq           *memberlist.TransmitLimitedQueue
-	bytes, msgs   int64
-	suspect       map[string]bool
-	downAt, upAt  time.Duration
-	restarted     bool
-	fullAgainAt   time.Duration
-	generationOut int
+	mlq         *memberlist.TransmitLimitedQueue
+	bytes, msgs int64 // sent, since the last reset
+	suspect     map[string]bool
+	// restarted members: when they came back and when they held every
+	// record again.
+	restarted         bool
+	upAt, fullAgainAt time.Duration
 }
 
 // nodeView is what a member believes of another, as in memberlist.
@@ -575,7 +575,6 @@ func RunModel(cfg ModelConfig) (ModelResult, error) {
 			down := time.Duration(m.rnd.Int64N(int64(cfg.Window / 2)))
 			m.at(down, func() {
 				mm.up = false
-				mm.downAt = m.now
 				m.at(10*time.Second, func() {
 					mm.restarted = true
 					mm.upAt = m.now
