@@ -122,9 +122,16 @@ func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The members too before the first reconcile pass: without them it
+	// would withdraw every peer's endpoints (a restart must change nothing).
+	live, mrev, err := e.loadMembers()
+	if err != nil {
+		return nil, err
+	}
+	e.setMembers(live)
 	e.wg.Add(3)
 	go e.watchRecords(rev)
-	go e.watchMembers()
+	go e.watchMembers(live, mrev)
 	go e.retryPending()
 	ok = true
 	return e, nil
@@ -443,32 +450,46 @@ func (e *Etcd) watchRecords(rev int64) {
 	}
 }
 
-func (e *Etcd) watchMembers() {
+// loadMembers reads the live members and returns them with the revision
+// to watch from.
+func (e *Etcd) loadMembers() (map[string]etcdMember, int64, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	r, err := e.cli.Get(ctx, e.key("members")+"/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("etcd load members: %w", err)
+	}
+	live := map[string]etcdMember{}
+	for _, kv := range r.Kvs {
+		var m etcdMember
+		if json.Unmarshal(kv.Value, &m) == nil && model.ValidateName("node", m.Name) == nil {
+			live[m.Name] = m
+		}
+	}
+	return live, r.Header.Revision, nil
+}
+
+// watchMembers follows the members (and this member's calls and
+// replies) from rev on, the live set already taken in.
+func (e *Etcd) watchMembers(live map[string]etcdMember, rev int64) {
 	defer e.wg.Done()
 	prefix := e.key("members") + "/"
 	callPrefix := e.key("calls", e.cfg.Name) + "/"
 	replyPrefix := e.key("replies", e.cfg.Name) + "/"
 	for e.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-		r, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix())
-		cancel()
-		if err != nil {
-			e.log.Warn("etcd members", "err", err)
-			time.Sleep(time.Second)
-			continue
-		}
-		live := map[string]etcdMember{}
-		for _, kv := range r.Kvs {
-			var m etcdMember
-			if json.Unmarshal(kv.Value, &m) == nil && model.ValidateName("node", m.Name) == nil {
-				live[m.Name] = m
+		if live == nil {
+			var err error
+			if live, rev, err = e.loadMembers(); err != nil {
+				e.log.Warn("etcd members", "err", err)
+				time.Sleep(time.Second)
+				continue
 			}
+			e.setMembers(live)
 		}
-		e.setMembers(live)
 		wctx := clientv3.WithRequireLeader(e.ctx)
-		wm := e.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1), clientv3.WithPrevKV())
-		wc := e.cli.Watch(wctx, callPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
-		wr := e.cli.Watch(wctx, replyPrefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+		wm := e.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+		wc := e.cli.Watch(wctx, callPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		wr := e.cli.Watch(wctx, replyPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	watching:
 		for {
 			select {
@@ -508,6 +529,7 @@ func (e *Etcd) watchMembers() {
 				}
 			}
 		}
+		live = nil // read them again, then watch again
 		if e.ctx.Err() == nil {
 			time.Sleep(500 * time.Millisecond)
 		}
