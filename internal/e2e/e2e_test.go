@@ -273,7 +273,13 @@ func TestCluster(t *testing.T) {
 		}
 		err := client(l, "h1").Detach(api.DetachRequest{Network: "web", Netns: b})
 		wantStatusError(t, err, 404, "is not attached to network web on this host")
-		if err := client(l, "h2").RemoveNetwork("web", false); err != nil {
+		// h2 refuses while it still knows an endpoint: the detaches reach
+		// it within milliseconds (a gossip push; with the etcd store, its
+		// watch).
+		err = waitCond(5*time.Second, func() error {
+			return client(l, "h2").RemoveNetwork("web", false)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		// Every host removes its devices of VNI 100.
