@@ -6,7 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -151,7 +150,6 @@ type world struct {
 	watch     map[string]map[string]time.Duration
 	published map[string]time.Duration
 	origin    map[string]string
-	kinds     map[string]int64
 	total     int // records every member should hold
 }
 
@@ -186,7 +184,6 @@ func (mm *modelMember) peerNames() []string {
 }
 
 func (m *world) send(from *modelMember, to string, b []byte, reliable bool) {
-	m.kinds[kindOf(b)] += int64(len(b))
 	from.msgs++
 	from.bytes += int64(len(b) + packetHeader)
 	d := m.jitter()
@@ -277,7 +274,6 @@ func (m *world) gossip(mm *modelMember) {
 		}
 		size := packetHeader
 		for _, b := range msgs {
-			m.kinds["gossip:"+kindOf(b)] += int64(len(b))
 			size += len(b) + 2
 		}
 		mm.msgs++
@@ -302,7 +298,6 @@ func (m *world) probe(mm *modelMember) {
 	target := peers[m.rnd.IntN(len(peers))]
 	mm.msgs += 2
 	mm.bytes += probeBytes
-	m.kinds["probe"] += probeBytes
 	if m.byName[target].up || mm.suspect[target] {
 		return
 	}
@@ -360,7 +355,6 @@ func (m *world) pushPull(a, b *modelMember, join bool) {
 	sb, _ := b.sp.LocalState(join, false)
 	a.msgs++
 	b.msgs++
-	m.kinds["pushpull"] += int64(len(sa) + len(sb) + (len(a.view)+len(b.view))*nodeStateBytes)
 	a.bytes += int64(len(sa) + len(a.view)*nodeStateBytes + packetHeader)
 	b.bytes += int64(len(sb) + len(b.view)*nodeStateBytes + packetHeader)
 	d := 4*latency + time.Duration(float64(len(sa)+len(sb)+(len(a.view)+len(b.view))*nodeStateBytes)/bytesPerSec*float64(time.Second))
@@ -413,7 +407,7 @@ func (m *world) join(mm *modelMember, seeds []*modelMember) {
 
 func newModel(cfg ModelConfig) *world {
 	m := &world{cfg: cfg, rnd: rand.New(rand.NewPCG(cfg.Seed, 17)), byName: map[string]*modelMember{},
-		watch: map[string]map[string]time.Duration{}, published: map[string]time.Duration{}, origin: map[string]string{}, kinds: map[string]int64{}}
+		watch: map[string]map[string]time.Duration{}, published: map[string]time.Duration{}, origin: map[string]string{}}
 	for i := range cfg.Members {
 		mm := &modelMember{name: fmt.Sprintf("m%04d", i), suspect: map[string]bool{}, view: map[string]nodeView{}}
 		mm.sp = &cluster.Spreader{Self: mm.name, State: cluster.NewState(mm.name), Rand: m.rnd.IntN,
@@ -521,18 +515,6 @@ func RunModel(cfg ModelConfig) (ModelResult, error) {
 			return res, fmt.Errorf("cold start of %d members: not converged after %s (virtual)", cfg.Members, limit)
 		}
 		m.run(m.now + 100*time.Millisecond)
-		if os.Getenv("VXNET_MODEL_DEBUG") != "" && m.now%(5*time.Second) == 0 {
-			full, known := 0, 0
-			for _, mm := range m.ms {
-				if mm.sp.State.Len() == m.total {
-					full++
-				}
-				if len(mm.peerNames()) == len(m.ms)-1 {
-					known++
-				}
-			}
-			fmt.Fprintf(os.Stderr, "t=%s: %d members hold every record, %d know every member, %d queued\n", m.now, full, known, m.queued())
-		}
 	}
 	res.ColdStartMs = ms2(m.now)
 
@@ -689,19 +671,7 @@ func (m *world) latencies(keys []string, skip map[string]bool) ([]time.Duration,
 	return lat, nil
 }
 
-func kindOf(b []byte) string {
-	if len(b) > 0 && b[0] != '{' {
-		return "membership"
-	}
-	k, _, _ := strings.Cut(strings.TrimPrefix(string(b[:min(30, len(b))]), `{"kind":"`), `"`)
-	return k
-}
-
 func resetCounts(m *world) {
-	if os.Getenv("VXNET_MODEL_DEBUG") != "" {
-		fmt.Fprintf(os.Stderr, "t=%s bytes by kind: %v\n", m.now, m.kinds)
-	}
-	clear(m.kinds)
 	for _, mm := range m.ms {
 		mm.bytes, mm.msgs = 0, 0
 	}
