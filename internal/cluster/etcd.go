@@ -197,14 +197,13 @@ func (e *Etcd) register() error {
 	return nil
 }
 
-// load reads every record, merges it, writes this member's newer ones
-// back, and returns the revision to watch from.
-func (e *Etcd) load() (int64, error) {
+// fetch reads every record from etcd, and the revision it was read at.
+func (e *Etcd) fetch() ([]Record, int64, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
 	defer cancel()
 	r, err := e.cli.Get(ctx, e.key("records")+"/", clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("etcd load records: %w", err)
+		return nil, 0, fmt.Errorf("etcd load records: %w", err)
 	}
 	var recs []Record
 	for _, kv := range r.Kvs {
@@ -212,29 +211,41 @@ func (e *Etcd) load() (int64, error) {
 			recs = append(recs, rec)
 		}
 	}
+	return recs, r.Header.Revision, nil
+}
+
+// load reads every record, merges it, writes this member's newer ones
+// back, and returns the revision to watch from.
+func (e *Etcd) load() (int64, error) {
+	recs, rev, err := e.fetch()
+	if err != nil {
+		return 0, err
+	}
 	if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, AffectsKernel) {
 		e.cfg.OnChange()
 	}
-	e.republish()
-	return r.Header.Revision, nil
+	e.publishNewer(recs)
+	return rev, nil
 }
 
-// republish writes the records this member holds newer than etcd (its
-// own after etcd lost them, or changes made while etcd was unreachable).
+// republish writes the records this member holds newer than etcd (after
+// its lease was lost: changes made while etcd was unreachable).
 func (e *Etcd) republish() {
-	have := map[string]Record{}
-	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
-	defer cancel()
-	if r, err := e.cli.Get(ctx, e.key("records")+"/", clientv3.WithPrefix()); err == nil {
-		for _, kv := range r.Kvs {
-			if rec, ok := e.decode(kv.Value); ok {
-				have[rec.Key] = rec
-			}
-		}
+	if recs, _, err := e.fetch(); err == nil {
+		e.publishNewer(recs)
+	}
+}
+
+// publishNewer writes the records of this member's state that etcd, as
+// read in have, lacks or holds older (its own after etcd lost them).
+func (e *Etcd) publishNewer(have []Record) {
+	by := make(map[string]Record, len(have))
+	for _, r := range have {
+		by[r.Key] = r
 	}
 	var out []Record
 	for _, r := range e.state.Snapshot() {
-		if cur, ok := have[r.Key]; !ok || r.Newer(cur) {
+		if cur, ok := by[r.Key]; !ok || r.Newer(cur) {
 			out = append(out, r)
 		}
 	}
