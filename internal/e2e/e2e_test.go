@@ -406,15 +406,7 @@ func TestMemberFailure(t *testing.T) {
 			}
 			setUnderlay(t, l, "h3", false)
 			start := time.Now()
-			err := waitCond(20*time.Second, func() error {
-				if hasVTEP(t, l, "h1", h3.Addr) {
-					return errors.New("h1 still forwards to h3")
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			waitForwards(t, l, "h1", h3.Addr, false, 20*time.Second)
 			took := time.Since(start)
 			t.Logf("h3's endpoints withdrawn from h1 %s after it went away", took.Round(time.Millisecond))
 			// README: about 3 s with the lab's 500 ms probes (suspicion, then
@@ -441,15 +433,7 @@ func TestMemberFailure(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			err = waitCond(30*time.Second, func() error {
-				if !hasVTEP(t, l, "h1", h3.Addr) {
-					return errors.New("h1 does not forward to h3 yet")
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			waitForwards(t, l, "h1", h3.Addr, true, 30*time.Second)
 			pingUntil(t, a.Netns, c.IP, 5*time.Second)
 		})
 	}
@@ -471,6 +455,21 @@ func setUnderlay(t *testing.T, l *lab.Lab, host string, up bool) {
 	} else {
 		err = h.LinkSetDown(link)
 	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitForwards waits until host forwards to vtep (want) or no longer does,
+// and fails the test after timeout.
+func waitForwards(t *testing.T, l *lab.Lab, host string, vtep netip.Addr, want bool, timeout time.Duration) {
+	t.Helper()
+	err := waitCond(timeout, func() error {
+		if hasVTEP(t, l, host, vtep) != want {
+			return fmt.Errorf("%s forwards to %s: %v, want %v", host, vtep, !want, want)
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -762,14 +761,7 @@ func TestSyntheticMember(t *testing.T) {
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	stopped = true
-	if err := waitCond(20*time.Second, func() error {
-		if hasVTEP(t, l, "h2", sh.Addr) {
-			return errors.New("h2 still forwards to the departed member")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitForwards(t, l, "h2", sh.Addr, false, 20*time.Second)
 }
 
 // TestKeyRotation rotates the cluster key with traffic and membership up;

@@ -153,28 +153,12 @@ func TestEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		err := waitCond(30*time.Second, func() error {
-			if hasVTEP(t, l, "h1", h3.Addr) {
-				return errors.New("h1 still forwards to h3")
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		waitForwards(t, l, "h1", h3.Addr, false, 30*time.Second)
 		t.Logf("h3's endpoints withdrawn from h1 %s after its agent died (lease 5 s, grace 2 s)", time.Since(start).Round(time.Millisecond))
 		if err := l.StartAgent("h3"); err != nil {
 			t.Fatal(err)
 		}
-		err = waitCond(30*time.Second, func() error {
-			if !hasVTEP(t, l, "h1", h3.Addr) {
-				return errors.New("h1 does not forward to h3 again")
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		waitForwards(t, l, "h1", h3.Addr, true, 30*time.Second)
 		pingUntil(t, c1.Netns, c3.IP, 10*time.Second)
 	})
 
