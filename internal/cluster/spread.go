@@ -16,7 +16,7 @@ import (
 
 // How changes travel (the Spreader). The numbers keep the work of one
 // change on one member bounded whatever the cluster's size. The origin
-// pushes it to up to originFanout members (about a millisecond of sends)
+// pushes it to up to originFanout members (one packet each)
 // and queues it for memberlist's gossip rounds (a second path for lost
 // packets). In a cluster that fits in originFanout that is all: every
 // member gets one copy. In a larger one, every member that learns
