@@ -158,20 +158,23 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 		g.keyring = kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
-	ml, err := memberlist.Create(mc)
-	if err != nil {
-		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
-	}
-	g.ml = ml
+	// Before memberlist starts: it may call the delegate at once.
 	g.spread = &Spreader{Self: cfg.Name, State: state, Log: cfg.Log, Peers: g.peerNames, Send: g.send,
 		OnChange: func(changed []Record) {
 			if slices.ContainsFunc(changed, AffectsKernel) {
 				g.cfg.OnChange()
 			}
 		}}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
+	}
+	g.ml = ml
 	g.grace = 2 * mc.ProbeInterval
-	go g.reconnect(4 * mc.ProbeInterval)
-	go g.tick()
+	go g.every(4*mc.ProbeInterval, g.reconnect)
+	// This member's state summary to one member at random (anti-entropy
+	// between push/pulls).
+	go g.every(DigestInterval, g.spread.Tick)
 	return g, nil
 }
 
@@ -184,10 +187,29 @@ type failedMember struct {
 // reconnectFor bounds how long a failed member is retried.
 const reconnectFor = 24 * time.Hour
 
-// reconnect tries, every period, to join the members that failed: a
+// reconnect tries (every four probe intervals) to join the members that failed: a
 // partition that heals is noticed by both sides within a period, instead of
 // waiting for memberlist's gossip to the dead (which stops after a while).
-func (g *Gossip) reconnect(period time.Duration) {
+func (g *Gossip) reconnect() {
+	g.mu.Lock()
+	var addrs []string
+	for name, f := range g.failed {
+		if time.Since(f.since) > reconnectFor {
+			delete(g.failed, name)
+			continue
+		}
+		addrs = append(addrs, f.addr)
+	}
+	g.mu.Unlock()
+	if len(addrs) > 0 {
+		if n, err := g.ml.Join(addrs); err == nil {
+			g.log.Debug("reconnected to failed members", "contacted", n)
+		}
+	}
+}
+
+// every runs f each period until the member shuts down.
+func (g *Gossip) every(period time.Duration, f func()) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -195,36 +217,7 @@ func (g *Gossip) reconnect(period time.Duration) {
 		case <-g.stop:
 			return
 		case <-t.C:
-		}
-		g.mu.Lock()
-		var addrs []string
-		for name, f := range g.failed {
-			if time.Since(f.since) > reconnectFor {
-				delete(g.failed, name)
-				continue
-			}
-			addrs = append(addrs, f.addr)
-		}
-		g.mu.Unlock()
-		if len(addrs) > 0 {
-			if n, err := g.ml.Join(addrs); err == nil {
-				g.log.Debug("reconnected to failed members", "contacted", n)
-			}
-		}
-	}
-}
-
-// tick sends this member's state summary to one member at random every
-// DigestInterval (anti-entropy between push/pulls).
-func (g *Gossip) tick() {
-	t := time.NewTicker(DigestInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.stop:
-			return
-		case <-t.C:
-			g.spread.Tick()
+			f()
 		}
 	}
 }
