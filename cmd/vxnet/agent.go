@@ -32,6 +32,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		configFile   string
 		dockerSocket string
 		healthSubnet string
+		datapathMode string
 		store        string
 	)
 	cmd := &cobra.Command{
@@ -92,6 +93,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer dp.Close()
+			if cfg.Datapath, err = agent.ChooseDatapath(datapathMode, dp.EnableFastPath); err != nil {
+				return err
+			}
+			cfg.Log.Info("datapath", "mode", cfg.Datapath.Mode, "reason", cfg.Datapath.Reason)
 			if cfg.HealthSubnet, err = parseHealthSubnet(healthSubnet); err != nil {
 				return err
 			}
@@ -137,6 +142,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&healthSubnet, "health-subnet", "100.127.0.0/16", "subnet of the health network (one probe endpoint per host; the same on every host; no address of it appears on the hosts), or off")
 	f.StringVar(&cfg.HealthNetns, "health-netns", "vxnet-health", "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
 	f.DurationVar(&cfg.HealthInterval, "health-interval", time.Second, "health probe period")
+	f.StringVar(&datapathMode, "datapath", agent.DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	return cmd
 }
 

@@ -197,6 +197,9 @@ func newStatusCmd() *cobra.Command {
 			if s.SyncError != "" {
 				fmt.Fprintf(out, ", error: %s", s.SyncError)
 			}
+			if s.Datapath != "" {
+				fmt.Fprintf(out, "\ndatapath %s (%s)", s.Datapath, s.DatapathReason)
+			}
 			if s.AddrError != "" {
 				fmt.Fprintf(out, "\nERROR: %s", s.AddrError)
 			}

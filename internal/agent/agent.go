@@ -71,7 +71,10 @@ type Config struct {
 	// state lives in etcd (--store etcd://...); empty: gossip.
 	Etcd    []string
 	EtcdTLS EtcdTLS
-	Log     *slog.Logger
+	// Datapath is the datapath chosen (ChooseDatapath); the zero value is
+	// the bridge.
+	Datapath Datapath
+	Log      *slog.Logger
 }
 
 // EtcdTLS are the files of TLS to etcd: the CA that signed the servers'

@@ -21,6 +21,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	return reconcile.Input{
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
 		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
+		FastPath: a.cfg.Datapath.Mode == DatapathBPF,
 	}, conflicts
 }
 

@@ -16,6 +16,10 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 		Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
 		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
 	s.Nodes = a.state.Nodes()
+	s.Datapath, s.DatapathReason = a.cfg.Datapath.Mode, a.cfg.Datapath.Reason
+	if s.Datapath == "" {
+		s.Datapath = DatapathBridge
+	}
 	if u := a.state.Unreadable(); len(u) > 0 {
 		s.Unreadable = u
 	}

@@ -137,6 +137,10 @@ type Status struct {
 	Syncs     int64            `json:"syncs"`
 	KernelOps int64            `json:"kernelOps"`
 	Endpoints []model.Endpoint `json:"endpoints,omitempty"`
+	// Datapath is "bridge" or "bpf" (the BPF fast path beside the
+	// bridge); DatapathReason says why.
+	Datapath       string `json:"datapath,omitempty"`
+	DatapathReason string `json:"datapathReason,omitempty"`
 }
 
 // HealthReport is one member's view of the overlay paths to the others,

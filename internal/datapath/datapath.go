@@ -158,6 +158,65 @@ type Observed struct {
 	// HostFirewall is what vxnet added to the host's iptables, nil when
 	// nothing.
 	HostFirewall *HostFirewall `json:"hostFirewall,omitempty"`
+	// FastPath is the BPF fast path's state: nil where the dataplane has
+	// none, its hooks and entries where it has.
+	FastPath *FastPath `json:"fastPath,omitempty"`
+}
+
+// FastPath is what the BPF fast path holds on a host: the devices whose
+// ingress runs the program, and where unicast frames for each known MAC
+// go straight to.
+type FastPath struct {
+	Hooks   []FastHook  `json:"hooks"`
+	Entries []FastEntry `json:"entries"`
+}
+
+// FastHook is the fast path's program at the ingress of a device (the
+// host end of a local port, or a network's vxlan device) of network VNI.
+type FastHook struct {
+	Dev   string `json:"dev"`
+	VNI   uint32 `json:"vni"`
+	Vxlan bool   `json:"vxlan,omitempty"`
+	// Index and Stale are observed only: the device's ifindex, and
+	// whether what is there is not (or not only) this dataplane's
+	// program with this entry (a detached program, a previous agent's,
+	// a device that is gone).
+	Index int  `json:"index,omitempty"`
+	Stale bool `json:"stale,omitempty"`
+}
+
+// Want is the hook as a pass wants it (observed-only fields cleared).
+func (h FastHook) Want() FastHook { return FastHook{Dev: h.Dev, VNI: h.VNI, Vxlan: h.Vxlan} }
+
+// FastEntry sends unicast frames for MAC, in network VNI, straight to Dev:
+// the vxlan device for a remote MAC, a local port's host end (into its
+// container) for a local one.
+type FastEntry struct {
+	VNI    uint32 `json:"vni"`
+	MAC    string `json:"mac"`
+	Dev    string `json:"dev"`
+	Remote bool   `json:"remote,omitempty"`
+}
+
+// FastKey identifies a fast entry.
+type FastKey struct {
+	VNI uint32
+	MAC string
+}
+
+// Key identifies the entry.
+func (e FastEntry) Key() FastKey { return FastKey{VNI: e.VNI, MAC: e.MAC} }
+
+// Compare orders keys (for deterministic plans).
+func (k FastKey) Compare(o FastKey) int {
+	if k.VNI != o.VNI {
+		return cmp.Compare(k.VNI, o.VNI)
+	}
+	return strings.Compare(k.MAC, o.MAC)
+}
+
+func (e FastEntry) String() string {
+	return fmt.Sprintf("fast vni %d %s -> %s", e.VNI, e.MAC, e.Dev)
 }
 
 // Dataplane programs the kernel of one host. Every method is idempotent.
@@ -189,6 +248,16 @@ type Dataplane interface {
 	// leaves every other rule alone.
 	EnsureHostFirewall(HostFirewall) error
 	RemoveHostFirewall() error
+	// SetFastHook runs the fast path's program at a device's ingress;
+	// DelFastHook takes it off (by Index when set). Both fail where the
+	// dataplane has no fast path loaded, except that DelFastHook removes
+	// programs left by an earlier one.
+	SetFastHook(FastHook) error
+	DelFastHook(FastHook) error
+	// SetFastEntry adds or replaces a fast path MAC entry; DelFastEntry
+	// removes one (absent: no error).
+	SetFastEntry(FastEntry) error
+	DelFastEntry(FastEntry) error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.

@@ -64,7 +64,7 @@ type Facts struct {
 func Run(f Facts) []Finding {
 	out := []Finding{agent(f)}
 	if f.Status != nil {
-		out = append(out, addr(f), reconcile(f), paths(f))
+		out = append(out, addr(f), reconcile(f), datapath(f), paths(f))
 	}
 	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
@@ -113,6 +113,22 @@ func reconcile(f Facts) Finding {
 		return Finding{"reconcile", Warn, fmt.Sprintf("%d conflicts in the cluster state: %s", len(s.Conflicts), strings.Join(s.Conflicts, "; ")), "see 'vxnet status'"}
 	}
 	return Finding{"reconcile", OK, fmt.Sprintf("%d passes, the last in %s", s.Syncs, s.LastSyncDuration), ""}
+}
+
+// datapath says which datapath runs and why: with the fast path, unicast
+// within a network passes neither the bridge nor the host's firewall.
+func datapath(f Facts) Finding {
+	s := f.Status
+	switch s.Datapath {
+	case "":
+		return Finding{"datapath", OK, "bridge (an agent that does not report its datapath)", ""}
+	case "bpf":
+		return Finding{"datapath", OK, "bpf: TC programs carry unicast within each network past the bridge and the host's FORWARD chain (" + s.DatapathReason + ")", ""}
+	}
+	if strings.HasPrefix(s.DatapathReason, "auto:") {
+		return Finding{"datapath", Warn, "bridge: " + s.DatapathReason, "the bridge path works; for the fast path the kernel needs BPF with bpf_redirect_peer (5.10 or later) and the agent CAP_BPF and CAP_NET_ADMIN"}
+	}
+	return Finding{"datapath", OK, "bridge (" + s.DatapathReason + ")", ""}
 }
 
 func kernelVXLAN(f Facts) Finding {

@@ -30,6 +30,8 @@ type Input struct {
 	Endpoints []model.Endpoint
 	// DNSPort is the local port of the agent's resolver (0: none).
 	DNSPort uint16
+	// FastPath asks for the BPF fast path (hooks and MAC entries).
+	FastPath bool
 }
 
 // Target is the kernel state a pass aims at on one host.
@@ -44,6 +46,12 @@ type Target struct {
 	// HostFirewall lets the networks' traffic through the host's iptables,
 	// out (NATed) and in through published ports.
 	HostFirewall datapath.HostFirewall
+	// FastHooks (by device) and FastEntries are the BPF fast path's; a
+	// port's hook and entry are wanted once its port exists.
+	FastHooks   map[string]datapath.FastHook
+	FastEntries map[datapath.FastKey]datapath.FastEntry
+	// fastPort names the port (endpoint ID) a hook or entry needs.
+	fastPort map[string]string
 }
 
 // Problem is a clash in the cluster state that Desired resolved
@@ -61,7 +69,9 @@ func (c Problem) String() string {
 // Desired computes the kernel state for in.Node.
 func Desired(in Input) (Target, []Problem) {
 	st := Target{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[datapath.FDBKey]datapath.FDB{},
-		Neigh: map[datapath.NeighKey]datapath.Neigh{}, Ports: map[string]bool{}}
+		Neigh: map[datapath.NeighKey]datapath.Neigh{}, Ports: map[string]bool{},
+		FastHooks: map[string]datapath.FastHook{}, FastEntries: map[datapath.FastKey]datapath.FastEntry{},
+		fastPort: map[string]string{}}
 	var conflicts []Problem
 	nets := map[string]model.Network{}
 	for _, n := range in.Networks {
@@ -82,6 +92,10 @@ func Desired(in Input) (Target, []Problem) {
 		}
 		st.Networks[n.VNI] = spec
 		nets[n.Name] = n
+		if in.FastPath {
+			vx := datapath.VxlanName(n.VNI)
+			st.FastHooks[vx] = datapath.FastHook{Dev: vx, VNI: n.VNI, Vxlan: true}
+		}
 	}
 	vteps := map[string]netip.Addr{}
 	for _, nd := range in.Nodes {
@@ -123,6 +137,13 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		seenIP[ik], seenMAC[mk] = owner{e.ID}, owner{e.ID}
+		if e.Node == in.Node && in.FastPath {
+			dev := datapath.HostIfName(e.ID)
+			st.FastHooks[dev] = datapath.FastHook{Dev: dev, VNI: n.VNI}
+			fe := datapath.FastEntry{VNI: n.VNI, MAC: e.MAC, Dev: dev}
+			st.FastEntries[fe.Key()] = fe
+			st.fastPort[dev] = e.ID
+		}
 		if e.Node == in.Node {
 			for _, p := range e.Ports {
 				pk := portKey{p.Proto, p.HostPort}
@@ -148,6 +169,10 @@ func Desired(in Input) (Target, []Problem) {
 		}
 		f := datapath.FDB{VNI: n.VNI, MAC: e.MAC, VTEP: vtep}
 		st.FDB[f.Key()] = f
+		if in.FastPath {
+			fe := datapath.FastEntry{VNI: n.VNI, MAC: e.MAC, Dev: datapath.VxlanName(n.VNI), Remote: true}
+			st.FastEntries[fe.Key()] = fe
+		}
 		for _, ip := range []netip.Addr{e.IP, e.IP6} {
 			if ip.IsValid() {
 				nb := datapath.Neigh{VNI: n.VNI, IP: ip, MAC: e.MAC}
@@ -213,6 +238,10 @@ const (
 	EnsureNetwork
 	SetFDB
 	SetNeigh
+	SetFastEntry
+	SetFastHook
+	DelFastHook
+	DelFastEntry
 	DelNeigh
 	DelFDB
 	DetachPort
@@ -221,7 +250,7 @@ const (
 	RemoveFirewall
 )
 
-var opNames = [...]string{"ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall"}
+var opNames = [...]string{"ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -235,6 +264,8 @@ type Op struct {
 	PortID   string
 	Firewall datapath.Firewall
 	HostFW   datapath.HostFirewall
+	Hook     datapath.FastHook
+	Entry    datapath.FastEntry
 }
 
 func (o Op) String() string {
@@ -251,6 +282,10 @@ func (o Op) String() string {
 		return fmt.Sprintf("%s %s", o.Kind, o.FDB)
 	case DetachPort:
 		return fmt.Sprintf("%s %s", o.Kind, o.PortID)
+	case SetFastHook, DelFastHook:
+		return fmt.Sprintf("%s %s vni %d", o.Kind, o.Hook.Dev, o.Hook.VNI)
+	case SetFastEntry, DelFastEntry:
+		return fmt.Sprintf("%s %s", o.Kind, o.Entry)
 	default:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.VNI)
 	}
@@ -306,6 +341,7 @@ func Plan(want Target, have datapath.Observed) []Op {
 			ops = append(ops, Op{Kind: SetNeigh, Neigh: n})
 		}
 	}
+	ops = append(ops, planFast(want, have, rebuilt)...)
 	// Entries of networks that go away vanish with their devices.
 	for _, n := range sortedNeigh(have.Neigh) {
 		if _, keep := want.Networks[n.VNI]; !keep {
@@ -380,6 +416,20 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 			err = dp.DelNeigh(op.Neigh)
 		case DetachPort:
 			err = dp.Detach(op.PortID)
+		case SetFastEntry:
+			if failedNet[op.Entry.VNI] {
+				continue
+			}
+			err = dp.SetFastEntry(op.Entry)
+		case SetFastHook:
+			if failedNet[op.Hook.VNI] {
+				continue
+			}
+			err = dp.SetFastHook(op.Hook)
+		case DelFastHook:
+			err = dp.DelFastHook(op.Hook)
+		case DelFastEntry:
+			err = dp.DelFastEntry(op.Entry)
 		case DeleteNetwork:
 			err = dp.DeleteNetwork(op.VNI)
 		}
@@ -398,6 +448,69 @@ func Sync(dp datapath.Dataplane, want Target) ([]Op, error) {
 	}
 	ops := Plan(want, have)
 	return ops, Apply(dp, ops)
+}
+
+// planFast returns the fast path's operations: entries before hooks (a
+// hook with no entries passes every frame to the bridge), a port's only
+// once the port exists, hooks off before entries go (a frame never meets a
+// half-removed path); what a network or port that goes away holds goes
+// with its device.
+func planFast(want Target, have datapath.Observed, rebuilt map[uint32]bool) []Op {
+	var ops []Op
+	ports := map[string]bool{}
+	for _, p := range have.Ports {
+		ports[p.ID] = true
+	}
+	ready := func(dev string) bool {
+		id, isPort := want.fastPort[dev]
+		return !isPort || ports[id]
+	}
+	var hf datapath.FastPath
+	if have.FastPath != nil {
+		hf = *have.FastPath
+	}
+	haveHook := map[string]datapath.FastHook{}
+	for _, h := range hf.Hooks {
+		if h.Dev != "" && !h.Stale {
+			haveHook[h.Dev] = h.Want()
+		}
+	}
+	haveEntry := map[datapath.FastKey]datapath.FastEntry{}
+	for _, e := range hf.Entries {
+		haveEntry[e.Key()] = e
+	}
+	for _, k := range sortedKeys(want.FastEntries, datapath.FastKey.Compare) {
+		e := want.FastEntries[k]
+		if cur, ok := haveEntry[k]; ready(e.Dev) && (!ok || cur != e || rebuilt[e.VNI]) {
+			ops = append(ops, Op{Kind: SetFastEntry, Entry: e})
+		}
+	}
+	for _, dev := range sortedKeys(want.FastHooks, cmp.Compare[string]) {
+		h := want.FastHooks[dev]
+		if cur, ok := haveHook[dev]; ready(dev) && (!ok || cur != h || rebuilt[h.VNI]) {
+			ops = append(ops, Op{Kind: SetFastHook, Hook: h})
+		}
+	}
+	gone := func(vni uint32) bool { _, keep := want.Networks[vni]; return !keep }
+	hooks := slices.Clone(hf.Hooks)
+	slices.SortFunc(hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
+	for _, h := range hooks {
+		if h.Dev != "" && !h.Stale && gone(h.VNI) {
+			continue // goes with its network's devices
+		}
+		if w, ok := want.FastHooks[h.Dev]; ok && (w == h.Want() || h.Stale) {
+			continue // kept, or set again above
+		}
+		ops = append(ops, Op{Kind: DelFastHook, Hook: h})
+	}
+	entries := slices.Clone(hf.Entries)
+	slices.SortFunc(entries, func(a, b datapath.FastEntry) int { return a.Key().Compare(b.Key()) })
+	for _, e := range entries {
+		if _, ok := want.FastEntries[e.Key()]; !ok && !gone(e.VNI) {
+			ops = append(ops, Op{Kind: DelFastEntry, Entry: e})
+		}
+	}
+	return ops
 }
 
 // sortedKeys returns m's keys in cmp order (one allocation, sized).

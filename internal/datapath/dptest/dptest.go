@@ -29,6 +29,10 @@ type Harness struct {
 	// as someone flushing the host's iptables would, and makes the next
 	// Observe read the host again.
 	FlushHostFirewall func(t *testing.T, dp datapath.Dataplane)
+	// EnableFast loads the BPF fast path; UnhookByHand takes its program
+	// off a device as someone deleting the filter would.
+	EnableFast   func(t *testing.T, dp datapath.Dataplane)
+	UnhookByHand func(t *testing.T, dp datapath.Dataplane, dev string)
 }
 
 // Spec returns a valid network spec for a VNI.
@@ -137,6 +141,7 @@ func Run(t *testing.T, h Harness) {
 			t.Fatal("a foreign device is reported as a vxnet network")
 		}
 	})
+	t.Run("FastPath", func(t *testing.T) { fastPath(t, h) })
 	t.Run("AttachDetach", func(t *testing.T) {
 		dp := h.New(t)
 		s := Spec(7000)
@@ -310,4 +315,80 @@ func sameNeigh(a, b []datapath.Neigh) bool {
 		return out
 	}
 	return reflect.DeepEqual(key(a), key(b))
+}
+
+func fastPath(t *testing.T, h Harness) {
+	dp := h.New(t)
+	s := Spec(7100)
+	must(t, dp.EnsureNetwork(s))
+	vx := datapath.VxlanName(7100)
+	if obs := observe(t, dp); obs.FastPath != nil {
+		t.Fatalf("fast path observed before it was loaded: %+v", obs.FastPath)
+	}
+	if err := dp.SetFastHook(datapath.FastHook{Dev: vx, VNI: 7100, Vxlan: true}); err == nil || !strings.Contains(err.Error(), "not loaded") {
+		t.Fatalf("hook without the fast path: err = %v, want one saying it is not loaded", err)
+	}
+	h.EnableFast(t, dp)
+	if obs := observe(t, dp); obs.FastPath == nil || len(obs.FastPath.Hooks)+len(obs.FastPath.Entries) != 0 {
+		t.Fatalf("fresh fast path observed %+v, want empty", obs.FastPath)
+	}
+	e := datapath.EndpointSpec{ID: "fast-1", VNI: 7100, Netns: h.Container(t), IfName: "eth0", MAC: "02:00:00:00:71:01",
+		IP: netip.MustParsePrefix("198.19.7.2/24"), Gateway: s.Gateway.Addr(), MTU: s.MTU}
+	p, err := dp.Attach(e)
+	must(t, err)
+	hooks := []datapath.FastHook{{Dev: p.HostIf, VNI: 7100}, {Dev: vx, VNI: 7100, Vxlan: true}}
+	entries := []datapath.FastEntry{{VNI: 7100, MAC: "02:00:00:00:71:01", Dev: p.HostIf},
+		{VNI: 7100, MAC: "02:00:00:00:71:09", Dev: vx, Remote: true}}
+	for _, e := range entries {
+		must(t, dp.SetFastEntry(e))
+		must(t, dp.SetFastEntry(e))
+	}
+	for _, hk := range hooks {
+		must(t, dp.SetFastHook(hk))
+		must(t, dp.SetFastHook(hk))
+	}
+	check := func(what string, wantHooks []datapath.FastHook, wantEntries []datapath.FastEntry) {
+		t.Helper()
+		fp := observe(t, dp).FastPath
+		var got []datapath.FastHook
+		for _, hk := range fp.Hooks {
+			if hk.Stale {
+				t.Fatalf("%s: hook %+v is stale", what, hk)
+			}
+			got = append(got, hk.Want())
+		}
+		sort.Slice(got, func(i, j int) bool { return got[i].Dev > got[j].Dev })
+		if !reflect.DeepEqual(got, wantHooks) || !reflect.DeepEqual(fp.Entries, wantEntries) {
+			t.Fatalf("%s: observed hooks %+v entries %+v, want %+v %+v", what, got, fp.Entries, wantHooks, wantEntries)
+		}
+	}
+	check("after set", hooks, entries)
+	h.UnhookByHand(t, dp, p.HostIf)
+	stale := false
+	for _, hk := range observe(t, dp).FastPath.Hooks {
+		stale = stale || hk.Dev == p.HostIf && hk.Stale
+	}
+	if !stale {
+		t.Fatalf("a hook taken off by hand is not reported stale: %+v", observe(t, dp).FastPath.Hooks)
+	}
+	must(t, dp.SetFastHook(hooks[0]))
+	check("after re-hook", hooks, entries)
+	if err := dp.SetFastEntry(datapath.FastEntry{VNI: 7100, MAC: "zz", Dev: vx}); err == nil || !strings.Contains(err.Error(), `"zz"`) {
+		t.Fatalf("bad MAC: err = %v, want one naming it", err)
+	}
+	if err := dp.SetFastEntry(datapath.FastEntry{VNI: 7100, MAC: "02:00:00:00:71:02", Dev: "vxvnothere"}); err == nil {
+		t.Fatal("an entry for a device that does not exist was accepted")
+	}
+	must(t, dp.DelFastEntry(entries[1]))
+	must(t, dp.DelFastEntry(entries[1]))
+	check("after delete", hooks, entries[:1])
+	// A port's hook and entries go with it; the network's with it.
+	must(t, dp.Detach("fast-1"))
+	check("after detach", hooks[1:], nil)
+	must(t, dp.SetFastEntry(entries[1]))
+	must(t, dp.DeleteNetwork(7100))
+	if fp := observe(t, dp).FastPath; len(fp.Hooks)+len(fp.Entries) != 0 {
+		t.Fatalf("after the network went: %+v", fp)
+	}
+	must(t, dp.DelFastHook(datapath.FastHook{Dev: vx, VNI: 7100}))
 }

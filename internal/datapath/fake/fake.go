@@ -4,6 +4,7 @@
 package fake
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -24,6 +25,8 @@ type Dataplane struct {
 	ports    map[string]datapath.Port
 	firewall *datapath.Firewall
 	hostFW   *datapath.HostFirewall
+	// fast is nil until EnableFastPath; hooks by device, entries by key.
+	fast *fastPath
 	// Foreign holds device names vxnet did not create.
 	Foreign map[string]bool
 	// Changes counts writes.
@@ -67,6 +70,17 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if d.hostFW != nil {
 		h := *d.hostFW
 		o.HostFirewall = &h
+	}
+	if d.fast != nil {
+		o.FastPath = &datapath.FastPath{}
+		for _, h := range d.fast.hooks {
+			o.FastPath.Hooks = append(o.FastPath.Hooks, h)
+		}
+		for _, e := range d.fast.entries {
+			o.FastPath.Entries = append(o.FastPath.Entries, e)
+		}
+		slices.SortFunc(o.FastPath.Hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Dev, b.Dev) })
+		slices.SortFunc(o.FastPath.Entries, func(a, b datapath.FastEntry) int { return a.Key().Compare(b.Key()) })
 	}
 	slices.SortFunc(o.FDB, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
 	slices.SortFunc(o.Neigh, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
@@ -129,6 +143,7 @@ func (d *Dataplane) dropEntries(vni uint32) {
 			delete(d.neigh, k)
 		}
 	}
+	d.forgetFast(datapath.VxlanName(vni))
 }
 
 func (d *Dataplane) need(vni uint32) error {
@@ -233,8 +248,9 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 func (d *Dataplane) Detach(id string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.ports[id]; ok {
+	if p, ok := d.ports[id]; ok {
 		delete(d.ports, id)
+		d.forgetFast(p.HostIf)
 		d.Changes++
 	}
 	return nil
@@ -293,4 +309,127 @@ func (d *Dataplane) FlushHostFirewall() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.hostFW = nil
+}
+
+type fastPath struct {
+	hooks   map[string]datapath.FastHook
+	entries map[datapath.FastKey]datapath.FastEntry
+}
+
+// EnableFastPath turns the fake's fast path on.
+func (d *Dataplane) EnableFastPath() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fast == nil {
+		d.fast = &fastPath{hooks: map[string]datapath.FastHook{}, entries: map[datapath.FastKey]datapath.FastEntry{}}
+	}
+}
+
+// UnhookByHand marks dev's hook stale, as someone deleting the filter
+// would.
+func (d *Dataplane) UnhookByHand(dev string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if h, ok := d.fast.hooks[dev]; ok {
+		h.Stale = true
+		d.fast.hooks[dev] = h
+	}
+}
+
+// device reports whether dev is a device the fake holds.
+func (d *Dataplane) device(dev string) bool {
+	for vni := range d.networks {
+		if dev == datapath.VxlanName(vni) || dev == datapath.BridgeName(vni) {
+			return true
+		}
+	}
+	for _, p := range d.ports {
+		if p.HostIf == dev {
+			return true
+		}
+	}
+	return false
+}
+
+// forgetFast drops the hook on dev and the entries pointing at it.
+func (d *Dataplane) forgetFast(dev string) {
+	if d.fast == nil {
+		return
+	}
+	delete(d.fast.hooks, dev)
+	for k, e := range d.fast.entries {
+		if e.Dev == dev {
+			delete(d.fast.entries, k)
+		}
+	}
+}
+
+var errNoFast = fmt.Errorf("the BPF fast path is not loaded (datapath bridge)")
+
+// SetFastHook records a hook on an existing device.
+func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fast == nil {
+		return errNoFast
+	}
+	if !d.device(h.Dev) {
+		return fmt.Errorf("hook %s: Link not found", h.Dev)
+	}
+	h = h.Want()
+	if cur, ok := d.fast.hooks[h.Dev]; ok && cur == h {
+		return nil
+	}
+	d.fast.hooks[h.Dev] = h
+	d.Changes++
+	return nil
+}
+
+// DelFastHook forgets a hook.
+func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fast == nil {
+		return nil
+	}
+	if _, ok := d.fast.hooks[h.Dev]; ok {
+		delete(d.fast.hooks, h.Dev)
+		d.Changes++
+	}
+	return nil
+}
+
+// SetFastEntry records an entry pointing at an existing device.
+func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fast == nil {
+		return errNoFast
+	}
+	if hw, err := net.ParseMAC(e.MAC); err != nil || len(hw) != 6 {
+		return fmt.Errorf("%s: invalid MAC %q: want six octets such as 02:42:ac:11:00:02", e, e.MAC)
+	}
+	if !d.device(e.Dev) {
+		return fmt.Errorf("%s: Link not found", e)
+	}
+	if cur, ok := d.fast.entries[e.Key()]; ok && cur == e {
+		return nil
+	}
+	d.fast.entries[e.Key()] = e
+	d.Changes++
+	return nil
+}
+
+// DelFastEntry forgets an entry.
+func (d *Dataplane) DelFastEntry(e datapath.FastEntry) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fast == nil {
+		return nil
+	}
+	if _, ok := d.fast.entries[e.Key()]; ok {
+		delete(d.fast.entries, e.Key())
+		d.Changes++
+	}
+	return nil
 }

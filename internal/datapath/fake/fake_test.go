@@ -23,5 +23,7 @@ func TestContract(t *testing.T) {
 		Changes:           func(dp datapath.Dataplane) int { return dp.(*fake.Dataplane).Changes },
 		AddForeign:        func(t *testing.T, dp datapath.Dataplane, name string) { dp.(*fake.Dataplane).Foreign[name] = true },
 		FlushHostFirewall: func(t *testing.T, dp datapath.Dataplane) { dp.(*fake.Dataplane).FlushHostFirewall() },
+		EnableFast:        func(t *testing.T, dp datapath.Dataplane) { dp.(*fake.Dataplane).EnableFastPath() },
+		UnhookByHand:      func(t *testing.T, dp datapath.Dataplane, dev string) { dp.(*fake.Dataplane).UnhookByHand(dev) },
 	})
 }

@@ -39,6 +39,8 @@ type Dataplane struct {
 	nftRead *nftables.Conn
 	// ipt programs the host's iptables.
 	ipt iptables
+	// fast is the BPF fast path, nil unless EnableFastPath loaded it.
+	fast *fastPath
 }
 
 // HostFirewallMaxAge is how long Observe trusts its last reading of the
@@ -80,6 +82,9 @@ func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, 
 // Close releases the namespace handle.
 func (d *Dataplane) Close() error {
 	d.closeReader()
+	if d.fast != nil {
+		d.fast.close() // the filters keep the program and maps alive
+	}
 	d.h.Close()
 	return d.ns.Close()
 }
@@ -150,12 +155,14 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	}
 	bridges := map[uint32]ownedLink{}
 	vxlans := map[uint32]ownedLink{}
+	owned := map[int]ownedLink{}
 	clear(d.vxlanIdx)
 	for _, l := range links {
 		o, ok := parseOwned(l)
 		if !ok {
 			continue
 		}
+		owned[l.Attrs().Index] = o
 		switch o.kind {
 		case "bridge":
 			bridges[o.vni] = o
@@ -215,6 +222,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if obs.Firewall, err = d.observeFirewall(); err != nil {
 		return obs, err
 	}
+	if obs.FastPath, err = d.observeFast(byIndex, owned); err != nil {
+		return obs, err
+	}
 	for vni, vx := range vxlans {
 		if _, ok := bridges[vni]; !ok {
 			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: vx.rest}
@@ -224,12 +234,26 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		if err != nil {
 			return obs, err
 		}
+		// With the fast path, a unicast entry is whole only with its
+		// static twin on the bridge (see SetFDB).
+		static := map[string]bool{}
+		if d.fast != nil {
+			for _, f := range fdbs {
+				if f.Flags&netlink.NTF_MASTER != 0 && f.State&netlink.NUD_NOARP != 0 && f.LinkIndex == vx.link.Attrs().Index {
+					static[f.HardwareAddr.String()] = true
+				}
+			}
+		}
 		for _, f := range fdbs {
 			if f.Flags&netlink.NTF_MASTER != 0 || f.IP == nil || f.LinkIndex != vx.link.Attrs().Index {
 				continue
 			}
 			vtep, _ := netip.AddrFromSlice(f.IP)
-			obs.FDB = append(obs.FDB, datapath.FDB{VNI: vni, MAC: f.HardwareAddr.String(), VTEP: vtep.Unmap()})
+			mac := f.HardwareAddr.String()
+			if d.fast != nil && mac != datapath.ZeroMAC && !static[mac] {
+				continue
+			}
+			obs.FDB = append(obs.FDB, datapath.FDB{VNI: vni, MAC: mac, VTEP: vtep.Unmap()})
 		}
 		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 			ns, err := d.neighList("list neighbours of "+vx.link.Attrs().Name, vx.link.Attrs().Index, fam)
@@ -456,6 +480,7 @@ func (d *Dataplane) DeleteNetwork(vni uint32) error {
 		if l == nil {
 			continue
 		}
+		d.forgetFast(l.Attrs().Index)
 		if err := d.h.LinkDel(l); err != nil {
 			return fmt.Errorf("delete %s: %w", nk.name, err)
 		}
@@ -513,6 +538,13 @@ func (d *Dataplane) SetFDB(f datapath.FDB) error {
 		err = d.h.NeighAppend(n)
 	} else {
 		err = d.h.NeighSet(n)
+		if err == nil && d.fast != nil {
+			// The bridge does not learn from frames the fast path
+			// carries: a static entry keeps the bridge path right (no
+			// flooding) whenever a frame takes it, or the programs are
+			// gone.
+			err = d.h.NeighSet(bridgeStatic(n.LinkIndex, n.HardwareAddr))
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("program %s: %w", f, err)
@@ -529,6 +561,11 @@ func (d *Dataplane) DelFDB(f datapath.FDB) error {
 	}
 	if err := d.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove %s: %w", f, err)
+	}
+	if f.MAC != datapath.ZeroMAC {
+		if err := d.h.NeighDel(bridgeStatic(n.LinkIndex, n.HardwareAddr)); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove the bridge's entry of %s: %w", f, err)
+		}
 	}
 	d.changed("deleted fdb", "entry", f.String())
 	return nil
@@ -653,6 +690,9 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 	if err := d.h.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
 		return fail(fmt.Errorf("attach %s to %s: %w", hostIf, br.Attrs().Name, err))
 	}
+	if err := d.portStatic(host, mac); err != nil {
+		return fail(err)
+	}
 	if err := d.h.LinkSetUp(host); err != nil {
 		return fail(fmt.Errorf("set %s up: %w", hostIf, err))
 	}
@@ -688,6 +728,9 @@ func (d *Dataplane) attachHostPeer(e datapath.EndpointSpec, port datapath.Port, 
 		err = d.h.LinkSetMasterByIndex(host, br.Attrs().Index)
 	}
 	if err == nil {
+		err = d.portStatic(host, mac)
+	}
+	if err == nil {
 		err = d.h.LinkSetUp(host)
 	}
 	if err != nil {
@@ -697,6 +740,18 @@ func (d *Dataplane) attachHostPeer(e datapath.EndpointSpec, port datapath.Port, 
 		return port, fmt.Errorf("attach %s to %s: %w", port.HostIf, br.Attrs().Name, err)
 	}
 	return port, nil
+}
+
+// portStatic tells the bridge, with the fast path on, where a local
+// container's MAC is: it may never learn it from frames.
+func (d *Dataplane) portStatic(host netlink.Link, mac net.HardwareAddr) error {
+	if d.fast == nil {
+		return nil
+	}
+	if err := d.h.NeighSet(bridgeStatic(host.Attrs().Index, mac)); err != nil {
+		return fmt.Errorf("bridge entry for %s on %s: %w", mac, host.Attrs().Name, err)
+	}
+	return nil
 }
 
 // waitOperUp polls a link until its operational state is up (bounded).
@@ -768,6 +823,7 @@ func (d *Dataplane) Detach(id string) error {
 	if err != nil || l == nil {
 		return err
 	}
+	d.forgetFast(l.Attrs().Index)
 	if err := d.h.LinkDel(l); err != nil {
 		return fmt.Errorf("delete %s of endpoint %s: %w", name, id, err)
 	}

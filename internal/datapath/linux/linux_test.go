@@ -44,6 +44,12 @@ func TestContract(t *testing.T) {
 			}
 			d.RereadHostFirewall()
 		},
+		EnableFast: func(t *testing.T, dp datapath.Dataplane) {
+			if err := dp.(*linux.Dataplane).EnableFastPath(); err != nil {
+				t.Fatal(err)
+			}
+		},
+		UnhookByHand: func(t *testing.T, dp datapath.Dataplane, dev string) { unhook(t, handleOf(t, dp), dev) },
 	})
 }
 
@@ -56,4 +62,24 @@ func handleOf(t *testing.T, dp datapath.Dataplane) *netlink.Handle {
 	}
 	t.Cleanup(h.Close)
 	return h
+}
+
+// unhook deletes every BPF filter at dev's ingress (tc filter del).
+func unhook(t *testing.T, h *netlink.Handle, dev string) {
+	t.Helper()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fs {
+		if _, ok := f.(*netlink.BpfFilter); ok {
+			if err := h.FilterDel(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
