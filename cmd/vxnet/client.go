@@ -199,6 +199,9 @@ func newStatusCmd() *cobra.Command {
 			}
 			if s.Datapath != "" {
 				fmt.Fprintf(out, "\ndatapath %s (%s)", s.Datapath, s.DatapathReason)
+				if s.Datapath == "bpf" {
+					fmt.Fprintf(out, ": %d devices run the fast path, %d MACs on it", s.FastHooks, s.FastEntries)
+				}
 			}
 			if s.AddrError != "" {
 				fmt.Fprintf(out, "\nERROR: %s", s.AddrError)

@@ -94,6 +94,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
+	up.Flags().StringVar(&cfg.Datapath, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto); with --static, bpf programs the fast path")
 	up.Flags().IntVar(&cfg.Etcd, "etcd", 0, "keep the cluster state in an etcd cluster of this many members (in namespaces), not gossip")
 	up.Flags().DurationVar(&cfg.ProbeInterval, "probe-interval", lab.DefaultProbeInterval, "the agents' failure detection and health probe interval")
 	up.Flags().BoolVar(&keep, "keep", true, "keep the lab after showing the matrix (--keep=false removes it)")
@@ -173,7 +174,15 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, "hosts (underlay 198.18.0.0/24, switch namespace "+l.Switch+"):")
 	for _, h := range l.Hosts {
-		fmt.Fprintf(out, "  %-4s %-12s netns %s\n", h.Name, h.Addr, h.Netns)
+		dp := ""
+		if l.Agent {
+			if st, err := api.NewClient(h.Socket).Status(); err == nil {
+				dp = "datapath " + st.Datapath
+			}
+		} else if l.Datapath == "bpf" {
+			dp = "datapath bpf"
+		}
+		fmt.Fprintf(out, "  %-4s %-12s netns %s  %s\n", h.Name, h.Addr, h.Netns, dp)
 	}
 	fmt.Fprintln(out, "networks:")
 	for _, n := range l.Networks {
@@ -319,7 +328,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
 	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")
-	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, control, footprint, health (default all)")
+	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, fastpath, control, footprint, health (default all)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&svg, "svg", "", "write a plot of convergence against hosts to this file")
 	return cmd

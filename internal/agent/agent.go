@@ -220,15 +220,17 @@ type Agent struct {
 	savedMembers []string      // member addresses last written to the store (loop only)
 	rejoining    atomic.Bool
 
-	statMu    sync.Mutex
-	lastSync  time.Time
-	lastDur   time.Duration
-	syncErr   error
-	addrErr   error // the advertise address is gone from this host
-	conflicts []string
-	claimedBy map[netip.Addr]time.Time // other agents seen using this node's name
-	syncs     atomic.Int64
-	kernelOps atomic.Int64
+	statMu sync.Mutex
+	// fastHooks and fastEntries are the last pass's fast path (statMu).
+	fastHooks, fastEntries int
+	lastSync               time.Time
+	lastDur                time.Duration
+	syncErr                error
+	addrErr                error // the advertise address is gone from this host
+	conflicts              []string
+	claimedBy              map[netip.Addr]time.Time // other agents seen using this node's name
+	syncs                  atomic.Int64
+	kernelOps              atomic.Int64
 
 	metrics *metrics
 	fatal   chan error // an error that stops Run (see fail)

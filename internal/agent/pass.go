@@ -56,6 +56,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 		}
 	}
 	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
+	a.fastHooks, a.fastEntries = len(want.FastHooks), len(want.FastEntries)
 	a.statMu.Unlock()
 	return want, err
 }

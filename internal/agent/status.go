@@ -31,6 +31,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	if a.addrErr != nil {
 		s.AddrError = a.addrErr.Error()
 	}
+	s.FastHooks, s.FastEntries = a.fastHooks, a.fastEntries
 	a.statMu.Unlock()
 	alive := map[string]bool{}
 	for _, n := range a.repl.Alive() {

@@ -35,8 +35,10 @@ const (
 // traceWindow is how long a trace waits for the probe's reply.
 const traceWindow = time.Second
 
-// tracePoint is one interface a trace taps.
-type tracePoint struct{ host, point, iface string }
+// tracePoint is one interface a trace taps: in the agent's namespace, or
+// in a container's (ns) where the fast path hands frames straight to the
+// container and the host end of its veth never sees them.
+type tracePoint struct{ host, point, iface, ns string }
 
 type traceStart struct {
 	Probe   trace.Probe `json:"probe"`
@@ -54,7 +56,7 @@ type traceTaps struct {
 func (a *Agent) startTaps(points []tracePoint, p trace.Probe) *traceTaps {
 	t := &traceTaps{points: points, taps: make([]Tap, len(points)), errs: make([]string, len(points))}
 	for i, pt := range points {
-		tap, err := a.tracer.Tap("", pt.iface, p, uint16(a.cfg.VXLANPort))
+		tap, err := a.tracer.Tap(pt.ns, pt.iface, p, uint16(a.cfg.VXLANPort))
 		if err != nil {
 			t.errs[i] = err.Error()
 			continue
@@ -69,6 +71,9 @@ func (t *traceTaps) stop() []traceSeen {
 	out := make([]traceSeen, len(t.points))
 	for i, pt := range t.points {
 		out[i] = traceSeen{Host: pt.host, Point: pt.point, Iface: pt.iface, Error: t.errs[i]}
+		if pt.ns != "" {
+			out[i].Iface += " (in the container)"
+		}
 		if t.taps[i] != nil {
 			out[i].Seen = t.taps[i].Stop()
 		}
@@ -88,8 +93,25 @@ type traceSeen struct {
 // remotePoints are the taps on the destination's host.
 func (a *Agent) remotePoints(vni uint32, dstID string) []tracePoint {
 	self := a.state.Self()
-	return []tracePoint{{self, "underlay", a.underlay}, {self, "vxlan", datapath.VxlanName(vni)},
-		{self, "destination veth", datapath.HostIfName(dstID)}}
+	return []tracePoint{{self, "underlay", a.underlay, ""}, {self, "vxlan", datapath.VxlanName(vni), ""},
+		a.vethPoint("destination veth", dstID)}
+}
+
+// vethPoint taps a local endpoint's veth: its host end, or with the fast
+// path (whose bpf_redirect_peer delivers into the container, past the
+// host end) the container's end when the agent knows its namespace.
+func (a *Agent) vethPoint(point, id string) tracePoint {
+	pt := tracePoint{a.state.Self(), point, datapath.HostIfName(id), ""}
+	if a.cfg.Datapath.Mode != DatapathBPF {
+		return pt
+	}
+	a.mu.Lock()
+	le, ok := a.locals[id]
+	a.mu.Unlock()
+	if ok && le.Netns != "" && le.IfName != "" {
+		pt.iface, pt.ns = le.IfName, le.Netns
+	}
+	return pt
 }
 
 // onCall answers other members' calls.
@@ -213,12 +235,12 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	self := a.state.Self()
 	// The bridge forwards between its ports without showing the frames on
 	// its own device: its hop is the step from one port to the next.
-	points := []tracePoint{{self, "container veth", datapath.HostIfName(src.ID)}}
+	points := []tracePoint{a.vethPoint("container veth", src.ID)}
 	remote := dst.Node != self
 	if remote {
-		points = append(points, tracePoint{self, "vxlan", datapath.VxlanName(n.VNI)}, tracePoint{self, "underlay", a.underlay})
+		points = append(points, tracePoint{self, "vxlan", datapath.VxlanName(n.VNI), ""}, tracePoint{self, "underlay", a.underlay, ""})
 	} else {
-		points = append(points, tracePoint{self, "destination veth", datapath.HostIfName(dst.ID)})
+		points = append(points, a.vethPoint("destination veth", dst.ID))
 	}
 	session := fmt.Sprintf("%s.%x", self, rand.Uint64())
 	var remoteErr error

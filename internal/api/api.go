@@ -141,6 +141,10 @@ type Status struct {
 	// bridge); DatapathReason says why.
 	Datapath       string `json:"datapath,omitempty"`
 	DatapathReason string `json:"datapathReason,omitempty"`
+	// FastHooks and FastEntries are what the last pass wanted of the fast
+	// path: devices running its program, MACs it sends straight on.
+	FastHooks   int `json:"fastHooks,omitempty"`
+	FastEntries int `json:"fastEntries,omitempty"`
 }
 
 // HealthReport is one member's view of the overlay paths to the others,

@@ -12,6 +12,9 @@ func PrintTable(w io.Writer, r Result) {
 	if len(r.Paths) > 0 {
 		printPaths(w, r)
 	}
+	if len(r.FastPath) > 0 {
+		printFastPath(w, r)
+	}
 	if len(r.Converge) > 0 {
 		printConverge(w, r)
 	}
@@ -22,6 +25,21 @@ func PrintTable(w io.Writer, r Result) {
 		fmt.Fprintf(w, "HEALTH PROBES (agent of host 1, %d hosts, 1 s interval, %d peers ok)\n", h.Hosts, h.PeersOK)
 		fmt.Fprintf(w, "  CPU %.2f%% with probes, %.2f%% without; %.0f bytes per peer per second on the wire (both directions)\n",
 			h.CPUPctWith, h.CPUPctWithout, h.BytesPerPeerSec)
+	}
+}
+
+func printFastPath(w io.Writer, r Result) {
+	fmt.Fprintln(w, "FAST PATH (host 1 -> host 2; agents restarted with --datapath bpf or bridge within each round)")
+	for _, h := range r.FastPath {
+		fmt.Fprintf(w, "  %s hosts:\n", h.Hosts)
+		fmt.Fprintf(w, "    %-9s %12s %12s %11s\n", "path", "1 stream", "4 streams", "rr p50")
+		for _, p := range []struct {
+			name string
+			x    Path
+		}{{"bpf", h.BPF}, {"bridge", h.Bridge}, {"recipe", h.Recipe}, {"bare", h.Bare}} {
+			fmt.Fprintf(w, "    %-9s %7.2f Gb/s %7.2f Gb/s %8.1f us\n", p.name, p.x.Tput1Gbps, p.x.Tput4Gbps, p.x.RRp50us)
+		}
+		fmt.Fprintf(w, "    bpf/bridge %.3f (4 streams %.3f)   bpf/recipe %.3f   bpf/bare %.3f\n", h.BPFvsBridge1, h.BPFvsBridge4, h.BPFvsRecipe1, h.BPFvsBare1)
 	}
 }
 

@@ -54,15 +54,16 @@ const (
 	PartControl   = "control"
 	PartFootprint = "footprint"
 	PartHealth    = "health"
+	PartFastPath  = "fastpath"
 )
 
 // ParseParts checks a list of part names.
 func ParseParts(parts []string) ([]string, error) {
 	for _, p := range parts {
 		switch p {
-		case PartDatapath, PartControl, PartFootprint, PartHealth:
+		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath:
 		default:
-			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s or %s", p, PartDatapath, PartControl, PartFootprint, PartHealth)
+			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartControl, PartFootprint, PartHealth)
 		}
 	}
 	return parts, nil
@@ -137,6 +138,9 @@ type Result struct {
 	Footprint     []Footprint     `json:"footprint"`
 	// Health is the cost of the health probes at the large footprint size.
 	Health *HealthCost `json:"health,omitempty"`
+	// FastPath is the BPF fast path against the bridge datapath, on clean
+	// and on Docker hosts.
+	FastPath []FastPathHosts `json:"fastpath,omitempty"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -152,6 +156,13 @@ func Run(c Config) (Result, error) {
 	if c.runs(PartDatapath) {
 		if err := datapathPart(c, &res); err != nil {
 			return res, fmt.Errorf("datapath: %w", err)
+		}
+	}
+	if c.runs(PartFastPath) {
+		fp, err := fastPathPart(c)
+		res.FastPath = fp
+		if err != nil {
+			return res, fmt.Errorf("fast path: %w", err)
 		}
 	}
 	for _, n := range c.ConvergeHosts {

@@ -134,6 +134,10 @@ type Port struct {
 	ID     string `json:"id"`
 	VNI    uint32 `json:"vni"`
 	HostIf string `json:"hostIf"`
+	// Shaped: the host end carries traffic control that vxnet did not
+	// put there (a qdisc, such as the CNI bandwidth plugin's). The fast
+	// path leaves such a port to the bridge path, where the shaping holds.
+	Shaped bool `json:"shaped,omitempty"`
 }
 
 // HostIfName returns the host-side veth name of an endpoint ID.

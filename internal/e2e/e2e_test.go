@@ -46,6 +46,11 @@ func upCfg(t *testing.T, cfg lab.Config) *lab.Lab {
 	if os.Getenv("VXNET_E2E_STORE") == "etcd" && cfg.Etcd == 0 {
 		cfg.Etcd = 3
 	}
+	// VXNET_E2E_DATAPATH sets the agents' --datapath (scripts/test.sh runs
+	// the suite with bpf and again with bridge).
+	if cfg.Datapath == "" {
+		cfg.Datapath = os.Getenv("VXNET_E2E_DATAPATH")
+	}
 	l, err := lab.Up(cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)

@@ -163,6 +163,9 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
 	if binary == l.Binary { // flags an older release may not know
 		args = append(args, "--metrics-addr", netip.AddrPortFrom(h.Addr, MetricsPort).String())
+		if l.Datapath != "" {
+			args = append(args, "--datapath", l.Datapath)
+		}
 		if l.NoHealth {
 			args = append(args, "--health-subnet", "off")
 		} else {

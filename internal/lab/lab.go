@@ -62,7 +62,10 @@ type Config struct {
 	// Etcd runs an etcd cluster of this many members (each in a namespace
 	// on the underlay) and the agents with --store etcd://...
 	Etcd int
-	Log  *slog.Logger
+	// Datapath is the agents' --datapath (bridge, bpf, auto; empty: the
+	// agent's default), or, without agents, bpf to program the fast path.
+	Datapath string
+	Log      *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -89,6 +92,11 @@ func (c Config) Validate() error {
 	}
 	if c.Agent && c.Binary == "" {
 		return fmt.Errorf("agent mode needs the vxnet binary to run")
+	}
+	switch c.Datapath {
+	case "", "bridge", "bpf", "auto":
+	default:
+		return fmt.Errorf("invalid datapath %q: want bridge, bpf or auto", c.Datapath)
 	}
 	if c.Etcd < 0 || c.Etcd > 5 || (c.Etcd > 0 && !c.Agent) {
 		return fmt.Errorf("invalid etcd member count %d: want 0-5, with agents", c.Etcd)
@@ -138,6 +146,8 @@ type Lab struct {
 	NoHealth bool `json:"noHealth,omitempty"`
 	// Etcd are the etcd members, when the agents keep their state there.
 	Etcd []Host `json:"etcd,omitempty"`
+	// Datapath is the agents' --datapath (empty: their default).
+	Datapath string `json:"datapath,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -163,7 +173,8 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %q already exists (%d namespaces); run 'vxnet lab down --name %s' first", cfg.Name, len(existing), cfg.Name)
 	}
 	p := Prefix(cfg.Name)
-	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth}
+	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth,
+		Datapath: cfg.Datapath}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {

@@ -17,7 +17,7 @@ const VXLANPort = 4789
 // the hosts itself (no agent): every host and container is known up front.
 func (l *Lab) StaticInput(host Host) reconcile.Input {
 	in := reconcile.Input{Node: host.Name, Local: host.Addr, Port: VXLANPort, Underlay: "eth0",
-		UnderlayMTU: UnderlayMTU, Networks: l.Networks}
+		UnderlayMTU: UnderlayMTU, Networks: l.Networks, FastPath: l.Datapath == "bpf"}
 	for _, h := range l.Hosts {
 		in.Nodes = append(in.Nodes, model.Node{Name: h.Name, Addr: h.Addr})
 	}
@@ -34,6 +34,11 @@ func (l *Lab) SyncHost(host Host) ([]reconcile.Op, error) {
 		return nil, err
 	}
 	defer dp.Close()
+	if l.Datapath == "bpf" {
+		if err := dp.EnableFastPath(); err != nil {
+			return nil, err
+		}
+	}
 	want, conflicts := reconcile.Desired(l.StaticInput(host))
 	if len(conflicts) > 0 {
 		return nil, fmt.Errorf("host %s: %s", host.Name, conflicts[0])

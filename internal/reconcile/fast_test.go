@@ -146,3 +146,30 @@ func TestPlanFastPath(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanFastPathShapedPort: a port someone shapes (a qdisc on its host
+// end) leaves the fast path both ways, so the shaping holds.
+func TestPlanFastPathShapedPort(t *testing.T) {
+	dp := fake.New()
+	dp.EnableFastPath()
+	a := ep("a", "web", "h1", "02:00:00:00:00:01", "198.19.1.2")
+	in := input(a)
+	in.FastPath = true
+	want, _ := reconcile.Desired(in)
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.Attach(datapath.EndpointSpec{ID: "a", VNI: 4097, MAC: a.MAC}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	have, _ := dp.Observe()
+	have.Ports[0].Shaped = true
+	ops := reconcile.Plan(want, have)
+	dev := datapath.HostIfName("a")
+	if len(ops) != 2 || indexOf(ops, "del-fast-hook "+dev) < 0 || indexOf(ops, "del-fast-entry fast vni 4097 02:00:00:00:00:01") < 0 {
+		t.Fatalf("shaped port: %q, want its hook and entry removed", kinds(ops))
+	}
+}

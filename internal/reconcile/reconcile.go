@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -460,6 +461,18 @@ func planFast(want Target, have datapath.Observed, rebuilt map[uint32]bool) []Op
 	ports := map[string]bool{}
 	for _, p := range have.Ports {
 		ports[p.ID] = true
+		if p.Shaped {
+			// Someone shapes this port's traffic (tc on its host end):
+			// it stays on the bridge path, both ways.
+			want.FastHooks = maps.Clone(want.FastHooks)
+			delete(want.FastHooks, p.HostIf)
+			want.FastEntries = maps.Clone(want.FastEntries)
+			for k, e := range want.FastEntries {
+				if e.Dev == p.HostIf {
+					delete(want.FastEntries, k)
+				}
+			}
+		}
 	}
 	ready := func(dev string) bool {
 		id, isPort := want.fastPort[dev]

@@ -363,6 +363,13 @@ func fastPath(t *testing.T, h Harness) {
 		}
 	}
 	check("after set", hooks, entries)
+	// With the fast path, an FDB entry is whole with its static twin on
+	// the bridge; it reads back as set.
+	fdb := datapath.FDB{VNI: 7100, MAC: "02:00:00:00:71:09", VTEP: netip.MustParseAddr("198.18.0.9")}
+	must(t, dp.SetFDB(fdb))
+	if got := observe(t, dp).FDB; !reflect.DeepEqual(got, []datapath.FDB{fdb}) {
+		t.Fatalf("fdb with the fast path: observed %v, want [%v]", got, fdb)
+	}
 	h.UnhookByHand(t, dp, p.HostIf)
 	stale := false
 	for _, hk := range observe(t, dp).FastPath.Hooks {
@@ -382,9 +389,13 @@ func fastPath(t *testing.T, h Harness) {
 	must(t, dp.DelFastEntry(entries[1]))
 	must(t, dp.DelFastEntry(entries[1]))
 	check("after delete", hooks, entries[:1])
-	// A port's hook and entries go with it; the network's with it.
+	// A port's hook goes with it; its entry is left pointing at no device
+	// (a pass removes it); the network's hook and entries go with it.
 	must(t, dp.Detach("fast-1"))
-	check("after detach", hooks[1:], nil)
+	orphan := entries[0]
+	orphan.Dev = ""
+	check("after detach", hooks[1:], []datapath.FastEntry{orphan})
+	must(t, dp.DelFastEntry(orphan))
 	must(t, dp.SetFastEntry(entries[1]))
 	must(t, dp.DeleteNetwork(7100))
 	if fp := observe(t, dp).FastPath; len(fp.Hooks)+len(fp.Entries) != 0 {

@@ -143,7 +143,7 @@ func (d *Dataplane) dropEntries(vni uint32) {
 			delete(d.neigh, k)
 		}
 	}
-	d.forgetFast(datapath.VxlanName(vni))
+	d.forgetFast(datapath.VxlanName(vni), true)
 }
 
 func (d *Dataplane) need(vni uint32) error {
@@ -250,7 +250,7 @@ func (d *Dataplane) Detach(id string) error {
 	defer d.mu.Unlock()
 	if p, ok := d.ports[id]; ok {
 		delete(d.ports, id)
-		d.forgetFast(p.HostIf)
+		d.forgetFast(p.HostIf, false)
 		d.Changes++
 	}
 	return nil
@@ -351,15 +351,20 @@ func (d *Dataplane) device(dev string) bool {
 	return false
 }
 
-// forgetFast drops the hook on dev and the entries pointing at it.
-func (d *Dataplane) forgetFast(dev string) {
+// forgetFast drops the hook on dev and the entries pointing at it (as
+// the linux dataplane does: deleted with a network, left pointing at
+// nothing with a port).
+func (d *Dataplane) forgetFast(dev string, entries bool) {
 	if d.fast == nil {
 		return
 	}
 	delete(d.fast.hooks, dev)
 	for k, e := range d.fast.entries {
-		if e.Dev == dev {
+		if e.Dev == dev && entries {
 			delete(d.fast.entries, k)
+		} else if e.Dev == dev {
+			e.Dev = ""
+			d.fast.entries[k] = e
 		}
 	}
 }

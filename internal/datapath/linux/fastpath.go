@@ -5,19 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/datapath"
 )
 
-// The fast path is one TC program, attached (clsact ingress, direct
-// action) to the host end of every local port and to every vxlan device,
-// and two hash maps:
+// The fast path is one TC program, attached with TCX (kernel 6.6 or
+// later) at the ingress of the host end of every local port and of every
+// vxlan device, and two hash maps:
 //
 //	hooks: ifindex -> {vni, kind}     where the program runs, for which network
 //	macs:  {vni, mac} -> {ifindex, remote}
@@ -26,20 +30,14 @@ import (
 // straight to its device: a remote MAC (only from a port) to the vxlan
 // device (bpf_redirect; the device's FDB picks the VTEP), a local one into
 // the container (bpf_redirect_peer). Everything else (broadcast, multicast,
-// the gateway, unknown MACs, a device the map does not know) passes to the
-// bridge unchanged. The key holds the VNI, so no frame can leave its
-// network. The programs are cls_bpf filters: they outlive the agent (a
-// kill -9 changes nothing on the wire) and a new agent replaces them in
-// place.
-
-// fastFilterName names vxnet's filter; the kernel reports it back.
-const fastFilterName = "vxnet_fast"
-
-// fastPrio is the filter's priority and handle on clsact ingress.
-const (
-	fastPrio   = 0xc000
-	fastHandle = 0xc000
-)
+// the gateway, unknown MACs, a device the map does not know) goes on
+// unchanged to whatever else runs there (other TCX programs, tc) and the
+// bridge. The key holds the VNI, so no frame can leave its network.
+//
+// The attachments are not tied to the agent (BPF_PROG_ATTACH, not a link):
+// they outlive it, so a kill -9 changes nothing on the wire, and a new
+// agent adopts the running program and its maps when its own program is
+// the same (same tag), or replaces it in place when it is not.
 
 // Map sizes. The maps are not preallocated: they cost what they hold.
 const (
@@ -66,12 +64,18 @@ type macVal struct {
 	Remote  uint32
 }
 
-// fastPath is the loaded program and its maps.
+// fastProgName names vxnet's program; the kernel reports it back.
+const fastProgName = "vxnet_fast"
+
+// fastPath is the loaded (or adopted) program and its maps.
 type fastPath struct {
 	prog   *ebpf.Program
 	progID ebpf.ProgramID
+	tag    string
 	hooks  *ebpf.Map
 	macs   *ebpf.Map
+	// names caches the names of programs met at hooks, by ID.
+	names map[ebpf.ProgramID]string
 }
 
 func (f *fastPath) close() {
@@ -86,6 +90,7 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		skbIfindex = 40 // offsetof(struct __sk_buff, ifindex)
 		skbData    = 76
 		skbDataEnd = 80
+		tcxNext    = -1 // TC_ACT_UNSPEC: on to the next program, tc and the bridge
 	)
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -135,7 +140,7 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		asm.Mov.Imm(asm.R2, 0).WithSymbol("local"),
 		asm.FnRedirectPeer.Call(),
 		asm.Return(),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TC_ACT_OK
+		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
 		asm.Return(),
 	}
 }
@@ -154,27 +159,95 @@ func loadFastPath() (*fastPath, error) {
 		hooks.Close()
 		return nil, fmt.Errorf("create the BPF hash map of MACs: %w", err)
 	}
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{Name: fastFilterName, Type: ebpf.SchedCLS,
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{Name: fastProgName, Type: ebpf.SchedCLS,
 		License: "Dual MIT/GPL", Instructions: fastInstructions(hooks, macs)}, ebpf.ProgramOptions{})
 	if err != nil {
 		hooks.Close()
 		macs.Close()
-		return nil, fmt.Errorf("load the TC program (needs BPF with bpf_redirect_peer, kernel 5.10 or later): %w", err)
+		return nil, fmt.Errorf("load the TC program (needs BPF with bpf_redirect_peer): %w", err)
 	}
-	info, err := prog.Info()
+	f := &fastPath{prog: prog, hooks: hooks, macs: macs, names: map[ebpf.ProgramID]string{}}
+	if err := f.identify(); err != nil {
+		f.close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// identify reads the program's ID and tag.
+func (f *fastPath) identify() error {
+	info, err := f.prog.Info()
 	if err != nil {
-		prog.Close()
-		hooks.Close()
-		macs.Close()
-		return nil, fmt.Errorf("read the TC program's ID: %w", err)
+		return fmt.Errorf("read the TC program's ID: %w", err)
 	}
-	id, _ := info.ID()
-	return &fastPath{prog: prog, progID: id, hooks: hooks, macs: macs}, nil
+	f.progID, _ = info.ID()
+	f.tag = info.Tag
+	f.names[f.progID] = fastProgName
+	return nil
+}
+
+// inNS runs fn on a thread in the dataplane's namespace: TCX attachments
+// name their device by ifindex, which the kernel resolves in the caller's
+// namespace.
+func (d *Dataplane) inNS(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("get current namespace: %w", err)
+	}
+	defer orig.Close()
+	if orig.Equal(d.ns) {
+		return fn()
+	}
+	if err := netns.Set(d.ns); err != nil {
+		return fmt.Errorf("enter the dataplane's namespace: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		runtime.LockOSThread() // leave the thread locked: the runtime drops it
+		return errors.Join(ferr, fmt.Errorf("leave the dataplane's namespace: %w", err))
+	}
+	return ferr
+}
+
+// attached returns the IDs of the programs at a device's TCX ingress (in
+// the namespace: call within inNS).
+func attached(idx int) ([]ebpf.ProgramID, error) {
+	q, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]ebpf.ProgramID, 0, len(q.Programs))
+	for _, p := range q.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids, nil
+}
+
+// progName returns the name of the program with this ID (cached).
+func (f *fastPath) progName(id ebpf.ProgramID) string {
+	if n, ok := f.names[id]; ok {
+		return n
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return ""
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return ""
+	}
+	f.names[id] = info.Name
+	return info.Name
 }
 
 // EnableFastPath loads the fast path's program; from then on Observe
-// reports its hooks and entries and the Set/Del methods program them. The
-// error says why this kernel cannot run it.
+// reports its hooks and entries and the Set/Del methods program them. When
+// an earlier agent's program runs here and is the same program, it and its
+// maps are adopted: a restart changes nothing. The error says why this
+// kernel cannot run the fast path.
 func (d *Dataplane) EnableFastPath() error {
 	if d.fast != nil {
 		return nil
@@ -183,8 +256,85 @@ func (d *Dataplane) EnableFastPath() error {
 	if err != nil {
 		return err
 	}
+	links, err := dump("list links", d.h.LinkList)
+	if err != nil {
+		f.close()
+		return err
+	}
+	var found []ebpf.ProgramID
+	err = d.inNS(func() error {
+		// TCX (kernel 6.6): a query on the loopback device says whether
+		// the kernel has it.
+		if _, err := attached(1); err != nil {
+			return fmt.Errorf("query TCX programs (needs kernel 6.6 or later): %w", err)
+		}
+		for _, l := range links {
+			if o, ok := parseOwned(l); ok && o.kind == "vxlan" {
+				ids, err := attached(l.Attrs().Index)
+				if err != nil {
+					return fmt.Errorf("query TCX programs of %s: %w", l.Attrs().Name, err)
+				}
+				found = append(found, ids...)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		f.close()
+		return err
+	}
+	for _, id := range found {
+		if old := adopt(id, f.tag); old != nil {
+			f.close()
+			f = old
+			d.log.Info("adopted the running fast path", "program", id)
+			break
+		}
+	}
 	d.fast = f
 	return nil
+}
+
+// adopt opens the program with this ID and its maps when it is vxnet's
+// and its tag is tag; nil otherwise.
+func adopt(id ebpf.ProgramID, tag string) *fastPath {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return nil
+	}
+	info, err := p.Info()
+	mapIDs, ok := info.MapIDs()
+	if err != nil || info.Name != fastProgName || info.Tag != tag || !ok {
+		p.Close()
+		return nil
+	}
+	f := &fastPath{prog: p, names: map[ebpf.ProgramID]string{}}
+	for _, mid := range mapIDs {
+		m, err := ebpf.NewMapFromID(mid)
+		if err != nil {
+			continue
+		}
+		mi, err := m.Info()
+		switch {
+		case err == nil && mi.Name == "vxnet_hooks" && f.hooks == nil:
+			f.hooks = m
+		case err == nil && mi.Name == "vxnet_macs" && f.macs == nil:
+			f.macs = m
+		default:
+			m.Close()
+		}
+	}
+	if f.hooks == nil || f.macs == nil || f.identify() != nil {
+		p.Close()
+		if f.hooks != nil {
+			f.hooks.Close()
+		}
+		if f.macs != nil {
+			f.macs.Close()
+		}
+		return nil
+	}
+	return f
 }
 
 // FastPath reports whether the fast path is loaded.
@@ -193,57 +343,70 @@ func (d *Dataplane) FastPath() bool { return d.fast != nil }
 // errNoFastPath is the error of a fast-path write while it is not loaded.
 var errNoFastPath = errors.New("the BPF fast path is not loaded (datapath bridge)")
 
-func clsactOf(idx int) *netlink.Clsact {
-	return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0),
-		Parent: netlink.HANDLE_CLSACT}}
-}
-
-// fastFilters returns vxnet's ingress filters on the device at idx.
-func (d *Dataplane) fastFilters(idx int) ([]*netlink.BpfFilter, error) {
-	fs, err := d.h.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}, netlink.HANDLE_MIN_INGRESS)
+// vxnetProgs returns, of the programs at a device's ingress, the IDs of
+// vxnet's (this dataplane's or another's); call within inNS.
+func (d *Dataplane) vxnetProgs(idx int) ([]ebpf.ProgramID, error) {
+	ids, err := attached(idx)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
-			return nil, nil
-		}
 		return nil, err
 	}
-	var out []*netlink.BpfFilter
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == fastFilterName {
-			out = append(out, b)
+	var out []ebpf.ProgramID
+	for _, id := range ids {
+		if d.fast != nil && id == d.fast.progID {
+			out = append(out, id)
+			continue
+		}
+		name := ""
+		if d.fast != nil {
+			name = d.fast.progName(id)
+		} else if p, err := ebpf.NewProgramFromID(id); err == nil {
+			if info, err := p.Info(); err == nil {
+				name = info.Name
+			}
+			p.Close()
+		}
+		if name == fastProgName {
+			out = append(out, id)
 		}
 	}
 	return out, nil
 }
 
 // observeFast reads the hooks (the devices whose ingress runs this
-// agent's program, with the network the map gives them) and the MAC
-// entries. A device running another agent's program (before a restart)
-// or none is not hooked; entries pointing at a device that is gone
-// report an empty Dev.
+// dataplane's program, with the network the map gives them) and the MAC
+// entries. A device running another agent's program, or none though the
+// map names it, is reported stale; entries pointing at a device that is
+// gone report an empty Dev.
 func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]ownedLink) (*datapath.FastPath, error) {
 	fp := &datapath.FastPath{}
 	hooked := map[int]bool{}
 	stale := map[int]bool{}
-	for idx, o := range owned {
-		if o.kind != "vxlan" && o.kind != "ep" {
-			continue
-		}
-		fs, err := d.fastFilters(idx)
-		if err != nil {
-			return nil, fmt.Errorf("list filters of %s: %w", o.link.Attrs().Name, err)
-		}
-		for _, f := range fs {
-			if d.fast != nil && f.Id == int(d.fast.progID) {
-				hooked[idx] = true
-			} else {
-				stale[idx] = true
+	err := d.inNS(func() error {
+		for idx, o := range owned {
+			if o.kind != "vxlan" && o.kind != "ep" {
+				continue
+			}
+			ids, err := d.vxnetProgs(idx)
+			if err != nil {
+				return fmt.Errorf("query TCX programs of %s: %w", o.link.Attrs().Name, err)
+			}
+			for _, id := range ids {
+				if d.fast != nil && id == d.fast.progID {
+					hooked[idx] = true
+				} else {
+					stale[idx] = true
+				}
 			}
 		}
+		return nil
+	})
+	if err != nil && d.fast != nil {
+		return nil, err
 	}
 	if d.fast == nil {
-		// Nothing is programmed; filters left by a fast-path agent are
-		// reported so that the pass removes them.
+		// Nothing is programmed; programs left by a fast-path agent are
+		// reported so that the pass removes them. (A kernel without TCX
+		// has none: its query error is no error here.)
 		if len(stale) == 0 {
 			return nil, nil
 		}
@@ -261,7 +424,7 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		if ok {
 			h.Dev = l.Attrs().Name
 		}
-		h.Stale = !hooked[int(k)]
+		h.Stale = !hooked[int(k)] || stale[int(k)]
 		delete(stale, int(k))
 		fp.Hooks = append(fp.Hooks, h)
 	}
@@ -289,8 +452,9 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 	return fp, nil
 }
 
-// SetFastHook runs the program at the ingress of h.Dev for network h.VNI,
-// replacing any filter of vxnet's there (a previous agent's).
+// SetFastHook runs the program at the ingress of h.Dev for network h.VNI:
+// in place of another agent's program there, else after whatever runs
+// there already.
 func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 	if d.fast == nil {
 		return errNoFastPath
@@ -310,21 +474,62 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 	if err := d.fast.hooks.Put(uint32(idx), hookVal{VNI: h.VNI, Kind: kind}); err != nil {
 		return fmt.Errorf("hook %s: write the BPF map: %w", h.Dev, err)
 	}
-	if err := d.h.QdiscReplace(clsactOf(idx)); err != nil {
-		return fmt.Errorf("hook %s: add the clsact qdisc: %w", h.Dev, err)
-	}
-	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS,
-		Handle: fastHandle, Priority: fastPrio, Protocol: unix.ETH_P_ALL}, Fd: d.fast.prog.FD(),
-		Name: fastFilterName, DirectAction: true}
-	if err := d.h.FilterReplace(f); err != nil {
+	err = d.inNS(func() error {
+		ids, err := d.vxnetProgs(idx)
+		if err != nil {
+			return err
+		}
+		opts := link.RawAttachProgramOptions{Target: idx, Program: d.fast.prog, Attach: ebpf.AttachTCXIngress}
+		for _, id := range ids {
+			if id == d.fast.progID {
+				return nil
+			}
+		}
+		if len(ids) > 0 {
+			old, err := ebpf.NewProgramFromID(ids[0])
+			if err != nil {
+				return fmt.Errorf("open the program there: %w", err)
+			}
+			defer old.Close()
+			opts.Anchor = link.ReplaceProgram(old)
+			ids = ids[1:]
+		}
+		if err := link.RawAttachProgram(opts); err != nil {
+			return err
+		}
+		for _, id := range ids { // more than one of ours: keep one
+			if err := detach(idx, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("hook %s: attach the TC program: %w", h.Dev, err)
 	}
 	d.changed("set fast hook", "dev", h.Dev, "vni", h.VNI)
 	return nil
 }
 
-// DelFastHook takes the program off a device (by h.Index when set, else
-// by name) and forgets the device; an absent one is no error.
+// detach takes the program with this ID off a device's ingress (inNS).
+func detach(idx int, id ebpf.ProgramID) error {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer p.Close()
+	err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
+	if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
+// DelFastHook takes vxnet's programs off a device (by h.Index when set,
+// else by name) and forgets the device; an absent one is no error.
 func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
 	idx := h.Index
 	if idx == 0 {
@@ -338,14 +543,23 @@ func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
 		}
 		idx = l.Attrs().Index
 	}
-	fs, err := d.fastFilters(idx)
-	if err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("unhook %s: %w", h.Dev, err)
-	}
-	for _, f := range fs {
-		if err := d.h.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unhook %s: %w", h.Dev, err)
+	err := d.inNS(func() error {
+		ids, err := d.vxnetProgs(idx)
+		if err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				return nil
+			}
+			return err
 		}
+		for _, id := range ids {
+			if err := detach(idx, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("unhook %s: %w", h.Dev, err)
 	}
 	if d.fast != nil {
 		if err := d.fast.hooks.Delete(uint32(idx)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -406,13 +620,17 @@ func (d *Dataplane) DelFastEntry(e datapath.FastEntry) error {
 	return nil
 }
 
-// forgetFast drops the map entries that point at a device about to go
-// away, so that a reused ifindex never inherits them.
-func (d *Dataplane) forgetFast(idx int) {
+// forgetFast drops the hook of a device about to go away and, with
+// entries, the MAC entries that point at it, so that a reused ifindex
+// never inherits them.
+func (d *Dataplane) forgetFast(idx int, entries bool) {
 	if d.fast == nil {
 		return
 	}
 	_ = d.fast.hooks.Delete(uint32(idx))
+	if !entries {
+		return
+	}
 	var k macKey
 	var v macVal
 	var drop []macKey

@@ -173,6 +173,23 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			obs.Ports = append(obs.Ports, datapath.Port{ID: o.rest, VNI: o.vni, HostIf: l.Attrs().Name})
 		}
 	}
+	if len(obs.Ports) > 0 {
+		// Ports whose host end has a qdisc (a veth has none of its own):
+		// someone shapes their traffic.
+		qds, err := dump("list qdiscs", func() ([]netlink.Qdisc, error) { return d.h.QdiscList(nil) })
+		if err != nil {
+			return obs, err
+		}
+		shaped := map[string]bool{}
+		for _, q := range qds {
+			if l, ok := byIndex[q.Attrs().LinkIndex]; ok && q.Type() != "noqueue" {
+				shaped[l.Attrs().Name] = true
+			}
+		}
+		for i := range obs.Ports {
+			obs.Ports[i].Shaped = shaped[obs.Ports[i].HostIf]
+		}
+	}
 	for vni, br := range bridges {
 		spec := datapath.NetworkSpec{VNI: vni, Name: br.rest}
 		vx, hasVx := vxlans[vni]
@@ -239,7 +256,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		static := map[string]bool{}
 		if d.fast != nil {
 			for _, f := range fdbs {
-				if f.Flags&netlink.NTF_MASTER != 0 && f.State&netlink.NUD_NOARP != 0 && f.LinkIndex == vx.link.Attrs().Index {
+				// The kernel marks the bridge's entries by NDA_MASTER,
+				// not by the NTF_MASTER flag.
+				if f.MasterIndex != 0 && f.IP == nil && f.State&netlink.NUD_NOARP != 0 && f.LinkIndex == vx.link.Attrs().Index {
 					static[f.HardwareAddr.String()] = true
 				}
 			}
@@ -480,7 +499,7 @@ func (d *Dataplane) DeleteNetwork(vni uint32) error {
 		if l == nil {
 			continue
 		}
-		d.forgetFast(l.Attrs().Index)
+		d.forgetFast(l.Attrs().Index, true)
 		if err := d.h.LinkDel(l); err != nil {
 			return fmt.Errorf("delete %s: %w", nk.name, err)
 		}
@@ -823,8 +842,11 @@ func (d *Dataplane) Detach(id string) error {
 	if err != nil || l == nil {
 		return err
 	}
-	d.forgetFast(l.Attrs().Index)
-	if err := d.h.LinkDel(l); err != nil {
+	// The port's MAC entry goes with the next pass (finding it would
+	// mean reading the whole map); frames for it meanwhile find no device.
+	d.forgetFast(l.Attrs().Index, false)
+	if err := d.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		// ENODEV: the container's namespace went, and the pair with it.
 		return fmt.Errorf("delete %s of endpoint %s: %w", name, id, err)
 	}
 	d.changed("deleted veth", "dev", name, "endpoint", id)

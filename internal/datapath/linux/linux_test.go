@@ -1,8 +1,11 @@
 package linux_test
 
 import (
+	"runtime"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -49,7 +52,9 @@ func TestContract(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
-		UnhookByHand: func(t *testing.T, dp datapath.Dataplane, dev string) { unhook(t, handleOf(t, dp), dev) },
+		UnhookByHand: func(t *testing.T, dp datapath.Dataplane, dev string) {
+			unhook(t, dp.(*linux.Dataplane).Namespace(), dev)
+		},
 	})
 }
 
@@ -64,22 +69,38 @@ func handleOf(t *testing.T, dp datapath.Dataplane) *netlink.Handle {
 	return h
 }
 
-// unhook deletes every BPF filter at dev's ingress (tc filter del).
-func unhook(t *testing.T, h *netlink.Handle, dev string) {
+// unhook takes every program off dev's TCX ingress in the namespace nsfd,
+// as someone with bpftool would.
+func unhook(t *testing.T, nsfd int, dev string) {
 	t.Helper()
-	l, err := h.LinkByName(dev)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	defer orig.Close()
+	if err := netns.Set(netns.NsHandle(nsfd)); err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Set(orig)
+	l, err := netlink.LinkByName(dev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range fs {
-		if _, ok := f.(*netlink.BpfFilter); ok {
-			if err := h.FilterDel(f); err != nil {
-				t.Fatal(err)
-			}
+	q, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ap := range q.Programs {
+		p, err := ebpf.NewProgramFromID(ap.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }
