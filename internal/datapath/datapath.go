@@ -53,6 +53,9 @@ type FDB struct {
 	VNI  uint32     `json:"vni"`
 	MAC  string     `json:"mac"`
 	VTEP netip.Addr `json:"vtep"`
+	// Incomplete is observed only: with the fast path a unicast entry
+	// lacks its static twin on the bridge (it equals nothing wanted).
+	Incomplete bool `json:"incomplete,omitempty"`
 }
 
 // FDBKey identifies an FDB entry: a unicast MAC maps to one VTEP (VTEP is

@@ -126,7 +126,7 @@ func datapath(f Facts) Finding {
 		return Finding{"datapath", OK, "bpf: TC programs carry unicast within each network past the bridge and the host's FORWARD chain (" + s.DatapathReason + ")", ""}
 	}
 	if strings.HasPrefix(s.DatapathReason, "auto:") {
-		return Finding{"datapath", Warn, "bridge: " + s.DatapathReason, "the bridge path works; for the fast path the kernel needs BPF with bpf_redirect_peer (5.10 or later) and the agent CAP_BPF and CAP_NET_ADMIN"}
+		return Finding{"datapath", Warn, "bridge: " + s.DatapathReason, "the bridge path works; for the fast path the kernel needs TCX (6.6 or later) and the agent CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN"}
 	}
 	return Finding{"datapath", OK, "bridge (" + s.DatapathReason + ")", ""}
 }
@@ -241,6 +241,9 @@ func forwarding(f Facts) Finding {
 	jump := strings.Contains(f.IPTables, "-A FORWARD -j VXNET-FORWARD")
 	networks := f.Status != nil && len(f.Status.Networks) > 0
 	switch {
+	case drop && networks && !jump && f.Status.Datapath == "bpf":
+		return Finding{"forwarding", Fail, "the FORWARD policy is DROP (as dockerd, ufw and firewalld set it) and vxnet's VXNET-FORWARD rules are missing: traffic out of vxnet's networks (egress, published ports, routed) is dropped; unicast inside a network takes the fast path and still flows",
+			"let the agent put its rules back (they return within a resync), or check what removes them"}
 	case drop && networks && !jump:
 		return Finding{"forwarding", Fail, "the FORWARD policy is DROP (as dockerd, ufw and firewalld set it) and vxnet's VXNET-FORWARD rules are missing: bridged traffic of vxnet's networks is dropped",
 			"let the agent put its rules back (they return within a resync), or check what removes them"}

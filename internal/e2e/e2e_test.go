@@ -80,6 +80,17 @@ func tailLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// onFastPath reports whether a host's agent runs the BPF fast path, on
+// which unicast inside a network does not cross the host's FORWARD chain.
+func onFastPath(t *testing.T, l *lab.Lab, host string) bool {
+	t.Helper()
+	s, err := client(l, host).Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Datapath == "bpf"
+}
+
 func client(l *lab.Lab, host string) *api.Client {
 	h, _ := l.Host(host)
 	return api.NewClient(h.Socket)

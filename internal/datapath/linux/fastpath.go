@@ -566,7 +566,7 @@ func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
 			return fmt.Errorf("unhook %s: write the BPF map: %w", h.Dev, err)
 		}
 	}
-	d.changed("deleted fast hook", "dev", h.Dev)
+	d.changed("deleted fast hook", "dev", h.Dev, "vni", h.VNI, "index", idx)
 	return nil
 }
 

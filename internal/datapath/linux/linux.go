@@ -269,10 +269,12 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			}
 			vtep, _ := netip.AddrFromSlice(f.IP)
 			mac := f.HardwareAddr.String()
+			entry := datapath.FDB{VNI: vni, MAC: mac, VTEP: vtep.Unmap()}
 			if d.fast != nil && mac != datapath.ZeroMAC && !static[mac] {
-				continue
+				// Half an entry: a pass sets it whole or removes it.
+				entry.Incomplete = true
 			}
-			obs.FDB = append(obs.FDB, datapath.FDB{VNI: vni, MAC: mac, VTEP: vtep.Unmap()})
+			obs.FDB = append(obs.FDB, entry)
 		}
 		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 			ns, err := d.neighList("list neighbours of "+vx.link.Attrs().Name, vx.link.Attrs().Index, fam)
