@@ -23,7 +23,11 @@ for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./intern
 done
 # -p 1: the privileged packages (lab, e2e, datapath/linux) run real agents
 # and dockerds; one package at a time keeps them off each other's 2 cores.
-go test -count=1 -p 1 -timeout 25m ./...
+# The agents run the BPF fast path (--datapath bpf: a kernel that cannot
+# fails here instead of falling back unseen).
+VXNET_E2E_DATAPATH=bpf go test -count=1 -p 1 -timeout 25m ./...
+# The end-to-end and lab suites again on the bridge datapath (--datapath bridge).
+VXNET_E2E_DATAPATH=bridge go test -count=1 -p 1 -timeout 20m ./internal/e2e ./internal/lab
 # The end-to-end tests that do not test gossip itself, again with the
 # agents' state in a three-member etcd cluster (--store etcd://).
 VXNET_E2E_STORE=etcd go test -count=1 -timeout 20m \

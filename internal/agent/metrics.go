@@ -84,13 +84,14 @@ var (
 	descGossipBytes = prometheus.NewDesc("vxnet_gossip_bytes_total", "Bytes of vxnet's messages received (in) and sent (out).", []string{"direction"}, nil)
 	descPeerState   = prometheus.NewDesc("vxnet_peer_health", "1 for the current verdict on the overlay path to a peer (ok, degraded, mtu, unreachable, unknown), 0 for the others.", []string{"peer", "state"}, nil)
 	descPeerRTT     = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
+	descFastPath    = prometheus.NewDesc("vxnet_fastpath", "The BPF fast path: devices whose ingress runs its program (hooks) and MACs it carries straight on (entries); absent on the bridge datapath.", []string{"what"}, nil)
 	descPeerLoss    = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
 
 var healthStates = []health.State{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes} {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath} {
 		ch <- d
 	}
 }
@@ -117,6 +118,10 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(s.Syncs))
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.GaugeValue, b(s.SyncError != ""))
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(s.KernelOps))
+	if s.Datapath == DatapathBPF {
+		ch <- prometheus.MustNewConstMetric(descFastPath, prometheus.GaugeValue, float64(s.FastHooks), "hooks")
+		ch <- prometheus.MustNewConstMetric(descFastPath, prometheus.GaugeValue, float64(s.FastEntries), "entries")
+	}
 	ch <- prometheus.MustNewConstMetric(descMalformed, prometheus.CounterValue, float64(s.Malformed))
 	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(s.Records))

@@ -27,6 +27,11 @@ func up(t *testing.T, cfg lab.Config) *lab.Lab {
 	if cfg.Name == "" {
 		cfg.Name = labName()
 	}
+	// VXNET_E2E_DATAPATH=bpf programs the fast path beside the bridges
+	// (scripts/test.sh runs these tests on both datapaths).
+	if cfg.Datapath == "" && os.Getenv("VXNET_E2E_DATAPATH") == "bpf" {
+		cfg.Datapath = "bpf"
+	}
 	l, err := lab.Up(cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)

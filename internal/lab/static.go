@@ -70,6 +70,11 @@ func (l *Lab) programStatic(cfg Config) error {
 			}
 		}
 		dp.Close()
+		if l.Datapath == "bpf" { // the ports exist now: hook them
+			if _, err := l.SyncHost(h); err != nil {
+				return fmt.Errorf("program host %s: %w", h.Name, err)
+			}
+		}
 		cfg.Log.Info("host programmed", "host", h.Name, "addr", h.Addr)
 	}
 	return nil

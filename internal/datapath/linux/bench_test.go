@@ -62,16 +62,32 @@ func BenchmarkProgram5000(b *testing.B) {
 // steady-state cost, paid by every agent on every change. Needs root.
 //
 //	go test -run XXX -bench NoopPass ./internal/datapath/linux/
+//
+// The bpf cases add the fast path (a map entry per remote endpoint, the
+// program on the vxlan device), which a pass reads too.
 func BenchmarkNoopPass(b *testing.B) {
-	for _, n := range []int{32, 5000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			in := manyEndpoints(n)
+	for _, c := range []struct {
+		n    int
+		fast bool
+	}{{32, false}, {5000, false}, {32, true}, {5000, true}} {
+		name := fmt.Sprint(c.n)
+		if c.fast {
+			name += "/bpf"
+		}
+		b.Run(name, func(b *testing.B) {
+			in := manyEndpoints(c.n)
+			in.FastPath = c.fast
 			_, path := testutil.Netns(b)
 			dp, err := linux.Open(path, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer dp.Close()
+			if c.fast {
+				if err := dp.EnableFastPath(); err != nil {
+					b.Fatal(err)
+				}
+			}
 			want, _ := reconcile.Desired(in)
 			if _, err := reconcile.Sync(dp, want); err != nil {
 				b.Fatal(err)
