@@ -86,6 +86,25 @@ func TestLabDatapath(t *testing.T) {
 	if stats.InnerARP != 0 {
 		t.Fatalf("%d ARP frames crossed the tunnel; ARP must be answered locally", stats.InnerARP)
 	}
+	// On the fast path every host runs the program on its vxlan devices
+	// and container ports (a dataplane without it sees them as another's).
+	for _, h := range l.Hosts {
+		obs, err := l.Observe(h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hooks := 0
+		if obs.FastPath != nil {
+			hooks = len(obs.FastPath.Hooks)
+		}
+		want := 0
+		if l.Datapath == "bpf" {
+			want = 2 * len(l.Networks) // per network its vxlan device and one container
+		}
+		if hooks != want {
+			t.Fatalf("%s: %d devices run the fast path, want %d (datapath %q)", h.Name, hooks, want, l.Datapath)
+		}
+	}
 
 	a, b := container(t, l, "h1-n1-c1"), container(t, l, "h2-n1-c1")
 	t.Run("FullSizeWithDF", func(t *testing.T) {

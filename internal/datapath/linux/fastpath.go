@@ -435,18 +435,25 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		fp.Hooks = append(fp.Hooks, datapath.FastHook{Dev: byIndex[idx].Attrs().Name, Index: idx, Stale: true})
 	}
 	slices.SortFunc(fp.Hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
-	var mk macKey
-	var mv macVal
-	mit := d.fast.macs.Iterate()
-	for mit.Next(&mk, &mv) {
-		e := datapath.FastEntry{VNI: mk.VNI, MAC: net.HardwareAddr(mk.MAC[:]).String(), Remote: mv.Remote == 1}
-		if l, ok := byIndex[int(mv.Ifindex)]; ok {
-			e.Dev = l.Attrs().Name
+	// The MAC map is read in batches: one syscall per 1,024 entries,
+	// not two per entry.
+	keys, vals := make([]macKey, 1024), make([]macVal, 1024)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.fast.macs.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			e := datapath.FastEntry{VNI: keys[i].VNI, MAC: net.HardwareAddr(keys[i].MAC[:]).String(), Remote: vals[i].Remote == 1}
+			if l, ok := byIndex[int(vals[i].Ifindex)]; ok {
+				e.Dev = l.Attrs().Name
+			}
+			fp.Entries = append(fp.Entries, e)
 		}
-		fp.Entries = append(fp.Entries, e)
-	}
-	if err := mit.Err(); err != nil {
-		return nil, fmt.Errorf("read the BPF map of MACs: %w", err)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the BPF map of MACs: %w", err)
+		}
 	}
 	slices.SortFunc(fp.Entries, func(a, b datapath.FastEntry) int { return a.Key().Compare(b.Key()) })
 	return fp, nil
