@@ -197,7 +197,7 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 func newConvergeCmd(g *globals) *cobra.Command {
 	var hosts, samples, etcd int
 	var asJSON, noHealth bool
-	var via, plugin string
+	var via, plugin, datapathMode string
 	cmd := &cobra.Command{
 		Use:   "converge",
 		Short: "Benchmark: time from attach on one host to first reply from another, with real agents",
@@ -207,7 +207,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			name := "cv"
-			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger(), NoHealth: noHealth, Etcd: etcd}
+			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger(), NoHealth: noHealth, Etcd: etcd, Datapath: datapathMode}
 			l, err := lab.Up(cfg)
 			if err != nil {
 				return err
@@ -273,6 +273,7 @@ func newConvergeCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&noHealth, "no-health", false, "run the agents without health probes")
+	cmd.Flags().StringVar(&datapathMode, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto)")
 	cmd.Flags().IntVar(&etcd, "etcd", 0, "run an etcd cluster of this many members and the agents with --store etcd://")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&via, "via", "api", "front door of the attach: api ('vxnet attach'), cni (the vxnet-cni plugin, ADD and DEL) or docker ('docker run --net' on the host's dockerd)")

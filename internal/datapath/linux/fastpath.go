@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -76,7 +77,51 @@ type fastPath struct {
 	macs   *ebpf.Map
 	// names caches the names of programs met at hooks, by ID.
 	names map[ebpf.ProgramID]string
+	// The maps as last read (at), kept equal by this dataplane's writes:
+	// Observe reads the kernel's maps again only after tcxCache.maxAge.
+	hooksSeen map[uint32]hookVal
+	macsSeen  map[macKey]macVal
+	seenAt    time.Time
 }
+
+// readMaps refreshes the mirror of the maps when it is older than maxAge.
+func (f *fastPath) readMaps(maxAge time.Duration) error {
+	if f.hooksSeen != nil && time.Since(f.seenAt) <= maxAge {
+		return nil
+	}
+	hooks := map[uint32]hookVal{}
+	var k uint32
+	var v hookVal
+	it := f.hooks.Iterate()
+	for it.Next(&k, &v) {
+		hooks[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read the BPF map of hooks: %w", err)
+	}
+	// The MAC map is read in batches: one syscall per 1,024 entries,
+	// not two per entry.
+	macs := map[macKey]macVal{}
+	keys, vals := make([]macKey, 1024), make([]macVal, 1024)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := f.macs.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			macs[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read the BPF map of MACs: %w", err)
+		}
+	}
+	f.hooksSeen, f.macsSeen, f.seenAt = hooks, macs, time.Now()
+	return nil
+}
+
+// forgetMaps drops the mirror (after a failed write: read again).
+func (f *fastPath) forgetMaps() { f.hooksSeen, f.macsSeen = nil, nil }
 
 func (f *fastPath) close() {
 	f.prog.Close()
@@ -372,15 +417,43 @@ func (d *Dataplane) vxnetProgs(idx int) ([]ebpf.ProgramID, error) {
 	return out, nil
 }
 
-// observeFast reads the hooks (the devices whose ingress runs this
-// dataplane's program, with the network the map gives them) and the MAC
-// entries. A device running another agent's program, or none though the
-// map names it, is reported stale; entries pointing at a device that is
-// gone report an empty Dev.
-func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]ownedLink) (*datapath.FastPath, error) {
-	fp := &datapath.FastPath{}
-	hooked := map[int]bool{}
-	stale := map[int]bool{}
+// tcxCache is what Observe last read of vxnet's programs at its devices'
+// ingress (ifindex -> program IDs), trusted for maxAge: the query enters
+// the namespace and asks the kernel once per device, a cost each pass of
+// every agent would pay. The hooks this dataplane sets and removes update
+// it at once; a device it has not seen, or the age, makes it read again.
+type tcxCache struct {
+	progs  map[int][]ebpf.ProgramID
+	at     time.Time
+	maxAge time.Duration
+}
+
+// FastPathMaxAge is how long Observe trusts its last reading of the
+// programs at vxnet's devices: a program someone took off by hand is put
+// back by the first pass after that.
+const FastPathMaxAge = 2 * time.Second
+
+// SetFastPathMaxAge sets how long Observe trusts that reading.
+func (d *Dataplane) SetFastPathMaxAge(age time.Duration) { d.tcx.maxAge = age }
+
+// readAttachments refreshes the cache of programs at the owned vxlan
+// devices and ports when it is old or misses one of them.
+func (d *Dataplane) readAttachments(owned map[int]ownedLink) error {
+	fresh := d.tcx.progs != nil && time.Since(d.tcx.at) <= d.tcx.maxAge
+	for idx, o := range owned {
+		if _, seen := d.tcx.progs[idx]; fresh && !seen && (o.kind == "vxlan" || o.kind == "ep") {
+			fresh = false
+		}
+	}
+	if fresh {
+		for idx := range d.tcx.progs { // devices gone
+			if _, ok := owned[idx]; !ok {
+				delete(d.tcx.progs, idx)
+			}
+		}
+		return nil
+	}
+	progs := map[int][]ebpf.ProgramID{}
 	err := d.inNS(func() error {
 		for idx, o := range owned {
 			if o.kind != "vxlan" && o.kind != "ep" {
@@ -390,18 +463,39 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 			if err != nil {
 				return fmt.Errorf("query TCX programs of %s: %w", o.link.Attrs().Name, err)
 			}
-			for _, id := range ids {
-				if d.fast != nil && id == d.fast.progID {
-					hooked[idx] = true
-				} else {
-					stale[idx] = true
-				}
-			}
+			progs[idx] = ids
 		}
 		return nil
 	})
+	if err != nil {
+		d.tcx.progs = nil
+		return err
+	}
+	d.tcx.progs, d.tcx.at = progs, time.Now()
+	return nil
+}
+
+// observeFast reads the hooks (the devices whose ingress runs this
+// dataplane's program, with the network the map gives them) and the MAC
+// entries. A device running another agent's program, or none though the
+// map names it, is reported stale; entries pointing at a device that is
+// gone report an empty Dev.
+func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]ownedLink) (*datapath.FastPath, error) {
+	fp := &datapath.FastPath{}
+	hooked := map[int]bool{}
+	stale := map[int]bool{}
+	err := d.readAttachments(owned)
 	if err != nil && d.fast != nil {
 		return nil, err
+	}
+	for idx, ids := range d.tcx.progs {
+		for _, id := range ids {
+			if d.fast != nil && id == d.fast.progID {
+				hooked[idx] = true
+			} else {
+				stale[idx] = true
+			}
+		}
 	}
 	if d.fast == nil {
 		// Nothing is programmed; programs left by a fast-path agent are
@@ -415,10 +509,10 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		}
 		return fp, nil
 	}
-	var k uint32
-	var v hookVal
-	it := d.fast.hooks.Iterate()
-	for it.Next(&k, &v) {
+	if err := d.fast.readMaps(d.tcx.maxAge); err != nil {
+		return nil, err
+	}
+	for k, v := range d.fast.hooksSeen {
 		l, ok := byIndex[int(k)]
 		h := datapath.FastHook{VNI: v.VNI, Vxlan: v.Kind == 1, Index: int(k)}
 		if ok {
@@ -428,32 +522,17 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		delete(stale, int(k))
 		fp.Hooks = append(fp.Hooks, h)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read the BPF map of hooks: %w", err)
-	}
 	for idx := range stale {
 		fp.Hooks = append(fp.Hooks, datapath.FastHook{Dev: byIndex[idx].Attrs().Name, Index: idx, Stale: true})
 	}
 	slices.SortFunc(fp.Hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
-	// The MAC map is read in batches: one syscall per 1,024 entries,
-	// not two per entry.
-	keys, vals := make([]macKey, 1024), make([]macVal, 1024)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.fast.macs.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			e := datapath.FastEntry{VNI: keys[i].VNI, MAC: net.HardwareAddr(keys[i].MAC[:]).String(), Remote: vals[i].Remote == 1}
-			if l, ok := byIndex[int(vals[i].Ifindex)]; ok {
-				e.Dev = l.Attrs().Name
-			}
-			fp.Entries = append(fp.Entries, e)
+	fp.Entries = make([]datapath.FastEntry, 0, len(d.fast.macsSeen))
+	for k, v := range d.fast.macsSeen {
+		e := datapath.FastEntry{VNI: k.VNI, MAC: net.HardwareAddr(k.MAC[:]).String(), Remote: v.Remote == 1}
+		if l, ok := byIndex[int(v.Ifindex)]; ok {
+			e.Dev = l.Attrs().Name
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read the BPF map of MACs: %w", err)
-		}
+		fp.Entries = append(fp.Entries, e)
 	}
 	slices.SortFunc(fp.Entries, func(a, b datapath.FastEntry) int { return a.Key().Compare(b.Key()) })
 	return fp, nil
@@ -479,7 +558,11 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 		kind = 1
 	}
 	if err := d.fast.hooks.Put(uint32(idx), hookVal{VNI: h.VNI, Kind: kind}); err != nil {
+		d.fast.forgetMaps()
 		return fmt.Errorf("hook %s: write the BPF map: %w", h.Dev, err)
+	}
+	if d.fast.hooksSeen != nil {
+		d.fast.hooksSeen[uint32(idx)] = hookVal{VNI: h.VNI, Kind: kind}
 	}
 	err = d.inNS(func() error {
 		ids, err := d.vxnetProgs(idx)
@@ -512,7 +595,11 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 		return nil
 	})
 	if err != nil {
+		d.tcx.progs = nil
 		return fmt.Errorf("hook %s: attach the TC program: %w", h.Dev, err)
+	}
+	if d.tcx.progs != nil {
+		d.tcx.progs[idx] = []ebpf.ProgramID{d.fast.progID}
 	}
 	d.changed("set fast hook", "dev", h.Dev, "vni", h.VNI)
 	return nil
@@ -566,12 +653,18 @@ func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
 		return nil
 	})
 	if err != nil {
+		d.tcx.progs = nil
 		return fmt.Errorf("unhook %s: %w", h.Dev, err)
+	}
+	if d.tcx.progs != nil {
+		d.tcx.progs[idx] = nil
 	}
 	if d.fast != nil {
 		if err := d.fast.hooks.Delete(uint32(idx)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			d.fast.forgetMaps()
 			return fmt.Errorf("unhook %s: write the BPF map: %w", h.Dev, err)
 		}
+		delete(d.fast.hooksSeen, uint32(idx))
 	}
 	d.changed("deleted fast hook", "dev", h.Dev, "vni", h.VNI, "index", idx)
 	return nil
@@ -605,7 +698,11 @@ func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
 		v.Remote = 1
 	}
 	if err := d.fast.macs.Put(k, v); err != nil {
+		d.fast.forgetMaps()
 		return fmt.Errorf("%s: write the BPF map: %w", e, err)
+	}
+	if d.fast.macsSeen != nil {
+		d.fast.macsSeen[k] = v
 	}
 	d.changed("set fast entry", "entry", e.String())
 	return nil
@@ -621,8 +718,10 @@ func (d *Dataplane) DelFastEntry(e datapath.FastEntry) error {
 		return fmt.Errorf("%s: %w", e, err)
 	}
 	if err := d.fast.macs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		d.fast.forgetMaps()
 		return fmt.Errorf("%s: write the BPF map: %w", e, err)
 	}
+	delete(d.fast.macsSeen, k)
 	d.changed("deleted fast entry", "entry", e.String())
 	return nil
 }
@@ -635,20 +734,18 @@ func (d *Dataplane) forgetFast(idx int, entries bool) {
 		return
 	}
 	_ = d.fast.hooks.Delete(uint32(idx))
+	delete(d.fast.hooksSeen, uint32(idx))
 	if !entries {
 		return
 	}
-	var k macKey
-	var v macVal
-	var drop []macKey
-	it := d.fast.macs.Iterate()
-	for it.Next(&k, &v) {
-		if int(v.Ifindex) == idx {
-			drop = append(drop, k)
-		}
+	if err := d.fast.readMaps(d.tcx.maxAge); err != nil {
+		return // the pass after the device is gone removes them
 	}
-	for _, k := range drop {
-		_ = d.fast.macs.Delete(k)
+	for k, v := range d.fast.macsSeen {
+		if int(v.Ifindex) == idx {
+			_ = d.fast.macs.Delete(k)
+			delete(d.fast.macsSeen, k)
+		}
 	}
 }
 

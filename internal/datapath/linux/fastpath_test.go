@@ -103,6 +103,7 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 			t.Fatal(err)
 		}
 		h.dp.SetHostFirewallMaxAge(0)
+		h.dp.SetFastPathMaxAge(0)
 	}
 	defer func() {
 		for _, h := range hosts {
@@ -278,6 +279,7 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 			t.Fatal(err)
 		}
 		h.dp.SetHostFirewallMaxAge(0)
+		h.dp.SetFastPathMaxAge(0)
 		if err := h.dp.EnableFastPath(); err != nil {
 			t.Fatal(err)
 		}

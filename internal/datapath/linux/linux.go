@@ -41,6 +41,8 @@ type Dataplane struct {
 	ipt iptables
 	// fast is the BPF fast path, nil unless EnableFastPath loaded it.
 	fast *fastPath
+	// tcx caches the programs at vxnet's devices (see readAttachments).
+	tcx tcxCache
 }
 
 // HostFirewallMaxAge is how long Observe trusts its last reading of the
@@ -72,7 +74,7 @@ func Open(path string, log *slog.Logger) (*Dataplane, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Dataplane{h: h, ns: ns, log: log, vxlanIdx: map[uint32]int{},
-		ipt: iptables{nsPath: path, maxAge: HostFirewallMaxAge}}, nil
+		ipt: iptables{nsPath: path, maxAge: HostFirewallMaxAge}, tcx: tcxCache{maxAge: FastPathMaxAge}}, nil
 }
 
 func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, error) {

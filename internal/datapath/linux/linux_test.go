@@ -25,6 +25,7 @@ func TestContract(t *testing.T) {
 				t.Fatal(err)
 			}
 			dp.SetHostFirewallMaxAge(0) // the contract reads what is in the kernel
+			dp.SetFastPathMaxAge(0)
 			t.Cleanup(func() { dp.Close() })
 			return dp
 		},
