@@ -268,7 +268,7 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 			far = append(far, traceSeen{Host: dst.Node, Point: pt, Error: "no capture on " + dst.Node + ": " + remoteErr.Error()})
 		}
 	}
-	res.Hops, res.Replied, res.Vanished, res.Why = walk(seen, far, src, dst, a.cfg.VXLANPort, size)
+	res.Hops, res.Replied, res.Vanished, res.Why = walk(seen, far, src, dst, a.cfg.VXLANPort, size, a.cfg.Datapath.Mode == DatapathBPF)
 	if strings.HasPrefix(res.Vanished, self+" vxlan ") {
 		res.Why = a.explainLocalVXLAN(n.VNI, dst, res.Why)
 	}
@@ -295,7 +295,7 @@ func (a *Agent) explainLocalVXLAN(vni uint32, dst model.Endpoint, why string) st
 
 // walk orders the sightings as a frame crosses the points (request out,
 // reply back) and names the first point that did not see the probe.
-func walk(near, far []traceSeen, src, dst model.Endpoint, port, size int) (hops []api.TraceHop, replied bool, vanished, why string) {
+func walk(near, far []traceSeen, src, dst model.Endpoint, port, size int, fast bool) (hops []api.TraceHop, replied bool, vanished, why string) {
 	hop := func(ts traceSeen, reply bool) api.TraceHop {
 		h := api.TraceHop{Host: ts.Host, Point: ts.Point, Iface: ts.Iface, Dir: "request", Error: ts.Error}
 		if reply {
@@ -341,15 +341,16 @@ func walk(near, far []traceSeen, src, dst model.Endpoint, port, size int) (hops 
 		if i > 0 {
 			prev = &hops[i-1]
 		}
-		why = reason(prev, h, src, dst, port, size)
+		why = reason(prev, h, src, dst, port, size, fast)
 		break
 	}
 	return hops, replied, vanished, why
 }
 
 // reason says what usually drops a frame between the last point that saw
-// it (prev; nil when nothing did) and the first that did not (h).
-func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, size int) string {
+// it (prev; nil when nothing did) and the first that did not (h). On the
+// fast path (fast) unicast inside a network meets no FORWARD chain.
+func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, size int, fast bool) string {
 	if prev == nil {
 		return fmt.Sprintf("the probe never left %s: its interface or route is missing", src.ID)
 	}
@@ -357,6 +358,10 @@ func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, s
 	switch {
 	case prev.Point == "destination veth" && prev.Dir == "request":
 		return fmt.Sprintf("%s did not answer: it is down, or its own firewall drops ICMP echo", dst.ID)
+	case fast && strings.HasSuffix(prev.Point, "veth") && h.Point == "vxlan":
+		return fmt.Sprintf("%s did not hand it to the vxlan device: no fast-path or FDB entry for the destination (is %s a live member? see vxnet status)", h.Host, dst.Node)
+	case fast && strings.HasSuffix(h.Point, "veth"):
+		return fmt.Sprintf("%s did not deliver it to %s: no fast-path or neighbour entry for %s, or its interface is down", h.Host, h.Iface, dst.ID)
 	case strings.HasSuffix(prev.Point, "veth") && h.Point == "vxlan":
 		return fmt.Sprintf("%s's bridge did not hand it to the vxlan device: the host's FORWARD chain dropped it (br_netfilter; see vxnet doctor), or there is no FDB entry for the destination", h.Host)
 	case prev.Point == "vxlan" && h.Point == "underlay":

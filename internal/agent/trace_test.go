@@ -54,20 +54,23 @@ func TestWalk(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name      string
+		fast      bool
 		near, far string
 		replied   bool
 		vanished  string
 		why       string
 	}{
-		{"healthy", "bbb", "bbb", true, "", ""},
-		{"underlay drops", "rrr", "---", false, "h2 underlay (underlay0, request)", "lost on the underlay between h1 and h2: a firewall or the network drops UDP 4789 between the two hosts, or the path MTU is below 1556 bytes"},
-		{"small probe, no MTU suspect", "rrr", "---", false, "h2 underlay (underlay0, request)", "lost on the underlay between h1 and h2: a firewall or the network drops UDP 4789 between the two hosts$"},
-		{"FORWARD drop here", "r--", "---", false, "h1 vxlan (vxlan0, request)", "h1's bridge did not hand it to the vxlan device"},
-		{"remote firewall", "rrr", "r--", false, "h2 vxlan (vxlan0, request)", "h2 received it and did not decapsulate it"},
-		{"no answer", "rrr", "rrr", false, "h2 destination veth (destination veth0, reply)", "h2.web.2 did not answer"},
-		{"remote bridge", "rrr", "rr-", false, "h2 destination veth (destination veth0, request)", "h2's bridge did not forward it to destination veth0"},
-		{"reply lost on the underlay", "rrr", "bbb", false, "h1 underlay (underlay0, reply)", "lost on the underlay between h2 and h1"},
-		{"never left", "---", "---", false, "h1 container veth (container veth0, request)", "the probe never left h1.web.1"},
+		{"healthy", false, "bbb", "bbb", true, "", ""},
+		{"underlay drops", false, "rrr", "---", false, "h2 underlay (underlay0, request)", "lost on the underlay between h1 and h2: a firewall or the network drops UDP 4789 between the two hosts, or the path MTU is below 1556 bytes"},
+		{"small probe, no MTU suspect", false, "rrr", "---", false, "h2 underlay (underlay0, request)", "lost on the underlay between h1 and h2: a firewall or the network drops UDP 4789 between the two hosts$"},
+		{"FORWARD drop here", false, "r--", "---", false, "h1 vxlan (vxlan0, request)", "h1's bridge did not hand it to the vxlan device"},
+		{"remote firewall", false, "rrr", "r--", false, "h2 vxlan (vxlan0, request)", "h2 received it and did not decapsulate it"},
+		{"no answer", false, "rrr", "rrr", false, "h2 destination veth (destination veth0, reply)", "h2.web.2 did not answer"},
+		{"remote bridge", false, "rrr", "rr-", false, "h2 destination veth (destination veth0, request)", "h2's bridge did not forward it to destination veth0"},
+		{"reply lost on the underlay", false, "rrr", "bbb", false, "h1 underlay (underlay0, reply)", "lost on the underlay between h2 and h1"},
+		{"fast path, no entry here", true, "r--", "---", false, "h1 vxlan (vxlan0, request)", "h1 did not hand it to the vxlan device: no fast-path or FDB entry for the destination"},
+		{"fast path, not delivered there", true, "rrr", "rr-", false, "h2 destination veth (destination veth0, request)", "h2 did not deliver it to destination veth0: no fast-path or neighbour entry"},
+		{"never left", false, "---", "---", false, "h1 container veth (container veth0, request)", "the probe never left h1.web.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			near, far := mk(tc.near, tc.far)
@@ -75,7 +78,7 @@ func TestWalk(t *testing.T) {
 			if strings.HasPrefix(tc.name, "small") {
 				size = 56
 			}
-			hops, replied, vanished, why := walk(near, far, src, dst, 4789, size)
+			hops, replied, vanished, why := walk(near, far, src, dst, 4789, size, tc.fast)
 			if len(hops) != 12 || replied != tc.replied || vanished != tc.vanished || !strings.HasPrefix(why+"$", tc.why) {
 				t.Fatalf("%d hops, replied %v, vanished %q, why %q", len(hops), replied, vanished, why)
 			}
