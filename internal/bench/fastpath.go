@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"net/netip"
 	"os/exec"
 	"syscall"
 	"time"
@@ -40,31 +39,9 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 		return nil, err
 	}
 	defer lab.Down(name)
-	r, err := l.BuildRecipe()
+	paths, err := labPaths(l)
 	if err != nil {
 		return nil, err
-	}
-	bare, err := l.BuildBareVXLAN()
-	if err != nil {
-		return nil, err
-	}
-	var v1, v2 lab.Container
-	for _, ct := range l.Containers {
-		switch ct.Host {
-		case l.Hosts[0].Name:
-			v1 = ct
-		case l.Hosts[1].Name:
-			v2 = ct
-		}
-	}
-	type ends struct {
-		srv, cli string
-		dst      netip.Addr
-	}
-	paths := map[string]ends{
-		"bare":   {bare.Netns[1], bare.Netns[0], bare.IP[1]},
-		"recipe": {r.Containers[1].Netns, r.Containers[0].Netns, r.Containers[1].IP},
-		"vxnet":  {v2.Netns, v1.Netns, v2.IP},
 	}
 	var out []FastPathHosts
 	for _, kind := range []string{"clean", "docker"} {

@@ -196,20 +196,23 @@ func Run(c Config) (Result, error) {
 	return res, nil
 }
 
-func datapathPart(c Config, res *Result) error {
-	name := "bdp"
-	l, err := lab.Up(labCfg(name, c.Hosts, c))
-	if err != nil {
-		return err
-	}
-	defer lab.Down(name)
+// ends are a path's two ends: the server's and the client's namespace and
+// the server's address.
+type ends struct {
+	srv, cli string
+	dst      netip.Addr
+}
+
+// labPaths builds the recipe and bare VXLAN beside a lab's containers and
+// returns every path between its first two hosts, by name (PathNames).
+func labPaths(l *lab.Lab) (map[string]ends, error) {
 	r, err := l.BuildRecipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bare, err := l.BuildBareVXLAN()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var v1, v2 lab.Container
 	for _, ct := range l.Containers {
@@ -220,15 +223,24 @@ func datapathPart(c Config, res *Result) error {
 			v2 = ct
 		}
 	}
-	type ends struct {
-		srv, cli string
-		dst      netip.Addr
-	}
-	paths := map[string]ends{
+	return map[string]ends{
 		"underlay": {l.Hosts[1].Netns, l.Hosts[0].Netns, l.Hosts[1].Addr},
 		"bare":     {bare.Netns[1], bare.Netns[0], bare.IP[1]},
 		"recipe":   {r.Containers[1].Netns, r.Containers[0].Netns, r.Containers[1].IP},
 		"vxnet":    {v2.Netns, v1.Netns, v2.IP},
+	}, nil
+}
+
+func datapathPart(c Config, res *Result) error {
+	name := "bdp"
+	l, err := lab.Up(labCfg(name, c.Hosts, c))
+	if err != nil {
+		return err
+	}
+	defer lab.Down(name)
+	paths, err := labPaths(l)
+	if err != nil {
+		return err
 	}
 	for _, p := range PathNames() {
 		e := paths[p]

@@ -98,6 +98,12 @@ func Do(path string, fn func() error) error {
 		return fmt.Errorf("open namespace %s: %w", path, err)
 	}
 	defer target.Close()
+	return DoIn(target, path, fn)
+}
+
+// DoIn runs fn on a thread inside the namespace target (named name in
+// errors); when the caller is in it already, on the caller's thread.
+func DoIn(target netns.NsHandle, name string, fn func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -105,13 +111,16 @@ func Do(path string, fn func() error) error {
 		return fmt.Errorf("get current namespace: %w", err)
 	}
 	defer orig.Close()
+	if orig.Equal(target) {
+		return fn()
+	}
 	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter namespace %s: %w", path, err)
+		return fmt.Errorf("enter namespace %s: %w", name, err)
 	}
 	ferr := fn()
 	if err := netns.Set(orig); err != nil {
 		runtime.LockOSThread() // leave the thread locked: the runtime drops it
-		return errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", path, err))
+		return errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", name, err))
 	}
 	return ferr
 }
