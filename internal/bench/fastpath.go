@@ -14,13 +14,15 @@ import (
 // host: "clean" (nothing but vxnet) or "docker" (dockerd with its defaults
 // on both hosts: FORWARD DROP, br_netfilter, its chains and conntrack).
 // The agents switch datapath (a restart) inside every round, so each round
-// measures both, with the recipe and bare VXLAN beside them.
+// measures both, with the recipe, bare VXLAN and the underlay beside them.
 type FastPathHosts struct {
 	Hosts  string `json:"hosts"`
 	BPF    Path   `json:"bpf"`
 	Bridge Path   `json:"bridge"`
 	Recipe Path   `json:"recipe"`
 	Bare   Path   `json:"bare"`
+	// Underlay is the hosts' own path (no VXLAN).
+	Underlay Path `json:"underlay"`
 	// Ratios: medians of the per-round ratios.
 	BPFvsBridge1 float64 `json:"bpf_vs_bridge_1"`
 	BPFvsBridge4 float64 `json:"bpf_vs_bridge_4"`
@@ -87,7 +89,7 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 		}
 		rounds := max(1, c.Rounds)
 		for round := range rounds {
-			for _, p := range Rotate([]string{"bpf", "bridge", "recipe", "bare"}, round) {
+			for _, p := range Rotate([]string{"bpf", "bridge", "recipe", "bare", "underlay"}, round) {
 				e := paths[p]
 				if p == "bpf" || p == "bridge" {
 					if err := switchDatapath(l, p); err != nil {
@@ -103,7 +105,7 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 		path := func(p string) Path {
 			return Path{Tput1Gbps: Median(tput[p][1]), Tput4Gbps: Median(tput[p][4]), RRp50us: Median(rr[p])}
 		}
-		out = append(out, FastPathHosts{Hosts: kind, BPF: path("bpf"), Bridge: path("bridge"), Recipe: path("recipe"), Bare: path("bare"),
+		out = append(out, FastPathHosts{Hosts: kind, BPF: path("bpf"), Bridge: path("bridge"), Recipe: path("recipe"), Bare: path("bare"), Underlay: path("underlay"),
 			BPFvsBridge1: MedianRatio(tput["bpf"][1], tput["bridge"][1]), BPFvsBridge4: MedianRatio(tput["bpf"][4], tput["bridge"][4]),
 			BPFvsRecipe1: MedianRatio(tput["bpf"][1], tput["recipe"][1]), BPFvsBare1: MedianRatio(tput["bpf"][1], tput["bare"][1])})
 	}

@@ -36,7 +36,7 @@ func printFastPath(w io.Writer, r Result) {
 		for _, p := range []struct {
 			name string
 			x    Path
-		}{{"bpf", h.BPF}, {"bridge", h.Bridge}, {"recipe", h.Recipe}, {"bare", h.Bare}} {
+		}{{"bpf", h.BPF}, {"bridge", h.Bridge}, {"recipe", h.Recipe}, {"bare", h.Bare}, {"underlay", h.Underlay}} {
 			fmt.Fprintf(w, "    %-9s %7.2f Gb/s %7.2f Gb/s %8.1f us\n", p.name, p.x.Tput1Gbps, p.x.Tput4Gbps, p.x.RRp50us)
 		}
 		fmt.Fprintf(w, "    bpf/bridge %.3f (4 streams %.3f)   bpf/recipe %.3f   bpf/bare %.3f\n", h.BPFvsBridge1, h.BPFvsBridge4, h.BPFvsRecipe1, h.BPFvsBare1)
