@@ -85,7 +85,7 @@ func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, 
 func (d *Dataplane) Close() error {
 	d.closeReader()
 	if d.fast != nil {
-		d.fast.close() // the filters keep the program and maps alive
+		d.fast.close() // the attachments keep the program and its maps alive
 	}
 	d.h.Close()
 	return d.ns.Close()
