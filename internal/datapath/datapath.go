@@ -140,6 +140,7 @@ type Port struct {
 	// Shaped: the host end carries traffic control that vxnet did not
 	// put there (a qdisc, such as the CNI bandwidth plugin's). The fast
 	// path leaves such a port to the bridge path, where the shaping holds.
+	// Observed only where the fast path is loaded.
 	Shaped bool `json:"shaped,omitempty"`
 }
 

@@ -103,24 +103,33 @@ func (d *Dataplane) vxnetProgs(idx int) ([]ebpf.ProgramID, error) {
 	}
 	var out []ebpf.ProgramID
 	for _, id := range ids {
-		if d.fast != nil && id == d.fast.progID {
-			out = append(out, id)
-			continue
-		}
-		name := ""
-		if d.fast != nil {
-			name = d.fast.progName(id)
-		} else if p, err := ebpf.NewProgramFromID(id); err == nil {
-			if info, err := p.Info(); err == nil {
-				name = info.Name
-			}
-			p.Close()
-		}
-		if name == fastProgName {
+		if d.fast != nil && id == d.fast.progID || d.progName(id) == fastProgName {
 			out = append(out, id)
 		}
 	}
 	return out, nil
+}
+
+// progName returns the name of the program with this ID (cached: IDs are
+// not reused while the kernel has IDs to spare).
+func (d *Dataplane) progName(id ebpf.ProgramID) string {
+	if n, ok := d.tcx.names[id]; ok {
+		return n
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return ""
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return ""
+	}
+	if d.tcx.names == nil {
+		d.tcx.names = map[ebpf.ProgramID]string{}
+	}
+	d.tcx.names[id] = info.Name
+	return info.Name
 }
 
 // tcxCache is what Observe last read of vxnet's programs at its devices'
@@ -129,7 +138,9 @@ func (d *Dataplane) vxnetProgs(idx int) ([]ebpf.ProgramID, error) {
 // every agent would pay. The hooks this dataplane sets and removes update
 // it at once; a device it has not seen, or the age, makes it read again.
 type tcxCache struct {
-	progs  map[int][]ebpf.ProgramID
+	progs map[int][]ebpf.ProgramID
+	// names of the programs met there, by ID.
+	names  map[ebpf.ProgramID]string
 	at     time.Time
 	maxAge time.Duration
 }

@@ -65,8 +65,6 @@ type fastPath struct {
 	tag    string
 	hooks  *ebpf.Map
 	macs   *ebpf.Map
-	// names caches the names of programs met at hooks, by ID.
-	names map[ebpf.ProgramID]string
 	// The maps as last read (at), kept equal by this dataplane's writes:
 	// Observe reads the kernel's maps again only after tcxCache.maxAge.
 	hooksSeen map[uint32]hookVal
@@ -201,7 +199,7 @@ func loadFastPath() (*fastPath, error) {
 		macs.Close()
 		return nil, fmt.Errorf("load the TC program (needs BPF with bpf_redirect_peer): %w", err)
 	}
-	f := &fastPath{prog: prog, hooks: hooks, macs: macs, names: map[ebpf.ProgramID]string{}}
+	f := &fastPath{prog: prog, hooks: hooks, macs: macs}
 	if err := f.identify(); err != nil {
 		f.close()
 		return nil, err
@@ -217,26 +215,7 @@ func (f *fastPath) identify() error {
 	}
 	f.progID, _ = info.ID()
 	f.tag = info.Tag
-	f.names[f.progID] = fastProgName
 	return nil
-}
-
-// progName returns the name of the program with this ID (cached).
-func (f *fastPath) progName(id ebpf.ProgramID) string {
-	if n, ok := f.names[id]; ok {
-		return n
-	}
-	p, err := ebpf.NewProgramFromID(id)
-	if err != nil {
-		return ""
-	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		return ""
-	}
-	f.names[id] = info.Name
-	return info.Name
 }
 
 // adopt opens the program with this ID and its maps when it is vxnet's
@@ -252,7 +231,7 @@ func adopt(id ebpf.ProgramID, tag string) *fastPath {
 		p.Close()
 		return nil
 	}
-	f := &fastPath{prog: p, names: map[ebpf.ProgramID]string{}}
+	f := &fastPath{prog: p}
 	for _, mid := range mapIDs {
 		m, err := ebpf.NewMapFromID(mid)
 		if err != nil {

@@ -175,9 +175,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			obs.Ports = append(obs.Ports, datapath.Port{ID: o.rest, VNI: o.vni, HostIf: l.Attrs().Name})
 		}
 	}
-	if len(obs.Ports) > 0 {
+	if len(obs.Ports) > 0 && d.fast != nil {
 		// Ports whose host end has a qdisc (a veth has none of its own):
-		// someone shapes their traffic.
+		// someone shapes their traffic; the fast path leaves them alone.
 		qds, err := dump("list qdiscs", func() ([]netlink.Qdisc, error) { return d.h.QdiscList(nil) })
 		if err != nil {
 			return obs, err
