@@ -290,6 +290,38 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	if lost := ping(c1, c2.ep.IP, 2, 56, 0); lost > 0 {
 		t.Fatalf("after the new dataplane's pass: %d of 2 lost", lost)
 	}
+	// A port someone shapes (a qdisc on its host end, as the CNI
+	// bandwidth plugin adds) leaves the fast path both ways, and comes
+	// back when the qdisc goes.
+	c1If := datapath.HostIfName("c1")
+	onFast := func() (hooked, entry bool) {
+		t.Helper()
+		obs, err := hosts[0].dp.Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, hk := range obs.FastPath.Hooks {
+			hooked = hooked || hk.Dev == c1If && !hk.Stale
+		}
+		for _, e := range obs.FastPath.Entries {
+			entry = entry || e.Dev == c1If
+		}
+		return hooked, entry
+	}
+	if out, err := nsRun(t, hosts[0].ns, "tc", "qdisc", "add", "dev", c1If, "root", "tbf", "rate", "1gbit", "burst", "64k", "latency", "50ms"); err != nil {
+		t.Fatal(err, out)
+	}
+	pass(true)
+	if hooked, entry := onFast(); hooked || entry {
+		t.Fatalf("a shaped port is still on the fast path: hooked %v, entry %v", hooked, entry)
+	}
+	if out, err := nsRun(t, hosts[0].ns, "tc", "qdisc", "del", "dev", c1If, "root"); err != nil {
+		t.Fatal(err, out)
+	}
+	pass(true)
+	if hooked, entry := onFast(); !hooked || !entry {
+		t.Fatalf("the port did not come back to the fast path without its qdisc: hooked %v, entry %v", hooked, entry)
+	}
 	// The bridge datapath takes the programs away; the bridge then drops IP.
 	pass(false)
 	if lost := ping(c1, c2.ep.IP, 2, 56, 0); lost != 2 {
