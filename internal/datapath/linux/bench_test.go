@@ -67,12 +67,15 @@ func BenchmarkProgram5000(b *testing.B) {
 // program on the vxlan device), which a pass reads too.
 func BenchmarkNoopPass(b *testing.B) {
 	for _, c := range []struct {
-		n    int
-		fast bool
-	}{{32, false}, {5000, false}, {32, true}, {5000, true}} {
+		n            int
+		fast, reread bool
+	}{{32, false, false}, {5000, false, false}, {32, true, false}, {5000, true, false}, {32, true, true}, {5000, true, true}} {
 		name := fmt.Sprint(c.n)
 		if c.fast {
 			name += "/bpf"
+		}
+		if c.reread {
+			name += "/reread" // the programs and maps read on every pass
 		}
 		b.Run(name, func(b *testing.B) {
 			in := manyEndpoints(c.n)
@@ -87,6 +90,9 @@ func BenchmarkNoopPass(b *testing.B) {
 				if err := dp.EnableFastPath(); err != nil {
 					b.Fatal(err)
 				}
+			}
+			if c.reread {
+				dp.SetFastPathMaxAge(0)
 			}
 			want, _ := reconcile.Desired(in)
 			if _, err := reconcile.Sync(dp, want); err != nil {
