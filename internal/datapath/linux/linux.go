@@ -115,6 +115,8 @@ func dump[T any](what string, read func() (T, error)) (T, error) {
 	return v, nil
 }
 
+// changed counts and logs one kernel write; it is the dataplane's only
+// debug-level log (tests read the log for writes).
 func (d *Dataplane) changed(what string, args ...any) {
 	d.Changes++
 	d.log.Debug(what, args...)
