@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/docker"
+	"github.com/vxnet/vxnet/internal/health/icmp"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -34,6 +36,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 		healthSubnet string
 		datapathMode string
 		store        string
+		prepare      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -45,6 +48,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 				}
 			}
 			cfg.Log = g.logger()
+			if prepare {
+				return prepareHost(cfg.Log, healthSubnet, cfg.HealthNetns)
+			}
 			if cfg.Name == "" {
 				h, err := os.Hostname()
 				if err != nil {
@@ -142,8 +148,33 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&healthSubnet, "health-subnet", "100.127.0.0/16", "subnet of the health network (one probe endpoint per host; the same on every host; no address of it appears on the hosts), or off")
 	f.StringVar(&cfg.HealthNetns, "health-netns", "vxnet-health", "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
 	f.DurationVar(&cfg.HealthInterval, "health-interval", time.Second, "health probe period")
+	f.BoolVar(&prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
 	f.StringVar(&datapathMode, "datapath", agent.DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	return cmd
+}
+
+// prepareHost makes the health namespace in the host's mount namespace, so
+// that a sandboxed agent (a systemd unit with PrivateTmp= or
+// ProtectSystem=, whose mounts the host never sees) finds it there, and
+// `ip netns` on the host shows it, across restarts.
+func prepareHost(log *slog.Logger, healthSubnet, name string) error {
+	sub, err := parseHealthSubnet(healthSubnet)
+	if err != nil {
+		return err
+	}
+	if !sub.IsValid() {
+		log.Info("health probes are off: nothing to prepare")
+		return nil
+	}
+	p, onHost, err := icmp.Namespace(name)
+	if err != nil {
+		return err
+	}
+	if !onHost {
+		return fmt.Errorf("health namespace %s: made, but not in the host's mount namespace: run --prepare as root outside the agent's sandbox", p)
+	}
+	log.Info("health namespace ready in the host's mount namespace", "namespace", p)
+	return nil
 }
 
 // applyConfigFile sets every flag named in a JSON object that the command

@@ -23,7 +23,7 @@ import (
 // raw ICMP socket inside it.
 type healthPort struct{ id uint16 }
 
-func (healthPort) Namespace(name string) (string, error) { return icmp.Namespace(name) }
+func (healthPort) Namespace(name string) (string, bool, error) { return icmp.Namespace(name) }
 func (p healthPort) Open(nsPath string) (agent.Pinger, error) {
 	return icmp.OpenICMP(nsPath, p.id)
 }
@@ -89,17 +89,33 @@ func printHealthView(out io.Writer, h api.Health) {
 			return
 		}
 	}
-	fmt.Fprintf(out, "node %s, probes of 84 and %d bytes (DF), as of %s ago\n\n", h.Node, h.BigSize, time.Since(h.At).Round(time.Millisecond))
+	if h.At.IsZero() {
+		fmt.Fprintf(out, "node %s: no probe round yet\n", h.Node)
+	} else {
+		fmt.Fprintf(out, "node %s, probes of 84 and %d bytes (DF), as of %s ago\n", h.Node, h.BigSize, time.Since(h.At).Round(time.Millisecond))
+	}
+	if h.Warning != "" {
+		fmt.Fprintf(out, "warning: %s\n", h.Warning)
+	}
+	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tSTATE\tRTT\tLOSS\tFULL-SIZE LOSS\tSINCE\tCAUSE")
 	for _, p := range h.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s ago\t%s\n", p.Node, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
-			time.Since(p.Since).Round(time.Second), p.Cause)
+		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s\t%s\n", p.Node, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
+			ago(p.Since), p.Cause)
 	}
 	tw.Flush()
 	if len(h.Peers) == 0 {
 		fmt.Fprintln(out, "(no peer with a health endpoint yet)")
 	}
+}
+
+// ago says how long ago t was, or never for a zero time.
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
 }
 
 // printHealthMatrix prints one row per probing member, one column per
@@ -135,11 +151,7 @@ func printHealthMatrix(out io.Writer, reports []api.HealthReport) {
 				cells[i] = string(p.State)
 			}
 		}
-		asOf := "never"
-		if !r.At.IsZero() {
-			asOf = time.Since(r.At).Round(time.Second).String() + " ago"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Node, strings.Join(cells, "\t"), asOf)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Node, strings.Join(cells, "\t"), ago(r.At))
 	}
 	tw.Flush()
 }

@@ -27,8 +27,10 @@ import (
 // HealthPort is the side of health probing that touches the host.
 type HealthPort interface {
 	// Namespace returns the path of the named namespace for the health
-	// endpoint, creating it when needed.
-	Namespace(name string) (string, error)
+	// endpoint, creating it when needed; onHost is false when the host's
+	// mount namespace does not see it (the agent runs in a mount namespace
+	// of its own and could not make it in the host's).
+	Namespace(name string) (path string, onHost bool, err error)
 	// Open returns a pinger sending from inside the namespace at nsPath.
 	Open(nsPath string) (Pinger, error)
 	// Neighbours makes the permanent neighbour entries of the health
@@ -63,6 +65,7 @@ type healthState struct {
 	publishedAt time.Time
 	publishGap  time.Duration         // healthPublishGap (tests shorten it)
 	ns          string                // the health namespace's path
+	warning     string                // what is wrong with it, if anything
 	neigh       map[netip.Addr]string // neighbour entries last made there
 }
 
@@ -164,9 +167,16 @@ func (a *Agent) setupHealth() (Pinger, error) {
 	} else if _, err := a.createNetwork(want, ""); err != nil {
 		return nil, fmt.Errorf("health network %s (%s): %w", model.HealthNetwork, a.cfg.HealthSubnet, err)
 	}
-	ns, err := a.healthPort.Namespace(a.cfg.HealthNetns)
+	ns, onHost, err := a.healthPort.Namespace(a.cfg.HealthNetns)
 	if err != nil {
 		return nil, err
+	}
+	warning := ""
+	if !onHost {
+		warning = fmt.Sprintf("the health namespace %s exists only in the agent's mount namespace: 'ip netns' on the host does not show it, "+
+			"and a restarted agent makes a new one; run 'vxnet agent --prepare' (same flags) outside the sandbox first, "+
+			"as the packaged unit does (ExecStartPre=+), or give the agent CAP_SYS_CHROOT", ns)
+		a.log.Warn("health namespace not visible on the host", "namespace", ns, "why", warning)
 	}
 	// Kept like a runtime's container: present while its namespace path is.
 	res, err := a.addEndpoint(endpointRequest{ID: a.healthEndpointID(), Network: model.HealthNetwork, Netns: ns, IfName: "eth0",
@@ -180,7 +190,7 @@ func (a *Agent) setupHealth() (Pinger, error) {
 	}
 	a.hs.mu.Lock()
 	a.hs.tracker.BigSize = res.MTU // the full-size probe's packet: the inner MTU
-	a.hs.ns, a.hs.neigh = ns, nil
+	a.hs.ns, a.hs.neigh, a.hs.warning = ns, nil, warning
 	a.hs.mu.Unlock()
 	return p, nil
 }
@@ -308,7 +318,7 @@ func (a *Agent) healthReport() api.HealthReport {
 	r := api.HealthReport{Node: a.state.Self(), Enabled: a.healthEnabled(), Peers: []health.Peer{}}
 	a.hs.mu.Lock()
 	defer a.hs.mu.Unlock()
-	r.At, r.BigSize = a.hs.at, a.hs.tracker.BigSize
+	r.At, r.BigSize, r.Namespace, r.Warning = a.hs.at, a.hs.tracker.BigSize, a.hs.ns, a.hs.warning
 	if a.hs.err != nil {
 		r.Error = a.hs.err.Error()
 	}

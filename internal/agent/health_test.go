@@ -38,8 +38,10 @@ type fakeHealthPort struct {
 	paths *fakePaths
 }
 
-func (p fakeHealthPort) Namespace(name string) (string, error) { return netns(p.t, name), nil }
-func (p fakeHealthPort) Open(string) (Pinger, error)           { return p.paths, nil }
+func (p fakeHealthPort) Namespace(name string) (string, bool, error) {
+	return netns(p.t, name), true, nil
+}
+func (p fakeHealthPort) Open(string) (Pinger, error) { return p.paths, nil }
 func (p fakeHealthPort) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
 	p.paths.mu.Lock()
 	defer p.paths.mu.Unlock()

@@ -161,6 +161,10 @@ type HealthReport struct {
 	Peers   []health.Peer `json:"peers"`
 	// BigSize is the size of the full-size probe (the inner MTU).
 	BigSize int `json:"big_size,omitempty"`
+	// Namespace is the path of this host's health namespace; Warning says
+	// what is wrong with it while probes run (e.g. the host cannot see it).
+	Namespace string `json:"namespace,omitempty"`
+	Warning   string `json:"warning,omitempty"`
 }
 
 // Health is what GET /v1/health answers: this member's view, and with

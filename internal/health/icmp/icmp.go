@@ -126,28 +126,26 @@ func (c *ICMP) Close() error {
 }
 
 // Namespace returns the path of the named network namespace for the
-// health endpoint, creating it (with lo up) when it does not exist.
-func Namespace(name string) (string, error) {
-	p := nsutil.Path(name)
-	if _, err := nsutil.Inode(p); err == nil {
-		return p, nil
-	}
-	if _, err := nsutil.Create(name); err != nil {
-		return "", fmt.Errorf("health namespace: %w", err)
+// health endpoint, making it (with lo up) when there is none. onHost says
+// whether the host sees the same namespace there (see nsutil.Ensure).
+func Namespace(name string) (path string, onHost bool, err error) {
+	p, onHost, err := nsutil.Ensure(name)
+	if err != nil {
+		return "", false, fmt.Errorf("health namespace: %w", err)
 	}
 	h, err := nsutil.Handle(p)
 	if err != nil {
-		return "", fmt.Errorf("health namespace %s: %w", p, err)
+		return "", false, fmt.Errorf("health namespace %s: %w", p, err)
 	}
 	defer h.Close()
 	lo, err := h.LinkByName("lo")
-	if err == nil {
+	if err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
 		err = h.LinkSetUp(lo)
 	}
 	if err != nil {
-		return "", fmt.Errorf("health namespace %s: lo: %w", p, err)
+		return "", false, fmt.Errorf("health namespace %s: lo: %w", p, err)
 	}
-	return p, nil
+	return p, onHost, nil
 }
 
 // Neighbours makes the permanent IPv4 neighbour entries on ifname of the
