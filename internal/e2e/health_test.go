@@ -397,3 +397,73 @@ func browse(t *testing.T, ns string, args ...string) string {
 	}
 	return stdout.String()
 }
+
+// TestHealthSandboxedRestart runs the agents the way the packaged unit does
+// (a mount namespace of its own, slave propagation, the unit's capabilities,
+// 'vxnet agent --prepare' first, as its ExecStartPre=+) and, separately,
+// under 'ip netns exec'; restarts it (SIGTERM, as systemctl restart and
+// every upgrade do) and kills it with -9 and starts it again. Each time the
+// health matrix comes back to ok both ways, and the host's /run/netns holds
+// the health namespace as a real namespace, the one the agent uses (same
+// inode), with the health endpoint in it. A namespace made inside the
+// agent's own mount namespace would leave the host an empty file, which
+// the next agent reused and failed on forever.
+func TestHealthSandboxedRestart(t *testing.T) {
+	for _, sandbox := range []string{lab.SandboxUnit, lab.SandboxNetnsExec} {
+		t.Run(sandbox, func(t *testing.T) {
+			l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Sandbox: sandbox})
+			name := l.HealthNetns("h2")
+			checkHealthNamespaceOnHost(t, l, "h1", l.HealthNetns("h1"))
+			for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGTERM, syscall.SIGKILL} {
+				if err := l.KillAgent("h2", sig); err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				if err := l.StartAgent("h2"); err != nil {
+					t.Fatal(err)
+				}
+				took := waitHealth(t, l, 15*time.Second, allPairs([]string{"h1", "h2"}, health.OK))
+				h, err := client(l, "h2").Health(false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h.At.Before(start) || h.Error != "" || h.Warning != "" {
+					t.Fatalf("start %d (%s): h2's own view is as of %s (started %s), error %q, warning %q", i+1, sig, h.At, start, h.Error, h.Warning)
+				}
+				t.Logf("start %d after %s: health ok both ways %s after the agent answered", i+1, sig, took.Round(time.Millisecond))
+				checkHealthNamespaceOnHost(t, l, "h2", name)
+			}
+		})
+	}
+}
+
+// checkHealthNamespaceOnHost checks that the host's /run/netns/NAME is a
+// namespace, the one host's agent sees there, that `ip netns list` names
+// it and that the health endpoint is inside.
+func checkHealthNamespaceOnHost(t *testing.T, l *lab.Lab, host, name string) {
+	t.Helper()
+	path := nsutil.Path(name)
+	if !nsutil.IsNamespace(path) {
+		t.Fatalf("the host's %s is no namespace (an empty file left by a mount namespace that is gone?)", path)
+	}
+	h, _ := l.Host(host)
+	hostIno, err := nsutil.Inode(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentIno, err := nsutil.Inode(fmt.Sprintf("/proc/%d/root%s", h.PID, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hostIno != agentIno {
+		t.Fatalf("the host's %s is namespace %d, the agent's %d", path, hostIno, agentIno)
+	}
+	list, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil || !strings.Contains(string(list), name) {
+		t.Fatalf("ip netns list does not name %s: %v\n%s", name, err, list)
+	}
+	addrs, err := exec.Command("ip", "netns", "exec", name, "ip", "-o", "-4", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(addrs), "inet 100.127.") {
+		t.Fatalf("no health endpoint in the host's %s: %v\n%s", name, err, addrs)
+	}
+}

@@ -199,7 +199,13 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(binary, args...)
+	argv := append([]string{binary}, args...)
+	if binary == l.Binary {
+		if argv, err = l.sandboxed(h, argv, logf); err != nil {
+			return err
+		}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := nsutil.Do(h.Netns, cmd.Start); err != nil {
@@ -219,6 +225,51 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// How an agent is started with respect to mount namespaces (Lab.Sandbox).
+const (
+	// SandboxNone: in the caller's mount namespace, as from a root shell.
+	SandboxNone = ""
+	// SandboxUnit: as the packaged systemd unit runs it. First 'vxnet agent
+	// --prepare' in the host's mount namespace (the unit's ExecStartPre=+),
+	// then the agent in a mount namespace of its own (slave propagation, as
+	// systemd makes it for PrivateTmp= and ProtectSystem=), with a private
+	// /tmp, /usr, /boot and /etc read-only, and only the unit's
+	// capabilities.
+	SandboxUnit = "unit"
+	// SandboxNetnsExec: under 'ip netns exec HOST' (its own mount
+	// namespace, /sys remounted), with every capability.
+	SandboxNetnsExec = "netns-exec"
+)
+
+// unitSandbox is the mount set-up systemd gives the unit (PrivateTmp=,
+// ProtectSystem=full), then the unit's capability bounding set; "$@" is
+// the agent's command line.
+const unitSandbox = `set -e
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+for d in /usr /boot /efi /etc; do
+  if [ -d "$d" ]; then mount --bind "$d" "$d"; mount -o remount,bind,ro "$d"; fi
+done
+exec setpriv --bounding-set -all,+net_admin,+net_raw,+sys_admin,+sys_ptrace,+bpf -- "$@"`
+
+// sandboxed returns the command line that starts argv (an agent of h) in
+// the lab's sandbox, after the unit's preparation step when there is one.
+func (l *Lab) sandboxed(h *Host, argv []string, log *os.File) ([]string, error) {
+	switch l.Sandbox {
+	case SandboxNone:
+		return argv, nil
+	case SandboxUnit:
+		prep := exec.Command(argv[0], append(argv[1:], "--prepare")...)
+		prep.Stdout, prep.Stderr = log, log
+		if err := nsutil.Do(h.Netns, prep.Run); err != nil {
+			return nil, fmt.Errorf("prepare the agent of %s (as the unit's ExecStartPre): %w", h.Name, err)
+		}
+		return append([]string{"unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", unitSandbox, "sh"}, argv...), nil
+	case SandboxNetnsExec:
+		return append([]string{"ip", "netns", "exec", filepath.Base(h.Netns)}, argv...), nil
+	}
+	return nil, fmt.Errorf("unknown sandbox %q: want %q, %q or none", l.Sandbox, SandboxUnit, SandboxNetnsExec)
 }
 
 // KillAgent sends sig to a host's agent and waits for it to exit.

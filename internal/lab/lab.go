@@ -65,7 +65,10 @@ type Config struct {
 	// Datapath is the agents' --datapath (bridge, bpf, auto; empty: the
 	// agent's default), or, without agents, bpf to program the fast path.
 	Datapath string
-	Log      *slog.Logger
+	// Sandbox runs the agents as the packaged unit does (SandboxUnit) or
+	// under 'ip netns exec' (SandboxNetnsExec); empty: as from a shell.
+	Sandbox string
+	Log     *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -97,6 +100,11 @@ func (c Config) Validate() error {
 	case "", "bridge", "bpf", "auto":
 	default:
 		return fmt.Errorf("invalid datapath %q: want bridge, bpf or auto", c.Datapath)
+	}
+	switch c.Sandbox {
+	case SandboxNone, SandboxUnit, SandboxNetnsExec:
+	default:
+		return fmt.Errorf("invalid sandbox %q: want %s, %s or none", c.Sandbox, SandboxUnit, SandboxNetnsExec)
 	}
 	if c.Etcd < 0 || c.Etcd > 5 || (c.Etcd > 0 && !c.Agent) {
 		return fmt.Errorf("invalid etcd member count %d: want 0-5, with agents", c.Etcd)
@@ -148,6 +156,9 @@ type Lab struct {
 	Etcd []Host `json:"etcd,omitempty"`
 	// Datapath is the agents' --datapath (empty: their default).
 	Datapath string `json:"datapath,omitempty"`
+	// Sandbox is how agents (re)started from now on are run: SandboxNone,
+	// SandboxUnit or SandboxNetnsExec.
+	Sandbox string `json:"sandbox,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -174,7 +185,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	p := Prefix(cfg.Name)
 	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth,
-		Datapath: cfg.Datapath}
+		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {
