@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -53,6 +55,35 @@ func TestPackage(t *testing.T) {
 	if v, err := exec.Command(filepath.Join(x, "usr", "bin", "vxnet"), "version").Output(); err != nil || strings.TrimSpace(string(v)) != "vxnet 9.8.7 (record format 1)" {
 		t.Errorf("vxnet version in the package: %q %v", v, err)
 	}
+	// Static and stripped: no C library to depend on, whatever the
+	// target's glibc; no symbol table.
+	var binBytes int64
+	for _, bin := range []string{"vxnet", "vxnet-cni"} {
+		p := filepath.Join(x, "usr", "bin", bin)
+		checkStaticStripped(t, p)
+		if fi, err := os.Stat(p); err == nil {
+			binBytes += fi.Size()
+		}
+	}
+	field := func(name string) string {
+		v, err := exec.Command("dpkg-deb", "-f", deb, name).Output()
+		if err != nil {
+			t.Fatalf("dpkg-deb -f %s: %v", name, err)
+		}
+		return strings.TrimSpace(string(v))
+	}
+	// Installed-Size in KiB: at least the binaries (apt shows it).
+	if kib, err := strconv.ParseInt(field("Installed-Size"), 10, 64); err != nil || kib*1024 < binBytes {
+		t.Errorf("Installed-Size %q KiB, binaries alone %d bytes", field("Installed-Size"), binBytes)
+	}
+	// Depends names what the agent runs (iptables) and nothing that is
+	// always true or missing; with static binaries no libc6.
+	if d := field("Depends"); d != "iptables" {
+		t.Errorf("Depends: %q, want iptables", d)
+	}
+	if b, err := exec.Command("dpkg-deb", "-I", deb).Output(); err != nil || !strings.Contains(string(b), "Installed-Size:") {
+		t.Errorf("dpkg-deb -I: %v\n%s", err, b)
+	}
 	// The unit, pointed at the packaged binary (verify checks it exists).
 	unit, err := os.ReadFile(filepath.Join(x, "lib", "systemd", "system", "vxnet.service"))
 	if err != nil {
@@ -64,5 +95,32 @@ func TestPackage(t *testing.T) {
 	}
 	if b, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput(); err != nil || strings.Contains(string(b), "vxnet.service") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, b)
+	}
+	// The health namespace is made unsandboxed, in the host's mount
+	// namespace, before the sandboxed agent starts.
+	if !strings.Contains(string(unit), "\nExecStartPre=+/usr/bin/vxnet agent --config /etc/vxnet/agent.json --prepare\n") {
+		t.Errorf("the unit does not prepare the host (ExecStartPre=+ ... --prepare):\n%s", unit)
+	}
+}
+
+// checkStaticStripped fails unless the ELF file at p asks for no dynamic
+// loader and no shared library, and has no symbol table.
+func checkStaticStripped(t *testing.T, p string) {
+	t.Helper()
+	f, err := elf.Open(p)
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP || prog.Type == elf.PT_DYNAMIC {
+			t.Errorf("%s is dynamically linked (%s)", p, prog.Type)
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("%s needs %v", p, libs)
+	}
+	if f.Section(".symtab") != nil {
+		t.Errorf("%s is not stripped (has .symtab)", p)
 	}
 }
