@@ -22,6 +22,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
@@ -32,6 +33,20 @@ const StateDir = "/run/vxnet-lab"
 
 // Underlay addressing: host i is 198.18.0.i/24 (the benchmarking range).
 var underlayNet = netip.MustParsePrefix("198.18.0.0/24")
+
+// underlayNet6 is the lab's IPv6 underlay (Config.Underlay6): from the IPv6
+// benchmarking range (RFC 5180), as the IPv4 one is from RFC 2544's.
+var underlayNet6 = netip.MustParsePrefix("2001:2::/64")
+
+// underlayAddr is the underlay address of host index i (1-250).
+func underlayAddr(i int, v6 bool) netip.Addr {
+	if v6 {
+		a := underlayNet6.Addr().As16()
+		a[15] = byte(i)
+		return netip.AddrFrom16(a)
+	}
+	return netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+}
 
 // UnderlayMTU is the MTU of the lab's underlay links.
 const UnderlayMTU = 1500
@@ -65,6 +80,10 @@ type Config struct {
 	// Datapath is the agents' --datapath (bridge, bpf, auto; empty: the
 	// agent's default), or, without agents, bpf to program the fast path.
 	Datapath string
+	// Underlay6 addresses the hosts from an IPv6 underlay alone
+	// (underlayNet6): the agents advertise, gossip and carry VXLAN over
+	// IPv6. Not with Outside or Etcd.
+	Underlay6 bool
 	// Sandbox runs the agents as the packaged unit does (SandboxUnit) or
 	// under 'ip netns exec' (SandboxNetnsExec); empty: as from a shell.
 	Sandbox string
@@ -100,6 +119,9 @@ func (c Config) Validate() error {
 	case "", "bridge", "bpf", "auto":
 	default:
 		return fmt.Errorf("invalid datapath %q: want bridge, bpf or auto", c.Datapath)
+	}
+	if c.Underlay6 && (c.Outside || c.Etcd > 0) {
+		return fmt.Errorf("an IPv6 underlay lab has no outside machine and no etcd members")
 	}
 	switch c.Sandbox {
 	case SandboxNone, SandboxUnit, SandboxNetnsExec:
@@ -156,6 +178,8 @@ type Lab struct {
 	Etcd []Host `json:"etcd,omitempty"`
 	// Datapath is the agents' --datapath (empty: their default).
 	Datapath string `json:"datapath,omitempty"`
+	// Underlay6: the hosts' underlay is IPv6 alone.
+	Underlay6 bool `json:"underlay6,omitempty"`
 	// Sandbox is how agents (re)started from now on are run: SandboxNone,
 	// SandboxUnit or SandboxNetnsExec.
 	Sandbox string `json:"sandbox,omitempty"`
@@ -185,7 +209,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	p := Prefix(cfg.Name)
 	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth,
-		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox}
+		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {
@@ -215,7 +239,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, fmt.Errorf("underlay switch up: %w", err)
 	}
 	for i := 1; i <= cfg.Hosts; i++ {
-		h, err := addHost(sw, br, p, fmt.Sprintf("h%d", i), netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}))
+		h, err := addHost(sw, br, p, fmt.Sprintf("h%d", i), underlayAddr(i, cfg.Underlay6))
 		if err != nil {
 			return nil, err
 		}
@@ -316,7 +340,11 @@ func staticUnderlayNeighbours(hosts []Host) error {
 			if o.Name == h.Name {
 				continue
 			}
-			n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			family := netlink.FAMILY_V4
+			if o.Addr.Is6() {
+				family = netlink.FAMILY_V6
+			}
+			n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
 				IP: net.IP(o.Addr.AsSlice()), HardwareAddr: macs[o.Addr]}
 			if err := hh.NeighSet(n); err != nil {
 				hh.Close()
@@ -375,6 +403,9 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, addr n
 		return h, fmt.Errorf("eth0 of %s: %w", h.Name, err)
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet.Bits(), 32)}}
+	if addr.Is6() { // usable at once: no duplicate address detection
+		a = &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
+	}
 	if err := hh.AddrAdd(eth, a); err != nil {
 		return h, fmt.Errorf("address of %s: %w", h.Name, err)
 	}

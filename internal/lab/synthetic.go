@@ -43,7 +43,7 @@ func (l *Lab) AddSyntheticHost(idx int) (Host, error) {
 	if err != nil {
 		return Host{}, err
 	}
-	return addHost(sw, brl.(*netlink.Bridge), l.Prefix, fmt.Sprintf("h%d", idx), netip.AddrFrom4([4]byte{198, 18, 0, byte(idx)}))
+	return addHost(sw, brl.(*netlink.Bridge), l.Prefix, fmt.Sprintf("h%d", idx), underlayAddr(idx, l.Underlay6))
 }
 
 // JoinSynthetic starts the synthetic member in the calling process, which

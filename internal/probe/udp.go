@@ -11,10 +11,14 @@ import (
 
 // ListenUDP opens a UDP socket on port inside the namespace at nsPath.
 func ListenUDP(nsPath string, port int) (net.PacketConn, error) {
+	return listenUDP(nsPath, "udp4", port)
+}
+
+func listenUDP(nsPath, network string, port int) (net.PacketConn, error) {
 	var pc net.PacketConn
 	err := nsutil.Do(nsPath, func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		pc, err = net.ListenPacket(network, fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
@@ -26,7 +30,11 @@ func ListenUDP(nsPath string, port int) (net.PacketConn, error) {
 // SendUDP sends one datagram from the namespace at nsPath; broadcast
 // destinations are allowed.
 func SendUDP(nsPath string, dst netip.AddrPort, payload []byte) error {
-	pc, err := ListenUDP(nsPath, 0)
+	network := "udp4"
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		network = "udp6"
+	}
+	pc, err := listenUDP(nsPath, network, 0)
 	if err != nil {
 		return err
 	}

@@ -190,9 +190,10 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("a fresh host reports a firewall %+v", got)
 		}
 		a, b := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3")
+		c := netip.MustParseAddr("2001:2::3") // members of both families
 		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{4097, 12}, Port: 4789, VTEPs: []netip.Addr{b}}))
-		want := datapath.Firewall{Isolate: []uint32{12, 99, 4097}, Port: 4790, VTEPs: []netip.Addr{a, b}}
-		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{12, 4097, 99}, Port: 4790, VTEPs: []netip.Addr{b, a}}))
+		want := datapath.Firewall{Isolate: []uint32{12, 99, 4097}, Port: 4790, VTEPs: []netip.Addr{a, b, c}}
+		must(t, dp.EnsureFirewall(datapath.Firewall{Isolate: []uint32{12, 4097, 99}, Port: 4790, VTEPs: []netip.Addr{c, b, a}}))
 		if got := observe(t, dp).Firewall; got == nil || !got.Equal(want) {
 			t.Fatalf("firewall = %+v, want %+v", got, want)
 		}

@@ -23,9 +23,11 @@ const (
 	forwardChain   = "forward"
 	inputChain     = "input"
 	vtepSet        = "vteps"
+	vtepSet6       = "vteps6"
 	isolatePrefix  = "vxnet-isolate:"
 	internalPrefix = "vxnet-internal:"
 	ingressPrefix  = "vxnet-ingress:"
+	ingress6Prefix = "vxnet-ingress6:"
 	dnatTag        = "vxnet-dnat"
 )
 
@@ -85,21 +87,28 @@ func dnatRule(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
 	}}
 }
 
-// ingressRule drops IPv4 UDP to the VXLAN port from any address that is not
-// a member's VTEP: VXLAN has no authentication, so this is what stops a
-// stranger on the underlay from injecting frames into a network.
-func ingressRule(t *nftables.Table, c *nftables.Chain, set *nftables.Set, port int) *nftables.Rule {
+// ingressRule drops UDP to the VXLAN port from any address that is not a
+// member's VTEP, for one IP family (set holds that family's members): VXLAN
+// has no authentication, so this is what stops a stranger on the underlay
+// from injecting frames into a network. Both families get a rule whatever
+// the members' addresses: a host reachable over IPv6 is not left open
+// because its members happen to use IPv4.
+func ingressRule(t *nftables.Table, c *nftables.Chain, set *nftables.Set, port int, v6 bool) *nftables.Rule {
 	p := make([]byte, 2)
 	binary.BigEndian.PutUint16(p, uint16(port))
-	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(ingressPrefix + strconv.Itoa(port)),
+	proto, tag, saddr, alen := byte(unix.NFPROTO_IPV4), ingressPrefix, uint32(12), uint32(4)
+	if v6 {
+		proto, tag, saddr, alen = unix.NFPROTO_IPV6, ingress6Prefix, 8, 16
+	}
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tag + strconv.Itoa(port)),
 		Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: alen},
 			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
@@ -163,6 +172,7 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	f := &datapath.Firewall{Isolate: []uint32{}, VTEPs: []netip.Addr{}}
 	internal := map[uint32]int{} // rules seen per internal network (two each)
 	dnat := 0
+	port4, port6 := -1, -1
 	for _, name := range []string{forwardChain, inputChain} {
 		ch, err := c.ListChain(t, name)
 		if err != nil {
@@ -188,8 +198,12 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 				internal[uint32(n)]++
 			} else if ud == dnatTag && name == forwardChain {
 				dnat++
-			} else if v, ok := strings.CutPrefix(ud, ingressPrefix); ok && name == inputChain {
-				if f.Port, err = strconv.Atoi(v); err != nil {
+			} else if v, ok := strings.CutPrefix(ud, ingressPrefix); ok && name == inputChain && port4 < 0 {
+				if port4, err = strconv.Atoi(v); err != nil {
+					return broken, nil
+				}
+			} else if v, ok := strings.CutPrefix(ud, ingress6Prefix); ok && name == inputChain && port6 < 0 {
+				if port6, err = strconv.Atoi(v); err != nil {
 					return broken, nil
 				}
 			} else {
@@ -197,17 +211,25 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 			}
 		}
 	}
-	set, err := c.GetSetByName(t, vtepSet)
-	if err != nil {
+	// Both families' rules, on one port (a table from a release that
+	// guarded IPv4 alone reads as broken, and is rebuilt).
+	if port4 < 0 || port4 != port6 {
 		return broken, nil
 	}
-	elems, err := c.GetSetElements(set)
-	if err != nil {
-		return nil, fmt.Errorf("list set %s: %w", vtepSet, err)
-	}
-	for _, e := range elems {
-		if a, ok := netip.AddrFromSlice(e.Key); ok {
-			f.VTEPs = append(f.VTEPs, a.Unmap())
+	f.Port = port4
+	for _, name := range []string{vtepSet, vtepSet6} {
+		set, err := c.GetSetByName(t, name)
+		if err != nil {
+			return broken, nil
+		}
+		elems, err := c.GetSetElements(set)
+		if err != nil {
+			return nil, fmt.Errorf("list set %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				f.VTEPs = append(f.VTEPs, a.Unmap())
+			}
 		}
 	}
 	if dnat != 1 {
@@ -262,16 +284,23 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	in := c.AddChain(&nftables.Chain{Name: inputChain, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	set := &nftables.Set{Table: t, Name: vtepSet, KeyType: nftables.TypeIPAddr}
-	var elems []nftables.SetElement
+	set6 := &nftables.Set{Table: t, Name: vtepSet6, KeyType: nftables.TypeIP6Addr}
+	var elems, elems6 []nftables.SetElement
 	for _, a := range f.VTEPs {
-		if a.Is4() {
-			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		if a.Is4() || a.Is4In6() {
+			elems = append(elems, nftables.SetElement{Key: a.Unmap().AsSlice()})
+		} else {
+			elems6 = append(elems6, nftables.SetElement{Key: a.AsSlice()})
 		}
 	}
 	if err := c.AddSet(set, elems); err != nil {
 		return fmt.Errorf("nftables set %s: %w", vtepSet, err)
 	}
-	c.AddRule(ingressRule(t, in, set, f.Port))
+	if err := c.AddSet(set6, elems6); err != nil {
+		return fmt.Errorf("nftables set %s: %w", vtepSet6, err)
+	}
+	c.AddRule(ingressRule(t, in, set, f.Port, false))
+	c.AddRule(ingressRule(t, in, set6, f.Port, true))
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install nftables table inet %s: %w", FirewallTable, err)
 	}

@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// TestIPv6UnderlayAllowList: two members whose underlay is IPv6 alone
+// carry a network (containers ping across, the health probes pass, the
+// tunnel's remote is the peer's IPv6 address). A stranger on that underlay
+// sends hand-made VXLAN with the network's VNI and a container's MAC and IP
+// to a member: nothing reaches the container. The same frame from the
+// other member does (the control: the frame is deliverable, so the drop is
+// the allow-list's).
+func TestIPv6UnderlayAllowList(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Underlay6: true})
+	h1, _ := l.Host("h1")
+	h2, _ := l.Host("h2")
+	if !h1.Addr.Is6() || !h2.Addr.Is6() {
+		t.Fatalf("hosts %s and %s: want an IPv6 underlay", h1.Addr, h2.Addr)
+	}
+	a, victim := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	pingUntil(t, a.Netns, victim.IP, 5*time.Second)
+	o, err := l.Observe("h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	overH1 := false
+	for _, f := range o.FDB {
+		overH1 = overH1 || (f.MAC == a.MAC && f.VTEP == h1.Addr)
+	}
+	if !overH1 {
+		t.Fatalf("h2 does not reach %s (%s) at h1's IPv6 address %s: %+v", a.Name, a.MAC, h1.Addr, o.FDB)
+	}
+
+	stranger, err := l.AddSyntheticHost(99) // on the switch, not a member
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stranger.Addr.Is6() {
+		t.Fatalf("stranger %s: want an IPv6 address", stranger.Addr)
+	}
+	nw := l.Networks[0]
+	mac, _ := model.ParseMAC(victim.MAC)
+	frame := probe.VXLANFrame(nw.VNI, mac, []byte{0x02, 0x66, 0, 0, 0, 1}, netip.MustParseAddr("198.19.1.99"), victim.IP, 9999, []byte("injected"))
+	send := func(fromNetns string) {
+		t.Helper()
+		for i := 0; i < 5; i++ {
+			if err := probe.SendUDP(fromNetns, netip.AddrPortFrom(h2.Addr, lab.VXLANPort), frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pc, err := probe.ListenUDP(victim.Netns, 9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	buf := make([]byte, 64)
+	// The stranger's five frames: the allow-list's IPv6 rule counts five
+	// drops (the event that proves they were judged), and the container's
+	// socket holds nothing.
+	before := ingressDrops(t, h2.Netns, true)
+	send(stranger.Netns)
+	if err := waitCond(5*time.Second, func() error {
+		if n := ingressDrops(t, h2.Netns, true) - before; n < 5 {
+			return fmt.Errorf("the IPv6 VXLAN allow-list of h2 dropped %d of the stranger's 5 frames", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, _, err := pc.ReadFrom(buf); err == nil {
+		t.Fatalf("VXLAN over IPv6 from a non-member (%s) reached the container: %q", stranger.Addr, buf[:n])
+	}
+	// The control: the same frame from member h1 is delivered, and not
+	// counted as a drop.
+	before = ingressDrops(t, h2.Netns, true)
+	send(h1.Netns)
+	_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "injected" {
+		t.Fatalf("the hand-made frame from member h1 did not arrive (%q, %v): the test could not tell a drop", buf[:max(n, 0)], err)
+	}
+	if n := ingressDrops(t, h2.Netns, true) - before; n != 0 {
+		t.Fatalf("the allow-list dropped %d frames of member h1", n)
+	}
+}
+
+// ingressDrops reads the packet counter of vxnet's VXLAN allow-list rule
+// (IPv6 or IPv4) in the host namespace at netnsPath.
+func ingressDrops(t *testing.T, netnsPath string, v6 bool) uint64 {
+	t.Helper()
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := c.ListTableOfFamily(linux.FirewallTable, nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("vxnet's table: %v", err)
+	}
+	ch, err := c.ListChain(tbl, "input")
+	if err != nil {
+		t.Fatalf("vxnet's input chain: %v", err)
+	}
+	rules, err := c.GetRules(tbl, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := "vxnet-ingress:"
+	if v6 {
+		tag = "vxnet-ingress6:"
+	}
+	for _, r := range rules {
+		if !strings.HasPrefix(string(r.UserData), tag) {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if cnt, ok := e.(*expr.Counter); ok {
+				return cnt.Packets
+			}
+		}
+	}
+	t.Fatalf("no %s rule with a counter in vxnet's input chain", tag)
+	return 0
+}
