@@ -24,6 +24,7 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
+	"github.com/vxnet/vxnet/internal/unixhttp"
 )
 
 // healthOf returns what host's agent says of the path to peer.
@@ -432,6 +433,13 @@ func TestHealthSandboxedRestart(t *testing.T) {
 				}
 				t.Logf("start %d after %s: health ok both ways %s after the agent answered", i+1, sig, took.Round(time.Millisecond))
 				checkHealthNamespaceOnHost(t, l, "h2", name)
+				// The Docker plugin socket (a file, not a mount) is the
+				// host's too: dockerd, outside the sandbox, activates it.
+				h2, _ := l.Host("h2")
+				res, err := unixhttp.New(h2.PluginSocket()).Call("POST", "/Plugin.Activate", nil, 4096)
+				if err != nil || res.Code != 200 || !strings.Contains(string(res.Body), "NetworkDriver") {
+					t.Fatalf("start %d: the Docker plugin socket %s, seen from the host: %v %+v", i+1, h2.PluginSocket(), err, res)
+				}
 			}
 		})
 	}
