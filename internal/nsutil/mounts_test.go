@@ -138,3 +138,26 @@ func TestEnsureFromOwnMountNamespace(t *testing.T) {
 		}
 	})
 }
+
+// TestEnsureRefusesForeignFile: a file under /run/netns that is neither a
+// namespace nor an empty placeholder is someone else's: Ensure names it and
+// leaves it.
+func TestEnsureRefusesForeignFile(t *testing.T) {
+	testutil.RequireRoot(t)
+	name := fmt.Sprintf("vxt%d-foreign", os.Getpid())
+	path := nsutil.Path(name)
+	cleanupNamed(t, name)
+	if err := os.MkdirAll(nsutil.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("not mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := nsutil.Ensure(name)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "want an empty placeholder or a namespace") {
+		t.Fatalf("Ensure over a foreign file: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "not mine" {
+		t.Fatalf("the foreign file was changed: %q", b)
+	}
+}
