@@ -106,9 +106,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if cfg.HealthSubnet, err = parseHealthSubnet(healthSubnet); err != nil {
 				return err
 			}
-			repl := agent.GossipReplicator(cfg)
+			repl := gossipReplicator(cfg)
 			if len(cfg.Etcd) > 0 {
-				repl = agent.EtcdReplicator(cfg)
+				repl = etcdReplicator(cfg)
 			}
 			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: repl,
 				Health: healthPort{id: uint16(os.Getpid())}, Tracer: tracer{}}

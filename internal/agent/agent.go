@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -104,8 +102,6 @@ func (c Config) Validate() error {
 // Replicator spreads the cluster state between hosts and tells who is
 // alive: memberlist gossip today (cluster.Gossip), etcd later.
 type Replicator interface {
-	// Join contacts members; it succeeds when at least one answered.
-	Join(addrs []string) (int, error)
 	// Publish sends changed records to the other members.
 	Publish(recs ...cluster.Record)
 	// Alive lists the members whose endpoints are programmed, self included.
@@ -116,14 +112,30 @@ type Replicator interface {
 	MalformedMessages() int64
 	// Traffic counts the messages and bytes sent and received.
 	Traffic() cluster.Traffic
-	// KeyOp and Keys manage the cluster keyring.
-	KeyOp(op string, key []byte) error
-	Keys() [][]byte
 	// Request calls an operation on one member and returns its answer.
 	Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error)
 	// Shutdown stops without leaving (peers keep our endpoints until
 	// failure detection).
 	Shutdown() error
+}
+
+// What only some stores do is an interface of its own, which a replicator
+// implements or not.
+
+// Joiner is a replicator whose members find each other by contacting one
+// (gossip); with etcd every member finds the others in the store.
+type Joiner interface {
+	// Join contacts members; it succeeds when at least one answered.
+	Join(addrs []string) (int, error)
+}
+
+// Keyring is a replicator that encrypts with cluster keys (gossip); etcd
+// connections are secured by etcd's own TLS.
+type Keyring interface {
+	// KeyOp installs, uses or removes a key.
+	KeyOp(op string, key []byte) error
+	// Keys returns the keyring, the primary key first.
+	Keys() [][]byte
 }
 
 // Claimer is a replicator that can write a record only if no other member
@@ -320,40 +332,6 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// GossipReplicator starts memberlist gossip as the agent's replicator.
-func GossipReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
-	return func(rc ReplicatorConfig) (Replicator, error) {
-		return cluster.StartGossip(cluster.GossipConfig{
-			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Port: cfg.GossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
-			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
-			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed, OnCall: rc.OnCall,
-		}, rc.State)
-	}
-}
-
-// EtcdReplicator keeps the cluster state in etcd (cfg.Etcd).
-func EtcdReplicator(cfg Config) func(ReplicatorConfig) (Replicator, error) {
-	return func(rc ReplicatorConfig) (Replicator, error) {
-		ec := cluster.EtcdConfig{Name: cfg.Name, Addr: cfg.AdvertiseAddr,
-			OnChange: rc.OnChange, OnCall: rc.OnCall, Log: cfg.Log.With("component", "etcd")}
-		scheme := "http://"
-		if t := cfg.EtcdTLS; t.CA != "" || t.Cert != "" || t.Key != "" {
-			if t.CA == "" || (t.Cert == "") != (t.Key == "") {
-				return nil, fmt.Errorf("etcd TLS: give --etcd-cacert, and --etcd-cert with --etcd-key for a client certificate (got CA %q, cert %q, key %q)", t.CA, t.Cert, t.Key)
-			}
-			tc, err := transport.TLSInfo{TrustedCAFile: t.CA, CertFile: t.Cert, KeyFile: t.Key}.ClientConfig()
-			if err != nil {
-				return nil, fmt.Errorf("etcd TLS: %w", err)
-			}
-			ec.TLS, scheme = tc, "https://"
-		}
-		for _, ep := range cfg.Etcd {
-			ec.Endpoints = append(ec.Endpoints, scheme+ep)
-		}
-		return cluster.StartEtcd(ec, rc.State)
-	}
-}
-
 // checkAddr reports, in status and once in the log, when the advertise
 // address is no longer on this host: peers keep sending VXLAN to it, so
 // nothing reaches this host's containers until the agent restarts with its
@@ -420,7 +398,11 @@ func (a *Agent) rejoinLater() {
 	}
 	time.AfterFunc(8*probe, func() {
 		defer a.rejoining.Store(false)
-		if _, err := a.repl.Join(a.cfg.Join); err != nil {
+		j, ok := a.repl.(Joiner)
+		if !ok {
+			return
+		}
+		if _, err := j.Join(a.cfg.Join); err != nil {
 			a.log.Warn("rejoin after address change", "err", err)
 			return
 		}
@@ -598,12 +580,16 @@ func (a *Agent) joinKnown(ctx context.Context) {
 // answers. The first attempt is waited for (bounded) so that the first
 // reconcile pass sees the cluster, not an empty one.
 func (a *Agent) join(ctx context.Context, addrs []string) {
+	j, ok := a.repl.(Joiner)
+	if !ok {
+		return
+	}
 	first := make(chan struct{})
 	go func() {
 		defer close(first)
 		backoff := 500 * time.Millisecond
 		for attempt := 1; ; attempt++ {
-			n, err := a.repl.Join(addrs)
+			n, err := j.Join(addrs)
 			if err == nil {
 				a.log.Info("joined cluster", "contacted", n)
 				return

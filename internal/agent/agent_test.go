@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -75,7 +76,7 @@ func portIDs(o datapath.Observed) []string {
 func TestAttachDetach(t *testing.T) {
 	b := newBus()
 	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join([]string{"198.18.0.1"}); err != nil {
+	if _, err := h2.repl.(Joiner).Join([]string{"198.18.0.1"}); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, h1, "web", "10.20.0.0/16")
@@ -177,7 +178,7 @@ func TestAttachRollsBackWhenTheKernelFails(t *testing.T) {
 	dp := &failingDP{Dataplane: fake.New(), attach: errors.New("veth: no space left")}
 	h1 := newNode(t, b, "h1", 1, "", withDataplane(dp))
 	h2 := newNode(t, b, "h2", 2, "")
-	if _, err := h1.repl.Join(nil); err != nil {
+	if _, err := h1.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, h1, "web", "10.20.0.0/16")
@@ -382,7 +383,7 @@ func TestClaimedBlocksNeverTwice(t *testing.T) {
 			}
 			h1 := newNode(t, b, "h1", 1, "")
 			h2 := newNode(t, b, other, 2, "")
-			if _, err := h2.repl.Join([]string{"198.18.0.1"}); err != nil {
+			if _, err := h2.repl.(Joiner).Join([]string{"198.18.0.1"}); err != nil {
 				t.Fatal(err)
 			}
 			mustCreate(t, h1, "web", subnet.String())
@@ -752,5 +753,43 @@ func TestContainerEndpoints(t *testing.T) {
 	}
 	if n := len(h1.LocalEndpoints()); n != 0 {
 		t.Fatalf("%d endpoints after their namespace went", n)
+	}
+}
+
+// storeOnly is a replicator that does only what every store does (as the
+// etcd store): no Join, no keyring, no claims.
+type storeOnly struct{ Replicator }
+
+// TestStoreWithoutKeyring: on a store without cluster keys (etcd), key
+// operations are refused with a message that says why, the keyring lists
+// nothing, and the agent starts without joining anyone.
+func TestStoreWithoutKeyring(t *testing.T) {
+	b := newBus()
+	h1 := newNode(t, b, "h1", 1, "", func(cfg *Config, deps *Deps) {
+		start := deps.StartReplicator
+		cfg.Join = []string{"198.18.0.9"} // would be contacted, were there a Join
+		deps.StartReplicator = func(rc ReplicatorConfig) (Replicator, error) {
+			r, err := start(rc)
+			return storeOnly{r}, err
+		}
+	})
+	if _, ok := h1.repl.(Joiner); ok {
+		t.Fatal("the test's store can join: it proves nothing")
+	}
+	_, err := h1.KeyOp(api.KeyRequest{Op: "install", Key: "MDEyMzQ1Njc4OWFiY2RlZg=="})
+	if err == nil || !strings.Contains(err.Error(), "the etcd store has no cluster keys: connections to etcd are secured by etcd's own TLS") || !errors.Is(err, model.ErrInvalid) {
+		t.Fatalf("key install on a store without keys: %v", err)
+	}
+	if k := h1.Keyring(); k.Primary != "" || len(k.Keys) != 0 {
+		t.Fatalf("keyring of a store without keys: %+v", k)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h1.join(ctx, h1.cfg.Join) // returns at once: nothing to join
+	b.mu.Lock()
+	joins := b.members["h1"].joins
+	b.mu.Unlock()
+	if joins != 0 {
+		t.Fatalf("the agent joined %d times through a store that has no Join", joins)
 	}
 }

@@ -40,7 +40,7 @@ func TestDockerEndpointPath(t *testing.T) {
 	dd := newFakeDockerd()
 	h1 := newNode(t, b, "h1", 1, "", withDockerd(dd))
 	h2 := newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
+	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
 	d := newDockerBackend(h1.Agent)

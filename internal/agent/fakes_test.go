@@ -436,7 +436,7 @@ func joinedPair(t *testing.T) (*bus, *testNode, *testNode) {
 	t.Helper()
 	b := newBus()
 	h1, h2 := newNode(t, b, "h1", 1, ""), newNode(t, b, "h2", 2, "")
-	if _, err := h2.repl.Join(nil); err != nil {
+	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
 	return b, h1, h2

@@ -83,7 +83,7 @@ func TestHealthProbes(t *testing.T) {
 		n.hs.publishGap = 0 // every changed view is published at once
 		nodes[name] = n
 		if i > 0 {
-			if _, err := n.repl.Join(nil); err != nil {
+			if _, err := n.repl.(Joiner).Join(nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -244,7 +244,7 @@ func TestDashboardMetrics(t *testing.T) {
 	paths := &fakePaths{carry: map[netip.Addr]string{}}
 	h1 := newNode(t, b2, "h1", 1, "", withHealth(paths))
 	h2 := newNode(t, b2, "h2", 2, "", withHealth(paths))
-	if _, err := h2.repl.Join(nil); err != nil {
+	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
 	var pingers []Pinger

@@ -67,22 +67,34 @@ func (a *Agent) KeyOp(r api.KeyRequest) (api.Keyring, error) {
 	if err != nil {
 		return api.Keyring{}, invalid("the key is not base64 (make one with 'vxnet key generate')")
 	}
+	kr, ok := a.repl.(Keyring)
+	if !ok {
+		return api.Keyring{}, errNoKeyring
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.repl.KeyOp(r.Op, key); err != nil {
+	if err := kr.KeyOp(r.Op, key); err != nil {
 		return api.Keyring{}, invalid("key %s %s: %w", r.Op, cluster.Fingerprint(key), err)
 	}
-	if err := saveKeyring(a.cfg.StateDir, a.repl.Keys()); err != nil {
+	if err := saveKeyring(a.cfg.StateDir, kr.Keys()); err != nil {
 		return api.Keyring{}, err
 	}
 	a.log.Info("keyring changed", "op", r.Op, "key", cluster.Fingerprint(key))
 	return a.Keyring(), nil
 }
 
-// Keyring lists key fingerprints, the primary first.
+// errNoKeyring refuses key operations on a store without cluster keys.
+var errNoKeyring = invalid("the etcd store has no cluster keys: connections to etcd are secured by etcd's own TLS; cluster keys are for the gossip store")
+
+// Keyring lists key fingerprints, the primary first (none without a
+// keyring).
 func (a *Agent) Keyring() api.Keyring {
 	var k api.Keyring
-	for i, key := range a.repl.Keys() {
+	kr, ok := a.repl.(Keyring)
+	if !ok {
+		return k
+	}
+	for i, key := range kr.Keys() {
 		if i == 0 {
 			k.Primary = cluster.Fingerprint(key)
 		}

@@ -7,17 +7,17 @@ import (
 	"time"
 )
 
-// calls are the requests this member made that wait for their response,
+// Calls are the requests this member made that wait for their response,
 // by ID; both backends carry them their own way.
-type calls struct {
+type Calls struct {
 	mu      sync.Mutex
 	waiting map[string]chan *Call
 	seq     int
 }
 
-// open registers a new call of member self and returns its ID, where its
+// Open registers a new call of member self and returns its ID, where its
 // response arrives, and the function that forgets it.
-func (c *calls) open(self string) (string, chan *Call, func()) {
+func (c *Calls) Open(self string) (string, chan *Call, func()) {
 	ch := make(chan *Call, 1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -35,8 +35,8 @@ func (c *calls) open(self string) (string, chan *Call, func()) {
 	}
 }
 
-// deliver hands a response to its waiting call (none: dropped).
-func (c *calls) deliver(r *Call) {
+// Deliver hands a response to its waiting call (none: dropped).
+func (c *Calls) Deliver(r *Call) {
 	c.mu.Lock()
 	ch := c.waiting[r.ID]
 	c.mu.Unlock()
@@ -48,9 +48,9 @@ func (c *calls) deliver(r *Call) {
 	}
 }
 
-// wait returns the response of a call, or an error after timeout (hint
+// Wait returns the response of a call, or an error after timeout (hint
 // says what may be wrong).
-func wait(ch chan *Call, op, node string, timeout time.Duration, hint string) (json.RawMessage, error) {
+func Wait(ch chan *Call, op, node string, timeout time.Duration, hint string) (json.RawMessage, error) {
 	select {
 	case c := <-ch:
 		if c.Error != "" {

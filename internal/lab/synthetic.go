@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/cluster/gossip"
 	"github.com/vxnet/vxnet/internal/ipam"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
@@ -24,7 +25,7 @@ type Synthetic struct {
 	Name   string
 	Addr   netip.Addr
 	State  *cluster.State
-	Gossip *cluster.Gossip
+	Gossip *gossip.Gossip
 }
 
 // AddSyntheticHost adds host namespace index idx to the lab's underlay for
@@ -58,7 +59,7 @@ func JoinSynthetic(name string, addr netip.Addr, keyFile string, join []string) 
 		return nil, fmt.Errorf("key: %w", err)
 	}
 	s := &Synthetic{Name: name, Addr: addr, State: cluster.NewState(name)}
-	s.Gossip, err = cluster.StartGossip(cluster.GossipConfig{Name: name, Addr: addr, Port: GossipPort, Keys: [][]byte{key}}, s.State)
+	s.Gossip, err = gossip.Start(gossip.Config{Name: name, Addr: addr, Port: GossipPort, Keys: [][]byte{key}}, s.State)
 	if err != nil {
 		return nil, err
 	}

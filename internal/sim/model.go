@@ -15,10 +15,11 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/cluster/gossip"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// The model runs vxnet's dissemination protocol — cluster.Spreader with
+// The model runs vxnet's dissemination protocol — gossip.Spreader with
 // the real state, codec, merge and memberlist's transmit-limited queue —
 // for every member in virtual time, over a model of what memberlist does
 // around it: gossip rounds (every 100 ms to 3 members, its own membership
@@ -118,7 +119,7 @@ func (e *events) Pop() any {
 type modelMember struct {
 	name  string
 	up    bool
-	sp    *cluster.Spreader
+	sp    *gossip.Spreader
 	inc   int                 // incarnation: raised to refute a death, and on restart
 	view  map[string]nodeView // members known, self included
 	peers []string            // the alive ones but self (nil: rebuild)
@@ -317,7 +318,7 @@ func (m *world) probe(mm *modelMember) {
 
 // digestTick is the agent's summary to one member every DigestInterval.
 func (m *world) digestTick(mm *modelMember) {
-	m.at(cluster.DigestInterval, func() { m.digestTick(mm) })
+	m.at(gossip.DigestInterval, func() { m.digestTick(mm) })
 	if mm.up {
 		mm.sp.Tick()
 	}
@@ -410,7 +411,7 @@ func newModel(cfg ModelConfig) *world {
 		watch: map[string]map[string]time.Duration{}, published: map[string]time.Duration{}, origin: map[string]string{}}
 	for i := range cfg.Members {
 		mm := &modelMember{name: fmt.Sprintf("m%04d", i), suspect: map[string]bool{}, view: map[string]nodeView{}}
-		mm.sp = &cluster.Spreader{Self: mm.name, State: cluster.NewState(mm.name), Rand: m.rnd.IntN,
+		mm.sp = &gossip.Spreader{Self: mm.name, State: cluster.NewState(mm.name), Rand: m.rnd.IntN,
 			Peers: mm.peerNames,
 			After: func(d time.Duration, f func()) { m.at(d, f) },
 			Send:  func(to string, b []byte, reliable bool) { m.send(mm, to, b, reliable) },
@@ -506,7 +507,7 @@ func RunModel(cfg ModelConfig) (ModelResult, error) {
 			m.at(0, func() { m.gossip(mm) })
 			m.at(time.Duration(m.rnd.Int64N(int64(probeInterval))), func() { m.probe(mm) })
 			m.at(time.Duration(m.rnd.Int64N(int64(pushPullBase))), func() { m.pushPullTick(mm) })
-			m.at(time.Duration(m.rnd.Int64N(int64(cluster.DigestInterval))), func() { m.digestTick(mm) })
+			m.at(time.Duration(m.rnd.Int64N(int64(gossip.DigestInterval))), func() { m.digestTick(mm) })
 		})
 	}
 	limit := 10 * time.Minute

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/cluster/gossip"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -60,7 +61,7 @@ type member struct {
 	name   string
 	addr   string
 	state  *cluster.State
-	gossip *cluster.Gossip
+	gossip *gossip.Gossip
 	got    atomic.Int64 // unix nanos the watched record arrived (0: not yet)
 }
 
@@ -110,7 +111,7 @@ func Run(cfg Config) (Result, error) {
 		m.addr = net.JoinHostPort(ip.String(), fmt.Sprint(port))
 		st := m.state
 		var err error
-		m.gossip, err = cluster.StartGossip(cluster.GossipConfig{Name: m.name, Addr: netip.MustParseAddr("127.0.0.1"), Port: port,
+		m.gossip, err = gossip.Start(gossip.Config{Name: m.name, Addr: netip.MustParseAddr("127.0.0.1"), Port: port,
 			Insecure: true, ProbeInterval: cfg.ProbeInterval, Transport: tr,
 			Log: cfg.Log.With("member", m.name),
 			OnChange: func() {

@@ -1,4 +1,4 @@
-package cluster
+package etcd
 
 import (
 	"context"
@@ -20,13 +20,14 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// EtcdConfig configures the etcd backend: the same records as gossip, kept
+// Config configures the etcd backend: the same records as gossip, kept
 // in an etcd cluster the user runs; a lease per member for liveness,
 // watches for changes.
-type EtcdConfig struct {
+type Config struct {
 	Name      string
 	Addr      netip.Addr  // this member's VTEP address
 	Endpoints []string    // etcd client URLs
@@ -43,10 +44,10 @@ type EtcdConfig struct {
 	DialTimeout time.Duration
 }
 
-// Etcd replicates a State through etcd.
-type Etcd struct {
-	cfg    EtcdConfig
-	state  *State
+// Store replicates a State through etcd.
+type Store struct {
+	cfg    Config
+	state  *cluster.State
 	cli    *clientv3.Client
 	log    *slog.Logger
 	lease  clientv3.LeaseID
@@ -55,33 +56,33 @@ type Etcd struct {
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	members map[string]etcdMember // live members by name
-	failed  map[string]etcdMember // gone, with the time in since
-	calls   calls
+	members map[string]member // live members by name
+	failed  map[string]member // gone, with the time in since
+	calls   cluster.Calls
 	// pending holds records not yet written (etcd unreachable), by key.
-	pending map[string]Record
+	pending map[string]cluster.Record
 
 	malformed atomic.Int64
 	traffic   struct{ inMsgs, inBytes, outMsgs, outBytes atomic.Int64 }
 }
 
-// etcdMember is the value of a member key.
-type etcdMember struct {
+// member is the value of a member key.
+type member struct {
 	Name  string     `json:"name"`
 	Addr  netip.Addr `json:"addr"`
 	Since time.Time  `json:"since"`
 }
 
-// etcdGrace keeps the endpoints of a member whose lease expired this long
+// grace keeps the endpoints of a member whose lease expired this long
 // (as gossip keeps a failed member's for two probe intervals).
-const etcdGrace = 2 * time.Second
+const grace = 2 * time.Second
 
-func (e *Etcd) key(parts ...string) string { return e.cfg.Prefix + strings.Join(parts, "/") }
+func (e *Store) key(parts ...string) string { return e.cfg.Prefix + strings.Join(parts, "/") }
 
-// StartEtcd connects, registers this member under a lease (refusing a name
+// Start connects, registers this member under a lease (refusing a name
 // a live member holds at another address), loads the records and watches
 // them.
-func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
+func Start(cfg Config, state *cluster.State) (*Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd store: no endpoints: want --store etcd://HOST:PORT[,HOST:PORT...]")
 	}
@@ -105,8 +106,8 @@ func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
 	}
-	e := &Etcd{cfg: cfg, state: state, cli: cli, log: cfg.Log, members: map[string]etcdMember{},
-		failed: map[string]etcdMember{}, pending: map[string]Record{}}
+	e := &Store{cfg: cfg, state: state, cli: cli, log: cfg.Log, members: map[string]member{},
+		failed: map[string]member{}, pending: map[string]cluster.Record{}}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -138,7 +139,7 @@ func StartEtcd(cfg EtcdConfig, state *State) (*Etcd, error) {
 }
 
 // register takes the member key under a new lease and keeps it alive.
-func (e *Etcd) register() error {
+func (e *Store) register() error {
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.DialTimeout+e.cfg.TTL+2*time.Second)
 	defer cancel()
 	key := e.key("members", e.cfg.Name)
@@ -149,12 +150,12 @@ func (e *Etcd) register() error {
 		if err != nil {
 			return fmt.Errorf("etcd store %v: %w%s", e.cfg.Endpoints, err, diagnose(e.cfg.Endpoints, e.cfg.TLS))
 		}
-		var m etcdMember
+		var m member
 		if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &m) != nil || m.Addr == e.cfg.Addr {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: a live member at %s holds %q in etcd (this agent advertises %s): give each host its own --name", ErrNameInUse, m.Addr, e.cfg.Name, e.cfg.Addr)
+			return fmt.Errorf("%w: a live member at %s holds %q in etcd (this agent advertises %s): give each host its own --name", cluster.ErrNameInUse, m.Addr, e.cfg.Name, e.cfg.Addr)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -162,7 +163,7 @@ func (e *Etcd) register() error {
 	if err != nil {
 		return fmt.Errorf("etcd lease: %w", err)
 	}
-	b, _ := json.Marshal(etcdMember{Name: e.cfg.Name, Addr: e.cfg.Addr, Since: time.Now()})
+	b, _ := json.Marshal(member{Name: e.cfg.Name, Addr: e.cfg.Addr, Since: time.Now()})
 	if _, err := e.cli.Put(ctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
 		return fmt.Errorf("etcd register %s: %w", key, err)
 	}
@@ -198,14 +199,14 @@ func (e *Etcd) register() error {
 }
 
 // fetch reads every record from etcd, and the revision it was read at.
-func (e *Etcd) fetch() ([]Record, int64, error) {
+func (e *Store) fetch() ([]cluster.Record, int64, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
 	defer cancel()
 	r, err := e.cli.Get(ctx, e.key("records")+"/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("etcd load records: %w", err)
 	}
-	var recs []Record
+	var recs []cluster.Record
 	for _, kv := range r.Kvs {
 		if rec, ok := e.decode(kv.Value); ok {
 			recs = append(recs, rec)
@@ -216,12 +217,12 @@ func (e *Etcd) fetch() ([]Record, int64, error) {
 
 // load reads every record, merges it, writes this member's newer ones
 // back, and returns the revision to watch from.
-func (e *Etcd) load() (int64, error) {
+func (e *Store) load() (int64, error) {
 	recs, rev, err := e.fetch()
 	if err != nil {
 		return 0, err
 	}
-	if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, AffectsKernel) {
+	if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, cluster.AffectsKernel) {
 		e.cfg.OnChange()
 	}
 	e.publishNewer(recs)
@@ -230,7 +231,7 @@ func (e *Etcd) load() (int64, error) {
 
 // republish writes the records this member holds newer than etcd (after
 // its lease was lost: changes made while etcd was unreachable).
-func (e *Etcd) republish() {
+func (e *Store) republish() {
 	if recs, _, err := e.fetch(); err == nil {
 		e.publishNewer(recs)
 	}
@@ -238,12 +239,12 @@ func (e *Etcd) republish() {
 
 // publishNewer writes the records of this member's state that etcd, as
 // read in have, lacks or holds older (its own after etcd lost them).
-func (e *Etcd) publishNewer(have []Record) {
-	by := make(map[string]Record, len(have))
+func (e *Store) publishNewer(have []cluster.Record) {
+	by := make(map[string]cluster.Record, len(have))
 	for _, r := range have {
 		by[r.Key] = r
 	}
-	var out []Record
+	var out []cluster.Record
 	for _, r := range e.state.Snapshot() {
 		if cur, ok := by[r.Key]; !ok || r.Newer(cur) {
 			out = append(out, r)
@@ -252,16 +253,16 @@ func (e *Etcd) publishNewer(have []Record) {
 	e.Publish(out...)
 }
 
-func (e *Etcd) decode(b []byte) (Record, bool) {
+func (e *Store) decode(b []byte) (cluster.Record, bool) {
 	e.traffic.inMsgs.Add(1)
 	e.traffic.inBytes.Add(int64(len(b)))
-	var r Record
+	var r cluster.Record
 	if err := json.Unmarshal(b, &r); err != nil {
 		e.malformed.Add(1)
 		e.log.Warn("refused malformed record from etcd", "err", err)
 		return r, false
 	}
-	if err := ValidateRecord(r); err != nil {
+	if err := cluster.ValidateRecord(r); err != nil {
 		e.malformed.Add(1)
 		e.log.Warn("refused invalid record from etcd", "err", err)
 		return r, false
@@ -273,7 +274,7 @@ func (e *Etcd) decode(b []byte) (Record, bool) {
 // etcd holds is not written (last writer wins, as in gossip, decided by
 // the same version and origin). A record etcd did not take (unreachable,
 // no leader) is kept and written again until it is.
-func (e *Etcd) Publish(recs ...Record) {
+func (e *Store) Publish(recs ...cluster.Record) {
 	for _, r := range recs {
 		if err := e.put(r); err != nil {
 			e.log.Warn("etcd publish; will retry", "key", r.Key, "err", err)
@@ -287,7 +288,7 @@ func (e *Etcd) Publish(recs ...Record) {
 }
 
 // retryPending writes the records etcd did not take, every half second.
-func (e *Etcd) retryPending() {
+func (e *Store) retryPending() {
 	defer e.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -298,7 +299,7 @@ func (e *Etcd) retryPending() {
 		case <-t.C:
 		}
 		e.mu.Lock()
-		todo := make([]Record, 0, len(e.pending))
+		todo := make([]cluster.Record, 0, len(e.pending))
 		for _, r := range e.pending {
 			todo = append(todo, r)
 		}
@@ -318,7 +319,7 @@ func (e *Etcd) retryPending() {
 }
 
 // Pending counts the records waiting to be written to etcd.
-func (e *Etcd) Pending() int {
+func (e *Store) Pending() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return len(e.pending)
@@ -328,10 +329,10 @@ func (e *Etcd) Pending() int {
 // this member's own older record may be replaced): address blocks are
 // claimed with etcd's consistency, never twice. When another member holds
 // it, Claim returns false and that member's record.
-func (e *Etcd) Claim(rec Record) (bool, Record, error) {
+func (e *Store) Claim(rec cluster.Record) (bool, cluster.Record, error) {
 	b, err := rec.MarshalJSON()
 	if err != nil {
-		return false, Record{}, err
+		return false, cluster.Record{}, err
 	}
 	key := e.key("records", rec.Key)
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
@@ -344,7 +345,7 @@ func (e *Etcd) Claim(rec Record) (bool, Record, error) {
 				time.Sleep(200 * time.Millisecond)
 				continue
 			}
-			return false, Record{}, fmt.Errorf("claim %s in etcd: %w", rec.Key, err)
+			return false, cluster.Record{}, fmt.Errorf("claim %s in etcd: %w", rec.Key, err)
 		}
 		if t.Succeeded {
 			return true, rec, nil
@@ -355,7 +356,7 @@ func (e *Etcd) Claim(rec Record) (bool, Record, error) {
 		}
 		cur, ok := e.decode(kvs[0].Value)
 		if !ok {
-			return false, Record{}, fmt.Errorf("claim %s: etcd holds a record this agent refuses", rec.Key)
+			return false, cluster.Record{}, fmt.Errorf("claim %s: etcd holds a record this agent refuses", rec.Key)
 		}
 		if !cur.Deleted && cur.Origin != e.cfg.Name {
 			return false, cur, nil
@@ -369,7 +370,7 @@ func (e *Etcd) Claim(rec Record) (bool, Record, error) {
 			return true, rec, nil
 		}
 	}
-	return false, Record{}, fmt.Errorf("claim %s in etcd: no answer after five tries", rec.Key)
+	return false, cluster.Record{}, fmt.Errorf("claim %s in etcd: no answer after five tries", rec.Key)
 }
 
 // retryable reports whether a failed etcd call may be tried again before
@@ -379,7 +380,7 @@ func retryable(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && !errors.Is(err, context.Canceled)
 }
 
-func (e *Etcd) put(r Record) error {
+func (e *Store) put(r cluster.Record) error {
 	b, err := r.MarshalJSON()
 	if err != nil {
 		return err
@@ -420,7 +421,7 @@ func (e *Etcd) put(r Record) error {
 	return fmt.Errorf("record %s: not written after 20 tries", r.Key)
 }
 
-func (e *Etcd) watchRecords(rev int64) {
+func (e *Store) watchRecords(rev int64) {
 	defer e.wg.Done()
 	prefix := e.key("records") + "/"
 	for e.ctx.Err() == nil {
@@ -437,7 +438,7 @@ func (e *Etcd) watchRecords(rev int64) {
 				e.log.Warn("etcd watch records", "err", err)
 				break
 			}
-			var recs []Record
+			var recs []cluster.Record
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypePut {
 					if r, ok := e.decode(ev.Kv.Value); ok {
@@ -446,7 +447,7 @@ func (e *Etcd) watchRecords(rev int64) {
 				}
 			}
 			rev = resp.Header.Revision
-			if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, AffectsKernel) {
+			if changed, _ := e.state.Merge(recs); slices.ContainsFunc(changed, cluster.AffectsKernel) {
 				e.cfg.OnChange()
 			}
 		}
@@ -463,16 +464,16 @@ func (e *Etcd) watchRecords(rev int64) {
 
 // loadMembers reads the live members and returns them with the revision
 // to watch from.
-func (e *Etcd) loadMembers() (map[string]etcdMember, int64, error) {
+func (e *Store) loadMembers() (map[string]member, int64, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	r, err := e.cli.Get(ctx, e.key("members")+"/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("etcd load members: %w", err)
 	}
-	live := map[string]etcdMember{}
+	live := map[string]member{}
 	for _, kv := range r.Kvs {
-		var m etcdMember
+		var m member
 		if json.Unmarshal(kv.Value, &m) == nil && model.ValidateName("node", m.Name) == nil {
 			live[m.Name] = m
 		}
@@ -482,7 +483,7 @@ func (e *Etcd) loadMembers() (map[string]etcdMember, int64, error) {
 
 // watchMembers follows the members (and this member's calls and
 // replies) from rev on, the live set already taken in.
-func (e *Etcd) watchMembers(live map[string]etcdMember, rev int64) {
+func (e *Store) watchMembers(live map[string]member, rev int64) {
 	defer e.wg.Done()
 	prefix := e.key("members") + "/"
 	callPrefix := e.key("calls", e.cfg.Name) + "/"
@@ -514,7 +515,7 @@ func (e *Etcd) watchMembers(live map[string]etcdMember, rev int64) {
 						delete(live, name)
 						continue
 					}
-					var m etcdMember
+					var m member
 					if json.Unmarshal(ev.Kv.Value, &m) == nil && m.Name == name {
 						live[name] = m
 					}
@@ -548,7 +549,7 @@ func (e *Etcd) watchMembers(live map[string]etcdMember, rev int64) {
 }
 
 // setMembers takes the live member set; members gone are failed from now.
-func (e *Etcd) setMembers(live map[string]etcdMember) {
+func (e *Store) setMembers(live map[string]member) {
 	e.mu.Lock()
 	changed := len(live) != len(e.members)
 	for name, m := range e.members {
@@ -566,7 +567,7 @@ func (e *Etcd) setMembers(live map[string]etcdMember) {
 			e.log.Info("member joined", "member", name, "addr", m.Addr)
 		}
 	}
-	e.members = map[string]etcdMember{}
+	e.members = map[string]member{}
 	for k, v := range live {
 		e.members[k] = v
 	}
@@ -574,16 +575,13 @@ func (e *Etcd) setMembers(live map[string]etcdMember) {
 	if changed {
 		e.cfg.OnChange()
 		// Withdraw the failed members' endpoints once the grace is over.
-		time.AfterFunc(etcdGrace+10*time.Millisecond, e.cfg.OnChange)
+		time.AfterFunc(grace+10*time.Millisecond, e.cfg.OnChange)
 	}
 }
 
-// Join is not needed with etcd: every member finds the others there.
-func (e *Etcd) Join(addrs []string) (int, error) { return 0, nil }
-
 // Alive returns the members holding a lease, and those whose lease ended
 // less than a grace ago.
-func (e *Etcd) Alive() []model.Node {
+func (e *Store) Alive() []model.Node {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []model.Node
@@ -595,7 +593,7 @@ func (e *Etcd) Alive() []model.Node {
 		out = append(out, model.Node{Name: e.cfg.Name, Addr: e.cfg.Addr})
 	}
 	for name, f := range e.failed {
-		if _, ok := e.members[name]; !ok && name != e.cfg.Name && time.Since(f.Since) < etcdGrace {
+		if _, ok := e.members[name]; !ok && name != e.cfg.Name && time.Since(f.Since) < grace {
 			out = append(out, model.Node{Name: name, Addr: f.Addr})
 		}
 	}
@@ -604,16 +602,16 @@ func (e *Etcd) Alive() []model.Node {
 }
 
 // Members lists live and failed members.
-func (e *Etcd) Members() []Member {
+func (e *Store) Members() []cluster.Member {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var out []Member
+	var out []cluster.Member
 	for _, m := range e.members {
-		out = append(out, Member{Name: m.Name, Addr: m.Addr, State: "alive"})
+		out = append(out, cluster.Member{Name: m.Name, Addr: m.Addr, State: "alive"})
 	}
 	for name, f := range e.failed {
 		if _, ok := e.members[name]; !ok {
-			out = append(out, Member{Name: name, Addr: f.Addr, State: "failed", LastContact: f.Since})
+			out = append(out, cluster.Member{Name: name, Addr: f.Addr, State: "failed", LastContact: f.Since})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -621,26 +619,17 @@ func (e *Etcd) Members() []Member {
 }
 
 // MalformedMessages counts records refused from etcd.
-func (e *Etcd) MalformedMessages() int64 { return e.malformed.Load() }
+func (e *Store) MalformedMessages() int64 { return e.malformed.Load() }
 
 // Traffic counts records read from and written to etcd.
-func (e *Etcd) Traffic() Traffic {
-	return Traffic{e.traffic.inMsgs.Load(), e.traffic.inBytes.Load(), e.traffic.outMsgs.Load(), e.traffic.outBytes.Load()}
+func (e *Store) Traffic() cluster.Traffic {
+	return cluster.Traffic{InMessages: e.traffic.inMsgs.Load(), InBytes: e.traffic.inBytes.Load(), OutMessages: e.traffic.outMsgs.Load(), OutBytes: e.traffic.outBytes.Load()}
 }
-
-// ErrNoKeyring refuses key operations on the etcd backend.
-var ErrNoKeyring = errors.New("the etcd store has no cluster keys: connections to etcd are secured by etcd's own TLS; cluster keys are for the gossip store")
-
-// KeyOp refuses: cluster keys belong to gossip.
-func (e *Etcd) KeyOp(op string, key []byte) error { return ErrNoKeyring }
-
-// Keys returns none.
-func (e *Etcd) Keys() [][]byte { return nil }
 
 // Request calls op on member node through etcd: the request is a key under
 // the callee's calls/ prefix, the answer one under the caller's replies/,
 // both on a short lease.
-func (e *Etcd) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
+func (e *Store) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
 	e.mu.Lock()
 	_, live := e.members[node]
 	e.mu.Unlock()
@@ -651,17 +640,17 @@ func (e *Etcd) Request(node, op string, body any, timeout time.Duration) (json.R
 	if err != nil {
 		return nil, fmt.Errorf("%s request: %w", op, err)
 	}
-	id, ch, done := e.calls.open(e.cfg.Name)
+	id, ch, done := e.calls.Open(e.cfg.Name)
 	defer done()
-	msg, _ := json.Marshal(Call{ID: id, From: e.cfg.Name, Op: op, Body: b})
+	msg, _ := json.Marshal(cluster.Call{ID: id, From: e.cfg.Name, Op: op, Body: b})
 	if err := e.putShort(e.key("calls", node, id), msg, timeout); err != nil {
 		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
 	}
-	return wait(ch, op, node, timeout, "")
+	return cluster.Wait(ch, op, node, timeout, "")
 }
 
 // putShort writes a value that lives a few seconds.
-func (e *Etcd) putShort(key string, val []byte, timeout time.Duration) error {
+func (e *Store) putShort(key string, val []byte, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(e.ctx, timeout)
 	defer cancel()
 	l, err := e.cli.Grant(ctx, int64(max(timeout, 5*time.Second)/time.Second)+1)
@@ -672,13 +661,13 @@ func (e *Etcd) putShort(key string, val []byte, timeout time.Duration) error {
 	return err
 }
 
-func (e *Etcd) answer(b []byte) {
-	var c Call
+func (e *Store) answer(b []byte) {
+	var c cluster.Call
 	if err := json.Unmarshal(b, &c); err != nil || model.ValidateName("node", c.From) != nil || c.ID == "" {
 		e.malformed.Add(1)
 		return
 	}
-	resp := Call{ID: c.ID, From: e.cfg.Name, Op: c.Op}
+	resp := cluster.Call{ID: c.ID, From: e.cfg.Name, Op: c.Op}
 	if e.cfg.OnCall == nil {
 		resp.Error = "this member answers no requests"
 	} else if v, err := e.cfg.OnCall(c.Op, c.Body); err != nil {
@@ -692,18 +681,18 @@ func (e *Etcd) answer(b []byte) {
 	}
 }
 
-func (e *Etcd) reply(b []byte) {
-	var c Call
+func (e *Store) reply(b []byte) {
+	var c cluster.Call
 	if json.Unmarshal(b, &c) != nil {
 		e.malformed.Add(1)
 		return
 	}
-	e.calls.deliver(&c)
+	e.calls.Deliver(&c)
 }
 
 // Shutdown stops without giving up the lease: others keep this member's
 // endpoints until it expires (a restart within the TTL changes nothing).
-func (e *Etcd) Shutdown() error {
+func (e *Store) Shutdown() error {
 	e.cancel()
 	err := e.cli.Close()
 	e.wg.Wait()

@@ -1,10 +1,8 @@
-package cluster
+package gossip
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,11 +20,12 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// GossipConfig configures the gossip backend.
-type GossipConfig struct {
+// Config configures the gossip backend.
+type Config struct {
 	Name string
 	Addr netip.Addr // bind and advertise address (the VTEP address)
 	Port int
@@ -55,38 +54,25 @@ type GossipConfig struct {
 	Transport memberlist.Transport
 }
 
-// ErrNameInUse is returned by Join when a live member already has this
-// member's name at another address.
-var ErrNameInUse = errors.New("member name already in use")
-
-// Member is one member as this agent sees it.
-type Member struct {
-	Name        string        `json:"name"`
-	Addr        netip.Addr    `json:"addr"`
-	State       string        `json:"state"`
-	LastContact time.Time     `json:"lastContact,omitzero"`
-	RTT         time.Duration `json:"rtt,omitempty"`
-}
-
 // Gossip replicates a State between agents with hashicorp/memberlist: SWIM
 // membership and failure detection, changes pushed to every member at once,
 // and periodic full-state push/pull as anti-entropy.
 type Gossip struct {
-	cfg     GossipConfig
-	state   *State
+	cfg     Config
+	state   *cluster.State
 	ml      *memberlist.Memberlist
 	spread  *Spreader
 	keyring *memberlist.Keyring
 	log     *slog.Logger
 
 	mu      sync.Mutex
-	contact map[string]Member
+	contact map[string]cluster.Member
 	nodes   map[string]*memberlist.Node // live members by name, self included
 	peers   []string                    // their names but self's (nil: to rebuild)
 	failed  map[string]failedMember     // members that failed, to reconnect to
 	grace   time.Duration               // endpoints of a failed member stay this long
 	stop    chan struct{}
-	calls   calls
+	calls   cluster.Calls
 	joins   int              // Join calls in progress
 	claims  []netip.AddrPort // other addresses seen claiming our name during a Join
 
@@ -94,16 +80,9 @@ type Gossip struct {
 	traffic   struct{ inMsgs, inBytes, outMsgs, outBytes atomic.Int64 }
 }
 
-// Traffic counts the messages and bytes of vxnet's own messages (records,
-// state exchanges, calls) this member received and sent; memberlist's
-// probes are not counted.
-type Traffic struct {
-	InMessages, InBytes, OutMessages, OutBytes int64
-}
-
 // Traffic returns the counts so far.
-func (g *Gossip) Traffic() Traffic {
-	return Traffic{g.traffic.inMsgs.Load(), g.traffic.inBytes.Load(), g.traffic.outMsgs.Load(), g.traffic.outBytes.Load()}
+func (g *Gossip) Traffic() cluster.Traffic {
+	return cluster.Traffic{InMessages: g.traffic.inMsgs.Load(), InBytes: g.traffic.inBytes.Load(), OutMessages: g.traffic.outMsgs.Load(), OutBytes: g.traffic.outBytes.Load()}
 }
 
 func (g *Gossip) sent(msg []byte) {
@@ -111,8 +90,8 @@ func (g *Gossip) sent(msg []byte) {
 	g.traffic.outBytes.Add(int64(len(msg)))
 }
 
-// StartGossip starts the member; it is alone until Join.
-func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
+// Start starts the member; it is alone until Join.
+func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	if len(cfg.Keys) == 0 && !cfg.Insecure {
 		return nil, errors.New("no cluster key: give --key-file (create one with 'vxnet key generate') or --insecure")
 	}
@@ -122,7 +101,7 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func() {}
 	}
-	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]Member{},
+	g := &Gossip{cfg: cfg, state: state, log: cfg.Log, contact: map[string]cluster.Member{},
 		failed: map[string]failedMember{}, nodes: map[string]*memberlist.Node{}, stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -160,8 +139,8 @@ func StartGossip(cfg GossipConfig, state *State) (*Gossip, error) {
 	}
 	// Before memberlist starts: it may call the delegate at once.
 	g.spread = &Spreader{Self: cfg.Name, State: state, Log: cfg.Log, Peers: g.peerNames, Send: g.send,
-		OnChange: func(changed []Record) {
-			if slices.ContainsFunc(changed, AffectsKernel) {
+		OnChange: func(changed []cluster.Record) {
+			if slices.ContainsFunc(changed, cluster.AffectsKernel) {
 				g.cfg.OnChange()
 			}
 		}}
@@ -251,7 +230,7 @@ func (g *Gossip) Join(addrs []string) (int, error) {
 	// live agent with the same name: refuse to be the second one.
 	for _, c := range claims {
 		if g.answersAs(c) {
-			return n, fmt.Errorf("%w: an agent at %s answers as %q (this agent advertises %s): give each host its own --name", ErrNameInUse, c.Addr(), g.cfg.Name, g.cfg.Addr)
+			return n, fmt.Errorf("%w: an agent at %s answers as %q (this agent advertises %s): give each host its own --name", cluster.ErrNameInUse, c.Addr(), g.cfg.Name, g.cfg.Addr)
 		}
 	}
 	if len(claims) > 0 && g.cfg.OnSelfConflict != nil {
@@ -270,7 +249,7 @@ func (g *Gossip) answersAs(ap netip.AddrPort) bool {
 // Publish spreads changed records of this member: pushed to a few members
 // at once, who forward them, and gossiped (see Spreader). The cost on the
 // caller's path does not grow with the cluster.
-func (g *Gossip) Publish(recs ...Record) { g.spread.Publish(recs...) }
+func (g *Gossip) Publish(recs ...cluster.Record) { g.spread.Publish(recs...) }
 
 // peerNames returns the live members but this one.
 func (g *Gossip) peerNames() []string {
@@ -366,13 +345,13 @@ func (g *Gossip) Alive() []model.Node {
 // includes members under suspicion: memberlist does not say which) and the
 // ones that failed or left ("failed", with the time of the failure as last
 // contact).
-func (g *Gossip) Members() []Member {
+func (g *Gossip) Members() []cluster.Member {
 	// memberlist calls our event delegate with its node lock held, and the
 	// delegate takes g.mu: never call into memberlist while holding g.mu.
 	members := g.ml.Members()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var out []Member
+	var out []cluster.Member
 	listed := map[string]bool{}
 	for _, m := range members {
 		a, _ := netip.AddrFromSlice(m.Addr)
@@ -383,7 +362,7 @@ func (g *Gossip) Members() []Member {
 	}
 	for name, f := range g.failed {
 		if !listed[name] {
-			out = append(out, Member{Name: name, Addr: f.vtep, State: "failed", LastContact: f.since})
+			out = append(out, cluster.Member{Name: name, Addr: f.vtep, State: "failed", LastContact: f.since})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -414,8 +393,8 @@ func (g *Gossip) receive(b []byte, what string) {
 	if g.spread.Duplicate(b) {
 		return
 	}
-	m, err := DecodeMessage(b)
-	if errors.Is(err, ErrUnknownKind) {
+	m, err := cluster.DecodeMessage(b)
+	if errors.Is(err, cluster.ErrUnknownKind) {
 		g.log.Debug("ignored a message of a kind this version does not know", "via", what, "err", err)
 		return
 	}
@@ -425,11 +404,11 @@ func (g *Gossip) receive(b []byte, what string) {
 		return
 	}
 	switch m.Kind {
-	case MsgRequest:
+	case cluster.MsgRequest:
 		go g.answer(m.Call)
 		return
-	case MsgResponse:
-		g.calls.deliver(m.Call)
+	case cluster.MsgResponse:
+		g.calls.Deliver(m.Call)
 		return
 	}
 	g.spread.Handle(m, what)
@@ -446,9 +425,9 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	if err != nil {
 		return nil, fmt.Errorf("%s request: %w", op, err)
 	}
-	id, ch, done := g.calls.open(g.cfg.Name)
+	id, ch, done := g.calls.Open(g.cfg.Name)
 	defer done()
-	msg, err := Encode(Message{Kind: MsgRequest, Call: &Call{ID: id, From: g.cfg.Name, Op: op, Body: b}})
+	msg, err := cluster.Encode(cluster.Message{Kind: cluster.MsgRequest, Call: &cluster.Call{ID: id, From: g.cfg.Name, Op: op, Body: b}})
 	if err != nil {
 		return nil, err
 	}
@@ -456,7 +435,7 @@ func (g *Gossip) Request(node, op string, body any, timeout time.Duration) (json
 	if err := g.ml.SendReliable(target, msg); err != nil {
 		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
 	}
-	return wait(ch, op, node, timeout, " (an older agent there?)")
+	return cluster.Wait(ch, op, node, timeout, " (an older agent there?)")
 }
 
 // member returns the live member of that name, or nil.
@@ -470,8 +449,8 @@ func (g *Gossip) member(name string) *memberlist.Node {
 }
 
 // answer runs a request and sends the response back to its sender.
-func (g *Gossip) answer(c *Call) {
-	resp := &Call{ID: c.ID, From: g.cfg.Name, Op: c.Op}
+func (g *Gossip) answer(c *cluster.Call) {
+	resp := &cluster.Call{ID: c.ID, From: g.cfg.Name, Op: c.Op}
 	if g.cfg.OnCall == nil {
 		resp.Error = "this member answers no requests"
 	} else if out, err := g.cfg.OnCall(c.Op, c.Body); err != nil {
@@ -484,7 +463,7 @@ func (g *Gossip) answer(c *Call) {
 		g.log.Warn("cannot answer a request: its sender is no live member", "op", c.Op, "from", c.From)
 		return
 	}
-	msg, err := Encode(Message{Kind: MsgResponse, Call: resp})
+	msg, err := cluster.Encode(cluster.Message{Kind: cluster.MsgResponse, Call: resp})
 	if err == nil {
 		g.sent(msg)
 		err = g.ml.SendReliable(from, msg)
@@ -493,10 +472,6 @@ func (g *Gossip) answer(c *Call) {
 		g.log.Warn("answer request", "op", c.Op, "from", c.From, "err", err)
 	}
 }
-
-// AffectsKernel reports whether a change of r can change what a host
-// programs: health views cannot, so they trigger no reconcile pass.
-func AffectsKernel(r Record) bool { return !strings.HasPrefix(r.Key, PrefixHealth) }
 
 type delegate Gossip
 
@@ -615,7 +590,7 @@ func (p *pings) AckPayload() []byte { return nil }
 
 func (p *pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
 	p.mu.Lock()
-	p.contact[other.Name] = Member{LastContact: time.Now(), RTT: rtt}
+	p.contact[other.Name] = cluster.Member{LastContact: time.Now(), RTT: rtt}
 	p.mu.Unlock()
 }
 
@@ -671,14 +646,8 @@ func (g *Gossip) Keys() [][]byte {
 	return out
 }
 
-// Fingerprint names a key without revealing it.
-func Fingerprint(key []byte) string {
-	sum := sha256.Sum256(key)
-	return hex.EncodeToString(sum[:6])
-}
-
 func (g *Gossip) sendState(n *memberlist.Node) {
-	msg, err := Encode(Message{Kind: MsgState, Records: g.state.Snapshot()})
+	msg, err := cluster.Encode(cluster.Message{Kind: cluster.MsgState, Records: g.state.Snapshot()})
 	if err != nil {
 		g.log.Error("encode state", "err", err)
 		return

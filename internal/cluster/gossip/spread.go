@@ -1,17 +1,17 @@
-package cluster
+package gossip
 
 import (
 	"bytes"
-	"errors"
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/vxnet/vxnet/internal/cluster"
 )
 
 // How changes travel (the Spreader). The numbers keep the work of one
@@ -47,14 +47,14 @@ const (
 // memberlist's rounds in virtual time.
 type Spreader struct {
 	Self  string
-	State *State
+	State *cluster.State
 	// Peers returns the live members other than this one.
 	Peers func() []string
 	// Send sends msg to member to; reliable asks for a stream (large
 	// messages, anti-entropy), otherwise a packet that may be lost.
 	Send func(to string, msg []byte, reliable bool)
 	// OnChange gets the records that changed this member's state.
-	OnChange func(changed []Record)
+	OnChange func(changed []cluster.Record)
 	Log      *slog.Logger
 	// Rand picks a number in [0, n) (default math/rand/v2).
 	Rand func(n int) int
@@ -85,7 +85,7 @@ func (s *Spreader) init() {
 			s.After = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
 		}
 		if s.OnChange == nil {
-			s.OnChange = func([]Record) {}
+			s.OnChange = func([]cluster.Record) {}
 		}
 		s.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return len(s.Peers()) + 1 }, RetransmitMult: 2}
 	})
@@ -93,7 +93,7 @@ func (s *Spreader) init() {
 
 // Publish spreads this member's changed records: pushed to up to
 // originFanout members now, queued for gossip.
-func (s *Spreader) Publish(recs ...Record) {
+func (s *Spreader) Publish(recs ...cluster.Record) {
 	s.spread(recs, originFanout)
 }
 
@@ -101,7 +101,7 @@ func (s *Spreader) Publish(recs ...Record) {
 // the origin cannot push to every member itself.
 func (s *Spreader) relays() bool { return len(s.Peers()) > originFanout }
 
-func (s *Spreader) spread(recs []Record, fanout int) {
+func (s *Spreader) spread(recs []cluster.Record, fanout int) {
 	if len(recs) == 0 {
 		return
 	}
@@ -177,14 +177,14 @@ func (s *Spreader) Queued() int {
 // whole state when old is set (a member before digests is in the cluster).
 func (s *Spreader) LocalState(join, old bool) ([]byte, error) {
 	if old {
-		return Encode(Message{Kind: MsgState, Records: s.State.Snapshot()})
+		return cluster.Encode(cluster.Message{Kind: cluster.MsgState, Records: s.State.Snapshot()})
 	}
-	return Encode(Message{Kind: MsgDigest, From: s.Self, Digest: s.State.Digest(join)})
+	return cluster.Encode(cluster.Message{Kind: cluster.MsgDigest, From: s.Self, Digest: s.State.Digest(join)})
 }
 
 // Handle takes a records, state or digest message in; via says how it came
 // ("push" for messages and gossip, "push-pull" for the exchange).
-func (s *Spreader) Handle(m Message, via string) {
+func (s *Spreader) Handle(m cluster.Message, via string) {
 	s.init()
 	changed, err := s.State.Merge(m.Records)
 	if err != nil {
@@ -196,11 +196,11 @@ func (s *Spreader) Handle(m Message, via string) {
 		// forwarded at once and gossiped. Records that came with a state
 		// exchange are old news repaired, not forwarded (after a partition
 		// that would flood the cluster).
-		if m.Kind == MsgRecords && s.relays() {
+		if m.Kind == cluster.MsgRecords && s.relays() {
 			s.spread(changed, forwardFanout)
 		}
 	}
-	if m.Kind != MsgDigest || m.Digest == nil || m.From == s.Self {
+	if m.Kind != cluster.MsgDigest || m.Digest == nil || m.From == s.Self {
 		return
 	}
 	d := *m.Digest
@@ -226,7 +226,7 @@ func (s *Spreader) Handle(m Message, via string) {
 		s.sendDigest(m.From, s.State.Differing(d), false)
 	default:
 		if recs := s.State.Differing(d); len(recs) > 0 {
-			b, err := Encode(Message{Kind: MsgState, Records: recs})
+			b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgState, Records: recs})
 			if err != nil {
 				s.Log.Error("encode state", "err", err)
 				return
@@ -248,7 +248,7 @@ func (s *Spreader) Tick() {
 func (s *Spreader) sendSummary(to string, recheck bool) {
 	d := s.State.Digest(false)
 	d.Recheck = recheck
-	b, err := Encode(Message{Kind: MsgDigest, From: s.Self, Digest: d})
+	b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgDigest, From: s.Self, Digest: d})
 	if err != nil {
 		s.Log.Error("encode digest", "err", err)
 		return
@@ -280,10 +280,10 @@ func (s *Spreader) Rejoined(name string) {
 
 // sendDigest sends this member's full digest (and records the peer lacks);
 // reply asks the peer for its records and digest in return.
-func (s *Spreader) sendDigest(to string, recs []Record, reply bool) {
+func (s *Spreader) sendDigest(to string, recs []cluster.Record, reply bool) {
 	d := s.State.Digest(true)
 	d.Reply = reply
-	b, err := Encode(Message{Kind: MsgDigest, From: s.Self, Digest: d, Records: recs})
+	b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgDigest, From: s.Self, Digest: d, Records: recs})
 	if err != nil {
 		s.Log.Error("encode digest", "err", err)
 		return
@@ -307,16 +307,16 @@ func (p packed) broadcast() memberlist.Broadcast {
 
 // Pack encodes records as records messages of at most limit bytes each; a
 // record too large for limit alone gets a message of its own.
-func Pack(recs []Record, limit int) ([]packed, error) {
+func Pack(recs []cluster.Record, limit int) ([]packed, error) {
 	const overhead = len(`{"kind":"records","records":[]}`)
 	var out []packed
-	var group []Record
+	var group []cluster.Record
 	size := overhead
 	flush := func() error {
 		if len(group) == 0 {
 			return nil
 		}
-		b, err := Encode(Message{Kind: MsgRecords, Records: group})
+		b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgRecords, Records: group})
 		if err != nil {
 			return err
 		}
@@ -376,123 +376,3 @@ func sample(names []string, k int, rnd func(int) int) []string {
 	}
 	return names[:k]
 }
-
-// Digest summarises a state for anti-entropy: for each origin the number
-// of its records and a sum of their hashes (key, version, deletion), and
-// the sum of all. Two members with equal roots hold the same records.
-type Digest struct {
-	Root  uint64 `json:"root"`
-	Count int    `json:"count"`
-	// Full says Origins is given (a member without records has none).
-	Full    bool           `json:"full,omitempty"`
-	Origins []OriginDigest `json:"origins,omitempty"`
-	// Reply asks the receiver for its records of the origins that differ
-	// and its own full digest.
-	Reply bool `json:"reply,omitempty"`
-	// Recheck marks a summary sent a moment after a difference: if it
-	// still differs, the receiver starts the exchange.
-	Recheck bool `json:"recheck,omitempty"`
-}
-
-// OriginDigest summarises the records written by one member.
-type OriginDigest struct {
-	Origin string `json:"o"`
-	Count  int    `json:"c"`
-	Sum    uint64 `json:"h"`
-	// Max is the highest version among them.
-	Max uint64 `json:"n,omitempty"`
-}
-
-func recordHash(r Record) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(r.Key))
-	var b [10]byte
-	for i := range 8 {
-		b[i] = byte(r.Version >> (8 * i))
-	}
-	if r.Deleted {
-		b[8] = 1
-	}
-	h.Write(b[:9])
-	h.Write([]byte(r.Origin))
-	return h.Sum64()
-}
-
-// Digest returns the summary of this state, with the per-origin part when
-// full is set. It is computed once per change of the state.
-func (s *State) Digest(full bool) *Digest {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.digest == nil || s.digestGen != s.gen {
-		by := map[string]*OriginDigest{}
-		d := &Digest{}
-		for _, r := range s.records {
-			o := by[r.Origin]
-			if o == nil {
-				o = &OriginDigest{Origin: r.Origin}
-				by[r.Origin] = o
-			}
-			h := recordHash(r)
-			o.Count++
-			o.Sum += h
-			o.Max = max(o.Max, r.Version)
-			d.Root += h
-			d.Count++
-		}
-		d.Origins = make([]OriginDigest, 0, len(by))
-		for _, o := range by {
-			d.Origins = append(d.Origins, *o)
-		}
-		sort.Slice(d.Origins, func(i, j int) bool { return d.Origins[i].Origin < d.Origins[j].Origin })
-		s.digest, s.digestGen = d, s.gen
-	}
-	out := *s.digest
-	out.Full = full
-	if !full {
-		out.Origins = nil
-	}
-	return &out
-}
-
-// Differing returns what the holder of d may lack of this member's records,
-// by origin: for an origin it holds nothing of, or holds the same newest
-// version of (something older went missing), every record; for one where
-// this member is ahead, the records newer than the holder's newest (a later
-// round sends the rest if that was not all); for one where the holder is
-// ahead, nothing (the holder sends).
-func (s *State) Differing(d Digest) []Record {
-	theirs := make(map[string]OriginDigest, len(d.Origins))
-	for _, o := range d.Origins {
-		theirs[o.Origin] = o
-	}
-	mine := s.Digest(true)
-	since := map[string]uint64{} // send records of the origin above this version
-	for _, o := range mine.Origins {
-		t, ok := theirs[o.Origin]
-		switch {
-		case !ok:
-			since[o.Origin] = 0
-		case t == o:
-		case o.Max > t.Max:
-			since[o.Origin] = t.Max
-		case o.Max == t.Max:
-			since[o.Origin] = 0
-		}
-	}
-	if len(since) == 0 {
-		return nil
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []Record
-	for _, r := range s.records {
-		if v, ok := since[r.Origin]; ok && r.Version > v {
-			out = append(out, r)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out
-}
-
-// errNoDigest refuses a digest message without its digest.
-var errNoDigest = errors.New(`digest message without its digest: want "digest":{"root":...,"count":...}`)
