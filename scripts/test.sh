@@ -13,7 +13,8 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 go build -o bin/vxnet ./cmd/vxnet
-export VXNET_BINARY="$PWD/bin/vxnet"
+go build -o bin/vxnet-bench ./cmd/vxnet-bench
+export VXNET_BINARY="$PWD/bin/vxnet" VXNET_BENCH_BINARY="$PWD/bin/vxnet-bench"
 # Short bounded fuzz runs of every decoder of outside input (the corpora
 # under testdata/fuzz are replayed by the plain test run too).
 fuzztime="${VXNET_FUZZTIME:-10s}"

@@ -25,7 +25,10 @@ func PathNames() []string { return []string{"underlay", "bare", "recipe", "vxnet
 
 // Config drives one benchmark run.
 type Config struct {
+	// Binary is the vxnet binary the labs' agents run; Rig the vxnet-bench
+	// binary, whose 'synthetic' command runs a synthetic member.
 	Binary string
+	Rig    string
 	// Hosts is the lab size for the datapath and footprint parts (>= 2).
 	Hosts int
 	// ConvergeHosts are the lab sizes of the control-plane part.
@@ -437,7 +440,7 @@ func footprintPart(c Config, hosts int) ([]Footprint, error) {
 	}
 	// The synthetic member runs as its own process inside its namespace, so
 	// every connection it opens starts there.
-	syn := exec.Command(c.Binary, "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
+	syn := exec.Command(c.Rig, "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
 		"--join", h1.Addr.String(), "--key-file", l.KeyFile(), "--network", nw.Name,
 		"--first", "198.19.160.0", "--count", strconv.Itoa(c.Endpoints))
 	syn.Stderr = os.Stderr

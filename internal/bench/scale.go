@@ -102,7 +102,7 @@ func Scale(c Config, members, endpoints, samples int, old bool, rate float64) (S
 		// 64 addresses per member from 198.19.129.0 on.
 		base := 129<<8 + i*64
 		first := netip.AddrFrom4([4]byte{198, 19, byte(base >> 8), byte(base)})
-		p := exec.Command(c.Binary, "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
+		p := exec.Command(c.Rig, "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(),
 			"--join", join, "--key-file", l.KeyFile(), "--network", nw.Name,
 			"--first", first.String(), "--count", strconv.Itoa(endpoints))
 		p.Stderr = os.Stderr

@@ -739,7 +739,7 @@ func TestSyntheticMember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(testutil.Binary(t), "lab", "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(), "--join", l.Hosts[0].Addr.String(),
+	cmd := exec.Command(testutil.BenchBinary(t), "synthetic", "--name", sh.Name, "--addr", sh.Addr.String(), "--join", l.Hosts[0].Addr.String(),
 		"--key-file", l.KeyFile(), "--network", nw.Name, "--first", "10.92.1.0", "--count", "300")
 	if err := nsutil.Do(sh.Netns, cmd.Start); err != nil {
 		t.Fatal(err)

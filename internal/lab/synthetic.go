@@ -30,7 +30,7 @@ type Synthetic struct {
 
 // AddSyntheticHost adds host namespace index idx to the lab's underlay for
 // a synthetic member, which must run as its own process in that namespace
-// ('vxnet lab synthetic'): its gossip dials must start inside it.
+// ('vxnet-bench synthetic'): its gossip dials must start inside it.
 func (l *Lab) AddSyntheticHost(idx int) (Host, error) {
 	if idx < 1 || idx > 250 {
 		return Host{}, fmt.Errorf("synthetic host index %d: want 1-250", idx)

@@ -8,34 +8,50 @@ import (
 	"testing"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+// A binary of this module, built once per test process.
+type built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var vxnetBin, benchBin built
+
+func (b *built) get(t testing.TB, env, name, pkg string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", name+"-bin")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
+		cmd.Stderr = os.Stderr
+		b.err = cmd.Run()
+	})
+	if b.err != nil {
+		t.Fatalf("build %s: %v", name, b.err)
+	}
+	return b.path
+}
 
 // Binary returns the path of a vxnet binary: $VXNET_BINARY, or one built
 // once per test process from this module.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("VXNET_BINARY"); p != "" {
-		return p
-	}
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vxnet-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "vxnet")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/vxnet/vxnet/cmd/vxnet")
-		cmd.Stderr = os.Stderr
-		binErr = cmd.Run()
-	})
-	if binErr != nil {
-		t.Fatalf("build vxnet: %v", binErr)
-	}
-	return binPath
+	return vxnetBin.get(t, "VXNET_BINARY", "vxnet", "github.com/vxnet/vxnet/cmd/vxnet")
+}
+
+// BenchBinary returns the path of the vxnet-bench binary (the benchmark
+// rigs, e.g. its synthetic member): $VXNET_BENCH_BINARY, or one built once
+// per test process.
+func BenchBinary(t testing.TB) string {
+	t.Helper()
+	return benchBin.get(t, "VXNET_BENCH_BINARY", "vxnet-bench", "github.com/vxnet/vxnet/cmd/vxnet-bench")
 }
 
 // BinaryAt builds the vxnet binary of an earlier commit of this repository
