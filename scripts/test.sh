@@ -11,6 +11,10 @@ if [ -n "$unformatted" ]; then
   echo "gofmt needed: $unformatted" >&2
   exit 1
 fi
+if ! go mod tidy -diff >/dev/null; then
+  echo "go.mod or go.sum is not tidy: run go mod tidy" >&2
+  exit 1
+fi
 go vet ./...
 go build -o bin/vxnet ./cmd/vxnet
 go build -o bin/vxnet-bench ./cmd/vxnet-bench
