@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -13,12 +14,20 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 )
 
+// fakeAgent keeps networks and endpoints as the agent does: creating a
+// network that exists is a conflict, a detach finds its endpoint by
+// container ID and interface (or by namespace) and removes it, and one it
+// cannot find is "not found".
 type fakeAgent struct {
+	mu       sync.Mutex
 	down     bool
 	networks map[string]api.NetworkInfo
 	eps      []api.LocalEndpoint
 	attached []api.AttachRequest
 	detached []api.DetachRequest
+	// beforeCreate runs inside CreateNetwork before it looks: another ADD
+	// creating the same network at that moment.
+	beforeCreate func()
 }
 
 var errDown = errors.New("dial unix /run/vxnet/vxnet.sock: connect: no such file or directory")
@@ -30,6 +39,8 @@ func (f *fakeAgent) Status() (api.Status, error) {
 	return api.Status{Node: "h1"}, nil
 }
 func (f *fakeAgent) Network(name string) (api.NetworkInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	n, ok := f.networks[name]
 	if !ok {
 		return n, &api.StatusError{Code: http.StatusNotFound, Msg: `unknown network "` + name + `" (none exist yet)`}
@@ -37,22 +48,47 @@ func (f *fakeAgent) Network(name string) (api.NetworkInfo, error) {
 	return n, nil
 }
 func (f *fakeAgent) CreateNetwork(r api.NetworkCreate) (api.NetworkInfo, error) {
+	if f.beforeCreate != nil {
+		f.beforeCreate()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.networks[r.Name]; ok {
+		return api.NetworkInfo{}, &api.StatusError{Code: http.StatusConflict, Msg: "network " + r.Name + " exists"}
+	}
 	n := api.NetworkInfo{Network: model.Network{Name: r.Name}}
 	f.networks[r.Name] = n
 	return n, nil
 }
 func (f *fakeAgent) Attach(r api.AttachRequest) (api.Attachment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.attached = append(f.attached, r)
 	if r.IP == "10.0.0.1" {
 		return api.Attachment{}, &api.StatusError{Code: http.StatusConflict, Msg: "address 10.0.0.1 is the gateway of network web"}
 	}
+	f.eps = append(f.eps, api.LocalEndpoint{ID: r.ContainerID + "." + r.IfName, Network: r.Network, Netns: r.Netns, IfName: r.IfName, ContainerID: r.ContainerID})
 	return api.Attachment{ID: "e", Network: r.Network, Netns: r.Netns, IfName: r.IfName, MAC: "02:00:00:00:00:05", IP: "10.0.0.5/24", Gateway: "10.0.0.1", MTU: 1450}, nil
 }
 func (f *fakeAgent) Detach(r api.DetachRequest) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.detached = append(f.detached, r)
+	for i, e := range f.eps {
+		byID := r.ContainerID != "" && e.ContainerID == r.ContainerID && (r.IfName == "" || e.IfName == r.IfName)
+		byNetns := r.ContainerID == "" && r.Netns != "" && e.Netns == r.Netns
+		if e.Network == r.Network && (byID || byNetns) {
+			f.eps = slices.Delete(f.eps, i, i+1)
+			return nil
+		}
+	}
 	return &api.StatusError{Code: http.StatusNotFound, Msg: "not attached"}
 }
-func (f *fakeAgent) LocalEndpoints() ([]api.LocalEndpoint, error) { return f.eps, nil }
+func (f *fakeAgent) LocalEndpoints() ([]api.LocalEndpoint, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.eps), nil
+}
 
 func plugin(f *fakeAgent) Plugin { return Plugin{Dial: func(string) Agent { return f }} }
 
@@ -124,5 +160,53 @@ func TestDelAndGC(t *testing.T) {
 	}
 	if len(f.detached) != 2 || f.detached[1].ContainerID != "drop" {
 		t.Errorf("detached %+v, want gone (DEL) then drop (GC) only", f.detached)
+	}
+}
+
+// TestDelWithoutNamespace: a runtime may call DEL without a namespace (the
+// container is gone); the plugin detaches by container ID and interface,
+// so the endpoint ADD made is removed, and a second DEL is no error.
+func TestDelWithoutNamespace(t *testing.T) {
+	f := &fakeAgent{networks: map[string]api.NetworkInfo{"web": {Network: model.Network{Name: "web"}}}}
+	p := plugin(f)
+	conf := []byte(`{"cniVersion":"1.0.0","name":"web","type":"vxnet"}`)
+	if err := p.Add(&skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/c1", IfName: "eth0", StdinData: conf}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Add(&skel.CmdArgs{ContainerID: "c2", Netns: "/run/netns/c2", IfName: "eth0", StdinData: conf}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := p.Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: conf}); err != nil {
+			t.Fatalf("DEL %d: %v", i+1, err)
+		}
+	}
+	eps, _ := f.LocalEndpoints()
+	if len(eps) != 1 || eps[0].ContainerID != "c2" {
+		t.Fatalf("after DEL of c1 the agent keeps %+v, want c2 alone", eps)
+	}
+}
+
+// TestAddRacesCreate: two ADDs of a configuration with a subnet find no
+// network, and both create it; the one that loses (a conflict) uses the
+// network the other made, and both containers are attached.
+func TestAddRacesCreate(t *testing.T) {
+	f := &fakeAgent{networks: map[string]api.NetworkInfo{}}
+	p := plugin(f)
+	conf := []byte(`{"cniVersion":"1.0.0","name":"web","type":"vxnet","subnet":"10.9.0.0/24"}`)
+	other := sync.OnceFunc(func() { // the other ADD's create lands first
+		f.mu.Lock()
+		f.networks["web"] = api.NetworkInfo{Network: model.Network{Name: "web"}}
+		f.mu.Unlock()
+	})
+	f.beforeCreate = other
+	if err := p.Add(&skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/c1", IfName: "eth0", StdinData: conf}); err != nil {
+		t.Fatalf("the ADD that lost the create: %v", err)
+	}
+	if err := p.Add(&skel.CmdArgs{ContainerID: "c2", Netns: "/run/netns/c2", IfName: "eth0", StdinData: conf}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.attached) != 2 || f.attached[0].Network != "web" || f.attached[1].Network != "web" {
+		t.Fatalf("attached %+v", f.attached)
 	}
 }
