@@ -144,6 +144,13 @@ func (r CreateNetworkRequest) Network() (Network, error) {
 	if len(r.IPv6Data) > 0 {
 		return n, fmt.Errorf("IPv6 on Docker networks is not supported by vxnet yet: create the network without --ipv6")
 	}
+	if len(r.IPv4Data) > 1 {
+		var pools []string
+		for _, d := range r.IPv4Data {
+			pools = append(pools, d.Pool)
+		}
+		return n, fmt.Errorf("vxnet networks need exactly one IPv4 subnet, got %d (%s): give one --subnet", len(pools), strings.Join(pools, ", "))
+	}
 	if len(r.IPv4Data) != 1 || r.IPv4Data[0].Pool == "" {
 		return n, fmt.Errorf("vxnet networks need exactly one IPv4 subnet: give --subnet (and --ipam-driver vxnet)")
 	}

@@ -43,6 +43,12 @@ func TestCreateNetworkRequest(t *testing.T) {
 	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "give --subnet") {
 		t.Errorf("no pool: err = %v", err)
 	}
+	req = CreateNetworkRequest{}
+	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"},{"Pool":"10.1.0.0/24"}]}`), &req)
+	if n, err := req.Network(); err == nil || !strings.Contains(err.Error(), "got 2 (10.0.0.0/24, 10.1.0.0/24)") {
+		t.Errorf("two pools: %+v, err = %v (the second must not be dropped)", n, err)
+	}
+	req = CreateNetworkRequest{}
 	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[{"Pool":"fd00::/64"}]}`), &req)
 	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "IPv6") {
 		t.Errorf("ipv6: err = %v", err)
