@@ -668,19 +668,25 @@ func TestConcurrentAttaches(t *testing.T) {
 	_, h1, h2 := joinedPair(t)
 	mustCreate(t, h1, "web", "10.20.0.0/24")
 	stop := make(chan struct{})
-	passes := make(chan int)
+	type ran struct {
+		passes int
+		err    error // the first failed pass
+	}
+	passes := make(chan ran)
 	for _, node := range []*testNode{h1, h2} {
 		go func() {
-			n := 0
+			var r ran
 			for {
 				select {
 				case <-stop:
-					passes <- n
+					passes <- r
 					return
 				default:
 				}
-				_ = node.sync()
-				n++
+				if err := node.sync(); err != nil && r.err == nil {
+					r.err = fmt.Errorf("a pass on %s beside the attaches: %w", node.state.Self(), err)
+				}
+				r.passes++
 			}
 		}()
 	}
@@ -698,8 +704,14 @@ func TestConcurrentAttaches(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
-	if p := <-passes + <-passes; p < n {
+	r1, r2 := <-passes, <-passes
+	if p := r1.passes + r2.passes; p < n {
 		t.Errorf("only %d passes ran beside the attaches", p)
+	}
+	for _, r := range []ran{r1, r2} {
+		if r.err != nil {
+			t.Error(r.err)
+		}
 	}
 	ips, macs := map[string]bool{}, map[string]bool{}
 	for i := range n {

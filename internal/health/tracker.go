@@ -132,16 +132,15 @@ func (t *Tracker) judge(rs []Result) (State, string) {
 	lostSmall, lostBig := losses(rs)
 	{
 		last := rs[n-k:]
-		allSmallLost, allBigLost, anySmall := true, true, false
+		allSmallLost, allBigLost := true, true
 		for _, r := range last {
 			allSmallLost = allSmallLost && !r.Small
 			allBigLost = allBigLost && !r.Big
-			anySmall = anySmall || r.Small
 		}
 		switch {
 		case allSmallLost:
 			return Unreachable, fmt.Sprintf("the last %d probes through the overlay went unanswered (small and full-size)", k)
-		case allBigLost && anySmall:
+		case allBigLost: // and some small one answered (else the case above)
 			return MTU, fmt.Sprintf("small probes are answered but the last %d full-size probes (%d bytes, DF) were lost: a path MTU below the underlay's, or a NIC offload corrupting large VXLAN frames", k, t.BigSize)
 		}
 	}

@@ -61,15 +61,7 @@ func TestAllocate(t *testing.T) {
 	n.Normalize()
 	blocks := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/30"), netip.MustParsePrefix("10.0.0.12/30")}
 	used := map[netip.Addr]string{}
-	var got []string
-	for {
-		a, ok := Allocate(n, blocks, used)
-		if !ok {
-			break
-		}
-		used[a] = "x"
-		got = append(got, a.String())
-	}
+	got := drain(t, 16, func() (netip.Addr, bool) { return Allocate(n, blocks, used) }, used)
 	// .0 network, .1 gateway, .15 broadcast are reserved.
 	if want := "10.0.0.2 10.0.0.3 10.0.0.12 10.0.0.13 10.0.0.14"; strings.Join(got, " ") != want {
 		t.Fatalf("allocated %v, want %s", got, want)
@@ -108,16 +100,29 @@ func TestBorrow(t *testing.T) {
 	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("10.0.0.0/29")}
 	n.Normalize()
 	used := map[netip.Addr]string{}
+	got := drain(t, 8, func() (netip.Addr, bool) { return Borrow(n, used) }, used)
+	if want := "10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6"; strings.Join(got, " ") != want {
+		t.Fatalf("borrowed %v, want %s", got, want)
+	}
+}
+
+// drain takes addresses from next until it has none, marking each used; an
+// address given twice, or more than limit (the subnet's size), fails the
+// test instead of looping for ever.
+func drain(t *testing.T, limit int, next func() (netip.Addr, bool), used map[netip.Addr]string) []string {
+	t.Helper()
 	var got []string
-	for {
-		a, ok := Borrow(n, used)
+	for range limit + 1 {
+		a, ok := next()
 		if !ok {
-			break
+			return got
+		}
+		if _, twice := used[a]; twice {
+			t.Fatalf("%s given again after %v", a, got)
 		}
 		used[a] = "x"
 		got = append(got, a.String())
 	}
-	if want := "10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6"; strings.Join(got, " ") != want {
-		t.Fatalf("borrowed %v, want %s", got, want)
-	}
+	t.Fatalf("more than %d addresses from a subnet of %d: %v", limit, limit, got)
+	return nil
 }
