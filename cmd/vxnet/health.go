@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vxnet/vxnet/internal/agent"
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/health/icmp"
@@ -24,7 +23,7 @@ import (
 type healthPort struct{ id uint16 }
 
 func (healthPort) Namespace(name string) (string, bool, error) { return icmp.Namespace(name) }
-func (p healthPort) Open(nsPath string) (agent.Pinger, error) {
+func (p healthPort) Open(nsPath string) (health.Pinger, error) {
 	return icmp.OpenICMP(nsPath, p.id)
 }
 func (healthPort) Neighbours(nsPath, ifname string, peers map[netip.Addr]net.HardwareAddr) error {

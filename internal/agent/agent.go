@@ -27,6 +27,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/dns"
 	"github.com/vxnet/vxnet/internal/docker"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/version"
 	"github.com/vxnet/vxnet/internal/web"
@@ -195,7 +196,7 @@ type Deps struct {
 	// Dockerd is the local dockerd (nil: none to keep in step).
 	Dockerd Dockerd
 	// Health sends the health probes (nil: none).
-	Health HealthPort
+	Health health.Port
 	// Tracer taps interfaces for 'vxnet trace' (nil: no tracing).
 	Tracer Tracer
 }
@@ -247,8 +248,7 @@ type Agent struct {
 	metrics *metrics
 	fatal   chan error // an error that stops Run (see fail)
 
-	healthPort HealthPort
-	hs         healthState
+	prober *health.Prober // nil without health probes
 
 	tracer  Tracer
 	traceMu sync.Mutex
@@ -282,7 +282,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, healthPort: deps.Health, tracer: deps.Tracer,
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, tracer: deps.Tracer,
 		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
@@ -322,7 +322,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a.metrics = newMetrics(a)
-	a.hs.publishGap = healthPublishGap
+	if deps.Health != nil {
+		a.prober = a.newProber(deps.Health, healthPublishGap)
+	}
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
 		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})
 	if err != nil {
@@ -519,7 +521,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		close(loopDone)
 	default:
 		go func() { a.loop(loopCtx); close(loopDone) }()
-		go a.runHealth(loopCtx)
+		if a.healthEnabled() {
+			go a.prober.Run(loopCtx)
+		}
 		select {
 		case <-ctx.Done():
 		case fatal = <-a.fatal:

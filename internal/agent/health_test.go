@@ -41,7 +41,7 @@ type fakeHealthPort struct {
 func (p fakeHealthPort) Namespace(name string) (string, bool, error) {
 	return netns(p.t, name), true, nil
 }
-func (p fakeHealthPort) Open(string) (Pinger, error) { return p.paths, nil }
+func (p fakeHealthPort) Open(string) (health.Pinger, error) { return p.paths, nil }
 func (p fakeHealthPort) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
 	p.paths.mu.Lock()
 	defer p.paths.mu.Unlock()
@@ -79,8 +79,7 @@ func TestHealthProbes(t *testing.T) {
 	nodes := map[string]*testNode{}
 	for i, name := range []string{"h1", "h2", "h3"} {
 		n := newNode(t, b, name, i+1, "", withHealth(paths))
-		n.healthPort = fakeHealthPort{t: t, paths: paths}
-		n.hs.publishGap = 0 // every changed view is published at once
+		n.prober = n.newProber(fakeHealthPort{t: t, paths: paths}, time.Nanosecond) // every changed view is published at once
 		nodes[name] = n
 		if i > 0 {
 			if _, err := n.repl.(Joiner).Join(nil); err != nil {
@@ -88,9 +87,9 @@ func TestHealthProbes(t *testing.T) {
 			}
 		}
 	}
-	pingers := map[string]Pinger{}
+	pingers := map[string]health.Pinger{}
 	for name, n := range nodes {
-		p, err := n.setupHealth()
+		p, err := n.prober.Setup()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -131,7 +130,7 @@ func TestHealthProbes(t *testing.T) {
 	rounds := func(k int) {
 		for range k {
 			for name, n := range nodes {
-				n.probeRound(pingers[name])
+				n.prober.Round(pingers[name])
 			}
 		}
 	}
@@ -250,14 +249,14 @@ func TestHealthProbes(t *testing.T) {
 func TestHealthSubnetTaken(t *testing.T) {
 	paths := &fakePaths{carry: map[netip.Addr]string{}}
 	h1 := newNode(t, newBus(), "h1", 1, "", withHealth(paths))
-	h1.healthPort = fakeHealthPort{t: t, paths: paths}
+	h1.prober = h1.newProber(fakeHealthPort{t: t, paths: paths}, healthPublishGap)
 	mustCreate(t, h1, "mine", "100.127.3.0/24")
-	_, err := h1.setupHealth()
+	_, err := h1.prober.Setup()
 	want := `health network vxnet-health (100.127.0.0/16): subnet 100.127.0.0/16 overlaps subnet 100.127.3.0/24 of network "mine"`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("setup with the range taken: %v, want %q", err, want)
 	}
-	h1.hs.err = err // as runHealth records it
+	h1.prober.SetError(err) // as Run records it
 	if r := h1.Health(false); !r.Enabled || !strings.Contains(r.Error, want) {
 		t.Fatalf("report %+v", r.HealthReport)
 	}

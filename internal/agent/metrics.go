@@ -131,7 +131,8 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.OutMessages), "out")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.InBytes), "in")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.OutBytes), "out")
-	for _, p := range (*Agent)(c).healthReport().Peers {
+	report, _ := (*Agent)(c).healthReport()
+	for _, p := range report.Peers {
 		for _, st := range healthStates {
 			ch <- prometheus.MustNewConstMetric(descPeerState, prometheus.GaugeValue, b(p.State == st), p.Node, string(st))
 		}

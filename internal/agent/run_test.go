@@ -18,6 +18,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -247,16 +248,16 @@ func TestDashboardMetrics(t *testing.T) {
 	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
-	var pingers []Pinger
+	var pingers []health.Pinger
 	for _, n := range []*testNode{h1, h2} {
-		n.healthPort = fakeHealthPort{t: t, paths: paths}
-		p, err := n.setupHealth()
+		n.prober = n.newProber(fakeHealthPort{t: t, paths: paths}, healthPublishGap)
+		p, err := n.prober.Setup()
 		if err != nil {
 			t.Fatal(err)
 		}
 		pingers = append(pingers, p)
 	}
-	h1.probeRound(pingers[0])
+	h1.prober.Round(pingers[0])
 	mustCreate(t, h1, "web", "10.20.0.0/16")
 	if err := h1.sync(); err != nil {
 		t.Fatal(err)

@@ -177,13 +177,7 @@ type Health struct {
 }
 
 // HealthEvent is one change of a verdict.
-type HealthEvent struct {
-	At    time.Time    `json:"at"`
-	Peer  string       `json:"peer"`
-	From  health.State `json:"from"`
-	To    health.State `json:"to"`
-	Cause string       `json:"cause,omitempty"`
-}
+type HealthEvent = health.Event
 
 // TraceRequest asks for a walk of one probe from Src (an endpoint on this
 // host) to Dst (any endpoint of its network): names, addresses or IDs.
