@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vxnet/vxnet/internal/agent"
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/trace"
 	"github.com/vxnet/vxnet/internal/trace/capture"
@@ -17,7 +16,7 @@ import (
 // tracer is the agent's real Tracer: packet sockets and a raw ICMP socket.
 type tracer struct{}
 
-func (tracer) Tap(nsPath, iface string, p trace.Probe, port uint16) (agent.Tap, error) {
+func (tracer) Tap(nsPath, iface string, p trace.Probe, port uint16) (trace.Tap, error) {
 	return capture.StartTap(nsPath, iface, p, port)
 }
 func (tracer) Send(nsPath string, p trace.Probe, size int) error {

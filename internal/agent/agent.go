@@ -29,6 +29,7 @@ import (
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/trace"
 	"github.com/vxnet/vxnet/internal/version"
 	"github.com/vxnet/vxnet/internal/web"
 )
@@ -198,7 +199,7 @@ type Deps struct {
 	// Health sends the health probes (nil: none).
 	Health health.Port
 	// Tracer taps interfaces for 'vxnet trace' (nil: no tracing).
-	Tracer Tracer
+	Tracer trace.Tracer
 }
 
 // Agent is the core of one host.
@@ -250,9 +251,7 @@ type Agent struct {
 
 	prober *health.Prober // nil without health probes
 
-	tracer  Tracer
-	traceMu sync.Mutex
-	traces  map[string]*traceTaps // trace sessions of other members, by ID
+	traces *trace.Service // nil without a tracer
 }
 
 // fail stops Run with err (the first one wins).
@@ -282,7 +281,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd, tracer: deps.Tracer,
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
 		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
@@ -324,6 +323,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.metrics = newMetrics(a)
 	if deps.Health != nil {
 		a.prober = a.newProber(deps.Health, healthPublishGap)
+	}
+	if deps.Tracer != nil {
+		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
 		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})

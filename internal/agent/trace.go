@@ -3,379 +3,76 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/model"
-	"github.com/vxnet/vxnet/internal/trace"
 )
 
-// Tracer is the side of 'vxnet trace' that touches the host: taps on
-// interfaces and the probe sent from a container's namespace.
-type Tracer interface {
-	// Tap captures the probe's frames on iface of the namespace at nsPath
-	// ("" for the agent's own).
-	Tap(nsPath, iface string, p trace.Probe, vxlanPort uint16) (Tap, error)
-	// Send sends the probe's echo request from the namespace at nsPath.
-	Send(nsPath string, p trace.Probe, size int) error
-}
-
-// Tap is a running capture.
-type Tap interface{ Stop() []trace.Seen }
-
-// Trace operations between agents (cluster calls).
-const (
-	opTraceStart = "trace-start"
-	opTraceStop  = "trace-stop"
-)
-
-// traceWindow is how long a trace waits for the probe's reply.
-const traceWindow = time.Second
-
-// tracePoint is one interface a trace taps: in the agent's namespace, or
-// in a container's (ns) where the fast path hands frames straight to the
-// container and the host end of its veth never sees them.
-type tracePoint struct{ host, point, iface, ns string }
-
-type traceStart struct {
-	Probe   trace.Probe `json:"probe"`
-	VNI     uint32      `json:"vni"`
-	DstID   string      `json:"dstId"`
-	Session string      `json:"session"`
-}
-
-type traceTaps struct {
-	points []tracePoint
-	taps   []Tap
-	errs   []string
-}
-
-func (a *Agent) startTaps(points []tracePoint, p trace.Probe) *traceTaps {
-	t := &traceTaps{points: points, taps: make([]Tap, len(points)), errs: make([]string, len(points))}
-	for i, pt := range points {
-		tap, err := a.tracer.Tap(pt.ns, pt.iface, p, uint16(a.cfg.VXLANPort))
-		if err != nil {
-			t.errs[i] = err.Error()
-			continue
-		}
-		t.taps[i] = tap
-	}
-	return t
-}
-
-// stop ends the taps and returns what each saw.
-func (t *traceTaps) stop() []traceSeen {
-	out := make([]traceSeen, len(t.points))
-	for i, pt := range t.points {
-		out[i] = traceSeen{Host: pt.host, Point: pt.point, Iface: pt.iface, Error: t.errs[i]}
-		if pt.ns != "" {
-			out[i].Iface += " (in the container)"
-		}
-		if t.taps[i] != nil {
-			out[i].Seen = t.taps[i].Stop()
-		}
-	}
-	return out
-}
-
-// traceSeen is what one point saw (it travels between agents).
-type traceSeen struct {
-	Host  string       `json:"host"`
-	Point string       `json:"point"`
-	Iface string       `json:"iface"`
-	Seen  []trace.Seen `json:"seen"`
-	Error string       `json:"error,omitempty"`
-}
-
-// remotePoints are the taps on the destination's host.
-func (a *Agent) remotePoints(vni uint32, dstID string) []tracePoint {
-	self := a.state.Self()
-	return []tracePoint{{self, "underlay", a.underlay, ""}, {self, "vxlan", datapath.VxlanName(vni), ""},
-		a.vethPoint("destination veth", dstID)}
-}
-
-// vethPoint taps a local endpoint's veth: its host end, or with the fast
-// path (whose bpf_redirect_peer delivers into the container, past the
-// host end) the container's end when the agent knows its namespace.
-func (a *Agent) vethPoint(point, id string) tracePoint {
-	pt := tracePoint{a.state.Self(), point, datapath.HostIfName(id), ""}
-	if a.cfg.Datapath.Mode != DatapathBPF {
-		return pt
-	}
-	a.mu.Lock()
-	le, ok := a.locals[id]
-	a.mu.Unlock()
-	if ok && le.Netns != "" && le.IfName != "" {
-		pt.iface, pt.ns = le.IfName, le.Netns
-	}
-	return pt
-}
+// 'vxnet trace' (trace.Service) runs beside the agent; the agent gives it
+// the endpoints, the networks and calls to the other members (traceAgent).
 
 // onCall answers other members' calls.
 func (a *Agent) onCall(op string, body json.RawMessage) (any, error) {
-	if a.tracer == nil {
-		return nil, fmt.Errorf("tracing is not available on %s", a.state.Self())
-	}
-	switch op {
-	case opTraceStart:
-		var r traceStart
-		if err := json.Unmarshal(body, &r); err != nil || r.Session == "" {
-			return nil, fmt.Errorf("bad %s request", op)
-		}
-		taps := a.startTaps(a.remotePoints(r.VNI, r.DstID), r.Probe)
-		a.traceMu.Lock()
+	if strings.HasPrefix(op, "trace-") {
 		if a.traces == nil {
-			a.traces = map[string]*traceTaps{}
+			return nil, fmt.Errorf("tracing is not available on %s", a.state.Self())
 		}
-		a.traces[r.Session] = taps
-		a.traceMu.Unlock()
-		// A caller that never stops its session: stop the taps anyway.
-		time.AfterFunc(30*time.Second, func() { a.takeTrace(r.Session) })
-		return struct{}{}, nil
-	case opTraceStop:
-		var session string
-		if err := json.Unmarshal(body, &session); err != nil {
-			return nil, fmt.Errorf("bad %s request", op)
-		}
-		taps := a.takeTrace(session)
-		if taps == nil {
-			return nil, fmt.Errorf("no trace session %q here", session)
-		}
-		return taps.stop(), nil
+		return a.traces.Call(op, body)
 	}
 	return nil, fmt.Errorf("unknown operation %q", op)
 }
 
-func (a *Agent) takeTrace(session string) *traceTaps {
-	a.traceMu.Lock()
-	defer a.traceMu.Unlock()
-	t := a.traces[session]
-	delete(a.traces, session)
-	return t
-}
-
-// findEndpoint resolves a name, alias, address or ID, preferring network.
-func (a *Agent) findEndpoint(what, network string) (model.Endpoint, error) {
-	var found []model.Endpoint
-	for _, e := range a.state.Endpoints() {
-		if e.Network == model.HealthNetwork {
-			continue
-		}
-		match := e.ID == what || e.Name == what || e.IP.String() == what
-		for _, al := range e.Aliases {
-			match = match || al == what
-		}
-		if match {
-			found = append(found, e)
-		}
-	}
-	if network != "" && len(found) > 1 {
-		var same []model.Endpoint
-		for _, e := range found {
-			if e.Network == network {
-				same = append(same, e)
-			}
-		}
-		found = same
-	}
-	switch len(found) {
-	case 0:
-		return model.Endpoint{}, model.Errorf(model.ErrNotFound, "no endpoint is named %q or has that address or ID", what)
-	case 1:
-		return found[0], nil
-	}
-	var ids []string
-	for _, e := range found {
-		ids = append(ids, e.ID+" ("+e.Network+")")
-	}
-	return model.Endpoint{}, model.Errorf(model.ErrInvalid, "%q names %d endpoints: %s; give an endpoint ID", what, len(found), strings.Join(ids, ", "))
-}
-
-// Trace sends one probe from a local endpoint to another endpoint of its
-// network and reports every tap point it crossed, on both hosts.
+// Trace walks one probe (POST /v1/trace).
 func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
-	if a.tracer == nil {
+	if a.traces == nil {
 		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "tracing is not available in this agent")
 	}
-	size := r.Size
-	if size == 0 {
-		size = 56
-	}
-	src, err := a.findEndpoint(r.Src, "")
-	if err != nil {
-		return api.TraceResult{}, err
-	}
-	a.mu.Lock()
-	le, local := a.locals[src.ID]
-	a.mu.Unlock()
-	if src.Node != a.state.Self() {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "%s runs on %s, not here: run vxnet trace on %s", src.ID, src.Node, src.Node)
-	}
-	if !local || le.Netns == "" {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "vxnet does not know the namespace of %s (Docker moves the interface itself): trace from an endpoint attached with vxnet attach or the CNI plugin, or to this one from another", src.ID)
-	}
-	dst, err := a.findEndpoint(r.Dst, src.Network)
-	if err != nil {
-		return api.TraceResult{}, err
-	}
-	if dst.Network != src.Network {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "%s is on network %s and %s on %s: vxnet keeps networks apart, a trace follows one network", src.ID, src.Network, dst.ID, dst.Network)
-	}
-	n, err := a.network(src.Network)
-	if err != nil {
-		return api.TraceResult{}, err
-	}
-	if mtu, _ := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6()); size+28 > mtu || size < 8 {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "invalid probe size %d: want 8 to %d (the network's MTU %d less 28)", size, mtu-28, mtu)
-	}
-	p := trace.Probe{Src: src.IP, Dst: dst.IP, ID: uint16(rand.N(1 << 16)), Seq: 1}
-	self := a.state.Self()
-	// The bridge forwards between its ports without showing the frames on
-	// its own device: its hop is the step from one port to the next.
-	points := []tracePoint{a.vethPoint("container veth", src.ID)}
-	remote := dst.Node != self
-	if remote {
-		points = append(points, tracePoint{self, "vxlan", datapath.VxlanName(n.VNI), ""}, tracePoint{self, "underlay", a.underlay, ""})
-	} else {
-		points = append(points, a.vethPoint("destination veth", dst.ID))
-	}
-	session := fmt.Sprintf("%s.%x", self, rand.Uint64())
-	var remoteErr error
-	if remote {
-		_, remoteErr = a.repl.Request(dst.Node, opTraceStart, traceStart{Probe: p, VNI: n.VNI, DstID: dst.ID, Session: session}, 3*time.Second)
-	}
-	taps := a.startTaps(points, p)
-	sendErr := a.tracer.Send(le.Netns, p, size)
-	time.Sleep(traceWindow)
-	seen := taps.stop()
-	var far []traceSeen
-	if remote && remoteErr == nil {
-		var raw json.RawMessage
-		if raw, remoteErr = a.repl.Request(dst.Node, opTraceStop, session, 3*time.Second); remoteErr == nil {
-			remoteErr = json.Unmarshal(raw, &far)
-		}
-	}
-	if sendErr != nil {
-		return api.TraceResult{}, fmt.Errorf("send the probe from %s: %w", src.ID, sendErr)
-	}
-	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size}
-	if remote && remoteErr != nil {
-		far = nil
-		for _, pt := range []string{"underlay", "vxlan", "destination veth"} {
-			far = append(far, traceSeen{Host: dst.Node, Point: pt, Error: "no capture on " + dst.Node + ": " + remoteErr.Error()})
-		}
-	}
-	res.Hops, res.Replied, res.Vanished, res.Why = walk(seen, far, src, dst, a.cfg.VXLANPort, size, a.cfg.Datapath.Mode == DatapathBPF)
-	if strings.HasPrefix(res.Vanished, self+" vxlan ") {
-		res.Why = a.explainLocalVXLAN(n.VNI, dst, res.Why)
-	}
-	return res, nil
+	return a.traces.Trace(r)
 }
 
-// explainLocalVXLAN adds what the kernel holds when a probe vanished
-// between this host's bridge and its vxlan device.
-func (a *Agent) explainLocalVXLAN(vni uint32, dst model.Endpoint, why string) string {
-	a.kernelMu.Lock() // the dataplane is not safe beside a pass
-	obs, err := a.dp.Observe()
-	a.kernelMu.Unlock()
+// traceAgent is the agent as a trace sees it.
+type traceAgent Agent
+
+func (t *traceAgent) Self() string                { return (*Agent)(t).state.Self() }
+func (t *traceAgent) Underlay() string            { return t.underlay }
+func (t *traceAgent) Endpoints() []model.Endpoint { return (*Agent)(t).state.Endpoints() }
+
+func (t *traceAgent) Local(id string) (string, string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	le, ok := t.locals[id]
+	return le.Netns, le.IfName, ok
+}
+
+func (t *traceAgent) Network(name string) (model.Network, int, error) {
+	a := (*Agent)(t)
+	n, err := a.network(name)
 	if err != nil {
-		return why
+		return n, 0, err
 	}
+	mtu, _ := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6())
+	return n, mtu, nil
+}
+
+func (t *traceAgent) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
+	return t.repl.Request(node, op, body, timeout)
+}
+
+func (t *traceAgent) FDB(vni uint32) ([]datapath.FDB, error) {
+	t.kernelMu.Lock() // the dataplane is not safe beside a pass
+	obs, err := t.dp.Observe()
+	t.kernelMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	var out []datapath.FDB
 	for _, f := range obs.FDB {
-		if f.VNI == vni && strings.EqualFold(f.MAC, dst.MAC) {
-			return why
+		if f.VNI == vni {
+			out = append(out, f)
 		}
 	}
-	return fmt.Sprintf("no FDB entry for %s (%s) on %s: this host does not know where %s is (is %s a live member? see vxnet status)",
-		dst.MAC, dst.ID, datapath.VxlanName(vni), dst.ID, dst.Node)
-}
-
-// walk orders the sightings as a frame crosses the points (request out,
-// reply back) and names the first point that did not see the probe.
-func walk(near, far []traceSeen, src, dst model.Endpoint, port, size int, fast bool) (hops []api.TraceHop, replied bool, vanished, why string) {
-	hop := func(ts traceSeen, reply bool) api.TraceHop {
-		h := api.TraceHop{Host: ts.Host, Point: ts.Point, Iface: ts.Iface, Dir: "request", Error: ts.Error}
-		if reply {
-			h.Dir = "reply"
-		}
-		for _, s := range ts.Seen {
-			if s.Reply == reply {
-				h.Seen = true
-				if s.Encap {
-					h.Detail = fmt.Sprintf("VXLAN VNI %d, %s -> %s, %d bytes", s.VNI, s.OuterSrc, s.OuterDst, s.Len)
-				} else {
-					h.Detail = fmt.Sprintf("%d bytes", s.Len)
-				}
-				break
-			}
-		}
-		return h
-	}
-	var req, rep []api.TraceHop
-	for _, ts := range near {
-		req = append(req, hop(ts, false))
-	}
-	for _, ts := range far {
-		req = append(req, hop(ts, false))
-	}
-	for i := len(far) - 1; i >= 0; i-- {
-		rep = append(rep, hop(far[i], true))
-	}
-	for i := len(near) - 1; i >= 0; i-- {
-		rep = append(rep, hop(near[i], true))
-	}
-	hops = append(req, rep...)
-	replied = len(rep) > 0 && rep[len(rep)-1].Seen
-	if replied {
-		return hops, true, "", "" // a sighting a tap missed is no loss
-	}
-	for i, h := range hops {
-		if h.Seen || h.Error != "" {
-			continue
-		}
-		vanished = fmt.Sprintf("%s %s (%s, %s)", h.Host, h.Point, h.Iface, h.Dir)
-		var prev *api.TraceHop
-		if i > 0 {
-			prev = &hops[i-1]
-		}
-		why = reason(prev, h, src, dst, port, size, fast)
-		break
-	}
-	return hops, replied, vanished, why
-}
-
-// reason says what usually drops a frame between the last point that saw
-// it (prev; nil when nothing did) and the first that did not (h). On the
-// fast path (fast) unicast inside a network meets no FORWARD chain.
-func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, size int, fast bool) string {
-	if prev == nil {
-		return fmt.Sprintf("the probe never left %s: its interface or route is missing", src.ID)
-	}
-	wire := size + 28 + 50
-	switch {
-	case prev.Point == "destination veth" && prev.Dir == "request":
-		return fmt.Sprintf("%s did not answer: it is down, or its own firewall drops ICMP echo", dst.ID)
-	case fast && strings.HasSuffix(prev.Point, "veth") && h.Point == "vxlan":
-		return fmt.Sprintf("%s did not hand it to the vxlan device: no fast-path or FDB entry for the destination (is %s a live member? see vxnet status)", h.Host, dst.Node)
-	case fast && strings.HasSuffix(h.Point, "veth"):
-		return fmt.Sprintf("%s did not deliver it to %s: no fast-path or neighbour entry for %s, or its interface is down", h.Host, h.Iface, dst.ID)
-	case strings.HasSuffix(prev.Point, "veth") && h.Point == "vxlan":
-		return fmt.Sprintf("%s's bridge did not hand it to the vxlan device: the host's FORWARD chain dropped it (br_netfilter; see vxnet doctor), or there is no FDB entry for the destination", h.Host)
-	case prev.Point == "vxlan" && h.Point == "underlay":
-		return fmt.Sprintf("%s's vxlan device did not send it: no route to the other host, or %d bytes do not fit the underlay", h.Host, wire)
-	case prev.Point == "underlay" && h.Point == "underlay":
-		why := fmt.Sprintf("lost on the underlay between %s and %s: a firewall or the network drops UDP %d between the two hosts", prev.Host, h.Host, port)
-		if size+28 > 576 { // a large probe: the path MTU is a suspect too
-			why += fmt.Sprintf(", or the path MTU is below %d bytes", wire)
-		}
-		return why
-	case prev.Point == "underlay" && h.Point == "vxlan":
-		return fmt.Sprintf("%s received it and did not decapsulate it: its firewall (INPUT, or vxnet's table that admits VXLAN only from members) dropped it, or the VNI or port differ", h.Host)
-	case strings.HasSuffix(h.Point, "veth"):
-		return fmt.Sprintf("%s's bridge did not forward it to %s: its FORWARD chain (br_netfilter; see vxnet doctor), or a missing neighbour or FDB entry", h.Host, h.Iface)
-	}
-	return fmt.Sprintf("dropped between %s %s and %s %s", prev.Host, prev.Point, h.Host, h.Point)
+	return out, nil
 }
