@@ -179,15 +179,6 @@ type Host interface {
 	OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error)
 }
 
-// Dockerd is the part of the local dockerd's API the agent uses.
-type Dockerd interface {
-	Networks(driver string) ([]docker.NetworkInfo, error)
-	Network(idOrName string) (docker.NetworkInfo, error)
-	CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error
-	RemoveNetwork(idOrName string) error
-	Container(id string) (docker.ContainerInfo, error)
-}
-
 // Deps are the agent's side effects.
 type Deps struct {
 	Dataplane datapath.Dataplane
@@ -195,7 +186,7 @@ type Deps struct {
 	// StartReplicator starts the replicator over the agent's state.
 	StartReplicator func(ReplicatorConfig) (Replicator, error)
 	// Dockerd is the local dockerd (nil: none to keep in step).
-	Dockerd Dockerd
+	Dockerd docker.Dockerd
 	// Health sends the health probes (nil: none).
 	Health health.Port
 	// Tracer taps interfaces for 'vxnet trace' (nil: no tracing).
@@ -204,38 +195,63 @@ type Deps struct {
 
 // Agent is the core of one host.
 //
-// Lock order: mu before kernelMu; statMu and dockerBackend.mu are leaves
-// (nothing is taken while holding them).
+// Lock order: mu before kernelMu; stats.mu is a leaf (nothing is taken
+// while holding it). The services beside the agent (the Docker driver,
+// the health prober, the trace) hold their own locks only while touching
+// their own state, never while calling the agent, so they are leaves too.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	state   *cluster.State
-	repl    Replicator
-	store   *store
-	dp      datapath.Dataplane
-	host    Host
-	dockerd Dockerd
-
-	underlay string
-	mtu      int
+	cfg      Config
+	log      *slog.Logger
+	state    *cluster.State
+	repl     Replicator
+	store    *store
+	dp       datapath.Dataplane
+	host     Host
+	underlay underlay
 
 	dirty chan struct{}
+	fatal chan error // an error that stops Run (see fail)
 
 	// mu serialises the agent's own writes to the cluster state: address
 	// allocation, endpoint and network records, local endpoints, keyring.
-	mu     sync.Mutex
-	locals map[string]localEndpoint
-	// reserved holds addresses handed to Docker endpoints not joined yet.
-	reserved map[netip.Addr]string
+	mu  sync.Mutex
+	own ownState // guarded by mu
 	// kernelMu serialises kernel programming (see pass).
 	kernelMu sync.Mutex
 
-	savedGen     atomic.Uint64 // state generation last written to the store
-	savedMembers []string      // member addresses last written to the store (loop only)
-	rejoining    atomic.Bool
+	saved     saved
+	rejoining atomic.Bool
+	stats     passStats
+	metrics   *metrics
 
-	statMu sync.Mutex
-	// fastHooks and fastEntries are the last pass's fast path (statMu).
+	docker *docker.Driver
+	prober *health.Prober // nil without health probes
+	traces *trace.Service // nil without a tracer
+}
+
+// underlay is the device the advertise address is on, and its MTU.
+type underlay struct {
+	dev string
+	mtu int
+}
+
+// ownState is what this agent holds of its own (Agent.mu).
+type ownState struct {
+	locals map[string]localEndpoint
+	// reserved holds addresses handed to Docker endpoints not joined yet.
+	reserved map[netip.Addr]string
+}
+
+// saved is what the loop last wrote to the store.
+type saved struct {
+	gen     atomic.Uint64 // state generation
+	members []string      // member addresses (loop only)
+}
+
+// passStats are the reconcile passes' figures for status and metrics.
+type passStats struct {
+	mu sync.Mutex
+	// fastHooks and fastEntries are the last pass's fast path (mu).
 	fastHooks, fastEntries int
 	lastSync               time.Time
 	lastDur                time.Duration
@@ -245,13 +261,6 @@ type Agent struct {
 	claimedBy              map[netip.Addr]time.Time // other agents seen using this node's name
 	syncs                  atomic.Int64
 	kernelOps              atomic.Int64
-
-	metrics *metrics
-	fatal   chan error // an error that stops Run (see fail)
-
-	prober *health.Prober // nil without health probes
-
-	traces *trace.Service // nil without a tracer
 }
 
 // fail stops Run with err (the first one wins).
@@ -281,8 +290,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host, dockerd: deps.Dockerd,
-		dirty: make(chan struct{}, 1), reserved: map[netip.Addr]string{}, fatal: make(chan error, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host,
+		dirty: make(chan struct{}, 1), own: ownState{reserved: map[netip.Addr]string{}}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -302,7 +311,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("load saved state: %w", err)
 	}
 	a.state.Restore(saved.Records, saved.Clock)
-	if a.locals, err = st.locals(); err != nil {
+	if a.own.locals, err = st.locals(); err != nil {
 		return nil, err
 	}
 	keys := cfg.Keys
@@ -316,7 +325,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			keys = saved
 		}
 	}
-	a.underlay, a.mtu, err = deps.Host.Underlay(cfg.AdvertiseAddr)
+	a.underlay.dev, a.underlay.mtu, err = deps.Host.Underlay(cfg.AdvertiseAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +333,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if deps.Health != nil {
 		a.prober = a.newProber(deps.Health, healthPublishGap)
 	}
+	a.docker = docker.NewDriver((*dockerAgent)(a), deps.Dockerd, a.log.With("component", "docker"))
 	if deps.Tracer != nil {
 		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}
@@ -350,10 +360,10 @@ func (a *Agent) checkAddr() {
 	if !ok {
 		lost = fmt.Errorf("advertise address %s is no longer on any interface of this host: peers cannot reach it; restart the agent with its new address (--advertise-addr, or none to take the default route's)", a.cfg.AdvertiseAddr)
 	}
-	a.statMu.Lock()
-	was := a.addrErr
-	a.addrErr = lost
-	a.statMu.Unlock()
+	a.stats.mu.Lock()
+	was := a.stats.addrErr
+	a.stats.addrErr = lost
+	a.stats.mu.Unlock()
 	switch {
 	case lost != nil && was == nil:
 		a.log.Error("advertise address lost", "addr", a.cfg.AdvertiseAddr, "err", lost)
@@ -365,12 +375,12 @@ func (a *Agent) checkAddr() {
 // nameClaimed records that a live agent at addr uses this node's name; it
 // is shown in status for an hour.
 func (a *Agent) nameClaimed(addr netip.Addr) {
-	a.statMu.Lock()
-	defer a.statMu.Unlock()
-	if a.claimedBy == nil {
-		a.claimedBy = map[netip.Addr]time.Time{}
+	a.stats.mu.Lock()
+	defer a.stats.mu.Unlock()
+	if a.stats.claimedBy == nil {
+		a.stats.claimedBy = map[netip.Addr]time.Time{}
 	}
-	a.claimedBy[addr] = time.Now()
+	a.stats.claimedBy[addr] = time.Now()
 	a.markDirty()
 }
 
@@ -378,9 +388,9 @@ func (a *Agent) nameClaimed(addr netip.Addr) {
 // within the last hour (statMu held).
 func (a *Agent) nameClaimNoticesLocked() []string {
 	var out []string
-	for addr, at := range a.claimedBy {
+	for addr, at := range a.stats.claimedBy {
 		if time.Since(at) > time.Hour {
-			delete(a.claimedBy, addr)
+			delete(a.stats.claimedBy, addr)
 			continue
 		}
 		out = append(out, fmt.Sprintf("name-in-use: an agent at %s also calls itself %q (seen %s); the members refuse it: give that host its own --name",
@@ -418,13 +428,13 @@ func (a *Agent) rejoinLater() {
 // since the last write (the loop and the front doors both call it).
 func (a *Agent) persist() error {
 	gen := a.state.Generation()
-	if gen == a.savedGen.Load() {
+	if gen == a.saved.gen.Load() {
 		return nil
 	}
 	if err := a.store.saveState(a.state); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
-	a.savedGen.Store(gen)
+	a.saved.gen.Store(gen)
 	return nil
 }
 
@@ -442,14 +452,14 @@ func (a *Agent) rememberMembers() {
 			addrs = append(addrs, n.Addr.String())
 		}
 	}
-	if len(addrs) == 0 || slices.Equal(addrs, a.savedMembers) {
+	if len(addrs) == 0 || slices.Equal(addrs, a.saved.members) {
 		return
 	}
 	if err := a.store.saveMembers(addrs); err != nil {
 		a.log.Error("save members", "err", err)
 		return
 	}
-	a.savedMembers = addrs
+	a.saved.members = addrs
 }
 
 func (a *Agent) markDirty() {
@@ -476,7 +486,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	if a.cfg.DockerPluginSocket != "" {
-		ds := docker.NewServer(newDockerBackend(a), a.log.With("component", "docker"))
+		ds := docker.NewServer(a.docker, a.log.With("component", "docker"))
 		ds.Wrap(func(h http.Handler) http.Handler { return a.metrics.instrument("docker", h) })
 		if err := ds.Serve(a.cfg.DockerPluginSocket); err != nil {
 			_ = srv.Close()
@@ -510,8 +520,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer rs.Close()
 	}
-	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay,
-		"underlay_mtu", a.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
+	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay.dev,
+		"underlay_mtu", a.underlay.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
 	a.announce()
 	a.joinKnown(ctx)
 	loopCtx, stopLoop := context.WithCancel(ctx)
@@ -658,9 +668,7 @@ func (a *Agent) step() error {
 	err := a.sync()
 	a.gcLocal()
 	a.rememberMembers()
-	if a.dockerd != nil {
-		a.syncDocker()
-	}
+	a.docker.Sync()
 	a.persistOrLog()
 	return err
 }

@@ -190,8 +190,8 @@ func TestAttachRollsBackWhenTheKernelFails(t *testing.T) {
 	if n := len(h1.state.Endpoints()) + len(h2.state.Endpoints()); n != 0 {
 		t.Errorf("%d endpoint records after a failed attach", n)
 	}
-	if len(h1.locals) != 0 {
-		t.Errorf("local endpoints %v", h1.locals)
+	if len(h1.own.locals) != 0 {
+		t.Errorf("local endpoints %v", h1.own.locals)
 	}
 	// The block claimed for it stays, on both members: it is valid and the
 	// next attach uses it.
@@ -511,8 +511,8 @@ func TestRestartReprogramsNothing(t *testing.T) {
 	if err := again.step(); err != nil {
 		t.Fatal(err)
 	}
-	if ops := again.kernelOps.Load(); again.syncs.Load() != 1 || ops != 0 {
-		t.Errorf("first pass after restart: %d passes, %d kernel writes; want 1 and 0", again.syncs.Load(), ops)
+	if ops := again.stats.kernelOps.Load(); again.stats.syncs.Load() != 1 || ops != 0 {
+		t.Errorf("first pass after restart: %d passes, %d kernel writes; want 1 and 0", again.stats.syncs.Load(), ops)
 	}
 	if after := observe(t, h1.dp); !reflect.DeepEqual(after, before) {
 		t.Errorf("kernel changed:\n%v\n%v", before, after)

@@ -18,7 +18,7 @@ const dockerNet = "4b1d000000000000000000000000000000000000000000000000000000000
 
 // dockerRun replays libnetwork's calls for `docker run --net N [--ip IP]`
 // up to Join and returns the endpoint ID it used.
-func dockerRun(t *testing.T, d *dockerBackend, network, pool, ip, epID string) (docker.Joined, string, error) {
+func dockerRun(t *testing.T, d *docker.Driver, network, pool, ip, epID string) (docker.Joined, string, error) {
 	t.Helper()
 	addr, err := d.RequestAddress(pool, ip, false)
 	if err != nil {
@@ -43,7 +43,7 @@ func TestDockerEndpointPath(t *testing.T) {
 	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
 		t.Fatal(err)
 	}
-	d := newDockerBackend(h1.Agent)
+	d := h1.docker
 
 	pool, err := d.RequestPool("172.18.0.0/16", false)
 	if err != nil || pool != "172.18.0.0/16" {
@@ -57,7 +57,7 @@ func TestDockerEndpointPath(t *testing.T) {
 	if err := d.CreateNetwork(docker.Network{DockerID: dockerNet, Subnet: pool, Gateway: gw}); err != nil {
 		t.Fatal(err)
 	}
-	name := DockerNetworkName(dockerNet)
+	name := docker.NetworkName(dockerNet)
 	n, ok := h2.state.Network(name)
 	if !ok || n.Subnet.String() != pool {
 		t.Fatalf("h2 has no cluster network %s: %+v", name, n)
@@ -72,7 +72,7 @@ func TestDockerEndpointPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := dockerEndpointID("h1", "ep1")
+	id := docker.EndpointID("h1", "ep1")
 	if addr != "172.18.0.11/16" || j.Gateway != "172.18.0.1" || j.SrcName != "vxc"+strings.TrimPrefix(datapath.HostIfName(id), "vxv") {
 		t.Errorf("joined %+v at %s", j, addr)
 	}
@@ -83,11 +83,11 @@ func TestDockerEndpointPath(t *testing.T) {
 	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{id}) {
 		t.Errorf("ports %v", got)
 	}
-	if le := h1.locals[id]; le.Netns != "" || le.IfName != j.SrcName {
+	if le := h1.own.locals[id]; le.Netns != "" || le.IfName != j.SrcName {
 		t.Errorf("local entry %+v", le)
 	}
-	if len(h1.reserved) != 0 {
-		t.Errorf("reservation kept after join: %v", h1.reserved)
+	if len(h1.own.reserved) != 0 {
+		t.Errorf("reservation kept after join: %v", h1.own.reserved)
 	}
 
 	// The address is taken for every front door, on every host.
@@ -122,7 +122,6 @@ func TestDockerEndpointPath(t *testing.T) {
 	}{"vxlan-net": {EndpointID: "ep1", Aliases: []string{"web", "c1", "my.dotted", "cid1"}}}
 	dd.containers = map[string]docker.ContainerInfo{"cid1": ci}
 	dd.mu.Unlock()
-	go h1.learnContainerNames(dockerNet, "ep1", id)
 	eventually(t, "the container name on h2", func() bool {
 		e, _ := h2.Agent.endpoint(id)
 		return e.Name == "c1" && slices.Equal(e.Aliases, []string{"web", "cid1"})
@@ -168,7 +167,7 @@ func TestDockerEndpointPath(t *testing.T) {
 func TestDockerErrors(t *testing.T) {
 	b := newBus()
 	h1 := newNode(t, b, "h1", 1, "")
-	d := newDockerBackend(h1.Agent)
+	d := h1.docker
 	mustCreate(t, h1, "web", "10.20.0.0/16")
 	webVNI := DeriveVNI("web")
 	for _, tc := range []struct {

@@ -87,7 +87,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if err != nil {
 		return endpointResult{}, err
 	}
-	mtu, err := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6())
+	mtu, err := model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6())
 	if err != nil {
 		return endpointResult{}, invalid("network %s: %w", n.Name, err)
 	}
@@ -104,7 +104,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	var recs []cluster.Record // block claims, then the endpoint
 	e, exists := a.endpoint(req.ID)
 	if exists {
-		if le, ok := a.locals[req.ID]; ok && le.IfName != "" {
+		if le, ok := a.own.locals[req.ID]; ok && le.IfName != "" {
 			res.IfName = le.IfName
 		}
 		if req.IP != "" && req.IP != e.IP.String() {
@@ -150,11 +150,11 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	}
 	a.repl.Publish(recs...)
 	if req.Reserved {
-		delete(a.reserved, e.IP)
+		delete(a.own.reserved, e.IP)
 	}
 	le := localEndpoint{Netns: req.Netns, IfName: res.IfName, ContainerID: req.ContainerID}
-	if a.locals[e.ID] != le {
-		a.locals[e.ID] = le
+	if a.own.locals[e.ID] != le {
+		a.own.locals[e.ID] = le
 		if err := a.store.putLocal(e.ID, le); err != nil {
 			a.log.Error("save local endpoint", "endpoint", e.ID, "err", err)
 		}
@@ -285,7 +285,7 @@ func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map
 			macs[e.MAC] = e.ID
 		}
 	}
-	for ip, by := range a.reserved {
+	for ip, by := range a.own.reserved {
 		if n.Subnet.Contains(ip) {
 			if _, taken := ips[ip]; !taken {
 				ips[ip] = by
@@ -416,8 +416,8 @@ func (a *Agent) removeEndpointLocked(id string) error {
 	if err != nil {
 		return fmt.Errorf("detach endpoint %s: %w", id, err)
 	}
-	if _, ok := a.locals[id]; ok {
-		delete(a.locals, id)
+	if _, ok := a.own.locals[id]; ok {
+		delete(a.own.locals, id)
 		if err := a.store.delLocal(id); err != nil {
 			return err
 		}
@@ -537,7 +537,7 @@ func (a *Agent) Detach(r api.DetachRequest) error {
 		id = a.endpointID(r.Network, ino)
 	} else {
 		// The namespace is gone: find the endpoint by its recorded path.
-		for lid, le := range a.locals {
+		for lid, le := range a.own.locals {
 			if le.Netns == r.Netns && strings.Contains(lid, "."+r.Network+".") {
 				id = lid
 			}
@@ -566,7 +566,7 @@ func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
 		if e.Node != a.state.Self() || e.Network == model.HealthNetwork {
 			continue
 		}
-		le := a.locals[e.ID]
+		le := a.own.locals[e.ID]
 		out = append(out, api.LocalEndpoint{ID: e.ID, Network: e.Network, Netns: le.Netns, IfName: le.IfName,
 			ContainerID: le.ContainerID, IP: e.IP.String(), MAC: e.MAC})
 	}

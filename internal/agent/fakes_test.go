@@ -390,7 +390,7 @@ type testNode struct {
 
 type nodeOpt func(*Config, *Deps)
 
-func withDockerd(d Dockerd) nodeOpt { return func(_ *Config, deps *Deps) { deps.Dockerd = d } }
+func withDockerd(d docker.Dockerd) nodeOpt { return func(_ *Config, deps *Deps) { deps.Dockerd = d } }
 
 func withDataplane(dp datapath.Dataplane) nodeOpt {
 	return func(_ *Config, deps *Deps) { deps.Dataplane = dp }

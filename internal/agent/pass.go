@@ -19,8 +19,8 @@ import (
 func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	nets, conflicts := a.state.Networks()
 	return reconcile.Input{
-		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay,
-		UnderlayMTU: a.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
+		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
+		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 		FastPath: a.cfg.Datapath.Mode == DatapathBPF,
 	}, conflicts
 }
@@ -34,8 +34,8 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	in, cconf := a.input()
 	want, rconf := reconcile.Desired(in)
 	ops, err := reconcile.Sync(a.dp, want)
-	a.kernelOps.Add(int64(len(ops))) // before syncs: a pass counted is a pass whose writes are counted
-	a.syncs.Add(1)
+	a.stats.kernelOps.Add(int64(len(ops))) // before syncs: a pass counted is a pass whose writes are counted
+	a.stats.syncs.Add(1)
 	a.metrics.pass.Observe(time.Since(start).Seconds())
 	if len(ops) > 0 {
 		a.log.Debug("reconciled", "ops", len(ops))
@@ -48,16 +48,16 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 		conflicts = append(conflicts, c.String())
 	}
 	conflicts = append(conflicts, a.supersededNotices()...)
-	a.statMu.Lock()
+	a.stats.mu.Lock()
 	conflicts = append(conflicts, a.nameClaimNoticesLocked()...)
-	if len(conflicts) != len(a.conflicts) {
+	if len(conflicts) != len(a.stats.conflicts) {
 		for _, c := range conflicts {
 			a.log.Warn("conflict in cluster state", "detail", c)
 		}
 	}
-	a.lastSync, a.lastDur, a.syncErr, a.conflicts = time.Now(), time.Since(start), err, conflicts
-	a.fastHooks, a.fastEntries = len(want.FastHooks), len(want.FastEntries)
-	a.statMu.Unlock()
+	a.stats.lastSync, a.stats.lastDur, a.stats.syncErr, a.stats.conflicts = time.Now(), time.Since(start), err, conflicts
+	a.stats.fastHooks, a.stats.fastEntries = len(want.FastHooks), len(want.FastEntries)
+	a.stats.mu.Unlock()
 	return want, err
 }
 
@@ -89,7 +89,7 @@ func (a *Agent) gcLocal() {
 		if e.Node != a.state.Self() {
 			continue
 		}
-		le, known := a.locals[e.ID]
+		le, known := a.own.locals[e.ID]
 		_, netOK := a.state.Network(e.Network)
 		gone := known && le.Netns != "" && !le.present(e.ID)
 		if netOK && !gone {

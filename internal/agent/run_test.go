@@ -210,10 +210,10 @@ func TestMetrics(t *testing.T) {
 		`vxnet_members{state="alive"} 2`,
 		`vxnet_endpoints{network="web",where="local"} 1`,
 		`vxnet_endpoints{network="web",where="remote"} 2`,
-		fmt.Sprintf("vxnet_reconcile_passes_total %d", h1.syncs.Load()),
-		fmt.Sprintf("vxnet_kernel_writes_total %d", h1.kernelOps.Load()),
+		fmt.Sprintf("vxnet_reconcile_passes_total %d", h1.stats.syncs.Load()),
+		fmt.Sprintf("vxnet_kernel_writes_total %d", h1.stats.kernelOps.Load()),
 		`vxnet_reconcile_failing 0`,
-		fmt.Sprintf("vxnet_reconcile_pass_seconds_count %d", h1.syncs.Load()),
+		fmt.Sprintf("vxnet_reconcile_pass_seconds_count %d", h1.stats.syncs.Load()),
 		`vxnet_requests_total{code="200",door="api",path="GET /v1/networks/{name}"} 1`,
 		`vxnet_requests_total{code="404",door="api",path="GET /v1/networks/{name}"} 1`,
 	} {

@@ -14,7 +14,7 @@ import (
 func (a *Agent) Status(withEndpoints bool) api.Status {
 	s := api.Status{Node: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
 		Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
-		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.syncs.Load(), KernelOps: a.kernelOps.Load()}
+		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.stats.syncs.Load(), KernelOps: a.stats.kernelOps.Load()}
 	s.Nodes = a.state.Nodes()
 	s.Datapath, s.DatapathReason = a.cfg.Datapath.Mode, a.cfg.Datapath.Reason
 	if s.Datapath == "" {
@@ -23,16 +23,16 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	if u := a.state.Unreadable(); len(u) > 0 {
 		s.Unreadable = u
 	}
-	a.statMu.Lock()
-	s.LastSync, s.LastSyncDuration, s.Conflicts = a.lastSync, a.lastDur, append([]string{}, a.conflicts...)
-	if a.syncErr != nil {
-		s.SyncError = a.syncErr.Error()
+	a.stats.mu.Lock()
+	s.LastSync, s.LastSyncDuration, s.Conflicts = a.stats.lastSync, a.stats.lastDur, append([]string{}, a.stats.conflicts...)
+	if a.stats.syncErr != nil {
+		s.SyncError = a.stats.syncErr.Error()
 	}
-	if a.addrErr != nil {
-		s.AddrError = a.addrErr.Error()
+	if a.stats.addrErr != nil {
+		s.AddrError = a.stats.addrErr.Error()
 	}
-	s.FastHooks, s.FastEntries = a.fastHooks, a.fastEntries
-	a.statMu.Unlock()
+	s.FastHooks, s.FastEntries = a.stats.fastHooks, a.stats.fastEntries
+	a.stats.mu.Unlock()
 	alive := map[string]bool{}
 	for _, n := range a.repl.Alive() {
 		alive[n.Name] = true

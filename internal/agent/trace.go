@@ -37,13 +37,13 @@ func (a *Agent) Trace(r api.TraceRequest) (api.TraceResult, error) {
 type traceAgent Agent
 
 func (t *traceAgent) Self() string                { return (*Agent)(t).state.Self() }
-func (t *traceAgent) Underlay() string            { return t.underlay }
+func (t *traceAgent) Underlay() string            { return t.underlay.dev }
 func (t *traceAgent) Endpoints() []model.Endpoint { return (*Agent)(t).state.Endpoints() }
 
 func (t *traceAgent) Local(id string) (string, string, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	le, ok := t.locals[id]
+	le, ok := t.own.locals[id]
 	return le.Netns, le.IfName, ok
 }
 
@@ -53,7 +53,7 @@ func (t *traceAgent) Network(name string) (model.Network, int, error) {
 	if err != nil {
 		return n, 0, err
 	}
-	mtu, _ := model.EffectiveMTU(n.MTU, a.mtu, a.cfg.AdvertiseAddr.Is6())
+	mtu, _ := model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6())
 	return n, mtu, nil
 }
 
