@@ -84,7 +84,9 @@ func NewDriver(agent Agent, dockerd Dockerd, log *slog.Logger) *Driver {
 
 var _ Backend = (*Driver)(nil)
 
-func invalid(format string, args ...any) error { return model.Errorf(model.ErrInvalid, format, args...) }
+func invalid(format string, args ...any) error {
+	return model.Errorf(model.ErrInvalid, format, args...)
+}
 func conflict(format string, args ...any) error {
 	return model.Errorf(model.ErrConflict, format, args...)
 }
