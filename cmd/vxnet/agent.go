@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -119,9 +120,22 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			srv, err := serve(a, cfg, linux.Host{}, cfg.Log)
+			if err != nil {
+				return errors.Join(err, a.Close())
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return a.Run(ctx)
+			stopped := make(chan struct{})
+			go func() { // the front doors close first, as the agent stops
+				<-ctx.Done()
+				srv.stop()
+				close(stopped)
+			}()
+			err = a.Run(ctx)
+			stop()
+			<-stopped
+			return err
 		},
 	}
 	f := cmd.Flags()

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -22,16 +21,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
-	"github.com/vxnet/vxnet/internal/dns"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/trace"
 	"github.com/vxnet/vxnet/internal/version"
-	"github.com/vxnet/vxnet/internal/web"
 )
 
 // Config configures an agent.
@@ -469,57 +465,11 @@ func (a *Agent) markDirty() {
 	}
 }
 
-// Run joins the cluster, serves the API (and the Docker driver) and
-// reconciles until ctx ends.
+// Run joins the cluster and reconciles until ctx ends; what the agent
+// serves (the API, the Docker driver, metrics, names) the caller opens
+// beside it (cmd/vxnet). A caller that does not Run after New calls Close.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.store.close()
-	ln, err := api.Listen(a.cfg.Socket)
-	if err != nil {
-		a.repl.Shutdown()
-		return err
-	}
-	srv := api.NewServer(a)
-	srv.Handler = a.metrics.instrument("api", srv.Handler)
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("api server", "err", err)
-		}
-	}()
-	if a.cfg.DockerPluginSocket != "" {
-		ds := docker.NewServer(a.docker, a.log.With("component", "docker"))
-		ds.Wrap(func(h http.Handler) http.Handler { return a.metrics.instrument("docker", h) })
-		if err := ds.Serve(a.cfg.DockerPluginSocket); err != nil {
-			_ = srv.Close()
-			a.repl.Shutdown()
-			return fmt.Errorf("docker plugin: %w", err)
-		}
-		defer ds.Close()
-		a.log.Info("serving the Docker network and IPAM driver", "socket", a.cfg.DockerPluginSocket)
-	}
-	if a.cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-		if err != nil {
-			_ = srv.Close()
-			a.repl.Shutdown()
-			return fmt.Errorf("metrics on %s: %w", a.cfg.MetricsAddr, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", a.metrics.handler())
-		web.Register(mux, a)
-		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = ms.Serve(mln) }()
-		defer ms.Close()
-		a.log.Info("serving metrics (/metrics) and the live page (/)", "addr", mln.Addr().String())
-	}
-	if a.cfg.DNSPort != 0 {
-		rs, err := dns.Listen(fmt.Sprintf(":%d", a.cfg.DNSPort), a, a.host, a.log.With("component", "dns"))
-		if err != nil {
-			_ = srv.Close()
-			a.repl.Shutdown()
-			return err
-		}
-		defer rs.Close()
-	}
 	a.log.Info("agent started", "node", a.state.Self(), "addr", a.cfg.AdvertiseAddr, "underlay", a.underlay.dev,
 		"underlay_mtu", a.underlay.mtu, "socket", a.cfg.Socket, "encrypted", len(a.cfg.Keys) > 0)
 	a.announce()
@@ -545,9 +495,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Error("stopping", "err", fatal)
 		stopLoop()
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
 	<-loopDone
 	a.persistOrLog()
 	// Stop without leaving: the kernel keeps forwarding and peers keep our
@@ -556,6 +503,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	// agent of that name.)
 	return errors.Join(fatal, a.repl.Shutdown())
 }
+
+// Close releases what New started (the replicator, the store), for a
+// caller that gives up before Run.
+func (a *Agent) Close() error {
+	err := a.repl.Shutdown()
+	a.store.close()
+	return err
+}
+
+// Instrument counts the requests of a front door (api, docker) in the
+// agent's metrics.
+func (a *Agent) Instrument(door string, h http.Handler) http.Handler {
+	return a.metrics.instrument(door, h)
+}
+
+// MetricsHandler serves the agent's Prometheus metrics (GET /metrics).
+func (a *Agent) MetricsHandler() http.Handler { return a.metrics.handler() }
 
 // announce records this node's version in the cluster state (when it
 // changed), so every member's status shows the versions in the cluster.

@@ -22,8 +22,8 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// Run serves the local API on its socket, joins the remembered members and
-// reconciles until its context ends.
+// Run, with the local API served beside it (as cmd/vxnet does), joins the
+// remembered members and reconciles until its context ends.
 func TestRunServesTheAPI(t *testing.T) {
 	b := newBus()
 	h2 := newNode(t, b, "h2", 2, "")
@@ -37,8 +37,14 @@ func TestRunServesTheAPI(t *testing.T) {
 		c.Socket = filepath.Join(sockDir, "s")
 		c.Join = []string{"198.18.0.2"}
 		c.ResyncInterval = 20 * time.Millisecond
-		c.MetricsAddr = "127.0.0.1:0" // loopback only
 	})
+	ln, err := api.Listen(h1.cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := api.NewServer(h1)
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h1.Run(ctx) }()
