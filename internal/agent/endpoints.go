@@ -123,7 +123,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if e.IP, recs, err = a.address(n, req, ips); err != nil {
 			return endpointResult{}, err
 		}
-		if e.MAC, err = checkMAC(n, req.MAC, e.IP, macs); err != nil {
+		if e.MAC, err = ipam.PickMAC(n, req.MAC, e.IP, macs); err != nil {
 			a.repl.Publish(recs...)
 			return endpointResult{}, err
 		}
@@ -296,111 +296,73 @@ func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map
 }
 
 // address checks a static address or allocates one, given the addresses
-// in use; mu held. It returns the block claims it made.
+// in use; mu held. It returns the block claims it made (to publish).
 func (a *Agent) address(n model.Network, req endpointRequest, used map[netip.Addr]string) (netip.Addr, []cluster.Record, error) {
-	if req.IP == "" {
-		ip, rec, err := a.allocateLocked(n, used)
-		if rec != nil {
-			return ip, []cluster.Record{*rec}, err
-		}
-		return ip, nil, err
-	}
-	ip, err := netip.ParseAddr(req.IP)
-	if err != nil || !ip.Is4() {
-		return netip.Addr{}, nil, invalid("invalid address %q: want an IPv4 address inside %s", req.IP, n.Subnet)
-	}
-	if req.Reserved && used[ip] == reservedForDocker {
-		used = maps.Clone(used)
-		delete(used, ip)
-	}
-	if err := ipam.CheckStatic(n, ip, used); err != nil {
-		return netip.Addr{}, nil, conflict("%w", err)
-	}
-	return ip, nil, nil
-}
-
-// checkMAC checks a requested MAC, or derives one from the address,
-// against the MACs in use.
-func checkMAC(n model.Network, want string, ip netip.Addr, macs map[string]string) (string, error) {
-	mac := ipam.MACFor(ip)
-	if want != "" {
-		hw, err := model.ParseMAC(want)
-		if err != nil {
-			return "", invalid("%w", err)
-		}
-		mac = hw.String()
-	}
-	if macs[mac] != "" {
-		return "", conflict("MAC %s is already in use on network %s by endpoint %s", mac, n.Name, macs[mac])
-	}
-	return mac, nil
-}
-
-// allocateLocked takes a free address from this node's blocks, claiming a
-// new block when they are full; mu held.
-func (a *Agent) allocateLocked(n model.Network, used map[netip.Addr]string) (netip.Addr, *cluster.Record, error) {
-	claimed := map[netip.Prefix]string{}
-	var mine []netip.Prefix
-	for _, b := range a.state.Blocks(n.Name) {
-		claimed[b.CIDR] = b.Node
-		if b.Node == a.state.Self() {
-			mine = append(mine, b.CIDR)
-		}
-	}
-	slices.SortFunc(mine, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
-	if ip, ok := ipam.Allocate(n, mine, used); ok {
-		return ip, nil, nil
-	}
-	var b netip.Prefix
-	var rec cluster.Record
-	for attempt := 0; ; attempt++ {
+	var want netip.Addr
+	if req.IP != "" {
 		var err error
-		b, err = ipam.FreeBlock(n.Subnet, a.state.Self(), claimed)
-		if err != nil {
-			// Every block is claimed: take any free address of the subnet.
-			if ip, ok := ipam.Borrow(n, used); ok {
-				a.log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
-				return ip, nil, nil
-			}
-			return netip.Addr{}, nil, conflict("network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
+		if want, err = netip.ParseAddr(req.IP); err != nil || !want.Is4() {
+			return netip.Addr{}, nil, invalid("invalid address %q: want an IPv4 address inside %s", req.IP, n.Subnet)
 		}
-		block := cluster.Block{Network: n.Name, CIDR: b, Node: a.state.Self()}
-		c, strong := a.repl.(Claimer)
-		if !strong {
-			if rec, err = a.state.Put(cluster.BlockKey(n.Name, b), block); err != nil {
-				return netip.Addr{}, nil, err
-			}
-			break
-		}
-		// A store that can claim (etcd) takes the block only if no other
-		// member holds it: no address is ever given twice.
-		if rec, err = a.state.Prepare(cluster.BlockKey(n.Name, b), block); err != nil {
-			return netip.Addr{}, nil, err
-		}
-		won, holder, err := c.Claim(rec)
-		if err != nil {
-			return netip.Addr{}, nil, fmt.Errorf("network %s: claim address block %s: %w", n.Name, b, err)
-		}
-		if won {
-			_, _ = a.state.Merge([]cluster.Record{rec})
-			break
-		}
-		// Another member holds it (or our tombstone is newer): learn that
-		// and pick again.
-		_, _ = a.state.Merge([]cluster.Record{holder})
-		if h, err := cluster.Decode[cluster.Block](holder); err == nil && !holder.Deleted {
-			claimed[b] = h.Node
-		}
-		if attempt == 8 {
-			return netip.Addr{}, nil, fmt.Errorf("network %s: no address block could be claimed after %d tries", n.Name, attempt+1)
+		if req.Reserved && used[want] == reservedForDocker {
+			used = maps.Clone(used)
+			delete(used, want)
 		}
 	}
-	a.log.Info("claimed address block", "network", n.Name, "block", b)
-	ip, ok := ipam.Allocate(n, []netip.Prefix{b}, used)
-	if !ok {
-		return netip.Addr{}, &rec, conflict("network %s: block %s has no free address", n.Name, b)
+	b := &blocks{a: a}
+	ip, err := ipam.Pick(n, want, used, b, a.log)
+	return ip, b.recs, err
+}
+
+// blocks claims address blocks in the cluster state for ipam.Pick; mu held.
+type blocks struct {
+	a    *Agent
+	recs []cluster.Record // the claims made
+}
+
+func (b *blocks) Self() string { return b.a.state.Self() }
+
+func (b *blocks) Claimed(network string) map[netip.Prefix]string {
+	out := map[netip.Prefix]string{}
+	for _, bl := range b.a.state.Blocks(network) {
+		out[bl.CIDR] = bl.Node
 	}
-	return ip, &rec, nil
+	return out
+}
+
+// Claim writes the block's record; a store that can claim (etcd) takes it
+// only if no other member holds it, so no address is ever given twice.
+func (b *blocks) Claim(network string, cidr netip.Prefix) (bool, string, error) {
+	a := b.a
+	block := cluster.Block{Network: network, CIDR: cidr, Node: a.state.Self()}
+	c, strong := a.repl.(Claimer)
+	if !strong {
+		rec, err := a.state.Put(cluster.BlockKey(network, cidr), block)
+		if err != nil {
+			return false, "", err
+		}
+		b.recs = append(b.recs, rec)
+		return true, "", nil
+	}
+	rec, err := a.state.Prepare(cluster.BlockKey(network, cidr), block)
+	if err != nil {
+		return false, "", err
+	}
+	won, holder, err := c.Claim(rec)
+	if err != nil {
+		return false, "", err
+	}
+	if won {
+		_, _ = a.state.Merge([]cluster.Record{rec})
+		b.recs = append(b.recs, rec)
+		return true, "", nil
+	}
+	// Another member holds it (or our tombstone is newer): learn that.
+	_, _ = a.state.Merge([]cluster.Record{holder})
+	if h, err := cluster.Decode[cluster.Block](holder); err == nil && !holder.Deleted {
+		return false, h.Node, nil
+	}
+	return false, "", nil
 }
 
 // removeEndpointLocked unplugs a local endpoint and deletes its record;
