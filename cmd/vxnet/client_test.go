@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 )
@@ -196,7 +197,7 @@ func TestInit(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(dir, "key")); fi.Mode().Perm() != 0o600 {
 		t.Errorf("key mode %v", fi.Mode().Perm())
 	}
-	if _, err := readKeyFile(filepath.Join(dir, "key")); err != nil {
+	if _, err := config.ReadKeyFile(filepath.Join(dir, "key")); err != nil {
 		t.Fatalf("the key written is not a key: %v", err)
 	}
 	// Again, joining: the key stays, the configuration names the member.
@@ -207,13 +208,13 @@ func TestInit(t *testing.T) {
 		t.Error("init replaced the key")
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "agent.json"))
-	vals, err := ParseConfig(b)
+	vals, err := config.ParseConfig(b)
 	if err != nil || vals["join"] != "10.0.0.1" || vals["key-file"] != filepath.Join(dir, "key") || vals["advertise-addr"] != "10.0.0.2" {
 		t.Fatalf("config %s: %v", b, err)
 	}
 	// The agent takes it.
 	agent := newAgentCmd(&globals{})
-	if err := applyConfigFile(agent.Flags(), filepath.Join(dir, "agent.json")); err != nil {
+	if err := config.ApplyFile(agent.Flags(), filepath.Join(dir, "agent.json")); err != nil {
 		t.Fatal(err)
 	}
 }

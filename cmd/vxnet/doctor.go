@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/doctor"
 )
@@ -118,6 +119,6 @@ func newDoctorCmd() *cobra.Command {
 		},
 	}
 	cf.add(cmd, true)
-	cmd.Flags().IntVar(&port, "vxlan-port", 4789, "the agent's VXLAN port")
+	cmd.Flags().IntVar(&port, "vxlan-port", config.VXLANPort, "the agent's VXLAN port")
 	return cmd
 }

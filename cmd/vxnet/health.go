@@ -154,15 +154,3 @@ func printHealthMatrix(out io.Writer, reports []api.HealthReport) {
 	}
 	tw.Flush()
 }
-
-// parseHealthSubnet reads --health-subnet: a private IPv4 CIDR, or off.
-func parseHealthSubnet(s string) (netip.Prefix, error) {
-	if s == "off" || s == "" {
-		return netip.Prefix{}, nil
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil || !p.Addr().Is4() || p.Masked() != p || p.Bits() > 28 {
-		return netip.Prefix{}, fmt.Errorf("invalid --health-subnet %q: want an IPv4 network such as 100.127.0.0/16 (at most /28), or off", s)
-	}
-	return p, nil
-}

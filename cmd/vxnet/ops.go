@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/reconcile"
@@ -70,10 +71,10 @@ func newUninstallCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&socket, "socket", api.DefaultSocket, "the agent's API socket")
-	f.StringVar(&stateDir, "state-dir", "/var/lib/vxnet", "the agent's state directory (removed with --purge)")
-	f.StringVar(&pluginSocket, "docker-plugin-socket", "/run/docker/plugins/vxnet.sock", "the Docker plugin socket")
-	f.StringVar(&healthNetns, "health-netns", "vxnet-health", "the namespace of the agent's health endpoint")
+	f.StringVar(&socket, "socket", config.Socket, "the agent's API socket")
+	f.StringVar(&stateDir, "state-dir", config.StateDir, "the agent's state directory (removed with --purge)")
+	f.StringVar(&pluginSocket, "docker-plugin-socket", config.PluginSocket, "the Docker plugin socket")
+	f.StringVar(&healthNetns, "health-netns", config.HealthNetns, "the namespace of the agent's health endpoint")
 	f.BoolVar(&purge, "purge", false, "also remove the state directory (the node's identity, keyring and saved state)")
 	return cmd
 }
@@ -103,7 +104,7 @@ func newInitCmd() *cobra.Command {
 				fmt.Fprintln(out, "wrote a new cluster key to", keyFile, "(copy it to every other host, mode 0600)")
 			} else if err != nil {
 				return err
-			} else if _, err := readKeyFile(keyFile); err != nil {
+			} else if _, err := config.ReadKeyFile(keyFile); err != nil {
 				return err
 			}
 			conf := map[string]string{"key-file": keyFile}
@@ -129,7 +130,7 @@ func newInitCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "/etc/vxnet", "configuration directory")
+	cmd.Flags().StringVar(&dir, "dir", config.Dir, "configuration directory")
 	cmd.Flags().StringVar(&join, "join", "", "address of a member of the cluster to join (none: this host starts one)")
 	cmd.Flags().StringVar(&advertise, "advertise-addr", "", "this host's address for VXLAN and gossip (default: the default route's)")
 	return cmd

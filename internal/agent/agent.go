@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/health"
@@ -30,72 +31,9 @@ import (
 	"github.com/vxnet/vxnet/internal/version"
 )
 
-// Config configures an agent.
-type Config struct {
-	Name          string
-	AdvertiseAddr netip.Addr
-	Join          []string
-	Keys          [][]byte
-	Insecure      bool
-	StateDir      string
-	Socket        string
-	VXLANPort     int
-	GossipPort    int
-	// ResyncInterval is the period of the full reconcile pass.
-	ResyncInterval time.Duration
-	// ProbeInterval tunes gossip failure detection.
-	ProbeInterval time.Duration
-	// DockerPluginSocket is where the Docker network and IPAM driver is
-	// served (empty: not served).
-	DockerPluginSocket string
-	// DockerHost is the local dockerd's API socket: with it the agent keeps
-	// the dockerd's vxnet networks equal to the cluster's.
-	DockerHost string
-	// DNSPort is the local port of the resolver that answers containers'
-	// queries for cluster names (0: no resolver, queries are not redirected).
-	DNSPort uint16
-	// MetricsAddr is where Prometheus metrics are served (host:port; empty:
-	// not served).
-	MetricsAddr string
-	// HealthSubnet is the subnet of the health network (invalid: no health
-	// probes); HealthNetns names the namespace of this host's health
-	// endpoint; HealthInterval is the probe period (default 1s).
-	HealthSubnet   netip.Prefix
-	HealthNetns    string
-	HealthInterval time.Duration
-	// Etcd holds the etcd client endpoints (HOST:PORT) when the cluster
-	// state lives in etcd (--store etcd://...); empty: gossip.
-	Etcd    []string
-	EtcdTLS EtcdTLS
-	// Datapath is the datapath chosen (ChooseDatapath); the zero value is
-	// the bridge.
-	Datapath Datapath
-	Log      *slog.Logger
-}
-
-// EtcdTLS are the files of TLS to etcd: the CA that signed the servers'
-// certificates (TLS on when set) and a client certificate and key.
-type EtcdTLS struct{ CA, Cert, Key string }
-
-// Validate checks the configuration.
-func (c Config) Validate() error {
-	if err := model.ValidateName("node", c.Name); err != nil {
-		return err
-	}
-	if !c.AdvertiseAddr.IsValid() {
-		return errors.New("no advertise address: give --advertise-addr")
-	}
-	if err := model.ValidatePort("VXLAN port", c.VXLANPort); err != nil {
-		return err
-	}
-	if err := model.ValidatePort("gossip port", c.GossipPort); err != nil {
-		return err
-	}
-	if c.StateDir == "" || c.Socket == "" {
-		return errors.New("state directory and socket path are required")
-	}
-	return nil
-}
+// Config configures an agent (config.Agent: built from flags, the JSON
+// file and the defaults by internal/config).
+type Config = config.Agent
 
 // Replicator spreads the cluster state between hosts and tells who is
 // alive: memberlist gossip today (cluster.Gossip), etcd later.

@@ -1,9 +1,11 @@
-package main
+package config
 
 import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -19,35 +21,35 @@ func TestParseConfig(t *testing.T) {
 }
 
 func TestAgentConfigFile(t *testing.T) {
-	cmd := newAgentCmd(&globals{})
+	fs := newFlagSet()
 	dir := t.TempDir()
 	path := dir + "/c.json"
 	if err := writeFile(path, `{"vxlan-port": 4790, "name": "from-file", "nope": 1}`); err != nil {
 		t.Fatal(err)
 	}
-	err := applyConfigFile(cmd.Flags(), path)
+	err := ApplyFile(fs, path)
 	if err == nil || !strings.Contains(err.Error(), `unknown setting "nope"`) {
 		t.Fatalf("err = %v", err)
 	}
 	if err := writeFile(path, `{"vxlan-port": 4790, "name": "from-file"}`); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Flags().Set("name", "from-flag"); err != nil {
+	if err := fs.Set("name", "from-flag"); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(cmd.Flags(), path); err != nil {
+	if err := ApplyFile(fs, path); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := cmd.Flags().GetInt("vxlan-port"); v != 4790 {
+	if v, _ := fs.GetInt("vxlan-port"); v != 4790 {
 		t.Fatalf("vxlan-port = %d", v)
 	}
-	if v, _ := cmd.Flags().GetString("name"); v != "from-flag" {
+	if v, _ := fs.GetString("name"); v != "from-flag" {
 		t.Fatalf("the command line must win over the file: name = %s", v)
 	}
 	if err := writeFile(path, `{"vxlan-port": "many"}`); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(newAgentCmd(&globals{}).Flags(), path); err == nil || !strings.Contains(err.Error(), "vxlan-port") {
+	if err := ApplyFile(newFlagSet(), path); err == nil || !strings.Contains(err.Error(), "vxlan-port") {
 		t.Fatalf("bad value: err = %v", err)
 	}
 }
@@ -64,7 +66,7 @@ func TestReadKeyFile(t *testing.T) {
 		if err := writeFile(p, tc.content); err != nil {
 			t.Fatal(err)
 		}
-		_, err := readKeyFile(p)
+		_, err := ReadKeyFile(p)
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%q: err = %v, want %q", tc.content, err, tc.want)
 		}
@@ -78,13 +80,21 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		cmd := newAgentCmd(&globals{})
+		fs := newFlagSet()
 		for k, v := range vals {
-			if fl := cmd.Flags().Lookup(k); fl != nil && k != "config" {
-				_ = cmd.Flags().Set(k, v)
+			if fl := fs.Lookup(k); fl != nil && k != "config" {
+				_ = fs.Set(k, v)
 			}
 		}
 	})
 }
 
 func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
+
+// newFlagSet is the agent's command line.
+func newFlagSet() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	var f Flags
+	f.Register(fs)
+	return fs
+}

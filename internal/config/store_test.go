@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"slices"
@@ -20,13 +20,13 @@ func TestParseStore(t *testing.T) {
 		{"etcd://10.0.0.5", "", nil, `invalid --store "etcd://10.0.0.5": etcd endpoint "10.0.0.5" is not HOST:PORT`},
 		{"etcd://10.0.0.5:2379", "10.0.0.1", nil, "--join 10.0.0.1: with --store etcd://10.0.0.5:2379 members find each other in etcd; --join is for the gossip store"},
 	} {
-		got, err := parseStore(tc.store, tc.join)
+		got, err := ParseStore(tc.store, tc.join)
 		if (err == nil) != (tc.err == "") || (err != nil && err.Error() != tc.err) {
-			t.Errorf("parseStore(%q, %q) error %v, want %q", tc.store, tc.join, err, tc.err)
+			t.Errorf("ParseStore(%q, %q) error %v, want %q", tc.store, tc.join, err, tc.err)
 			continue
 		}
 		if !slices.Equal(got, tc.want) {
-			t.Errorf("parseStore(%q) = %v, want %v", tc.store, got, tc.want)
+			t.Errorf("ParseStore(%q) = %v, want %v", tc.store, got, tc.want)
 		}
 	}
 }

@@ -1,0 +1,68 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// TestBuild: the command line (and the defaults) become the agent's
+// configuration; bad values are named with what is accepted.
+func TestBuild(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, []byte("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host := Host{Hostname: func() (string, error) { return "box", nil },
+		DefaultAddr: func() (netip.Addr, error) { return netip.MustParseAddr("10.0.0.9"), nil },
+		HasDocker:   func() bool { return true }}
+	for _, tc := range []struct {
+		args  []string
+		check func(Agent) bool
+		err   string
+	}{
+		{[]string{"--key-file", key}, func(c Agent) bool {
+			return c.Name == "box" && c.AdvertiseAddr == netip.MustParseAddr("10.0.0.9") && len(c.Keys) == 1 && c.StateDir == StateDir &&
+				c.Socket == Socket && c.VXLANPort == VXLANPort && c.GossipPort == GossipPort && c.DockerPluginSocket == PluginSocket &&
+				c.HealthSubnet == netip.MustParsePrefix(HealthSubnet) && c.HealthNetns == HealthNetns && c.DNSPort == DNSPort
+		}, ""},
+		{[]string{"--insecure", "--name", "h1", "--advertise-addr", "fd19::4", "--join", "a, b,", "--docker-plugin-socket", "none", "--health-subnet", "off"},
+			func(c Agent) bool {
+				return c.Name == "h1" && c.AdvertiseAddr.Is6() && slices.Equal(c.Join, []string{"a", "b"}) && c.DockerPluginSocket == "" && !c.HealthSubnet.IsValid() && c.Keys == nil
+			}, ""},
+		{[]string{"--store", "etcd://10.0.0.5:2379"}, func(c Agent) bool { return slices.Equal(c.Etcd, []string{"10.0.0.5:2379"}) }, ""},
+		{nil, nil, "no cluster key: give --key-file"},
+		{[]string{"--insecure", "--advertise-addr", "host1"}, nil, `invalid --advertise-addr "host1": want an IP address of this host`},
+		{[]string{"--insecure", "--health-subnet", "100.127.0.0/30"}, nil, `invalid --health-subnet "100.127.0.0/30"`},
+		{[]string{"--key-file", filepath.Join(t.TempDir(), "none")}, nil, "key file"},
+	} {
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		var f Flags
+		f.Register(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := f.Build(host, nil)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: err %v, want %q", tc.args, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !tc.check(c) {
+			t.Errorf("%v: %+v, %v", tc.args, c, err)
+		}
+	}
+	var f Flags
+	f.Register(pflag.NewFlagSet("agent", pflag.ContinueOnError))
+	bad := Host{Hostname: func() (string, error) { return "", errors.New("no name") }}
+	if _, err := f.Build(bad, nil); err == nil || !strings.Contains(err.Error(), "give --name") {
+		t.Errorf("no hostname: %v", err)
+	}
+}

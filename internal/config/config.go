@@ -1,0 +1,131 @@
+// Package config builds an agent's configuration from its flags, the JSON
+// file (/etc/vxnet/agent.json, written by 'vxnet init') and one set of
+// defaults, which every command (agent, init, uninstall, doctor) shares.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// The defaults, one place for every command.
+const (
+	Dir          = "/etc/vxnet"
+	File         = Dir + "/agent.json"
+	KeyFile      = Dir + "/key"
+	StateDir     = "/var/lib/vxnet"
+	Socket       = api.DefaultSocket
+	PluginSocket = "/run/docker/plugins/vxnet.sock"
+	HealthNetns  = "vxnet-health"
+	HealthSubnet = "100.127.0.0/16"
+	VXLANPort    = 4789
+	GossipPort   = 7946
+	DNSPort      = 53533
+)
+
+// Agent is an agent's configuration.
+type Agent struct {
+	Name          string
+	AdvertiseAddr netip.Addr
+	Join          []string
+	Keys          [][]byte
+	Insecure      bool
+	StateDir      string
+	Socket        string
+	VXLANPort     int
+	GossipPort    int
+	// ResyncInterval is the period of the full reconcile pass.
+	ResyncInterval time.Duration
+	// ProbeInterval tunes gossip failure detection.
+	ProbeInterval time.Duration
+	// DockerPluginSocket is where the Docker network and IPAM driver is
+	// served (empty: not served).
+	DockerPluginSocket string
+	// DockerHost is the local dockerd's API socket: with it the agent keeps
+	// the dockerd's vxnet networks equal to the cluster's.
+	DockerHost string
+	// DNSPort is the local port of the resolver that answers containers'
+	// queries for cluster names (0: no resolver, queries are not redirected).
+	DNSPort uint16
+	// MetricsAddr is where Prometheus metrics are served (host:port; empty:
+	// not served).
+	MetricsAddr string
+	// HealthSubnet is the subnet of the health network (invalid: no health
+	// probes); HealthNetns names the namespace of this host's health
+	// endpoint; HealthInterval is the probe period (default 1s).
+	HealthSubnet   netip.Prefix
+	HealthNetns    string
+	HealthInterval time.Duration
+	// Etcd holds the etcd client endpoints (HOST:PORT) when the cluster
+	// state lives in etcd (--store etcd://...); empty: gossip.
+	Etcd    []string
+	EtcdTLS EtcdTLS
+	// Datapath is the datapath chosen (ChooseDatapath); the zero value is
+	// the bridge.
+	Datapath Datapath
+	Log      *slog.Logger
+}
+
+// EtcdTLS are the files of TLS to etcd: the CA that signed the servers'
+// certificates (TLS on when set) and a client certificate and key.
+type EtcdTLS struct{ CA, Cert, Key string }
+
+// Validate checks the configuration.
+func (c Agent) Validate() error {
+	if err := model.ValidateName("node", c.Name); err != nil {
+		return err
+	}
+	if !c.AdvertiseAddr.IsValid() {
+		return errors.New("no advertise address: give --advertise-addr")
+	}
+	if err := model.ValidatePort("VXLAN port", c.VXLANPort); err != nil {
+		return err
+	}
+	if err := model.ValidatePort("gossip port", c.GossipPort); err != nil {
+		return err
+	}
+	if c.StateDir == "" || c.Socket == "" {
+		return errors.New("state directory and socket path are required")
+	}
+	return nil
+}
+
+// Datapath modes (--datapath).
+const (
+	DatapathBridge = "bridge"
+	DatapathBPF    = "bpf"
+	DatapathAuto   = "auto"
+)
+
+// Datapath is the datapath an agent runs and why.
+type Datapath struct {
+	Mode   string // DatapathBridge or DatapathBPF
+	Reason string
+}
+
+// ChooseDatapath resolves --datapath: bridge as asked; bpf loads the fast
+// path (enable) or fails with why; auto takes bpf where it loads and the
+// bridge, saying why, where it does not.
+func ChooseDatapath(want string, enable func() error) (Datapath, error) {
+	switch want {
+	case DatapathBridge:
+		return Datapath{DatapathBridge, "--datapath bridge"}, nil
+	case DatapathBPF:
+		if err := enable(); err != nil {
+			return Datapath{}, fmt.Errorf("--datapath bpf: %w (use --datapath bridge or auto on this kernel)", err)
+		}
+		return Datapath{DatapathBPF, "--datapath bpf"}, nil
+	case DatapathAuto, "":
+		if err := enable(); err != nil {
+			return Datapath{DatapathBridge, "auto: the BPF fast path does not load here: " + err.Error()}, nil
+		}
+		return Datapath{DatapathBPF, "auto: this kernel runs the BPF fast path"}, nil
+	}
+	return Datapath{}, fmt.Errorf("invalid --datapath %q: want bridge, bpf or auto", want)
+}

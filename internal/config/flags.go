@@ -1,0 +1,253 @@
+package config
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Flags are the agent's command line: Register puts them on a flag set
+// with the defaults, Build makes the configuration once they are parsed.
+type Flags struct {
+	cfg          Agent
+	configFile   string
+	advertise    string
+	join         string
+	keyFile      string
+	dockerSocket string
+	healthSubnet string
+	datapath     string
+	store        string
+	// Prepare is --prepare: make what must exist in the host's mount
+	// namespace, and exit.
+	Prepare bool
+}
+
+// Register adds the agent's flags to fs.
+func (f *Flags) Register(fs *pflag.FlagSet) {
+	c := &f.cfg
+	fs.StringVar(&f.configFile, "config", "", "JSON file of flag values, e.g. {\"join\": \"10.0.0.1\", \"key-file\": \""+KeyFile+"\"}")
+	fs.StringVar(&c.Name, "name", "", "node name (default: hostname)")
+	fs.StringVar(&f.advertise, "advertise-addr", "", "VTEP and gossip address (default: source address of the default route)")
+	fs.StringVar(&f.join, "join", "", "addresses of members to join, comma separated")
+	fs.StringVar(&c.EtcdTLS.CA, "etcd-cacert", "", "CA bundle that signed the etcd servers' certificates (TLS to etcd; without it: plain HTTP)")
+	fs.StringVar(&c.EtcdTLS.Cert, "etcd-cert", "", "client certificate to present to etcd (with --etcd-key)")
+	fs.StringVar(&c.EtcdTLS.Key, "etcd-key", "", "private key of --etcd-cert")
+	fs.StringVar(&f.store, "store", "gossip", "where the cluster state lives: gossip (members gossip it), or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster you run)")
+	fs.StringVar(&f.keyFile, "key-file", "", "cluster key file (from 'vxnet key generate')")
+	fs.BoolVar(&c.Insecure, "insecure", false, "run gossip without encryption")
+	fs.StringVar(&c.StateDir, "state-dir", StateDir, "state directory")
+	fs.StringVar(&c.Socket, "socket", Socket, "local API socket")
+	fs.IntVar(&c.VXLANPort, "vxlan-port", VXLANPort, "VXLAN UDP port")
+	fs.IntVar(&c.GossipPort, "gossip-port", GossipPort, "gossip port (TCP and UDP)")
+	fs.StringVar(&c.DockerHost, "docker-host", "", "local dockerd API socket (e.g. unix:///var/run/docker.sock): keep its vxnet networks equal to the cluster's")
+	fs.StringVar(&f.dockerSocket, "docker-plugin-socket", "auto", "Docker network/IPAM driver socket: a path, 'auto' ("+PluginSocket+" when /run/docker exists) or 'none'")
+	fs.DurationVar(&c.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port, e.g. 127.0.0.1:9630)")
+	fs.Uint16Var(&c.DNSPort, "dns-port", DNSPort, "local port of the resolver of container names (containers' DNS queries are redirected to it at their gateway); 0 turns names off")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", 10*time.Second, "period of the full reconcile pass")
+	fs.StringVar(&f.healthSubnet, "health-subnet", HealthSubnet, "subnet of the health network (one probe endpoint per host; the same on every host; no address of it appears on the hosts), or off")
+	fs.StringVar(&c.HealthNetns, "health-netns", HealthNetns, "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
+	fs.DurationVar(&c.HealthInterval, "health-interval", time.Second, "health probe period")
+	fs.StringVar(&f.datapath, "datapath", DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
+	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
+}
+
+// Host answers what the defaults of a configuration depend on.
+type Host struct {
+	Hostname func() (string, error)
+	// DefaultAddr is the source address of the default route.
+	DefaultAddr func() (netip.Addr, error)
+	// HasDocker reports whether Docker is installed (/run/docker exists).
+	HasDocker func() bool
+}
+
+// ApplyConfigFile applies --config, when given, to fs (the command line
+// wins); call it once the command line is parsed, before Build.
+func (f *Flags) ApplyConfigFile(fs *pflag.FlagSet) error {
+	if f.configFile == "" {
+		return nil
+	}
+	return ApplyFile(fs, f.configFile)
+}
+
+// HealthSubnet is --health-subnet, parsed (invalid: off).
+func (f *Flags) HealthSubnet() (netip.Prefix, error) { return ParseHealthSubnet(f.healthSubnet) }
+
+// HealthNetns is --health-netns.
+func (f *Flags) HealthNetns() string { return f.cfg.HealthNetns }
+
+// Datapath is --datapath, to resolve with ChooseDatapath.
+func (f *Flags) Datapath() string { return f.datapath }
+
+// Build makes the configuration from the parsed flags (and the file).
+func (f *Flags) Build(h Host, log *slog.Logger) (Agent, error) {
+	cfg := f.cfg
+	cfg.Log = log
+	var err error
+	if cfg.Name == "" {
+		if cfg.Name, err = h.Hostname(); err != nil {
+			return cfg, fmt.Errorf("hostname: %w (give --name)", err)
+		}
+	}
+	if f.advertise != "" {
+		if cfg.AdvertiseAddr, err = netip.ParseAddr(f.advertise); err != nil {
+			return cfg, fmt.Errorf("invalid --advertise-addr %q: want an IP address of this host", f.advertise)
+		}
+	} else if cfg.AdvertiseAddr, err = h.DefaultAddr(); err != nil {
+		return cfg, err
+	}
+	for _, j := range strings.Split(f.join, ",") {
+		if j = strings.TrimSpace(j); j != "" {
+			cfg.Join = append(cfg.Join, j)
+		}
+	}
+	if cfg.Etcd, err = ParseStore(f.store, f.join); err != nil {
+		return cfg, err
+	}
+	// With etcd, etcd's own TLS secures the state: no cluster key.
+	if len(cfg.Etcd) == 0 && f.keyFile != "" {
+		if cfg.Keys, err = ReadKeyFile(f.keyFile); err != nil {
+			return cfg, err
+		}
+	} else if len(cfg.Etcd) == 0 && !cfg.Insecure {
+		return cfg, fmt.Errorf("no cluster key: give --key-file (create one with 'vxnet key generate > key'), or --insecure to run unencrypted")
+	}
+	switch f.dockerSocket {
+	case "none":
+	case "auto":
+		// Serve Docker's plugin directory when Docker is installed.
+		if h.HasDocker() {
+			cfg.DockerPluginSocket = PluginSocket
+		}
+	default:
+		cfg.DockerPluginSocket = f.dockerSocket
+	}
+	if cfg.HealthSubnet, err = ParseHealthSubnet(f.healthSubnet); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// ApplyFile sets every flag named in a JSON object that the command
+// line did not set.
+func ApplyFile(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	vals, err := ParseConfig(b)
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range vals {
+		fl := fs.Lookup(k)
+		if fl == nil || k == "config" {
+			return fmt.Errorf("config file %s: unknown setting %q", path, k)
+		}
+		if fl.Changed {
+			continue
+		}
+		if err := fs.Set(k, v); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// ParseConfig reads a JSON object of flag names to values (strings, numbers
+// or booleans).
+func ParseConfig(b []byte) (map[string]string, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("want a JSON object of flag names to values: %w", err)
+	}
+	out := map[string]string{}
+	for k, v := range raw {
+		switch x := v.(type) {
+		case string:
+			out[k] = x
+		case bool:
+			out[k] = fmt.Sprint(x)
+		case float64:
+			out[k] = fmt.Sprint(x)
+		default:
+			return nil, fmt.Errorf("setting %q: want a string, number or boolean", k)
+		}
+	}
+	return out, nil
+}
+
+// ReadKeyFile reads the cluster keys of a key file: base64, one a line,
+// the primary first; # comments.
+func ReadKeyFile(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	var keys [][]byte
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			return nil, fmt.Errorf("key file %s: each line must be a base64 key of 16, 24 or 32 bytes (make one with 'vxnet key generate')", path)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("key file %s holds no key", path)
+	}
+	return keys, nil
+}
+
+// ParseStore returns the etcd endpoints of --store etcd://..., none for
+// gossip; --join belongs to gossip alone.
+func ParseStore(s, join string) ([]string, error) {
+	if s == "" || s == "gossip" {
+		return nil, nil
+	}
+	if strings.TrimSpace(join) != "" {
+		return nil, fmt.Errorf("--join %s: with --store %s members find each other in etcd; --join is for the gossip store", join, s)
+	}
+	rest, ok := strings.CutPrefix(s, "etcd://")
+	if !ok || rest == "" {
+		return nil, fmt.Errorf("invalid --store %q: want gossip or etcd://HOST:PORT[,HOST:PORT...]", s)
+	}
+	var out []string
+	for _, ep := range strings.Split(rest, ",") {
+		ep = strings.TrimSpace(ep)
+		ap, err := netip.ParseAddrPort(ep)
+		if err != nil {
+			if _, _, herr := net.SplitHostPort(ep); herr != nil || ep == "" {
+				return nil, fmt.Errorf("invalid --store %q: etcd endpoint %q is not HOST:PORT", s, ep)
+			}
+			out = append(out, ep)
+			continue
+		}
+		out = append(out, ap.String())
+	}
+	return out, nil
+}
+
+// ParseHealthSubnet reads --health-subnet: a private IPv4 CIDR, or off.
+func ParseHealthSubnet(s string) (netip.Prefix, error) {
+	if s == "off" || s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() || p.Masked() != p || p.Bits() > 28 {
+		return netip.Prefix{}, fmt.Errorf("invalid --health-subnet %q: want an IPv4 network such as 100.127.0.0/16 (at most /28), or off", s)
+	}
+	return p, nil
+}
