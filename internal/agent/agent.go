@@ -21,11 +21,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/health"
+	"github.com/vxnet/vxnet/internal/metrics"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/trace"
 	"github.com/vxnet/vxnet/internal/version"
@@ -156,7 +158,7 @@ type Agent struct {
 	saved     saved
 	rejoining atomic.Bool
 	stats     passStats
-	metrics   *metrics
+	metrics   *metrics.Metrics
 
 	docker *docker.Driver
 	prober *health.Prober // nil without health probes
@@ -263,7 +265,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.metrics = newMetrics(a)
+	a.metrics = metrics.New((*metricsSource)(a))
 	if deps.Health != nil {
 		a.prober = a.newProber(deps.Health, healthPublishGap)
 	}
@@ -453,11 +455,23 @@ func (a *Agent) Close() error {
 // Instrument counts the requests of a front door (api, docker) in the
 // agent's metrics.
 func (a *Agent) Instrument(door string, h http.Handler) http.Handler {
-	return a.metrics.instrument(door, h)
+	return a.metrics.Instrument(door, h)
 }
 
 // MetricsHandler serves the agent's Prometheus metrics (GET /metrics).
-func (a *Agent) MetricsHandler() http.Handler { return a.metrics.handler() }
+func (a *Agent) MetricsHandler() http.Handler { return a.metrics.Handler() }
+
+// metricsSource is the agent as its metrics read it.
+type metricsSource Agent
+
+func (m *metricsSource) Status(withEndpoints bool) api.Status {
+	return (*Agent)(m).Status(withEndpoints)
+}
+func (m *metricsSource) Traffic() cluster.Traffic { return m.repl.Traffic() }
+func (m *metricsSource) HealthPeers() []health.Peer {
+	r, _ := (*Agent)(m).healthReport()
+	return r.Peers
+}
 
 // announce records this node's version in the cluster state (when it
 // changed), so every member's status shows the versions in the cluster.

@@ -200,7 +200,7 @@ func TestHealthProbes(t *testing.T) {
 	}
 	// The metrics say the same.
 	rec := httptest.NewRecorder()
-	h1.metrics.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	h1.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	for _, line := range []string{
 		`vxnet_peer_health{peer="h3",state="unreachable"} 1`, `vxnet_peer_health{peer="h3",state="ok"} 0`,
 		`vxnet_peer_health{peer="h2",state="mtu"} 1`, `vxnet_peer_probe_loss_ratio{peer="h2",size="full"} 0.5`,

@@ -36,7 +36,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	ops, err := reconcile.Sync(a.dp, want)
 	a.stats.kernelOps.Add(int64(len(ops))) // before syncs: a pass counted is a pass whose writes are counted
 	a.stats.syncs.Add(1)
-	a.metrics.pass.Observe(time.Since(start).Seconds())
+	a.metrics.ObservePass(time.Since(start))
 	if len(ops) > 0 {
 		a.log.Debug("reconciled", "ops", len(ops))
 	}

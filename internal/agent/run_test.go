@@ -205,12 +205,12 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Two API requests through the instrumented handler: one good, one 404.
-	apiH := h1.metrics.instrument("api", api.NewServer(h1).Handler)
+	apiH := h1.metrics.Instrument("api", api.NewServer(h1).Handler)
 	for _, path := range []string{"/v1/networks/web", "/v1/networks/nope"} {
 		apiH.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
 	}
 	rec := httptest.NewRecorder()
-	h1.metrics.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	h1.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
 		`vxnet_members{state="alive"} 2`,
@@ -268,8 +268,8 @@ func TestDashboardMetrics(t *testing.T) {
 	if err := h1.sync(); err != nil {
 		t.Fatal(err)
 	}
-	h1.metrics.instrument("api", api.NewServer(h1).Handler).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/v1/status", nil))
-	families, err := h1.metrics.reg.Gather()
+	h1.metrics.Instrument("api", api.NewServer(h1).Handler).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/v1/status", nil))
+	families, err := h1.metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

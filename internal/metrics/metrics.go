@@ -1,4 +1,8 @@
-package agent
+// Package metrics is the agent's Prometheus registry (its own, no
+// globals): what the status already holds is read at scrape time from a
+// Source; what happens between scrapes is counted as it happens (pass
+// durations, requests of the front doors).
+package metrics
 
 import (
 	"net/http"
@@ -7,22 +11,32 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/health"
 )
 
-// metrics is the agent's Prometheus registry (its own, no globals). What
-// the status already holds is read at scrape time (collector); what happens
-// between scrapes is counted as it happens (pass durations, requests).
-type metrics struct {
+// Source is what the metrics read at scrape time (the agent).
+type Source interface {
+	Status(withEndpoints bool) api.Status
+	Traffic() cluster.Traffic
+	HealthPeers() []health.Peer
+}
+
+// Metrics is one agent's registry.
+type Metrics struct {
 	reg      *prometheus.Registry
 	pass     prometheus.Histogram
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
 
-func newMetrics(a *Agent) *metrics {
-	m := &metrics{
+// New returns the registry of the agent src.
+func New(src Source) *Metrics {
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		pass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "vxnet_reconcile_pass_seconds",
 			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
@@ -31,19 +45,19 @@ func newMetrics(a *Agent) *metrics {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "vxnet_request_seconds",
 			Help: "Request latency, by front door and path.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"door", "path"}),
 	}
-	m.reg.MustRegister(m.pass, m.requests, m.latency, (*statusCollector)(a))
+	m.reg.MustRegister(m.pass, m.requests, m.latency, statusCollector{src})
 	return m
 }
 
-// handler serves /metrics.
-func (m *metrics) handler() http.Handler {
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return mux
 }
 
-// instrument counts and times the requests of a front door.
-func (m *metrics) instrument(door string, h http.Handler) http.Handler {
+// Instrument counts and times the requests of a front door.
+func (m *Metrics) Instrument(door string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &codeRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -57,6 +71,12 @@ func (m *metrics) instrument(door string, h http.Handler) http.Handler {
 	})
 }
 
+// ObservePass records the duration of a reconcile pass.
+func (m *Metrics) ObservePass(d time.Duration) { m.pass.Observe(d.Seconds()) }
+
+// Gather returns the metrics as a scrape would.
+func (m *Metrics) Gather() ([]*dto.MetricFamily, error) { return m.reg.Gather() }
+
 type codeRecorder struct {
 	http.ResponseWriter
 	code int
@@ -68,7 +88,7 @@ func (c *codeRecorder) WriteHeader(code int) {
 }
 
 // statusCollector reads the agent's status at scrape time.
-type statusCollector Agent
+type statusCollector struct{ src Source }
 
 var (
 	descMembers     = prometheus.NewDesc("vxnet_members", "Members of the cluster by state.", []string{"state"}, nil)
@@ -90,14 +110,14 @@ var (
 
 var healthStates = []health.State{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
-func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath} {
 		ch <- d
 	}
 }
 
-func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
-	s := (*Agent)(c).Status(false)
+func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Status(false)
 	states := map[string]float64{"alive": 0, "failed": 0}
 	for _, m := range s.Members {
 		states[m.State]++
@@ -118,7 +138,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPasses, prometheus.CounterValue, float64(s.Syncs))
 	ch <- prometheus.MustNewConstMetric(descErrors, prometheus.GaugeValue, b(s.SyncError != ""))
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(s.KernelOps))
-	if s.Datapath == DatapathBPF {
+	if s.Datapath == config.DatapathBPF {
 		ch <- prometheus.MustNewConstMetric(descFastPath, prometheus.GaugeValue, float64(s.FastHooks), "hooks")
 		ch <- prometheus.MustNewConstMetric(descFastPath, prometheus.GaugeValue, float64(s.FastEntries), "entries")
 	}
@@ -126,13 +146,12 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConflicts, prometheus.GaugeValue, float64(len(s.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(s.Records))
 	ch <- prometheus.MustNewConstMetric(descAddrLost, prometheus.GaugeValue, b(s.AddrError != ""))
-	tr := (*Agent)(c).repl.Traffic()
+	tr := c.src.Traffic()
 	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.InMessages), "in")
 	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.OutMessages), "out")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.InBytes), "in")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.OutBytes), "out")
-	report, _ := (*Agent)(c).healthReport()
-	for _, p := range report.Peers {
+	for _, p := range c.src.HealthPeers() {
 		for _, st := range healthStates {
 			ch <- prometheus.MustNewConstMetric(descPeerState, prometheus.GaugeValue, b(p.State == st), p.Node, string(st))
 		}
