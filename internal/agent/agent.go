@@ -271,7 +271,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.docker = docker.NewDriver((*dockerAgent)(a), deps.Dockerd, a.log.With("component", "docker"))
 	if deps.Tracer != nil {
-		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
+		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == config.DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
 		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})

@@ -12,53 +12,27 @@ import (
 
 var _ dns.Names = (*Agent)(nil)
 
-// networkOf returns the network whose subnet holds src.
-func (a *Agent) networkOf(src netip.Addr) (model.Network, bool) {
+// names is the cluster state as the resolver answers from it.
+func (a *Agent) names() dns.Cluster {
 	nets, _ := a.state.Networks()
-	for _, n := range nets {
-		if n.Subnet.Contains(src) {
-			return n, true
-		}
+	c := dns.Cluster{Networks: nets, Endpoints: a.state.Endpoints(), Alive: map[string]bool{}}
+	for _, nd := range a.repl.Alive() {
+		c.Alive[nd.Name] = true
 	}
-	return model.Network{}, false
+	return c
 }
 
 // RedirectedTo returns the gateway of src's network: where the host
 // firewall redirects its DNS queries.
 func (a *Agent) RedirectedTo(src netip.Addr) (netip.Addr, bool) {
-	n, ok := a.networkOf(src)
+	nets, _ := a.state.Networks()
+	n, ok := dns.Cluster{Networks: nets}.NetworkOf(src)
 	return n.Gateway, ok
 }
 
-// Resolve answers a container's DNS query from the cluster state: within
-// the querier's network (the one whose subnet holds its address), NAME and
-// NAME.NETWORK (the vxnet or Docker name of the network) resolve to every
-// live endpoint with that name or alias; other names go upstream, and a
-// querier on no vxnet network is refused.
+// Resolve answers a container's DNS query from the cluster state.
 func (a *Agent) Resolve(src netip.Addr, name string) (dns.Verdict, []netip.Addr) {
-	n, found := a.networkOf(src)
-	if !found {
-		return dns.Refuse, nil
-	}
-	label, suffix, qualified := strings.Cut(name, ".")
-	if qualified && !strings.EqualFold(suffix, n.Name) && (n.DockerName == "" || !strings.EqualFold(suffix, n.DockerName)) {
-		return dns.Forward, nil
-	}
-	alive := map[string]bool{}
-	for _, nd := range a.repl.Alive() {
-		alive[nd.Name] = true
-	}
-	var ips []netip.Addr
-	for _, e := range a.state.Endpoints() {
-		if e.Network == n.Name && alive[e.Node] && e.HasName(label) {
-			ips = append(ips, e.IP)
-		}
-	}
-	slices.SortFunc(ips, netip.Addr.Compare)
-	if len(ips) == 0 && !qualified {
-		return dns.Forward, nil // not a container name: the upstream servers answer
-	}
-	return dns.Answer, ips
+	return a.names().Resolve(src, name)
 }
 
 // setNames changes the name and aliases a local endpoint answers to (the

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
@@ -21,7 +22,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	return reconcile.Input{
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
-		FastPath: a.cfg.Datapath.Mode == DatapathBPF,
+		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF,
 	}, conflicts
 }
 

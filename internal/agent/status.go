@@ -6,6 +6,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/version"
 )
@@ -18,7 +19,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	s.Nodes = a.state.Nodes()
 	s.Datapath, s.DatapathReason = a.cfg.Datapath.Mode, a.cfg.Datapath.Reason
 	if s.Datapath == "" {
-		s.Datapath = DatapathBridge
+		s.Datapath = config.DatapathBridge
 	}
 	if u := a.state.Unreadable(); len(u) > 0 {
 		s.Unreadable = u
