@@ -34,7 +34,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if flags.Prepare {
 				return prepareHost(log, &flags)
 			}
-			cfg, err := flags.Build(config.Host{Hostname: os.Hostname, DefaultAddr: linux.DefaultAdvertiseAddr,
+			cfg, err := flags.Build(config.Env{Hostname: os.Hostname, DefaultAddr: linux.DefaultAdvertiseAddr,
 				HasDocker: func() bool { _, err := os.Stat("/run/docker"); return err == nil }}, log)
 			if err != nil {
 				return err
@@ -52,7 +52,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if len(cfg.Etcd) > 0 {
 				repl = etcdReplicator(cfg)
 			}
-			deps := agent.Deps{Dataplane: dp, Host: linux.Host{}, StartReplicator: repl,
+			deps := agent.Deps{Dataplane: dp, HostNet: linux.HostNet{}, StartReplicator: repl,
 				Health: healthPort{id: uint16(os.Getpid())}, Tracer: tracer{}}
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
@@ -61,7 +61,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			srv, err := serve(a, cfg, linux.Host{}, cfg.Log)
+			srv, err := serve(a, cfg, linux.HostNet{}, cfg.Log)
 			if err != nil {
 				return errors.Join(err, a.Close())
 			}

@@ -80,7 +80,7 @@ func facts(cf clientFlags, port int) doctor.Facts {
 	f.ConntrackMax = readInt("/proc/sys/net/netfilter/nf_conntrack_max")
 	if f.Status != nil {
 		if a, err := netip.ParseAddr(f.Status.Addr); err == nil {
-			if dev, _, err := (linux.Host{}).Underlay(a); err == nil {
+			if dev, _, err := (linux.HostNet{}).Underlay(a); err == nil {
 				if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + dev + "/rp_filter"); err == nil {
 					f.RPFilter, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 				}

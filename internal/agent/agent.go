@@ -101,8 +101,8 @@ type ReplicatorConfig struct {
 	OnCall func(op string, body json.RawMessage) (any, error)
 }
 
-// Host answers questions about this host's addresses.
-type Host interface {
+// HostNet answers questions about this host's network: its addresses, ports and redirections.
+type HostNet interface {
 	// Underlay returns the device holding addr and its MTU.
 	Underlay(addr netip.Addr) (dev string, mtu int, err error)
 	// HasAddr reports whether addr is configured on an interface.
@@ -118,7 +118,7 @@ type Host interface {
 // Deps are the agent's side effects.
 type Deps struct {
 	Dataplane datapath.Dataplane
-	Host      Host
+	HostNet   HostNet
 	// StartReplicator starts the replicator over the agent's state.
 	StartReplicator func(ReplicatorConfig) (Replicator, error)
 	// Dockerd is the local dockerd (nil: none to keep in step).
@@ -142,7 +142,7 @@ type Agent struct {
 	repl     Replicator
 	store    *store
 	dp       datapath.Dataplane
-	host     Host
+	host     HostNet
 	underlay underlay
 
 	dirty chan struct{}
@@ -219,14 +219,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Dataplane == nil || deps.Host == nil || deps.StartReplicator == nil {
+	if deps.Dataplane == nil || deps.HostNet == nil || deps.StartReplicator == nil {
 		return nil, errors.New("agent: a dataplane, a host and a replicator are required")
 	}
 	st, err := openStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.Host,
+	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.HostNet,
 		dirty: make(chan struct{}, 1), own: ownState{reserved: map[netip.Addr]string{}}, fatal: make(chan error, 1)}
 	ok := false
 	defer func() {
@@ -261,7 +261,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			keys = saved
 		}
 	}
-	a.underlay.dev, a.underlay.mtu, err = deps.Host.Underlay(cfg.AdvertiseAddr)
+	a.underlay.dev, a.underlay.mtu, err = deps.HostNet.Underlay(cfg.AdvertiseAddr)
 	if err != nil {
 		return nil, err
 	}

@@ -479,11 +479,11 @@ func TestStateDirIdentity(t *testing.T) {
 	h1.store.close()
 	cfg := h1.cfg
 	cfg.Name = "other"
-	_, err := New(cfg, Deps{Dataplane: fake.New(), Host: h1.host, StartReplicator: newBus().start("other", cfg.AdvertiseAddr)})
+	_, err := New(cfg, Deps{Dataplane: fake.New(), HostNet: h1.host, StartReplicator: newBus().start("other", cfg.AdvertiseAddr)})
 	if err == nil || err.Error() != fmt.Sprintf(`state directory %s belongs to node "h1", not "other": use --name h1 or another --state-dir`, h1.dir) {
 		t.Errorf("other name on the same state: %v", err)
 	}
-	_, err = New(h1.cfg, Deps{Dataplane: fake.New(), Host: &fakeHost{}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)})
+	_, err = New(h1.cfg, Deps{Dataplane: fake.New(), HostNet: &fakeHost{}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)})
 	if err == nil || err.Error() != "advertise address 198.18.0.1 is not configured on any interface of this host" {
 		t.Errorf("advertise address not on the host: %v", err)
 	}
@@ -639,7 +639,7 @@ func TestStoreFaults(t *testing.T) {
 	}
 	cfg := Config{Name: "h1", AdvertiseAddr: netip.MustParseAddr("198.18.0.1"), StateDir: dir, Socket: filepath.Join(dir, "s"),
 		VXLANPort: 4789, GossipPort: 7946, Insecure: true}
-	deps := Deps{Dataplane: fake.New(), Host: &fakeHost{mtu: 1500}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)}
+	deps := Deps{Dataplane: fake.New(), HostNet: &fakeHost{mtu: 1500}, StartReplicator: newBus().start("h1", cfg.AdvertiseAddr)}
 	_, err := New(cfg, deps)
 	if err == nil || !strings.HasPrefix(err.Error(), "open "+filepath.Join(dir, "vxnet.db")+": ") {
 		t.Errorf("corrupt state: %v", err)

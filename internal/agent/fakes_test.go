@@ -299,7 +299,7 @@ func (d *failingDP) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 // fakeDockerd is a dockerd's network list and containers.
 type fakeDockerd struct {
 	mu         sync.Mutex
-	networks   map[string]docker.NetworkInfo // by ID
+	networks   map[string]docker.NetworkInspect // by ID
 	containers map[string]docker.ContainerInfo
 	down       bool
 }
@@ -314,15 +314,15 @@ func (f *fakeDockerd) Container(id string) (docker.ContainerInfo, error) {
 	return c, nil
 }
 
-func newFakeDockerd() *fakeDockerd { return &fakeDockerd{networks: map[string]docker.NetworkInfo{}} }
+func newFakeDockerd() *fakeDockerd { return &fakeDockerd{networks: map[string]docker.NetworkInspect{}} }
 
-func (f *fakeDockerd) Networks(driver string) ([]docker.NetworkInfo, error) {
+func (f *fakeDockerd) Networks(driver string) ([]docker.NetworkInspect, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
 		return nil, fmt.Errorf("dockerd: %w", docker.ErrNoDaemon)
 	}
-	var out []docker.NetworkInfo
+	var out []docker.NetworkInspect
 	for _, n := range f.networks {
 		if n.Driver == driver {
 			out = append(out, n)
@@ -332,7 +332,7 @@ func (f *fakeDockerd) Networks(driver string) ([]docker.NetworkInfo, error) {
 	return out, nil
 }
 
-func (f *fakeDockerd) Network(id string) (docker.NetworkInfo, error) {
+func (f *fakeDockerd) Network(id string) (docker.NetworkInspect, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, n := range f.networks {
@@ -340,7 +340,7 @@ func (f *fakeDockerd) Network(id string) (docker.NetworkInfo, error) {
 			return n, nil
 		}
 	}
-	return docker.NetworkInfo{}, docker.ErrNotFound
+	return docker.NetworkInspect{}, docker.ErrNotFound
 }
 
 func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, internal bool, opts map[string]string) error {
@@ -353,7 +353,7 @@ func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, internal bool,
 
 // add records a network (f.mu held or not shared yet).
 func (f *fakeDockerd) add(id, name, subnet string) {
-	n := docker.NetworkInfo{ID: id, Name: name, Driver: "vxnet"}
+	n := docker.NetworkInspect{ID: id, Name: name, Driver: "vxnet"}
 	n.IPAM.Driver = "vxnet"
 	n.IPAM.Config = append(n.IPAM.Config, struct{ Subnet, Gateway string }{Subnet: subnet})
 	f.networks[id] = n
@@ -408,7 +408,7 @@ func newNode(t *testing.T, b *bus, name string, i int, dir string, opts ...nodeO
 		VXLANPort: 4789, GossipPort: 7946, Insecure: true}
 	dp := fake.New()
 	host := &fakeHost{mtu: 1500}
-	deps := Deps{Dataplane: dp, Host: host, StartReplicator: b.start(name, addr)}
+	deps := Deps{Dataplane: dp, HostNet: host, StartReplicator: b.start(name, addr)}
 	for _, o := range opts {
 		o(&cfg, &deps)
 	}

@@ -134,7 +134,7 @@ func TestHealthProbes(t *testing.T) {
 			}
 		}
 	}
-	state := func(from, to string) health.State {
+	state := func(from, to string) health.Verdict {
 		for _, p := range nodes[from].Health(false).Peers {
 			if p.Node == to {
 				return p.State

@@ -19,7 +19,7 @@ func TestBuild(t *testing.T) {
 	if err := os.WriteFile(key, []byte("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	host := Host{Hostname: func() (string, error) { return "box", nil },
+	host := Env{Hostname: func() (string, error) { return "box", nil },
 		DefaultAddr: func() (netip.Addr, error) { return netip.MustParseAddr("10.0.0.9"), nil },
 		HasDocker:   func() bool { return true }}
 	for _, tc := range []struct {
@@ -61,7 +61,7 @@ func TestBuild(t *testing.T) {
 	}
 	var f Flags
 	f.Register(pflag.NewFlagSet("agent", pflag.ContinueOnError))
-	bad := Host{Hostname: func() (string, error) { return "", errors.New("no name") }}
+	bad := Env{Hostname: func() (string, error) { return "", errors.New("no name") }}
 	if _, err := f.Build(bad, nil); err == nil || !strings.Contains(err.Error(), "give --name") {
 		t.Errorf("no hostname: %v", err)
 	}

@@ -61,8 +61,8 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
 }
 
-// Host answers what the defaults of a configuration depend on.
-type Host struct {
+// Env answers what the defaults of a configuration depend on.
+type Env struct {
 	Hostname func() (string, error)
 	// DefaultAddr is the source address of the default route.
 	DefaultAddr func() (netip.Addr, error)
@@ -89,7 +89,7 @@ func (f *Flags) HealthNetns() string { return f.cfg.HealthNetns }
 func (f *Flags) Datapath() string { return f.datapath }
 
 // Build makes the configuration from the parsed flags (and the file).
-func (f *Flags) Build(h Host, log *slog.Logger) (Agent, error) {
+func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	cfg := f.cfg
 	cfg.Log = log
 	var err error

@@ -27,8 +27,8 @@ var ErrNotFound = errors.New("not found")
 // ErrNoDaemon is returned when dockerd's socket does not exist (yet).
 var ErrNoDaemon = errors.New("no dockerd")
 
-// NetworkInfo is the part of a Docker network vxnet reads.
-type NetworkInfo struct {
+// NetworkInspect is the part of a Docker network vxnet reads.
+type NetworkInspect struct {
 	ID     string
 	Name   string
 	Driver string
@@ -82,15 +82,15 @@ func (c *Client) do(method, path string, in, out any) error {
 }
 
 // Network inspects one network by ID or name.
-func (c *Client) Network(idOrName string) (NetworkInfo, error) {
-	var n NetworkInfo
+func (c *Client) Network(idOrName string) (NetworkInspect, error) {
+	var n NetworkInspect
 	return n, c.do(http.MethodGet, "/networks/"+url.PathEscape(idOrName), nil, &n)
 }
 
 // Networks lists the networks of a driver.
-func (c *Client) Networks(driver string) ([]NetworkInfo, error) {
+func (c *Client) Networks(driver string) ([]NetworkInspect, error) {
 	f, _ := json.Marshal(map[string][]string{"driver": {driver}})
-	var ns []NetworkInfo
+	var ns []NetworkInspect
 	return ns, c.do(http.MethodGet, "/networks?filters="+url.QueryEscape(string(f)), nil, &ns)
 }
 

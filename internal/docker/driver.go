@@ -64,8 +64,8 @@ type Agent interface {
 
 // Dockerd is the part of the local dockerd's API the driver uses.
 type Dockerd interface {
-	Networks(driver string) ([]NetworkInfo, error)
-	Network(idOrName string) (NetworkInfo, error)
+	Networks(driver string) ([]NetworkInspect, error)
+	Network(idOrName string) (NetworkInspect, error)
 	CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error
 	RemoveNetwork(idOrName string) error
 	Container(id string) (ContainerInfo, error)
@@ -393,7 +393,7 @@ func (d *Driver) Sync() {
 		return
 	}
 	nets := d.agent.Networks()
-	have := map[string]NetworkInfo{}
+	have := map[string]NetworkInspect{}
 	for _, dn := range dns {
 		for _, c := range dn.IPAM.Config {
 			have[c.Subnet] = dn

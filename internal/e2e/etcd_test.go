@@ -171,7 +171,7 @@ func TestEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		tlsf := l.EtcdTLSFiles()
+		tlsf := l.EtcdFiles()
 		run := func(name string, args ...string) (string, error) {
 			var out bytes.Buffer
 			dir := filepath.Join(dir, name)

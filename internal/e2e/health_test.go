@@ -43,7 +43,7 @@ func healthOf(l *lab.Lab, host, peer string) (health.Peer, error) {
 
 // waitHealth waits until every pair in want has the given state, and
 // returns how long that took.
-func waitHealth(t *testing.T, l *lab.Lab, timeout time.Duration, want map[[2]string]health.State) time.Duration {
+func waitHealth(t *testing.T, l *lab.Lab, timeout time.Duration, want map[[2]string]health.Verdict) time.Duration {
 	t.Helper()
 	start := time.Now()
 	err := waitCond(timeout, func() error {
@@ -64,8 +64,8 @@ func waitHealth(t *testing.T, l *lab.Lab, timeout time.Duration, want map[[2]str
 	return time.Since(start)
 }
 
-func allPairs(hosts []string, st health.State) map[[2]string]health.State {
-	out := map[[2]string]health.State{}
+func allPairs(hosts []string, st health.Verdict) map[[2]string]health.Verdict {
+	out := map[[2]string]health.Verdict{}
 	for _, a := range hosts {
 		for _, b := range hosts {
 			if a != b {
@@ -130,7 +130,7 @@ func TestHealth(t *testing.T) {
 }
 `, h1.Addr, h3.Addr, lab.VXLANPort)
 		nftIn(t, sw, rules)
-		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.State{
+		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.Verdict{
 			{"h1", "h3"}: health.Unreachable, {"h3", "h1"}: health.Unreachable,
 			{"h1", "h2"}: health.OK, {"h2", "h3"}: health.OK, {"h2", "h1"}: health.OK})
 		t.Logf("found in %s", took.Round(time.Millisecond))
@@ -192,7 +192,7 @@ func TestHealth(t *testing.T) {
 	step(t, "MTUBlackHole", func(t *testing.T) {
 		inNS(t, sw, "ip", "link", "set", "dev", "h2", "mtu", "1400")
 		defer inNS(t, sw, "ip", "link", "set", "dev", "h2", "mtu", fmt.Sprint(lab.UnderlayMTU))
-		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.State{
+		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.Verdict{
 			{"h1", "h2"}: health.MTU, {"h3", "h2"}: health.MTU, {"h2", "h1"}: health.MTU,
 			{"h1", "h3"}: health.OK})
 		t.Logf("found in %s", took.Round(time.Millisecond))
@@ -258,9 +258,9 @@ func TestHealth(t *testing.T) {
 			// The probes are unicast inside the health network: on the
 			// fast path they never meet the FORWARD chain, and stay ok.
 			time.Sleep(4 * time.Second) // more than the 3 probes of a verdict
-			waitHealth(t, l, 5*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.OK, {"h1", "h3"}: health.OK})
+			waitHealth(t, l, 5*time.Second, map[[2]string]health.Verdict{{"h1", "h2"}: health.OK, {"h1", "h3"}: health.OK})
 		} else {
-			waitHealth(t, l, 10*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.Unreachable, {"h1", "h3"}: health.OK})
+			waitHealth(t, l, 10*time.Second, map[[2]string]health.Verdict{{"h1", "h2"}: health.Unreachable, {"h1", "h3"}: health.OK})
 		}
 		out, _ := doctorIn(t, h2.Netns, "--socket", h2.Socket)
 		if f := out["forwarding"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, "vxnet's VXNET-FORWARD rules are missing") {
@@ -268,7 +268,7 @@ func TestHealth(t *testing.T) {
 		}
 		stopFlushing()
 		// vxnet restores its rules within a resync, and the path heals.
-		waitHealth(t, l, 20*time.Second, map[[2]string]health.State{{"h1", "h2"}: health.OK, {"h2", "h1"}: health.OK})
+		waitHealth(t, l, 20*time.Second, map[[2]string]health.Verdict{{"h1", "h2"}: health.OK, {"h2", "h1"}: health.OK})
 	})
 
 	step(t, "RoguePortHolder", func(t *testing.T) {
@@ -299,7 +299,7 @@ func TestHealth(t *testing.T) {
 		if err := l.StartAgent("h3"); err != nil {
 			t.Fatal(err)
 		}
-		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.State{
+		took := waitHealth(t, l, 10*time.Second, map[[2]string]health.Verdict{
 			{"h1", "h3"}: health.Unreachable, {"h2", "h3"}: health.Unreachable, {"h1", "h2"}: health.OK})
 		t.Logf("found in %s", took.Round(time.Millisecond))
 		out, err := doctorIn(t, h3.Netns, "--socket", h3.Socket)
@@ -348,7 +348,7 @@ func nftIn(t *testing.T, ns, rules string) {
 
 // healthMatrix runs 'vxnet health --all --json' against host's agent and
 // returns the states by prober and probed.
-func healthMatrix(t *testing.T, l *lab.Lab, host string) map[string]map[string]health.State {
+func healthMatrix(t *testing.T, l *lab.Lab, host string) map[string]map[string]health.Verdict {
 	t.Helper()
 	h, _ := l.Host(host)
 	out, err := exec.Command(testutil.Binary(t), "health", "--all", "--json", "--socket", h.Socket).Output()
@@ -360,9 +360,9 @@ func healthMatrix(t *testing.T, l *lab.Lab, host string) map[string]map[string]h
 	if err := json.Unmarshal(out, &hv); err != nil {
 		t.Fatalf("health --all --json: %v\n%s", err, out)
 	}
-	m := map[string]map[string]health.State{}
+	m := map[string]map[string]health.Verdict{}
 	for _, r := range hv.All {
-		m[r.Node] = map[string]health.State{}
+		m[r.Node] = map[string]health.Verdict{}
 		for _, p := range r.Peers {
 			m[r.Node][p.Node] = p.State
 		}

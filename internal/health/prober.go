@@ -72,8 +72,8 @@ type Record struct {
 	At   time.Time `json:"at"`
 	// Probed is how many peers it probes; Bad their verdicts that are not
 	// ok (the others are).
-	Probed int              `json:"probed"`
-	Bad    map[string]State `json:"bad,omitempty"`
+	Probed int                `json:"probed"`
+	Bad    map[string]Verdict `json:"bad,omitempty"`
 }
 
 // Same reports whether two records say the same (their times aside).
@@ -85,8 +85,8 @@ func (r Record) Same(o Record) bool {
 type Event struct {
 	At    time.Time `json:"at"`
 	Peer  string    `json:"peer"`
-	From  State     `json:"from"`
-	To    State     `json:"to"`
+	From  Verdict   `json:"from"`
+	To    Verdict   `json:"to"`
 	Cause string    `json:"cause,omitempty"`
 }
 
@@ -274,7 +274,7 @@ func (p *Prober) Round(pinger Pinger) {
 	for _, peer := range p.tracker.Peers() {
 		if peer.State != OK {
 			if rec.Bad == nil {
-				rec.Bad = map[string]State{}
+				rec.Bad = map[string]Verdict{}
 			}
 			rec.Bad[peer.Node] = peer.State
 		}

@@ -11,22 +11,22 @@ import (
 	"time"
 )
 
-// State is the verdict on the path to one peer.
-type State string
+// Verdict is the verdict on the path to one peer.
+type Verdict string
 
 const (
 	// Unknown: fewer probes than a verdict needs.
-	Unknown State = "unknown"
+	Unknown Verdict = "unknown"
 	// OK: the recent probes of both sizes were answered.
-	OK State = "ok"
+	OK Verdict = "ok"
 	// Degraded: the path works but lost some probes in the window.
-	Degraded State = "degraded"
+	Degraded Verdict = "degraded"
 	// MTU: small probes are answered and full-size ones (DF) are not: a
 	// black hole for full-size packets (path MTU below the underlay's, or a
 	// NIC offload that corrupts large VXLAN frames).
-	MTU State = "mtu"
+	MTU Verdict = "mtu"
 	// Unreachable: the recent small probes all went unanswered.
-	Unreachable State = "unreachable"
+	Unreachable Verdict = "unreachable"
 )
 
 // Result is the outcome of one probe round to one peer.
@@ -39,7 +39,7 @@ type Result struct {
 type Peer struct {
 	Node  string     `json:"node"`
 	Addr  netip.Addr `json:"addr"` // its health endpoint
-	State State      `json:"state"`
+	State Verdict    `json:"state"`
 	RTTms float64    `json:"rtt_ms"` // moving average of answered small probes
 	Loss  float64    `json:"loss"`   // fraction of small probes lost in the window
 	// BigLoss is the fraction of full-size probes lost in the window.
@@ -52,7 +52,7 @@ type Peer struct {
 // Change is a verdict that changed, with its cause.
 type Change struct {
 	Node     string
-	From, To State
+	From, To Verdict
 	Cause    string
 }
 
@@ -71,7 +71,7 @@ type track struct {
 	addr    netip.Addr
 	results []Result // oldest first, at most Window
 	rtt     float64  // ms, moving average
-	state   State
+	state   Verdict
 	since   time.Time
 	cause   string
 }
@@ -124,7 +124,7 @@ func (t *Tracker) Record(node string, addr netip.Addr, r Result, now time.Time) 
 }
 
 // judge gives the verdict on a window of results (oldest first).
-func (t *Tracker) judge(rs []Result) (State, string) {
+func (t *Tracker) judge(rs []Result) (Verdict, string) {
 	n, k := len(rs), t.streak()
 	if n < k {
 		return Unknown, ""

@@ -14,7 +14,7 @@ func TestJudge(t *testing.T) {
 	cases := []struct {
 		name  string
 		in    []Result
-		want  State
+		want  Verdict
 		cause string
 	}{
 		{"too few rounds", []Result{ok, ok}, Unknown, ""},
@@ -30,7 +30,7 @@ func TestJudge(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tr := &Tracker{BigSize: 1422}
-			var st State
+			var st Verdict
 			for _, r := range c.in {
 				tr.Record("h2", netip.MustParseAddr("10.0.0.2"), r, time.Now())
 			}

@@ -185,7 +185,7 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		join = nil
 	}
 	if len(l.Etcd) > 0 {
-		f := l.EtcdTLSFiles()
+		f := l.EtcdFiles()
 		args = append(args, "--store", "etcd://"+strings.Join(l.EtcdEndpoints(), ","),
 			"--etcd-cacert", f.CA, "--etcd-cert", f.ClientCert, "--etcd-key", f.ClientKey)
 	}

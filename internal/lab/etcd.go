@@ -49,7 +49,7 @@ func (l *Lab) StartEtcd(i int) error {
 	// the members' own traffic plain, on the lab's underlay.
 	cmd := exec.Command("etcd", "--name", e.Name, "--data-dir", filepath.Join(e.Dir, "data"),
 		"--listen-client-urls", "https://"+a+":2379", "--advertise-client-urls", "https://"+a+":2379",
-		"--cert-file", cert, "--key-file", key, "--client-cert-auth", "--trusted-ca-file", l.EtcdTLSFiles().CA,
+		"--cert-file", cert, "--key-file", key, "--client-cert-auth", "--trusted-ca-file", l.EtcdFiles().CA,
 		"--listen-peer-urls", "http://"+a+":2380", "--initial-advertise-peer-urls", "http://"+a+":2380",
 		"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", state,
 		"--initial-cluster-token", l.Prefix+"etcd",

@@ -16,17 +16,17 @@ import (
 	"time"
 )
 
-// EtcdTLS are the files of the lab etcd's certificates: a CA, a server
+// EtcdFiles are the files of the lab etcd's certificates: a CA, a server
 // certificate per member (its address as SAN) and one client certificate
 // the agents present (etcd runs with --client-cert-auth).
-type EtcdTLS struct {
+type EtcdFiles struct {
 	CA, ClientCert, ClientKey string
 }
 
-// EtcdTLSFiles returns where the lab keeps them.
-func (l *Lab) EtcdTLSFiles() EtcdTLS {
+// EtcdFiles returns where the lab keeps them.
+func (l *Lab) EtcdFiles() EtcdFiles {
 	d := filepath.Join(l.dir(), "etcd-pki")
-	return EtcdTLS{CA: filepath.Join(d, "ca.pem"), ClientCert: filepath.Join(d, "client.pem"), ClientKey: filepath.Join(d, "client-key.pem")}
+	return EtcdFiles{CA: filepath.Join(d, "ca.pem"), ClientCert: filepath.Join(d, "client.pem"), ClientKey: filepath.Join(d, "client-key.pem")}
 }
 
 func (l *Lab) etcdServerFiles(name string) (cert, key string) {
@@ -37,7 +37,7 @@ func (l *Lab) etcdServerFiles(name string) (cert, key string) {
 // makeEtcdPKI writes the CA, the members' server certificates and the
 // agents' client certificate.
 func (l *Lab) makeEtcdPKI() error {
-	f := l.EtcdTLSFiles()
+	f := l.EtcdFiles()
 	if err := os.MkdirAll(filepath.Dir(f.CA), 0o700); err != nil {
 		return err
 	}

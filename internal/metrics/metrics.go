@@ -108,7 +108,7 @@ var (
 	descPeerLoss    = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
 
-var healthStates = []health.State{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
+var healthStates = []health.Verdict{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath} {

@@ -15,10 +15,10 @@ import (
 
 // Host answers the agent's questions about this host's addresses, in the
 // network namespace the process runs in.
-type Host struct{}
+type HostNet struct{}
 
 // Underlay finds the device holding addr and its MTU.
-func (Host) Underlay(addr netip.Addr) (string, int, error) {
+func (HostNet) Underlay(addr netip.Addr) (string, int, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return "", 0, fmt.Errorf("list links: %w", err)
@@ -39,7 +39,7 @@ func (Host) Underlay(addr netip.Addr) (string, int, error) {
 
 // HasAddr reports whether addr is configured on an interface of this host
 // (one dump of every address).
-func (Host) HasAddr(addr netip.Addr) (bool, error) {
+func (HostNet) HasAddr(addr netip.Addr) (bool, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return false, fmt.Errorf("list addresses: %w", err)
@@ -54,7 +54,7 @@ func (Host) HasAddr(addr netip.Addr) (bool, error) {
 
 // PortFree tries to bind the port on every address of the host: a process
 // listening there (or Docker's proxy for a published port) makes it fail.
-func (Host) PortFree(proto string, port uint16) error {
+func (HostNet) PortFree(proto string, port uint16) error {
 	addr := fmt.Sprintf(":%d", port)
 	switch proto {
 	case "tcp":
@@ -104,7 +104,7 @@ func DefaultAdvertiseAddr() (netip.Addr, error) {
 // OriginalDst returns where a connection from client, destination-NATed
 // to local on this host, was going: the connection tracking entry whose
 // reply goes from local to client names it.
-func (Host) OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error) {
+func (HostNet) OriginalDst(proto string, client, local netip.AddrPort) (netip.AddrPort, error) {
 	p := map[string]uint8{"udp": unix.IPPROTO_UDP, "tcp": unix.IPPROTO_TCP}[proto]
 	if p == 0 {
 		return netip.AddrPort{}, fmt.Errorf("unknown protocol %q", proto)
