@@ -1,10 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -228,7 +229,7 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(out, "\nNETWORKS\n")
 			tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tLOCAL\tREMOTE")
-			sort.Slice(s.Networks, func(i, j int) bool { return s.Networks[i].Name < s.Networks[j].Name })
+			slices.SortFunc(s.Networks, func(x, y api.NetworkStatus) int { return cmp.Compare(x.Name, y.Name) })
 			for _, n := range s.Networks {
 				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", n.Name, n.VNI, n.Subnet, n.Local, n.Remote)
 			}

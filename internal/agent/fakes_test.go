@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -199,7 +199,7 @@ func (m *busMember) Alive() []model.Node {
 	for _, o := range m.peers() {
 		out = append(out, model.Node{Name: o.name, Addr: o.addr})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y model.Node) int { return cmp.Compare(x.Name, y.Name) })
 	return out
 }
 
@@ -328,7 +328,7 @@ func (f *fakeDockerd) Networks(driver string) ([]docker.NetworkInspect, error) {
 			out = append(out, n)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	slices.SortFunc(out, func(x, y docker.NetworkInspect) int { return cmp.Compare(x.ID, y.ID) })
 	return out, nil
 }
 

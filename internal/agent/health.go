@@ -1,8 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
@@ -138,7 +139,7 @@ func (a *Agent) Health(all bool) api.Health {
 		h.All = append(h.All, rep)
 	}
 	h.All = append(h.All, h.HealthReport) // our own, fresher than our record
-	sort.Slice(h.All, func(i, j int) bool { return h.All[i].Node < h.All[j].Node })
+	slices.SortFunc(h.All, func(x, y api.HealthReport) int { return cmp.Compare(x.Node, y.Node) })
 	return h
 }
 

@@ -1,9 +1,10 @@
 package cluster
 
 import (
+	"cmp"
 	"errors"
 	"hash/fnv"
-	"sort"
+	"slices"
 )
 
 // Digest summarises a state for anti-entropy: for each origin the number
@@ -72,7 +73,7 @@ func (s *State) Digest(full bool) *Digest {
 		for _, o := range by {
 			d.Origins = append(d.Origins, *o)
 		}
-		sort.Slice(d.Origins, func(i, j int) bool { return d.Origins[i].Origin < d.Origins[j].Origin })
+		slices.SortFunc(d.Origins, func(x, y OriginDigest) int { return cmp.Compare(x.Origin, y.Origin) })
 		s.digest, s.digestGen = d, s.gen
 	}
 	out := *s.digest
@@ -119,7 +120,7 @@ func (s *State) Differing(d Digest) []Record {
 			out = append(out, r)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	slices.SortFunc(out, func(x, y Record) int { return cmp.Compare(x.Key, y.Key) })
 	return out
 }
 

@@ -5,10 +5,11 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -253,7 +254,7 @@ func (s *State) List(prefix string) []Record {
 			out = append(out, r)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	slices.SortFunc(out, func(x, y Record) int { return cmp.Compare(x.Key, y.Key) })
 	return out
 }
 
@@ -265,7 +266,7 @@ func (s *State) Snapshot() []Record {
 	for _, r := range s.records {
 		out = append(out, r)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	slices.SortFunc(out, func(x, y Record) int { return cmp.Compare(x.Key, y.Key) })
 	return out
 }
 

@@ -1,11 +1,12 @@
 package cluster
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/vxnet/vxnet/internal/model"
@@ -62,7 +63,7 @@ type Conflict struct {
 // keeps it and the other is reported.
 func (s *State) Networks() ([]model.Network, []Conflict) {
 	recs := s.List(PrefixNetwork)
-	sort.Slice(recs, func(i, j int) bool { return recs[j].Newer(recs[i]) })
+	slices.SortFunc(recs, func(x, y Record) int { return olderFirst(x, y) })
 	var out []model.Network
 	var conflicts []Conflict
 	for _, r := range recs {
@@ -77,7 +78,7 @@ func (s *State) Networks() ([]model.Network, []Conflict) {
 		}
 		out = append(out, n)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y model.Network) int { return cmp.Compare(x.Name, y.Name) })
 	return out, conflicts
 }
 
@@ -201,4 +202,15 @@ func ValidateRecord(r Record) error {
 		}
 		return model.ValidateName("node", b.Node)
 	}
+}
+
+// olderFirst orders records by age, the newest last (Newer decides).
+func olderFirst(x, y Record) int {
+	switch {
+	case y.Newer(x):
+		return -1
+	case x.Newer(y):
+		return 1
+	}
+	return 0
 }

@@ -5,9 +5,10 @@
 package health
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
 	"time"
 )
 
@@ -171,7 +172,7 @@ func (t *Tracker) Peers() []Peer {
 		}
 		out = append(out, pe)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	slices.SortFunc(out, func(x, y Peer) int { return cmp.Compare(x.Node, y.Node) })
 	return out
 }
 

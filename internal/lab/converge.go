@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -181,7 +181,7 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 		return 0
 	}
 	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	slices.Sort(s)
 	rank := int(p/100*float64(len(s))+0.999999) - 1
 	rank = max(0, min(rank, len(s)-1))
 	return s[rank]

@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"sort"
 
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/model"
@@ -104,7 +103,7 @@ func Desired(in Input) (Target, []Problem) {
 	}
 	// Sort endpoints by ID so duplicates resolve the same way on every host.
 	eps := append([]model.Endpoint(nil), in.Endpoints...)
-	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
+	slices.SortFunc(eps, func(x, y model.Endpoint) int { return cmp.Compare(x.ID, y.ID) })
 	type owner struct{ id string }
 	type ipKey struct {
 		net string
@@ -361,7 +360,7 @@ func Plan(want Target, have datapath.Observed) []Op {
 		}
 	}
 	ports := append([]datapath.Port(nil), have.Ports...)
-	sort.Slice(ports, func(i, j int) bool { return ports[i].ID < ports[j].ID })
+	slices.SortFunc(ports, func(x, y datapath.Port) int { return cmp.Compare(x.ID, y.ID) })
 	for _, p := range ports {
 		if !want.Ports[p.ID] {
 			ops = append(ops, Op{Kind: DetachPort, PortID: p.ID, VNI: p.VNI})

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -12,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -597,7 +597,7 @@ func (e *Store) Alive() []model.Node {
 			out = append(out, model.Node{Name: name, Addr: f.Addr})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y model.Node) int { return cmp.Compare(x.Name, y.Name) })
 	return out
 }
 
@@ -614,7 +614,7 @@ func (e *Store) Members() []cluster.Member {
 			out = append(out, cluster.Member{Name: name, Addr: f.Addr, State: "failed", LastContact: f.Since})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y cluster.Member) int { return cmp.Compare(x.Name, y.Name) })
 	return out
 }
 

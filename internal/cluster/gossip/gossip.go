@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,7 +337,7 @@ func (g *Gossip) Alive() []model.Node {
 		}
 	}
 	g.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y model.Node) int { return cmp.Compare(x.Name, y.Name) })
 	return out
 }
 
@@ -365,7 +365,7 @@ func (g *Gossip) Members() []cluster.Member {
 			out = append(out, cluster.Member{Name: name, Addr: f.vtep, State: "failed", LastContact: f.since})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(x, y cluster.Member) int { return cmp.Compare(x.Name, y.Name) })
 	return out
 }
 

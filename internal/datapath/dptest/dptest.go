@@ -4,10 +4,11 @@
 package dptest
 
 import (
+	"cmp"
 	"errors"
 	"net/netip"
 	"reflect"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 
@@ -300,7 +301,7 @@ func sameFDB(a, b []datapath.FDB) bool {
 		for _, f := range s {
 			out = append(out, f.String())
 		}
-		sort.Strings(out)
+		slices.Sort(out)
 		return out
 	}
 	return reflect.DeepEqual(key(a), key(b))
@@ -312,7 +313,7 @@ func sameNeigh(a, b []datapath.Neigh) bool {
 		for _, n := range s {
 			out = append(out, n.String())
 		}
-		sort.Strings(out)
+		slices.Sort(out)
 		return out
 	}
 	return reflect.DeepEqual(key(a), key(b))
@@ -358,7 +359,7 @@ func fastPath(t *testing.T, h Harness) {
 			}
 			got = append(got, hk.Want())
 		}
-		sort.Slice(got, func(i, j int) bool { return got[i].Dev > got[j].Dev })
+		slices.SortFunc(got, func(x, y datapath.FastHook) int { return cmp.Compare(y.Dev, x.Dev) })
 		if !reflect.DeepEqual(got, wantHooks) || !reflect.DeepEqual(fp.Entries, wantEntries) {
 			t.Fatalf("%s: observed hooks %+v entries %+v, want %+v %+v", what, got, fp.Entries, wantHooks, wantEntries)
 		}

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"sort"
 	"sync"
 
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -84,7 +83,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	}
 	slices.SortFunc(o.FDB, func(a, b datapath.FDB) int { return a.Key().Compare(b.Key()) })
 	slices.SortFunc(o.Neigh, func(a, b datapath.Neigh) int { return a.Key().Compare(b.Key()) })
-	sort.Slice(o.Ports, func(i, j int) bool { return o.Ports[i].ID < o.Ports[j].ID })
+	slices.SortFunc(o.Ports, func(x, y datapath.Port) int { return cmp.Compare(x.ID, y.ID) })
 	return o, nil
 }
 
