@@ -165,10 +165,20 @@ type Agent struct {
 	traces *trace.Service // nil without a tracer
 }
 
-// underlay is the device the advertise address is on, and its MTU.
+// underlay is the device the advertise address is on, its MTU and the
+// family VXLAN runs over.
 type underlay struct {
 	dev string
 	mtu int
+	v6  bool
+}
+
+// networkMTU is the MTU of a network on this host (its vxlan device,
+// bridge and every port): the one place it is derived, from the
+// network's own setting and the underlay (reconcile derives the devices'
+// from the same inputs, which the pass hands it).
+func (u underlay) networkMTU(n model.Network) (int, error) {
+	return model.EffectiveMTU(n.MTU, u.mtu, u.v6)
 }
 
 // ownState is what this agent holds of its own (Agent.mu).
@@ -262,6 +272,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		}
 	}
 	a.underlay.dev, a.underlay.mtu, err = deps.HostNet.Underlay(cfg.AdvertiseAddr)
+	a.underlay.v6 = cfg.AdvertiseAddr.Is6()
 	if err != nil {
 		return nil, err
 	}

@@ -87,7 +87,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if err != nil {
 		return endpointResult{}, err
 	}
-	mtu, err := model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6())
+	mtu, err := a.underlay.networkMTU(n)
 	if err != nil {
 		return endpointResult{}, invalid("network %s: %w", n.Name, err)
 	}

@@ -80,7 +80,7 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 		return api.NetworkInfo{}, err
 	}
 	n.DockerName = dockerName
-	if _, err := model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6()); err != nil {
+	if _, err := a.underlay.networkMTU(n); err != nil {
 		return api.NetworkInfo{}, invalid("network %s: %w", n.Name, err)
 	}
 	a.mu.Lock()
@@ -128,7 +128,7 @@ func (a *Agent) supersededNotices() []string {
 
 func (a *Agent) networkInfo(n model.Network) api.NetworkInfo {
 	info := api.NetworkInfo{Network: n, Endpoints: map[string]int{}}
-	info.EffectiveMTU, _ = model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6())
+	info.EffectiveMTU, _ = a.underlay.networkMTU(n)
 	if r, ok := a.state.Get(cluster.NetworkKey(n.Name)); ok {
 		info.Origin = r.Origin
 	}

@@ -53,7 +53,7 @@ func (t *traceAgent) Network(name string) (model.Network, int, error) {
 	if err != nil {
 		return n, 0, err
 	}
-	mtu, _ := model.EffectiveMTU(n.MTU, a.underlay.mtu, a.cfg.AdvertiseAddr.Is6())
+	mtu, _ := a.underlay.networkMTU(n)
 	return n, mtu, nil
 }
 
