@@ -105,15 +105,6 @@ func newContainer(t *testing.T, l *lab.Lab, name string) string {
 	return path
 }
 
-func ctr(t *testing.T, l *lab.Lab, name string) lab.Container {
-	t.Helper()
-	c, ok := l.Container(name)
-	if !ok {
-		t.Fatalf("no container %s", name)
-	}
-	return c
-}
-
 func pingUntil(t *testing.T, ns string, dst netip.Addr, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -349,7 +340,7 @@ func waitCond(timeout time.Duration, cond func() error) error {
 // kernel as it should be (no kernel change at all).
 func TestAgentKill9(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 3*time.Second)
 	// h3 is never restarted: it must not be disturbed either (the others
 	// come back within the two-probe grace, so it withdraws and re-adds
@@ -412,7 +403,7 @@ func TestMemberFailure(t *testing.T) {
 		name := map[bool]string{false: "Partition", true: "HardStop"}[hard]
 		t.Run(name, func(t *testing.T) {
 			l := up(t, 3, 1, 1)
-			a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+			a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
 			pingUntil(t, a.Netns, c.IP, 3*time.Second)
 			h3, _ := l.Host("h3")
 			if hard {
@@ -1044,7 +1035,7 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pingUntil(t, ctr(t, l, "h1-n1-c1").Netns, ctr(t, l, "h2-n1-c1").IP, 3*time.Second)
+	pingUntil(t, testutil.Container(t, l, "h1-n1-c1").Netns, testutil.Container(t, l, "h2-n1-c1").IP, 3*time.Second)
 }
 
 // TestUnderlayAddressChange: a host gets a new underlay address while its
@@ -1053,7 +1044,7 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 // entries move to the new VTEP) and traffic flows again.
 func TestUnderlayAddressChange(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
 	pingUntil(t, a.Netns, c.IP, 3*time.Second)
 	newAddr := netip.MustParseAddr("198.18.0.33")
 	if err := l.Renumber("h3", newAddr); err != nil {
@@ -1130,7 +1121,7 @@ func TestRestartWithoutJoin(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pingUntil(t, ctr(t, l, "h2-n1-c1").Netns, ctr(t, l, "h3-n1-c1").IP, 3*time.Second)
+	pingUntil(t, testutil.Container(t, l, "h2-n1-c1").Netns, testutil.Container(t, l, "h3-n1-c1").IP, 3*time.Second)
 }
 
 // TestAttachByPID: a container given by the PID of a process in its

@@ -48,7 +48,7 @@ func TestEtcd(t *testing.T) {
 		t.Fatalf("h1 sees %d live members, want 3", n)
 	}
 
-	c1, c3 := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	c1, c3 := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
 	step(t, "Trace", func(t *testing.T) {
 		// The far host's taps are asked for through etcd.
 		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c3.IP.String()})
@@ -210,6 +210,6 @@ func TestEtcd(t *testing.T) {
 		if n := aliveCount(t, l, "h2"); n != 3 {
 			t.Fatalf("h2 sees %d live members after the impostor, want 3", n)
 		}
-		pingUntil(t, ctr(t, l, "h2-n1-c1").Netns, c1.IP, 3*time.Second)
+		pingUntil(t, testutil.Container(t, l, "h2-n1-c1").Netns, c1.IP, 3*time.Second)
 	})
 }

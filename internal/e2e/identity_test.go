@@ -23,7 +23,7 @@ import (
 // other case of the same conflict: TestUnderlayAddressChange.)
 func TestDuplicateName(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
 	pingUntil(t, b.Netns, a.IP, 3*time.Second)
 	h1, _ := l.Host("h1")
 	h2, _ := l.Host("h2")
@@ -111,7 +111,7 @@ func TestDuplicateName(t *testing.T) {
 // they were (no withdrawal and re-add of its endpoints), and traffic resumes.
 func TestBriefCutChangesNothing(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, c := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h3-n1-c1")
+	a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
 	pingUntil(t, a.Netns, c.IP, 3*time.Second)
 	if err := l.WaitConverged(10 * time.Second); err != nil {
 		t.Fatal(err)

@@ -139,7 +139,7 @@ func TestRollingUpgrade(t *testing.T) {
 	if err := l.WaitConverged(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	a, b := ctr(t, l, "h1-n1-c1"), ctr(t, l, "h2-n1-c1")
+	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 5*time.Second)
 	before := map[string]string{}
 	for _, h := range l.Hosts {

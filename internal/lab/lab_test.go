@@ -47,15 +47,6 @@ func up(t *testing.T, cfg lab.Config) *lab.Lab {
 	return l
 }
 
-func container(t *testing.T, l *lab.Lab, name string) lab.Container {
-	t.Helper()
-	c, ok := l.Container(name)
-	if !ok {
-		t.Fatalf("no container %s", name)
-	}
-	return c
-}
-
 func handle(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
 	h, err := nsutil.Handle(path)
@@ -106,7 +97,7 @@ func TestLabDatapath(t *testing.T) {
 		}
 	}
 
-	a, b := container(t, l, "h1-n1-c1"), container(t, l, "h2-n1-c1")
+	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
 	t.Run("FullSizeWithDF", func(t *testing.T) {
 		mtu := model.DeriveMTU(lab.UnderlayMTU, false)
 		if _, err := probe.Ping(a.Netns, b.IP, mtu-28, true, 2*time.Second); err != nil {
@@ -173,7 +164,7 @@ func TestLabDatapath(t *testing.T) {
 	})
 	t.Run("IsolationWithForwarding", func(t *testing.T) {
 		// Hosts forward IP; only vxnet's rule keeps net2 out of net1.
-		other := container(t, l, "h1-n2-c1")
+		other := testutil.Container(t, l, "h1-n2-c1")
 		if _, err := probe.Ping(other.Netns, b.IP, 56, false, 500*time.Millisecond); err == nil {
 			t.Fatal("a container of net2 reached net1 through the host")
 		}
@@ -262,7 +253,7 @@ func TestLabDatapath(t *testing.T) {
 
 func TestLabFlood(t *testing.T) {
 	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Flood: true})
-	a, b := container(t, l, "h1-n1-c1"), container(t, l, "h2-n1-c1")
+	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
 	pc, err := probe.ListenUDP(b.Netns, 9999)
 	if err != nil {
 		t.Fatal(err)
@@ -380,7 +371,7 @@ func TestRecipe(t *testing.T) {
 // test can tell), and members' traffic still flows.
 func TestRogueVXLANDropped(t *testing.T) {
 	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1})
-	victim := container(t, l, "h2-n1-c1")
+	victim := testutil.Container(t, l, "h2-n1-c1")
 	h2, _ := l.Host("h2")
 	nw := l.Networks[0]
 	rogue, err := l.AddSyntheticHost(99) // on the switch, not a member
