@@ -327,7 +327,22 @@ func TestDockerRestartAndConnect(t *testing.T) {
 			out, err := d2.Docker("run", "-d", "--name", "cr", "--net", "web", lab.DockerImage, "sleep", "600")
 			done <- result{out, err}
 		}()
-		time.Sleep(2 * time.Second)
+		// docker run created the container and now waits for the driver
+		// (dockerd retries the plugin while its socket does not answer).
+		if err := waitCond(30*time.Second, func() error {
+			select {
+			case r := <-done:
+				return fmt.Errorf("docker run ended while the agent was down (%v): %s", r.err, r.out)
+			default:
+			}
+			out, err := d2.Docker("ps", "-a", "--filter", "name=^cr$", "--format", "{{.State}}")
+			if err != nil || strings.TrimSpace(out) != "created" {
+				return fmt.Errorf("container cr: %q %v", out, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		select {
 		case r := <-done:
 			t.Fatalf("docker run ended while the agent was down (%v): %s", r.err, r.out)

@@ -324,6 +324,70 @@ func waitNetwork(l *lab.Lab, name string) error {
 	})
 }
 
+// waitPassAfter waits until host's agent has run a reconcile pass that
+// began after t0: whatever the agent would do about what happened before
+// t0, it has done.
+func waitPassAfter(t *testing.T, l *lab.Lab, host string, t0 time.Time) {
+	t.Helper()
+	if err := waitCond(30*time.Second, func() error {
+		s, err := client(l, host).Status()
+		if err != nil {
+			return err
+		}
+		if began := s.LastSync.Add(-s.LastSyncDuration); !began.After(t0) {
+			return fmt.Errorf("%s's last pass began at %s, not after %s", host, began.Format(time.StampMilli), t0.Format(time.StampMilli))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitQuietPass waits until host's agent has run a reconcile pass that
+// changed nothing in the kernel: it has done all it wanted.
+func waitQuietPass(t *testing.T, l *lab.Lab, host string) {
+	t.Helper()
+	prev, err := client(l, host).Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(30*time.Second, func() error {
+		s, err := client(l, host).Status()
+		if err != nil {
+			return err
+		}
+		if s.Syncs > prev.Syncs && s.KernelOps == prev.KernelOps && s.SyncError == "" {
+			return nil
+		}
+		if s.Syncs > prev.Syncs {
+			prev = s
+		}
+		return fmt.Errorf("%s made no pass without kernel writes yet (%d passes, %d writes)", host, s.Syncs, s.KernelOps)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitContactAfter waits until host's agent has heard from every other
+// live member after t0.
+func waitContactAfter(t *testing.T, l *lab.Lab, host string, t0 time.Time) {
+	t.Helper()
+	if err := waitCond(30*time.Second, func() error {
+		s, err := client(l, host).Status()
+		if err != nil {
+			return err
+		}
+		for _, m := range s.Members {
+			if m.Name != host && m.State == "alive" && !m.LastContact.After(t0) {
+				return fmt.Errorf("%s last heard from %s at %s, not after %s", host, m.Name, m.LastContact.Format(time.StampMilli), t0.Format(time.StampMilli))
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitCond(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -360,6 +424,7 @@ func TestAgentKill9(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	restarted := time.Now()
 	if err := l.WaitConverged(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +450,9 @@ func TestAgentKill9(t *testing.T) {
 	if h3Before.Syncs == 0 {
 		t.Fatal("h3 has made no reconcile pass")
 	}
-	time.Sleep(2 * lab.DefaultProbeInterval)
+	// A pass of h3 past the grace that followed the last restart: had it
+	// withdrawn h1's or h2's endpoints, that pass would have.
+	waitPassAfter(t, l, "h3", restarted.Add(2*lab.DefaultProbeInterval))
 	h3After, err := client(l, "h3").Status()
 	if err != nil {
 		t.Fatal(err)
@@ -805,7 +872,9 @@ func TestKeyRotation(t *testing.T) {
 	}
 	_, err = client(l, "h1").KeyOp("remove", newKey)
 	wantStatusError(t, err, 400, "key remove")
-	time.Sleep(2 * time.Second)
+	// h1 has heard from both others since the old key went: they talk on
+	// the new one alone.
+	waitContactAfter(t, l, "h1", time.Now())
 	if n := aliveCount(t, l, "h1"); n != 3 {
 		t.Fatalf("after removing the old key h1 sees %d alive members", n)
 	}

@@ -256,9 +256,26 @@ func TestHealth(t *testing.T) {
 		defer stopFlushing()
 		if onFastPath(t, l, "h2") {
 			// The probes are unicast inside the health network: on the
-			// fast path they never meet the FORWARD chain, and stay ok.
-			time.Sleep(4 * time.Second) // more than the 3 probes of a verdict
-			waitHealth(t, l, 5*time.Second, map[[2]string]health.Verdict{{"h1", "h2"}: health.OK, {"h1", "h3"}: health.OK})
+			// fast path they never meet the FORWARD chain, and stay ok:
+			// after more rounds than a verdict takes, the verdict on h2
+			// has not changed since before the flush.
+			flushed := time.Now()
+			if err := waitCond(15*time.Second, func() error {
+				h, err := client(l, "h1").Health(false)
+				if err != nil {
+					return err
+				}
+				if h.At.Before(flushed.Add(4 * time.Second)) {
+					return fmt.Errorf("h1's last probe round was at %s", h.At.Format(time.StampMilli))
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			p, err := healthOf(l, "h1", "h2")
+			if err != nil || p.State != health.OK || p.Since.After(flushed) {
+				t.Fatalf("h1 sees h2 %+v (%v): on the fast path the flush must not change the verdict", p, err)
+			}
 		} else {
 			waitHealth(t, l, 10*time.Second, map[[2]string]health.Verdict{{"h1", "h2"}: health.Unreachable, {"h1", "h3"}: health.OK})
 		}

@@ -52,6 +52,7 @@ func TestDuplicateName(t *testing.T) {
 		<-done
 		t.Fatalf("a second agent named h1 still runs after 20 s; its output:\n%s", tailLines(out.String(), 20))
 	}
+	refused := time.Now()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
 		t.Fatalf("second agent named h1 ended with %v, want a non-zero exit; output:\n%s", err, tailLines(out.String(), 20))
@@ -77,8 +78,11 @@ func TestDuplicateName(t *testing.T) {
 		}
 		t.Fatalf("the refused agent left links %v in its namespace, want only lo and the underlay", names)
 	}
-	// The members keep h1 at its own address and nothing moved.
-	time.Sleep(2 * lab.DefaultProbeInterval)
+	// The members keep h1 at its own address and nothing moved: both have
+	// heard from it since the refusal.
+	for _, h := range []string{"h2", "h3"} {
+		waitContactAfter(t, l, h, refused)
+	}
 	for _, h := range []string{"h2", "h3"} {
 		s, err := client(l, h).Status()
 		if err != nil {
@@ -116,8 +120,10 @@ func TestBriefCutChangesNothing(t *testing.T) {
 	if err := l.WaitConverged(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * lab.DefaultProbeInterval) // let the last passes settle
 	before := map[string]int64{}
+	for _, h := range []string{"h1", "h2"} {
+		waitQuietPass(t, l, h) // the last passes settled
+	}
 	for _, h := range []string{"h1", "h2"} {
 		s, err := client(l, h).Status()
 		if err != nil {
@@ -143,13 +149,18 @@ func TestBriefCutChangesNothing(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	detected := time.Now()
 	setUnderlay(t, l, "h3", true)
 	if failedOn == "" {
 		t.Fatalf("no member declared h3 failed within %s of the cut", 20*lab.DefaultProbeInterval)
 	}
 	t.Logf("h3 cut off for %s, until %s declared it failed", time.Since(cut).Round(time.Millisecond), failedOn)
 	pingUntil(t, a.Netns, c.IP, 5*time.Second)
-	time.Sleep(4 * lab.DefaultProbeInterval) // past any withdrawal the cut could have caused
+	// A pass on each past the grace after the failure: any withdrawal the
+	// cut could have caused would have happened by then.
+	for _, h := range []string{"h1", "h2"} {
+		waitPassAfter(t, l, h, detected.Add(2*lab.DefaultProbeInterval))
+	}
 	for _, h := range []string{"h1", "h2"} {
 		s, err := client(l, h).Status()
 		if err != nil {

@@ -133,7 +133,16 @@ func TestPodman(t *testing.T) {
 	})
 	step(t, "WithDocker", func(t *testing.T) {
 		d2 := startDocker(t, l, "h2")
-		mustDocker(t, d2, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.28.0.0/24", "web")
+		// The agent puts the cluster's networks into a dockerd that starts,
+		// and the user may create it too: whoever comes first, h2's dockerd
+		// then has vxnet's web on the cluster's subnet.
+		if _, err := d2.Docker("network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.28.0.0/24", "web"); err != nil &&
+			!strings.Contains(err.Error(), "already exists") {
+			t.Fatal(err)
+		}
+		if got := mustDocker(t, d2, "network", "inspect", "-f", "{{.Driver}} {{range .IPAM.Config}}{{.Subnet}}{{end}}", "web"); got != "vxnet 172.28.0.0/24" {
+			t.Fatalf("h2's dockerd has web as %q, want vxnet 172.28.0.0/24", got)
+		}
 		mustDocker(t, d2, "run", "-d", "--name", "dc", "--net", "web", lab.DockerImage, "sleep", "600")
 		dcIP := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "dc")
 		retryPodman(t, p1, "1 packets received", "exec", "pc1", "ping", "-c", "1", "-W", "1", dcIP)

@@ -180,8 +180,9 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		// This release adds the health network (its bridge, vxlan device,
 		// entries and endpoint, and its VNI in the firewalls, rewritten
-		// atomically): those are its only kernel writes.
-		time.Sleep(2 * time.Second)
+		// atomically): those are its only kernel writes, all made once a
+		// pass writes nothing.
+		waitQuietPass(t, l, h.Name)
 		if bad := nonHealthWrites(t, logPath, st.Size(), h.Name); len(bad) > 0 {
 			t.Fatalf("the upgraded agent of %s changed the kernel beyond the health network:\n%s", h.Name, strings.Join(bad, "\n"))
 		}
