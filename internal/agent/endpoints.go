@@ -19,6 +19,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/ipam"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/reconcile"
 )
 
 // This file is the one endpoint path. Every front door (the local API's
@@ -247,13 +248,8 @@ func (a *Agent) plugLocked(req endpointRequest, res endpointResult) error {
 	if err != nil {
 		return err
 	}
-	spec, ok := want.Networks[res.Network.VNI]
-	if !ok {
-		return conflict("network %s is not programmable on this host (see 'vxnet status' for conflicts)", res.Network.Name)
-	}
-	_, err = a.dp.Attach(datapath.EndpointSpec{ID: req.ID, VNI: spec.VNI, Netns: req.Netns, IfName: res.IfName,
-		MAC: res.Endpoint.MAC, IP: netip.PrefixFrom(res.Endpoint.IP, res.Network.Subnet.Bits()),
-		Gateway: res.Network.Gateway, MTU: res.MTU})
+	_, err = reconcile.Plug(a.dp, want, reconcile.Port{ID: req.ID, Netns: req.Netns, IfName: res.IfName,
+		MAC: res.Endpoint.MAC, IP: res.Endpoint.IP, Network: res.Network})
 	return err
 }
 

@@ -2,7 +2,6 @@ package lab
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -61,9 +60,7 @@ func (l *Lab) programStatic(cfg Config) error {
 				continue
 			}
 			n, _ := l.Network(c.Network)
-			spec := want.Networks[n.VNI]
-			_, err := dp.Attach(datapath.EndpointSpec{ID: c.Name, VNI: n.VNI, Netns: c.Netns, IfName: "eth0", MAC: c.MAC,
-				IP: netip.PrefixFrom(c.IP, n.Subnet.Bits()), Gateway: n.Gateway, MTU: spec.MTU})
+			_, err := reconcile.Plug(dp, want, reconcile.Port{ID: c.Name, Netns: c.Netns, IfName: "eth0", MAC: c.MAC, IP: c.IP, Network: n})
 			if err != nil {
 				dp.Close()
 				return fmt.Errorf("attach %s: %w", c.Name, err)
