@@ -48,11 +48,6 @@ func (d *dockerAgent) PutDockerNetwork(id, name string) error {
 }
 func (d *dockerAgent) DelDockerNetwork(id string) error { return d.store.delDockerNetwork(id) }
 
-func (d *dockerAgent) Reserve(n model.Network, address string) (netip.Addr, error) {
-	return d.a().reserve(n, address)
-}
-
-func (d *dockerAgent) Unreserve(ip netip.Addr) { d.a().unreserve(ip) }
 
 func (d *dockerAgent) AddEndpoint(id, network, ifname string, ip netip.Addr, mac string) (model.Endpoint, error) {
 	res, err := d.a().addEndpoint(endpointRequest{ID: id, Network: network, IfName: ifname, IP: ip.String(), MAC: mac, Reserved: true})
@@ -93,23 +88,22 @@ func (d *dockerAgent) SetDockerName(network, name string) {
 	d.a().markDirty()
 }
 
-// reserve checks or allocates an address for a Docker endpoint that will
+// Reserve checks or allocates an address for a Docker endpoint that will
 // join later, and holds it until then (or until Docker releases it).
-func (a *Agent) reserve(n model.Network, address string) (netip.Addr, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	used, _ := a.usedLocked(n)
-	ip, recs, err := a.address(n, endpointRequest{IP: address}, used)
-	a.repl.Publish(recs...)
-	if err != nil {
-		return netip.Addr{}, err
+func (d *dockerAgent) Reserve(n model.Network, address string) (netip.Addr, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	used, _ := d.a().usedLocked(n)
+	ip, recs, err := d.a().address(n, endpointRequest{IP: address}, used)
+	d.repl.Publish(recs...)
+	if err == nil {
+		d.own.reserved[ip] = reservedForDocker
 	}
-	a.own.reserved[ip] = reservedForDocker
-	return ip, nil
+	return ip, err
 }
 
-func (a *Agent) unreserve(ip netip.Addr) {
-	a.mu.Lock()
-	delete(a.own.reserved, ip)
-	a.mu.Unlock()
+func (d *dockerAgent) Unreserve(ip netip.Addr) {
+	d.mu.Lock()
+	delete(d.own.reserved, ip)
+	d.mu.Unlock()
 }
