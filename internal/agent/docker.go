@@ -48,7 +48,6 @@ func (d *dockerAgent) PutDockerNetwork(id, name string) error {
 }
 func (d *dockerAgent) DelDockerNetwork(id string) error { return d.store.delDockerNetwork(id) }
 
-
 func (d *dockerAgent) AddEndpoint(id, network, ifname string, ip netip.Addr, mac string) (model.Endpoint, error) {
 	res, err := d.a().addEndpoint(endpointRequest{ID: id, Network: network, IfName: ifname, IP: ip.String(), MAC: mac, Reserved: true})
 	return res.Endpoint, err
