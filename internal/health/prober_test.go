@@ -38,8 +38,10 @@ type port struct {
 	onHost bool
 }
 
-func (pt port) Namespace(name string) (string, bool, error) { return "/run/netns/" + name, pt.onHost, nil }
-func (pt port) Open(string) (Pinger, error)                  { return pt.p, nil }
+func (pt port) Namespace(name string) (string, bool, error) {
+	return "/run/netns/" + name, pt.onHost, nil
+}
+func (pt port) Open(string) (Pinger, error) { return pt.p, nil }
 func (pt port) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
 	pt.p.mu.Lock()
 	defer pt.p.mu.Unlock()
