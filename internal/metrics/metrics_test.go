@@ -1,0 +1,60 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/health"
+)
+
+type source struct{}
+
+func (source) Status(bool) api.Status {
+	return api.Status{Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "failed"}},
+		Networks: []api.NetworkStatus{{Name: "web", Local: 2, Remote: 3}}, Syncs: 7, KernelOps: 11, SyncError: "boom",
+		Datapath: "bpf", FastHooks: 4, FastEntries: 5}
+}
+func (source) Traffic() cluster.Traffic { return cluster.Traffic{InMessages: 1, OutMessages: 2, InBytes: 3, OutBytes: 4} }
+func (source) HealthPeers() []health.Peer {
+	return []health.Peer{{Node: "h2", State: health.MTU, RTTms: 2, Loss: 0.1, BigLoss: 1}}
+}
+
+// TestMetrics: a scrape shows what the source says, and the requests of a
+// front door are counted by route and code.
+func TestMetrics(t *testing.T) {
+	m := New(source{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/networks/{name}", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNotFound) })
+	h := m.Instrument("api", mux)
+	for range 2 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/v1/networks/web", nil))
+	}
+	m.ObservePass(3e6)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	b, _ := io.ReadAll(rec.Body)
+	body := string(b)
+	for _, want := range []string{
+		`vxnet_members{state="alive"} 1`, `vxnet_members{state="failed"} 1`,
+		`vxnet_endpoints{network="web",where="local"} 2`, `vxnet_endpoints{network="web",where="remote"} 3`,
+		`vxnet_reconcile_passes_total 7`, `vxnet_reconcile_failing 1`, `vxnet_kernel_writes_total 11`,
+		`vxnet_fastpath{what="hooks"} 4`, `vxnet_fastpath{what="entries"} 5`,
+		`vxnet_gossip_messages_total{direction="out"} 2`, `vxnet_gossip_bytes_total{direction="out"} 4`,
+		`vxnet_peer_health{peer="h2",state="mtu"} 1`, `vxnet_peer_health{peer="h2",state="ok"} 0`,
+		`vxnet_peer_probe_loss_ratio{peer="h2",size="full"} 1`,
+		`vxnet_requests_total{code="404",door="api",path="GET /v1/networks/{name}"} 2`,
+		`vxnet_reconcile_pass_seconds_count 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if fams, err := m.Gather(); err != nil || len(fams) == 0 {
+		t.Fatalf("gather: %d %v", len(fams), err)
+	}
+}
