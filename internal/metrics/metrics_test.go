@@ -19,7 +19,9 @@ func (source) Status(bool) api.Status {
 		Networks: []api.NetworkStatus{{Name: "web", Local: 2, Remote: 3}}, Syncs: 7, KernelOps: 11, SyncError: "boom",
 		Datapath: "bpf", FastHooks: 4, FastEntries: 5}
 }
-func (source) Traffic() cluster.Traffic { return cluster.Traffic{InMessages: 1, OutMessages: 2, InBytes: 3, OutBytes: 4} }
+func (source) Traffic() cluster.Traffic {
+	return cluster.Traffic{InMessages: 1, OutMessages: 2, InBytes: 3, OutBytes: 4}
+}
 func (source) HealthPeers() []health.Peer {
 	return []health.Peer{{Node: "h2", State: health.MTU, RTTms: 2, Loss: 0.1, BigLoss: 1}}
 }
