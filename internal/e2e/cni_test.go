@@ -19,6 +19,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
@@ -105,7 +106,7 @@ func TestCNI(t *testing.T) {
 	dir := cniPlugins(t)
 	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Outside: true})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	remote := testutil.Container(t, l, "h2-n1-c1")
+	remote := labtest.Container(t, l, "h2-n1-c1")
 	rt := newRuntime(t, h1, dir)
 	for _, version := range []string{"1.0.0", "1.1.0"} {
 		t.Run(version, func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
@@ -404,7 +405,7 @@ func waitCond(timeout time.Duration, cond func() error) error {
 // kernel as it should be (no kernel change at all).
 func TestAgentKill9(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 3*time.Second)
 	// h3 is never restarted: it must not be disturbed either (the others
 	// come back within the two-probe grace, so it withdraws and re-adds
@@ -470,7 +471,7 @@ func TestMemberFailure(t *testing.T) {
 		name := map[bool]string{false: "Partition", true: "HardStop"}[hard]
 		t.Run(name, func(t *testing.T) {
 			l := up(t, 3, 1, 1)
-			a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
+			a, c := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h3-n1-c1")
 			pingUntil(t, a.Netns, c.IP, 3*time.Second)
 			h3, _ := l.Host("h3")
 			if hard {
@@ -1104,7 +1105,7 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pingUntil(t, testutil.Container(t, l, "h1-n1-c1").Netns, testutil.Container(t, l, "h2-n1-c1").IP, 3*time.Second)
+	pingUntil(t, labtest.Container(t, l, "h1-n1-c1").Netns, labtest.Container(t, l, "h2-n1-c1").IP, 3*time.Second)
 }
 
 // TestUnderlayAddressChange: a host gets a new underlay address while its
@@ -1113,7 +1114,7 @@ func TestStaleStateCleanedOnStart(t *testing.T) {
 // entries move to the new VTEP) and traffic flows again.
 func TestUnderlayAddressChange(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
+	a, c := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h3-n1-c1")
 	pingUntil(t, a.Netns, c.IP, 3*time.Second)
 	newAddr := netip.MustParseAddr("198.18.0.33")
 	if err := l.Renumber("h3", newAddr); err != nil {
@@ -1190,7 +1191,7 @@ func TestRestartWithoutJoin(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pingUntil(t, testutil.Container(t, l, "h2-n1-c1").Netns, testutil.Container(t, l, "h3-n1-c1").IP, 3*time.Second)
+	pingUntil(t, labtest.Container(t, l, "h2-n1-c1").Netns, labtest.Container(t, l, "h3-n1-c1").IP, 3*time.Second)
 }
 
 // TestAttachByPID: a container given by the PID of a process in its

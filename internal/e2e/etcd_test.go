@@ -16,6 +16,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
 	"github.com/vxnet/vxnet/internal/testutil"
@@ -48,7 +49,7 @@ func TestEtcd(t *testing.T) {
 		t.Fatalf("h1 sees %d live members, want 3", n)
 	}
 
-	c1, c3 := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
+	c1, c3 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h3-n1-c1")
 	step(t, "Trace", func(t *testing.T) {
 		// The far host's taps are asked for through etcd.
 		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c3.IP.String()})
@@ -219,6 +220,6 @@ func TestEtcd(t *testing.T) {
 		if n := aliveCount(t, l, "h2"); n != 3 {
 			t.Fatalf("h2 sees %d live members after the impostor, want 3", n)
 		}
-		pingUntil(t, testutil.Container(t, l, "h2-n1-c1").Netns, c1.IP, 3*time.Second)
+		pingUntil(t, labtest.Container(t, l, "h2-n1-c1").Netns, c1.IP, 3*time.Second)
 	})
 }

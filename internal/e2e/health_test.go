@@ -21,6 +21,7 @@ import (
 	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
@@ -94,7 +95,7 @@ func TestHealth(t *testing.T) {
 	h3, _ := l.Host("h3")
 	sw := nsutil.Path(l.Switch)
 
-	c1, c3 := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
+	c1, c3 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h3-n1-c1")
 	step(t, "TraceHealthy", func(t *testing.T) {
 		res, err := client(l, "h1").Trace(api.TraceRequest{Src: c1.IP.String(), Dst: c3.IP.String()})
 		if err != nil {
@@ -197,7 +198,7 @@ func TestHealth(t *testing.T) {
 			{"h1", "h3"}: health.OK})
 		t.Logf("found in %s", took.Round(time.Millisecond))
 		// Small packets still pass: ping works, which is why this fault hides.
-		c2 := testutil.Container(t, l, "h2-n1-c1")
+		c2 := labtest.Container(t, l, "h2-n1-c1")
 		pingUntil(t, c1.Netns, c2.IP, 3*time.Second)
 		// A full-size trace dies on the underlay (here on the reply's way
 		// out of h2, through the narrow port); a small one makes it.

@@ -17,10 +17,10 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
-	"github.com/vxnet/vxnet/internal/testutil"
 )
 
 // inNS runs a command inside a namespace.
@@ -145,7 +145,7 @@ func TestHostFirewall(t *testing.T) {
 	for _, h := range l.Hosts {
 		dropForwarding(t, h)
 	}
-	c1, c2 := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 
 	step(t, "ForwardDrop", func(t *testing.T) {
 		pingUntil(t, c1.Netns, c2.IP, 5*time.Second)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
 )
@@ -23,7 +24,7 @@ import (
 // other case of the same conflict: TestUnderlayAddressChange.)
 func TestDuplicateName(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pingUntil(t, b.Netns, a.IP, 3*time.Second)
 	h1, _ := l.Host("h1")
 	h2, _ := l.Host("h2")
@@ -115,7 +116,7 @@ func TestDuplicateName(t *testing.T) {
 // they were (no withdrawal and re-add of its endpoints), and traffic resumes.
 func TestBriefCutChangesNothing(t *testing.T) {
 	l := up(t, 3, 1, 1)
-	a, c := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h3-n1-c1")
+	a, c := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h3-n1-c1")
 	pingUntil(t, a.Netns, c.IP, 3*time.Second)
 	if err := l.WaitConverged(10 * time.Second); err != nil {
 		t.Fatal(err)

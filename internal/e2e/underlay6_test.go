@@ -13,9 +13,9 @@ import (
 
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/probe"
-	"github.com/vxnet/vxnet/internal/testutil"
 )
 
 // TestIPv6UnderlayAllowList: two members whose underlay is IPv6 alone
@@ -32,7 +32,7 @@ func TestIPv6UnderlayAllowList(t *testing.T) {
 	if !h1.Addr.Is6() || !h2.Addr.Is6() {
 		t.Fatalf("hosts %s and %s: want an IPv6 underlay", h1.Addr, h2.Addr)
 	}
-	a, victim := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, victim := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, victim.IP, 5*time.Second)
 	o, err := l.Observe("h2")
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/testutil"
@@ -139,7 +140,7 @@ func TestRollingUpgrade(t *testing.T) {
 	if err := l.WaitConverged(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 5*time.Second)
 	before := map[string]string{}
 	for _, h := range l.Hosts {

@@ -13,6 +13,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
@@ -97,7 +98,7 @@ func TestLabDatapath(t *testing.T) {
 		}
 	}
 
-	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	t.Run("FullSizeWithDF", func(t *testing.T) {
 		mtu := model.DeriveMTU(lab.UnderlayMTU, false)
 		if _, err := probe.Ping(a.Netns, b.IP, mtu-28, true, 2*time.Second); err != nil {
@@ -164,7 +165,7 @@ func TestLabDatapath(t *testing.T) {
 	})
 	t.Run("IsolationWithForwarding", func(t *testing.T) {
 		// Hosts forward IP; only vxnet's rule keeps net2 out of net1.
-		other := testutil.Container(t, l, "h1-n2-c1")
+		other := labtest.Container(t, l, "h1-n2-c1")
 		if _, err := probe.Ping(other.Netns, b.IP, 56, false, 500*time.Millisecond); err == nil {
 			t.Fatal("a container of net2 reached net1 through the host")
 		}
@@ -253,7 +254,7 @@ func TestLabDatapath(t *testing.T) {
 
 func TestLabFlood(t *testing.T) {
 	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Flood: true})
-	a, b := testutil.Container(t, l, "h1-n1-c1"), testutil.Container(t, l, "h2-n1-c1")
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pc, err := probe.ListenUDP(b.Netns, 9999)
 	if err != nil {
 		t.Fatal(err)
@@ -371,7 +372,7 @@ func TestRecipe(t *testing.T) {
 // test can tell), and members' traffic still flows.
 func TestRogueVXLANDropped(t *testing.T) {
 	l := up(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1})
-	victim := testutil.Container(t, l, "h2-n1-c1")
+	victim := labtest.Container(t, l, "h2-n1-c1")
 	h2, _ := l.Host("h2")
 	nw := l.Networks[0]
 	rogue, err := l.AddSyntheticHost(99) // on the switch, not a member

@@ -1,4 +1,5 @@
-package testutil
+// Package labtest holds helpers for tests that run a lab.
+package labtest
 
 import (
 	"testing"
