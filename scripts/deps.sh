@@ -8,15 +8,21 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian packages: iproute2 for humans exploring the lab, iperf3 for the
-# benchmarks, iptables (the host firewall, both backends) and procps
-# (sysctl) for the firewall tests, busybox-static and docker.io for the
-# Docker driver tests, containernetworking-plugins (portmap) and podman
-# (its CNI backend) for the CNI tests, systemd (systemd-analyze verify of
-# the unit), chromium (the live page, loaded in a real browser),
-# etcd-server (the etcd store's tests run a three-member etcd cluster).
+# Debian packages. The lab needs few (VXNET_DEPS=lab, as scripts/lab.sh
+# sets): iproute2 for humans exploring it, iptables (the agents write the
+# host firewall's rules with it), ca-certificates and git for Go's module
+# downloads. The tests need the rest: iperf3 for the benchmarks, nftables
+# and procps (sysctl) for the firewall tests, busybox-static and docker.io
+# for the Docker driver tests, containernetworking-plugins (portmap) and
+# podman (its CNI backend) for the CNI tests, systemd (systemd-analyze
+# verify of the unit), chromium (the live page, loaded in a real browser),
+# etcd-server (the etcd store's tests run etcd clusters).
+pkgs=(iproute2 util-linux ca-certificates git iptables)
+if [ "${VXNET_DEPS:-all}" != lab ]; then
+  pkgs+=(iperf3 nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium etcd-server)
+fi
 need=()
-for pkg in iproute2 util-linux ca-certificates git iperf3 iptables nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium etcd-server; do
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 export PATH="/usr/local/go/bin:$PATH"
@@ -30,7 +36,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Debian's etcd-server starts a service where services start: the tests
 # run their own etcd in namespaces, none belongs in this host's.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+if [ "${VXNET_DEPS:-all}" != lab ] && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 # A Debian Go older than go.mod asks for fetches the right toolchain

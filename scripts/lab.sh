@@ -4,7 +4,7 @@
 # (e.g. --hosts 5 --networks 3, or --keep to leave it up for exploring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/deps.sh
+VXNET_DEPS=lab . scripts/deps.sh # what the lab needs, not the tests' browser and daemons
 go build -o bin/vxnet ./cmd/vxnet
 if [ "$#" -eq 0 ]; then set -- --hosts 3 --networks 2 --keep=false; fi
 exec bin/vxnet lab up "$@"
