@@ -19,6 +19,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/cluster/gossip"
+	"github.com/vxnet/vxnet/internal/cluster/gossip/memnet"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
@@ -87,7 +88,7 @@ func Run(cfg Config) (Result, error) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 
-	network := &memNet{}
+	network := &memnet.Network{}
 	watch := cluster.EndpointKey("sim.web.1")
 	ms := make([]*member, cfg.Members)
 	defer func() {
@@ -99,9 +100,9 @@ func Run(cfg Config) (Result, error) {
 	}()
 	// Every transport first: the mock network's maps are not safe to add
 	// to while members already send.
-	trs := make([]*memTransport, len(ms))
+	trs := make([]*memnet.Transport, len(ms))
 	for i := range trs {
-		trs[i] = network.newTransport()
+		trs[i] = network.NewTransport()
 	}
 	for i := range ms {
 		m := &member{name: fmt.Sprintf("m%04d", i)}
@@ -166,12 +167,12 @@ func Run(cfg Config) (Result, error) {
 
 	// Steady state.
 	time.Sleep(2 * cfg.ProbeInterval)
-	network.msgs.Store(0)
-	network.bytes.Store(0)
+	network.Msgs.Store(0)
+	network.Bytes.Store(0)
 	time.Sleep(cfg.Window)
 	n := float64(len(ms)) * cfg.Window.Seconds()
-	res.BytesPerMemberSec, res.MsgsPerMemberSec = float64(network.bytes.Load())/n, float64(network.msgs.Load())/n
-	res.Dropped = network.dropped.Load()
+	res.BytesPerMemberSec, res.MsgsPerMemberSec = float64(network.Bytes.Load())/n, float64(network.Msgs.Load())/n
+	res.Dropped = network.Dropped.Load()
 	for _, m := range ms {
 		for _, o := range m.gossip.Members() {
 			if o.State == "failed" {

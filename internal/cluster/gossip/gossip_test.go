@@ -13,47 +13,41 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/cluster/gossip/memnet"
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// Members here gossip over the loopback address, each on a port of its
-// own; no root is needed.
-
-var loopback = netip.MustParseAddr("127.0.0.1")
-
-// freePort returns a port free for TCP and UDP on the loopback address.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
+// Members here gossip over an in-memory network (memnet): no socket, no
+// root, nothing on any interface.
 
 type member struct {
 	*Gossip
 	state   *cluster.State
-	port    int
+	addr    string // host:port on the in-memory network
 	changes atomic.Int64
 }
 
-func (m *member) addr() string { return fmt.Sprintf("127.0.0.1:%d", m.port) }
+// testNet is the in-memory network of one test, transports made up front.
+type testNet struct {
+	net  memnet.Network
+	free []*memnet.Transport
+}
 
-func start(t *testing.T, name string, cfg Config) *member {
+func newNet(members int) *testNet {
+	n := &testNet{}
+	for range members {
+		n.free = append(n.free, n.net.NewTransport())
+	}
+	return n
+}
+
+func (n *testNet) start(t *testing.T, name string, cfg Config) *member {
 	t.Helper()
-	m := &member{state: cluster.NewState(name), port: freePort(t)}
-	cfg.Name, cfg.Addr, cfg.Port = name, loopback, m.port
+	tr := n.free[0]
+	n.free = n.free[1:]
+	ip, port, _ := tr.FinalAdvertiseAddr("", 0)
+	m := &member{state: cluster.NewState(name), addr: net.JoinHostPort(ip.String(), fmt.Sprint(port))}
+	cfg.Name, cfg.Addr, cfg.Port, cfg.Transport = name, netip.MustParseAddr(ip.String()), port, tr
 	if cfg.Keys == nil {
 		cfg.Insecure = true
 	}
@@ -93,14 +87,15 @@ func key(b byte) []byte { return []byte(strings.Repeat(string(rune('a'+b)), 32))
 // traffic is counted.
 func TestReplicatesAndCalls(t *testing.T) {
 	keys := [][]byte{key(0)}
-	a := start(t, "a", Config{Keys: keys, OnCall: func(op string, body json.RawMessage) (any, error) {
+	n := newNet(2)
+	a := n.start(t, "a", Config{Keys: keys, OnCall: func(op string, body json.RawMessage) (any, error) {
 		if op != "echo" {
 			return nil, fmt.Errorf("unknown operation %q", op)
 		}
 		return map[string]json.RawMessage{"echo": body}, nil
 	}})
-	b := start(t, "b", Config{Keys: keys})
-	if n, err := b.Join([]string{a.addr()}); err != nil || n != 1 {
+	b := n.start(t, "b", Config{Keys: keys})
+	if n, err := b.Join([]string{a.addr}); err != nil || n != 1 {
 		t.Fatalf("join: %d %v", n, err)
 	}
 	until(t, "both alive on both", func() bool {
@@ -145,9 +140,10 @@ func TestReplicatesAndCalls(t *testing.T) {
 // it; the change at the end of the grace is announced (OnChange).
 func TestFailedMemberGrace(t *testing.T) {
 	probe := 300 * time.Millisecond
-	a := start(t, "a", Config{ProbeInterval: probe})
-	b := start(t, "b", Config{ProbeInterval: probe})
-	if _, err := b.Join([]string{a.addr()}); err != nil {
+	n := newNet(2)
+	a := n.start(t, "a", Config{ProbeInterval: probe})
+	b := n.start(t, "b", Config{ProbeInterval: probe})
+	if _, err := b.Join([]string{a.addr}); err != nil {
 		t.Fatal(err)
 	}
 	until(t, "b alive on a", func() bool { return slices.Contains(names(a.Alive()), "b") })
@@ -183,7 +179,8 @@ func TestFailedMemberGrace(t *testing.T) {
 // cannot join; no key is refused unless insecure.
 func TestKeys(t *testing.T) {
 	k1, k2 := key(1), key(2)
-	a := start(t, "a", Config{Keys: [][]byte{k1}})
+	n := newNet(3)
+	a := n.start(t, "a", Config{Keys: [][]byte{k1}})
 	if got := a.Keys(); len(got) != 1 || string(got[0]) != string(k1) {
 		t.Fatalf("keys %q", got)
 	}
@@ -212,18 +209,18 @@ func TestKeys(t *testing.T) {
 	if got := a.Keys(); len(got) != 1 || string(got[0]) != string(k2) {
 		t.Fatalf("keys after the rotation %q", got)
 	}
-	stranger := start(t, "s", Config{Keys: [][]byte{k1}})
-	if _, err := stranger.Join([]string{a.addr()}); err == nil {
+	stranger := n.start(t, "s", Config{Keys: [][]byte{k1}})
+	if _, err := stranger.Join([]string{a.addr}); err == nil {
 		t.Fatal("a member with the old key joined")
 	}
-	insecure := start(t, "i", Config{})
+	insecure := n.start(t, "i", Config{})
 	if err := insecure.KeyOp("install", k1); err == nil || !strings.Contains(err.Error(), "without encryption") {
 		t.Fatalf("key op without a keyring: %v", err)
 	}
 	if insecure.Keys() != nil {
 		t.Fatal("an insecure member lists keys")
 	}
-	if _, err := Start(Config{Name: "n", Addr: loopback, Port: freePort(t)}, cluster.NewState("n")); err == nil || !strings.Contains(err.Error(), "no cluster key") {
+	if _, err := Start(Config{Name: "n", Addr: netip.MustParseAddr("127.0.0.1"), Port: 1}, cluster.NewState("n")); err == nil || !strings.Contains(err.Error(), "no cluster key") {
 		t.Fatalf("start without a key: %v", err)
 	}
 	if cluster.Fingerprint(k1) == cluster.Fingerprint(k2) || strings.Contains(cluster.Fingerprint(k1), base64.StdEncoding.EncodeToString(k1)[:8]) {
@@ -234,7 +231,7 @@ func TestKeys(t *testing.T) {
 // TestMalformedMessages: what does not decode is counted and dropped,
 // never merged, whether it came as a packet or in a state exchange.
 func TestMalformedMessages(t *testing.T) {
-	a := start(t, "a", Config{})
+	a := newNet(1).start(t, "a", Config{})
 	d := (*delegate)(a.Gossip)
 	for _, msg := range [][]byte{[]byte("garbage"), {0x7b}, []byte(`{"kind":"records","records":[{"key":""}]}`)} {
 		d.NotifyMsg(msg)

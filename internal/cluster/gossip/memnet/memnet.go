@@ -1,4 +1,6 @@
-package sim
+// Package memnet is an in-memory network for memberlist: members of one
+// process (the simulation, unit tests) gossip without any socket.
+package memnet
 
 import (
 	"fmt"
@@ -11,17 +13,17 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// memNet is an in-memory network for memberlist: packets go through
+// Network is an in-memory network for memberlist: packets go through
 // buffered queues and are dropped when one is full (as UDP would), streams
 // are pipes. memberlist's own MockTransport hands packets over unbuffered,
 // so two members answering each other at once block each other for good.
-type memNet struct {
+type Network struct {
 	mu     sync.RWMutex
-	byAddr map[string]*memTransport
+	byAddr map[string]*Transport
 	port   int
-	// msgs and bytes count what every member sent; dropped the packets
+	// Msgs and Bytes count what every member sent; Dropped the packets
 	// lost to full queues.
-	msgs, bytes, dropped atomic.Int64
+	Msgs, Bytes, Dropped atomic.Int64
 }
 
 type memAddr string
@@ -29,22 +31,22 @@ type memAddr string
 func (a memAddr) Network() string { return "mem" }
 func (a memAddr) String() string  { return string(a) }
 
-// newTransport adds a member's transport at a new address.
-func (n *memNet) newTransport() *memTransport {
+// NewTransport adds a member's transport at a new address.
+func (n *Network) NewTransport() *Transport {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.byAddr == nil {
-		n.byAddr = map[string]*memTransport{}
+		n.byAddr = map[string]*Transport{}
 	}
 	n.port++
-	t := &memTransport{net: n, ip: net.IPv4(127, 0, 0, 1), port: n.port,
+	t := &Transport{net: n, ip: net.IPv4(127, 0, 0, 1), port: n.port,
 		packets: make(chan *memberlist.Packet, 1024), streams: make(chan net.Conn, 64)}
 	t.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(t.port))
 	n.byAddr[t.addr] = t
 	return t
 }
 
-func (n *memNet) lookup(addr string) (*memTransport, error) {
+func (n *Network) lookup(addr string) (*Transport, error) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	t, ok := n.byAddr[addr]
@@ -54,8 +56,9 @@ func (n *memNet) lookup(addr string) (*memTransport, error) {
 	return t, nil
 }
 
-type memTransport struct {
-	net     *memNet
+// Transport is one member's end of the network.
+type Transport struct {
+	net     *Network
 	addr    string
 	ip      net.IP
 	port    int
@@ -64,37 +67,38 @@ type memTransport struct {
 	closed  atomic.Bool
 }
 
-var _ memberlist.NodeAwareTransport = (*memTransport)(nil)
+var _ memberlist.NodeAwareTransport = (*Transport)(nil)
 
-func (t *memTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) { return t.ip, t.port, nil }
+func (t *Transport) FinalAdvertiseAddr(string, int) (net.IP, int, error) { return t.ip, t.port, nil }
 
-func (t *memTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
 	return t.WriteToAddress(b, memberlist.Address{Addr: addr})
 }
 
-func (t *memTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	now := time.Now()
+	t.net.Msgs.Add(1)
 	dest, err := t.net.lookup(a.Addr)
-	if err != nil {
-		return now, err
+	if err != nil { // as UDP: a packet to a member that is gone is lost, not refused
+		t.net.Dropped.Add(1)
+		return now, nil
 	}
-	t.net.msgs.Add(1)
-	t.net.bytes.Add(int64(len(b)))
+	t.net.Bytes.Add(int64(len(b)))
 	select {
 	case dest.packets <- &memberlist.Packet{Buf: append([]byte(nil), b...), From: memAddr(t.addr), Timestamp: now}:
 	default:
-		t.net.dropped.Add(1)
+		t.net.Dropped.Add(1)
 	}
 	return now, nil
 }
 
-func (t *memTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+func (t *Transport) PacketCh() <-chan *memberlist.Packet { return t.packets }
 
-func (t *memTransport) DialTimeout(addr string, d time.Duration) (net.Conn, error) {
+func (t *Transport) DialTimeout(addr string, d time.Duration) (net.Conn, error) {
 	return t.DialAddressTimeout(memberlist.Address{Addr: addr}, d)
 }
 
-func (t *memTransport) DialAddressTimeout(a memberlist.Address, d time.Duration) (net.Conn, error) {
+func (t *Transport) DialAddressTimeout(a memberlist.Address, d time.Duration) (net.Conn, error) {
 	dest, err := t.net.lookup(a.Addr)
 	if err != nil {
 		return nil, err
@@ -107,13 +111,13 @@ func (t *memTransport) DialAddressTimeout(a memberlist.Address, d time.Duration)
 		theirs.Close()
 		return nil, fmt.Errorf("dial %s: timeout", a.Addr)
 	}
-	t.net.msgs.Add(1)
-	return countedConn{mine, &t.net.bytes}, nil
+	t.net.Msgs.Add(1)
+	return countedConn{mine, &t.net.Bytes}, nil
 }
 
-func (t *memTransport) StreamCh() <-chan net.Conn { return t.streams }
+func (t *Transport) StreamCh() <-chan net.Conn { return t.streams }
 
-func (t *memTransport) Shutdown() error {
+func (t *Transport) Shutdown() error {
 	t.closed.Store(true)
 	return nil
 }
