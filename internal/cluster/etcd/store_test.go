@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -21,18 +21,11 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// These tests run a real etcd (Debian's etcd-server) on the loopback
-// address, one member, its data in a temporary directory; no root needed.
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// These tests run a real etcd (Debian's etcd-server), one member, its data
+// in a temporary directory, on unix sockets there (no network listener in
+// any namespace, no root). etcd names a unix socket by the host:port of
+// its URL, in its working directory; the test works in the same directory,
+// so the client's endpoint names the same file.
 
 // runEtcd starts etcd and returns its client URL; it is stopped (by PID)
 // when the test ends.
@@ -45,11 +38,13 @@ func runEtcd(t *testing.T) string {
 		}
 		t.Skip("skipping: no etcd binary (apt-get install etcd-server)")
 	}
-	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	cmd := exec.Command(bin, "--name", "t", "--data-dir", t.TempDir(),
+	dir := t.TempDir()
+	t.Chdir(dir)
+	const client, peer = "unix://etcd-client:1", "unix://etcd-peer:2"
+	cmd := exec.Command(bin, "--name", "t", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "t="+peer)
+	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
