@@ -125,9 +125,9 @@ func ingressDrops(t *testing.T, netnsPath string, v6 bool) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tag := "vxnet-ingress:"
+	tag := "vxnet-vxlan:"
 	if v6 {
-		tag = "vxnet-ingress6:"
+		tag = "vxnet-vxlan6:"
 	}
 	for _, r := range rules {
 		if !strings.HasPrefix(string(r.UserData), tag) {

@@ -24,10 +24,11 @@ const (
 	inputChain     = "input"
 	vtepSet        = "vteps"
 	vtepSet6       = "vteps6"
+	vniSet         = "vnis"
 	isolatePrefix  = "vxnet-isolate:"
 	internalPrefix = "vxnet-internal:"
-	ingressPrefix  = "vxnet-ingress:"
-	ingress6Prefix = "vxnet-ingress6:"
+	ingressPrefix  = "vxnet-vxlan:"
+	ingress6Prefix = "vxnet-vxlan6:"
 	dnatTag        = "vxnet-dnat"
 )
 
@@ -87,13 +88,15 @@ func dnatRule(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
 	}}
 }
 
-// ingressRule drops UDP to the VXLAN port from any address that is not a
-// member's VTEP, for one IP family (set holds that family's members): VXLAN
-// has no authentication, so this is what stops a stranger on the underlay
-// from injecting frames into a network. Both families get a rule whatever
+// ingressRule drops VXLAN of vxnet's networks (a VNI in vnis) from any
+// address that is not a member's VTEP, for one IP family (vteps holds that
+// family's members): VXLAN has no authentication, so this is what stops a
+// stranger on the underlay from injecting frames into a network. VXLAN of
+// other VNIs on the port (a hand-made tunnel, Docker's or Calico's
+// overlay) is left to whoever owns it. Both families get a rule whatever
 // the members' addresses: a host reachable over IPv6 is not left open
 // because its members happen to use IPv4.
-func ingressRule(t *nftables.Table, c *nftables.Chain, set *nftables.Set, port int, v6 bool) *nftables.Rule {
+func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set, port int, v6 bool) *nftables.Rule {
 	p := make([]byte, 2)
 	binary.BigEndian.PutUint16(p, uint16(port))
 	proto, tag, saddr, alen := byte(unix.NFPROTO_IPV4), ingressPrefix, uint32(12), uint32(4)
@@ -108,11 +111,24 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, set *nftables.Set, port i
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+			// The VXLAN header follows the 8 bytes of UDP: its VNI is the
+			// 3 bytes at 4, then a reserved byte (masked off).
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 4, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xff, 0xff, 0xff, 0}, Xor: []byte{0, 0, 0, 0}},
+			&expr.Lookup{SourceRegister: 1, SetName: vnis.Name, SetID: vnis.ID},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: alen},
-			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true},
+			&expr.Lookup{SourceRegister: 1, SetName: vteps.Name, SetID: vteps.ID, Invert: true},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}}
+}
+
+// vniKey is a VNI as the VXLAN header holds it, with the reserved byte
+// after it zero (the ingress rule's set key).
+func vniKey(vni uint32) []byte {
+	b := make([]byte, 4)
+	binary.BigEndian.PutUint32(b, vni<<8)
+	return b
 }
 
 func (d *Dataplane) nft() (*nftables.Conn, error) {
@@ -217,6 +233,27 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 		return broken, nil
 	}
 	f.Port = port4
+	// The VNIs the ingress rules guard are the networks' (Isolate).
+	vset, err := c.GetSetByName(t, vniSet)
+	if err != nil {
+		return broken, nil
+	}
+	velems, err := c.GetSetElements(vset)
+	if err != nil {
+		return nil, fmt.Errorf("list set %s: %w", vniSet, err)
+	}
+	var guarded []uint32
+	for _, e := range velems {
+		if len(e.Key) == 4 {
+			guarded = append(guarded, binary.BigEndian.Uint32(e.Key)>>8)
+		}
+	}
+	slices.Sort(guarded)
+	isolated := slices.Clone(f.Isolate)
+	slices.Sort(isolated)
+	if !slices.Equal(guarded, isolated) {
+		return broken, nil
+	}
 	for _, name := range []string{vtepSet, vtepSet6} {
 		set, err := c.GetSetByName(t, name)
 		if err != nil {
@@ -299,8 +336,16 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	if err := c.AddSet(set6, elems6); err != nil {
 		return fmt.Errorf("nftables set %s: %w", vtepSet6, err)
 	}
-	c.AddRule(ingressRule(t, in, set, f.Port, false))
-	c.AddRule(ingressRule(t, in, set6, f.Port, true))
+	vnis := &nftables.Set{Table: t, Name: vniSet, KeyType: nftables.TypeInteger}
+	var velems []nftables.SetElement
+	for _, v := range f.Isolate {
+		velems = append(velems, nftables.SetElement{Key: vniKey(v)})
+	}
+	if err := c.AddSet(vnis, velems); err != nil {
+		return fmt.Errorf("nftables set %s: %w", vniSet, err)
+	}
+	c.AddRule(ingressRule(t, in, vnis, set, f.Port, false))
+	c.AddRule(ingressRule(t, in, vnis, set6, f.Port, true))
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install nftables table inet %s: %w", FirewallTable, err)
 	}
