@@ -38,7 +38,7 @@ import (
 type Config = config.Agent
 
 // Replicator spreads the cluster state between hosts and tells who is
-// alive: memberlist gossip today (cluster.Gossip), etcd later.
+// alive: gossip (cluster/gossip) or etcd (cluster/etcd).
 type Replicator interface {
 	// Publish sends changed records to the other members.
 	Publish(recs ...cluster.Record)
@@ -332,7 +332,7 @@ func (a *Agent) nameClaimed(addr netip.Addr) {
 }
 
 // nameClaimNotices describes the other agents seen using this node's name
-// within the last hour (statMu held).
+// within the last hour (stats.mu held).
 func (a *Agent) nameClaimNoticesLocked() []string {
 	var out []string
 	for addr, at := range a.stats.claimedBy {
