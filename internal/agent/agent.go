@@ -207,6 +207,14 @@ type passStats struct {
 	claimedBy              map[netip.Addr]time.Time // other agents seen using this node's name
 	syncs                  atomic.Int64
 	kernelOps              atomic.Int64
+	foreign                []model.ForeignVXLAN // the VXLAN devices vxnet did not make, last seen
+}
+
+// lastForeign is the last pass's view of the VXLAN devices vxnet did not make.
+func (p *passStats) lastForeign() []model.ForeignVXLAN {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.foreign
 }
 
 // fail stops Run with err (the first one wins).
@@ -484,14 +492,17 @@ func (m *metricsSource) HealthPeers() []health.Peer {
 	return r.Peers
 }
 
-// announce records this node's version in the cluster state (when it
-// changed), so every member's status shows the versions in the cluster.
+// announce records this node's version and the VXLAN devices vxnet did
+// not make here in the cluster state (when they changed): every member's
+// status shows the versions, and networks avoid those devices' VNIs.
 func (a *Agent) announce() {
-	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat}
+	a.stats.mu.Lock()
+	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat, Foreign: a.stats.foreign}
+	a.stats.mu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {
-		if cur, err := cluster.Decode[cluster.NodeInfo](r); err == nil && cur == me {
+		if cur, err := cluster.Decode[cluster.NodeInfo](r); err == nil && cur.Same(me) {
 			return
 		}
 	}

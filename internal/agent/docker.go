@@ -24,8 +24,7 @@ func (a *Agent) DockerDriver() *docker.Driver { return a.docker }
 // dockerAgent is the agent as the Docker driver sees it.
 type dockerAgent Agent
 
-func (d *dockerAgent) a() *Agent { return (*Agent)(d) }
-
+func (d *dockerAgent) a() *Agent    { return (*Agent)(d) }
 func (d *dockerAgent) Self() string { return d.state.Self() }
 
 func (d *dockerAgent) Networks() []model.Network {
@@ -40,8 +39,7 @@ func (d *dockerAgent) CreateNetwork(r api.NetworkCreate) error {
 	return err
 }
 
-func (d *dockerAgent) RemoveNetwork(name string) error { return d.a().RemoveNetwork(name, false) }
-
+func (d *dockerAgent) RemoveNetwork(name string) error         { return d.a().RemoveNetwork(name, false) }
 func (d *dockerAgent) DockerNetwork(id string) (string, error) { return d.store.dockerNetwork(id) }
 func (d *dockerAgent) PutDockerNetwork(id, name string) error {
 	return d.store.putDockerNetwork(id, name)

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"fmt"
 	"hash/fnv"
 	"net/netip"
 	"strings"
@@ -85,6 +84,10 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 	}
 	a.mu.Lock()
 	existing, _ := a.state.Networks()
+	if n.VNI, err = a.state.AvoidForeign(a.cfg.VXLANPort, n.VNI, r.VNI != 0); err != nil {
+		a.mu.Unlock()
+		return api.NetworkInfo{}, conflict("%w", err)
+	}
 	if err := model.CheckConflicts(existing, n); err != nil {
 		a.mu.Unlock()
 		return api.NetworkInfo{}, conflict("%w", err)
@@ -102,28 +105,12 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 	// this record reaches it: every member then keeps the same one (the
 	// higher version, then origin, for one name; the one written first for
 	// a VNI or subnet), and the member whose network lost reports it in its
-	// status (see supersededNotices).
+	// status (see cluster.State.SupersededNotices).
 	a.repl.Publish(rec)
 	a.markDirty()
 	a.persistOrLog()
 	a.log.Info("network created", "network", n.Name, "vni", n.VNI, "subnet", n.Subnet)
 	return a.networkInfo(n), nil
-}
-
-// supersededNotices describes this node's networks that a definition
-// another member wrote at the same time replaced.
-func (a *Agent) supersededNotices() []string {
-	var out []string
-	for _, s := range a.state.Superseded() {
-		mine, err1 := cluster.Decode[model.Network](s.Mine)
-		by, err2 := cluster.Decode[model.Network](s.By)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		out = append(out, fmt.Sprintf("network %s created here (VNI %d, subnet %s) was replaced by the definition node %s created at the same time (VNI %d, subnet %s)",
-			mine.Name, mine.VNI, mine.Subnet, s.By.Origin, by.VNI, by.Subnet))
-	}
-	return out
 }
 
 func (a *Agent) networkInfo(n model.Network) api.NetworkInfo {

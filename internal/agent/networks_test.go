@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 func TestParseNetwork(t *testing.T) {
@@ -65,4 +67,34 @@ func FuzzDecodeRequest(f *testing.F) {
 		var ar api.AttachRequest
 		_ = api.DecodeRequest(strings.NewReader(string(in)), &ar)
 	})
+}
+
+// TestForeignVXLANDevices: a member reports the VXLAN devices vxnet did
+// not make on its host (after a pass); a network with one's VNI is
+// refused on any member, naming that host and device; a collision that
+// appears later is a conflict in status.
+func TestForeignVXLANDevices(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	h2.dp.ForeignVXLAN = []model.ForeignVXLAN{{Dev: "hand0", VNI: 4096, Port: 4789}}
+	if err := h2.sync(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h1.CreateNetwork(api.NetworkCreate{Name: "web", Subnet: "10.20.0.0/16", VNI: 4096})
+	wantErr(t, err, model.ErrConflict, "VNI 4096 is used by device hand0 on h2 (VXLAN port 4789, made outside vxnet): pick another --vni, or omit it")
+	mustCreate(t, h1, "db", "10.30.0.0/16")
+	db, _ := h1.state.Network("db")
+	h2.dp.ForeignVXLAN = append(h2.dp.ForeignVXLAN, model.ForeignVXLAN{Dev: "late0", VNI: db.VNI, Port: 4789})
+	if err := h2.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.sync(); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range h1.Status(false).Conflicts {
+		found = found || strings.Contains(c, fmt.Sprintf("network db (VNI %d) collides with device late0 on h2", db.VNI))
+	}
+	if !found {
+		t.Fatalf("conflicts %q lack the late collision", h1.Status(false).Conflicts)
+	}
 }

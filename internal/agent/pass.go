@@ -22,7 +22,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	return reconcile.Input{
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
-		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF,
+		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF, Foreign: a.stats.lastForeign(),
 	}, conflicts
 }
 
@@ -34,7 +34,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	start := time.Now()
 	in, cconf := a.input()
 	want, rconf := reconcile.Desired(in)
-	ops, err := reconcile.Sync(a.dp, want)
+	ops, have, err := reconcile.SyncObserved(a.dp, want)
 	a.stats.kernelOps.Add(int64(len(ops))) // before syncs: a pass counted is a pass whose writes are counted
 	a.stats.syncs.Add(1)
 	a.metrics.ObservePass(time.Since(start))
@@ -48,7 +48,8 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	for _, c := range rconf {
 		conflicts = append(conflicts, c.String())
 	}
-	conflicts = append(conflicts, a.supersededNotices()...)
+	conflicts = append(conflicts, a.state.SupersededNotices()...)
+	conflicts = append(conflicts, a.state.ForeignCollisions(a.cfg.VXLANPort)...)
 	a.stats.mu.Lock()
 	conflicts = append(conflicts, a.nameClaimNoticesLocked()...)
 	if len(conflicts) != len(a.stats.conflicts) {
@@ -58,15 +59,20 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	}
 	a.stats.lastSync, a.stats.lastDur, a.stats.syncErr, a.stats.conflicts = time.Now(), time.Since(start), err, conflicts
 	a.stats.fastHooks, a.stats.fastEntries = len(want.FastHooks), len(want.FastEntries)
+	if have.Networks != nil { // observed
+		a.stats.foreign = have.Foreign
+	}
 	a.stats.mu.Unlock()
 	return want, err
 }
 
-// sync runs one reconcile pass.
+// sync runs one reconcile pass, then announces what it found that others
+// must know (VXLAN devices vxnet did not make), outside the kernel lock.
 func (a *Agent) sync() error {
 	a.kernelMu.Lock()
-	defer a.kernelMu.Unlock()
 	_, err := a.passLocked()
+	a.kernelMu.Unlock()
+	a.announce()
 	return err
 }
 

@@ -25,6 +25,60 @@ type NodeInfo struct {
 	// Version of its vxnet binary, and the highest record format it reads.
 	Version string `json:"version"`
 	Format  int    `json:"format"`
+	// Foreign are the VXLAN devices on the host that vxnet did not make:
+	// vxnet's networks avoid their VNIs on their port.
+	Foreign []model.ForeignVXLAN `json:"foreign,omitempty"`
+}
+
+// Same reports whether two node records say the same.
+func (n NodeInfo) Same(o NodeInfo) bool {
+	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign)
+}
+
+// ForeignVNI returns a foreign VXLAN device that uses vni on port on some
+// member's host, and that host.
+func (s *State) ForeignVNI(port int, vni uint32) (node string, dev model.ForeignVXLAN, found bool) {
+	for _, n := range s.Nodes() {
+		for _, f := range n.Foreign {
+			if f.Port == port && f.VNI == vni {
+				return n.Name, f, true
+			}
+		}
+	}
+	return "", model.ForeignVXLAN{}, false
+}
+
+// AvoidForeign returns vni when no foreign device uses it on port on any
+// member's host. Otherwise an explicit VNI is refused naming the host and
+// the device, and a derived one moves on to the next free VNI.
+func (s *State) AvoidForeign(port int, vni uint32, explicit bool) (uint32, error) {
+	for range 1 << 10 {
+		node, f, taken := s.ForeignVNI(port, vni)
+		if !taken {
+			return vni, nil
+		}
+		if explicit {
+			return 0, fmt.Errorf("VNI %d is used by device %s on %s (VXLAN port %d, made outside vxnet): pick another --vni, or omit it", vni, f.Dev, node, f.Port)
+		}
+		if vni++; vni > model.MaxVNI {
+			vni = 4096
+		}
+	}
+	return 0, fmt.Errorf("no free VNI near %d on port %d", vni, port)
+}
+
+// ForeignCollisions describes the networks whose VNI a foreign device
+// uses on port on some host (that host cannot program them).
+func (s *State) ForeignCollisions(port int) []string {
+	nets, _ := s.Networks()
+	var out []string
+	for _, n := range nets {
+		if node, f, ok := s.ForeignVNI(port, n.VNI); ok {
+			out = append(out, fmt.Sprintf("network %s (VNI %d) collides with device %s on %s (VXLAN port %d, made outside vxnet): %s cannot carry it; remove that device, or recreate the network with another --vni",
+				n.Name, n.VNI, f.Dev, node, port, node))
+		}
+	}
+	return out
 }
 
 // HealthKey builds the key of a member's health record.
@@ -213,4 +267,20 @@ func olderFirst(x, y Record) int {
 		return 1
 	}
 	return 0
+}
+
+// SupersededNotices describes this node's networks that a definition
+// another member wrote at the same time replaced.
+func (s *State) SupersededNotices() []string {
+	var out []string
+	for _, sup := range s.Superseded() {
+		mine, err1 := Decode[model.Network](sup.Mine)
+		by, err2 := Decode[model.Network](sup.By)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, fmt.Sprintf("network %s created here (VNI %d, subnet %s) was replaced by the definition node %s created at the same time (VNI %d, subnet %s)",
+			mine.Name, mine.VNI, mine.Subnet, sup.By.Origin, by.VNI, by.Subnet))
+	}
+	return out
 }

@@ -14,6 +14,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // OwnerPrefix marks every link vxnet creates (in its alias); links without it
@@ -169,6 +171,8 @@ type Observed struct {
 	// FastPath is the BPF fast path's state: nil where the dataplane has
 	// none, its hooks and entries where it has.
 	FastPath *FastPath `json:"fastPath,omitempty"`
+	// Foreign are the VXLAN devices vxnet did not make, sorted by name.
+	Foreign []model.ForeignVXLAN `json:"foreign,omitempty"`
 }
 
 // FastPath is what the BPF fast path holds on a host: the devices whose

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -54,7 +56,8 @@ func handTunnel(t *testing.T, netnsPath string, local, remote netip.Addr, addr s
 // vxnet guards only its own VNIs: the tunnel carries a ping flow without a
 // loss while the agent restarts and after it stops; a frame with a vxnet
 // VNI from the same third host is still dropped (counted by the rule) and
-// never reaches a container.
+// never reaches a container. h2 tells the cluster of the tunnel's device:
+// a network with its VNI is refused on h1, naming h2 and the device.
 func TestForeignVXLANLeftAlone(t *testing.T) {
 	l := up(t, 2, 1, 1)
 	h2, _ := l.Host("h2")
@@ -66,6 +69,24 @@ func TestForeignVXLANLeftAlone(t *testing.T) {
 	handTunnel(t, third.Netns, third.Addr, h2.Addr, "10.99.0.3/24")
 	tunnelPeer := netip.MustParseAddr("10.99.0.2")
 	pingUntil(t, third.Netns, tunnelPeer, 5*time.Second)
+	// h2 reports the tunnel's device to the cluster; once h1 knows it, a
+	// network with its VNI is refused there, naming h2 and the device.
+	if err := waitCond(20*time.Second, func() error {
+		s, err := client(l, "h1").Status()
+		if err != nil {
+			return err
+		}
+		for _, n := range s.Nodes {
+			if n.Name == "h2" && slices.Contains(n.Foreign, model.ForeignVXLAN{Dev: "hand0", VNI: 4096, Port: lab.VXLANPort}) {
+				return nil
+			}
+		}
+		return fmt.Errorf("h1 does not know h2's hand0 yet: %+v", s.Nodes)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "clash", Subnet: "10.98.0.0/24", VNI: 4096})
+	wantStatusError(t, err, 409, "VNI 4096 is used by device hand0 on h2 (VXLAN port 4789, made outside vxnet)")
 	flow := startPingFlow(third.Netns, tunnelPeer)
 	progress := func(what string) {
 		t.Helper()

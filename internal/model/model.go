@@ -308,3 +308,12 @@ func EffectiveMTU(explicit, underlayMTU int, underlayV6 bool) (int, error) {
 // containers' traffic takes. The name is reserved; the network has no
 // gateway address on the hosts and no way out.
 const HealthNetwork = "vxnet-health"
+
+// ForeignVXLAN is a VXLAN device on a host that vxnet did not make (a
+// hand-made tunnel, another overlay): the kernel refuses a second device
+// with its VNI on its port, so vxnet's networks must avoid it.
+type ForeignVXLAN struct {
+	Dev  string `json:"dev"`
+	VNI  uint32 `json:"vni"`
+	Port int    `json:"port"`
+}

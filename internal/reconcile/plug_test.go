@@ -3,6 +3,8 @@ package reconcile_test
 import (
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -55,4 +57,26 @@ func (r *recorder) attached(id string) (datapath.EndpointSpec, bool) {
 		}
 	}
 	return datapath.EndpointSpec{}, false
+}
+
+// TestForeignVNILeftOut: a network whose VNI a device vxnet did not make
+// uses on this host's VXLAN port is not programmed here (no device, no
+// place in the firewall's VNIs) and is named as a problem; the same VNI on
+// another port is no collision.
+func TestForeignVNILeftOut(t *testing.T) {
+	in := input()
+	in.Foreign = []model.ForeignVXLAN{{Dev: "hand0", VNI: web.VNI, Port: 4789}, {Dev: "flannel.1", VNI: db.VNI, Port: 8472}}
+	want, problems := reconcile.Desired(in)
+	if _, ok := want.Networks[web.VNI]; ok {
+		t.Fatal("the network that collides is programmed")
+	}
+	if _, ok := want.Networks[db.VNI]; !ok {
+		t.Fatal("a network whose VNI is used on another port is left out")
+	}
+	if slices.Contains(want.Firewall.Isolate, web.VNI) {
+		t.Fatalf("the firewall guards the foreign device's VNI: %v", want.Firewall.Isolate)
+	}
+	if len(problems) != 1 || problems[0].Kind != "foreign-vni" || !strings.Contains(problems[0].String(), "VNI 4097 is used here by device hand0") {
+		t.Fatalf("problems %v", problems)
+	}
 }

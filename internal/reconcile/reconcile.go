@@ -32,6 +32,10 @@ type Input struct {
 	DNSPort uint16
 	// FastPath asks for the BPF fast path (hooks and MAC entries).
 	FastPath bool
+	// Foreign are this host's VXLAN devices vxnet did not make: a network
+	// with one's VNI on Port cannot have a device here (the kernel refuses
+	// it), so it is left out, and said.
+	Foreign []model.ForeignVXLAN
 }
 
 // Target is the kernel state a pass aims at on one host.
@@ -74,10 +78,21 @@ func Desired(in Input) (Target, []Problem) {
 		fastPort: map[string]string{}}
 	var conflicts []Problem
 	nets := map[string]model.Network{}
+	taken := map[uint32]string{}
+	for _, f := range in.Foreign {
+		if f.Port == in.Port {
+			taken[f.VNI] = f.Dev
+		}
+	}
 	for _, n := range in.Networks {
 		mtu, err := model.EffectiveMTU(n.MTU, in.UnderlayMTU, in.Local.Is6())
 		if err != nil {
 			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "mtu", Detail: err.Error()})
+			continue
+		}
+		if dev, ok := taken[n.VNI]; ok {
+			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "foreign-vni",
+				Detail: fmt.Sprintf("VNI %d is used here by device %s (made outside vxnet): the network is not programmed on this host", n.VNI, dev)})
 			continue
 		}
 		spec := datapath.NetworkSpec{Name: n.Name, VNI: n.VNI, Port: in.Port, Local: in.Local, Underlay: in.Underlay,
@@ -442,12 +457,18 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 
 // Sync observes, plans and applies once, returning the operations it ran.
 func Sync(dp datapath.Dataplane, want Target) ([]Op, error) {
+	ops, _, err := SyncObserved(dp, want)
+	return ops, err
+}
+
+// SyncObserved is Sync, also returning what it observed before it acted.
+func SyncObserved(dp datapath.Dataplane, want Target) ([]Op, datapath.Observed, error) {
 	have, err := dp.Observe()
 	if err != nil {
-		return nil, fmt.Errorf("observe: %w", err)
+		return nil, have, fmt.Errorf("observe: %w", err)
 	}
 	ops := Plan(want, have)
-	return ops, Apply(dp, ops)
+	return ops, have, Apply(dp, ops)
 }
 
 // planFast returns the fast path's operations: entries before hooks (a

@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Dataplane is the in-memory fake.
@@ -26,8 +27,10 @@ type Dataplane struct {
 	hostFW   *datapath.HostFirewall
 	// fast is nil until EnableFastPath; hooks by device, entries by key.
 	fast *fastPath
-	// Foreign holds device names vxnet did not create.
-	Foreign map[string]bool
+	// Foreign holds device names vxnet did not create; ForeignVXLAN the
+	// VXLAN devices among them (Observe reports them).
+	Foreign      map[string]bool
+	ForeignVXLAN []model.ForeignVXLAN
 	// Changes counts writes.
 	Changes int
 }
@@ -49,7 +52,7 @@ func New() *Dataplane {
 func (d *Dataplane) Observe() (datapath.Observed, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o := datapath.Observed{Networks: map[uint32]datapath.NetworkSpec{}}
+	o := datapath.Observed{Networks: map[uint32]datapath.NetworkSpec{}, Foreign: slices.Clone(d.ForeignVXLAN)}
 	for k, v := range d.networks {
 		o.Networks[k] = v
 	}

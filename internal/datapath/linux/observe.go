@@ -1,11 +1,14 @@
 package linux
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Observe reads every vxnet-owned device and its entries, one kind of
@@ -17,6 +20,8 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		return obs, err
 	}
 	o := d.readOwned(links)
+	slices.SortFunc(o.foreign, func(x, y model.ForeignVXLAN) int { return cmp.Compare(x.Dev, y.Dev) })
+	obs.Foreign = o.foreign
 	if obs.Ports, err = d.observePorts(o); err != nil {
 		return obs, err
 	}
@@ -60,6 +65,7 @@ type owned struct {
 	bridges map[uint32]ownedLink
 	vxlans  map[uint32]ownedLink
 	ports   []ownedLink // host ends of containers' veths
+	foreign []model.ForeignVXLAN
 }
 
 // readOwned sorts a link dump into vxnet's devices (and refreshes the
@@ -71,6 +77,9 @@ func (d *Dataplane) readOwned(links []netlink.Link) owned {
 		o.byIndex[l.Attrs().Index] = l
 		ol, ok := parseOwned(l)
 		if !ok {
+			if v, isVx := l.(*netlink.Vxlan); isVx {
+				o.foreign = append(o.foreign, model.ForeignVXLAN{Dev: v.Attrs().Name, VNI: uint32(v.VxlanId), Port: v.Port})
+			}
 			continue
 		}
 		o.all[l.Attrs().Index] = ol
