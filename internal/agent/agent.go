@@ -246,6 +246,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, store: st, dp: deps.Dataplane, host: deps.HostNet,
 		dirty: make(chan struct{}, 1), own: ownState{reserved: map[netip.Addr]string{}}, fatal: make(chan error, 1)}
+	a.stats.claimedBy = map[netip.Addr]time.Time{}
 	ok := false
 	defer func() {
 		if !ok {
@@ -332,9 +333,6 @@ func (a *Agent) checkAddr() {
 func (a *Agent) nameClaimed(addr netip.Addr) {
 	a.stats.mu.Lock()
 	defer a.stats.mu.Unlock()
-	if a.stats.claimedBy == nil {
-		a.stats.claimedBy = map[netip.Addr]time.Time{}
-	}
 	a.stats.claimedBy[addr] = time.Now()
 	a.markDirty()
 }
@@ -496,9 +494,7 @@ func (m *metricsSource) HealthPeers() []health.Peer {
 // not make here in the cluster state (when they changed): every member's
 // status shows the versions, and networks avoid those devices' VNIs.
 func (a *Agent) announce() {
-	a.stats.mu.Lock()
-	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat, Foreign: a.stats.foreign}
-	a.stats.mu.Unlock()
+	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat, Foreign: a.stats.lastForeign()}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {

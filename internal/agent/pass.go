@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"slices"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
@@ -67,12 +68,17 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 }
 
 // sync runs one reconcile pass, then announces what it found that others
-// must know (VXLAN devices vxnet did not make), outside the kernel lock.
+// must know when it changed (VXLAN devices vxnet did not make), outside
+// the kernel lock.
 func (a *Agent) sync() error {
 	a.kernelMu.Lock()
+	before := a.stats.lastForeign()
 	_, err := a.passLocked()
+	changed := !slices.Equal(before, a.stats.lastForeign())
 	a.kernelMu.Unlock()
-	a.announce()
+	if changed {
+		a.announce()
+	}
 	return err
 }
 

@@ -15,9 +15,8 @@ import (
 func (a *Agent) Status(withEndpoints bool) api.Status {
 	s := api.Status{Node: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
 		Addr: a.cfg.AdvertiseAddr.String(), Members: a.repl.Members(),
-		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.stats.syncs.Load(), KernelOps: a.stats.kernelOps.Load()}
-	s.Nodes = a.state.Nodes()
-	s.Datapath, s.DatapathReason = a.cfg.Datapath.Mode, a.cfg.Datapath.Reason
+		Malformed: a.repl.MalformedMessages(), Records: a.state.Len(), Syncs: a.stats.syncs.Load(), KernelOps: a.stats.kernelOps.Load(),
+		Nodes: a.state.Nodes(), Datapath: a.cfg.Datapath.Mode, DatapathReason: a.cfg.Datapath.Reason}
 	if s.Datapath == "" {
 		s.Datapath = config.DatapathBridge
 	}
