@@ -333,9 +333,13 @@ func TestHealth(t *testing.T) {
 	step(t, "HealthNamespaceDeleted", func(t *testing.T) {
 		// Someone removes h2's health namespace: its peers see h2's
 		// endpoint go, h2's agent makes both again, and the paths heal.
+		deleted := time.Now()
 		if err := nsutil.Delete(l.HealthNetns("h2")); err != nil {
 			t.Fatal(err)
 		}
+		// h2's next loop turn sweeps the endpoint whose namespace is gone
+		// (a pass, then the sweep, at the latest at the resync).
+		waitPassAfter(t, l, "h2", deleted)
 		if err := waitCond(10*time.Second, func() error {
 			if p, err := healthOf(l, "h1", "h2"); err == nil && p.State == health.OK {
 				return errors.New("h1 still sees h2 ok")
