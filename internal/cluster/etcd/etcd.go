@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -21,7 +20,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vxnet/vxnet/internal/cluster"
-	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Config configures the etcd backend: the same records as gossip, kept
@@ -462,232 +460,12 @@ func (e *Store) watchRecords(rev int64) {
 	}
 }
 
-// loadMembers reads the live members and returns them with the revision
-// to watch from.
-func (e *Store) loadMembers() (map[string]member, int64, error) {
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-	defer cancel()
-	r, err := e.cli.Get(ctx, e.key("members")+"/", clientv3.WithPrefix())
-	if err != nil {
-		return nil, 0, fmt.Errorf("etcd load members: %w", err)
-	}
-	live := map[string]member{}
-	for _, kv := range r.Kvs {
-		var m member
-		if json.Unmarshal(kv.Value, &m) == nil && model.ValidateName("node", m.Name) == nil {
-			live[m.Name] = m
-		}
-	}
-	return live, r.Header.Revision, nil
-}
-
-// watchMembers follows the members (and this member's calls and
-// replies) from rev on, the live set already taken in.
-func (e *Store) watchMembers(live map[string]member, rev int64) {
-	defer e.wg.Done()
-	prefix := e.key("members") + "/"
-	callPrefix := e.key("calls", e.cfg.Name) + "/"
-	replyPrefix := e.key("replies", e.cfg.Name) + "/"
-	for e.ctx.Err() == nil {
-		if live == nil {
-			var err error
-			if live, rev, err = e.loadMembers(); err != nil {
-				e.log.Warn("etcd members", "err", err)
-				time.Sleep(time.Second)
-				continue
-			}
-			e.setMembers(live)
-		}
-		wctx := clientv3.WithRequireLeader(e.ctx)
-		wm := e.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
-		wc := e.cli.Watch(wctx, callPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		wr := e.cli.Watch(wctx, replyPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	watching:
-		for {
-			select {
-			case resp, ok := <-wm:
-				if !ok || resp.Err() != nil {
-					break watching
-				}
-				for _, ev := range resp.Events {
-					name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
-					if ev.Type == clientv3.EventTypeDelete {
-						delete(live, name)
-						continue
-					}
-					var m member
-					if json.Unmarshal(ev.Kv.Value, &m) == nil && m.Name == name {
-						live[name] = m
-					}
-				}
-				e.setMembers(live)
-			case resp, ok := <-wc:
-				if !ok || resp.Err() != nil {
-					break watching
-				}
-				for _, ev := range resp.Events {
-					if ev.Type == clientv3.EventTypePut {
-						go e.answer(ev.Kv.Value)
-					}
-				}
-			case resp, ok := <-wr:
-				if !ok || resp.Err() != nil {
-					break watching
-				}
-				for _, ev := range resp.Events {
-					if ev.Type == clientv3.EventTypePut {
-						e.reply(ev.Kv.Value)
-					}
-				}
-			}
-		}
-		live = nil // read them again, then watch again
-		if e.ctx.Err() == nil {
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
-}
-
-// setMembers takes the live member set; members gone are failed from now.
-func (e *Store) setMembers(live map[string]member) {
-	e.mu.Lock()
-	changed := len(live) != len(e.members)
-	for name, m := range e.members {
-		if _, ok := live[name]; !ok {
-			m.Since = time.Now()
-			e.failed[name] = m
-			changed = true
-			e.log.Warn("member left or failed", "member", name, "addr", m.Addr)
-		}
-	}
-	for name, m := range live {
-		if old, ok := e.members[name]; !ok || old.Addr != m.Addr {
-			changed = true
-			delete(e.failed, name)
-			e.log.Info("member joined", "member", name, "addr", m.Addr)
-		}
-	}
-	e.members = map[string]member{}
-	for k, v := range live {
-		e.members[k] = v
-	}
-	e.mu.Unlock()
-	if changed {
-		e.cfg.OnChange()
-		// Withdraw the failed members' endpoints once the grace is over.
-		time.AfterFunc(grace+10*time.Millisecond, e.cfg.OnChange)
-	}
-}
-
-// Alive returns the members holding a lease, and those whose lease ended
-// less than a grace ago.
-func (e *Store) Alive() []model.Node {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []model.Node
-	for _, m := range e.members {
-		out = append(out, model.Node{Name: m.Name, Addr: m.Addr})
-	}
-	if _, ok := e.members[e.cfg.Name]; !ok {
-		// Self, even while etcd is unreachable.
-		out = append(out, model.Node{Name: e.cfg.Name, Addr: e.cfg.Addr})
-	}
-	for name, f := range e.failed {
-		if _, ok := e.members[name]; !ok && name != e.cfg.Name && time.Since(f.Since) < grace {
-			out = append(out, model.Node{Name: name, Addr: f.Addr})
-		}
-	}
-	slices.SortFunc(out, func(x, y model.Node) int { return cmp.Compare(x.Name, y.Name) })
-	return out
-}
-
-// Members lists live and failed members.
-func (e *Store) Members() []cluster.Member {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []cluster.Member
-	for _, m := range e.members {
-		out = append(out, cluster.Member{Name: m.Name, Addr: m.Addr, State: "alive"})
-	}
-	for name, f := range e.failed {
-		if _, ok := e.members[name]; !ok {
-			out = append(out, cluster.Member{Name: name, Addr: f.Addr, State: "failed", LastContact: f.Since})
-		}
-	}
-	slices.SortFunc(out, func(x, y cluster.Member) int { return cmp.Compare(x.Name, y.Name) })
-	return out
-}
-
 // MalformedMessages counts records refused from etcd.
 func (e *Store) MalformedMessages() int64 { return e.malformed.Load() }
 
 // Traffic counts records read from and written to etcd.
 func (e *Store) Traffic() cluster.Traffic {
 	return cluster.Traffic{InMessages: e.traffic.inMsgs.Load(), InBytes: e.traffic.inBytes.Load(), OutMessages: e.traffic.outMsgs.Load(), OutBytes: e.traffic.outBytes.Load()}
-}
-
-// Request calls op on member node through etcd: the request is a key under
-// the callee's calls/ prefix, the answer one under the caller's replies/,
-// both on a short lease.
-func (e *Store) Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error) {
-	e.mu.Lock()
-	_, live := e.members[node]
-	e.mu.Unlock()
-	if !live {
-		return nil, fmt.Errorf("member %s is not reachable (not a live member)", node)
-	}
-	b, err := json.Marshal(body)
-	if err != nil {
-		return nil, fmt.Errorf("%s request: %w", op, err)
-	}
-	id, ch, done := e.calls.Open(e.cfg.Name)
-	defer done()
-	msg, _ := json.Marshal(cluster.Call{ID: id, From: e.cfg.Name, Op: op, Body: b})
-	if err := e.putShort(e.key("calls", node, id), msg, timeout); err != nil {
-		return nil, fmt.Errorf("%s request to %s: %w", op, node, err)
-	}
-	return cluster.Wait(ch, op, node, timeout, "")
-}
-
-// putShort writes a value that lives a few seconds.
-func (e *Store) putShort(key string, val []byte, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(e.ctx, timeout)
-	defer cancel()
-	l, err := e.cli.Grant(ctx, int64(max(timeout, 5*time.Second)/time.Second)+1)
-	if err != nil {
-		return err
-	}
-	_, err = e.cli.Put(ctx, key, string(val), clientv3.WithLease(l.ID))
-	return err
-}
-
-func (e *Store) answer(b []byte) {
-	var c cluster.Call
-	if err := json.Unmarshal(b, &c); err != nil || model.ValidateName("node", c.From) != nil || c.ID == "" {
-		e.malformed.Add(1)
-		return
-	}
-	resp := cluster.Call{ID: c.ID, From: e.cfg.Name, Op: c.Op}
-	if e.cfg.OnCall == nil {
-		resp.Error = "this member answers no requests"
-	} else if v, err := e.cfg.OnCall(c.Op, c.Body); err != nil {
-		resp.Error = err.Error()
-	} else if resp.Body, err = json.Marshal(v); err != nil {
-		resp.Error = err.Error()
-	}
-	msg, _ := json.Marshal(resp)
-	if err := e.putShort(e.key("replies", c.From, c.ID), msg, 10*time.Second); err != nil {
-		e.log.Warn("etcd answer", "to", c.From, "op", c.Op, "err", err)
-	}
-}
-
-func (e *Store) reply(b []byte) {
-	var c cluster.Call
-	if json.Unmarshal(b, &c) != nil {
-		e.malformed.Add(1)
-		return
-	}
-	e.calls.Deliver(&c)
 }
 
 // Shutdown stops without giving up the lease: others keep this member's
