@@ -197,9 +197,9 @@ func (s *Service) take(session string) *taps {
 	return t
 }
 
-// FindEndpoint resolves a name, alias, address or ID among eps,
+// findEndpoint resolves a name, alias, address or ID among eps,
 // preferring network.
-func FindEndpoint(eps []model.Endpoint, what, network string) (model.Endpoint, error) {
+func findEndpoint(eps []model.Endpoint, what, network string) (model.Endpoint, error) {
 	var found []model.Endpoint
 	for _, e := range eps {
 		if e.Network == model.HealthNetwork {
@@ -243,7 +243,7 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 		size = 56
 	}
 	eps := s.agent.Endpoints()
-	src, err := FindEndpoint(eps, r.Src, "")
+	src, err := findEndpoint(eps, r.Src, "")
 	if err != nil {
 		return api.TraceResult{}, err
 	}
@@ -255,7 +255,7 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	if !local || netns == "" {
 		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "vxnet does not know the namespace of %s (Docker moves the interface itself): trace from an endpoint attached with vxnet attach or the CNI plugin, or to this one from another", src.ID)
 	}
-	dst, err := FindEndpoint(eps, r.Dst, src.Network)
+	dst, err := findEndpoint(eps, r.Dst, src.Network)
 	if err != nil {
 		return api.TraceResult{}, err
 	}
