@@ -66,6 +66,12 @@ type Agent struct {
 	// state lives in etcd (--store etcd://...); empty: gossip.
 	Etcd    []string
 	EtcdTLS EtcdTLS
+	// ManageHostFirewall puts vxnet's accepts (VXLAN from members, gossip,
+	// containers' DNS and forwarding) into the host's own filters: iptables
+	// and every other nftables table's input and forward chains.
+	ManageHostFirewall bool
+	// Notrack takes VXLAN between members out of connection tracking.
+	Notrack bool
 	// Datapath is the datapath chosen (ChooseDatapath); the zero value is
 	// the bridge.
 	Datapath Datapath

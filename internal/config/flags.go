@@ -57,6 +57,8 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.healthSubnet, "health-subnet", HealthSubnet, "subnet of the health network (one probe endpoint per host; the same on every host; no address of it appears on the hosts), or off")
 	fs.StringVar(&c.HealthNetns, "health-netns", HealthNetns, "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", time.Second, "health probe period")
+	fs.BoolVar(&c.ManageHostFirewall, "manage-host-firewall", true, "open what vxnet needs in the host's own filters (iptables INPUT, the input and forward chains of other nftables tables such as firewalld's): VXLAN from members, gossip, containers' DNS and forwarding; false: you open them yourself")
+	fs.BoolVar(&c.Notrack, "notrack", true, "take VXLAN between members out of connection tracking (saves a lookup per frame and an entry per inner flow)")
 	fs.StringVar(&f.datapath, "datapath", DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
 }

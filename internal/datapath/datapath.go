@@ -168,6 +168,8 @@ type Observed struct {
 	// HostFirewall is what vxnet added to the host's iptables, nil when
 	// nothing.
 	HostFirewall *HostFirewall `json:"hostFirewall,omitempty"`
+	// Openings are vxnet's accepts in the host's filters, nil when none.
+	Openings *Openings `json:"openings,omitempty"`
 	// FastPath is the BPF fast path's state: nil where the dataplane has
 	// none, its hooks and entries where it has.
 	FastPath *FastPath `json:"fastPath,omitempty"`
@@ -260,6 +262,11 @@ type Dataplane interface {
 	// leaves every other rule alone.
 	EnsureHostFirewall(HostFirewall) error
 	RemoveHostFirewall() error
+	// EnsureOpenings puts vxnet's accepts into the host's filters, replacing
+	// its earlier ones; RemoveOpenings takes them all away. Neither touches
+	// another rule.
+	EnsureOpenings(Openings) error
+	RemoveOpenings() error
 	// SetFastHook runs the fast path's program at a device's ingress;
 	// DelFastHook takes it off (by Index when set). Both fail where the
 	// dataplane has no fast path loaded, except that DelFastHook removes
@@ -304,12 +311,48 @@ type Firewall struct {
 	// Internal lists, sorted, the VNIs of networks with no way out: nothing
 	// is routed from or to their bridges.
 	Internal []uint32 `json:"internal,omitempty"`
+	// Notrack takes VXLAN between members (both ways, on Port) out of
+	// connection tracking: the outer UDP of every frame would otherwise
+	// cost a lookup and, per inner flow, an entry in the host's table.
+	Notrack bool `json:"notrack,omitempty"`
 }
 
 // Equal compares two firewalls.
 func (f Firewall) Equal(o Firewall) bool {
 	return f.Port == o.Port && slices.Equal(f.Isolate, o.Isolate) && slices.Equal(f.VTEPs, o.VTEPs) &&
-		slices.Equal(f.Internal, o.Internal)
+		slices.Equal(f.Internal, o.Internal) && f.Notrack == o.Notrack
+}
+
+// Openings are vxnet's accepts in the host's own packet filter, in every
+// place where it may drop: the host's iptables (INPUT) and the input and
+// forward chains of every other nftables table (a native ruleset,
+// firewalld's). A drop in any base chain is final whatever other tables
+// accept, so an accept must sit in each chain that can drop. They open only
+// what vxnet needs: VXLAN from members, gossip, containers' DNS queries to
+// the agent, and forwarding out of vxnet's bridges and back in (what
+// crosses between them is still vxnet's own firewall's to decide).
+type Openings struct {
+	// VXLANPort and VTEPs: VXLAN is accepted from these members.
+	VXLANPort int          `json:"vxlanPort"`
+	VTEPs     []netip.Addr `json:"vteps"`
+	// GossipPort is opened (TCP and UDP) to any address: a joining host is
+	// no member yet, and gossip without the cluster key is refused by the
+	// agent. 0: none (etcd).
+	GossipPort int `json:"gossipPort,omitempty"`
+	// DNSPort is the agent's resolver, opened to the containers of vxnet's
+	// bridges (0: none).
+	DNSPort uint16 `json:"dnsPort,omitempty"`
+	// Chains names, as observed, the host's chains that hold the openings
+	// ("iptables filter INPUT", "inet filter input", ...).
+	Chains []string `json:"chains,omitempty"`
+	// Incomplete marks an observed state that is not what vxnet wrote.
+	Incomplete bool `json:"incomplete,omitempty"`
+}
+
+// Equal compares two openings (not the chains they were found in).
+func (o Openings) Equal(p Openings) bool {
+	return o.VXLANPort == p.VXLANPort && slices.Equal(o.VTEPs, p.VTEPs) && o.GossipPort == p.GossipPort &&
+		o.DNSPort == p.DNSPort && !o.Incomplete && !p.Incomplete
 }
 
 // HostFirewall is what vxnet adds to the host's own packet filter so that

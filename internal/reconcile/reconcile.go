@@ -36,6 +36,13 @@ type Input struct {
 	// with one's VNI on Port cannot have a device here (the kernel refuses
 	// it), so it is left out, and said.
 	Foreign []model.ForeignVXLAN
+	// Open asks for the openings in the host's own filters (Target.Openings),
+	// with GossipPort (0: none) opened to any address; without it vxnet
+	// writes nothing into chains it did not make.
+	Open       bool
+	GossipPort int
+	// Notrack takes members' VXLAN out of connection tracking.
+	Notrack bool
 }
 
 // Target is the kernel state a pass aims at on one host.
@@ -50,6 +57,9 @@ type Target struct {
 	// HostFirewall lets the networks' traffic through the host's iptables,
 	// out (NATed) and in through published ports.
 	HostFirewall datapath.HostFirewall
+	// Openings are vxnet's accepts in the host's own filters (nil: vxnet
+	// keeps out of them).
+	Openings *datapath.Openings
 	// FastHooks (by device) and FastEntries are the BPF fast path's; a
 	// port's hook and entry are wanted once its port exists.
 	FastHooks   map[string]datapath.FastHook
@@ -195,7 +205,7 @@ func Desired(in Input) (Target, []Problem) {
 			}
 		}
 	}
-	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port}
+	st.Firewall = datapath.Firewall{Isolate: sortedKeys(st.Networks, cmp.Compare[uint32]), Port: in.Port, Notrack: in.Notrack}
 	userNets := 0
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
@@ -225,6 +235,10 @@ func Desired(in Input) (Target, []Problem) {
 	}
 	slices.SortFunc(st.Firewall.VTEPs, netip.Addr.Compare)
 	st.Firewall.VTEPs = slices.Compact(st.Firewall.VTEPs)
+	if in.Open {
+		st.Openings = &datapath.Openings{VXLANPort: in.Port, VTEPs: slices.Clone(st.Firewall.VTEPs),
+			GossipPort: in.GossipPort, DNSPort: in.DNSPort}
+	}
 	for _, n := range in.Networks {
 		if !n.Flood {
 			continue
@@ -248,7 +262,8 @@ type OpKind int
 
 // Operation kinds, in the order Plan emits them.
 const (
-	EnsureFirewall OpKind = iota
+	EnsureOpenings OpKind = iota
+	EnsureFirewall
 	EnsureHostFirewall
 	EnsureNetwork
 	SetFDB
@@ -263,9 +278,10 @@ const (
 	DeleteNetwork
 	RemoveHostFirewall
 	RemoveFirewall
+	RemoveOpenings
 )
 
-var opNames = [...]string{"ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall"}
+var opNames = [...]string{"ensure-openings", "ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall", "remove-openings"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -279,14 +295,17 @@ type Op struct {
 	PortID   string
 	Firewall datapath.Firewall
 	HostFW   datapath.HostFirewall
+	Openings datapath.Openings
 	Hook     datapath.FastHook
 	Entry    datapath.FastEntry
 }
 
 func (o Op) String() string {
 	switch o.Kind {
-	case EnsureFirewall, RemoveFirewall, RemoveHostFirewall:
+	case EnsureFirewall, RemoveFirewall, RemoveHostFirewall, RemoveOpenings:
 		return o.Kind.String()
+	case EnsureOpenings:
+		return fmt.Sprintf("%s vteps %d gossip %d", o.Kind, len(o.Openings.VTEPs), o.Openings.GossipPort)
 	case EnsureHostFirewall:
 		return fmt.Sprintf("%s networks %d ports %d", o.Kind, len(o.HostFW.Networks), len(o.HostFW.Ports))
 	case EnsureNetwork:
@@ -312,6 +331,11 @@ func (o Op) String() string {
 // ARP has somewhere to go), and neighbours removed before their FDB entries.
 func Plan(want Target, have datapath.Observed) []Op {
 	var ops []Op
+	// The openings come first: members must reach each other (gossip)
+	// before there is any network.
+	if want.Openings != nil && (have.Openings == nil || !have.Openings.Equal(*want.Openings)) {
+		ops = append(ops, Op{Kind: EnsureOpenings, Openings: *want.Openings})
+	}
 	// The firewall goes in before any vxlan device or bridge exists: VXLAN
 	// is admitted only from members (fail closed) and networks are isolated.
 	if len(want.Networks) > 0 && (have.Firewall == nil || !have.Firewall.Equal(want.Firewall)) {
@@ -392,6 +416,9 @@ func Plan(want Target, have datapath.Observed) []Op {
 	if len(want.Networks) == 0 && have.Firewall != nil {
 		ops = append(ops, Op{Kind: RemoveFirewall})
 	}
+	if want.Openings == nil && have.Openings != nil {
+		ops = append(ops, Op{Kind: RemoveOpenings})
+	}
 	return ops
 }
 
@@ -410,6 +437,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 			err = dp.EnsureHostFirewall(op.HostFW)
 		case RemoveHostFirewall:
 			err = dp.RemoveHostFirewall()
+		case EnsureOpenings:
+			err = dp.EnsureOpenings(op.Openings)
+		case RemoveOpenings:
+			err = dp.RemoveOpenings()
 		case EnsureNetwork:
 			err = dp.EnsureNetwork(op.Network)
 			if err != nil {

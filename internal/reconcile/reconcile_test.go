@@ -334,3 +334,34 @@ func TestHealthNetwork(t *testing.T) {
 		t.Fatalf("a user network beside it: %+v", st.HostFirewall)
 	}
 }
+
+// The openings exist while asked for, with or without networks (members
+// gossip before any network exists), follow the members, come first in a
+// plan, and go when no longer asked for.
+func TestOpeningsFollowMembers(t *testing.T) {
+	dp := fake.New()
+	in := input()
+	in.Networks, in.Open, in.GossipPort, in.DNSPort = nil, true, 7946, 53533
+	want, _ := reconcile.Desired(in)
+	ops, err := reconcile.Sync(dp, want)
+	if err != nil || len(ops) != 1 || ops[0].Kind != reconcile.EnsureOpenings {
+		t.Fatalf("ops with no network: %v %v", ops, err)
+	}
+	wantOpen := datapath.Openings{VXLANPort: 4789, VTEPs: []netip.Addr{h2.Addr, h3.Addr}, GossipPort: 7946, DNSPort: 53533}
+	if obs, _ := dp.Observe(); obs.Openings == nil || !obs.Openings.Equal(wantOpen) {
+		t.Fatalf("openings %+v, want %+v", obs.Openings, wantOpen)
+	}
+	in.Networks, in.Nodes = []model.Network{web}, []model.Node{h1, h3}
+	want, _ = reconcile.Desired(in)
+	if ops, err = reconcile.Sync(dp, want); err != nil || ops[0].Kind != reconcile.EnsureOpenings || len(ops[0].Openings.VTEPs) != 1 {
+		t.Fatalf("ops after a member left: %v %v", ops, err)
+	}
+	in.Open = false
+	want, _ = reconcile.Desired(in)
+	if ops, err = reconcile.Sync(dp, want); err != nil || ops[len(ops)-1].Kind != reconcile.RemoveOpenings {
+		t.Fatalf("ops once not asked for: %v %v", ops, err)
+	}
+	if obs, _ := dp.Observe(); obs.Openings != nil {
+		t.Fatalf("openings left: %+v", obs.Openings)
+	}
+}

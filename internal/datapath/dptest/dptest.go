@@ -207,6 +207,11 @@ func Run(t *testing.T, h Harness) {
 		if got := observe(t, dp).Firewall; got == nil || !got.Equal(internal) {
 			t.Fatalf("firewall with an internal network = %+v, want %+v", got, internal)
 		}
+		notrack := datapath.Firewall{Isolate: []uint32{7}, Port: 4789, VTEPs: []netip.Addr{a, c}, Notrack: true}
+		must(t, dp.EnsureFirewall(notrack))
+		if got := observe(t, dp).Firewall; got == nil || !got.Equal(notrack) {
+			t.Fatalf("firewall with notrack = %+v, want %+v", got, notrack)
+		}
 		must(t, dp.RemoveFirewall())
 		must(t, dp.RemoveFirewall())
 		if got := observe(t, dp).Firewall; got != nil {
@@ -247,6 +252,28 @@ func Run(t *testing.T, h Harness) {
 		must(t, dp.RemoveHostFirewall())
 		if got := observe(t, dp).HostFirewall; got != nil {
 			t.Fatalf("host firewall still observed after RemoveHostFirewall: %+v", got)
+		}
+	})
+	t.Run("Openings", func(t *testing.T) {
+		dp := h.New(t)
+		if got := observe(t, dp).Openings; got != nil {
+			t.Fatalf("a fresh host reports openings %+v", got)
+		}
+		a, b := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3")
+		for _, want := range []datapath.Openings{
+			{VXLANPort: 4789, VTEPs: []netip.Addr{a}, GossipPort: 7946},
+			{VXLANPort: 4789, VTEPs: []netip.Addr{a, b}, GossipPort: 7946, DNSPort: 53533},
+			{VXLANPort: 4790},
+		} {
+			must(t, dp.EnsureOpenings(want))
+			if got := observe(t, dp).Openings; got == nil || !got.Equal(want) {
+				t.Fatalf("openings = %+v, want %+v", got, want)
+			}
+		}
+		must(t, dp.RemoveOpenings())
+		must(t, dp.RemoveOpenings())
+		if got := observe(t, dp).Openings; got != nil {
+			t.Fatalf("openings still observed after RemoveOpenings: %+v", got)
 		}
 	})
 	t.Run("ReplacedDeviceTakesEntries", func(t *testing.T) {

@@ -25,6 +25,7 @@ type Dataplane struct {
 	ports    map[string]datapath.Port
 	firewall *datapath.Firewall
 	hostFW   *datapath.HostFirewall
+	openings *datapath.Openings
 	// fast is nil until EnableFastPath; hooks by device, entries by key.
 	fast *fastPath
 	// Foreign holds device names vxnet did not create; ForeignVXLAN the
@@ -72,6 +73,10 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if d.hostFW != nil {
 		h := *d.hostFW
 		o.HostFirewall = &h
+	}
+	if d.openings != nil {
+		op := *d.openings
+		o.Openings = &op
 	}
 	if d.fast != nil {
 		o.FastPath = &datapath.FastPath{}
@@ -300,6 +305,27 @@ func (d *Dataplane) RemoveHostFirewall() error {
 	defer d.mu.Unlock()
 	if d.hostFW != nil {
 		d.hostFW = nil
+		d.Changes++
+	}
+	return nil
+}
+
+// EnsureOpenings records the openings.
+func (d *Dataplane) EnsureOpenings(o datapath.Openings) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o.VTEPs = slices.Clone(o.VTEPs)
+	d.openings = &o
+	d.Changes++
+	return nil
+}
+
+// RemoveOpenings forgets the openings.
+func (d *Dataplane) RemoveOpenings() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.openings != nil {
+		d.openings = nil
 		d.Changes++
 	}
 	return nil

@@ -159,6 +159,8 @@ type iptables struct {
 	maxAge time.Duration
 	// missing is set when the host has no iptables tools at all.
 	missing bool
+	// open is VXNET-OPEN as last read (openings.go).
+	open iptOpen
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {
@@ -261,12 +263,16 @@ func (t *iptables) read() (*datapath.HostFirewall, error) {
 	count := map[string]int{}
 	chains := 0
 	jumpsSeen := map[int]bool{}
+	t.open = iptOpen{}
 	for _, table := range []string{"filter", "nat"} {
 		lines, err := t.save(table)
 		if err != nil {
 			return nil, err
 		}
 		for _, l := range lines {
+			if table == "filter" && t.readOpen(l) {
+				continue
+			}
 			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" {
 				chains++
 				continue
@@ -303,6 +309,21 @@ func (t *iptables) read() (*datapath.HostFirewall, error) {
 	slices.SortFunc(h.Networks, func(a, b datapath.HostNet) int { return int(a.VNI) - int(b.VNI) })
 	slices.SortFunc(h.Ports, comparePorts)
 	return h, nil
+}
+
+// readOpen takes a saved line of VXNET-OPEN or its jump into t.open.
+func (t *iptables) readOpen(l string) bool {
+	switch {
+	case strings.HasPrefix(l, ":"+openChain+" "):
+		t.open.chain = true
+	case l == "-A INPUT "+openJump:
+		t.open.jump = true
+	case strings.HasPrefix(l, "-A "+openChain+" "):
+		t.open.lines = append(t.open.lines, strings.ReplaceAll(l, `"`, ""))
+	default:
+		return false
+	}
+	return true
 }
 
 func comparePorts(a, b datapath.PublishedPort) int {

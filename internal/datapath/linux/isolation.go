@@ -29,6 +29,9 @@ const (
 	internalPrefix = "vxnet-internal:"
 	ingressPrefix  = "vxnet-vxlan:"
 	ingress6Prefix = "vxnet-vxlan6:"
+	notrackIn      = "notrack-in"
+	notrackOut     = "notrack-out"
+	notrackPrefix  = "vxnet-notrack:"
 	dnatTag        = "vxnet-dnat"
 )
 
@@ -122,6 +125,45 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}}
 }
+
+// notrackRule takes VXLAN on port to (out) or from (in) a member's VTEP,
+// one IP family, out of connection tracking: the kernel's VXLAN sockets
+// need no state, and the outer UDP of every frame would otherwise cost a
+// conntrack lookup and an entry per inner flow (the source port is a hash
+// of the inner flow).
+func notrackRule(t *nftables.Table, c *nftables.Chain, vteps *nftables.Set, port int, v6, out bool) *nftables.Rule {
+	p := make([]byte, 2)
+	binary.BigEndian.PutUint16(p, uint16(port))
+	proto, addr, alen, fam := byte(unix.NFPROTO_IPV4), uint32(12), uint32(4), "4"
+	if v6 {
+		proto, addr, alen, fam = unix.NFPROTO_IPV6, 8, 16, "6"
+	}
+	dir := "in"
+	if out {
+		addr += alen // the destination follows the source in both headers
+		dir = "out"
+	}
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(notrackPrefix + dir + fam + ":" + strconv.Itoa(port)),
+		Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addr, Len: alen},
+			&expr.Lookup{SourceRegister: 1, SetName: vteps.Name, SetID: vteps.ID},
+			&expr.Counter{},
+			&expr.Notrack{},
+		}}
+}
+
+// notrackChains are the raw-priority chains of the notrack rules.
+var notrackChains = []struct {
+	name string
+	hook *nftables.ChainHook
+	out  bool
+}{{notrackIn, nftables.ChainHookPrerouting, false}, {notrackOut, nftables.ChainHookOutput, true}}
 
 // vniKey is a VNI as the VXLAN header holds it, with the reserved byte
 // after it zero (the ingress rule's set key).
@@ -272,6 +314,30 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	if dnat != 1 {
 		return broken, nil
 	}
+	nt := 0
+	for _, ntc := range notrackChains {
+		ch, err := c.ListChain(t, ntc.name)
+		if err != nil {
+			continue // absent: VXLAN is tracked
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s/%s: %w", FirewallTable, ntc.name, err)
+		}
+		for _, r := range rules {
+			if !strings.HasPrefix(string(r.UserData), notrackPrefix) || !strings.HasSuffix(string(r.UserData), ":"+strconv.Itoa(f.Port)) {
+				return broken, nil
+			}
+			nt++
+		}
+	}
+	switch nt {
+	case 0:
+	case 2 * len(notrackChains):
+		f.Notrack = true
+	default:
+		return broken, nil
+	}
 	for vni, n := range internal {
 		if n != 2 {
 			return broken, nil
@@ -346,10 +412,18 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	}
 	c.AddRule(ingressRule(t, in, vnis, set, f.Port, false))
 	c.AddRule(ingressRule(t, in, vnis, set6, f.Port, true))
+	if f.Notrack {
+		for _, ntc := range notrackChains {
+			ch := c.AddChain(&nftables.Chain{Name: ntc.name, Table: t, Type: nftables.ChainTypeFilter,
+				Hooknum: ntc.hook, Priority: nftables.ChainPriorityRaw, Policy: &accept})
+			c.AddRule(notrackRule(t, ch, set, f.Port, false, ntc.out))
+			c.AddRule(notrackRule(t, ch, set6, f.Port, true, ntc.out))
+		}
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install nftables table inet %s: %w", FirewallTable, err)
 	}
-	d.changed("installed firewall", "table", FirewallTable, "networks", len(f.Isolate), "vteps", len(f.VTEPs))
+	d.changed("installed firewall", "table", FirewallTable, "networks", len(f.Isolate), "vteps", len(f.VTEPs), "notrack", f.Notrack)
 	return nil
 }
 

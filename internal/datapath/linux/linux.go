@@ -34,6 +34,8 @@ type Dataplane struct {
 	nftRead *nftables.Conn
 	// ipt programs the host's iptables.
 	ipt iptables
+	// open remembers vxnet's openings in the host's filters.
+	open openState
 	// fast is the BPF fast path, nil unless EnableFastPath loaded it.
 	fast *fastPath
 	// tcx caches the programs at vxnet's devices (see readAttachments).

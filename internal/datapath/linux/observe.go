@@ -34,6 +34,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if obs.HostFirewall, err = d.ipt.observe(); err != nil {
 		return obs, fmt.Errorf("read the host's iptables: %w", err)
 	}
+	if obs.Openings, err = d.observeOpenings(); err != nil {
+		return obs, err
+	}
 	if obs.Firewall, err = d.observeFirewall(); err != nil {
 		return obs, err
 	}

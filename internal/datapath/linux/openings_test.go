@@ -1,0 +1,177 @@
+package linux_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+// nft runs nft in the namespace.
+func nft(t *testing.T, path string, args ...string) string {
+	t.Helper()
+	var out []byte
+	err := nsutil.Do(path, func() error {
+		var err error
+		out, err = exec.Command("nft", args...).CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("nft %v: %v %s", args, err, out)
+	}
+	return string(out)
+}
+
+// chainRules returns the rule lines of one chain of `nft list ruleset`.
+func chainRules(ruleset, table, chain string) []string {
+	var out []string
+	inTable, inChain := false, false
+	for _, l := range strings.Split(ruleset, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "table "):
+			inTable = l == "table "+table+" {"
+		case strings.HasPrefix(l, "chain "):
+			inChain = inTable && l == "chain "+chain+" {"
+		case l == "}":
+			if inChain {
+				inChain = false
+			}
+		case inChain && l != "" && !strings.HasPrefix(l, "type "):
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// vxnet's openings go to the head of the input and forward chains of a
+// host's own nftables table (and into iptables' INPUT), follow the members,
+// are noticed gone when the owner reloads the ruleset, and leave with
+// every rule of the owner's still there.
+func TestOpeningsNativeNftables(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	nft(t, path, "-f", "testdata/nftables-drop.conf")
+	owner := nft(t, path, "list", "ruleset")
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	dp.SetHostFirewallMaxAge(0)
+	o := datapath.Openings{VXLANPort: 4789, GossipPort: 7946, DNSPort: 53533,
+		VTEPs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("2001:db8::2")}}
+	if err := dp.EnsureOpenings(o); err != nil {
+		t.Fatal(err)
+	}
+	rs := nft(t, path, "list", "ruleset")
+	in, fwd := chainRules(rs, "inet filter", "input"), chainRules(rs, "inet filter", "forward")
+	wantIn := []string{"192.0.2.1", "2001:db8::2", "tcp dport 7946", "udp dport 7946", `iifname "vxbr*" tcp dport 53533`, `iifname "vxbr*" udp dport 53533`}
+	if len(in) < len(wantIn)+6 {
+		t.Fatalf("input chain:\n%s", strings.Join(in, "\n"))
+	}
+	for i, w := range wantIn {
+		if !strings.Contains(in[i], w) || !strings.Contains(in[i], "accept") || !strings.Contains(in[i], `comment "vxnet-open:`) {
+			t.Errorf("input rule %d %q, want %q, accept and vxnet's tag", i, in[i], w)
+		}
+	}
+	if !strings.Contains(in[0], "192.0.2.2") || !strings.Contains(in[0], "udp dport 4789") {
+		t.Errorf("VXLAN rule %q lacks a member or the port", in[0])
+	}
+	if strings.Join(in[len(wantIn):], "\n") != strings.Join(chainRules(owner, "inet filter", "input"), "\n") {
+		t.Errorf("the owner's input rules changed:\n%s", strings.Join(in, "\n"))
+	}
+	for i, w := range []string{`iifname "vxbr*" counter`, `oifname "vxbr*" ct state established,related`, `oifname "vxbr*" ct status dnat`} {
+		if len(fwd) != 3 || !strings.Contains(fwd[i], w) {
+			t.Errorf("forward chain:\n%s\nwant rule %d: %s", strings.Join(fwd, "\n"), i, w)
+		}
+	}
+	if out := chainRules(rs, "inet filter", "output"); len(out) != 0 {
+		t.Errorf("output chain got rules: %v", out)
+	}
+	ipt := save(t, path, "iptables-nft")
+	for _, w := range []string{"-A INPUT -j VXNET-OPEN", `-A VXNET-OPEN -s 192.0.2.1/32 -p udp -m udp --dport 4789`, `-A VXNET-OPEN -p tcp -m tcp --dport 7946`} {
+		if !strings.Contains(ipt, w) {
+			t.Errorf("iptables lacks %q:\n%s", w, ipt)
+		}
+	}
+	obs, err := dp.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 3 {
+		t.Fatalf("observed %+v, want %+v in 3 chains", obs.Openings, o)
+	}
+
+	// A member leaves: its address goes, in one replacement.
+	o.VTEPs = o.VTEPs[1:]
+	if err := dp.EnsureOpenings(o); err != nil {
+		t.Fatal(err)
+	}
+	rs = nft(t, path, "list", "ruleset")
+	if in := chainRules(rs, "inet filter", "input"); strings.Contains(in[0], "192.0.2.1,") || strings.Contains(rs, "192.0.2.1 ") || strings.Count(rs, "vxnet-open:vxlan4") != 1 {
+		t.Errorf("after the member left:\n%s", rs)
+	}
+
+	// The owner reloads the ruleset: vxnet sees its openings gone.
+	nft(t, path, "delete", "table", "inet", "filter")
+	nft(t, path, "-f", "testdata/nftables-drop.conf")
+	if obs, err = dp.Observe(); err != nil {
+		t.Fatal(err)
+	}
+	if obs.Openings == nil || obs.Openings.Equal(o) {
+		t.Fatalf("after a reload observed %+v, want incomplete", obs.Openings)
+	}
+	if err := dp.EnsureOpenings(o); err != nil {
+		t.Fatal(err)
+	}
+	// A new dataplane (a restarted agent) reads the same openings back.
+	dp2, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	if obs, err = dp2.Observe(); err != nil || obs.Openings == nil || !obs.Openings.Equal(o) {
+		t.Fatalf("a new dataplane observed %+v, %v; want %+v", obs.Openings, err, o)
+	}
+	if err := dp.RemoveOpenings(); err != nil {
+		t.Fatal(err)
+	}
+	if rs := nft(t, path, "list", "ruleset"); strings.Contains(rs, "vxnet") || strings.Contains(rs, "VXNET") ||
+		strings.Join(chainRules(rs, "inet filter", "input"), "\n") != strings.Join(chainRules(owner, "inet filter", "input"), "\n") {
+		t.Errorf("after removal:\n%s", rs)
+	}
+	if obs, err = dp.Observe(); err != nil || obs.Openings != nil {
+		t.Errorf("after removal observed %+v, %v", obs.Openings, err)
+	}
+}
+
+// On a host with iptables alone (no other nftables table), a new
+// dataplane reads the openings back from VXNET-OPEN.
+func TestOpeningsIptablesOnly(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	o := datapath.Openings{VXLANPort: 4790, GossipPort: 7950, VTEPs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.7")}}
+	if err := dp.EnsureOpenings(o); err != nil {
+		t.Fatal(err)
+	}
+	dp2, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	obs, err := dp2.Observe()
+	if err != nil || obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 1 {
+		t.Fatalf("observed %+v, %v; want %+v in iptables alone", obs.Openings, err, o)
+	}
+}
