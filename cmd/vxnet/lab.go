@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -87,6 +88,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
 	up.Flags().StringVar(&cfg.Datapath, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto); with --static, bpf programs the fast path")
+	up.Flags().StringVar(&cfg.HostFirewall, "host-firewall", "", "give every host a firewall before its agent starts: "+strings.Join(lab.HostFirewalls, ", ")+" (default: none)")
 	up.Flags().IntVar(&cfg.Etcd, "etcd", 0, "keep the cluster state in an etcd cluster of this many members (in namespaces), not gossip")
 	up.Flags().DurationVar(&cfg.ProbeInterval, "probe-interval", lab.DefaultProbeInterval, "the agents' failure detection and health probe interval")
 	up.Flags().BoolVar(&keep, "keep", true, "keep the lab after showing the matrix (--keep=false removes it)")

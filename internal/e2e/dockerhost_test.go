@@ -61,8 +61,8 @@ func retryDocker(t *testing.T, d *lab.Dockerd, want string, args ...string) stri
 }
 
 // TestDockerRealHost: Docker as users run it (dockerd defaults: iptables
-// on, FORWARD DROP) on hosts whose INPUT drops (ufw's default; only VXLAN
-// and gossip opened by hand), with an outside machine that is no member: containers
+// on, FORWARD DROP) on hosts whose INPUT drops (ufw's default; vxnet opens
+// VXLAN and gossip itself), with an outside machine that is no member: containers
 // reach it through their host, NATed; --internal networks do not; -p
 // publishes at the host's address; containers resolve each other by name
 // and alias across hosts, NAME.NETWORK too, and names outside the cluster

@@ -45,6 +45,11 @@ func (l *Lab) startAgents(cfg Config) error {
 		h := &l.Hosts[i]
 		h.Dir = filepath.Join(l.dir(), h.Name)
 		h.Socket = filepath.Join(h.Dir, "vxnet.sock")
+		if cfg.HostFirewall != "" {
+			if err := l.applyHostFirewall(h, cfg.HostFirewall); err != nil {
+				return err
+			}
+		}
 		if err := l.StartAgent(h.Name); err != nil {
 			return err
 		}

@@ -87,7 +87,10 @@ type Config struct {
 	// Sandbox runs the agents as the packaged unit does (SandboxUnit) or
 	// under 'ip netns exec' (SandboxNetnsExec); empty: as from a shell.
 	Sandbox string
-	Log     *slog.Logger
+	// HostFirewall gives every host a firewall of one common kind
+	// (HostFirewalls) before its agent starts; empty: none.
+	HostFirewall string
+	Log          *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -127,6 +130,9 @@ func (c Config) Validate() error {
 	case SandboxNone, SandboxUnit, SandboxNetnsExec:
 	default:
 		return fmt.Errorf("invalid sandbox %q: want %s, %s or none", c.Sandbox, SandboxUnit, SandboxNetnsExec)
+	}
+	if c.HostFirewall != "" && (!slices.Contains(HostFirewalls, c.HostFirewall) || !c.Agent) {
+		return fmt.Errorf("invalid host firewall %q: want one of %s, with agents", c.HostFirewall, strings.Join(HostFirewalls, ", "))
 	}
 	if c.Etcd < 0 || c.Etcd > 5 || (c.Etcd > 0 && !c.Agent) {
 		return fmt.Errorf("invalid etcd member count %d: want 0-5, with agents", c.Etcd)
@@ -183,6 +189,8 @@ type Lab struct {
 	// Sandbox is how agents (re)started from now on are run: SandboxNone,
 	// SandboxUnit or SandboxNetnsExec.
 	Sandbox string `json:"sandbox,omitempty"`
+	// HostFirewall is the hosts' own firewall (Config.HostFirewall).
+	HostFirewall string `json:"hostFirewall,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -209,7 +217,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	p := Prefix(cfg.Name)
 	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth,
-		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6}
+		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6, HostFirewall: cfg.HostFirewall}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {
