@@ -349,10 +349,11 @@ type Openings struct {
 	Incomplete bool `json:"incomplete,omitempty"`
 }
 
-// Equal compares two openings (not the chains they were found in).
+// Equal compares two openings (not the chains they were found in; the
+// VXLAN port only where there is a member to open it to).
 func (o Openings) Equal(p Openings) bool {
-	return o.VXLANPort == p.VXLANPort && slices.Equal(o.VTEPs, p.VTEPs) && o.GossipPort == p.GossipPort &&
-		o.DNSPort == p.DNSPort && !o.Incomplete && !p.Incomplete
+	return (o.VXLANPort == p.VXLANPort || len(o.VTEPs) == 0) && slices.Equal(o.VTEPs, p.VTEPs) &&
+		o.GossipPort == p.GossipPort && o.DNSPort == p.DNSPort && !o.Incomplete && !p.Incomplete
 }
 
 // HostFirewall is what vxnet adds to the host's own packet filter so that

@@ -58,6 +58,11 @@ func openLines(o datapath.Openings) []string {
 			out = append(out, fmt.Sprintf("-A %s -p %s -m %s --dport %d -m comment --comment %sgossip -j ACCEPT", openChain, p, p, o.GossipPort, openComment))
 		}
 	}
+	if o.DNSPort != 0 {
+		for _, p := range []string{"tcp", "udp"} {
+			out = append(out, fmt.Sprintf("-A %s -i %s+ -p %s -m %s --dport %d -m comment --comment %sdns -j ACCEPT", openChain, bridgePref, p, p, o.DNSPort, openComment))
+		}
+	}
 	return out
 }
 
@@ -350,6 +355,8 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 				}
 			case slices.Contains(f, openComment+"gossip"):
 				o.GossipPort = p
+			case slices.Contains(f, openComment+"dns"):
+				o.DNSPort = uint16(p)
 			}
 		}
 	}
@@ -360,9 +367,6 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 		o.VTEPs = append(o.VTEPs, a)
 	}
 	slices.SortFunc(o.VTEPs, netip.Addr.Compare)
-	if d.open.wrote != nil && len(o.VTEPs) == 0 && o.VXLANPort == 0 {
-		o.VXLANPort = d.open.wrote.VXLANPort // no member yet: the port is nowhere
-	}
 	// Those openings must be exactly what every chain holds.
 	ok := true
 	for i, ch := range chains {
@@ -413,9 +417,6 @@ func readMembers(c *nftables.Conn, ch *nftables.Chain, r *nftables.Rule, into ma
 
 // openState is the dataplane's memory of its openings.
 type openState struct {
-	// wrote is what this dataplane last wrote: with no member yet, the
-	// VXLAN port is in no rule.
-	wrote  *datapath.Openings
 	seen   *datapath.Openings
 	seenAt time.Time
 }
@@ -501,14 +502,13 @@ func (d *Dataplane) EnsureOpenings(o datapath.Openings) error {
 			return fmt.Errorf("open %s for vxnet: %w", strings.Join(changed, ", "), err)
 		}
 	}
-	d.open.wrote = &o
 	d.changed("opened the host's filters", "chains", changed, "vteps", len(o.VTEPs), "gossip", o.GossipPort)
 	return nil
 }
 
 // RemoveOpenings takes vxnet's openings out of every chain.
 func (d *Dataplane) RemoveOpenings() error {
-	d.open.wrote, d.open.seenAt = nil, time.Time{}
+	d.open.seenAt = time.Time{}
 	d.ipt.seenAt = time.Time{}
 	if err := d.ipt.detect(); err != nil {
 		return err
