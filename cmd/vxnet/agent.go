@@ -57,6 +57,11 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
 			}
+			if len(cfg.Etcd) == 0 { // before anything else is in the state directory
+				if err := config.RecordGossipPort(cfg.StateDir, cfg.GossipPort); err != nil {
+					return err
+				}
+			}
 			a, err := agent.New(cfg, deps)
 			if err != nil {
 				return err

@@ -22,13 +22,14 @@ func TestBuild(t *testing.T) {
 	host := Env{Hostname: func() (string, error) { return "box", nil },
 		DefaultAddr: func() (netip.Addr, error) { return netip.MustParseAddr("10.0.0.9"), nil },
 		HasDocker:   func() bool { return true }}
+	state := t.TempDir() // no record: the defaults
 	for _, tc := range []struct {
 		args  []string
 		check func(Agent) bool
 		err   string
 	}{
-		{[]string{"--key-file", key}, func(c Agent) bool {
-			return c.Name == "box" && c.AdvertiseAddr == netip.MustParseAddr("10.0.0.9") && len(c.Keys) == 1 && c.StateDir == StateDir &&
+		{[]string{"--key-file", key, "--state-dir", state}, func(c Agent) bool {
+			return c.Name == "box" && c.AdvertiseAddr == netip.MustParseAddr("10.0.0.9") && len(c.Keys) == 1 && c.StateDir == state &&
 				c.Socket == Socket && c.VXLANPort == VXLANPort && c.GossipPort == GossipPort && c.DockerPluginSocket == PluginSocket &&
 				c.HealthSubnet == netip.MustParsePrefix(HealthSubnet) && c.HealthNetns == HealthNetns && c.DNSPort == DNSPort
 		}, ""},
@@ -36,6 +37,7 @@ func TestBuild(t *testing.T) {
 			func(c Agent) bool {
 				return c.Name == "h1" && c.AdvertiseAddr.Is6() && slices.Equal(c.Join, []string{"a", "b"}) && c.DockerPluginSocket == "" && !c.HealthSubnet.IsValid() && c.Keys == nil
 			}, ""},
+		{[]string{"--insecure", "--state-dir", state, "--gossip-port", "7000"}, func(c Agent) bool { return c.GossipPort == 7000 }, ""},
 		{[]string{"--store", "etcd://10.0.0.5:2379"}, func(c Agent) bool { return slices.Equal(c.Etcd, []string{"10.0.0.5:2379"}) }, ""},
 		{nil, nil, "no cluster key: give --key-file"},
 		{[]string{"--insecure", "--advertise-addr", "host1"}, nil, `invalid --advertise-addr "host1": want an IP address of this host`},
@@ -46,6 +48,9 @@ func TestBuild(t *testing.T) {
 		var f Flags
 		f.Register(fs)
 		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.ApplyConfigFile(fs); err != nil {
 			t.Fatal(err)
 		}
 		c, err := f.Build(host, nil)
@@ -64,5 +69,41 @@ func TestBuild(t *testing.T) {
 	bad := Env{Hostname: func() (string, error) { return "", errors.New("no name") }}
 	if _, err := f.Build(bad, nil); err == nil || !strings.Contains(err.Error(), "give --name") {
 		t.Errorf("no hostname: %v", err)
+	}
+}
+
+// TestGossipPortFor: a node keeps the gossip port it ran on; one upgraded
+// from a release before the new default keeps the old default; a new one
+// takes the new default.
+func TestGossipPortFor(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		want  int
+	}{
+		{"new node", nil, GossipPort},
+		{"upgraded from an earlier release", map[string]string{"vxnet.db": ""}, LegacyGossipPort},
+		{"recorded", map[string]string{"vxnet.db": "", GossipPortFile: "7000\n"}, 7000},
+		{"recorded default", map[string]string{GossipPortFile: "7947"}, GossipPort},
+		{"unreadable record", map[string]string{"vxnet.db": "", GossipPortFile: "many"}, LegacyGossipPort},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, body := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, why := GossipPortFor(dir); got != tc.want || why == "" {
+				t.Errorf("port %d (%s), want %d", got, why, tc.want)
+			}
+		})
+	}
+	dir := t.TempDir()
+	if err := RecordGossipPort(dir, 7946); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := GossipPortFor(dir); got != 7946 {
+		t.Errorf("after recording 7946: %d", got)
 	}
 }

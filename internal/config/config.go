@@ -25,7 +25,16 @@ const (
 	HealthNetns  = "vxnet-health"
 	HealthSubnet = "100.127.0.0/16"
 	VXLANPort    = 4789
-	GossipPort   = 7946
+	// GossipPort is the default gossip port: not 7946, which Docker Swarm
+	// (and Serf, Consul) hold on the same hosts.
+	GossipPort = 7947
+	// LegacyGossipPort is the default of releases before GossipPort: a
+	// host upgraded from one keeps it (GossipPortFor), and a new host joins
+	// such a cluster through it.
+	LegacyGossipPort = 7946
+	// GossipPortFile, in the state directory, records the port the node
+	// gossips on.
+	GossipPortFile = "gossip-port"
 	DNSPort      = 53533
 )
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +31,8 @@ type Flags struct {
 	// Prepare is --prepare: make what must exist in the host's mount
 	// namespace, and exit.
 	Prepare bool
+	// gossipPortSet: --gossip-port given (flag or file).
+	gossipPortSet bool
 }
 
 // Register adds the agent's flags to fs.
@@ -47,7 +51,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", StateDir, "state directory")
 	fs.StringVar(&c.Socket, "socket", Socket, "local API socket")
 	fs.IntVar(&c.VXLANPort, "vxlan-port", VXLANPort, "VXLAN UDP port")
-	fs.IntVar(&c.GossipPort, "gossip-port", GossipPort, "gossip port (TCP and UDP)")
+	fs.IntVar(&c.GossipPort, "gossip-port", GossipPort, fmt.Sprintf("gossip port (TCP and UDP); by default a host keeps the port it gossiped on before, and one upgraded from a release before this default keeps %d", LegacyGossipPort))
 	fs.StringVar(&c.DockerHost, "docker-host", "", "local dockerd API socket (e.g. unix:///var/run/docker.sock): keep its vxnet networks equal to the cluster's")
 	fs.StringVar(&f.dockerSocket, "docker-plugin-socket", "auto", "Docker network/IPAM driver socket: a path, 'auto' ("+PluginSocket+" when /run/docker exists) or 'none'")
 	fs.DurationVar(&c.ProbeInterval, "probe-interval", time.Second, "failure detection probe interval")
@@ -75,10 +79,13 @@ type Env struct {
 // ApplyConfigFile applies --config, when given, to fs (the command line
 // wins); call it once the command line is parsed, before Build.
 func (f *Flags) ApplyConfigFile(fs *pflag.FlagSet) error {
-	if f.configFile == "" {
-		return nil
+	if f.configFile != "" {
+		if err := ApplyFile(fs, f.configFile); err != nil {
+			return err
+		}
 	}
-	return ApplyFile(fs, f.configFile)
+	f.gossipPortSet = fs.Changed("gossip-port")
+	return nil
 }
 
 // HealthSubnet is --health-subnet, parsed (invalid: off).
@@ -136,7 +143,47 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	if cfg.HealthSubnet, err = ParseHealthSubnet(f.healthSubnet); err != nil {
 		return cfg, err
 	}
+	if !f.gossipPortSet && len(cfg.Etcd) == 0 {
+		port, why := GossipPortFor(cfg.StateDir)
+		if port != cfg.GossipPort && log != nil {
+			log.Info("gossip port kept", "port", port, "why", why)
+		}
+		cfg.GossipPort = port
+	}
 	return cfg, nil
+}
+
+// GossipPortFor is the gossip port of a node whose flags name none: the
+// one recorded in its state directory; LegacyGossipPort for a state
+// directory of a release before GossipPort (it has the node's database
+// and no record), so that a rolling upgrade keeps the cluster on one port;
+// GossipPort for a new node.
+func GossipPortFor(stateDir string) (int, string) {
+	if b, err := os.ReadFile(filepath.Join(stateDir, GossipPortFile)); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && p > 0 && p < 65536 {
+			return p, "recorded in " + filepath.Join(stateDir, GossipPortFile)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "vxnet.db")); err == nil {
+		return LegacyGossipPort, "this node ran a release before the default moved to " + strconv.Itoa(GossipPort) + "; give --gossip-port to move it"
+	}
+	return GossipPort, "default"
+}
+
+// RecordGossipPort writes the port a node gossips on into its state
+// directory, for GossipPortFor.
+func RecordGossipPort(stateDir string, port int) error {
+	path := filepath.Join(stateDir, GossipPortFile)
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(port) {
+		return nil
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory %s: %w", stateDir, err)
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(port)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record the gossip port: %w", err)
+	}
+	return nil
 }
 
 // ApplyFile sets every flag named in a JSON object that the command

@@ -2,17 +2,20 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
@@ -121,18 +124,28 @@ func TestMixedVersions(t *testing.T) {
 	}
 }
 
-// TestRollingUpgrade: agents of the baseline release carry a ping flow;
-// they are replaced by this release one host at a time: no reply lost, no
-// kernel write by any new agent, and every host's state carried over.
+// TestRollingUpgrade: agents of the baseline release, on their default
+// gossip port (7946, Docker Swarm's), carry a ping flow; they are replaced
+// by this release, with its defaults, one host at a time: no reply lost, no
+// kernel write by any new agent beyond what this release adds, every
+// host's state carried over, and every host still on 7946. A new host of
+// this release (default 7947) then joins them with an address alone; on a
+// host where another program holds the port, the agent says who.
 func TestRollingUpgrade(t *testing.T) {
 	testutil.RequireRoot(t)
 	old := testutil.BinaryAt(t, compatBaseline, "baseline-"+compatBaseline)
-	l := upCfg(t, lab.Config{Hosts: 3, Networks: 1, PerHost: 1})
-	// The lab starts this release; put the old one everywhere first.
+	l := upCfg(t, lab.Config{Hosts: 3, Networks: 1, PerHost: 1, DefaultGossipPort: true})
+	// The lab starts this release; put the old one everywhere first, as
+	// an old install has it (no record of the gossip port).
 	for _, h := range l.Hosts {
 		if err := l.KillAgent(h.Name, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.Remove(filepath.Join(h.Dir, "state", config.GossipPortFile)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range l.Hosts {
 		if err := l.StartAgentWith(h.Name, old); err != nil {
 			t.Fatal(err)
 		}
@@ -181,8 +194,8 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		// This release adds the health network (its bridge, vxlan device,
 		// entries and endpoint, and its VNI in the firewalls, rewritten
-		// atomically): those are its only kernel writes, all made once a
-		// pass writes nothing.
+		// atomically) and its openings in the host's filters: those are
+		// its only kernel writes, all made once a pass writes nothing.
 		waitQuietPass(t, l, h.Name)
 		if bad := nonHealthWrites(t, logPath, st.Size(), h.Name); len(bad) > 0 {
 			t.Fatalf("the upgraded agent of %s changed the kernel beyond the health network:\n%s", h.Name, strings.Join(bad, "\n"))
@@ -207,7 +220,74 @@ func TestRollingUpgrade(t *testing.T) {
 		if len(s.Networks) != 1 || s.Networks[0].Local != 1 || s.Networks[0].Remote != 2 {
 			t.Errorf("%s after the upgrade: %+v", h.Name, s.Networks)
 		}
+		if got := gossipPortOf(t, h); got != config.LegacyGossipPort {
+			t.Errorf("%s gossips on %d after the upgrade, want %d (the cluster's)", h.Name, got, config.LegacyGossipPort)
+		}
 	}
+
+	// A new host of this release: h3 wiped and started afresh.
+	h3, _ := l.Host("h3")
+	if err := l.KillAgent("h3", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(h3.Dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	// Another program holds the new default port there first.
+	var ln net.Listener
+	if err := nsutil.Do(h3.Netns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(h3.Addr, config.GossipPort).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := l.StartAgent("h3")
+	ln.Close()
+	holder := fmt.Sprintf("gossip port %d is held by %s (pid %d)", config.GossipPort, filepath.Base(os.Args[0])[:min(15, len(filepath.Base(os.Args[0])))], os.Getpid())
+	if err == nil || !strings.Contains(err.Error(), holder) {
+		t.Fatalf("agent start on a host whose gossip port is held: %v; want %q", err, holder)
+	}
+	if err := l.StartAgent("h3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(15*time.Second, func() error {
+		for _, h := range []string{"h1", "h3"} {
+			if n := aliveCount(t, l, h); n != 3 {
+				return fmt.Errorf("%s sees %d alive members, want 3", h, n)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := gossipPortOf(t, h3); got != config.GossipPort {
+		t.Errorf("the new host gossips on %d, want the new default %d", got, config.GossipPort)
+	}
+	c3 := newContainer(t, l, "fresh3")
+	var a3 api.Attachment
+	if err := waitCond(10*time.Second, func() error { // once h3 has the cluster's state
+		var err error
+		a3, err = client(l, "h3").Attach(api.AttachRequest{Network: "net1", Netns: c3})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, a.Netns, netip.MustParsePrefix(a3.IP).Addr(), 10*time.Second)
+}
+
+// gossipPortOf reads the gossip port an agent recorded.
+func gossipPortOf(t *testing.T, h lab.Host) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.Dir, "state", config.GossipPortFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestUninstall: on a host with networks, a Docker container and vxnet's
@@ -303,7 +383,8 @@ func nonHealthWrites(t *testing.T, logPath string, offset int64, node string) []
 		}
 		switch {
 		case strings.Contains(line, fmt.Sprint(model.HealthVNI)), strings.Contains(line, healthIf),
-			strings.Contains(line, `msg="installed firewall"`), strings.Contains(line, `msg="installed host firewall"`):
+			strings.Contains(line, `msg="installed firewall"`), strings.Contains(line, `msg="installed host firewall"`),
+			strings.Contains(line, `msg="opened the host's filters"`):
 		default:
 			bad = append(bad, line)
 		}

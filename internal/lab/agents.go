@@ -20,7 +20,7 @@ import (
 )
 
 // GossipPort is the lab agents' gossip port.
-const GossipPort = 7946
+const GossipPort = 7947
 
 func (l *Lab) dir() string { return filepath.Join(StateDir, l.Name) }
 
@@ -164,8 +164,11 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 	}
 	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
 		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
-		"--gossip-port", fmt.Sprint(GossipPort), "--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
+		"--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
+	if !l.DefaultGossipPort {
+		args = append(args, "--gossip-port", fmt.Sprint(GossipPort))
+	}
 	if binary == l.Binary { // flags an older release may not know
 		args = append(args, "--metrics-addr", netip.AddrPortFrom(h.Addr, MetricsPort).String())
 		if l.Datapath != "" {

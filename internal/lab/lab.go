@@ -90,7 +90,10 @@ type Config struct {
 	// HostFirewall gives every host a firewall of one common kind
 	// (HostFirewalls) before its agent starts; empty: none.
 	HostFirewall string
-	Log          *slog.Logger
+	// DefaultGossipPort runs the agents without --gossip-port (each takes
+	// its release's default, or the port its state directory says).
+	DefaultGossipPort bool
+	Log               *slog.Logger
 }
 
 // OutsideAddr is the underlay address of the lab's outside machine, and
@@ -191,6 +194,8 @@ type Lab struct {
 	Sandbox string `json:"sandbox,omitempty"`
 	// HostFirewall is the hosts' own firewall (Config.HostFirewall).
 	HostFirewall string `json:"hostFirewall,omitempty"`
+	// DefaultGossipPort: agents get no --gossip-port.
+	DefaultGossipPort bool `json:"defaultGossipPort,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
@@ -217,7 +222,8 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	p := Prefix(cfg.Name)
 	l = &Lab{Name: cfg.Name, Prefix: p, Switch: p + "sw", Agent: cfg.Agent, ProbeInterval: cfg.ProbeInterval, NoHealth: cfg.NoHealth,
-		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6, HostFirewall: cfg.HostFirewall}
+		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6, HostFirewall: cfg.HostFirewall,
+		DefaultGossipPort: cfg.DefaultGossipPort}
 	defer func() {
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {

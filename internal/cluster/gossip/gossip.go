@@ -29,6 +29,10 @@ type Config struct {
 	Name string
 	Addr netip.Addr // bind and advertise address (the VTEP address)
 	Port int
+	// LegacyPort, when not Port, is tried for a join address without a
+	// port that does not answer on Port: members of a cluster that runs on
+	// an earlier default.
+	LegacyPort int
 	// Keys are the cluster keys, the primary (used to encrypt) first. Empty
 	// keys mean no encryption, allowed only with Insecure.
 	Keys     [][]byte
@@ -146,6 +150,9 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 		}}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if strings.Contains(err.Error(), "address already in use") {
+			return nil, inUseError(cfg.Port, cfg.LegacyPort, err)
+		}
 		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
 	}
 	g.ml = ml
@@ -204,9 +211,12 @@ func (g *Gossip) every(period time.Duration, f func()) {
 // Join contacts existing members ("addr" or "addr:port"); it succeeds when at
 // least one answered, after a full state exchange with it.
 func (g *Gossip) Join(addrs []string) (int, error) {
-	var full []string
+	var full, legacy []string
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
+			if g.cfg.LegacyPort != 0 && g.cfg.LegacyPort != g.cfg.Port {
+				legacy = append(legacy, net.JoinHostPort(a, strconv.Itoa(g.cfg.LegacyPort)))
+			}
 			a = net.JoinHostPort(a, strconv.Itoa(g.cfg.Port))
 		}
 		full = append(full, a)
@@ -215,6 +225,13 @@ func (g *Gossip) Join(addrs []string) (int, error) {
 	g.joins++
 	g.mu.Unlock()
 	n, err := g.ml.Join(full)
+	if n == 0 && len(legacy) > 0 {
+		// Nobody answered on this member's port: a cluster on the old
+		// default (the members tell each other their ports from then on).
+		if n, err = g.ml.Join(legacy); n > 0 {
+			g.log.Info("joined members on the earlier default gossip port", "port", g.cfg.LegacyPort, "own_port", g.cfg.Port)
+		}
+	}
 	g.mu.Lock()
 	g.joins--
 	claims := g.claims
