@@ -15,6 +15,11 @@ func PrintTable(w io.Writer, r Result) {
 	if len(r.FastPath) > 0 {
 		printFastPath(w, r)
 	}
+	if n := r.Notrack; n != nil {
+		fmt.Fprintln(w, "NOTRACK (host 1 -> host 2; agents restarted with --notrack on or off within each round)")
+		fmt.Fprintf(w, "  1 stream: %.2f Gb/s untracked, %.2f Gb/s tracked: ratio %.3f\n", n.OnGbps, n.OffGbps, n.Ratio)
+		fmt.Fprintf(w, "  conntrack entries on host 1 after %d short connections: %.0f untracked, %.0f tracked\n", n.Conns, n.OnEntries, n.OffEntries)
+	}
 	if len(r.Converge) > 0 {
 		printConverge(w, r)
 	}

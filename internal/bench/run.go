@@ -64,7 +64,7 @@ const (
 func ParseParts(parts []string) ([]string, error) {
 	for _, p := range parts {
 		switch p {
-		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath:
+		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath, PartNotrack:
 		default:
 			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartControl, PartFootprint, PartHealth)
 		}
@@ -144,6 +144,8 @@ type Result struct {
 	// FastPath is the BPF fast path against the bridge datapath, on clean
 	// and on Docker hosts.
 	FastPath []FastPathHosts `json:"fastpath,omitempty"`
+	// Notrack is members' VXLAN out of conntrack against tracked.
+	Notrack *Notrack `json:"notrack,omitempty"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -167,6 +169,13 @@ func Run(c Config) (Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("fast path: %w", err)
 		}
+	}
+	if c.runs(PartNotrack) {
+		nt, err := notrackPart(c)
+		if err != nil {
+			return res, fmt.Errorf("notrack: %w", err)
+		}
+		res.Notrack = nt
 	}
 	for _, n := range c.ConvergeHosts {
 		if !c.runs(PartControl) {

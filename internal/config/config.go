@@ -35,7 +35,7 @@ const (
 	// GossipPortFile, in the state directory, records the port the node
 	// gossips on.
 	GossipPortFile = "gossip-port"
-	DNSPort      = 53533
+	DNSPort        = 53533
 )
 
 // Agent is an agent's configuration.

@@ -170,6 +170,7 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		args = append(args, "--gossip-port", fmt.Sprint(GossipPort))
 	}
 	if binary == l.Binary { // flags an older release may not know
+		args = append(args, l.AgentArgs...)
 		args = append(args, "--metrics-addr", netip.AddrPortFrom(h.Addr, MetricsPort).String())
 		if l.Datapath != "" {
 			args = append(args, "--datapath", l.Datapath)

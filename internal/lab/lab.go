@@ -196,6 +196,8 @@ type Lab struct {
 	HostFirewall string `json:"hostFirewall,omitempty"`
 	// DefaultGossipPort: agents get no --gossip-port.
 	DefaultGossipPort bool `json:"defaultGossipPort,omitempty"`
+	// AgentArgs are more flags for agents (re)started from now on.
+	AgentArgs []string `json:"agentArgs,omitempty"`
 }
 
 // Prefix returns the namespace prefix of a lab.
