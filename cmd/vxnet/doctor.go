@@ -64,6 +64,9 @@ func facts(cf clientFlags, port int) doctor.Facts {
 	if out, err := exec.Command("iptables-save").Output(); err == nil {
 		f.IPTables = string(out)
 	}
+	if out, err := exec.Command("nft", "-a", "list", "ruleset").Output(); err == nil {
+		f.Nftables = string(out)
+	}
 	if b, err := os.ReadFile("/proc/net/udp"); err == nil {
 		f.UDPSockets = strings.Split(string(b), "\n")
 		inodes := map[string]bool{}

@@ -41,6 +41,8 @@ type Facts struct {
 	VXLANPort int
 	// IPTables is the output of iptables-save of the host's backend ("" if none).
 	IPTables string
+	// Nftables is the output of `nft -a list ruleset` ("" if none).
+	Nftables string
 	// UDPSockets are the lines of /proc/net/udp.
 	UDPSockets []string
 	// PortHolders names the processes holding a socket inode, by inode.
@@ -66,7 +68,7 @@ func Run(f Facts) []Finding {
 	if f.Status != nil {
 		out = append(out, addr(f), reconcile(f), datapath(f), paths(f))
 	}
-	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), neighbours(f), conntrack(f), rpFilter(f))
+	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), hostFilters(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/nsutil"
@@ -109,10 +110,22 @@ func TestHostFirewallMatrix(t *testing.T) {
 					t.Fatalf("c1 reached the outside through h1's %s firewall without vxnet's openings: %q", kind, got)
 				}
 			}
+			// The doctor names the chain that drops and what it drops.
+			blocker := map[string]string{lab.FirewallUFW: "iptables filter INPUT (policy DROP)",
+				lab.FirewallNftables: `table inet filter chain input (hook input) drops VXLAN from the members, gossip and containers' name queries: "policy drop"`,
+				lab.FirewallFirewalld: `table inet firewalld chain filter_INPUT (hook input) drops VXLAN from the members, gossip and containers' name queries: "reject with icmpx admin-prohibited"`}[kind]
+			found, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
+			if f := found["host-filters"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, blocker) {
+				t.Errorf("doctor without the openings: %+v; want fail naming %q", f, blocker)
+			}
 			if err := l.StartAgent("h1"); err != nil {
 				t.Fatal(err)
 			}
 			pingUntil(t, c2.Netns, c1.IP, 15*time.Second)
+			found, _ = doctorIn(t, h1.Netns, "--socket", h1.Socket)
+			if f := found["host-filters"]; f.Level != doctor.OK {
+				t.Errorf("doctor with the openings back: %+v", f)
+			}
 			dialUntil(t, out.Netns, published, "hello from web, you are "+out.Addr.String(), 5*time.Second)
 
 			if kind == lab.FirewallFirewalld {
