@@ -10,12 +10,13 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// DeriveVNI picks a VNI from a network name when none is given: stable, in
-// 4096..16777215, so the same name gets the same VNI on every host.
+// DeriveVNI picks a VNI from a network name when none is given: stable (the
+// same name gets the same VNI on every host), in model.AutoVNIMin and up,
+// clear of the VNIs other overlays on the same hosts allocate.
 func DeriveVNI(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(name))
-	return 4096 + h.Sum32()%(model.MaxVNI-4096)
+	return model.AutoVNIMin + h.Sum32()%(model.MaxVNI-model.AutoVNIMin)
 }
 
 func invalid(format string, args ...any) error {

@@ -38,7 +38,7 @@ func TestDeriveVNI(t *testing.T) {
 	seen := map[uint32]string{}
 	for _, name := range []string{"web", "db", "api", "cache", "net1", "net2"} {
 		v := DeriveVNI(name)
-		if v < 4096 || v > 1<<24-1 {
+		if v < model.AutoVNIMin || v >= model.MaxVNI {
 			t.Fatalf("DeriveVNI(%s) = %d out of range", name, v)
 		}
 		if o, dup := seen[v]; dup {

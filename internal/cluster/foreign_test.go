@@ -10,13 +10,14 @@ import (
 
 // TestForeignVNIs: the VXLAN devices members report are found by port and
 // VNI; an explicit VNI one uses is refused naming the host and device, a
-// derived one moves on to the next free VNI (wrapping to 4096); networks
+// derived one moves on to the next free VNI (wrapping, short of the health
+// network's, to AutoVNIMin); networks
 // that collide are described.
 func TestForeignVNIs(t *testing.T) {
 	s := NewState("h1")
 	for _, n := range []NodeInfo{
 		{Name: "h2", Foreign: []model.ForeignVXLAN{{Dev: "hand0", VNI: 4096, Port: 4789}, {Dev: "hand1", VNI: 4097, Port: 4789}, {Dev: "flannel.1", VNI: 1, Port: 8472}}},
-		{Name: "h3", Foreign: []model.ForeignVXLAN{{Dev: "top", VNI: model.MaxVNI, Port: 4789}}},
+		{Name: "h3", Foreign: []model.ForeignVXLAN{{Dev: "top", VNI: model.MaxVNI - 1, Port: 4789}, {Dev: "low", VNI: model.AutoVNIMin, Port: 4789}}},
 	} {
 		if _, err := s.Put(NodeKey(n.Name), n); err != nil {
 			t.Fatal(err)
@@ -31,7 +32,7 @@ func TestForeignVNIs(t *testing.T) {
 		{4098, true, 4098, ""},
 		{4096, true, 0, "VNI 4096 is used by device hand0 on h2 (VXLAN port 4789, made outside vxnet)"},
 		{4096, false, 4098, ""},
-		{model.MaxVNI, false, 4098, ""}, // wraps past 4096 and 4097
+		{model.MaxVNI - 1, false, model.AutoVNIMin + 1, ""}, // wraps past the health network's and AutoVNIMin
 		{1, true, 1, ""},                // flannel's VNI, but on another port
 	} {
 		got, err := s.AvoidForeign(4789, tc.vni, tc.explicit)

@@ -60,8 +60,8 @@ func (s *State) AvoidForeign(port int, vni uint32, explicit bool) (uint32, error
 		if explicit {
 			return 0, fmt.Errorf("VNI %d is used by device %s on %s (VXLAN port %d, made outside vxnet): pick another --vni, or omit it", vni, f.Dev, node, f.Port)
 		}
-		if vni++; vni > model.MaxVNI {
-			vni = 4096
+		if vni++; vni >= model.MaxVNI { // MaxVNI is the health network's
+			vni = model.AutoVNIMin
 		}
 	}
 	return 0, fmt.Errorf("no free VNI near %d on port %d", vni, port)

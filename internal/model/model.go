@@ -15,6 +15,11 @@ import (
 const (
 	MinVNI = 1
 	MaxVNI = 1<<24 - 1
+	// AutoVNIMin is where the VNIs vxnet picks itself start: far above
+	// those other overlays on the same hosts allocate (Docker Swarm from
+	// 4096 up, one by one; Calico 4096 and 6096; flannel 1; Cilium its
+	// identities, below 65536), which share UDP 4789 with vxnet.
+	AutoVNIMin = 1 << 20
 	// HealthVNI is the VNI of HealthNetwork.
 	HealthVNI = MaxVNI
 )
