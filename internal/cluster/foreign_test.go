@@ -33,7 +33,7 @@ func TestForeignVNIs(t *testing.T) {
 		{4096, true, 0, "VNI 4096 is used by device hand0 on h2 (VXLAN port 4789, made outside vxnet)"},
 		{4096, false, 4098, ""},
 		{model.MaxVNI - 1, false, model.AutoVNIMin + 1, ""}, // wraps past the health network's and AutoVNIMin
-		{1, true, 1, ""},                // flannel's VNI, but on another port
+		{1, true, 1, ""},                                    // flannel's VNI, but on another port
 	} {
 		got, err := s.AvoidForeign(4789, tc.vni, tc.explicit)
 		if tc.err != "" {

@@ -112,7 +112,7 @@ func TestHostFirewallMatrix(t *testing.T) {
 			}
 			// The doctor names the chain that drops and what it drops.
 			blocker := map[string]string{lab.FirewallUFW: "iptables filter INPUT (policy DROP)",
-				lab.FirewallNftables: `table inet filter chain input (hook input) drops VXLAN from the members, gossip and containers' name queries: "policy drop"`,
+				lab.FirewallNftables:  `table inet filter chain input (hook input) drops VXLAN from the members, gossip and containers' name queries: "policy drop"`,
 				lab.FirewallFirewalld: `table inet firewalld chain filter_INPUT (hook input) drops VXLAN from the members, gossip and containers' name queries: "reject with icmpx admin-prohibited"`}[kind]
 			found, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
 			if f := found["host-filters"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, blocker) {
