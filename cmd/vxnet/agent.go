@@ -78,6 +78,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 				srv.stop()
 				close(stopped)
 			}()
+			if cfg.ManageHostFirewall { // openings back at once after a firewall reload
+				go func() {
+					if err := dp.WatchRuleset(ctx, a.Resync); err != nil {
+						cfg.Log.Warn("not watching the host's nftables ruleset: openings come back at the next resync", "err", err)
+					}
+				}()
+			}
 			err = a.Run(ctx)
 			stop()
 			<-stopped

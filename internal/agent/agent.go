@@ -294,7 +294,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == config.DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}
 	a.repl, err = deps.StartReplicator(ReplicatorConfig{State: a.state, Keys: keys,
-		OnChange: a.markDirty, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})
+		OnChange: a.Resync, OnSelfConflict: a.rejoinLater, OnNameClaimed: a.nameClaimed, OnCall: a.onCall})
 	if err != nil {
 		return nil, err
 	}
@@ -334,7 +334,7 @@ func (a *Agent) nameClaimed(addr netip.Addr) {
 	a.stats.mu.Lock()
 	defer a.stats.mu.Unlock()
 	a.stats.claimedBy[addr] = time.Now()
-	a.markDirty()
+	a.Resync()
 }
 
 // nameClaimNotices describes the other agents seen using this node's name
@@ -415,7 +415,8 @@ func (a *Agent) rememberMembers() {
 	a.saved.members = addrs
 }
 
-func (a *Agent) markDirty() {
+// Resync asks for a reconcile pass now (a change, a host firewall reloaded).
+func (a *Agent) Resync() {
 	select {
 	case a.dirty <- struct{}{}:
 	default:
@@ -571,7 +572,7 @@ func (a *Agent) loop(ctx context.Context) {
 	gc := time.NewTicker(time.Minute)
 	defer gc.Stop()
 	backoff := 100 * time.Millisecond
-	a.markDirty()
+	a.Resync()
 	for {
 		select {
 		case <-ctx.Done():
@@ -587,7 +588,7 @@ func (a *Agent) loop(ctx context.Context) {
 		}
 		if err := a.step(); err != nil {
 			a.log.Warn("reconcile failed; will retry", "err", err, "retry_in", backoff)
-			time.AfterFunc(backoff, a.markDirty)
+			time.AfterFunc(backoff, a.Resync)
 			backoff = min(backoff*2, 10*time.Second)
 		} else {
 			backoff = 100 * time.Millisecond

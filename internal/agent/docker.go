@@ -82,7 +82,7 @@ func (d *dockerAgent) SetDockerName(network, name string) {
 		}
 	}
 	d.mu.Unlock()
-	d.a().markDirty()
+	d.a().Resync()
 }
 
 // Reserve checks or allocates an address for a Docker endpoint that will

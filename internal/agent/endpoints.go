@@ -161,7 +161,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		}
 	}
 	a.persistOrLog()
-	a.markDirty()
+	a.Resync()
 	if !exists {
 		a.log.Info("endpoint attached", "endpoint", e.ID, "network", n.Name, "ip", e.IP, "mac", e.MAC, "host_if", res.HostIf)
 	}
@@ -237,7 +237,7 @@ func (a *Agent) setPorts(id string, ports []model.PortMap) error {
 	}
 	a.repl.Publish(rec)
 	a.persistOrLog()
-	a.markDirty()
+	a.Resync()
 	a.log.Info("endpoint ports changed", "endpoint", id, "ports", fmt.Sprint(ports))
 	return nil
 }
@@ -380,7 +380,7 @@ func (a *Agent) removeEndpointLocked(id string) error {
 			return err
 		}
 	}
-	a.markDirty()
+	a.Resync()
 	return a.persist()
 }
 

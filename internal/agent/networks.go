@@ -11,8 +11,7 @@ import (
 )
 
 // DeriveVNI picks a VNI from a network name when none is given: stable (the
-// same name gets the same VNI on every host), in model.AutoVNIMin and up,
-// clear of the VNIs other overlays on the same hosts allocate.
+// same on every host), from model.AutoVNIMin up, clear of other overlays'.
 func DeriveVNI(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(name))
@@ -108,7 +107,7 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 	// a VNI or subnet), and the member whose network lost reports it in its
 	// status (see cluster.State.SupersededNotices).
 	a.repl.Publish(rec)
-	a.markDirty()
+	a.Resync()
 	a.persistOrLog()
 	a.log.Info("network created", "network", n.Name, "vni", n.VNI, "subnet", n.Subnet)
 	return a.networkInfo(n), nil
@@ -199,7 +198,7 @@ func (a *Agent) RemoveNetwork(name string, force bool) error {
 		}
 	}
 	a.repl.Publish(recs...)
-	a.markDirty()
+	a.Resync()
 	a.log.Info("network removed", "network", name, "forced_endpoints", len(eps))
 	return a.persist()
 }

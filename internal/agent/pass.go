@@ -24,16 +24,8 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF, Foreign: a.stats.lastForeign(),
-		Open: a.cfg.ManageHostFirewall, GossipPort: a.gossipPort(), Notrack: a.cfg.Notrack,
+		Open: a.cfg.ManageHostFirewall, GossipPort: a.cfg.GossipListen(), Notrack: a.cfg.Notrack,
 	}, conflicts
-}
-
-// gossipPort is the port members gossip on (0 with etcd).
-func (a *Agent) gossipPort() int {
-	if len(a.cfg.Etcd) > 0 {
-		return 0
-	}
-	return a.cfg.GossipPort
 }
 
 // passLocked runs one reconcile pass and records its outcome for status;

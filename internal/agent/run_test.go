@@ -99,7 +99,7 @@ func TestRunServesTheAPI(t *testing.T) {
 	if err := os.Remove(ns); err != nil {
 		t.Fatal(err)
 	}
-	h1.markDirty()
+	h1.Resync()
 	eventually(t, "the endpoint of a vanished namespace removed", func() bool {
 		_, ok := h2.Agent.endpoint(att.ID)
 		return !ok

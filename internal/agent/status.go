@@ -20,9 +20,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	if s.Datapath == "" {
 		s.Datapath = config.DatapathBridge
 	}
-	if u := a.state.Unreadable(); len(u) > 0 {
-		s.Unreadable = u
-	}
+	s.Unreadable = a.state.Unreadable() // omitted when empty
 	a.stats.mu.Lock()
 	s.LastSync, s.LastSyncDuration, s.Conflicts = a.stats.lastSync, a.stats.lastDur, append([]string{}, a.stats.conflicts...)
 	if a.stats.syncErr != nil {

@@ -87,6 +87,14 @@ type Agent struct {
 	Log      *slog.Logger
 }
 
+// GossipListen is the port the agent gossips on (0 with etcd: none).
+func (c Agent) GossipListen() int {
+	if len(c.Etcd) > 0 {
+		return 0
+	}
+	return c.GossipPort
+}
+
 // EtcdTLS are the files of TLS to etcd: the CA that signed the servers'
 // certificates (TLS on when set) and a client certificate and key.
 type EtcdTLS struct{ CA, Cert, Key string }

@@ -31,6 +31,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 			return obs, err
 		}
 	}
+	if d.open.stale.Load() { // a firewall was reloaded: iptables too
+		d.RereadHostFirewall()
+	}
 	if obs.HostFirewall, err = d.ipt.observe(); err != nil {
 		return obs, fmt.Errorf("read the host's iptables: %w", err)
 	}

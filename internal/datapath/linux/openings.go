@@ -1,13 +1,16 @@
 package linux
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -281,7 +284,7 @@ func ourRules(c *nftables.Conn, ch *nftables.Chain) ([]string, []*nftables.Rule,
 // reads again once its last reading is older than the host firewall's max
 // age.
 func (d *Dataplane) observeOpenings() (*datapath.Openings, error) {
-	if !d.open.seenAt.IsZero() && time.Since(d.open.seenAt) < d.ipt.maxAge {
+	if !d.open.stale.Swap(false) && !d.open.seenAt.IsZero() && time.Since(d.open.seenAt) < d.ipt.maxAge {
 		return d.open.copySeen(), nil
 	}
 	seen, err := d.readOpenings()
@@ -419,7 +422,12 @@ func readMembers(c *nftables.Conn, ch *nftables.Chain, r *nftables.Rule, into ma
 type openState struct {
 	seen   *datapath.Openings
 	seenAt time.Time
+	stale  atomic.Bool // set by WatchRuleset
 }
+
+// invalidate makes the next Observe read the openings again (from the
+// monitor's goroutine: seenAt is atomic).
+func (s *openState) invalidate() { s.stale.Store(true) }
 
 func (s *openState) copySeen() *datapath.Openings {
 	if s.seen == nil {
@@ -560,4 +568,49 @@ func (d *Dataplane) RemoveOpenings() error {
 	}
 	d.changed("closed the host's filters", "rules", n)
 	return nil
+}
+
+// WatchRuleset calls changed whenever a table or chain of the namespace's
+// nftables ruleset other than vxnet's own is made or deleted (a firewall
+// reloaded: `firewall-cmd --reload`, `nft -f`), until ctx ends, so that
+// vxnet's openings are back at once instead of at the next resync. The
+// next Observe reads the openings afresh.
+func (d *Dataplane) WatchRuleset(ctx context.Context, changed func()) error {
+	c, err := nftables.New(nftables.WithNetNSFd(int(d.ns)), nftables.AsLasting())
+	if err != nil {
+		return fmt.Errorf("nftables monitor: %w", err)
+	}
+	defer c.CloseLasting()
+	m := nftables.NewMonitor(nftables.WithMonitorObject(nftables.MonitorObjectTables | nftables.MonitorObjectChains))
+	events, err := c.AddMonitor(m)
+	if err != nil {
+		return fmt.Errorf("nftables monitor: %w", err)
+	}
+	defer m.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("nftables monitor closed")
+			}
+			if ev.Error != nil || ownObject(ev.Data) {
+				continue
+			}
+			d.open.invalidate()
+			changed()
+		}
+	}
+}
+
+// ownObject tells events about vxnet's own table (it rebuilds it whole).
+func ownObject(data any) bool {
+	switch o := data.(type) {
+	case *nftables.Table:
+		return o.Name == FirewallTable && o.Family == nftables.TableFamilyINet
+	case *nftables.Chain:
+		return o.Table != nil && o.Table.Name == FirewallTable && o.Table.Family == nftables.TableFamilyINet
+	}
+	return false
 }

@@ -1,10 +1,12 @@
 package linux_test
 
 import (
+	"context"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
@@ -173,5 +175,41 @@ func TestOpeningsIptablesOnly(t *testing.T) {
 	obs, err := dp2.Observe()
 	if err != nil || obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 1 {
 		t.Fatalf("observed %+v, %v; want %+v in iptables alone", obs.Openings, err, o)
+	}
+}
+
+// A firewall reloaded (its table made anew) is reported at once, so the
+// agent puts its openings back without waiting for a resync.
+func TestWatchRuleset(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan struct{}, 64)
+	done := make(chan error, 1)
+	go func() { done <- dp.WatchRuleset(ctx, func() { events <- struct{}{} }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch: %v", err)
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for {
+		// Load until the monitor has subscribed (the first load may
+		// come before it), as a reload does.
+		nft(t, path, "-f", "testdata/nftables-drop.conf")
+		select {
+		case <-events:
+			return
+		case <-time.After(200 * time.Millisecond):
+			nft(t, path, "delete", "table", "inet", "filter")
+		case <-deadline:
+			t.Fatal("no event for the owner's ruleset")
+		}
 	}
 }
