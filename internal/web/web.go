@@ -20,6 +20,8 @@ var static embed.FS
 type Overview struct {
 	Status api.Status `json:"status"`
 	Health api.Health `json:"health"`
+	// Endpoints are the rows of `vxnet endpoints`.
+	Endpoints []api.EndpointRow `json:"endpoints"`
 }
 
 // Source gives the page its data.
@@ -36,6 +38,7 @@ func Register(mux *http.ServeMux, src Source) {
 	mux.HandleFunc("GET /api/overview", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(w).Encode(Overview{Status: src.Status(true), Health: src.Health(true)})
+		s := src.Status(true)
+		_ = json.NewEncoder(w).Encode(Overview{Status: s, Health: src.Health(true), Endpoints: api.EndpointRows(s.Endpoints, "", "")})
 	})
 }

@@ -27,8 +27,8 @@ import (
 //     forwarded traffic and DNS there);
 //   - nftables: rules at the head of every other table's input and forward
 //     base chains of type filter (a native ruleset, firewalld's table),
-//     each tagged "vxnet-open:..." in its user data. iptables-nft's own
-//     tables are iptables' (above).
+//     each with a comment "vxnet-open:..." (nft's own, which `nft list
+//     ruleset` shows). iptables-nft's own tables are iptables' (above).
 //
 // Nothing else in those chains is touched, and RemoveOpenings takes exactly
 // the tagged rules away.
@@ -78,7 +78,7 @@ type openRule struct {
 	elems []nftables.SetElement
 }
 
-// isInput and isForward tell a base chain's hook.
+// hookIs tells a base chain's hook.
 func hookIs(ch *nftables.Chain, h *nftables.ChainHook) bool {
 	return ch.Hooknum != nil && *ch.Hooknum == *h
 }

@@ -42,8 +42,8 @@ function render(o) {
   const versions = new Map((s.nodes || []).map((n) => [n.name, n.version]));
   fill("#hosts", (s.members || []).map((m) => [m.name, m.addr, el("td", { class: "state-" + m.state }, m.state), versions.get(m.name) || "?"]));
   fill("#networks", (s.networks || []).map((n) => [n.name, n.vni, n.subnet, n.local, n.remote]));
-  fill("#endpoints", (s.endpoints || []).filter((e) => e.network !== "vxnet-health")
-    .map((e) => [e.id, e.name || "", e.network, e.node, e.ip, e.mac]));
+  fill("#endpoints", (o.endpoints || []).map((e) =>
+    [e.name || "-", e.network, e.host, [e.ip, e.ip6].filter(Boolean).join(", "), (e.ports || []).join(", ") || "-", e.from, e.mac]));
   renderMatrix(h.all && h.all.length ? h.all : [h]);
   const events = (h.events || []).slice().reverse().map((e) =>
     el("li", {}, el("time", {}, new Date(e.at).toLocaleTimeString()), `${s.node} → ${e.peer}: ${e.from} → ${e.to}` + (e.cause ? ` (${e.cause})` : "")));

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/model"
+)
+
+// EndpointRow is one endpoint as `vxnet endpoints` and the live page show
+// it. Its JSON (`vxnet endpoints --json`, a list of these) is stable: fields
+// are added, never renamed or removed.
+type EndpointRow struct {
+	// Name is the container's name on its network ("" when it has none);
+	// Aliases its other names there.
+	Name    string   `json:"name"`
+	Aliases []string `json:"aliases,omitempty"`
+	Network string   `json:"network"`
+	// Host is the member the endpoint runs on.
+	Host string `json:"host"`
+	IP   string `json:"ip"`
+	IP6  string `json:"ip6,omitempty"`
+	MAC  string `json:"mac"`
+	// Ports are its published ports, HOSTPORT:PORT/PROTO, at Host's
+	// addresses.
+	Ports []string `json:"ports,omitempty"`
+	// From is the way it was attached: docker (the Docker driver), cni (a
+	// runtime through vxnet-cni: podman, containerd, Kubernetes) or attach
+	// (`vxnet attach`, the API).
+	From  string    `json:"from"`
+	ID    string    `json:"id"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+// The ways an endpoint is attached (EndpointRow.From).
+const (
+	FromDocker = "docker"
+	FromCNI    = "cni"
+	FromAttach = "attach"
+)
+
+// EndpointFrom tells how an endpoint was attached from its ID: the Docker
+// driver's are NODE.docker.ID, a CNI runtime's NODE.NETWORK.cHASH (of its
+// container and interface), the others NODE.NETWORK.INODE.
+func EndpointFrom(id string) string {
+	parts := strings.Split(id, ".")
+	switch {
+	case len(parts) >= 3 && parts[len(parts)-2] == "docker":
+		return FromDocker
+	case len(parts) >= 3 && strings.HasPrefix(parts[len(parts)-1], "c") && len(parts[len(parts)-1]) == 17:
+		return FromCNI
+	}
+	return FromAttach
+}
+
+// EndpointRows turns endpoints into rows, those of host and network only
+// when given, without the health network's (vxnet's own), sorted by
+// network, host, name and address.
+func EndpointRows(eps []model.Endpoint, host, network string) []EndpointRow {
+	out := []EndpointRow{}
+	for _, e := range eps {
+		if e.Network == model.HealthNetwork || (host != "" && e.Node != host) || (network != "" && e.Network != network) {
+			continue
+		}
+		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: e.Network, Host: e.Node, IP: e.IP.String(), MAC: e.MAC,
+			From: EndpointFrom(e.ID), ID: e.ID, Since: e.Since}
+		if e.IP6.IsValid() {
+			r.IP6 = e.IP6.String()
+		}
+		for _, p := range e.Ports {
+			r.Ports = append(r.Ports, p.String())
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b EndpointRow) int {
+		return cmp.Or(cmp.Compare(a.Network, b.Network), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Name, b.Name), cmp.Compare(a.IP, b.IP))
+	})
+	return out
+}
