@@ -595,7 +595,7 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 		if !strings.Contains(string(l1), "memberlist: failed to receive: no installed keys could decrypt the message from=198.18.0.2") {
 			return errors.New("h1 has not refused an undecryptable message yet")
 		}
-		if !strings.Contains(string(l2), "failed to join 198.18.0.1:7946: no installed keys could decrypt the message") {
+		if !strings.Contains(string(l2), fmt.Sprintf("failed to join 198.18.0.1:%d: no installed keys could decrypt the message", lab.GossipPort)) {
 			return errors.New("h2 has not failed a join yet")
 		}
 		return nil
