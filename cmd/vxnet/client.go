@@ -29,6 +29,15 @@ func (c *clientFlags) add(cmd *cobra.Command, withJSON bool) {
 	}
 }
 
+// displayName shows a network made through Docker by its Docker name,
+// with vxnet's name of it beside.
+func displayName(name, docker string) string {
+	if docker == "" || docker == name {
+		return name
+	}
+	return docker + " (" + name + ")"
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -84,7 +93,7 @@ func newNetworkCmd() *cobra.Command {
 				for _, c := range n.Endpoints {
 					total += c
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%d\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, total)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, total)
 			}
 			return tw.Flush()
 		},
@@ -231,7 +240,7 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tLOCAL\tREMOTE")
 			slices.SortFunc(s.Networks, func(x, y api.NetworkStatus) int { return cmp.Compare(x.Name, y.Name) })
 			for _, n := range s.Networks {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", n.Name, n.VNI, n.Subnet, n.Local, n.Remote)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Local, n.Remote)
 			}
 			tw.Flush()
 			if len(s.Conflicts) > 0 {

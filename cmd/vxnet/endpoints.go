@@ -20,7 +20,8 @@ func newEndpointsCmd() *cobra.Command {
 		Short:   "Endpoints cluster-wide (or one host's, one network's): name, network, host, addresses, ports, and how each was attached",
 		Long: "Lists every endpoint of the cluster as this agent knows it: the container's name, network, host, addresses, published ports, " +
 			"and how it was attached (docker, cni: podman, containerd or Kubernetes, attach: vxnet attach). --json prints a list of objects " +
-			"with the fields name, aliases, network, host, ip, ip6, mac, ports, from, id, since.",
+			"with the fields name, aliases, network (the Docker name of a network made through Docker), network_id (then vxnet's name of it), " +
+			"host, ip, ip6, mac, ports, from, id, since.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := cf.client().StatusWithEndpoints()
@@ -33,7 +34,7 @@ func newEndpointsCmd() *cobra.Command {
 			if host != "" && !hasMember(s, host) {
 				return fmt.Errorf("unknown host %q: 'vxnet status' lists the members", host)
 			}
-			rows := api.EndpointRows(s.Endpoints, host, network)
+			rows := api.EndpointRows(s.Endpoints, api.DockerNames(s.Networks), host, network)
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), rows)
 			}
@@ -67,7 +68,7 @@ func newEndpointsCmd() *cobra.Command {
 
 func hasNetwork(s api.Status, name string) bool {
 	for _, n := range s.Networks {
-		if n.Name == name {
+		if n.Name == name || n.DockerName == name {
 			return true
 		}
 	}

@@ -439,6 +439,9 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 	if r.Network == model.HealthNetwork {
 		return api.Attachment{}, errHealthReserved
 	}
+	if n, ok := a.state.NetworkNamed(r.Network); ok {
+		r.Network = n.Name // a Docker name names its network
+	}
 	path, err := resolveNetns(r.Netns)
 	if err != nil {
 		return api.Attachment{}, err
@@ -471,9 +474,11 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 func (a *Agent) Detach(r api.DetachRequest) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, err := a.network(r.Network); err != nil {
+	n, err := a.network(r.Network)
+	if err != nil {
 		return err
 	}
+	r.Network = n.Name
 	if r.ContainerID != "" {
 		id := a.containerEndpointID(r.Network, r.ContainerID, cmp.Or(r.IfName, "eth0"))
 		if _, ok := a.endpoint(id); !ok {

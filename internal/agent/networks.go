@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"hash/fnv"
 	"net/netip"
 	"strings"
@@ -149,16 +150,17 @@ func (a *Agent) Network(name string) (api.NetworkInfo, error) {
 	return a.networkInfo(n), nil
 }
 
-// network returns a network by name, or an ErrNotFound naming the known ones.
+// network returns a network by name (or Docker name), or an ErrNotFound
+// naming the known ones.
 func (a *Agent) network(name string) (model.Network, error) {
-	if n, ok := a.state.Network(name); ok {
+	if n, ok := a.state.NetworkNamed(name); ok {
 		return n, nil
 	}
 	nets, _ := a.state.Networks()
 	var names []string
 	for _, n := range nets {
 		if n.Name != model.HealthNetwork {
-			names = append(names, n.Name)
+			names = append(names, cmp.Or(n.DockerName, n.Name))
 		}
 	}
 	known := "none exist yet"
@@ -176,9 +178,11 @@ func (a *Agent) RemoveNetwork(name string, force bool) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, err := a.network(name); err != nil {
+	n, err := a.network(name)
+	if err != nil {
 		return err
 	}
+	name = n.Name
 	var eps []string
 	for _, e := range a.state.Endpoints() {
 		if e.Network == name {

@@ -7,7 +7,6 @@ import (
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/config"
-	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/version"
 )
 
@@ -37,22 +36,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 	}
 	nets, _ := a.state.Networks()
 	eps := a.state.Endpoints()
-	for _, n := range nets {
-		if n.Name == model.HealthNetwork {
-			continue // shown by 'vxnet health'
-		}
-		ns := api.NetworkStatus{Name: n.Name, VNI: n.VNI, Subnet: n.Subnet.String()}
-		for _, e := range eps {
-			switch {
-			case e.Network != n.Name:
-			case e.Node == s.Node:
-				ns.Local++
-			case alive[e.Node]:
-				ns.Remote++
-			}
-		}
-		s.Networks = append(s.Networks, ns)
-	}
+	s.Networks = api.NetworkCounts(nets, eps, s.Node, alive)
 	if withEndpoints {
 		s.Endpoints = eps
 	}

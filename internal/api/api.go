@@ -103,7 +103,9 @@ type LocalEndpoint struct {
 
 // NetworkStatus counts endpoints of a network as this host sees them.
 type NetworkStatus struct {
-	Name   string `json:"name"`
+	Name string `json:"name"`
+	// DockerName is its name in the dockerds, when made through Docker.
+	DockerName string `json:"dockerName,omitempty"`
 	VNI    uint32 `json:"vni"`
 	Subnet string `json:"subnet"`
 	Local  int    `json:"local"`

@@ -17,7 +17,10 @@ type EndpointRow struct {
 	// Aliases its other names there.
 	Name    string   `json:"name"`
 	Aliases []string `json:"aliases,omitempty"`
-	Network string   `json:"network"`
+	// Network is the network's name: its Docker name when it was made
+	// through Docker (NetworkID is then vxnet's name of it).
+	Network   string `json:"network"`
+	NetworkID string `json:"network_id,omitempty"`
 	// Host is the member the endpoint runs on.
 	Host string `json:"host"`
 	IP   string `json:"ip"`
@@ -55,17 +58,34 @@ func EndpointFrom(id string) string {
 	return FromAttach
 }
 
-// EndpointRows turns endpoints into rows, those of host and network only
-// when given, without the health network's (vxnet's own), sorted by
-// network, host, name and address.
-func EndpointRows(eps []model.Endpoint, host, network string) []EndpointRow {
+// DockerNames maps the names of the networks made through Docker to their
+// Docker names.
+func DockerNames(nets []NetworkStatus) map[string]string {
+	out := map[string]string{}
+	for _, n := range nets {
+		if n.DockerName != "" {
+			out[n.Name] = n.DockerName
+		}
+	}
+	return out
+}
+
+// EndpointRows turns endpoints into rows, those of host and network (by
+// either name) only when given, without the health network's (vxnet's
+// own), sorted by network, host, name and address; docker maps network
+// names to Docker names (DockerNames).
+func EndpointRows(eps []model.Endpoint, docker map[string]string, host, network string) []EndpointRow {
 	out := []EndpointRow{}
 	for _, e := range eps {
-		if e.Network == model.HealthNetwork || (host != "" && e.Node != host) || (network != "" && e.Network != network) {
+		dn := docker[e.Network]
+		if e.Network == model.HealthNetwork || (host != "" && e.Node != host) || (network != "" && e.Network != network && dn != network) {
 			continue
 		}
-		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: e.Network, Host: e.Node, IP: e.IP.String(), MAC: e.MAC,
+		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: cmp.Or(dn, e.Network), Host: e.Node, IP: e.IP.String(), MAC: e.MAC,
 			From: EndpointFrom(e.ID), ID: e.ID, Since: e.Since}
+		if dn != "" {
+			r.NetworkID = e.Network
+		}
 		if e.IP6.IsValid() {
 			r.IP6 = e.IP6.String()
 		}
@@ -77,5 +97,28 @@ func EndpointRows(eps []model.Endpoint, host, network string) []EndpointRow {
 	slices.SortFunc(out, func(a, b EndpointRow) int {
 		return cmp.Or(cmp.Compare(a.Network, b.Network), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Name, b.Name), cmp.Compare(a.IP, b.IP))
 	})
+	return out
+}
+
+// NetworkCounts counts, per network (not the health network: `vxnet health`
+// shows it), the endpoints on self and the live ones elsewhere.
+func NetworkCounts(nets []model.Network, eps []model.Endpoint, self string, alive map[string]bool) []NetworkStatus {
+	var out []NetworkStatus
+	for _, n := range nets {
+		if n.Name == model.HealthNetwork {
+			continue
+		}
+		ns := NetworkStatus{Name: n.Name, DockerName: n.DockerName, VNI: n.VNI, Subnet: n.Subnet.String()}
+		for _, e := range eps {
+			switch {
+			case e.Network != n.Name:
+			case e.Node == self:
+				ns.Local++
+			case alive[e.Node]:
+				ns.Remote++
+			}
+		}
+		out = append(out, ns)
+	}
 	return out
 }

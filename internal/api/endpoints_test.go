@@ -44,7 +44,7 @@ func TestEndpointRows(t *testing.T) {
 		{"", "web", []string{"h1.web.c0123456789abcdef", "h2.docker.aa"}},
 		{"h3", "", nil},
 	} {
-		rows := EndpointRows(eps, tc.host, tc.network)
+		rows := EndpointRows(eps, nil, tc.host, tc.network)
 		var ids []string
 		for _, r := range rows {
 			ids = append(ids, r.ID)
@@ -53,7 +53,7 @@ func TestEndpointRows(t *testing.T) {
 			t.Errorf("host %q network %q: %v, want %v", tc.host, tc.network, ids, tc.want)
 		}
 	}
-	b, err := json.Marshal(EndpointRows(eps, "h2", ""))
+	b, err := json.Marshal(EndpointRows(eps, nil, "h2", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,33 @@ func TestEndpointRows(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("JSON\n%s\nwant\n%s", b, want)
 	}
-	if b, _ := json.Marshal(EndpointRows(nil, "", "")); string(b) != "[]" {
+	if b, _ := json.Marshal(EndpointRows(nil, nil, "", "")); string(b) != "[]" {
 		t.Errorf("no endpoints: %s, want []", b)
+	}
+}
+
+// A network made through Docker is shown, and found, by its Docker name.
+func TestEndpointRowsDockerNames(t *testing.T) {
+	eps := []model.Endpoint{{ID: "h1.docker.aa", Network: "docker-87f7d59df9fe", Node: "h1", IP: netip.MustParseAddr("10.0.0.2")}}
+	names := DockerNames([]NetworkStatus{{Name: "docker-87f7d59df9fe", DockerName: "appnet"}, {Name: "web"}})
+	for _, filter := range []string{"", "appnet", "docker-87f7d59df9fe"} {
+		rows := EndpointRows(eps, names, "", filter)
+		if len(rows) != 1 || rows[0].Network != "appnet" || rows[0].NetworkID != "docker-87f7d59df9fe" {
+			t.Errorf("filter %q: %+v", filter, rows)
+		}
+	}
+	if rows := EndpointRows(eps, names, "", "web"); len(rows) != 0 {
+		t.Errorf("another network's filter: %+v", rows)
+	}
+}
+
+func TestNetworkCounts(t *testing.T) {
+	nets := []model.Network{{Name: "web", VNI: 7, Subnet: netip.MustParsePrefix("10.0.0.0/24"), DockerName: "appnet"},
+		{Name: model.HealthNetwork, VNI: model.HealthVNI}}
+	eps := []model.Endpoint{{Network: "web", Node: "h1"}, {Network: "web", Node: "h2"}, {Network: "web", Node: "h3"}, {Network: model.HealthNetwork, Node: "h1"}}
+	got := NetworkCounts(nets, eps, "h1", map[string]bool{"h1": true, "h2": true})
+	want := NetworkStatus{Name: "web", DockerName: "appnet", VNI: 7, Subnet: "10.0.0.0/24", Local: 1, Remote: 1}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("%+v, want [%+v] (h3 is not alive; the health network is left out)", got, want)
 	}
 }

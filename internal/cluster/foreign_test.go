@@ -65,3 +65,29 @@ func TestForeignVNIs(t *testing.T) {
 		t.Fatal("NodeInfo.Same")
 	}
 }
+
+// A network is found by its name, or by its Docker name when only one
+// network has it.
+func TestNetworkNamed(t *testing.T) {
+	s := NewState("h1")
+	for _, n := range []model.Network{
+		{Name: "docker-87f7d59df9fe", VNI: 7, Subnet: netip.MustParsePrefix("10.1.0.0/24"), DockerName: "appnet"},
+		{Name: "web", VNI: 8, Subnet: netip.MustParsePrefix("10.2.0.0/24")},
+		{Name: "docker-aaaaaaaaaaaa", VNI: 9, Subnet: netip.MustParsePrefix("10.3.0.0/24"), DockerName: "twice"},
+		{Name: "docker-bbbbbbbbbbbb", VNI: 10, Subnet: netip.MustParsePrefix("10.4.0.0/24"), DockerName: "twice"},
+	} {
+		n.Normalize()
+		if _, err := s.Put(NetworkKey(n.Name), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ name, want string }{
+		{"appnet", "docker-87f7d59df9fe"}, {"docker-87f7d59df9fe", "docker-87f7d59df9fe"}, {"web", "web"},
+		{"twice", ""}, {"nope", ""},
+	} {
+		n, ok := s.NetworkNamed(tc.name)
+		if n.Name != tc.want || ok != (tc.want != "") {
+			t.Errorf("%s: %q %v, want %q", tc.name, n.Name, ok, tc.want)
+		}
+	}
+}

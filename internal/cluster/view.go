@@ -136,6 +136,25 @@ func (s *State) Networks() ([]model.Network, []Conflict) {
 	return out, conflicts
 }
 
+// NetworkNamed returns one network by its name, or else by its Docker
+// name when exactly one network has it.
+func (s *State) NetworkNamed(name string) (model.Network, bool) {
+	if n, ok := s.Network(name); ok {
+		return n, true
+	}
+	nets, _ := s.Networks()
+	var found []model.Network
+	for _, n := range nets {
+		if n.DockerName != "" && n.DockerName == name {
+			found = append(found, n)
+		}
+	}
+	if len(found) != 1 {
+		return model.Network{}, false
+	}
+	return found[0], true
+}
+
 // Network returns one network by name.
 func (s *State) Network(name string) (model.Network, bool) {
 	r, ok := s.Get(NetworkKey(name))

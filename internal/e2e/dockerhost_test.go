@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
@@ -88,6 +90,35 @@ func TestDockerRealHost(t *testing.T) {
 	c1IP, c2IP := ip(d1, "c1"), ip(d2, "c2")
 	pingFrom(t, d2, "c2", c1IP)
 
+	step(t, "DockerNameInVxnet", func(t *testing.T) {
+		// vxnet shows and takes the network by its Docker name.
+		h1 := l.Hosts[0]
+		if out, err := vxnetCLI(t, "network", "ls", "--socket", h1.Socket); err != nil || !strings.Contains(out, "vxlan-net (docker-") {
+			t.Errorf("network ls: %v\n%s", err, out)
+		}
+		if out, err := vxnetCLI(t, "network", "inspect", "vxlan-net", "--socket", h1.Socket); err != nil || !strings.Contains(out, `"dockerName": "vxlan-net"`) {
+			t.Errorf("network inspect vxlan-net: %v\n%s", err, out)
+		}
+		var rows []api.EndpointRow
+		if err := waitCond(5*time.Second, func() error {
+			out, err := vxnetCLI(t, "endpoints", "--network", "vxlan-net", "--json", "--socket", h1.Socket)
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 2 {
+				return fmt.Errorf("rows %+v (%v), want c1 and c2", rows, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if r.Network != "vxlan-net" || !strings.HasPrefix(r.NetworkID, "docker-") || r.From != api.FromDocker ||
+				(r.Name != "c1" && r.Name != "c2") || (r.Name == "c1" && (r.Host != "h1" || r.IP != c1IP)) || (r.Name == "c2" && (r.Host != "h2" || r.IP != c2IP)) {
+				t.Errorf("row %+v", r)
+			}
+		}
+	})
 	step(t, "NamesAcrossHosts", func(t *testing.T) {
 		retryDocker(t, d2, "1 packets received", "exec", "c2", "ping", "-c", "1", "-W", "1", "c1")
 		retryDocker(t, d1, "1 packets received", "exec", "c1", "ping", "-c", "1", "-W", "1", "c2")

@@ -39,6 +39,6 @@ func Register(mux *http.ServeMux, src Source) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		s := src.Status(true)
-		_ = json.NewEncoder(w).Encode(Overview{Status: s, Health: src.Health(true), Endpoints: api.EndpointRows(s.Endpoints, "", "")})
+		_ = json.NewEncoder(w).Encode(Overview{Status: s, Health: src.Health(true), Endpoints: api.EndpointRows(s.Endpoints, api.DockerNames(s.Networks), "", "")})
 	})
 }
