@@ -106,10 +106,10 @@ type NetworkStatus struct {
 	Name string `json:"name"`
 	// DockerName is its name in the dockerds, when made through Docker.
 	DockerName string `json:"dockerName,omitempty"`
-	VNI    uint32 `json:"vni"`
-	Subnet string `json:"subnet"`
-	Local  int    `json:"local"`
-	Remote int    `json:"remote"`
+	VNI        uint32 `json:"vni"`
+	Subnet     string `json:"subnet"`
+	Local      int    `json:"local"`
+	Remote     int    `json:"remote"`
 }
 
 // Status is the agent's view of the cluster.
