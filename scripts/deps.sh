@@ -17,10 +17,11 @@ fi
 # podman (its CNI backend) for the CNI tests, systemd (systemd-analyze
 # verify of the unit), chromium (the live page, loaded in a real browser),
 # etcd-server (the etcd store's tests run etcd clusters), firewalld (a real
-# firewalld runs in lab hosts, each on a D-Bus of its own).
+# firewalld runs in lab hosts, each on a D-Bus of its own), docker-compose
+# (the Compose example runs across two lab dockerds).
 pkgs=(iproute2 util-linux ca-certificates git iptables)
 if [ "${VXNET_DEPS:-all}" != lab ]; then
-  pkgs+=(iperf3 nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium etcd-server firewalld dbus)
+  pkgs+=(iperf3 nftables procps docker.io busybox-static containernetworking-plugins podman systemd chromium etcd-server firewalld dbus docker-compose)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do
