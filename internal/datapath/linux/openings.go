@@ -571,8 +571,8 @@ func (d *Dataplane) RemoveOpenings() error {
 }
 
 // WatchRuleset calls changed whenever a table or chain of the namespace's
-// nftables ruleset other than vxnet's own is made or deleted (a firewall
-// reloaded: `firewall-cmd --reload`, `nft -f`), until ctx ends, so that
+// nftables ruleset other than vxnet's own and iptables' is made or deleted
+// (a firewall reloaded: `firewall-cmd --reload`, `nft -f`), until ctx ends, so that
 // vxnet's openings are back at once instead of at the next resync. The
 // next Observe reads the openings afresh.
 func (d *Dataplane) WatchRuleset(ctx context.Context, changed func()) error {
@@ -595,7 +595,7 @@ func (d *Dataplane) WatchRuleset(ctx context.Context, changed func()) error {
 			if !ok {
 				return errors.New("nftables monitor closed")
 			}
-			if ev.Error != nil || ownObject(ev.Data) {
+			if ev.Error != nil || ignored(ev.Data) {
 				continue
 			}
 			d.open.invalidate()
@@ -604,13 +604,27 @@ func (d *Dataplane) WatchRuleset(ctx context.Context, changed func()) error {
 	}
 }
 
-// ownObject tells events about vxnet's own table (it rebuilds it whole).
-func ownObject(data any) bool {
+// ignored tells events no pass is needed for: about vxnet's own table (it
+// rebuilds it whole) and iptables-nft's tables (every iptables command
+// announces them; the host firewall's own re-reading covers iptables).
+func ignored(data any) bool {
+	var t *nftables.Table
 	switch o := data.(type) {
 	case *nftables.Table:
-		return o.Name == FirewallTable && o.Family == nftables.TableFamilyINet
+		t = o
 	case *nftables.Chain:
-		return o.Table != nil && o.Table.Name == FirewallTable && o.Table.Family == nftables.TableFamilyINet
+		t = o.Table
+	default:
+		return true
+	}
+	if t == nil {
+		return true
+	}
+	switch t.Family {
+	case nftables.TableFamilyINet:
+		return t.Name == FirewallTable
+	case nftables.TableFamilyIPv4, nftables.TableFamilyIPv6:
+		return slices.Contains(iptablesTables, t.Name)
 	}
 	return false
 }
