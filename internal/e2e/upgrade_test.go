@@ -233,6 +233,16 @@ func TestRollingUpgrade(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(h3.Dir, "state")); err != nil {
 		t.Fatal(err)
 	}
+	// As a reinstalled host comes back: after the others saw it go (until
+	// then they hold its name at its old port and refuse the new one).
+	if err := waitCond(20*time.Second, func() error {
+		if n := aliveCount(t, l, "h1"); n != 2 {
+			return fmt.Errorf("h1 sees %d alive members, want 2", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// Another program holds the new default port there first.
 	var ln net.Listener
 	if err := nsutil.Do(h3.Netns, func() error {
