@@ -261,7 +261,11 @@ func TestRollingUpgrade(t *testing.T) {
 	if err := l.StartAgent("h3"); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitCond(15*time.Second, func() error {
+	// The others hold h3's name at its old port, dead: they take the new
+	// port once memberlist lets a dead name be reclaimed, at the latest at
+	// the next full exchange (push/pull, 15 s).
+	started := time.Now()
+	if err := waitCond(40*time.Second, func() error {
 		for _, h := range []string{"h1", "h3"} {
 			if n := aliveCount(t, l, h); n != 3 {
 				return fmt.Errorf("%s sees %d alive members, want 3", h, n)
@@ -271,6 +275,7 @@ func TestRollingUpgrade(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("the fresh h3 (port %d) is a member on every host %s after it started", config.GossipPort, time.Since(started).Round(100*time.Millisecond))
 	if got := gossipPortOf(t, h3); got != config.GossipPort {
 		t.Errorf("the new host gossips on %d, want the new default %d", got, config.GossipPort)
 	}
