@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +15,7 @@ import (
 	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/doctor"
+	"github.com/vxnet/vxnet/internal/procnet"
 )
 
 func readInt(path string) int {
@@ -25,26 +25,6 @@ func readInt(path string) int {
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return n
-}
-
-// socketHolders names the processes holding the given socket inodes.
-func socketHolders(inodes map[string]bool) map[string]string {
-	out := map[string]string{}
-	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
-	for _, fd := range fds {
-		target, err := os.Readlink(fd)
-		if err != nil || !strings.HasPrefix(target, "socket:[") {
-			continue
-		}
-		ino := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
-		if !inodes[ino] {
-			continue
-		}
-		pid := strings.Split(fd, "/")[2]
-		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
-		out[ino] = fmt.Sprintf("pid %s (%s)", pid, strings.TrimSpace(string(comm)))
-	}
-	return out
 }
 
 // facts reads what the checks look at, on this host.
@@ -75,7 +55,10 @@ func facts(cf clientFlags, port int) doctor.Facts {
 				inodes[fs[9]] = true
 			}
 		}
-		f.PortHolders = socketHolders(inodes)
+		f.PortHolders = map[string]string{}
+		for ino, p := range procnet.Holders(inodes) {
+			f.PortHolders[ino] = fmt.Sprintf("pid %d (%s)", p.PID, p.Comm)
+		}
 	}
 	f.ForeignVXLAN, _ = linux.ForeignVXLAN()
 	f.GCThresh3 = readInt("/proc/sys/net/ipv4/neigh/default/gc_thresh3")

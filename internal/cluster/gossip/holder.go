@@ -1,13 +1,11 @@
 package gossip
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/vxnet/vxnet/internal/procnet"
 )
 
 // portHolder names the process that holds a local TCP or UDP port in the
@@ -20,53 +18,15 @@ func portHolder(port int) string {
 		if err != nil {
 			continue
 		}
-		for _, ino := range socketInodes(fh, port, strings.HasPrefix(f, "tcp")) {
+		for _, ino := range procnet.Inodes(fh, port, strings.HasPrefix(f, "tcp")) {
 			inodes[ino] = true
 		}
 		fh.Close()
 	}
-	if len(inodes) == 0 {
-		return ""
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
-		fds, _ := os.ReadDir(filepath.Join(p, "fd"))
-		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join(p, "fd", fd.Name()))
-			if err != nil {
-				continue
-			}
-			if ino, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(ino, "]")] {
-				comm, _ := os.ReadFile(filepath.Join(p, "comm"))
-				return fmt.Sprintf("%s (pid %s)", strings.TrimSpace(string(comm)), filepath.Base(p))
-			}
-		}
+	for _, p := range procnet.Holders(inodes) {
+		return fmt.Sprintf("%s (pid %d)", p.Comm, p.PID)
 	}
 	return ""
-}
-
-// socketInodes reads a /proc/net/{tcp,udp}[6] table and returns the inodes
-// of the sockets bound to port (for TCP, listening ones only).
-func socketInodes(r io.Reader, port int, tcp bool) []string {
-	var out []string
-	sc := bufio.NewScanner(r)
-	sc.Scan() // the header
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 10 {
-			continue
-		}
-		_, hexPort, ok := strings.Cut(f[1], ":")
-		p, err := strconv.ParseUint(hexPort, 16, 16)
-		if !ok || err != nil || int(p) != port {
-			continue
-		}
-		if tcp && f[3] != "0A" { // TCP_LISTEN
-			continue
-		}
-		out = append(out, f[9])
-	}
-	return out
 }
 
 // inUseError explains a gossip port that another program holds.

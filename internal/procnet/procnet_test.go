@@ -1,4 +1,4 @@
-package gossip
+package procnet
 
 import (
 	"slices"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestSocketInodes(t *testing.T) {
+func TestInodes(t *testing.T) {
 	const tcp = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F0A 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
    1: 0100007F:1F0A 0200007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
@@ -28,7 +28,7 @@ func TestSocketInodes(t *testing.T) {
 		{"udp", udp, 7946, false, []string{"5151"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := socketInodes(strings.NewReader(tc.table), tc.port, tc.tcp); !slices.Equal(got, tc.want) {
+			if got := Inodes(strings.NewReader(tc.table), tc.port, tc.tcp); !slices.Equal(got, tc.want) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
