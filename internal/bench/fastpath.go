@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
@@ -119,6 +120,16 @@ func switchDatapath(l *lab.Lab, mode string) error {
 		return nil
 	}
 	l.Datapath = mode
+	return restartAgents(l, l.Hosts[:2], "datapath "+mode, func(obs datapath.Observed) bool {
+		hooked := obs.FastPath != nil && len(obs.FastPath.Hooks) > 0
+		return hooked == (mode == "bpf") && len(obs.FDB) > 0
+	})
+}
+
+// restartAgents restarts every agent of the lab (with its settings as they
+// are now) and waits until ready holds for what each of hosts has
+// programmed (what names that state) and the lab has converged.
+func restartAgents(l *lab.Lab, hosts []lab.Host, what string, ready func(datapath.Observed) bool) error {
 	for _, h := range l.Hosts {
 		if err := l.KillAgent(h.Name, syscall.SIGTERM); err != nil {
 			return err
@@ -128,15 +139,14 @@ func switchDatapath(l *lab.Lab, mode string) error {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for _, h := range l.Hosts[:2] {
+	for _, h := range hosts {
 		for {
 			obs, err := l.Observe(h.Name)
-			hooked := err == nil && obs.FastPath != nil && len(obs.FastPath.Hooks) > 0
-			if err == nil && hooked == (mode == "bpf") && len(obs.FDB) > 0 {
+			if err == nil && ready(obs) {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%s: datapath %s not in place after 30 s (hooks: %v, err %v)", h.Name, mode, hooked, err)
+				return fmt.Errorf("%s: %s not in place after 30 s (%v)", h.Name, what, err)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -6,9 +6,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
@@ -97,28 +97,9 @@ func setNotrack(l *lab.Lab, on bool) error {
 		return nil
 	}
 	l.AgentArgs = want
-	for _, h := range l.Hosts {
-		if err := l.KillAgent(h.Name, syscall.SIGTERM); err != nil {
-			return err
-		}
-		if err := l.StartAgent(h.Name); err != nil {
-			return err
-		}
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for _, h := range l.Hosts {
-		for {
-			obs, err := l.Observe(h.Name)
-			if err == nil && obs.Firewall != nil && obs.Firewall.Notrack == on {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s: notrack %v not in place after 30 s (%v)", h.Name, on, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	return l.WaitConverged(30 * time.Second)
+	return restartAgents(l, l.Hosts, fmt.Sprintf("notrack %v", on), func(obs datapath.Observed) bool {
+		return obs.Firewall != nil && obs.Firewall.Notrack == on
+	})
 }
 
 // conntrackCount reads the number of entries in a namespace's conntrack
