@@ -461,39 +461,51 @@ func (d *Dataplane) EnsureOpenings(o datapath.Openings) error {
 			return err
 		}
 	}
-	r, err := d.reader()
+	changed, err := d.rewriteForeign(func(ch *nftables.Chain) []openRule { return openRules(o, ch) })
 	if err != nil {
 		return err
+	}
+	d.changed("opened the host's filters", "chains", changed, "vteps", len(o.VTEPs), "gossip", o.GossipPort)
+	return nil
+}
+
+// rewriteForeign makes vxnet's rules in every foreign chain what want says
+// (none: taken out), replacing them where they differ, in one nftables
+// transaction; it returns the chains it changed.
+func (d *Dataplane) rewriteForeign(want func(*nftables.Chain) []openRule) ([]string, error) {
+	r, err := d.reader()
+	if err != nil {
+		return nil, err
 	}
 	chains, err := foreignChains(r)
 	if err != nil {
 		d.closeReader()
-		return err
+		return nil, err
 	}
 	w, err := d.nft()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var changed []string
 	for _, ch := range chains {
 		tags, ours, err := ourRules(r, ch)
 		if err != nil {
 			d.closeReader()
-			return err
+			return nil, err
 		}
-		want := openRules(o, ch)
-		if slices.Equal(tags, openTags(want)) {
+		rules := want(ch)
+		if slices.Equal(tags, openTags(rules)) {
 			continue
 		}
 		for _, old := range ours {
 			if err := w.DelRule(old); err != nil {
-				return fmt.Errorf("remove vxnet's rule %q from %s: %w", ruleComment(old.UserData), chainName(ch), err)
+				return nil, fmt.Errorf("remove vxnet's rule %q from %s: %w", ruleComment(old.UserData), chainName(ch), err)
 			}
 		}
-		for _, rule := range slices.Backward(want) { // each goes to the head
+		for _, rule := range slices.Backward(rules) { // each goes to the head
 			if rule.set != nil {
 				if err := w.AddSet(rule.set, rule.elems); err != nil {
-					return fmt.Errorf("member set for %s: %w", chainName(ch), err)
+					return nil, fmt.Errorf("member set for %s: %w", chainName(ch), err)
 				}
 				for _, e := range rule.exprs {
 					if l, ok := e.(*expr.Lookup); ok {
@@ -507,11 +519,10 @@ func (d *Dataplane) EnsureOpenings(o datapath.Openings) error {
 	}
 	if len(changed) > 0 {
 		if err := w.Flush(); err != nil {
-			return fmt.Errorf("open %s for vxnet: %w", strings.Join(changed, ", "), err)
+			return nil, fmt.Errorf("vxnet's rules in %s: %w", strings.Join(changed, ", "), err)
 		}
 	}
-	d.changed("opened the host's filters", "chains", changed, "vteps", len(o.VTEPs), "gossip", o.GossipPort)
-	return nil
+	return changed, nil
 }
 
 // RemoveOpenings takes vxnet's openings out of every chain.
@@ -534,39 +545,11 @@ func (d *Dataplane) RemoveOpenings() error {
 			}
 		}
 	}
-	r, err := d.reader()
+	changed, err := d.rewriteForeign(func(*nftables.Chain) []openRule { return nil })
 	if err != nil {
 		return err
 	}
-	chains, err := foreignChains(r)
-	if err != nil {
-		d.closeReader()
-		return err
-	}
-	w, err := d.nft()
-	if err != nil {
-		return err
-	}
-	n := 0
-	for _, ch := range chains {
-		_, ours, err := ourRules(r, ch)
-		if err != nil {
-			d.closeReader()
-			return err
-		}
-		for _, old := range ours {
-			if err := w.DelRule(old); err != nil {
-				return fmt.Errorf("remove vxnet's rule %q from %s: %w", ruleComment(old.UserData), chainName(ch), err)
-			}
-			n++
-		}
-	}
-	if n > 0 {
-		if err := w.Flush(); err != nil {
-			return fmt.Errorf("remove vxnet's openings: %w", err)
-		}
-	}
-	d.changed("closed the host's filters", "rules", n)
+	d.changed("closed the host's filters", "chains", changed)
 	return nil
 }
 
