@@ -100,20 +100,12 @@ func dnatRule(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
 // the members' addresses: a host reachable over IPv6 is not left open
 // because its members happen to use IPv4.
 func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set, port int, v6 bool) *nftables.Rule {
-	p := make([]byte, 2)
-	binary.BigEndian.PutUint16(p, uint16(port))
-	proto, tag, saddr, alen := byte(unix.NFPROTO_IPV4), ingressPrefix, uint32(12), uint32(4)
+	tag, saddr, alen := ingressPrefix, uint32(12), uint32(4)
 	if v6 {
-		proto, tag, saddr, alen = unix.NFPROTO_IPV6, ingress6Prefix, 8, 16
+		tag, saddr, alen = ingress6Prefix, 8, 16
 	}
 	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tag + strconv.Itoa(port)),
-		Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+		Exprs: join(udpTo(v6, port), []expr.Any{
 			// The VXLAN header follows the 8 bytes of UDP: its VNI is the
 			// 3 bytes at 4, then a reserved byte (masked off).
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 4, Len: 4},
@@ -123,7 +115,19 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set
 			&expr.Lookup{SourceRegister: 1, SetName: vteps.Name, SetID: vteps.ID, Invert: true},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
-		}}
+		})}
+}
+
+// udpTo matches UDP of one IP family to port.
+func udpTo(v6 bool, port int) []expr.Any {
+	proto := byte(unix.NFPROTO_IPV4)
+	if v6 {
+		proto = unix.NFPROTO_IPV6
+	}
+	return join([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}, l4port(unix.IPPROTO_UDP, port))
 }
 
 // notrackRule takes VXLAN on port to (out) or from (in) a member's VTEP,
@@ -132,11 +136,9 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set
 // conntrack lookup and an entry per inner flow (the source port is a hash
 // of the inner flow).
 func notrackRule(t *nftables.Table, c *nftables.Chain, vteps *nftables.Set, port int, v6, out bool) *nftables.Rule {
-	p := make([]byte, 2)
-	binary.BigEndian.PutUint16(p, uint16(port))
-	proto, addr, alen, fam := byte(unix.NFPROTO_IPV4), uint32(12), uint32(4), "4"
+	addr, alen, fam := uint32(12), uint32(4), "4"
 	if v6 {
-		proto, addr, alen, fam = unix.NFPROTO_IPV6, 8, 16, "6"
+		addr, alen, fam = 8, 16, "6"
 	}
 	dir := "in"
 	if out {
@@ -144,18 +146,12 @@ func notrackRule(t *nftables.Table, c *nftables.Chain, vteps *nftables.Set, port
 		dir = "out"
 	}
 	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(notrackPrefix + dir + fam + ":" + strconv.Itoa(port)),
-		Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+		Exprs: join(udpTo(v6, port), []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addr, Len: alen},
 			&expr.Lookup{SourceRegister: 1, SetName: vteps.Name, SetID: vteps.ID},
 			&expr.Counter{},
 			&expr.Notrack{},
-		}}
+		})}
 }
 
 // notrackChains are the raw-priority chains of the notrack rules.

@@ -158,17 +158,14 @@ func openRules(o datapath.Openings, ch *nftables.Chain) []openRule {
 		if len(elems) == 0 {
 			continue
 		}
-		proto, saddr, alen, kt, name := byte(unix.NFPROTO_IPV4), uint32(12), uint32(4), nftables.TypeIPAddr, "vxlan4"
+		saddr, alen, kt, name := uint32(12), uint32(4), nftables.TypeIPAddr, "vxlan4"
 		if v6 {
-			proto, saddr, alen, kt, name = unix.NFPROTO_IPV6, 8, 16, nftables.TypeIP6Addr, "vxlan6"
+			saddr, alen, kt, name = 8, 16, nftables.TypeIP6Addr, "vxlan6"
 		}
 		set := &nftables.Set{Table: ch.Table, Anonymous: true, Constant: true, KeyType: kt}
 		out = append(out, openRule{
 			tag: fmt.Sprintf("%s%s:%d:%s", openTag, name, o.VXLANPort, vtepHash(addrs)),
-			exprs: join([]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-			}, l4port(unix.IPPROTO_UDP, o.VXLANPort), []expr.Any{
+			exprs: join(udpTo(v6, o.VXLANPort), []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: alen},
 				&expr.Lookup{SourceRegister: 1, SetName: "", SetID: 0}, // bound in ensure
 			}, accept()),
