@@ -133,13 +133,8 @@ func TestOpeningsNativeNftables(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new dataplane (a restarted agent) reads the same openings back.
-	dp2, err := linux.Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
-	if obs, err = dp2.Observe(); err != nil || obs.Openings == nil || !obs.Openings.Equal(o) {
-		t.Fatalf("a new dataplane observed %+v, %v; want %+v", obs.Openings, err, o)
+	if got := openingsAfresh(t, path); got == nil || !got.Equal(o) {
+		t.Fatalf("a new dataplane observed %+v; want %+v", got, o)
 	}
 	if err := dp.RemoveOpenings(); err != nil {
 		t.Fatal(err)
@@ -167,15 +162,25 @@ func TestOpeningsIptablesOnly(t *testing.T) {
 	if err := dp.EnsureOpenings(o); err != nil {
 		t.Fatal(err)
 	}
-	dp2, err := linux.Open(path, nil)
+	if got := openingsAfresh(t, path); got == nil || !got.Equal(o) || len(got.Chains) != 1 {
+		t.Fatalf("observed %+v; want %+v in iptables alone", got, o)
+	}
+}
+
+// openingsAfresh is what a new dataplane (a restarted agent) observes of
+// the openings in the namespace at path.
+func openingsAfresh(t *testing.T, path string) *datapath.Openings {
+	t.Helper()
+	dp, err := linux.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp2.Close()
-	obs, err := dp2.Observe()
-	if err != nil || obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 1 {
-		t.Fatalf("observed %+v, %v; want %+v in iptables alone", obs.Openings, err, o)
+	defer dp.Close()
+	obs, err := dp.Observe()
+	if err != nil {
+		t.Fatal(err)
 	}
+	return obs.Openings
 }
 
 // A firewall reloaded (its table made anew) is reported at once, so the
