@@ -19,6 +19,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/docker"
 	"github.com/vxnet/vxnet/internal/health/icmp"
+	"github.com/vxnet/vxnet/internal/tunnel"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -48,6 +49,17 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Log.Info("datapath", "mode", cfg.Datapath.Mode, "reason", cfg.Datapath.Reason)
+			if cfg.TunnelPort != 0 {
+				if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+					return fmt.Errorf("create state directory %s: %w", cfg.StateDir, err)
+				}
+				key, err := tunnel.LoadOrCreateKey(cfg.StateDir)
+				if err != nil {
+					return err
+				}
+				dp.SetTunnel(key, userspaceTunnel(cfg.StateDir, cfg.Log))
+				cfg.TunnelKey = key.PublicKey().String()
+			}
 			repl := gossipReplicator(cfg)
 			if len(cfg.Etcd) > 0 {
 				repl = etcdReplicator(cfg)

@@ -61,7 +61,11 @@ func newNetworkCmd() *cobra.Command {
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), n)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s, MTU %d\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU)
+			enc := ""
+			if n.Encrypted {
+				enc = ", encrypted (WireGuard)"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s, MTU %d%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, enc)
 			return nil
 		},
 	}
@@ -73,6 +77,7 @@ func newNetworkCmd() *cobra.Command {
 	create.Flags().IntVar(&req.MTU, "mtu", 0, "container MTU (default: underlay MTU minus VXLAN overhead)")
 	create.Flags().BoolVar(&req.Flood, "flood", false, "flood broadcast/multicast to every host (head-end replication)")
 	create.Flags().BoolVar(&req.Internal, "internal", false, "no way out: no egress through the hosts, no published ports")
+	create.Flags().BoolVar(&req.Encrypted, "encrypted", false, "carry the network only inside WireGuard between the hosts: nothing of it crosses the underlay in clear")
 
 	var lf clientFlags
 	ls := &cobra.Command{
@@ -87,13 +92,13 @@ func newNetworkCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), nets)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tGATEWAY\tMTU\tFLOOD\tENDPOINTS")
+			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tGATEWAY\tMTU\tFLOOD\tENCRYPTED\tENDPOINTS")
 			for _, n := range nets {
 				total := 0
 				for _, c := range n.Endpoints {
 					total += c
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, total)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, n.Encrypted, total)
 			}
 			return tw.Flush()
 		},

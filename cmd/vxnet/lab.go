@@ -85,6 +85,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().IntVar(&cfg.Networks, "networks", 2, "number of networks")
 	up.Flags().IntVar(&cfg.PerHost, "per-host", 1, "containers per host and network")
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
+	up.Flags().IntSliceVar(&cfg.Encrypted, "encrypted", nil, "networks to encrypt (1 for net1; repeat or comma-separate): carried only inside WireGuard between the hosts")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
 	up.Flags().StringVar(&cfg.Datapath, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto); with --static, bpf programs the fast path")

@@ -40,7 +40,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newLabCmd(g), newAgentCmd(g), newKeyCmd(), newNetworkCmd(), newStatusCmd(), newEndpointsCmd(), newHealthCmd(), newTraceCmd(), newCNICmd(), newInitCmd(), newUninstallCmd(), newDoctorCmd())
+	root.AddCommand(newLabCmd(g), newAgentCmd(g), newKeyCmd(), newNetworkCmd(), newStatusCmd(), newEndpointsCmd(), newHealthCmd(), newTraceCmd(), newCNICmd(), newInitCmd(), newUninstallCmd(), newDoctorCmd(), newTunnelDeviceCmd(g))
 	root.AddCommand(newAttachCmds()...)
 	root.AddCommand(&cobra.Command{
 		Use:   "version",

@@ -178,7 +178,7 @@ type underlay struct {
 // network's own setting and the underlay (reconcile derives the devices'
 // from the same inputs, which the pass hands it).
 func (u underlay) networkMTU(n model.Network) (int, error) {
-	return model.EffectiveMTU(n.MTU, u.mtu, u.v6)
+	return model.NetworkMTU(n, u.mtu, u.v6)
 }
 
 // ownState is what this agent holds of its own (Agent.mu).
@@ -208,6 +208,7 @@ type passStats struct {
 	syncs                  atomic.Int64
 	kernelOps              atomic.Int64
 	foreign                []model.ForeignVXLAN // the VXLAN devices vxnet did not make, last seen
+	tunnel                 *datapath.Tunnel     // the WireGuard device, last seen
 }
 
 // lastForeign is the last pass's view of the VXLAN devices vxnet did not make.
@@ -495,7 +496,8 @@ func (m *metricsSource) HealthPeers() []health.Peer {
 // not make here in the cluster state (when they changed): every member's
 // status shows the versions, and networks avoid those devices' VNIs.
 func (a *Agent) announce() {
-	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat, Foreign: a.stats.lastForeign()}
+	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
+		Foreign: a.stats.lastForeign(), Tunnel: a.tunnelInfo()}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {

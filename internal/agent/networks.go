@@ -29,7 +29,7 @@ func conflict(format string, args ...any) error {
 
 // parseNetwork turns an API request into a validated network.
 func parseNetwork(r api.NetworkCreate) (model.Network, error) {
-	n := model.Network{Name: r.Name, VNI: r.VNI, MTU: r.MTU, Flood: r.Flood, Internal: r.Internal}
+	n := model.Network{Name: r.Name, VNI: r.VNI, MTU: r.MTU, Flood: r.Flood, Internal: r.Internal, Encrypted: r.Encrypted}
 	if err := model.ValidateName("network", r.Name); err != nil {
 		return n, invalid("%w", err)
 	}

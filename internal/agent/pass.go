@@ -20,12 +20,14 @@ import (
 // input builds the reconcile input from the cluster state.
 func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 	nets, conflicts := a.state.Networks()
-	return reconcile.Input{
+	in := reconcile.Input{
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF, Foreign: a.stats.lastForeign(),
 		Open: a.cfg.ManageHostFirewall, GossipPort: a.cfg.GossipListen(), Notrack: a.cfg.Notrack,
-	}, conflicts
+	}
+	a.tunnelInput(&in)
+	return in, conflicts
 }
 
 // passLocked runs one reconcile pass and records its outcome for status;
@@ -62,7 +64,7 @@ func (a *Agent) passLocked() (reconcile.Target, error) {
 	a.stats.lastSync, a.stats.lastDur, a.stats.syncErr, a.stats.conflicts = time.Now(), time.Since(start), err, conflicts
 	a.stats.fastHooks, a.stats.fastEntries = len(want.FastHooks), len(want.FastEntries)
 	if have.Networks != nil { // observed
-		a.stats.foreign = have.Foreign
+		a.stats.foreign, a.stats.tunnel = have.Foreign, have.Tunnel
 	}
 	a.stats.mu.Unlock()
 	return want, err

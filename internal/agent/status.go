@@ -29,6 +29,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 		s.AddrError = a.stats.addrErr.Error()
 	}
 	s.FastHooks, s.FastEntries = a.stats.fastHooks, a.stats.fastEntries
+	s.Tunnel = a.stats.tunnel
 	a.stats.mu.Unlock()
 	alive := map[string]bool{}
 	for _, n := range a.repl.Alive() {

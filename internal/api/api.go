@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/unixhttp"
@@ -30,6 +31,8 @@ type NetworkCreate struct {
 	Flood    bool   `json:"flood,omitempty"`
 	// Internal networks have no egress and no published ports.
 	Internal bool `json:"internal,omitempty"`
+	// Encrypted networks cross the underlay only inside WireGuard.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // NetworkInfo describes a network.
@@ -110,6 +113,7 @@ type NetworkStatus struct {
 	Subnet     string `json:"subnet"`
 	Local      int    `json:"local"`
 	Remote     int    `json:"remote"`
+	Encrypted  bool   `json:"encrypted,omitempty"`
 }
 
 // Status is the agent's view of the cluster.
@@ -147,6 +151,9 @@ type Status struct {
 	// path: devices running its program, MACs it sends straight on.
 	FastHooks   int `json:"fastHooks,omitempty"`
 	FastEntries int `json:"fastEntries,omitempty"`
+	// Tunnel is the WireGuard device as the last pass found it (nil:
+	// none): its peers' last handshakes and bytes.
+	Tunnel *datapath.Tunnel `json:"tunnel,omitempty"`
 }
 
 // HealthReport is one member's view of the overlay paths to the others,

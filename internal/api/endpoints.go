@@ -108,7 +108,7 @@ func NetworkCounts(nets []model.Network, eps []model.Endpoint, self string, aliv
 		if n.Name == model.HealthNetwork {
 			continue
 		}
-		ns := NetworkStatus{Name: n.Name, DockerName: n.DockerName, VNI: n.VNI, Subnet: n.Subnet.String()}
+		ns := NetworkStatus{Name: n.Name, DockerName: n.DockerName, VNI: n.VNI, Subnet: n.Subnet.String(), Encrypted: n.Encrypted}
 		for _, e := range eps {
 			switch {
 			case e.Network != n.Name:

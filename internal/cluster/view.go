@@ -28,11 +28,15 @@ type NodeInfo struct {
 	// Foreign are the VXLAN devices on the host that vxnet did not make:
 	// vxnet's networks avoid their VNIs on their port.
 	Foreign []model.ForeignVXLAN `json:"foreign,omitempty"`
+	// Tunnel is the host's WireGuard public key and port (nil: none, an
+	// agent from before encrypted networks).
+	Tunnel *model.TunnelInfo `json:"tunnel,omitempty"`
 }
 
 // Same reports whether two node records say the same.
 func (n NodeInfo) Same(o NodeInfo) bool {
-	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign)
+	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign) &&
+		(n.Tunnel == nil) == (o.Tunnel == nil) && (n.Tunnel == nil || *n.Tunnel == *o.Tunnel)
 }
 
 // ForeignVNI returns a foreign VXLAN device that uses vni on port on some

@@ -31,6 +31,9 @@ type NetConf struct {
 	// derived from the name); without it the network must exist.
 	Subnet string `json:"subnet,omitempty"`
 	VNI    uint32 `json:"vni,omitempty"`
+	// Encrypted asks for an encrypted network: one made here is, and an
+	// existing one that is not is refused (unset: either).
+	Encrypted *bool `json:"encrypted,omitempty"`
 	// Socket is the agent's API socket (default /run/vxnet/vxnet.sock).
 	Socket string `json:"socket,omitempty"`
 	// RuntimeConfig is what the runtime fills for declared capabilities.
@@ -113,13 +116,18 @@ func cniError(err error) error {
 // gives a subnet.
 func ensureNetwork(a Agent, conf *NetConf) (api.NetworkInfo, error) {
 	n, err := a.Network(conf.Network)
+	if err == nil && conf.Encrypted != nil && *conf.Encrypted != n.Encrypted {
+		return n, fmt.Errorf("%w: network %s is %s, the configuration says \"encrypted\": %v",
+			model.ErrInvalid, n.Name, map[bool]string{true: "encrypted", false: "not encrypted"}[n.Encrypted], *conf.Encrypted)
+	}
 	if err == nil || !errors.Is(err, model.ErrNotFound) {
 		return n, err
 	}
 	if conf.Subnet == "" {
 		return n, fmt.Errorf("%w; give \"subnet\" in the network configuration to create it, or create it with 'vxnet network create'", err)
 	}
-	n, err = a.CreateNetwork(api.NetworkCreate{Name: conf.Network, Subnet: conf.Subnet, VNI: conf.VNI})
+	n, err = a.CreateNetwork(api.NetworkCreate{Name: conf.Network, Subnet: conf.Subnet, VNI: conf.VNI,
+		Encrypted: conf.Encrypted != nil && *conf.Encrypted})
 	if err != nil && errors.Is(err, model.ErrConflict) {
 		// Created by another ADD at the same moment: use it if it is there.
 		if again, aerr := a.Network(conf.Network); aerr == nil {

@@ -81,6 +81,10 @@ type Agent struct {
 	ManageHostFirewall bool
 	// Notrack takes VXLAN between members out of connection tracking.
 	Notrack bool
+	// TunnelPort is the WireGuard device's UDP port (0: no tunnel here);
+	// TunnelKey is the host's public key (set once the key is loaded).
+	TunnelPort int
+	TunnelKey  string
 	// Datapath is the datapath chosen (ChooseDatapath); the zero value is
 	// the bridge.
 	Datapath Datapath

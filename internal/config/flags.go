@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // Flags are the agent's command line: Register puts them on a flag set
@@ -62,6 +64,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.HealthNetns, "health-netns", HealthNetns, "name of the network namespace of this host's health endpoint (/run/netns/NAME)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", time.Second, "health probe period")
 	fs.BoolVar(&c.ManageHostFirewall, "manage-host-firewall", true, "open what vxnet needs in the host's own filters (iptables INPUT, the input and forward chains of other nftables tables such as firewalld's): VXLAN from members, gossip, containers' DNS and forwarding; false: you open them yourself")
+	fs.IntVar(&c.TunnelPort, "tunnel-port", model.DefaultTunnelPort, "UDP port of this host's WireGuard device, which carries the encrypted networks (0: none here; encrypted networks are then not programmed on this host)")
 	fs.BoolVar(&c.Notrack, "notrack", true, "take VXLAN between members out of connection tracking (saves a lookup per frame and an entry per inner flow)")
 	fs.StringVar(&f.datapath, "datapath", DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
@@ -142,6 +145,9 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	}
 	if cfg.HealthSubnet, err = ParseHealthSubnet(f.healthSubnet); err != nil {
 		return cfg, err
+	}
+	if cfg.TunnelPort < 0 || cfg.TunnelPort > 65535 {
+		return cfg, fmt.Errorf("invalid --tunnel-port %d: want 1-65535, or 0 for no tunnel", cfg.TunnelPort)
 	}
 	if !f.gossipPortSet && len(cfg.Etcd) == 0 {
 		port, why := GossipPortFor(cfg.StateDir)

@@ -173,6 +173,8 @@ type Observed struct {
 	// FastPath is the BPF fast path's state: nil where the dataplane has
 	// none, its hooks and entries where it has.
 	FastPath *FastPath `json:"fastPath,omitempty"`
+	// Tunnel is the WireGuard device, nil when there is none.
+	Tunnel *Tunnel `json:"tunnel,omitempty"`
 	// Foreign are the VXLAN devices vxnet did not make, sorted by name.
 	Foreign []model.ForeignVXLAN `json:"foreign,omitempty"`
 }
@@ -277,6 +279,10 @@ type Dataplane interface {
 	// removes one (absent: no error).
 	SetFastEntry(FastEntry) error
 	DelFastEntry(FastEntry) error
+	// EnsureTunnel creates or corrects the WireGuard device, changing only
+	// what differs; RemoveTunnel deletes it (absent: no error).
+	EnsureTunnel(Tunnel) error
+	RemoveTunnel(dev string) error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.
@@ -315,12 +321,18 @@ type Firewall struct {
 	// connection tracking: the outer UDP of every frame would otherwise
 	// cost a lookup and, per inner flow, an entry in the host's table.
 	Notrack bool `json:"notrack,omitempty"`
+	// Encrypted lists, sorted, the VNIs of encrypted networks: their VXLAN
+	// is accepted only out of the tunnel device TunnelDev, never in clear
+	// from the underlay, whoever sends it.
+	Encrypted []uint32 `json:"encrypted,omitempty"`
+	TunnelDev string   `json:"tunnelDev,omitempty"`
 }
 
 // Equal compares two firewalls.
 func (f Firewall) Equal(o Firewall) bool {
 	return f.Port == o.Port && slices.Equal(f.Isolate, o.Isolate) && slices.Equal(f.VTEPs, o.VTEPs) &&
-		slices.Equal(f.Internal, o.Internal) && f.Notrack == o.Notrack
+		slices.Equal(f.Internal, o.Internal) && f.Notrack == o.Notrack &&
+		slices.Equal(f.Encrypted, o.Encrypted) && f.TunnelDev == o.TunnelDev
 }
 
 // Openings are vxnet's accepts in the host's own packet filter, in every
@@ -342,6 +354,11 @@ type Openings struct {
 	// DNSPort is the agent's resolver, opened to the containers of vxnet's
 	// bridges (0: none).
 	DNSPort uint16 `json:"dnsPort,omitempty"`
+	// TunnelPort is the WireGuard port, opened (UDP) to any address: the
+	// handshake admits only members. TunnelDev's VXLAN (the encrypted
+	// networks', already authenticated) is accepted. Zero, "": no tunnel.
+	TunnelPort int    `json:"tunnelPort,omitempty"`
+	TunnelDev  string `json:"tunnelDev,omitempty"`
 	// Chains names, as observed, the host's chains that hold the openings
 	// ("iptables filter INPUT", "inet filter input", ...).
 	Chains []string `json:"chains,omitempty"`
@@ -353,7 +370,8 @@ type Openings struct {
 // VXLAN port only where there is a member to open it to).
 func (o Openings) Equal(p Openings) bool {
 	return (o.VXLANPort == p.VXLANPort || len(o.VTEPs) == 0) && slices.Equal(o.VTEPs, p.VTEPs) &&
-		o.GossipPort == p.GossipPort && o.DNSPort == p.DNSPort && !o.Incomplete && !p.Incomplete
+		o.GossipPort == p.GossipPort && o.DNSPort == p.DNSPort && o.TunnelPort == p.TunnelPort && o.TunnelDev == p.TunnelDev &&
+		!o.Incomplete && !p.Incomplete
 }
 
 // HostFirewall is what vxnet adds to the host's own packet filter so that

@@ -207,13 +207,18 @@ func (d *Driver) CreateNetwork(dn Network) error {
 		if dn.VNI != 0 && dn.VNI != existing.VNI {
 			return conflict("subnet %s belongs to vxnet network %q with VNI %d, not %d", dn.Subnet, existing.Name, existing.VNI, dn.VNI)
 		}
+		if dn.Encrypted != existing.Encrypted {
+			return conflict("subnet %s belongs to vxnet network %q, which is %s; create the Docker network %s -o %s",
+				dn.Subnet, existing.Name, map[bool]string{true: "encrypted", false: "not encrypted"}[existing.Encrypted],
+				map[bool]string{true: "with", false: "without"}[existing.Encrypted], OptEncrypted)
+		}
 		if dn.Internal != existing.Internal {
 			return conflict("subnet %s belongs to vxnet network %q, which is %s; create the Docker network %s --internal", dn.Subnet, existing.Name,
 				map[bool]string{true: "internal", false: "not internal"}[existing.Internal], map[bool]string{true: "with", false: "without"}[existing.Internal])
 		}
 		return d.agent.PutDockerNetwork(dn.DockerID, existing.Name)
 	}
-	req := api.NetworkCreate{Name: NetworkName(dn.DockerID), Subnet: dn.Subnet, VNI: dn.VNI, MTU: dn.MTU, Flood: dn.Flood, Internal: dn.Internal}
+	req := api.NetworkCreate{Name: NetworkName(dn.DockerID), Subnet: dn.Subnet, VNI: dn.VNI, MTU: dn.MTU, Flood: dn.Flood, Internal: dn.Internal, Encrypted: dn.Encrypted}
 	if dn.Gateway != "" {
 		gw := dn.Gateway
 		if p, err := netip.ParsePrefix(gw); err == nil {
@@ -408,6 +413,9 @@ func (d *Driver) Sync() {
 		opts := map[string]string{OptVNI: strconv.FormatUint(uint64(n.VNI), 10)}
 		if n.Flood {
 			opts[OptFlood] = "true"
+		}
+		if n.Encrypted {
+			opts[OptEncrypted] = "true"
 		}
 		if err := d.dockerd.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), n.Internal, opts); err != nil {
 			d.log.Warn("create docker network", "network", n.Name, "docker_name", n.DockerName, "err", err)

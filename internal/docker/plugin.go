@@ -26,7 +26,11 @@ const ContentType = "application/vnd.docker.plugins.v1.2+json"
 const (
 	OptVNI   = "vxnet.vni"
 	OptFlood = "vxnet.flood"
-	OptMTU   = "com.docker.network.driver.mtu"
+	// OptEncrypted, or Docker overlay's own spelling OptDockerEncrypted
+	// (`-o encrypted`), makes an encrypted network.
+	OptEncrypted       = "vxnet.encrypted"
+	OptDockerEncrypted = "encrypted"
+	OptMTU             = "com.docker.network.driver.mtu"
 	// OptInternal is how libnetwork passes `docker network create --internal`.
 	OptInternal = "com.docker.network.internal"
 	// Docker's generic option bag in CreateNetwork requests.
@@ -38,13 +42,14 @@ const (
 
 // Network is what CreateNetwork asks for.
 type Network struct {
-	DockerID string
-	Subnet   string
-	Gateway  string // with or without prefix length
-	VNI      uint32
-	MTU      int
-	Flood    bool
-	Internal bool
+	DockerID  string
+	Subnet    string
+	Gateway   string // with or without prefix length
+	VNI       uint32
+	MTU       int
+	Flood     bool
+	Internal  bool
+	Encrypted bool
 }
 
 // Endpoint is a container interface Docker creates.

@@ -188,10 +188,18 @@ func (r CreateNetworkRequest) Network() (Network, error) {
 				return n, fmt.Errorf("invalid -o %s=%q: want true or false", k, v)
 			}
 			n.Flood = b
-
+		case OptEncrypted, OptDockerEncrypted:
+			if v == "" && k == OptDockerEncrypted { // `-o encrypted`, as with Docker's overlay
+				v = "true"
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return n, fmt.Errorf("invalid -o %s=%q: want true or false", k, v)
+			}
+			n.Encrypted = b
 		default:
 			if strings.HasPrefix(k, "vxnet.") {
-				return n, fmt.Errorf("unknown option -o %s: vxnet understands %s, %s and %s", k, OptVNI, OptFlood, OptMTU)
+				return n, fmt.Errorf("unknown option -o %s: vxnet understands %s, %s, %s and %s", k, OptVNI, OptFlood, OptEncrypted, OptMTU)
 			}
 		}
 	}

@@ -3,15 +3,9 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netns"
-
-	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -104,41 +98,8 @@ func TestIPv6UnderlayAllowList(t *testing.T) {
 // (IPv6 or IPv4) in the host namespace at netnsPath.
 func ingressDrops(t *testing.T, netnsPath string, v6 bool) uint64 {
 	t.Helper()
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl, err := c.ListTableOfFamily(linux.FirewallTable, nftables.TableFamilyINet)
-	if err != nil {
-		t.Fatalf("vxnet's table: %v", err)
-	}
-	ch, err := c.ListChain(tbl, "input")
-	if err != nil {
-		t.Fatalf("vxnet's input chain: %v", err)
-	}
-	rules, err := c.GetRules(tbl, ch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag := "vxnet-vxlan:"
 	if v6 {
-		tag = "vxnet-vxlan6:"
+		return ruleCounter(t, netnsPath, "vxnet-vxlan6:")
 	}
-	for _, r := range rules {
-		if !strings.HasPrefix(string(r.UserData), tag) {
-			continue
-		}
-		for _, e := range r.Exprs {
-			if cnt, ok := e.(*expr.Counter); ok {
-				return cnt.Packets
-			}
-		}
-	}
-	t.Fatalf("no %s rule with a counter in vxnet's input chain", tag)
-	return 0
+	return ruleCounter(t, netnsPath, "vxnet-vxlan:")
 }

@@ -59,7 +59,7 @@ func (l *Lab) startAgents(cfg Config) error {
 	}
 	first := api.NewClient(l.Hosts[0].Socket)
 	for _, n := range l.Networks {
-		if _, err := first.CreateNetwork(api.NetworkCreate{Name: n.Name, Subnet: n.Subnet.String(), VNI: n.VNI, Flood: n.Flood}); err != nil {
+		if _, err := first.CreateNetwork(api.NetworkCreate{Name: n.Name, Subnet: n.Subnet.String(), VNI: n.VNI, Flood: n.Flood, Encrypted: n.Encrypted}); err != nil {
 			return fmt.Errorf("create network %s: %w", n.Name, err)
 		}
 	}

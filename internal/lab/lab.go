@@ -60,6 +60,8 @@ type Config struct {
 	PerHost int
 	// Flood enables head-end flooding on every network.
 	Flood bool
+	// Encrypted lists the networks (1 for n1, ...) that are encrypted.
+	Encrypted []int
 	// Agent runs one real vxnet agent per host (the Binary); otherwise the
 	// lab programs every host from its own plan.
 	Agent  bool
@@ -139,6 +141,11 @@ func (c Config) Validate() error {
 	}
 	if c.Etcd < 0 || c.Etcd > 5 || (c.Etcd > 0 && !c.Agent) {
 		return fmt.Errorf("invalid etcd member count %d: want 0-5, with agents", c.Etcd)
+	}
+	for _, j := range c.Encrypted {
+		if j < 1 || j > c.Networks || !c.Agent {
+			return fmt.Errorf("invalid encrypted network %d: want one of 1-%d, with agents", j, c.Networks)
+		}
 	}
 	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
 		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
@@ -280,7 +287,9 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, err
 	}
 	for j := 1; j <= cfg.Networks; j++ {
-		l.Networks = append(l.Networks, NetworkDef(j, cfg.Flood))
+		n := NetworkDef(j, cfg.Flood)
+		n.Encrypted = slices.Contains(cfg.Encrypted, j)
+		l.Networks = append(l.Networks, n)
 	}
 	for hi, h := range l.Hosts {
 		for j := range l.Networks {

@@ -49,6 +49,10 @@ type Network struct {
 	DockerName string `json:"dockerName,omitempty"`
 	// Internal networks have no way out: no egress, no published ports.
 	Internal bool `json:"internal,omitempty"`
+	// Encrypted networks cross the underlay only inside WireGuard: their
+	// VXLAN runs between the hosts' tunnel addresses (TunnelAddr), never
+	// on the underlay in clear.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // Node is one host of the cluster.
@@ -280,32 +284,58 @@ func GatewayMAC(vni uint32) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x76, 0x78, byte(vni >> 16), byte(vni >> 8), byte(vni)}
 }
 
-// DeriveMTU returns the largest inner MTU that fits an underlay MTU.
-func DeriveMTU(underlayMTU int, underlayV6 bool) int {
-	if underlayV6 {
-		return underlayMTU - OverheadIPv6
+// WireGuard's overhead on the underlay (outer IP, UDP 8, WireGuard's
+// header 16 and tag 16): 60 bytes over IPv4, 80 over IPv6.
+const (
+	WireGuardOverheadIPv4 = 60
+	WireGuardOverheadIPv6 = 80
+)
+
+// Overhead is what a network's path adds to each frame on the underlay:
+// VXLAN over the underlay, or, for an encrypted network, VXLAN between
+// IPv6 tunnel addresses (70) inside WireGuard.
+func Overhead(encrypted, underlayV6 bool) int {
+	switch {
+	case encrypted && underlayV6:
+		return OverheadIPv6 + WireGuardOverheadIPv6
+	case encrypted:
+		return OverheadIPv6 + WireGuardOverheadIPv4
+	case underlayV6:
+		return OverheadIPv6
 	}
-	return underlayMTU - OverheadIPv4
+	return OverheadIPv4
 }
 
-// EffectiveMTU returns the MTU to use for a network on an underlay, refusing
-// an explicit MTU that does not fit.
+// DeriveMTU returns the largest inner MTU that fits an underlay MTU.
+func DeriveMTU(underlayMTU int, underlayV6 bool) int {
+	return underlayMTU - Overhead(false, underlayV6)
+}
+
+// EffectiveMTU returns the MTU to use for an unencrypted network on an
+// underlay, refusing an explicit MTU that does not fit.
 func EffectiveMTU(explicit, underlayMTU int, underlayV6 bool) (int, error) {
-	max := DeriveMTU(underlayMTU, underlayV6)
-	if max < 576 {
-		return 0, fmt.Errorf("underlay MTU %d is too small for VXLAN: it leaves %d bytes, at least 576 are needed", underlayMTU, max)
+	return NetworkMTU(Network{MTU: explicit}, underlayMTU, underlayV6)
+}
+
+// NetworkMTU returns the MTU of network n's devices and containers on an
+// underlay: its own MTU, or when it has none the largest that fits.
+func NetworkMTU(n Network, underlayMTU int, underlayV6 bool) (int, error) {
+	over := Overhead(n.Encrypted, underlayV6)
+	what := "VXLAN"
+	if n.Encrypted {
+		what = "VXLAN and WireGuard"
 	}
-	if explicit == 0 {
+	max := underlayMTU - over
+	if max < 576 {
+		return 0, fmt.Errorf("underlay MTU %d is too small for %s: it leaves %d bytes, at least 576 are needed", underlayMTU, what, max)
+	}
+	if n.MTU == 0 {
 		return max, nil
 	}
-	if explicit > max {
-		over := OverheadIPv4
-		if underlayV6 {
-			over = OverheadIPv6
-		}
-		return 0, fmt.Errorf("MTU %d does not fit: underlay MTU %d minus %d bytes of VXLAN overhead leaves at most %d", explicit, underlayMTU, over, max)
+	if n.MTU > max {
+		return 0, fmt.Errorf("MTU %d does not fit: underlay MTU %d minus %d bytes of %s overhead leaves at most %d", n.MTU, underlayMTU, over, what, max)
 	}
-	return explicit, nil
+	return n.MTU, nil
 }
 
 // HealthNetwork is the network of the agents' health endpoints, one per

@@ -1,9 +1,12 @@
 package probe
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -17,6 +20,10 @@ type CaptureStats struct {
 	VXLAN      int64 // VXLAN frames
 	InnerARP   int64 // ARP frames inside VXLAN
 	InnerBcast int64 // broadcast frames inside VXLAN
+	// VNIs counts VXLAN frames per VNI; Markers counts the frames holding
+	// each marker (StartCaptureMarkers), in the markers' order.
+	VNIs    map[uint32]int64
+	Markers []int64
 }
 
 // Capture listens on every interface of a namespace for VXLAN frames.
@@ -26,12 +33,23 @@ type Capture struct {
 	stop  atomic.Bool
 	wg    sync.WaitGroup
 	stats struct{ vxlan, arp, bcast atomic.Int64 }
+	// markers are the byte strings looked for in every frame.
+	markers [][]byte
+	mu      sync.Mutex
+	vnis    map[uint32]int64
+	found   []int64
 }
 
 // StartCapture opens a packet socket in the namespace at nsPath and counts
 // VXLAN frames to UDP port until Stop.
 func StartCapture(nsPath string, port int) (*Capture, error) {
-	c := &Capture{port: uint16(port)}
+	return StartCaptureMarkers(nsPath, port)
+}
+
+// StartCaptureMarkers is StartCapture that also counts VXLAN frames per VNI
+// and, in any frame at all, the byte strings markers.
+func StartCaptureMarkers(nsPath string, port int, markers ...[]byte) (*Capture, error) {
+	c := &Capture{port: uint16(port), markers: markers, vnis: map[uint32]int64{}, found: make([]int64, len(markers))}
 	err := nsutil.Do(nsPath, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		c.fd = fd
@@ -64,9 +82,19 @@ func (c *Capture) loop() {
 			return
 		}
 		vx, arp, bcast := ClassifyFrame(buf[:n], c.port)
+		c.mu.Lock()
+		for i, m := range c.markers {
+			if bytes.Contains(buf[:n], m) {
+				c.found[i]++
+			}
+		}
 		if vx {
 			c.stats.vxlan.Add(1)
+			ip := buf[14:n]
+			vxh := ip[int(ip[0]&0x0f)*4+8:]
+			c.vnis[binary.BigEndian.Uint32(vxh[4:8])>>8]++
 		}
+		c.mu.Unlock()
 		if arp {
 			c.stats.arp.Add(1)
 		}
@@ -86,7 +114,10 @@ func (c *Capture) Stop() CaptureStats {
 
 // Stats returns the counts so far.
 func (c *Capture) Stats() CaptureStats {
-	return CaptureStats{VXLAN: c.stats.vxlan.Load(), InnerARP: c.stats.arp.Load(), InnerBcast: c.stats.bcast.Load()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return CaptureStats{VXLAN: c.stats.vxlan.Load(), InnerARP: c.stats.arp.Load(), InnerBcast: c.stats.bcast.Load(),
+		VNIs: maps.Clone(c.vnis), Markers: slices.Clone(c.found)}
 }
 
 // ClassifyFrame parses an Ethernet frame: is it VXLAN to port, and does it

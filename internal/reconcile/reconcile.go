@@ -43,6 +43,21 @@ type Input struct {
 	GossipPort int
 	// Notrack takes members' VXLAN out of connection tracking.
 	Notrack bool
+	// Tunnel is this host's WireGuard device and what it publishes of it;
+	// it is wanted while an encrypted network is programmed here. Nil: this
+	// host has none, and its encrypted networks are left out, and said.
+	Tunnel *TunnelInput
+	// Tunnels are the members' published tunnels, by node name.
+	Tunnels map[string]model.TunnelInfo
+	// PSK derives a pair's pre-shared key from their public keys (nil:
+	// none).
+	PSK func(a, b string) [32]byte
+}
+
+// TunnelInput is this host's tunnel as Desired needs it.
+type TunnelInput struct {
+	Dev  string
+	Info model.TunnelInfo
 }
 
 // Target is the kernel state a pass aims at on one host.
@@ -60,6 +75,8 @@ type Target struct {
 	// Openings are vxnet's accepts in the host's own filters (nil: vxnet
 	// keeps out of them).
 	Openings *datapath.Openings
+	// Tunnel is the WireGuard device (nil: none wanted).
+	Tunnel *datapath.Tunnel
 	// FastHooks (by device) and FastEntries are the BPF fast path's; a
 	// port's hook and entry are wanted once its port exists.
 	FastHooks   map[string]datapath.FastHook
@@ -95,7 +112,12 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	for _, n := range in.Networks {
-		mtu, err := model.EffectiveMTU(n.MTU, in.UnderlayMTU, in.Local.Is6())
+		if n.Encrypted && in.Tunnel == nil {
+			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "encrypted",
+				Detail: "this host has no tunnel key: the encrypted network is not programmed here"})
+			continue
+		}
+		mtu, err := model.NetworkMTU(n, in.UnderlayMTU, in.Local.Is6())
 		if err != nil {
 			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "mtu", Detail: err.Error()})
 			continue
@@ -110,6 +132,10 @@ func Desired(in Input) (Target, []Problem) {
 		if n.Subnet6.IsValid() {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
 		}
+		if n.Encrypted {
+			// VXLAN between the tunnel addresses, inside WireGuard.
+			spec.Local, spec.Underlay = model.TunnelAddr(in.Tunnel.Info.Key), ""
+		}
 		if n.Name == model.HealthNetwork {
 			// No address on the hosts' bridges: the health subnet stays
 			// out of the hosts' routing tables.
@@ -123,8 +149,22 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	vteps := map[string]netip.Addr{}
+	tunnelAddrs := map[string]netip.Addr{}
 	for _, nd := range in.Nodes {
 		vteps[nd.Name] = nd.Addr
+		if t, ok := in.Tunnels[nd.Name]; ok && t.Validate() == nil {
+			tunnelAddrs[nd.Name] = model.TunnelAddr(t.Key)
+		}
+	}
+	// vtepOf is where a network's frames for a node go: its underlay
+	// address, or its tunnel address for an encrypted network.
+	vtepOf := func(n model.Network, node string) (netip.Addr, bool) {
+		if n.Encrypted {
+			a, ok := tunnelAddrs[node]
+			return a, ok
+		}
+		a, ok := vteps[node]
+		return a, ok
 	}
 	// Sort endpoints by ID so duplicates resolve the same way on every host.
 	eps := append([]model.Endpoint(nil), in.Endpoints...)
@@ -188,7 +228,7 @@ func Desired(in Input) (Target, []Problem) {
 			}
 			continue
 		}
-		vtep, alive := vteps[e.Node]
+		vtep, alive := vtepOf(n, e.Node)
 		if !alive {
 			continue
 		}
@@ -247,14 +287,51 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		for _, nd := range in.Nodes {
-			if nd.Name == in.Node {
+			vtep, ok := vtepOf(n, nd.Name)
+			if nd.Name == in.Node || !ok {
 				continue
 			}
-			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: nd.Addr}
+			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: vtep}
 			st.FDB[f.Key()] = f
 		}
 	}
+	st.tunnel(in, nets)
 	return st, conflicts
+}
+
+// tunnel adds the WireGuard device, the firewall's guard of the encrypted
+// networks and the tunnel's openings, where an encrypted network is
+// programmed.
+func (st *Target) tunnel(in Input, nets map[string]model.Network) {
+	for vni, spec := range st.Networks {
+		if nets[spec.Name].Encrypted {
+			st.Firewall.Encrypted = append(st.Firewall.Encrypted, vni)
+		}
+	}
+	if len(st.Firewall.Encrypted) == 0 {
+		return
+	}
+	slices.Sort(st.Firewall.Encrypted)
+	me := in.Tunnel
+	t := &datapath.Tunnel{Dev: me.Dev, Port: me.Info.Port, MTU: in.UnderlayMTU - model.Overhead(true, in.Local.Is6()) + model.OverheadIPv6,
+		Addr: model.TunnelAddr(me.Info.Key), Key: me.Info.Key, Peers: []datapath.TunnelPeer{}}
+	for _, nd := range in.Nodes {
+		pt, ok := in.Tunnels[nd.Name]
+		if nd.Name == in.Node || !ok || pt.Validate() != nil || !nd.Addr.IsValid() || pt.Key == me.Info.Key {
+			continue
+		}
+		p := datapath.TunnelPeer{Key: pt.Key, Endpoint: netip.AddrPortFrom(nd.Addr, uint16(pt.Port)), Addr: model.TunnelAddr(pt.Key)}
+		if in.PSK != nil {
+			p.PSK = in.PSK(me.Info.Key, pt.Key)
+		}
+		t.Peers = append(t.Peers, p)
+	}
+	datapath.SortPeers(t.Peers)
+	st.Tunnel = t
+	st.Firewall.TunnelDev = me.Dev
+	if st.Openings != nil {
+		st.Openings.TunnelPort, st.Openings.TunnelDev = me.Info.Port, me.Dev
+	}
 }
 
 // OpKind names an operation.
@@ -265,6 +342,7 @@ const (
 	EnsureOpenings OpKind = iota
 	EnsureFirewall
 	EnsureHostFirewall
+	EnsureTunnel
 	EnsureNetwork
 	SetFDB
 	SetNeigh
@@ -279,9 +357,10 @@ const (
 	RemoveHostFirewall
 	RemoveFirewall
 	RemoveOpenings
+	RemoveTunnel
 )
 
-var opNames = [...]string{"ensure-openings", "ensure-firewall", "ensure-host-firewall", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall", "remove-openings"}
+var opNames = [...]string{"ensure-openings", "ensure-firewall", "ensure-host-firewall", "ensure-tunnel", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall", "remove-openings", "remove-tunnel"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -298,6 +377,7 @@ type Op struct {
 	Openings datapath.Openings
 	Hook     datapath.FastHook
 	Entry    datapath.FastEntry
+	Tunnel   datapath.Tunnel
 }
 
 func (o Op) String() string {
@@ -310,6 +390,8 @@ func (o Op) String() string {
 		return fmt.Sprintf("%s networks %d ports %d", o.Kind, len(o.HostFW.Networks), len(o.HostFW.Ports))
 	case EnsureNetwork:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
+	case EnsureTunnel, RemoveTunnel:
+		return fmt.Sprintf("%s %s peers %d", o.Kind, o.Tunnel.Dev, len(o.Tunnel.Peers))
 	case SetNeigh, DelNeigh:
 		return fmt.Sprintf("%s %s", o.Kind, o.Neigh)
 	case SetFDB, DelFDB:
@@ -346,6 +428,11 @@ func Plan(want Target, have datapath.Observed) []Op {
 	// ours), and stop doing so only after they are gone.
 	if len(want.Networks) > 0 && (have.HostFirewall == nil || !have.HostFirewall.Equal(want.HostFirewall)) {
 		ops = append(ops, Op{Kind: EnsureHostFirewall, HostFW: want.HostFirewall})
+	}
+	// The tunnel and its address exist before the encrypted networks'
+	// vxlan devices that send from it.
+	if want.Tunnel != nil && (have.Tunnel == nil || !have.Tunnel.Equal(*want.Tunnel)) {
+		ops = append(ops, Op{Kind: EnsureTunnel, Tunnel: *want.Tunnel})
 	}
 	rebuilt := map[uint32]bool{}
 	for _, vni := range sortedKeys(want.Networks, cmp.Compare[uint32]) {
@@ -416,6 +503,9 @@ func Plan(want Target, have datapath.Observed) []Op {
 	if len(want.Networks) == 0 && have.Firewall != nil {
 		ops = append(ops, Op{Kind: RemoveFirewall})
 	}
+	if want.Tunnel == nil && have.Tunnel != nil {
+		ops = append(ops, Op{Kind: RemoveTunnel, Tunnel: *have.Tunnel})
+	}
 	if want.Openings == nil && have.Openings != nil {
 		ops = append(ops, Op{Kind: RemoveOpenings})
 	}
@@ -441,6 +531,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 			err = dp.EnsureOpenings(op.Openings)
 		case RemoveOpenings:
 			err = dp.RemoveOpenings()
+		case EnsureTunnel:
+			err = dp.EnsureTunnel(op.Tunnel)
+		case RemoveTunnel:
+			err = dp.RemoveTunnel(op.Tunnel.Dev)
 		case EnsureNetwork:
 			err = dp.EnsureNetwork(op.Network)
 			if err != nil {

@@ -26,6 +26,7 @@ type Dataplane struct {
 	firewall *datapath.Firewall
 	hostFW   *datapath.HostFirewall
 	openings *datapath.Openings
+	tunnel   *datapath.Tunnel
 	// fast is nil until EnableFastPath; hooks by device, entries by key.
 	fast *fastPath
 	// Foreign holds device names vxnet did not create; ForeignVXLAN the
@@ -77,6 +78,11 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if d.openings != nil {
 		op := *d.openings
 		o.Openings = &op
+	}
+	if d.tunnel != nil {
+		t := *d.tunnel
+		t.Peers = slices.Clone(t.Peers)
+		o.Tunnel = &t
 	}
 	if d.fast != nil {
 		o.FastPath = &datapath.FastPath{}
@@ -326,6 +332,31 @@ func (d *Dataplane) RemoveOpenings() error {
 	defer d.mu.Unlock()
 	if d.openings != nil {
 		d.openings = nil
+		d.Changes++
+	}
+	return nil
+}
+
+// EnsureTunnel records the tunnel.
+func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.Foreign[t.Dev] {
+		return &datapath.NotOwnedError{Device: t.Dev}
+	}
+	t.Peers = slices.Clone(t.Peers)
+	datapath.SortPeers(t.Peers)
+	d.tunnel = &t
+	d.Changes++
+	return nil
+}
+
+// RemoveTunnel forgets the tunnel.
+func (d *Dataplane) RemoveTunnel(dev string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.tunnel != nil && d.tunnel.Dev == dev {
+		d.tunnel = nil
 		d.Changes++
 	}
 	return nil

@@ -33,6 +33,10 @@ const (
 	notrackOut     = "notrack-out"
 	notrackPrefix  = "vxnet-notrack:"
 	dnatTag        = "vxnet-dnat"
+	clearPrefix    = "vxnet-clear:"
+	clear6Prefix   = "vxnet-clear6:"
+	tunnelPrefix   = "vxnet-tunnel:"
+	encryptedSet   = "encrypted"
 )
 
 func ifname(name string) []byte { return append([]byte(name), 0) }
@@ -116,6 +120,38 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		})}
+}
+
+// clearRule drops VXLAN of the encrypted networks (a VNI in encrypted)
+// that did not come out of the tunnel device, for one IP family: those
+// networks' frames never cross the underlay in clear, so a clear one is
+// forged or misrouted, even from a member with the right VNI.
+func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, port int, dev string, v6 bool) *nftables.Rule {
+	tag := clearPrefix
+	if v6 {
+		tag = clear6Prefix
+	}
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tag + strconv.Itoa(port) + ":" + dev),
+		Exprs: join(udpTo(v6, port), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 4, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xff, 0xff, 0xff, 0}, Xor: []byte{0, 0, 0, 0}},
+			&expr.Lookup{SourceRegister: 1, SetName: encrypted.Name, SetID: encrypted.ID},
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(dev)},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		})}
+}
+
+// tunnelRule accepts VXLAN out of the tunnel device (from the members'
+// tunnel addresses, which WireGuard authenticated) before the ingress
+// rules, which know only underlay addresses.
+func tunnelRule(t *nftables.Table, c *nftables.Chain, port int, dev string) *nftables.Rule {
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tunnelPrefix + strconv.Itoa(port) + ":" + dev),
+		Exprs: join([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dev)},
+		}, l4port(unix.IPPROTO_UDP, port), accept())}
 }
 
 // udpTo matches UDP of one IP family to port.
@@ -227,6 +263,7 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	internal := map[uint32]int{} // rules seen per internal network (two each)
 	dnat := 0
 	port4, port6 := -1, -1
+	tunnelRules := map[string]int{} // tag -> rules (one each)
 	for _, name := range []string{forwardChain, inputChain} {
 		ch, err := c.ListChain(t, name)
 		if err != nil {
@@ -260,6 +297,10 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 				if port6, err = strconv.Atoi(v); err != nil {
 					return broken, nil
 				}
+			} else if (strings.HasPrefix(ud, clearPrefix) || strings.HasPrefix(ud, clear6Prefix) || strings.HasPrefix(ud, tunnelPrefix)) && name == inputChain {
+				tunnelRules[ud]++
+				_, rest, _ := strings.Cut(ud, ":")
+				_, f.TunnelDev, _ = strings.Cut(rest, ":")
 			} else {
 				return broken, nil
 			}
@@ -272,21 +313,10 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	}
 	f.Port = port4
 	// The VNIs the ingress rules guard are the networks' (Isolate).
-	vset, err := c.GetSetByName(t, vniSet)
-	if err != nil {
-		return broken, nil
+	guarded, err := readVNIs(c, t, vniSet)
+	if err != nil || guarded == nil {
+		return broken, err
 	}
-	velems, err := c.GetSetElements(vset)
-	if err != nil {
-		return nil, fmt.Errorf("list set %s: %w", vniSet, err)
-	}
-	var guarded []uint32
-	for _, e := range velems {
-		if len(e.Key) == 4 {
-			guarded = append(guarded, binary.BigEndian.Uint32(e.Key)>>8)
-		}
-	}
-	slices.Sort(guarded)
 	isolated := slices.Clone(f.Isolate)
 	slices.Sort(isolated)
 	if !slices.Equal(guarded, isolated) {
@@ -309,6 +339,22 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	}
 	if dnat != 1 {
 		return broken, nil
+	}
+	if len(tunnelRules) > 0 {
+		enc, err := readVNIs(c, t, encryptedSet)
+		if err != nil || len(enc) == 0 {
+			return broken, err
+		}
+		f.Encrypted = enc
+		want := fmt.Sprintf("%d:%s", f.Port, f.TunnelDev)
+		for _, tag := range []string{clearPrefix + want, clear6Prefix + want, tunnelPrefix + want} {
+			if tunnelRules[tag] != 1 {
+				return broken, nil
+			}
+		}
+		if len(tunnelRules) != 3 {
+			return broken, nil
+		}
 	}
 	nt := 0
 	for _, ntc := range notrackChains {
@@ -344,6 +390,27 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	slices.Sort(f.Internal)
 	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
 	return f, nil
+}
+
+// readVNIs reads a set of VNIs, sorted: nil (no error) when the set is
+// absent, empty when it is empty.
+func readVNIs(c *nftables.Conn, t *nftables.Table, name string) ([]uint32, error) {
+	set, err := c.GetSetByName(t, name)
+	if err != nil {
+		return nil, nil
+	}
+	elems, err := c.GetSetElements(set)
+	if err != nil {
+		return nil, fmt.Errorf("list set %s: %w", name, err)
+	}
+	out := []uint32{}
+	for _, e := range elems {
+		if len(e.Key) == 4 {
+			out = append(out, binary.BigEndian.Uint32(e.Key)>>8)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // clearTable opens a write connection and queues the removal of vxnet's
@@ -405,6 +472,19 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	}
 	if err := c.AddSet(vnis, velems); err != nil {
 		return fmt.Errorf("nftables set %s: %w", vniSet, err)
+	}
+	if len(f.Encrypted) > 0 {
+		enc := &nftables.Set{Table: t, Name: encryptedSet, KeyType: nftables.TypeInteger}
+		var eelems []nftables.SetElement
+		for _, v := range f.Encrypted {
+			eelems = append(eelems, nftables.SetElement{Key: vniKey(v)})
+		}
+		if err := c.AddSet(enc, eelems); err != nil {
+			return fmt.Errorf("nftables set %s: %w", encryptedSet, err)
+		}
+		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, false))
+		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, true))
+		c.AddRule(tunnelRule(t, in, f.Port, f.TunnelDev))
 	}
 	c.AddRule(ingressRule(t, in, vnis, set, f.Port, false))
 	c.AddRule(ingressRule(t, in, vnis, set6, f.Port, true))

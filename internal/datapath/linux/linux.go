@@ -40,6 +40,8 @@ type Dataplane struct {
 	fast *fastPath
 	// tcx caches the programs at vxnet's devices (see readAttachments).
 	tcx tcxCache
+	// tun is what the WireGuard device needs (see SetTunnel).
+	tun tunnelState
 }
 
 // HostFirewallMaxAge is how long Observe trusts its last reading of the
@@ -79,6 +81,9 @@ func (d *Dataplane) Close() error {
 	d.closeReader()
 	if d.fast != nil {
 		d.fast.close() // the attachments keep the program and its maps alive
+	}
+	if d.tun.wg != nil {
+		d.tun.wg.Close()
 	}
 	d.h.Close()
 	return d.ns.Close()

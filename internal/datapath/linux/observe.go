@@ -46,6 +46,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if obs.FastPath, err = d.observeFast(o.byIndex, o.all); err != nil {
 		return obs, err
 	}
+	if obs.Tunnel, err = d.observeTunnel(o.tunnel); err != nil {
+		return obs, err
+	}
 	for vni, vx := range o.vxlans {
 		if _, ok := o.bridges[vni]; !ok {
 			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: vx.rest}
@@ -71,6 +74,7 @@ type owned struct {
 	bridges map[uint32]ownedLink
 	vxlans  map[uint32]ownedLink
 	ports   []ownedLink // host ends of containers' veths
+	tunnel  netlink.Link
 	foreign []model.ForeignVXLAN
 }
 
@@ -97,6 +101,8 @@ func (d *Dataplane) readOwned(links []netlink.Link) owned {
 			d.vxlanIdx[ol.vni] = l.Attrs().Index
 		case "ep":
 			o.ports = append(o.ports, ol)
+		case tunnelKind:
+			o.tunnel = l
 		}
 	}
 	return o

@@ -61,6 +61,10 @@ func openLines(o datapath.Openings) []string {
 			out = append(out, fmt.Sprintf("-A %s -p %s -m %s --dport %d -m comment --comment %sgossip -j ACCEPT", openChain, p, p, o.GossipPort, openComment))
 		}
 	}
+	if o.TunnelPort != 0 {
+		out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m comment --comment %stunnel -j ACCEPT", openChain, o.TunnelPort, openComment),
+			fmt.Sprintf("-A %s -i %s -p udp -m udp --dport %d -m comment --comment %stunnel-vxlan -j ACCEPT", openChain, o.TunnelDev, o.VXLANPort, openComment))
+	}
 	if o.DNSPort != 0 {
 		for _, p := range []string{"tcp", "udp"} {
 			out = append(out, fmt.Sprintf("-A %s -i %s+ -p %s -m %s --dport %d -m comment --comment %sdns -j ACCEPT", openChain, bridgePref, p, p, o.DNSPort, openComment))
@@ -181,6 +185,17 @@ func openRules(o datapath.Openings, ch *nftables.Chain) []openRule {
 			out = append(out, openRule{tag: fmt.Sprintf("%sgossip-%s:%d", openTag, p.name, o.GossipPort),
 				exprs: join(l4port(p.proto, o.GossipPort), accept())})
 		}
+	}
+	if o.TunnelPort != 0 {
+		out = append(out, openRule{tag: fmt.Sprintf("%stunnel:%d", openTag, o.TunnelPort),
+			exprs: join(l4port(unix.IPPROTO_UDP, o.TunnelPort), accept())})
+		// The encrypted networks' VXLAN comes out of the tunnel from
+		// tunnel addresses (IPv6), which no member list holds.
+		out = append(out, openRule{tag: fmt.Sprintf("%stunnel-vxlan:%d:%s", openTag, o.VXLANPort, o.TunnelDev),
+			exprs: join([]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o.TunnelDev)},
+			}, l4port(unix.IPPROTO_UDP, o.VXLANPort), accept())})
 	}
 	for _, p := range protos {
 		if o.DNSPort != 0 {
@@ -333,6 +348,13 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 				}
 			case "gossip-tcp":
 				o.GossipPort = p
+			case "tunnel":
+				o.TunnelPort = p
+			case "tunnel-vxlan":
+				o.VXLANPort = p
+				if len(f) > 2 {
+					o.TunnelDev = f[2]
+				}
 			case "dns-tcp":
 				o.DNSPort = uint16(p)
 			}
@@ -355,6 +377,10 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 				}
 			case slices.Contains(f, openComment+"gossip"):
 				o.GossipPort = p
+			case slices.Contains(f, openComment+"tunnel"):
+				o.TunnelPort = p
+			case slices.Contains(f, openComment+"tunnel-vxlan"):
+				o.TunnelDev, o.VXLANPort = fieldAfter(f, "-i"), p
 			case slices.Contains(f, openComment+"dns"):
 				o.DNSPort = uint16(p)
 			}

@@ -1,0 +1,217 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/tunnel"
+)
+
+const tunnelKind = "tunnel"
+
+// UserspaceStarter starts a userspace WireGuard device (wireguard-go) named
+// dev in the dataplane's namespace, in a process that outlives the agent,
+// and returns once it was started (the link appears shortly after).
+type UserspaceStarter func(dev string, mtu int) error
+
+// tunnelState is what the dataplane needs for the WireGuard device.
+type tunnelState struct {
+	key   wgtypes.Key
+	set   bool
+	start UserspaceStarter
+	wg    *wgctrl.Client
+}
+
+// SetTunnel gives the dataplane the host's private key and the way to
+// start a userspace device where the kernel has no WireGuard.
+func (d *Dataplane) SetTunnel(key wgtypes.Key, start UserspaceStarter) {
+	d.tun.key, d.tun.set, d.tun.start = key, true, start
+}
+
+// wgClient opens wgctrl's client in the dataplane's namespace: its netlink
+// socket stays there (the userspace devices' control sockets are files).
+func (d *Dataplane) wgClient() (*wgctrl.Client, error) {
+	if d.tun.wg != nil {
+		return d.tun.wg, nil
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("current network namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(d.ns); err != nil {
+		return nil, fmt.Errorf("enter the dataplane's namespace: %w", err)
+	}
+	c, cerr := wgctrl.New()
+	if err := netns.Set(orig); err != nil {
+		panic(fmt.Sprintf("cannot return to the original network namespace: %v", err)) // the thread is unusable
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("open WireGuard control: %w", cerr)
+	}
+	d.tun.wg = c
+	return c, nil
+}
+
+// EnsureTunnel creates or corrects the host's WireGuard device: the
+// kernel's where the kernel has WireGuard, else a userspace one; then its
+// MTU, tunnel address and peers, changing only what differs (a running
+// tunnel is adopted as it is).
+func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
+	if !d.tun.set {
+		return errors.New("tunnel: no key was given to the dataplane")
+	}
+	l, err := d.h.LinkByName(t.Dev)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("look up tunnel device %s: %w", t.Dev, err)
+		}
+		if l, err = d.createTunnel(t); err != nil {
+			return err
+		}
+	} else if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
+		return &datapath.NotOwnedError{Device: t.Dev}
+	}
+	if l.Attrs().MTU != t.MTU {
+		if err := d.h.LinkSetMTU(l, t.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on %s: %w", t.MTU, t.Dev, err)
+		}
+		d.changed("set MTU", "dev", t.Dev, "mtu", t.MTU)
+	}
+	if err := d.ensureAddrs(l, netip.PrefixFrom(t.Addr, model.TunnelPrefix.Bits())); err != nil {
+		return err
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := d.h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up: %w", t.Dev, err)
+		}
+		d.changed("set up", "dev", t.Dev)
+	}
+	c, err := d.wgClient()
+	if err != nil {
+		return err
+	}
+	have, err := c.Device(t.Dev)
+	if err != nil {
+		return fmt.Errorf("read WireGuard device %s: %w", t.Dev, err)
+	}
+	cfg, changed := tunnel.Config(t, d.tun.key, have)
+	if !changed {
+		return nil
+	}
+	if err := c.ConfigureDevice(t.Dev, cfg); err != nil {
+		return fmt.Errorf("configure WireGuard device %s (%d peers): %w", t.Dev, len(t.Peers), err)
+	}
+	d.changed("configured tunnel", "dev", t.Dev, "peers", len(t.Peers), "changed", len(cfg.Peers))
+	return nil
+}
+
+// tunnelWait bounds how long a userspace device may take to appear.
+const tunnelWait = 10 * time.Second
+
+func (d *Dataplane) createTunnel(t datapath.Tunnel) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = t.Dev, t.MTU
+	err := d.h.LinkAdd(&netlink.Wireguard{LinkAttrs: attrs})
+	switch {
+	case err == nil:
+		d.changed("created kernel tunnel", "dev", t.Dev)
+	case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.ENODEV):
+		if d.tun.start == nil {
+			return nil, fmt.Errorf("create tunnel device %s: the kernel has no WireGuard (%w) and no userspace device was configured", t.Dev, err)
+		}
+		if err := d.tun.start(t.Dev, t.MTU); err != nil {
+			return nil, fmt.Errorf("start userspace tunnel device %s: %w", t.Dev, err)
+		}
+		d.changed("started userspace tunnel", "dev", t.Dev)
+	default:
+		return nil, fmt.Errorf("create WireGuard device %s: %w", t.Dev, err)
+	}
+	deadline := time.Now().Add(tunnelWait)
+	for {
+		l, err := d.h.LinkByName(t.Dev)
+		if err == nil {
+			if err := d.h.LinkSetAlias(l, datapath.Alias(tunnelKind, "0:")); err != nil {
+				return nil, fmt.Errorf("mark tunnel device %s as vxnet's: %w", t.Dev, err)
+			}
+			l.Attrs().Alias = datapath.Alias(tunnelKind, "0:")
+			return l, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("tunnel device %s did not appear within %s: %w", t.Dev, tunnelWait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// observeTunnel reads the tunnel device l (nil: none).
+func (d *Dataplane) observeTunnel(l netlink.Link) (*datapath.Tunnel, error) {
+	if l == nil {
+		return nil, nil
+	}
+	c, err := d.wgClient()
+	if err != nil {
+		return nil, err
+	}
+	dev, err := c.Device(l.Attrs().Name)
+	if err != nil {
+		// A link without its device (a userspace one whose process is
+		// gone): it is wrong, so the next ensure replaces it.
+		return &datapath.Tunnel{Dev: l.Attrs().Name}, nil
+	}
+	t := tunnel.Observe(dev)
+	t.MTU = l.Attrs().MTU
+	addrs, err := dump("list addresses of "+t.Dev, func() ([]netlink.Addr, error) { return d.h.AddrList(l, netlink.FAMILY_V6) })
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		if p, ok := toPrefix(a.IPNet); ok && model.TunnelPrefix.Contains(p.Addr()) {
+			t.Addr = p.Addr()
+		}
+	}
+	return &t, nil
+}
+
+// RemoveTunnel deletes the tunnel device (a userspace device's process
+// ends with its control socket).
+func (d *Dataplane) RemoveTunnel(dev string) error {
+	l, err := d.h.LinkByName(dev)
+	if err != nil {
+		return nil
+	}
+	if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
+		return &datapath.NotOwnedError{Device: dev}
+	}
+	if l.Type() != "wireguard" {
+		sock := filepath.Join("/var/run/wireguard", dev+".sock")
+		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove control socket %s: %w", sock, err)
+		}
+	}
+	if err := d.h.LinkDel(l); err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("delete tunnel device %s: %w", dev, err)
+		}
+	}
+	d.changed("removed tunnel", "dev", dev)
+	return nil
+}
