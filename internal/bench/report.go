@@ -20,6 +20,9 @@ func PrintTable(w io.Writer, r Result) {
 		fmt.Fprintf(w, "  1 stream: %.2f Gb/s untracked, %.2f Gb/s tracked: ratio %.3f\n", n.OnGbps, n.OffGbps, n.Ratio)
 		fmt.Fprintf(w, "  conntrack entries on host 1 after %d short connections: %.0f untracked, %.0f tracked\n", n.Conns, n.OnEntries, n.OffEntries)
 	}
+	if e := r.Encrypted; e != nil {
+		printEncrypted(w, e)
+	}
 	if len(r.Converge) > 0 {
 		printConverge(w, r)
 	}
@@ -177,4 +180,32 @@ func (p Plot) SVG() string {
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+func printEncrypted(w io.Writer, e *Encrypted) {
+	dev := "kernel WireGuard"
+	if e.Userspace {
+		dev = "userspace WireGuard (wireguard-go in vxnet)"
+	}
+	fmt.Fprintf(w, "ENCRYPTED NETWORK (host 1 -> host 2, %s)\n", dev)
+	fmt.Fprintf(w, "  %-10s %12s %12s %14s\n", "path", "1 stream", "4 streams", "CPU s per GB")
+	for _, p := range EncryptedPaths() {
+		pr, ok := e.Paths[p]
+		if !ok {
+			continue
+		}
+		cpu := "-"
+		if v, ok := e.CPUPerGB[p]; ok {
+			cpu = fmt.Sprintf("%.1f", v)
+		}
+		fmt.Fprintf(w, "  %-10s %7.2f Gb/s %7.2f Gb/s %14s\n", p, pr.Tput1Gbps, pr.Tput4Gbps, cpu)
+	}
+	fmt.Fprintf(w, "  1 stream: encrypted / underlay %.3f, encrypted / clear %.3f", e.VsUnderlay, e.VsClear)
+	if e.VsBaseline > 0 {
+		fmt.Fprintf(w, ", encrypted / hand-made baseline %.2f", e.VsBaseline)
+	}
+	fmt.Fprintln(w)
+	if e.Baseline != "" {
+		fmt.Fprintf(w, "  no baseline: %s\n", e.Baseline)
+	}
 }

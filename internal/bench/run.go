@@ -64,9 +64,9 @@ const (
 func ParseParts(parts []string) ([]string, error) {
 	for _, p := range parts {
 		switch p {
-		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath, PartNotrack:
+		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath, PartNotrack, PartEncrypted:
 		default:
-			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartControl, PartFootprint, PartHealth)
+			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartNotrack, PartEncrypted, PartControl, PartFootprint, PartHealth)
 		}
 	}
 	return parts, nil
@@ -146,6 +146,9 @@ type Result struct {
 	FastPath []FastPathHosts `json:"fastpath,omitempty"`
 	// Notrack is members' VXLAN out of conntrack against tracked.
 	Notrack *Notrack `json:"notrack,omitempty"`
+	// Encrypted is an encrypted network against the underlay, one in
+	// clear and the hand-made baseline.
+	Encrypted *Encrypted `json:"encrypted,omitempty"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -176,6 +179,13 @@ func Run(c Config) (Result, error) {
 			return res, fmt.Errorf("notrack: %w", err)
 		}
 		res.Notrack = nt
+	}
+	if c.runs(PartEncrypted) {
+		enc, err := encryptedPart(c)
+		if err != nil {
+			return res, fmt.Errorf("encrypted: %w", err)
+		}
+		res.Encrypted = enc
 	}
 	for _, n := range c.ConvergeHosts {
 		if !c.runs(PartControl) {

@@ -38,7 +38,24 @@ type NetworkSpec struct {
 	Gateway6 netip.Prefix `json:"gateway6,omitzero"`
 	// GatewayMAC is the bridge's MAC (identical on every host).
 	GatewayMAC string `json:"gatewayMac"`
+	// Tunnel, when set, names the WireGuard device an encrypted network is
+	// routed through: the network has its bridge and no vxlan device (Port,
+	// Local and Underlay are unset), the bridge answers ARP for the other
+	// hosts' containers with its own MAC (proxy ARP), and the host routes
+	// their addresses into the tunnel (Route).
+	Tunnel string `json:"tunnel,omitempty"`
 }
+
+// Route sends an address of an encrypted network's container on another
+// host into the tunnel device Dev (a host route of vxnet's in the main
+// table).
+type Route struct {
+	VNI uint32     `json:"vni"`
+	IP  netip.Addr `json:"ip"`
+	Dev string     `json:"dev"`
+}
+
+func (r Route) String() string { return fmt.Sprintf("route vni %d %s -> %s", r.VNI, r.IP, r.Dev) }
 
 // BridgeName returns the bridge device name of a VNI.
 func BridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
@@ -163,6 +180,8 @@ type Observed struct {
 	FDB      []FDB                  `json:"fdb"`
 	Neigh    []Neigh                `json:"neigh"`
 	Ports    []Port                 `json:"ports"`
+	// Routes are vxnet's host routes into the tunnel.
+	Routes []Route `json:"routes,omitempty"`
 	// Firewall is vxnet's nftables table, nil when absent.
 	Firewall *Firewall `json:"firewall,omitempty"`
 	// HostFirewall is what vxnet added to the host's iptables, nil when
@@ -283,6 +302,10 @@ type Dataplane interface {
 	// what differs; RemoveTunnel deletes it (absent: no error).
 	EnsureTunnel(Tunnel) error
 	RemoveTunnel(dev string) error
+	// SetRoute adds or replaces a route into the tunnel; DelRoute removes
+	// one (absent: no error).
+	SetRoute(Route) error
+	DelRoute(Route) error
 }
 
 // NotOwnedError reports a device that exists but was not created by vxnet.
@@ -321,11 +344,19 @@ type Firewall struct {
 	// connection tracking: the outer UDP of every frame would otherwise
 	// cost a lookup and, per inner flow, an entry in the host's table.
 	Notrack bool `json:"notrack,omitempty"`
-	// Encrypted lists, sorted, the VNIs of encrypted networks: their VXLAN
-	// is accepted only out of the tunnel device TunnelDev, never in clear
-	// from the underlay, whoever sends it.
-	Encrypted []uint32 `json:"encrypted,omitempty"`
-	TunnelDev string   `json:"tunnelDev,omitempty"`
+	// Encrypted lists, sorted by VNI, the encrypted networks, routed
+	// through the tunnel device TunnelDev: VXLAN with their VNIs is never
+	// accepted in clear from the underlay, whoever sends it, and only a
+	// network's own addresses cross between its bridge and the tunnel;
+	// nothing else is routed into or out of the tunnel.
+	Encrypted []EncryptedNet `json:"encrypted,omitempty"`
+	TunnelDev string         `json:"tunnelDev,omitempty"`
+}
+
+// EncryptedNet is an encrypted network in the firewall.
+type EncryptedNet struct {
+	VNI    uint32       `json:"vni"`
+	Subnet netip.Prefix `json:"subnet"`
 }
 
 // Equal compares two firewalls.
@@ -355,8 +386,9 @@ type Openings struct {
 	// bridges (0: none).
 	DNSPort uint16 `json:"dnsPort,omitempty"`
 	// TunnelPort is the WireGuard port, opened (UDP) to any address: the
-	// handshake admits only members. TunnelDev's VXLAN (the encrypted
-	// networks', already authenticated) is accepted. Zero, "": no tunnel.
+	// handshake admits only members. What comes out of TunnelDev is
+	// forwarded to vxnet's bridges (vxnet's own table decides which).
+	// Zero, "": no tunnel.
 	TunnelPort int    `json:"tunnelPort,omitempty"`
 	TunnelDev  string `json:"tunnelDev,omitempty"`
 	// Chains names, as observed, the host's chains that hold the openings
@@ -401,6 +433,9 @@ type HostNet struct {
 	Gateway netip.Addr   `json:"gateway"`
 	// Egress lets the network's containers out through the host, NATed.
 	Egress bool `json:"egress"`
+	// Tunnel is the WireGuard device an encrypted network is routed
+	// through: forwarded both ways between it and the bridge, never NATed.
+	Tunnel string `json:"tunnel,omitempty"`
 }
 
 // PublishedPort is a local container port reachable at the host's

@@ -32,8 +32,9 @@ type Tunnel struct {
 type TunnelPeer struct {
 	Key      string         `json:"key"`
 	Endpoint netip.AddrPort `json:"endpoint"`
-	// Addr is the peer's tunnel address, the one address it may send from.
-	Addr netip.Addr `json:"addr"`
+	// AllowedIPs, sorted, are the addresses the peer sends from and is sent
+	// to: its tunnel address and its containers' on encrypted networks.
+	AllowedIPs []netip.Addr `json:"allowedIps"`
 	// PSK is the pair's pre-shared key, derived from the cluster key (zero:
 	// none). Secret: never printed.
 	PSK [32]byte `json:"-"`
@@ -43,15 +44,16 @@ type TunnelPeer struct {
 	TxBytes       int64     `json:"txBytes,omitempty"`
 }
 
-// Want is the peer as a pass wants it (observed-only fields cleared).
-func (p TunnelPeer) Want() TunnelPeer {
-	return TunnelPeer{Key: p.Key, Endpoint: p.Endpoint, Addr: p.Addr, PSK: p.PSK}
+// Same reports whether two peers are set alike (not the observed-only
+// fields).
+func (p TunnelPeer) Same(o TunnelPeer) bool {
+	return p.Key == o.Key && p.Endpoint == o.Endpoint && p.PSK == o.PSK && slices.Equal(p.AllowedIPs, o.AllowedIPs)
 }
 
 // Equal compares what a pass sets (not the observed-only fields).
 func (t Tunnel) Equal(o Tunnel) bool {
 	return t.Dev == o.Dev && t.Port == o.Port && t.MTU == o.MTU && t.Addr == o.Addr && t.Key == o.Key &&
-		slices.EqualFunc(t.Peers, o.Peers, func(a, b TunnelPeer) bool { return a.Want() == b.Want() })
+		slices.EqualFunc(t.Peers, o.Peers, TunnelPeer.Same)
 }
 
 // SortPeers orders peers by key (the order Observe and Desired use).

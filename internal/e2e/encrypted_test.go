@@ -66,13 +66,13 @@ func TestEncryptedNetwork(t *testing.T) {
 	})
 
 	t.Run("MTU", func(t *testing.T) {
-		mtu := lab.UnderlayMTU - model.Overhead(true, false)
+		mtu := lab.UnderlayMTU - model.WireGuardOverheadIPv4
 		n, err := client(l, "h1").Network(net2.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if n.EffectiveMTU != mtu || !n.Encrypted {
-			t.Fatalf("net2 on h1: MTU %d encrypted %v, want %d (VXLAN over IPv6 inside WireGuard) and encrypted", n.EffectiveMTU, n.Encrypted, mtu)
+			t.Fatalf("net2 on h1: MTU %d encrypted %v, want %d (the underlay's less WireGuard's overhead) and encrypted", n.EffectiveMTU, n.Encrypted, mtu)
 		}
 		if _, err := probe.Ping(enc1.Netns, enc2.IP, mtu-28, true, 2*time.Second); err != nil {
 			t.Fatalf("a %d-byte packet with DF (the container MTU) did not cross: %v", mtu, err)
@@ -170,11 +170,18 @@ func TestEncryptedNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		started := time.Now()
-		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second)
-		t.Logf("h2's containers reached again %s after its agent restarted with a new key", time.Since(started).Round(time.Millisecond))
-		if k := publishedKey(t, l, "h1", "h2"); k == old || k == "" {
-			t.Fatalf("h1 knows h2's key as %q (was %q): no new key", k, old)
+		// Once h1 knows the new key (the old one has been replaced in
+		// h2's device by then), the containers must be reached again.
+		if err := waitCond(10*time.Second, func() error {
+			if k := publishedKey(t, l, "h1", "h2"); k == old || k == "" {
+				return fmt.Errorf("h1 knows h2's key as %q (was %q): no new key", k, old)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
+		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second-time.Since(started))
+		t.Logf("h2's containers reached again %s after its agent restarted with a new key", time.Since(started).Round(time.Millisecond))
 	})
 }
 

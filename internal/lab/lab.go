@@ -436,10 +436,15 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, addr n
 	}
 	// Hosts route IP, as Docker hosts do: isolation between networks must
 	// come from vxnet's rules, not from a host that happens not to forward.
+	// Their underlay link coalesces what it receives (GRO), as every
+	// physical NIC's driver does by default (a veth does not).
 	if err := nsutil.Do(path, func() error {
+		if err := setGRO("eth0"); err != nil {
+			return err
+		}
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
 	}); err != nil {
-		return h, fmt.Errorf("enable forwarding on %s: %w", h.Name, err)
+		return h, fmt.Errorf("set up forwarding and GRO on %s: %w", h.Name, err)
 	}
 	for _, name := range []string{"lo", "eth0"} {
 		l, err := hh.LinkByName(name)
@@ -494,23 +499,32 @@ func Down(name string) error {
 		return err
 	}
 	var errs []error
-	var pids []int
-	for _, n := range names {
-		ps, err := nsutil.PIDsIn(nsutil.Path(n))
-		if err != nil {
-			errs = append(errs, err)
+	// Again while any is left: a process may start one as it goes (an
+	// agent whose tunnel device ended before it starts another).
+	for round := 0; round < 3; round++ {
+		var pids []int
+		for _, n := range names {
+			ps, err := nsutil.PIDsIn(nsutil.Path(n))
+			if err != nil && round == 0 {
+				errs = append(errs, err)
+			}
+			pids = append(pids, ps...)
 		}
-		pids = append(pids, ps...)
+		if len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+		if round == 0 {
+			killCgroups(Prefix(name))
+		}
+		waitGone(pids, 3*time.Second)
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		waitGone(pids, 2*time.Second)
 	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-	}
-	killCgroups(Prefix(name))
-	waitGone(pids, 3*time.Second)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	waitGone(pids, 2*time.Second)
 	for _, n := range names {
 		if err := nsutil.Delete(n); err != nil {
 			errs = append(errs, err)

@@ -49,9 +49,9 @@ type Network struct {
 	DockerName string `json:"dockerName,omitempty"`
 	// Internal networks have no way out: no egress, no published ports.
 	Internal bool `json:"internal,omitempty"`
-	// Encrypted networks cross the underlay only inside WireGuard: their
-	// VXLAN runs between the hosts' tunnel addresses (TunnelAddr), never
-	// on the underlay in clear.
+	// Encrypted networks cross the underlay only inside WireGuard: the
+	// hosts route their containers' unicast through their WireGuard
+	// devices (not VXLAN), never on the underlay in clear.
 	Encrypted bool `json:"encrypted,omitempty"`
 }
 
@@ -232,6 +232,12 @@ func (n Network) Validate() error {
 	if n.MTU != 0 && (n.MTU < 576 || n.MTU > 9000) {
 		return fmt.Errorf("network %s: invalid MTU %d: must be between 576 and 9000, or 0 to derive it from the underlay", n.Name, n.MTU)
 	}
+	if n.Encrypted && n.Flood {
+		return fmt.Errorf("network %s: encrypted networks carry unicast only (routed through WireGuard): create it without flooding, or not encrypted", n.Name)
+	}
+	if n.Encrypted && n.Subnet6.IsValid() {
+		return fmt.Errorf("network %s: encrypted networks carry IPv4 only for now: create it without an IPv6 subnet, or not encrypted", n.Name)
+	}
 	return nil
 }
 
@@ -291,15 +297,15 @@ const (
 	WireGuardOverheadIPv6 = 80
 )
 
-// Overhead is what a network's path adds to each frame on the underlay:
-// VXLAN over the underlay, or, for an encrypted network, VXLAN between
-// IPv6 tunnel addresses (70) inside WireGuard.
+// Overhead is what a network's path adds to each packet on the underlay:
+// VXLAN over the underlay, or, for an encrypted network, whose IP packets
+// are routed into WireGuard, WireGuard's.
 func Overhead(encrypted, underlayV6 bool) int {
 	switch {
 	case encrypted && underlayV6:
-		return OverheadIPv6 + WireGuardOverheadIPv6
+		return WireGuardOverheadIPv6
 	case encrypted:
-		return OverheadIPv6 + WireGuardOverheadIPv4
+		return WireGuardOverheadIPv4
 	case underlayV6:
 		return OverheadIPv6
 	}
@@ -323,7 +329,7 @@ func NetworkMTU(n Network, underlayMTU int, underlayV6 bool) (int, error) {
 	over := Overhead(n.Encrypted, underlayV6)
 	what := "VXLAN"
 	if n.Encrypted {
-		what = "VXLAN and WireGuard"
+		what = "WireGuard"
 	}
 	max := underlayMTU - over
 	if max < 576 {

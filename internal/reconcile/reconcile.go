@@ -75,8 +75,12 @@ type Target struct {
 	// Openings are vxnet's accepts in the host's own filters (nil: vxnet
 	// keeps out of them).
 	Openings *datapath.Openings
-	// Tunnel is the WireGuard device (nil: none wanted).
+	// Tunnel is the WireGuard device (nil: none wanted); Routes send the
+	// other hosts' containers of encrypted networks into it.
 	Tunnel *datapath.Tunnel
+	Routes map[netip.Addr]datapath.Route
+	// peerIPs are, by node, the addresses its tunnel peer is allowed.
+	peerIPs map[string][]netip.Addr
 	// FastHooks (by device) and FastEntries are the BPF fast path's; a
 	// port's hook and entry are wanted once its port exists.
 	FastHooks   map[string]datapath.FastHook
@@ -102,7 +106,7 @@ func Desired(in Input) (Target, []Problem) {
 	st := Target{Networks: map[uint32]datapath.NetworkSpec{}, FDB: map[datapath.FDBKey]datapath.FDB{},
 		Neigh: map[datapath.NeighKey]datapath.Neigh{}, Ports: map[string]bool{},
 		FastHooks: map[string]datapath.FastHook{}, FastEntries: map[datapath.FastKey]datapath.FastEntry{},
-		fastPort: map[string]string{}}
+		fastPort: map[string]string{}, Routes: map[netip.Addr]datapath.Route{}, peerIPs: map[string][]netip.Addr{}}
 	var conflicts []Problem
 	nets := map[string]model.Network{}
 	taken := map[uint32]string{}
@@ -133,8 +137,8 @@ func Desired(in Input) (Target, []Problem) {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
 		}
 		if n.Encrypted {
-			// VXLAN between the tunnel addresses, inside WireGuard.
-			spec.Local, spec.Underlay = model.TunnelAddr(in.Tunnel.Info.Key), ""
+			// Routed through the tunnel: a bridge, no vxlan device.
+			spec.Port, spec.Local, spec.Underlay, spec.Tunnel = 0, netip.Addr{}, "", in.Tunnel.Dev
 		}
 		if n.Name == model.HealthNetwork {
 			// No address on the hosts' bridges: the health subnet stays
@@ -143,28 +147,14 @@ func Desired(in Input) (Target, []Problem) {
 		}
 		st.Networks[n.VNI] = spec
 		nets[n.Name] = n
-		if in.FastPath {
+		if in.FastPath && !n.Encrypted {
 			vx := datapath.VxlanName(n.VNI)
 			st.FastHooks[vx] = datapath.FastHook{Dev: vx, VNI: n.VNI, Vxlan: true}
 		}
 	}
 	vteps := map[string]netip.Addr{}
-	tunnelAddrs := map[string]netip.Addr{}
 	for _, nd := range in.Nodes {
 		vteps[nd.Name] = nd.Addr
-		if t, ok := in.Tunnels[nd.Name]; ok && t.Validate() == nil {
-			tunnelAddrs[nd.Name] = model.TunnelAddr(t.Key)
-		}
-	}
-	// vtepOf is where a network's frames for a node go: its underlay
-	// address, or its tunnel address for an encrypted network.
-	vtepOf := func(n model.Network, node string) (netip.Addr, bool) {
-		if n.Encrypted {
-			a, ok := tunnelAddrs[node]
-			return a, ok
-		}
-		a, ok := vteps[node]
-		return a, ok
 	}
 	// Sort endpoints by ID so duplicates resolve the same way on every host.
 	eps := append([]model.Endpoint(nil), in.Endpoints...)
@@ -228,8 +218,18 @@ func Desired(in Input) (Target, []Problem) {
 			}
 			continue
 		}
-		vtep, alive := vtepOf(n, e.Node)
+		vtep, alive := vteps[e.Node]
 		if !alive {
+			continue
+		}
+		if n.Encrypted {
+			// Into the tunnel, to the peer that has the address among its
+			// allowed ones (it needs a tunnel of its own).
+			if t, ok := in.Tunnels[e.Node]; ok && t.Validate() == nil {
+				r := datapath.Route{VNI: n.VNI, IP: e.IP, Dev: in.Tunnel.Dev}
+				st.Routes[r.IP] = r
+				st.peerIPs[e.Node] = append(st.peerIPs[e.Node], e.IP)
+			}
 			continue
 		}
 		f := datapath.FDB{VNI: n.VNI, MAC: e.MAC, VTEP: vtep}
@@ -287,11 +287,10 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		for _, nd := range in.Nodes {
-			vtep, ok := vtepOf(n, nd.Name)
-			if nd.Name == in.Node || !ok {
+			if nd.Name == in.Node {
 				continue
 			}
-			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: vtep}
+			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: nd.Addr}
 			st.FDB[f.Key()] = f
 		}
 	}
@@ -304,23 +303,30 @@ func Desired(in Input) (Target, []Problem) {
 // programmed.
 func (st *Target) tunnel(in Input, nets map[string]model.Network) {
 	for vni, spec := range st.Networks {
-		if nets[spec.Name].Encrypted {
-			st.Firewall.Encrypted = append(st.Firewall.Encrypted, vni)
+		if n := nets[spec.Name]; n.Encrypted {
+			st.Firewall.Encrypted = append(st.Firewall.Encrypted, datapath.EncryptedNet{VNI: vni, Subnet: n.Subnet})
 		}
 	}
 	if len(st.Firewall.Encrypted) == 0 {
 		return
 	}
-	slices.Sort(st.Firewall.Encrypted)
+	slices.SortFunc(st.Firewall.Encrypted, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
+	for i, hn := range st.HostFirewall.Networks {
+		if nets[st.Networks[hn.VNI].Name].Encrypted {
+			st.HostFirewall.Networks[i].Tunnel = in.Tunnel.Dev
+		}
+	}
 	me := in.Tunnel
-	t := &datapath.Tunnel{Dev: me.Dev, Port: me.Info.Port, MTU: in.UnderlayMTU - model.Overhead(true, in.Local.Is6()) + model.OverheadIPv6,
+	t := &datapath.Tunnel{Dev: me.Dev, Port: me.Info.Port, MTU: in.UnderlayMTU - model.Overhead(true, in.Local.Is6()),
 		Addr: model.TunnelAddr(me.Info.Key), Key: me.Info.Key, Peers: []datapath.TunnelPeer{}}
 	for _, nd := range in.Nodes {
 		pt, ok := in.Tunnels[nd.Name]
 		if nd.Name == in.Node || !ok || pt.Validate() != nil || !nd.Addr.IsValid() || pt.Key == me.Info.Key {
 			continue
 		}
-		p := datapath.TunnelPeer{Key: pt.Key, Endpoint: netip.AddrPortFrom(nd.Addr, uint16(pt.Port)), Addr: model.TunnelAddr(pt.Key)}
+		ips := append([]netip.Addr{model.TunnelAddr(pt.Key)}, st.peerIPs[nd.Name]...)
+		slices.SortFunc(ips, netip.Addr.Compare)
+		p := datapath.TunnelPeer{Key: pt.Key, Endpoint: netip.AddrPortFrom(nd.Addr, uint16(pt.Port)), AllowedIPs: slices.Compact(ips)}
 		if in.PSK != nil {
 			p.PSK = in.PSK(me.Info.Key, pt.Key)
 		}
@@ -348,6 +354,8 @@ const (
 	SetNeigh
 	SetFastEntry
 	SetFastHook
+	SetRoute
+	DelRoute
 	DelFastHook
 	DelFastEntry
 	DelNeigh
@@ -360,7 +368,7 @@ const (
 	RemoveTunnel
 )
 
-var opNames = [...]string{"ensure-openings", "ensure-firewall", "ensure-host-firewall", "ensure-tunnel", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall", "remove-openings", "remove-tunnel"}
+var opNames = [...]string{"ensure-openings", "ensure-firewall", "ensure-host-firewall", "ensure-tunnel", "ensure-network", "set-fdb", "set-neigh", "set-fast-entry", "set-fast-hook", "set-route", "del-route", "del-fast-hook", "del-fast-entry", "del-neigh", "del-fdb", "detach", "delete-network", "remove-host-firewall", "remove-firewall", "remove-openings", "remove-tunnel"}
 
 func (k OpKind) String() string { return opNames[k] }
 
@@ -378,6 +386,7 @@ type Op struct {
 	Hook     datapath.FastHook
 	Entry    datapath.FastEntry
 	Tunnel   datapath.Tunnel
+	Route    datapath.Route
 }
 
 func (o Op) String() string {
@@ -390,6 +399,8 @@ func (o Op) String() string {
 		return fmt.Sprintf("%s networks %d ports %d", o.Kind, len(o.HostFW.Networks), len(o.HostFW.Ports))
 	case EnsureNetwork:
 		return fmt.Sprintf("%s vni %d", o.Kind, o.Network.VNI)
+	case SetRoute, DelRoute:
+		return fmt.Sprintf("%s %s", o.Kind, o.Route)
 	case EnsureTunnel, RemoveTunnel:
 		return fmt.Sprintf("%s %s peers %d", o.Kind, o.Tunnel.Dev, len(o.Tunnel.Peers))
 	case SetNeigh, DelNeigh:
@@ -468,6 +479,22 @@ func Plan(want Target, have datapath.Observed) []Op {
 		}
 	}
 	ops = append(ops, planFast(want, have, rebuilt)...)
+	// Routes into the tunnel, once the tunnel allows their addresses.
+	haveRoute := map[netip.Addr]datapath.Route{}
+	for _, r := range have.Routes {
+		haveRoute[r.IP] = r
+	}
+	for _, ip := range sortedKeys(want.Routes, netip.Addr.Compare) {
+		// The kernel has no VNI of a route: IP and device are what count.
+		if r := want.Routes[ip]; haveRoute[ip].Dev != r.Dev {
+			ops = append(ops, Op{Kind: SetRoute, Route: r})
+		}
+	}
+	for _, ip := range sortedKeys(haveRoute, netip.Addr.Compare) {
+		if _, ok := want.Routes[ip]; !ok {
+			ops = append(ops, Op{Kind: DelRoute, Route: haveRoute[ip]})
+		}
+	}
 	// Entries of networks that go away vanish with their devices.
 	for _, n := range sortedNeigh(have.Neigh) {
 		if _, keep := want.Networks[n.VNI]; !keep {
@@ -531,6 +558,10 @@ func Apply(dp datapath.Dataplane, ops []Op) error {
 			err = dp.EnsureOpenings(op.Openings)
 		case RemoveOpenings:
 			err = dp.RemoveOpenings()
+		case SetRoute:
+			err = dp.SetRoute(op.Route)
+		case DelRoute:
+			err = dp.DelRoute(op.Route)
 		case EnsureTunnel:
 			err = dp.EnsureTunnel(op.Tunnel)
 		case RemoveTunnel:

@@ -97,14 +97,9 @@ func Observe(d *wgtypes.Device) datapath.Tunnel {
 		tp := datapath.TunnelPeer{Key: p.PublicKey.String(), PSK: [32]byte(p.PresharedKey),
 			LastHandshake: p.LastHandshakeTime, RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes}
 		if p.Endpoint != nil {
-			tp.Endpoint = p.Endpoint.AddrPort()
-			tp.Endpoint = netipUnmap(tp.Endpoint)
+			tp.Endpoint = netipUnmap(p.Endpoint.AddrPort())
 		}
-		if len(p.AllowedIPs) == 1 {
-			if ones, bits := p.AllowedIPs[0].Mask.Size(); ones == bits {
-				tp.Addr = addrOf(p.AllowedIPs[0].IP)
-			}
-		}
+		tp.AllowedIPs = hostAddrs(p.AllowedIPs)
 		t.Peers = append(t.Peers, tp)
 	}
 	datapath.SortPeers(t.Peers)
@@ -143,9 +138,13 @@ func Config(want datapath.Tunnel, priv wgtypes.Key, have *wgtypes.Device) (wgtyp
 		}
 		psk := wgtypes.Key(p.PSK)
 		ka := Keepalive
+		allowed := make([]net.IPNet, 0, len(p.AllowedIPs))
+		for _, a := range p.AllowedIPs {
+			allowed = append(allowed, net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())})
+		}
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, PresharedKey: &psk,
 			Endpoint: net.UDPAddrFromAddrPort(p.Endpoint), PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true,
-			AllowedIPs: []net.IPNet{{IP: p.Addr.AsSlice(), Mask: net.CIDRMask(p.Addr.BitLen(), p.Addr.BitLen())}}})
+			AllowedIPs: allowed})
 		changed = true
 	}
 	for _, p := range have.Peers {
@@ -158,17 +157,23 @@ func Config(want datapath.Tunnel, priv wgtypes.Key, have *wgtypes.Device) (wgtyp
 }
 
 func peerIs(c wgtypes.Peer, p datapath.TunnelPeer) bool {
-	if [32]byte(c.PresharedKey) != p.PSK || c.PersistentKeepaliveInterval != Keepalive || c.Endpoint == nil ||
-		netipUnmap(c.Endpoint.AddrPort()) != p.Endpoint || len(c.AllowedIPs) != 1 {
-		return false
-	}
-	ones, bits := c.AllowedIPs[0].Mask.Size()
-	return ones == bits && addrOf(c.AllowedIPs[0].IP) == p.Addr
+	return [32]byte(c.PresharedKey) == p.PSK && c.PersistentKeepaliveInterval == Keepalive && c.Endpoint != nil &&
+		netipUnmap(c.Endpoint.AddrPort()) == p.Endpoint && slices.Equal(hostAddrs(c.AllowedIPs), p.AllowedIPs)
 }
 
-func addrOf(ip net.IP) netip.Addr {
-	a, _ := netip.AddrFromSlice(ip)
-	return a.Unmap()
+// hostAddrs returns the single addresses among nets, sorted (a prefix that
+// is not one address is left out: vxnet never sets one).
+func hostAddrs(nets []net.IPNet) []netip.Addr {
+	out := []netip.Addr{}
+	for _, n := range nets {
+		ones, bits := n.Mask.Size()
+		a, ok := netip.AddrFromSlice(n.IP)
+		if ok && ones == bits && bits > 0 {
+			out = append(out, a.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }
 
 func netipUnmap(ap netip.AddrPort) netip.AddrPort {

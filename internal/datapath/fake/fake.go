@@ -27,6 +27,7 @@ type Dataplane struct {
 	hostFW   *datapath.HostFirewall
 	openings *datapath.Openings
 	tunnel   *datapath.Tunnel
+	routes   map[netip.Addr]datapath.Route
 	// fast is nil until EnableFastPath; hooks by device, entries by key.
 	fast *fastPath
 	// Foreign holds device names vxnet did not create; ForeignVXLAN the
@@ -46,6 +47,7 @@ func New() *Dataplane {
 		fdb:      map[datapath.FDBKey]datapath.FDB{},
 		neigh:    map[datapath.NeighKey]datapath.Neigh{},
 		ports:    map[string]datapath.Port{},
+		routes:   map[netip.Addr]datapath.Route{},
 		Foreign:  map[string]bool{},
 	}
 }
@@ -84,6 +86,10 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		t.Peers = slices.Clone(t.Peers)
 		o.Tunnel = &t
 	}
+	for _, r := range d.routes {
+		o.Routes = append(o.Routes, r)
+	}
+	slices.SortFunc(o.Routes, func(a, b datapath.Route) int { return a.IP.Compare(b.IP) })
 	if d.fast != nil {
 		o.FastPath = &datapath.FastPath{}
 		for _, h := range d.fast.hooks {
@@ -351,12 +357,36 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 	return nil
 }
 
+// SetRoute records a route; the tunnel device must exist.
+func (d *Dataplane) SetRoute(r datapath.Route) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.tunnel == nil || d.tunnel.Dev != r.Dev {
+		return fmt.Errorf("route %s: no device %s", r.IP, r.Dev)
+	}
+	d.routes[r.IP] = r
+	d.Changes++
+	return nil
+}
+
+// DelRoute forgets a route.
+func (d *Dataplane) DelRoute(r datapath.Route) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.routes[r.IP]; ok {
+		delete(d.routes, r.IP)
+		d.Changes++
+	}
+	return nil
+}
+
 // RemoveTunnel forgets the tunnel.
 func (d *Dataplane) RemoveTunnel(dev string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.tunnel != nil && d.tunnel.Dev == dev {
 		d.tunnel = nil
+		clear(d.routes) // they go with the device
 		d.Changes++
 	}
 	return nil

@@ -65,7 +65,11 @@ func netComment(n datapath.HostNet, dnsPort uint16) string {
 	if n.Gateway.IsValid() {
 		gw = n.Gateway.String()
 	}
-	return fmt.Sprintf("%snet:%d:%s:%s:%s:%d", commentTag, n.VNI, n.Subnet, gw, mode, dnsPort)
+	c := fmt.Sprintf("%snet:%d:%s:%s:%s:%d", commentTag, n.VNI, n.Subnet, gw, mode, dnsPort)
+	if n.Tunnel != "" {
+		c += ":" + n.Tunnel
+	}
+	return c
 }
 
 func portComment(p datapath.PublishedPort) string {
@@ -87,11 +91,24 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 					hostRule{"filter", chainInput, fmt.Sprintf("-d %s/32 -i %s -p %s -m %s --dport %d%s -j ACCEPT", n.Gateway, br, proto, proto, h.DNSPort, tag)})
 			}
 		}
+		sub := n.Subnet.String()
+		if n.Tunnel != "" {
+			// Routed through the tunnel, both ways, between the network's
+			// own addresses (vxnet's table keeps every other out).
+			within := " -s " + sub + " -d " + sub
+			rs = append(rs,
+				hostRule{"filter", chainForward, "-i " + n.Tunnel + " -o " + br + within + tag + " -j ACCEPT"},
+				hostRule{"filter", chainForward, "-i " + br + " -o " + n.Tunnel + within + tag + " -j ACCEPT"})
+		}
 		if n.Egress {
+			snat := "-s " + sub + " ! -o " + br
+			if n.Tunnel != "" { // never NAT what goes to the network's own containers
+				snat = "-s " + sub + " ! -d " + sub + " ! -o " + br
+			}
 			rs = append(rs,
 				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
 				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
-				hostRule{"nat", chainSNAT, "-s " + n.Subnet.String() + " ! -o " + br + tag + " -j MASQUERADE"})
+				hostRule{"nat", chainSNAT, snat + tag + " -j MASQUERADE"})
 		}
 		out[c] = rs
 	}
@@ -112,7 +129,7 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 func parseComment(c string, h *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
-	case len(f) == 6 && f[0] == "net":
+	case (len(f) == 6 || len(f) == 7) && f[0] == "net":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		sub, err2 := netip.ParsePrefix(f[2])
 		var gw netip.Addr
@@ -128,7 +145,11 @@ func parseComment(c string, h *datapath.HostFirewall) bool {
 			h.Incomplete = true
 		}
 		h.DNSPort = uint16(dns)
-		h.Networks = append(h.Networks, datapath.HostNet{VNI: uint32(vni), Subnet: sub, Gateway: gw, Egress: f[4] == "egress"})
+		hn := datapath.HostNet{VNI: uint32(vni), Subnet: sub, Gateway: gw, Egress: f[4] == "egress"}
+		if len(f) == 7 {
+			hn.Tunnel = f[6]
+		}
+		h.Networks = append(h.Networks, hn)
 	case len(f) == 6 && f[0] == "port":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)

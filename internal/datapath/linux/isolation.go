@@ -1,9 +1,12 @@
 package linux
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -35,7 +38,9 @@ const (
 	dnatTag        = "vxnet-dnat"
 	clearPrefix    = "vxnet-clear:"
 	clear6Prefix   = "vxnet-clear6:"
-	tunnelPrefix   = "vxnet-tunnel:"
+	tunnelOut      = "vxnet-tunnel-out:"
+	tunnelIn       = "vxnet-tunnel-in:"
+	tunnelDrop     = "vxnet-tunnel-drop:"
 	encryptedSet   = "encrypted"
 )
 
@@ -143,15 +148,55 @@ func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, po
 		})}
 }
 
-// tunnelRule accepts VXLAN out of the tunnel device (from the members'
-// tunnel addresses, which WireGuard authenticated) before the ingress
-// rules, which know only underlay addresses.
-func tunnelRule(t *nftables.Table, c *nftables.Chain, port int, dev string) *nftables.Rule {
-	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tunnelPrefix + strconv.Itoa(port) + ":" + dev),
-		Exprs: join([]expr.Any{
+// tunnelRules let an encrypted network's own addresses (both ends in its
+// subnet) cross between its bridge and the tunnel, both ways; what follows
+// them drops anything else routed into or out of the tunnel (another
+// network's containers, the host's forwarding of anything else).
+func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, dev string) []*nftables.Rule {
+	br := datapath.BridgeName(n.VNI)
+	id := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
+	within := join([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}, inPrefix(12, n.Subnet), inPrefix(16, n.Subnet))
+	var out []*nftables.Rule
+	for _, dir := range []struct {
+		tag      string
+		from, to string
+	}{{tunnelOut, br, dev}, {tunnelIn, dev, br}} {
+		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag + id), Exprs: join([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dir.from)},
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dir.to)},
+		}, within, accept())})
+	}
+	return out
+}
+
+// tunnelDrops drop what the tunnel rules did not accept.
+func tunnelDrops(t *nftables.Table, c *nftables.Chain, dev string) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, key := range []expr.MetaKey{expr.MetaKeyOIFNAME, expr.MetaKeyIIFNAME} {
+		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(tunnelDrop + dev), Exprs: []expr.Any{
+			&expr.Meta{Key: key, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dev)},
-		}, l4port(unix.IPPROTO_UDP, port), accept())}
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+	return out
+}
+
+// inPrefix matches an IPv4 address at offset (12 source, 16 destination)
+// of the network header within p.
+func inPrefix(offset uint32, p netip.Prefix) []expr.Any {
+	mask := net.CIDRMask(p.Bits(), 32)
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
 }
 
 // udpTo matches UDP of one IP family to port.
@@ -297,10 +342,12 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 				if port6, err = strconv.Atoi(v); err != nil {
 					return broken, nil
 				}
-			} else if (strings.HasPrefix(ud, clearPrefix) || strings.HasPrefix(ud, clear6Prefix) || strings.HasPrefix(ud, tunnelPrefix)) && name == inputChain {
+			} else if (strings.HasPrefix(ud, clearPrefix) || strings.HasPrefix(ud, clear6Prefix)) && name == inputChain {
 				tunnelRules[ud]++
 				_, rest, _ := strings.Cut(ud, ":")
 				_, f.TunnelDev, _ = strings.Cut(rest, ":")
+			} else if (strings.HasPrefix(ud, tunnelOut) || strings.HasPrefix(ud, tunnelIn) || strings.HasPrefix(ud, tunnelDrop)) && name == forwardChain {
+				tunnelRules[ud]++
 			} else {
 				return broken, nil
 			}
@@ -341,19 +388,8 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 		return broken, nil
 	}
 	if len(tunnelRules) > 0 {
-		enc, err := readVNIs(c, t, encryptedSet)
-		if err != nil || len(enc) == 0 {
+		if f.Encrypted, err = readEncrypted(c, t, tunnelRules, f.Port, f.TunnelDev); err != nil || f.Encrypted == nil {
 			return broken, err
-		}
-		f.Encrypted = enc
-		want := fmt.Sprintf("%d:%s", f.Port, f.TunnelDev)
-		for _, tag := range []string{clearPrefix + want, clear6Prefix + want, tunnelPrefix + want} {
-			if tunnelRules[tag] != 1 {
-				return broken, nil
-			}
-		}
-		if len(tunnelRules) != 3 {
-			return broken, nil
 		}
 	}
 	nt := 0
@@ -390,6 +426,47 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 	slices.Sort(f.Internal)
 	slices.SortFunc(f.VTEPs, netip.Addr.Compare)
 	return f, nil
+}
+
+// readEncrypted reads the encrypted networks back from the rules seen (by
+// tag, with their counts): nil, no error, when they are not exactly what
+// EnsureFirewall writes for them.
+func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, port int, dev string) ([]datapath.EncryptedNet, error) {
+	vnis, err := readVNIs(c, t, encryptedSet)
+	if err != nil || len(vnis) == 0 {
+		return nil, err
+	}
+	var out []datapath.EncryptedNet
+	for tag, n := range seen {
+		v, ok := strings.CutPrefix(tag, tunnelOut)
+		if !ok || n != 1 {
+			continue
+		}
+		f := strings.Split(v, ":")
+		if len(f) != 3 || f[2] != dev {
+			return nil, nil
+		}
+		vni, err1 := strconv.ParseUint(f[0], 10, 32)
+		sub, err2 := netip.ParsePrefix(f[1])
+		if err1 != nil || err2 != nil {
+			return nil, nil
+		}
+		out = append(out, datapath.EncryptedNet{VNI: uint32(vni), Subnet: sub})
+	}
+	slices.SortFunc(out, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
+	want := map[string]int{tunnelDrop + dev: 2}
+	id := fmt.Sprintf("%d:%s", port, dev)
+	want[clearPrefix+id], want[clear6Prefix+id] = 1, 1
+	var got []uint32
+	for _, n := range out {
+		tid := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
+		want[tunnelOut+tid], want[tunnelIn+tid] = 1, 1
+		got = append(got, n.VNI)
+	}
+	if !maps.Equal(want, seen) || !slices.Equal(got, vnis) {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // readVNIs reads a set of VNIs, sorted: nil (no error) when the set is
@@ -438,6 +515,16 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: forwardChain, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	for _, n := range f.Encrypted {
+		for _, r := range tunnelRules(t, fwd, n, f.TunnelDev) {
+			c.AddRule(r)
+		}
+	}
+	if len(f.Encrypted) > 0 {
+		for _, r := range tunnelDrops(t, fwd, f.TunnelDev) {
+			c.AddRule(r)
+		}
+	}
 	c.AddRule(dnatRule(t, fwd))
 	for _, v := range f.Internal {
 		for _, r := range internalRules(t, fwd, v) {
@@ -476,15 +563,14 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 	if len(f.Encrypted) > 0 {
 		enc := &nftables.Set{Table: t, Name: encryptedSet, KeyType: nftables.TypeInteger}
 		var eelems []nftables.SetElement
-		for _, v := range f.Encrypted {
-			eelems = append(eelems, nftables.SetElement{Key: vniKey(v)})
+		for _, n := range f.Encrypted {
+			eelems = append(eelems, nftables.SetElement{Key: vniKey(n.VNI)})
 		}
 		if err := c.AddSet(enc, eelems); err != nil {
 			return fmt.Errorf("nftables set %s: %w", encryptedSet, err)
 		}
 		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, false))
 		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, true))
-		c.AddRule(tunnelRule(t, in, f.Port, f.TunnelDev))
 	}
 	c.AddRule(ingressRule(t, in, vnis, set, f.Port, false))
 	c.AddRule(ingressRule(t, in, vnis, set6, f.Port, true))

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -89,6 +91,9 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 		if br, err = d.h.LinkByName(brName); err != nil {
 			return fmt.Errorf("look up %s: %w", brName, err)
 		}
+	}
+	if s.Tunnel != "" {
+		return d.ensureRouted(s, br, vxl, gwMAC)
 	}
 	var underlayIdx int
 	if s.Underlay != "" {
@@ -244,10 +249,21 @@ func (d *Dataplane) vxlanIndex(vni uint32) (int, error) {
 }
 
 // observeNetwork reads a network's bridge and, when it is whole (enslaved,
-// up, the same MTU, no learning, ARP proxy, its VNI), its vxnet device.
-func (d *Dataplane) observeNetwork(br, vx ownedLink, hasVx bool, byIndex map[int]netlink.Link) (datapath.NetworkSpec, error) {
+// up, the same MTU, no learning, ARP proxy, its VNI), its vxnet device; a
+// bridge without one that answers ARP for the tunnel's routes is routed
+// through tunnel (when there is one).
+func (d *Dataplane) observeNetwork(br, vx ownedLink, hasVx bool, byIndex map[int]netlink.Link, tunnel netlink.Link) (datapath.NetworkSpec, error) {
 	spec := datapath.NetworkSpec{VNI: br.vni, Name: br.rest}
 	brUp := br.link.Attrs().Flags&net.FlagUp != 0
+	if !hasVx && tunnel != nil && brUp {
+		routed, err := d.proxiesARP(br.link.Attrs().Name)
+		if err != nil {
+			return spec, err
+		}
+		if routed {
+			spec.Tunnel, spec.MTU = tunnel.Attrs().Name, br.link.Attrs().MTU
+		}
+	}
 	if hasVx {
 		v := vx.link.(*netlink.Vxlan)
 		if v.Attrs().MasterIndex == br.link.Attrs().Index && brUp && v.Attrs().Flags&net.FlagUp != 0 &&
@@ -286,4 +302,85 @@ func (d *Dataplane) observeNetwork(br, vx ownedLink, hasVx bool, byIndex map[int
 		spec.Gateway = netip.Prefix{}
 	}
 	return spec, nil
+}
+
+// ensureRouted makes an encrypted network's devices: its bridge (as every
+// network's), no vxlan device, and the bridge answering ARP at once for
+// the addresses the host routes elsewhere (into the tunnel) with its own
+// MAC, the gateway's: containers send the other hosts' containers' packets
+// to the host, which routes them into WireGuard.
+func (d *Dataplane) ensureRouted(s datapath.NetworkSpec, br, vxl netlink.Link, gwMAC net.HardwareAddr) error {
+	brName := datapath.BridgeName(s.VNI)
+	if vxl != nil {
+		if err := d.h.LinkDel(vxl); err != nil {
+			return fmt.Errorf("remove %s (the network is routed through %s now): %w", vxl.Attrs().Name, s.Tunnel, err)
+		}
+		d.changed("deleted vxlan of a routed network", "dev", vxl.Attrs().Name)
+	}
+	if br.Attrs().HardwareAddr.String() != gwMAC.String() {
+		if err := d.h.LinkSetHardwareAddr(br, gwMAC); err != nil {
+			return fmt.Errorf("set MAC of %s: %w", brName, err)
+		}
+		d.changed("set bridge MAC", "dev", brName)
+	}
+	if err := d.ensureAddrs(br, s.Gateway, s.Gateway6); err != nil {
+		return err
+	}
+	if br.Attrs().MTU != s.MTU {
+		if err := d.h.LinkSetMTU(br, s.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on %s: %w", s.MTU, brName, err)
+		}
+		d.changed("set MTU", "dev", brName, "mtu", s.MTU)
+	}
+	if ok, err := d.proxiesARP(brName); err != nil || !ok {
+		err := d.inNS(func() error {
+			for _, f := range proxyARPFiles(brName) {
+				if err := os.WriteFile(f.path, []byte(f.want+"\n"), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("proxy ARP on %s: %w", brName, err)
+		}
+		d.changed("proxy ARP on", "dev", brName)
+	}
+	if br.Attrs().Flags&net.FlagUp == 0 {
+		if err := d.h.LinkSetUp(br); err != nil {
+			return fmt.Errorf("set %s up: %w", brName, err)
+		}
+		d.changed("set up", "dev", brName)
+	}
+	return nil
+}
+
+type sysctlFile struct{ path, want string }
+
+// proxyARPFiles are the settings of a routed network's bridge: proxy ARP,
+// answered without the default random delay of up to 0.8 s.
+func proxyARPFiles(dev string) []sysctlFile {
+	return []sysctlFile{
+		{"/proc/sys/net/ipv4/conf/" + dev + "/proxy_arp", "1"},
+		{"/proc/sys/net/ipv4/neigh/" + dev + "/proxy_delay", "0"},
+	}
+}
+
+// proxiesARP reports whether dev has the settings of proxyARPFiles.
+func (d *Dataplane) proxiesARP(dev string) (bool, error) {
+	ok := true
+	err := d.inNS(func() error {
+		for _, f := range proxyARPFiles(dev) {
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				return err
+			}
+			ok = ok && strings.TrimSpace(string(b)) == f.want
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("read proxy ARP settings of %s: %w", dev, err)
+	}
+	return ok, nil
 }

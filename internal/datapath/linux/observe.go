@@ -27,7 +27,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	}
 	for vni, br := range o.bridges {
 		vx, hasVx := o.vxlans[vni]
-		if obs.Networks[vni], err = d.observeNetwork(br, vx, hasVx, o.byIndex); err != nil {
+		if obs.Networks[vni], err = d.observeNetwork(br, vx, hasVx, o.byIndex, o.tunnel); err != nil {
 			return obs, err
 		}
 	}
@@ -47,6 +47,9 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		return obs, err
 	}
 	if obs.Tunnel, err = d.observeTunnel(o.tunnel); err != nil {
+		return obs, err
+	}
+	if obs.Routes, err = d.observeRoutes(o.byIndex); err != nil {
 		return obs, err
 	}
 	for vni, vx := range o.vxlans {

@@ -62,8 +62,7 @@ func openLines(o datapath.Openings) []string {
 		}
 	}
 	if o.TunnelPort != 0 {
-		out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m comment --comment %stunnel -j ACCEPT", openChain, o.TunnelPort, openComment),
-			fmt.Sprintf("-A %s -i %s -p udp -m udp --dport %d -m comment --comment %stunnel-vxlan -j ACCEPT", openChain, o.TunnelDev, o.VXLANPort, openComment))
+		out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -m comment --comment %stunnel:%s -j ACCEPT", openChain, o.TunnelPort, openComment, o.TunnelDev))
 	}
 	if o.DNSPort != 0 {
 		for _, p := range []string{"tcp", "udp"} {
@@ -140,12 +139,21 @@ func openRules(o datapath.Openings, ch *nftables.Chain) []openRule {
 	fam := ch.Table.Family
 	var out []openRule
 	if hookIs(ch, nftables.ChainHookForward) {
-		return []openRule{
+		out := []openRule{
 			{tag: openTag + "from-bridges", exprs: join(onBridge(expr.MetaKeyIIFNAME), accept())},
 			{tag: openTag + "to-bridges", exprs: join(onBridge(expr.MetaKeyOIFNAME),
 				ctBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept())},
 			{tag: openTag + "dnat", exprs: join(onBridge(expr.MetaKeyOIFNAME), ctBits(expr.CtKeySTATUS, 1<<5 /* IPS_DST_NAT */), accept())},
 		}
+		if o.TunnelDev != "" {
+			// The encrypted networks' packets out of the tunnel into the
+			// bridges (which of them may pass is vxnet's table's to say).
+			out = append(out, openRule{tag: openTag + "tunnel-in:" + o.TunnelDev, exprs: join([]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o.TunnelDev)},
+			}, onBridge(expr.MetaKeyOIFNAME), accept())})
+		}
+		return out
 	}
 	for _, v6 := range []bool{false, true} {
 		if (v6 && fam == nftables.TableFamilyIPv4) || (!v6 && fam == nftables.TableFamilyIPv6) {
@@ -187,15 +195,8 @@ func openRules(o datapath.Openings, ch *nftables.Chain) []openRule {
 		}
 	}
 	if o.TunnelPort != 0 {
-		out = append(out, openRule{tag: fmt.Sprintf("%stunnel:%d", openTag, o.TunnelPort),
+		out = append(out, openRule{tag: fmt.Sprintf("%stunnel:%d:%s", openTag, o.TunnelPort, o.TunnelDev),
 			exprs: join(l4port(unix.IPPROTO_UDP, o.TunnelPort), accept())})
-		// The encrypted networks' VXLAN comes out of the tunnel from
-		// tunnel addresses (IPv6), which no member list holds.
-		out = append(out, openRule{tag: fmt.Sprintf("%stunnel-vxlan:%d:%s", openTag, o.VXLANPort, o.TunnelDev),
-			exprs: join([]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o.TunnelDev)},
-			}, l4port(unix.IPPROTO_UDP, o.VXLANPort), accept())})
 	}
 	for _, p := range protos {
 		if o.DNSPort != 0 {
@@ -350,8 +351,6 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 				o.GossipPort = p
 			case "tunnel":
 				o.TunnelPort = p
-			case "tunnel-vxlan":
-				o.VXLANPort = p
 				if len(f) > 2 {
 					o.TunnelDev = f[2]
 				}
@@ -377,10 +376,8 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 				}
 			case slices.Contains(f, openComment+"gossip"):
 				o.GossipPort = p
-			case slices.Contains(f, openComment+"tunnel"):
-				o.TunnelPort = p
-			case slices.Contains(f, openComment+"tunnel-vxlan"):
-				o.TunnelDev, o.VXLANPort = fieldAfter(f, "-i"), p
+			case slices.ContainsFunc(f, func(s string) bool { return strings.HasPrefix(s, openComment+"tunnel:") }):
+				o.TunnelPort, o.TunnelDev = p, strings.TrimPrefix(fieldAfter(f, "--comment"), openComment+"tunnel:")
 			case slices.Contains(f, openComment+"dns"):
 				o.DNSPort = uint16(p)
 			}

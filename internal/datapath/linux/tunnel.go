@@ -7,11 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -48,25 +46,71 @@ func (d *Dataplane) wgClient() (*wgctrl.Client, error) {
 	if d.tun.wg != nil {
 		return d.tun.wg, nil
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
+	err := d.inNS(func() error {
+		c, err := wgctrl.New()
+		d.tun.wg = c
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("current network namespace: %w", err)
+		return nil, fmt.Errorf("open WireGuard control: %w", err)
 	}
-	defer orig.Close()
-	if err := netns.Set(d.ns); err != nil {
-		return nil, fmt.Errorf("enter the dataplane's namespace: %w", err)
+	return d.tun.wg, nil
+}
+
+// routeProto marks vxnet's routes (an unassigned routing protocol number;
+// 'ip route' shows it as "proto 118").
+const routeProto = 118
+
+func hostRoute(ip netip.Addr, dev int) *netlink.Route {
+	return &netlink.Route{LinkIndex: dev, Dst: ipNet(netip.PrefixFrom(ip, ip.BitLen())), Scope: netlink.SCOPE_LINK,
+		Protocol: routeProto, Table: unix.RT_TABLE_MAIN}
+}
+
+// SetRoute routes an address into the tunnel.
+func (d *Dataplane) SetRoute(r datapath.Route) error {
+	l, err := d.h.LinkByName(r.Dev)
+	if err != nil {
+		return fmt.Errorf("route %s: device %s: %w", r.IP, r.Dev, err)
 	}
-	c, cerr := wgctrl.New()
-	if err := netns.Set(orig); err != nil {
-		panic(fmt.Sprintf("cannot return to the original network namespace: %v", err)) // the thread is unusable
+	if err := d.h.RouteReplace(hostRoute(r.IP, l.Attrs().Index)); err != nil {
+		return fmt.Errorf("route %s into %s: %w", r.IP, r.Dev, err)
 	}
-	if cerr != nil {
-		return nil, fmt.Errorf("open WireGuard control: %w", cerr)
+	d.changed("set route", "ip", r.IP, "dev", r.Dev)
+	return nil
+}
+
+// DelRoute removes a route of vxnet's (absent: no error).
+func (d *Dataplane) DelRoute(r datapath.Route) error {
+	l, err := d.h.LinkByName(r.Dev)
+	if err != nil {
+		return nil // gone with its device
 	}
-	d.tun.wg = c
-	return c, nil
+	if err := d.h.RouteDel(hostRoute(r.IP, l.Attrs().Index)); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("remove route %s: %w", r.IP, err)
+	}
+	d.changed("removed route", "ip", r.IP, "dev", r.Dev)
+	return nil
+}
+
+// observeRoutes reads vxnet's routes (their VNI is not in the kernel).
+func (d *Dataplane) observeRoutes(byIndex map[int]netlink.Link) ([]datapath.Route, error) {
+	rs, err := dump("list routes", func() ([]netlink.Route, error) {
+		return d.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []datapath.Route
+	for _, r := range rs {
+		p, ok := toPrefix(r.Dst)
+		l, known := byIndex[r.LinkIndex]
+		if !ok || !known || p.Bits() != p.Addr().BitLen() {
+			continue
+		}
+		out = append(out, datapath.Route{IP: p.Addr(), Dev: l.Attrs().Name})
+	}
+	return out, nil
 }
 
 // EnsureTunnel creates or corrects the host's WireGuard device: the
