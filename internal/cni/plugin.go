@@ -117,8 +117,8 @@ func cniError(err error) error {
 func ensureNetwork(a Agent, conf *NetConf) (api.NetworkInfo, error) {
 	n, err := a.Network(conf.Network)
 	if err == nil && conf.Encrypted != nil && *conf.Encrypted != n.Encrypted {
-		return n, fmt.Errorf("%w: network %s is %s, the configuration says \"encrypted\": %v",
-			model.ErrInvalid, n.Name, map[bool]string{true: "encrypted", false: "not encrypted"}[n.Encrypted], *conf.Encrypted)
+		return n, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("vxnet: network %s is %s, the configuration says \"encrypted\": %v",
+			n.Name, map[bool]string{true: "encrypted", false: "not encrypted"}[n.Encrypted], *conf.Encrypted), "")
 	}
 	if err == nil || !errors.Is(err, model.ErrNotFound) {
 		return n, err

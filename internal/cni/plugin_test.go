@@ -126,6 +126,7 @@ func TestAddArgsAndErrors(t *testing.T) {
 		{"bad network", `{"cniVersion":"1.0.0","name":"web","network":"Bad Name"}`, "", types.ErrInvalidNetworkConfig, `vxnet: invalid network name "Bad Name": want 1-63 characters of letters, digits, '_', '.', '-', starting with a letter or digit`},
 		{"unknown arg", `{"cniVersion":"1.0.0","name":"web"}`, "FOO=1", types.ErrInvalidEnvironmentVariables, "vxnet: CNI_ARGS: ARGS: unknown args [\"FOO=1\"]"},
 		{"taken", `{"cniVersion":"1.0.0","name":"web"}`, "IP=10.0.0.1", types.ErrTryAgainLater, "vxnet: address 10.0.0.1 is the gateway of network web"},
+		{"encryption differs", `{"cniVersion":"1.0.0","name":"web","encrypted":true}`, "", types.ErrInvalidNetworkConfig, `vxnet: network web is not encrypted, the configuration says "encrypted": true`},
 		{"no network", `{"cniVersion":"1.0.0","name":"db"}`, "", types.ErrInternal, `vxnet: unknown network "db" (none exist yet); give "subnet" in the network configuration to create it, or create it with 'vxnet network create'`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,14 +16,19 @@ func TestCreateNetworkRequest(t *testing.T) {
 		want string
 		vni  uint32
 		mtu  int
+		enc  bool
 	}{
-		{``, "", 0, 0},
-		{`"vxnet.vni":"4242","com.docker.network.driver.mtu":"1400","vxnet.flood":"true"`, "", 4242, 1400},
-		{`"vxnet.vni":"0"`, "invalid -o vxnet.vni: invalid VNI 0", 0, 0},
-		{`"vxnet.vni":"banana"`, `invalid -o vxnet.vni="banana"`, 0, 0},
-		{`"com.docker.network.driver.mtu":"-3"`, `invalid -o com.docker.network.driver.mtu="-3"`, 0, 0},
-		{`"vxnet.flood":"maybe"`, `invalid -o vxnet.flood="maybe"`, 0, 0},
-		{`"vxnet.colour":"blue"`, "unknown option -o vxnet.colour", 0, 0},
+		{``, "", 0, 0, false},
+		{`"encrypted":""`, "", 0, 0, true}, // docker network create -o encrypted, as for Docker's overlay
+		{`"vxnet.encrypted":"true"`, "", 0, 0, true},
+		{`"vxnet.encrypted":"false"`, "", 0, 0, false},
+		{`"vxnet.encrypted":"yes please"`, `invalid -o vxnet.encrypted="yes please": want true or false`, 0, 0, false},
+		{`"vxnet.vni":"4242","com.docker.network.driver.mtu":"1400","vxnet.flood":"true"`, "", 4242, 1400, false},
+		{`"vxnet.vni":"0"`, "invalid -o vxnet.vni: invalid VNI 0", 0, 0, false},
+		{`"vxnet.vni":"banana"`, `invalid -o vxnet.vni="banana"`, 0, 0, false},
+		{`"com.docker.network.driver.mtu":"-3"`, `invalid -o com.docker.network.driver.mtu="-3"`, 0, 0, false},
+		{`"vxnet.flood":"maybe"`, `invalid -o vxnet.flood="maybe"`, 0, 0, false},
+		{`"vxnet.colour":"blue"`, "unknown option -o vxnet.colour", 0, 0, false},
 	} {
 		var req CreateNetworkRequest
 		if err := Decode(body(tc.opts), &req); err != nil {
@@ -34,7 +39,7 @@ func TestCreateNetworkRequest(t *testing.T) {
 			t.Errorf("%s: err = %v, want %q", tc.opts, err, tc.want)
 			continue
 		}
-		if err == nil && (n.VNI != tc.vni || n.MTU != tc.mtu || n.Subnet != "172.18.0.0/16" || n.Gateway != "172.18.0.1/16") {
+		if err == nil && (n.VNI != tc.vni || n.MTU != tc.mtu || n.Encrypted != tc.enc || n.Subnet != "172.18.0.0/16" || n.Gateway != "172.18.0.1/16") {
 			t.Errorf("%s: network = %+v", tc.opts, n)
 		}
 	}

@@ -78,6 +78,12 @@ func TestNetworkValidate(t *testing.T) {
 			n.Subnet6 = netip.MustParsePrefix("fd00:1::/64")
 			n.Gateway6 = netip.MustParseAddr("fd00:2::1")
 		}, "gateway fd00:2::1 is outside subnet fd00:1::/64"},
+		{"encrypted", func(n *Network) { n.Encrypted = true }, ""},
+		{"encrypted flooding", func(n *Network) { n.Encrypted, n.Flood = true, true }, "encrypted networks carry unicast only"},
+		{"encrypted v6", func(n *Network) {
+			n.Encrypted, n.Subnet6 = true, netip.MustParsePrefix("fd00:1::/64")
+			n.Normalize()
+		}, "encrypted networks carry IPv4 only for now"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := net4("web", 100, "10.1.0.0/24")
@@ -125,6 +131,47 @@ func TestMTU(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("EffectiveMTU(%d, %d, %v) = %d, want %d", tc.explicit, tc.underlay, tc.v6, got, tc.want)
 		}
+	}
+	// Encrypted networks: WireGuard's overhead alone (they are routed, not
+	// carried in VXLAN).
+	for _, tc := range []struct {
+		explicit, underlay int
+		v6                 bool
+		want               int
+		err                string
+	}{
+		{0, 1500, false, 1440, ""},
+		{0, 1500, true, 1420, ""},
+		{0, 1450, false, 1390, ""},
+		{1441, 1500, false, 0, "MTU 1441 does not fit: underlay MTU 1500 minus 60 bytes of WireGuard overhead leaves at most 1440"},
+		{0, 630, false, 0, "underlay MTU 630 is too small for WireGuard"},
+	} {
+		got, err := NetworkMTU(Network{MTU: tc.explicit, Encrypted: true}, tc.underlay, tc.v6)
+		checkErr(t, err, tc.err)
+		if got != tc.want {
+			t.Errorf("NetworkMTU(encrypted %d, %d, %v) = %d, want %d", tc.explicit, tc.underlay, tc.v6, got, tc.want)
+		}
+	}
+}
+
+func TestTunnel(t *testing.T) {
+	key := "sTbDT0hPBs8ZUGtnWfbpJHWuVd4PW8Wn6Fa0v7sKfXI="
+	a := TunnelAddr(key)
+	if !TunnelPrefix.Contains(a) || a == TunnelPrefix.Addr() || TunnelAddr(key) != a {
+		t.Fatalf("TunnelAddr = %s: want one stable address in %s", a, TunnelPrefix)
+	}
+	if TunnelAddr("WzJmL6DrZ7ivYdWrs5tMOVIYOOCSC/3LCzd5ML1i+XI=") == a {
+		t.Fatal("two keys, one tunnel address")
+	}
+	for _, tc := range []struct {
+		info TunnelInfo
+		want string
+	}{
+		{TunnelInfo{Key: key, Port: 51830}, ""},
+		{TunnelInfo{Key: "short", Port: 51830}, `tunnel key "short" is not a WireGuard public key`},
+		{TunnelInfo{Key: key, Port: 0}, "tunnel port 0 is out of range"},
+	} {
+		checkErr(t, tc.info.Validate(), tc.want)
 	}
 }
 

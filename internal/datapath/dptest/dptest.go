@@ -34,6 +34,9 @@ type Harness struct {
 	// off a device as someone deleting the filter would.
 	EnableFast   func(t *testing.T, dp datapath.Dataplane)
 	UnhookByHand func(t *testing.T, dp datapath.Dataplane, dev string)
+	// Tunnel gives dp a key pair (and a way to run a userspace device
+	// where the kernel has no WireGuard) and returns the public key.
+	Tunnel func(t *testing.T, dp datapath.Dataplane) string
 }
 
 // Spec returns a valid network spec for a VNI.
@@ -207,6 +210,12 @@ func Run(t *testing.T, h Harness) {
 		if got := observe(t, dp).Firewall; got == nil || !got.Equal(internal) {
 			t.Fatalf("firewall with an internal network = %+v, want %+v", got, internal)
 		}
+		enc := datapath.Firewall{Isolate: []uint32{7, 8, 9}, Port: 4789, VTEPs: []netip.Addr{a}, TunnelDev: "vxwgtest",
+			Encrypted: []datapath.EncryptedNet{{VNI: 8, Subnet: netip.MustParsePrefix("198.19.8.0/24")}, {VNI: 9, Subnet: netip.MustParsePrefix("198.19.9.0/24")}}}
+		must(t, dp.EnsureFirewall(enc))
+		if got := observe(t, dp).Firewall; got == nil || !got.Equal(enc) {
+			t.Fatalf("firewall with encrypted networks = %+v, want %+v", got, enc)
+		}
 		notrack := datapath.Firewall{Isolate: []uint32{7}, Port: 4789, VTEPs: []netip.Addr{a, c}, Notrack: true}
 		must(t, dp.EnsureFirewall(notrack))
 		if got := observe(t, dp).Firewall; got == nil || !got.Equal(notrack) {
@@ -227,8 +236,10 @@ func Run(t *testing.T, h Harness) {
 		db := datapath.HostNet{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24"), Gateway: netip.MustParseAddr("198.19.8.1")}
 		port := datapath.PublishedPort{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80}
 		udp := datapath.PublishedPort{VNI: 4097, Proto: "udp", HostPort: 5353, IP: netip.MustParseAddr("198.19.7.6"), Port: 53}
+		secret := datapath.HostNet{VNI: 4099, Subnet: netip.MustParsePrefix("198.19.9.0/24"), Gateway: netip.MustParseAddr("198.19.9.1"), Egress: true, Tunnel: "vxwgtest"}
 		for _, want := range []datapath.HostFirewall{
 			{Networks: []datapath.HostNet{web}},
+			{Networks: []datapath.HostNet{web, secret}},
 			{Networks: []datapath.HostNet{web, db}, Ports: []datapath.PublishedPort{port, udp}},
 			{Networks: []datapath.HostNet{web, db}, Ports: []datapath.PublishedPort{port}, DNSPort: 53535},
 			{Networks: []datapath.HostNet{db}},
@@ -263,6 +274,7 @@ func Run(t *testing.T, h Harness) {
 		for _, want := range []datapath.Openings{
 			{VXLANPort: 4789, VTEPs: []netip.Addr{a}, GossipPort: 7946},
 			{VXLANPort: 4789, VTEPs: []netip.Addr{a, b}, GossipPort: 7946, DNSPort: 53533},
+			{VXLANPort: 4789, VTEPs: []netip.Addr{a, b}, GossipPort: 7946, TunnelPort: 51830, TunnelDev: "vxwgtest"},
 			{VXLANPort: 4790},
 		} {
 			must(t, dp.EnsureOpenings(want))
@@ -276,6 +288,7 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("openings still observed after RemoveOpenings: %+v", got)
 		}
 	})
+	t.Run("Tunnel", func(t *testing.T) { tunnelContract(t, h) })
 	t.Run("ReplacedDeviceTakesEntries", func(t *testing.T) {
 		// A vxlan device re-created for a changed port gets the entries
 		// written after it, with no observation in between.
@@ -431,4 +444,64 @@ func fastPath(t *testing.T, h Harness) {
 		t.Fatalf("after the network went: %+v", fp)
 	}
 	must(t, dp.DelFastHook(datapath.FastHook{Dev: vx, VNI: 7100}))
+}
+
+// tunnelContract: the WireGuard device as set, adopted as it is (no write
+// when nothing differs), peers changed in place, an encrypted network
+// routed through it, routes into it, and all of it removed.
+func tunnelContract(t *testing.T, h Harness) {
+	dp := h.New(t)
+	key := h.Tunnel(t, dp)
+	peerA, peerB := "hRBn4bcprTjPYSOWtv6cxFamDXaA/fsnMK+r2Bk/CVk=", "WzJmL6DrZ7ivYdWrs5tMOVIYOOCSC/3LCzd5ML1i+XI="
+	tun := datapath.Tunnel{Dev: "vxwgtest", Port: 51830, MTU: 1440, Addr: model.TunnelAddr(key), Key: key,
+		Peers: []datapath.TunnelPeer{
+			{Key: peerA, Endpoint: netip.MustParseAddrPort("198.18.0.2:51830"), PSK: [32]byte{1},
+				AllowedIPs: []netip.Addr{netip.MustParseAddr("198.19.9.5"), model.TunnelAddr(peerA)}},
+			{Key: peerB, Endpoint: netip.MustParseAddrPort("198.18.0.3:51830"),
+				AllowedIPs: []netip.Addr{model.TunnelAddr(peerB)}},
+		}}
+	datapath.SortPeers(tun.Peers)
+	for i := range tun.Peers {
+		slices.SortFunc(tun.Peers[i].AllowedIPs, netip.Addr.Compare)
+	}
+	must(t, dp.EnsureTunnel(tun))
+	if got := observe(t, dp).Tunnel; got == nil || !got.Equal(tun) {
+		t.Fatalf("tunnel = %+v, want %+v", got, tun)
+	}
+	before := h.Changes(dp)
+	must(t, dp.EnsureTunnel(tun))
+	if n := h.Changes(dp) - before; n != 0 {
+		t.Fatalf("ensuring the tunnel as it is made %d writes, want none", n)
+	}
+	tun.Peers = tun.Peers[:1]
+	tun.Peers[0].AllowedIPs = append(slices.Clone(tun.Peers[0].AllowedIPs), netip.MustParseAddr("198.19.9.200"))
+	slices.SortFunc(tun.Peers[0].AllowedIPs, netip.Addr.Compare)
+	must(t, dp.EnsureTunnel(tun))
+	if got := observe(t, dp).Tunnel; got == nil || !got.Equal(tun) {
+		t.Fatalf("tunnel after a peer changed and one went = %+v, want %+v", got, tun)
+	}
+	spec := Spec(4099)
+	spec.Port, spec.Local, spec.Gateway6, spec.MTU, spec.Tunnel = 0, netip.Addr{}, netip.Prefix{}, 1440, tun.Dev
+	must(t, dp.EnsureNetwork(spec))
+	if got := observe(t, dp).Networks[4099]; got != spec {
+		t.Fatalf("routed network = %+v, want %+v", got, spec)
+	}
+	r := datapath.Route{VNI: 4099, IP: netip.MustParseAddr("198.19.9.5"), Dev: tun.Dev}
+	must(t, dp.SetRoute(r))
+	must(t, dp.SetRoute(r))
+	if got := observe(t, dp).Routes; len(got) != 1 || got[0].IP != r.IP || got[0].Dev != r.Dev {
+		t.Fatalf("routes = %+v, want %v", got, r)
+	}
+	must(t, dp.DelRoute(r))
+	must(t, dp.DelRoute(r))
+	if got := observe(t, dp).Routes; len(got) != 0 {
+		t.Fatalf("routes after DelRoute = %+v", got)
+	}
+	must(t, dp.SetRoute(r))
+	must(t, dp.RemoveTunnel(tun.Dev))
+	must(t, dp.RemoveTunnel(tun.Dev))
+	obs := observe(t, dp)
+	if obs.Tunnel != nil || len(obs.Routes) != 0 {
+		t.Fatalf("after RemoveTunnel: tunnel %+v, routes %+v", obs.Tunnel, obs.Routes)
+	}
 }

@@ -352,6 +352,9 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 	}
 	t.Peers = slices.Clone(t.Peers)
 	datapath.SortPeers(t.Peers)
+	if d.tunnel != nil && d.tunnel.Equal(t) {
+		return nil // adopted as it is
+	}
 	d.tunnel = &t
 	d.Changes++
 	return nil

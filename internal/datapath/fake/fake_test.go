@@ -25,5 +25,8 @@ func TestContract(t *testing.T) {
 		FlushHostFirewall: func(t *testing.T, dp datapath.Dataplane) { dp.(*fake.Dataplane).FlushHostFirewall() },
 		EnableFast:        func(t *testing.T, dp datapath.Dataplane) { dp.(*fake.Dataplane).EnableFastPath() },
 		UnhookByHand:      func(t *testing.T, dp datapath.Dataplane, dev string) { dp.(*fake.Dataplane).UnhookByHand(dev) },
+		Tunnel: func(t *testing.T, dp datapath.Dataplane) string {
+			return "sTbDT0hPBs8ZUGtnWfbpJHWuVd4PW8Wn6Fa0v7sKfXI="
+		},
 	})
 }

@@ -56,6 +56,7 @@ func TestContract(t *testing.T) {
 		UnhookByHand: func(t *testing.T, dp datapath.Dataplane, dev string) {
 			unhook(t, dp.(*linux.Dataplane).Namespace(), dev)
 		},
+		Tunnel: giveTunnel,
 	})
 }
 
