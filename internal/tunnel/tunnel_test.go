@@ -75,8 +75,8 @@ func TestConfig(t *testing.T) {
 	running := func() *wgtypes.Device {
 		return &wgtypes.Device{Name: "vxwg0", PrivateKey: priv, PublicKey: priv.PublicKey(), ListenPort: 51830, Peers: []wgtypes.Peer{{
 			PublicKey: peer, PresharedKey: wgtypes.Key{7}, PersistentKeepaliveInterval: Keepalive,
-			Endpoint:   &net.UDPAddr{IP: net.ParseIP("198.18.0.2"), Port: 51830},
-			AllowedIPs: []net.IPNet{{IP: ip2.AsSlice(), Mask: net.CIDRMask(128, 128)}, {IP: ip1.AsSlice(), Mask: net.CIDRMask(32, 32)}},
+			Endpoint:          &net.UDPAddr{IP: net.ParseIP("198.18.0.2"), Port: 51830},
+			AllowedIPs:        []net.IPNet{{IP: ip2.AsSlice(), Mask: net.CIDRMask(128, 128)}, {IP: ip1.AsSlice(), Mask: net.CIDRMask(32, 32)}},
 			LastHandshakeTime: time.Now(), ReceiveBytes: 100}}}
 	}
 	tests := []struct {
