@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +18,10 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
@@ -22,6 +29,8 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/testutil"
+	"github.com/vxnet/vxnet/internal/tunnel"
 )
 
 // TestEncryptedNetwork: net1 in clear and net2 encrypted on two hosts.
@@ -183,6 +192,132 @@ func TestEncryptedNetwork(t *testing.T) {
 		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second-time.Since(started))
 		t.Logf("h2's containers reached again %s after its agent restarted with a new key", time.Since(started).Round(time.Millisecond))
 	})
+
+	t.Run("StolenKeyWithoutClusterKey", func(t *testing.T) {
+		stolenKeyCannotShakeHands(t, l, enc1, enc2)
+	})
+}
+
+// stolenKeyCannotShakeHands: a machine on the underlay that holds h1's
+// private key (its state file, stolen) and knows h2's public key and port
+// (its node record), but not the cluster key, sends handshake after
+// handshake to h2 as h1: none completes, and its packets for h2's
+// container go nowhere. With the pre-shared key derived from the cluster
+// key, the same machine completes one at once: the cluster key is what
+// kept it out.
+func stolenKeyCannotShakeHands(t *testing.T, l *lab.Lab, enc1, enc2 lab.Container) {
+	h1, _ := l.Host("h1")
+	h2, _ := l.Host("h2")
+	thief, err := l.AddSyntheticHost(99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(h1.Dir, "state", tunnel.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2Key, err := wgtypes.ParseKey(publishedKey(t, l, "h1", "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dev = "vxwgthief"
+	cmd := exec.Command("nsenter", "--net="+thief.Netns, testutil.Binary(t), "tunnel-device", "--dev", dev, "--mtu", "1440")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	configure := func(psk wgtypes.Key) {
+		t.Helper()
+		err := nsutil.Do(thief.Netns, func() error {
+			var link netlink.Link
+			if err := waitCond(5*time.Second, func() (err error) { link, err = netlink.LinkByName(dev); return err }); err != nil {
+				return err
+			}
+			c, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			port, ka := model.DefaultTunnelPort, time.Second
+			if err := c.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &stolen, ListenPort: &port, ReplacePeers: true, Peers: []wgtypes.PeerConfig{{
+				PublicKey: h2Key, PresharedKey: &psk, Endpoint: &net.UDPAddr{IP: h2.Addr.AsSlice(), Port: model.DefaultTunnelPort},
+				PersistentKeepaliveInterval: &ka, AllowedIPs: []net.IPNet{{IP: enc2.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}}}}); err != nil {
+				return err
+			}
+			if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: &net.IPNet{IP: enc1.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(link); err != nil {
+				return err
+			}
+			return netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: enc2.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}})
+		})
+		if err != nil {
+			t.Fatalf("the thief's device: %v", err)
+		}
+	}
+	peer := func() wgtypes.Peer {
+		t.Helper()
+		var p wgtypes.Peer
+		err := nsutil.Do(thief.Netns, func() error {
+			c, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			d, err := c.Device(dev)
+			if err != nil || len(d.Peers) != 1 {
+				return fmt.Errorf("the thief's device: %v (%+v)", err, d)
+			}
+			p = d.Peers[0]
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	configure(wgtypes.Key{}) // no cluster key: no pre-shared key
+	const initiation = 148   // bytes of a handshake initiation
+	if err := waitCond(20*time.Second, func() error {
+		if p := peer(); p.TransmitBytes < 3*initiation {
+			return fmt.Errorf("the thief sent %d bytes, not three handshake initiations yet", p.TransmitBytes)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if p := peer(); !p.LastHandshakeTime.IsZero() || p.ReceiveBytes != 0 {
+		t.Fatalf("a handshake without the cluster key completed: last %v, %d bytes received", p.LastHandshakeTime, p.ReceiveBytes)
+	}
+	if _, err := probe.Ping(thief.Netns, enc2.IP, 56, false, time.Second); err == nil {
+		t.Fatal("the thief reached h2's container without the cluster key")
+	}
+	// Control: with the pair's pre-shared key, the same stolen key is let in.
+	clusterKey, err := os.ReadFile(l.KeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(clusterKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	configure(wgtypes.Key(tunnel.PSK(ck, stolen.PublicKey().String(), h2Key.String())))
+	if err := waitCond(10*time.Second, func() error {
+		if p := peer(); p.LastHandshakeTime.IsZero() {
+			return errors.New("no handshake with the cluster's pre-shared key either: the test proves nothing")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // deliver sends UDP payloads holding marker from one container to another
@@ -289,4 +424,46 @@ func ruleCounter(t *testing.T, netnsPath, prefix string) uint64 {
 	}
 	t.Fatalf("no %s rule with a counter in vxnet's input chain", prefix)
 	return 0
+}
+
+// TestDockerEncrypted: dockerds with their defaults (FORWARD policy DROP,
+// br_netfilter, their own NAT) on two hosts; Docker's own spelling, -o
+// encrypted, makes an encrypted vxnet network on both; containers on
+// the two hosts reach each other by address and by name, at the
+// encrypted MTU, and the network's VNI never appears on the underlay.
+// The docker CLI is the one on PATH (/usr/local/bin/docker, 28.x, when
+// present).
+func TestDockerEncrypted(t *testing.T) {
+	requireDocker(t)
+	l := up(t, 2, 1, 0)
+	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
+	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--subnet", "172.28.0.0/24", "-o", "encrypted", "secretnet")
+	waitDockerNetwork(t, d2, "secretnet", true)
+	n, err := client(l, "h2").Network(dockerNetName(t, l, "172.28.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.Encrypted || n.EffectiveMTU != lab.UnderlayMTU-model.WireGuardOverheadIPv4 {
+		t.Fatalf("h2 sees the network as %+v: want encrypted, MTU %d", n, lab.UnderlayMTU-model.WireGuardOverheadIPv4)
+	}
+	capt, err := probe.StartCaptureMarkers(nsutil.Path(l.Switch), lab.VXLANPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capt.Stop()
+	mustDocker(t, d1, "run", "-d", "--name", "c1", "--net", "secretnet", lab.DockerImage, "sleep", "600")
+	mustDocker(t, d2, "run", "-d", "--name", "c2", "--net", "secretnet", lab.DockerImage, "sleep", "600")
+	c2IP := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "c2")
+	pingFrom(t, d1, "c1", c2IP)
+	pingFrom(t, d1, "c1", "c2")
+	pingFrom(t, d2, "c2", "c1")
+	if mtu := mustDocker(t, d1, "exec", "c1", "cat", "/sys/class/net/eth0/mtu"); mtu != fmt.Sprint(n.EffectiveMTU) {
+		t.Fatalf("container MTU = %s, want %d", mtu, n.EffectiveMTU)
+	}
+	if _, err := probe.Ping(ctrNetns(t, d1, "c1"), netip.MustParseAddr(c2IP), n.EffectiveMTU-28, true, 2*time.Second); err != nil {
+		t.Fatalf("a full-size packet with DF did not cross: %v", err)
+	}
+	if st := capt.Stats(); st.VNIs[n.VNI] != 0 {
+		t.Fatalf("VXLAN with the encrypted network's VNI crossed the underlay %d times", st.VNIs[n.VNI])
+	}
 }
