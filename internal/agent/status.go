@@ -63,6 +63,7 @@ func (a *Agent) KeyOp(r api.KeyRequest) (api.Keyring, error) {
 		return api.Keyring{}, err
 	}
 	a.log.Info("keyring changed", "op", r.Op, "key", cluster.Fingerprint(key))
+	a.Resync() // the tunnel's pre-shared keys follow the primary key
 	return a.Keyring(), nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
@@ -196,6 +197,78 @@ func TestEncryptedNetwork(t *testing.T) {
 	t.Run("StolenKeyWithoutClusterKey", func(t *testing.T) {
 		stolenKeyCannotShakeHands(t, l, enc1, enc2)
 	})
+
+	t.Run("ClusterKeyRotation", func(t *testing.T) {
+		// The rotation as TestKeyRotation does it, under a ping flow: not
+		// a reply lost, and the pairs' pre-shared keys follow the new
+		// primary key on both hosts.
+		old, err := os.ReadFile(l.KeyFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		newKey := "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+		nk, _ := base64.StdEncoding.DecodeString(newKey)
+		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second)
+		flow := startPingFlow(enc1.Netns, enc2.IP)
+		for _, op := range []string{"install", "use"} {
+			for _, h := range l.Hosts {
+				if _, err := client(l, h.Name).KeyOp(op, newKey); err != nil {
+					t.Fatalf("%s on %s: %v", op, h.Name, err)
+				}
+			}
+			progress(t, flow, "after key "+op)
+		}
+		for _, h := range l.Hosts {
+			if _, err := client(l, h.Name).KeyOp("remove", strings.TrimSpace(string(old))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		k1, k2 := publishedKey(t, l, "h2", "h1"), publishedKey(t, l, "h1", "h2")
+		want := tunnel.PSK(nk, k1, k2)
+		for _, h := range []lab.Host{h1, h2} {
+			if err := waitCond(10*time.Second, func() error {
+				if got := peerPSK(t, h); got != want {
+					return fmt.Errorf("%s's peer has another pre-shared key than the new cluster key's", h.Name)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		progress(t, flow, "after the old key went")
+		if sent, lost := flow.stop(); lost != 0 {
+			t.Fatalf("lost %d of %d echo replies during the cluster key rotation", lost, sent)
+		}
+		// A new session shakes hands with the new pre-shared key: h2's
+		// tunnel process ends, its agent starts another at once.
+		if err := syscall.Kill(tunnelPID(t, h2), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		pingUntil(t, enc1.Netns, enc2.IP, 15*time.Second)
+	})
+}
+
+// peerPSK is the pre-shared key of the one peer of host h's tunnel.
+func peerPSK(t *testing.T, h lab.Host) [32]byte {
+	t.Helper()
+	var psk [32]byte
+	err := nsutil.Do(h.Netns, func() error {
+		c, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		d, err := c.Device(datapath.TunnelName(h.Name))
+		if err != nil || len(d.Peers) != 1 {
+			return fmt.Errorf("tunnel of %s: %v (%+v)", h.Name, err, d)
+		}
+		psk = d.Peers[0].PresharedKey
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return psk
 }
 
 // stolenKeyCannotShakeHands: a machine on the underlay that holds h1's
@@ -318,6 +391,14 @@ func stolenKeyCannotShakeHands(t *testing.T, l *lab.Lab, enc1, enc2 lab.Containe
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// That handshake took h1's place at h2 (a stolen key with the cluster
+	// key is h1): once the thief is gone, h2's agent puts h1's address
+	// back and h1 shakes hands again.
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+	start := time.Now()
+	pingUntil(t, enc1.Netns, enc2.IP, 40*time.Second)
+	t.Logf("h1 and h2 talk again %s after the thief left", time.Since(start).Round(time.Second))
 }
 
 // deliver sends UDP payloads holding marker from one container to another
