@@ -216,6 +216,9 @@ func newStatusCmd() *cobra.Command {
 				fmt.Fprintf(out, "\ndatapath %s (%s)", s.Datapath, s.DatapathReason)
 				if s.Datapath == "bpf" {
 					fmt.Fprintf(out, ": %d devices run the fast path, %d MACs on it", s.FastHooks, s.FastEntries)
+					if slices.ContainsFunc(s.Networks, func(n api.NetworkStatus) bool { return n.Encrypted }) {
+						fmt.Fprint(out, "; encrypted networks: within this host only (across hosts they are routed through the tunnel)")
+					}
 				}
 			}
 			if s.AddrError != "" {
@@ -242,12 +245,17 @@ func newStatusCmd() *cobra.Command {
 			tw.Flush()
 			fmt.Fprintf(out, "\nNETWORKS\n")
 			tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tLOCAL\tREMOTE")
+			fmt.Fprintln(tw, "NAME\tVNI\tSUBNET\tLOCAL\tREMOTE\tCARRIED IN")
 			slices.SortFunc(s.Networks, func(x, y api.NetworkStatus) int { return cmp.Compare(x.Name, y.Name) })
 			for _, n := range s.Networks {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Local, n.Remote)
+				carried := "VXLAN"
+				if n.Encrypted {
+					carried = "WireGuard (encrypted)"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%s\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Local, n.Remote, carried)
 			}
 			tw.Flush()
+			printTunnel(out, s)
 			if len(s.Conflicts) > 0 {
 				fmt.Fprintf(out, "\nCONFLICTS\n  %s\n", strings.Join(s.Conflicts, "\n  "))
 			}
@@ -262,4 +270,37 @@ func newStatusCmd() *cobra.Command {
 	}
 	sf.add(cmd, true)
 	return cmd
+}
+
+// printTunnel shows the WireGuard device and its peers, when there is one.
+func printTunnel(out io.Writer, s api.Status) {
+	t := s.Tunnel
+	if t == nil {
+		return
+	}
+	kind := "the kernel's WireGuard"
+	if t.Userspace {
+		kind = "userspace WireGuard (wireguard-go, a process of its own)"
+	}
+	fmt.Fprintf(out, "\nTUNNEL %s: %s, port %d, address %s, MTU %d\n", t.Dev, kind, t.Port, t.Addr, t.MTU)
+	names := map[string]string{}
+	for _, n := range s.Nodes {
+		if n.Tunnel != nil {
+			names[n.Tunnel.Key] = n.Name
+		}
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tENDPOINT\tLAST HANDSHAKE\tRECEIVED\tSENT\tADDRESSES")
+	for _, p := range t.Peers {
+		name := names[p.Key]
+		if name == "" {
+			name = "key " + p.Key
+		}
+		hs := "never"
+		if !p.LastHandshake.IsZero() {
+			hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d B\t%d B\t%d\n", name, p.Endpoint, hs, p.RxBytes, p.TxBytes, len(p.AllowedIPs))
+	}
+	tw.Flush()
 }

@@ -172,6 +172,7 @@ func TestHealth(t *testing.T) {
 				`<td class="cell unreachable" data-from="h1" data-to="h3"`, `<td class="cell unreachable" data-from="h3" data-to="h1"`,
 				`<td class="cell ok" data-from="h1" data-to="h2"`, `<td class="cell ok" data-from="h2" data-to="h3"`,
 				`<td>198.19.1.`, `<td>attach</td>`, // an endpoint row, attached through the API
+				`<td>VXLAN</td>`, // how the network is carried
 			} {
 				if !strings.Contains(dom, want) {
 					return fmt.Errorf("the page lacks %s; its DOM:\n%s", want, tailLines(dom, 40))

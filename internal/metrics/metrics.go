@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -105,13 +106,15 @@ var (
 	descPeerState   = prometheus.NewDesc("vxnet_peer_health", "1 for the current verdict on the overlay path to a peer (ok, degraded, mtu, unreachable, unknown), 0 for the others.", []string{"peer", "state"}, nil)
 	descPeerRTT     = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
 	descFastPath    = prometheus.NewDesc("vxnet_fastpath", "The BPF fast path: devices whose ingress runs its program (hooks) and MACs it carries straight on (entries); absent on the bridge datapath.", []string{"what"}, nil)
+	descTunnelAge   = prometheus.NewDesc("vxnet_tunnel_handshake_age_seconds", "Time since the last WireGuard handshake with a peer (+Inf: none yet), as the last reconcile pass read the tunnel.", []string{"peer"}, nil)
+	descTunnelBytes = prometheus.NewDesc("vxnet_tunnel_bytes_total", "Bytes received from (in) and sent to (out) a peer through the WireGuard tunnel, as the last reconcile pass read it.", []string{"peer", "direction"}, nil)
 	descPeerLoss    = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
 
 var healthStates = []health.Verdict{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath} {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath, descTunnelAge, descTunnelBytes} {
 		ch <- d
 	}
 }
@@ -151,6 +154,27 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGossipMsgs, prometheus.CounterValue, float64(tr.OutMessages), "out")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.InBytes), "in")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.OutBytes), "out")
+	if t := s.Tunnel; t != nil {
+		names := map[string]string{} // public key -> node
+		for _, n := range s.Nodes {
+			if n.Tunnel != nil {
+				names[n.Tunnel.Key] = n.Name
+			}
+		}
+		for _, p := range t.Peers {
+			name := names[p.Key]
+			if name == "" {
+				name = p.Key
+			}
+			age := math.Inf(1)
+			if !p.LastHandshake.IsZero() {
+				age = time.Since(p.LastHandshake).Seconds()
+			}
+			ch <- prometheus.MustNewConstMetric(descTunnelAge, prometheus.GaugeValue, age, name)
+			ch <- prometheus.MustNewConstMetric(descTunnelBytes, prometheus.CounterValue, float64(p.RxBytes), name, "in")
+			ch <- prometheus.MustNewConstMetric(descTunnelBytes, prometheus.CounterValue, float64(p.TxBytes), name, "out")
+		}
+	}
 	for _, p := range c.src.HealthPeers() {
 		for _, st := range healthStates {
 			ch <- prometheus.MustNewConstMetric(descPeerState, prometheus.GaugeValue, b(p.State == st), p.Node, string(st))

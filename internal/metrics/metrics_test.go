@@ -9,7 +9,9 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 type source struct{}
@@ -17,7 +19,9 @@ type source struct{}
 func (source) Status(bool) api.Status {
 	return api.Status{Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "failed"}},
 		Networks: []api.NetworkStatus{{Name: "web", Local: 2, Remote: 3}}, Syncs: 7, KernelOps: 11, SyncError: "boom",
-		Datapath: "bpf", FastHooks: 4, FastEntries: 5}
+		Datapath: "bpf", FastHooks: 4, FastEntries: 5,
+		Nodes:  []cluster.NodeInfo{{Name: "h2", Tunnel: &model.TunnelInfo{Key: "k2", Port: 51830}}},
+		Tunnel: &datapath.Tunnel{Dev: "vxwg0", Peers: []datapath.TunnelPeer{{Key: "k2", RxBytes: 1000, TxBytes: 2000}, {Key: "k9"}}}}
 }
 func (source) Traffic() cluster.Traffic {
 	return cluster.Traffic{InMessages: 1, OutMessages: 2, InBytes: 3, OutBytes: 4}
@@ -49,6 +53,8 @@ func TestMetrics(t *testing.T) {
 		`vxnet_gossip_messages_total{direction="out"} 2`, `vxnet_gossip_bytes_total{direction="out"} 4`,
 		`vxnet_peer_health{peer="h2",state="mtu"} 1`, `vxnet_peer_health{peer="h2",state="ok"} 0`,
 		`vxnet_peer_probe_loss_ratio{peer="h2",size="full"} 1`,
+		`vxnet_tunnel_bytes_total{direction="in",peer="h2"} 1000`, `vxnet_tunnel_bytes_total{direction="out",peer="h2"} 2000`,
+		`vxnet_tunnel_handshake_age_seconds{peer="k9"} +Inf`,
 		`vxnet_requests_total{code="404",door="api",path="GET /v1/networks/{name}"} 2`,
 		`vxnet_reconcile_pass_seconds_count 1`,
 	} {

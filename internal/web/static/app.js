@@ -41,7 +41,7 @@ function render(o) {
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
   const versions = new Map((s.nodes || []).map((n) => [n.name, n.version]));
   fill("#hosts", (s.members || []).map((m) => [m.name, m.addr, el("td", { class: "state-" + m.state }, m.state), versions.get(m.name) || "?"]));
-  fill("#networks", (s.networks || []).map((n) => [n.dockerName ? `${n.dockerName} (${n.name})` : n.name, n.vni, n.subnet, n.local, n.remote]));
+  fill("#networks", (s.networks || []).map((n) => [n.dockerName ? `${n.dockerName} (${n.name})` : n.name, n.vni, n.subnet, n.local, n.remote, n.encrypted ? "WireGuard (encrypted)" : "VXLAN"]));
   fill("#endpoints", (o.endpoints || []).map((e) =>
     [e.name || "-", e.network, e.host, [e.ip, e.ip6].filter(Boolean).join(", "), (e.ports || []).join(", ") || "-", e.from, e.mac]));
   renderMatrix(h.all && h.all.length ? h.all : [h]);
