@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vxnet/vxnet/internal/agent"
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/config"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
 	"github.com/vxnet/vxnet/internal/docker"
@@ -66,6 +67,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 			}
 			deps := agent.Deps{Dataplane: dp, HostNet: linux.HostNet{}, StartReplicator: repl,
 				Health: healthPort{id: uint16(os.Getpid())}, Tracer: tracer{}}
+			if cfg.TunnelPort != 0 {
+				deps.TunnelKeys = tunnelKeys{dir: cfg.StateDir, dp: dp, start: userspaceTunnel(cfg.StateDir, cfg.Log)}
+			}
 			if cfg.DockerHost != "" {
 				deps.Dockerd = docker.NewClient(strings.TrimPrefix(cfg.DockerHost, "unix://"))
 			}
@@ -157,6 +161,22 @@ func newKeyCmd() *cobra.Command {
 		c.Flags().StringVar(&keyFile, "key-file", "", "file holding the key (first line)")
 		cmd.AddCommand(c)
 	}
+	var rf clientFlags
+	rotate := &cobra.Command{
+		Use:   "rotate-node",
+		Short: "Make this node's WireGuard key pair anew (the encrypted networks' tunnel): every member uses the new public key within seconds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := rf.client().KeyOp(api.OpRotateNode, "")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node key rotated: public key %s\n", k.NodeKey)
+			return nil
+		},
+	}
+	rf.add(rotate, false)
+	cmd.AddCommand(rotate)
 	var lf clientFlags
 	list := &cobra.Command{
 		Use:   "list",

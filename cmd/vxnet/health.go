@@ -29,6 +29,7 @@ func (p healthPort) Open(nsPath string) (health.Pinger, error) {
 func (healthPort) Neighbours(nsPath, ifname string, peers map[netip.Addr]net.HardwareAddr) error {
 	return icmp.Neighbours(nsPath, ifname, peers)
 }
+func (p healthPort) OpenTunnel() (health.Pinger, error) { return icmp.OpenICMP6(p.id) }
 
 // errUnhealthy makes 'vxnet health' exit 1 when a path is broken.
 var errUnhealthy = errors.New("some overlay paths are broken")
@@ -100,7 +101,11 @@ func printHealthView(out io.Writer, h api.Health) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tSTATE\tRTT\tLOSS\tFULL-SIZE LOSS\tSINCE\tCAUSE")
 	for _, p := range h.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s\t%s\n", p.Node, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
+		name := p.Node
+		if p.Path != "" {
+			name += " (" + p.Path + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s\t%s\n", name, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
 			ago(p.Since), p.Cause)
 	}
 	tw.Flush()
@@ -118,8 +123,33 @@ func ago(t time.Time) string {
 }
 
 // printHealthMatrix prints one row per probing member, one column per
-// probed member.
+// probed member: the overlay, then (when any member probes it) the
+// encrypted networks' path through WireGuard.
 func printHealthMatrix(out io.Writer, reports []api.HealthReport) {
+	var overlay, tunnel []api.HealthReport
+	for _, r := range reports {
+		o, t := r, r
+		o.Peers, t.Peers = nil, nil
+		for _, p := range r.Peers {
+			if p.Path == health.PathWireGuard {
+				t.Peers = append(t.Peers, p)
+			} else {
+				o.Peers = append(o.Peers, p)
+			}
+		}
+		overlay = append(overlay, o)
+		if len(t.Peers) > 0 {
+			tunnel = append(tunnel, t)
+		}
+	}
+	printPathMatrix(out, overlay)
+	if len(tunnel) > 0 {
+		fmt.Fprintln(out, "\nENCRYPTED NETWORKS' PATH (host to host through WireGuard)")
+		printPathMatrix(out, tunnel)
+	}
+}
+
+func printPathMatrix(out io.Writer, reports []api.HealthReport) {
 	names := map[string]bool{}
 	for _, r := range reports {
 		names[r.Node] = true

@@ -79,3 +79,20 @@ func userspaceTunnel(stateDir string, log *slog.Logger) linux.UserspaceStarter {
 		return nil
 	}
 }
+
+// tunnelKeys makes the node's WireGuard key pair anew, in the state
+// directory and in the dataplane.
+type tunnelKeys struct {
+	dir   string
+	dp    *linux.Dataplane
+	start linux.UserspaceStarter
+}
+
+func (k tunnelKeys) Rotate() (string, error) {
+	key, err := tunnel.NewKey(k.dir)
+	if err != nil {
+		return "", err
+	}
+	k.dp.SetTunnel(key, k.start)
+	return key.PublicKey().String(), nil
+}

@@ -127,6 +127,14 @@ type Deps struct {
 	Health health.Port
 	// Tracer taps interfaces for 'vxnet trace' (nil: no tracing).
 	Tracer trace.Tracer
+	// TunnelKeys makes the host's WireGuard key pair anew (nil: none).
+	TunnelKeys TunnelKeys
+}
+
+// TunnelKeys replaces the host's WireGuard key pair, giving the dataplane
+// the new private key and returning the public one.
+type TunnelKeys interface {
+	Rotate() (public string, err error)
 }
 
 // Agent is the core of one host.
@@ -163,6 +171,9 @@ type Agent struct {
 	docker *docker.Driver
 	prober *health.Prober // nil without health probes
 	traces *trace.Service // nil without a tracer
+
+	tunnelKeys TunnelKeys
+	tunnelKey  atomic.Pointer[string] // this host's public key ("": none)
 }
 
 // underlay is the device the advertise address is on, its MTU and the
@@ -291,6 +302,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		a.prober = a.newProber(deps.Health, healthPublishGap)
 	}
 	a.docker = docker.NewDriver((*dockerAgent)(a), deps.Dockerd, a.log.With("component", "docker"))
+	a.tunnelKeys = deps.TunnelKeys
 	if deps.Tracer != nil {
 		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == config.DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}

@@ -136,6 +136,13 @@ func (a *Agent) Health(all bool) api.Health {
 			}
 			rep.Peers = append(rep.Peers, health.Peer{Node: m.Name, Addr: m.Addr, State: st})
 		}
+		for _, name := range rec.Tunnel {
+			st, bad := rec.TunnelBad[name]
+			if !bad {
+				st = health.OK
+			}
+			rep.Peers = append(rep.Peers, health.Peer{Node: name, State: st, Path: health.PathWireGuard})
+		}
 		h.All = append(h.All, rep)
 	}
 	h.All = append(h.All, h.HealthReport) // our own, fresher than our record

@@ -42,6 +42,7 @@ func (p fakeHealthPort) Namespace(name string) (string, bool, error) {
 	return netns(p.t, name), true, nil
 }
 func (p fakeHealthPort) Open(string) (health.Pinger, error) { return p.paths, nil }
+func (p fakeHealthPort) OpenTunnel() (health.Pinger, error) { return p.paths, nil }
 func (p fakeHealthPort) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
 	p.paths.mu.Lock()
 	defer p.paths.mu.Unlock()

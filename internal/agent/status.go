@@ -46,6 +46,9 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 
 // KeyOp changes this agent's keyring and saves it (never logging a key).
 func (a *Agent) KeyOp(r api.KeyRequest) (api.Keyring, error) {
+	if r.Op == api.OpRotateNode {
+		return a.rotateTunnelKey()
+	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.Key))
 	if err != nil {
 		return api.Keyring{}, invalid("the key is not base64 (make one with 'vxnet key generate')")

@@ -223,7 +223,12 @@ type TraceResult struct {
 	Why      string     `json:"why,omitempty"`
 }
 
-// KeyRequest changes an agent's keyring: Op is install, use or remove.
+// OpRotateNode, as a KeyRequest's Op, makes the node's WireGuard key pair
+// anew (no Key).
+const OpRotateNode = "rotate-node"
+
+// KeyRequest changes an agent's keyring: Op is install, use or remove
+// (or OpRotateNode).
 type KeyRequest struct {
 	Op  string `json:"op"`
 	Key string `json:"key"` // base64
@@ -233,6 +238,8 @@ type KeyRequest struct {
 type Keyring struct {
 	Primary string   `json:"primary"`
 	Keys    []string `json:"keys"`
+	// NodeKey is the node's new WireGuard public key (after OpRotateNode).
+	NodeKey string `json:"nodeKey,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

@@ -161,11 +161,27 @@ func paths(f Facts) Finding {
 	}
 	var fails, warns, fixes []string
 	ok := 0
+	overlayOK := map[string]bool{}
+	for _, p := range h.Peers {
+		if p.Path == "" && p.State == health.OK {
+			overlayOK[p.Node] = true
+		}
+	}
 	for _, p := range h.Peers {
 		m, known := members[p.Node]
 		where := p.Node
 		if known && m.Addr.IsValid() {
 			where = fmt.Sprintf("%s (%s)", p.Node, m.Addr)
+		}
+		if p.Path == health.PathWireGuard {
+			if fail, fix := tunnelPath(f, p, where, overlayOK[p.Node]); fail != "" {
+				fails, fixes = append(fails, fail), append(fixes, fix)
+			} else if p.State == health.Degraded {
+				warns = append(warns, fmt.Sprintf("%s through WireGuard: %s", where, p.Cause))
+			} else {
+				ok++
+			}
+			continue
 		}
 		switch p.State {
 		case health.OK:
@@ -191,6 +207,35 @@ func paths(f Facts) Finding {
 		return Finding{"overlay-paths", Warn, "probes lost on the way to " + strings.Join(warns, "; "), "watch 'vxnet health'; a lossy underlay loses containers' packets too"}
 	}
 	return Finding{"overlay-paths", OK, fmt.Sprintf("%d of %d peers answer small and full-size (%d bytes, DF) probes through the overlay", ok, len(h.Peers), h.BigSize), ""}
+}
+
+// tunnelPath judges the encrypted networks' path to one peer: what fails
+// and how to fix it (both empty when it does not fail).
+func tunnelPath(f Facts, p health.Peer, where string, overlayOK bool) (fail, fix string) {
+	t := f.Status.Tunnel
+	if t == nil {
+		return "", ""
+	}
+	peerPort := 0
+	for _, n := range f.Status.Nodes {
+		if n.Name == p.Node && n.Tunnel != nil {
+			peerPort = n.Tunnel.Port
+		}
+	}
+	switch p.State {
+	case health.Unreachable:
+		clear := "and the overlay in clear does not reach it either"
+		if overlayOK {
+			clear = "while the overlay in clear (VXLAN) reaches it: WireGuard's packets do not pass"
+		}
+		return fmt.Sprintf("the encrypted networks' path to %s is unreachable (%s) %s", where, p.Cause, clear),
+			fmt.Sprintf("let UDP %d (WireGuard, this host %s) and UDP %d (WireGuard, %s) through between them in both directions, in every firewall on the path",
+				t.Port, f.Status.Addr, peerPort, where)
+	case health.MTU:
+		return fmt.Sprintf("full-size packets through WireGuard to %s are lost: probes of %d bytes with DF (%d on the wire) go unanswered while small ones pass", where, t.MTU, t.MTU+60),
+			fmt.Sprintf("raise the MTU of every link on the path to %s to at least %d, or give the encrypted networks a smaller --mtu", where, t.MTU+60)
+	}
+	return "", ""
 }
 
 // portHolders finds programs bound to the VXLAN port: a socket on it that

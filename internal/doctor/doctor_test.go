@@ -2,12 +2,15 @@ package doctor
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	dp "github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 func find(fs []Finding, check string) Finding {
@@ -23,6 +26,10 @@ func TestChecks(t *testing.T) {
 	healthy := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
 		Members:  []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}},
 		Networks: []api.NetworkStatus{{Name: "web", Local: 1, Remote: 300}}}
+	tunneled := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
+		Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive", Addr: netip.MustParseAddr("10.0.0.2")}},
+		Nodes:   []cluster.NodeInfo{{Name: "h2", Tunnel: &model.TunnelInfo{Key: "k2", Port: 51831}}},
+		Tunnel:  &dp.Tunnel{Dev: "vxwg0", Port: 51830, MTU: 1440}}
 	udp := []string{
 		"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
 		"   1: 00000000:12B5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2 0000000000000000 0",
@@ -58,6 +65,11 @@ func TestChecks(t *testing.T) {
 		{"mtu black hole", Facts{Status: healthy, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
 			Peers: []health.Peer{{Node: "h2", State: health.MTU}}}}}, "overlay-paths", Fail,
 			"full-size frames to h2 are lost: probes of 1450 bytes with DF (1500 on the wire with VXLAN's 50) go unanswered while small ones pass"},
+		{"wireguard blocked, vxlan fine", Facts{Status: tunneled, VXLANPort: 4789, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
+			Peers: []health.Peer{{Node: "h2", State: health.OK}, {Node: "h2", State: health.Unreachable, Path: health.PathWireGuard, Cause: "the last 3 probes through the WireGuard tunnel went unanswered"}}}}}, "overlay-paths", Fail,
+			"the encrypted networks' path to h2 (10.0.0.2) is unreachable (the last 3 probes through the WireGuard tunnel went unanswered) while the overlay in clear (VXLAN) reaches it"},
+		{"wireguard ok", Facts{Status: tunneled, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
+			Peers: []health.Peer{{Node: "h2", State: health.OK}, {Node: "h2", State: health.OK, Path: health.PathWireGuard}}}}}, "overlay-paths", OK, "2 of 2 peers answer"},
 		{"no vxlan in the kernel", Facts{}, "kernel-vxlan", Fail, "the kernel's vxlan support is not loaded"},
 		{"fast path on", Facts{Status: &api.Status{Datapath: "bpf", DatapathReason: "auto: this kernel runs the BPF fast path"}}, "datapath", OK, "bpf: TC programs carry unicast"},
 		{"fast path asked off", Facts{Status: &api.Status{Datapath: "bridge", DatapathReason: "--datapath bridge"}}, "datapath", OK, "bridge (--datapath bridge)"},

@@ -23,8 +23,11 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/datapath/linux"
+	"github.com/vxnet/vxnet/internal/doctor"
+	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -90,6 +93,29 @@ func TestEncryptedNetwork(t *testing.T) {
 		r, err := probe.Ping(enc1.Netns, enc2.IP, mtu-27, true, time.Second)
 		if err == nil || !r.TooBig {
 			t.Fatalf("a packet one byte over the MTU with DF: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
+		}
+	})
+
+	t.Run("Trace", func(t *testing.T) {
+		// vxnet trace follows the probe through both hosts' WireGuard
+		// devices, where it is clear (on the underlay it is ciphertext).
+		res, err := client(l, "h1").Trace(api.TraceRequest{Src: enc1.IP.String(), Dst: enc2.IP.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, h := range res.Hops {
+			if h.Seen {
+				seen[h.Host+" "+h.Point+" "+h.Dir] = true
+			}
+		}
+		for _, want := range []string{"h1 tunnel request", "h2 tunnel request", "h2 tunnel reply", "h1 tunnel reply", "h2 destination veth request"} {
+			if !seen[want] {
+				t.Fatalf("trace %+v: not seen at %s", res, want)
+			}
+		}
+		if !res.Replied {
+			t.Fatalf("trace %+v: no reply", res)
 		}
 	})
 
@@ -194,6 +220,31 @@ func TestEncryptedNetwork(t *testing.T) {
 		t.Logf("h2's containers reached again %s after its agent restarted with a new key", time.Since(started).Round(time.Millisecond))
 	})
 
+	t.Run("RotateNodeKey", func(t *testing.T) {
+		// 'vxnet key rotate-node' on h1: no restart anywhere, h2 uses the
+		// new key and the containers talk again within seconds.
+		old := publishedKey(t, l, "h2", "h1")
+		k, err := client(l, "h1").KeyOp(api.OpRotateNode, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.NodeKey == "" || k.NodeKey == old {
+			t.Fatalf("rotate-node answered %+v (old key %s)", k, old)
+		}
+		start := time.Now()
+		if err := waitCond(10*time.Second, func() error {
+			if got := publishedKey(t, l, "h2", "h1"); got != k.NodeKey {
+				return fmt.Errorf("h2 knows h1's key as %s, not the new %s", got, k.NodeKey)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second)
+		pingUntil(t, enc2.Netns, enc1.IP, time.Second)
+		t.Logf("reached again %s after h1's key was rotated", time.Since(start).Round(time.Millisecond))
+	})
+
 	t.Run("StolenKeyWithoutClusterKey", func(t *testing.T) {
 		stolenKeyCannotShakeHands(t, l, enc1, enc2)
 	})
@@ -245,6 +296,56 @@ func TestEncryptedNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		pingUntil(t, enc1.Netns, enc2.IP, 15*time.Second)
+	})
+
+	t.Run("TunnelPortBlocked", func(t *testing.T) {
+		// The underlay switch drops WireGuard's port (a firewall on the
+		// path; one on h2 would get vxnet's openings) while VXLAN and
+		// gossip pass: h1's
+		// health view has h2's overlay path ok and its encrypted path
+		// unreachable, and doctor on h1 names the port and both
+		// addresses. Unblocked, the path is ok again.
+		encPath := func(want health.Verdict) error {
+			h, err := client(l, "h1").Health(false)
+			if err != nil {
+				return err
+			}
+			var overlay, tun health.Verdict
+			for _, p := range h.Peers {
+				if p.Node == "h2" && p.Path == "" {
+					overlay = p.State
+				}
+				if p.Node == "h2" && p.Path == health.PathWireGuard {
+					tun = p.State
+				}
+			}
+			if overlay != health.OK || tun != want {
+				return fmt.Errorf("h1's view of h2: overlay %q, encrypted path %q; want ok and %q", overlay, tun, want)
+			}
+			return nil
+		}
+		if err := waitCond(20*time.Second, func() error { return encPath(health.OK) }); err != nil {
+			t.Fatal(err)
+		}
+		sw := nsutil.Path(l.Switch)
+		inNS(t, sw, "nft", "add table bridge e2eblock { chain fwd { type filter hook forward priority 0; udp dport 51830 drop; } }")
+		if err := waitCond(20*time.Second, func() error { return encPath(health.Unreachable) }); err != nil {
+			t.Fatal(err)
+		}
+		out, err := doctorIn(t, h1.Netns, "--socket", h1.Socket)
+		f := out["overlay-paths"]
+		for _, want := range []string{"the encrypted networks' path to h2 (198.18.0.2) is unreachable", "while the overlay in clear (VXLAN) reaches it"} {
+			if err == nil || f.Level != doctor.Fail || !strings.Contains(f.Evidence, want) {
+				t.Fatalf("doctor with WireGuard blocked: %v\n%+v\nwant the evidence to say %q", err, f, want)
+			}
+		}
+		if want := "let UDP 51830 (WireGuard, this host 198.18.0.1) and UDP 51830 (WireGuard, h2 (198.18.0.2))"; !strings.Contains(f.Fix, want) {
+			t.Fatalf("doctor's fix %q: want it to say %q", f.Fix, want)
+		}
+		inNS(t, sw, "nft", "delete table bridge e2eblock")
+		if err := waitCond(30*time.Second, func() error { return encPath(health.OK) }); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 

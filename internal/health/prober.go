@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -33,6 +34,9 @@ type Port interface {
 	// endpoint's interface exactly peers (no ARP, nothing counted against
 	// the host's neighbour-table limits).
 	Neighbours(nsPath, ifname string, peers map[netip.Addr]net.HardwareAddr) error
+	// OpenTunnel returns a pinger sending ICMPv6 from the host's own
+	// namespace (to the peers' tunnel addresses, through WireGuard).
+	OpenTunnel() (Pinger, error)
 }
 
 // Pinger sends echo requests and waits for their replies.
@@ -54,6 +58,9 @@ type Agent interface {
 	HasEndpoint() bool
 	// Targets are the live peers' health endpoints.
 	Targets() []Target
+	// TunnelTargets are the live peers' tunnel addresses, while this host
+	// carries an encrypted network, and the tunnel's MTU.
+	TunnelTargets() ([]Target, int)
 	// Publish puts this node's view in the cluster state.
 	Publish(Record)
 }
@@ -74,11 +81,16 @@ type Record struct {
 	// ok (the others are).
 	Probed int                `json:"probed"`
 	Bad    map[string]Verdict `json:"bad,omitempty"`
+	// Tunnel lists the peers it probes through the WireGuard tunnel;
+	// TunnelBad their verdicts that are not ok.
+	Tunnel    []string           `json:"tunnel,omitempty"`
+	TunnelBad map[string]Verdict `json:"tunnelBad,omitempty"`
 }
 
 // Same reports whether two records say the same (their times aside).
 func (r Record) Same(o Record) bool {
-	return r.Node == o.Node && r.Probed == o.Probed && maps.Equal(r.Bad, o.Bad)
+	return r.Node == o.Node && r.Probed == o.Probed && maps.Equal(r.Bad, o.Bad) &&
+		slices.Equal(r.Tunnel, o.Tunnel) && maps.Equal(r.TunnelBad, o.TunnelBad)
 }
 
 // Event is one change of a verdict.
@@ -129,9 +141,13 @@ type Prober struct {
 
 	mu      sync.Mutex
 	tracker Tracker
-	err     error
-	at      time.Time
-	events  []Event
+	// tunnel tracks the WireGuard path (its pinger opened when there are
+	// tunnel targets, closed when there are none).
+	tunnel       Tracker
+	tunnelPinger Pinger
+	err          error
+	at           time.Time
+	events       []Event
 	// published is the view last put in the cluster state, and when.
 	published   Record
 	publishedAt time.Time
@@ -148,7 +164,7 @@ func NewProber(cfg ProberConfig, port Port, agent Agent) *Prober {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Prober{cfg: cfg, port: port, agent: agent, log: cfg.Log}
+	return &Prober{cfg: cfg, port: port, agent: agent, log: cfg.Log, tunnel: Tracker{Path: PathWireGuard}}
 }
 
 // Run sets up the health endpoint (retrying until it works) and then
@@ -159,6 +175,7 @@ func (p *Prober) Run(ctx context.Context) {
 		if pinger != nil {
 			pinger.Close()
 		}
+		p.closeTunnel()
 	}()
 	backoff := time.Second
 	t := time.NewTicker(p.cfg.Interval)
@@ -237,22 +254,16 @@ func (p *Prober) Round(pinger Pinger) {
 	p.mu.Lock()
 	mtu := p.tracker.BigSize
 	p.mu.Unlock()
-	timeout := p.cfg.Interval * 8 / 10
-	results := make([]Result, len(targets))
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			rtt, err := pinger.Ping(t.Addr, smallProbe, timeout)
-			results[i].Small, results[i].RTT = err == nil, rtt
-		}()
-		go func() {
-			defer wg.Done()
-			_, err := pinger.Ping(t.Addr, mtu-28, timeout)
-			results[i].Big = err == nil
-		}()
+	tunTargets, tunMTU := p.agent.TunnelTargets()
+	tunPinger := p.tunnelPingerFor(len(tunTargets) > 0)
+	if tunPinger == nil {
+		tunTargets = nil
 	}
+	var results, tunResults []Result
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); results = p.probe(pinger, targets, mtu-28) }()
+	go func() { defer wg.Done(); tunResults = p.probe(tunPinger, tunTargets, tunMTU-48) }() // ICMPv6: 40 + 8
 	wg.Wait()
 	now := time.Now()
 	keep := map[string]bool{}
@@ -265,6 +276,17 @@ func (p *Prober) Round(pinger Pinger) {
 			p.events = append(p.events, Event{At: now, Peer: c.Node, From: c.From, To: c.To, Cause: c.Cause})
 		}
 	}
+	tunKeep := map[string]bool{}
+	p.tunnel.BigSize = tunMTU
+	for i, t := range tunTargets {
+		tunKeep[t.Node] = true
+		if c, ok := p.tunnel.Record(t.Node, t.Addr, tunResults[i], now); ok {
+			c.Node += " (" + PathWireGuard + ")"
+			changes = append(changes, c)
+			p.events = append(p.events, Event{At: now, Peer: c.Node, From: c.From, To: c.To, Cause: c.Cause})
+		}
+	}
+	p.tunnel.Forget(tunKeep)
 	if n := len(p.events); n > maxEvents {
 		p.events = append([]Event(nil), p.events[n-maxEvents:]...)
 	}
@@ -279,6 +301,15 @@ func (p *Prober) Round(pinger Pinger) {
 			rec.Bad[peer.Node] = peer.State
 		}
 	}
+	for _, peer := range p.tunnel.Peers() {
+		rec.Tunnel = append(rec.Tunnel, peer.Node)
+		if peer.State != OK {
+			if rec.TunnelBad == nil {
+				rec.TunnelBad = map[string]Verdict{}
+			}
+			rec.TunnelBad[peer.Node] = peer.State
+		}
+	}
 	since := now.Sub(p.publishedAt)
 	publish := (!rec.Same(p.published) && since >= p.cfg.PublishGap) || since >= p.cfg.Refresh
 	if publish {
@@ -288,14 +319,68 @@ func (p *Prober) Round(pinger Pinger) {
 	for _, c := range changes {
 		switch c.To {
 		case OK, Unknown:
-			p.log.Info("overlay path to peer", "peer", c.Node, "state", c.To, "was", c.From)
+			p.log.Info("path to peer", "peer", c.Node, "state", c.To, "was", c.From)
 		default:
-			p.log.Warn("overlay path to peer", "peer", c.Node, "state", c.To, "was", c.From, "cause", c.Cause)
+			p.log.Warn("path to peer", "peer", c.Node, "state", c.To, "was", c.From, "cause", c.Cause)
 		}
 	}
 	if publish {
 		p.agent.Publish(rec)
 	}
+}
+
+// probe sends one small and one full-size (big bytes of payload) echo to
+// each target, all at once, and returns the results in the targets' order.
+func (p *Prober) probe(pinger Pinger, targets []Target, big int) []Result {
+	timeout := p.cfg.Interval * 8 / 10
+	results := make([]Result, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			rtt, err := pinger.Ping(t.Addr, smallProbe, timeout)
+			results[i].Small, results[i].RTT = err == nil, rtt
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := pinger.Ping(t.Addr, big, timeout)
+			results[i].Big = err == nil
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// tunnelPingerFor returns the pinger of the tunnel path, opening it when
+// wanted and there is none, closing it when not wanted (nil then, or when
+// it cannot be opened: the tunnel path goes unprobed this round).
+func (p *Prober) tunnelPingerFor(want bool) Pinger {
+	if !want {
+		p.closeTunnel()
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tunnelPinger == nil {
+		pg, err := p.port.OpenTunnel()
+		if err != nil {
+			p.log.Warn("tunnel probes not running", "err", err)
+			return nil
+		}
+		p.tunnelPinger = pg
+	}
+	return p.tunnelPinger
+}
+
+func (p *Prober) closeTunnel() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tunnelPinger != nil {
+		p.tunnelPinger.Close()
+		p.tunnelPinger = nil
+	}
+	p.tunnel.Forget(nil)
 }
 
 // syncNeighbours keeps a permanent neighbour entry per target in the
@@ -337,5 +422,5 @@ func (p *Prober) View() View {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return View{At: p.at, BigSize: p.tracker.BigSize, Namespace: p.ns, Warning: p.warning, Err: p.err,
-		Peers: append([]Peer{}, p.tracker.Peers()...), Events: append([]Event(nil), p.events...)}
+		Peers: append(append([]Peer{}, p.tracker.Peers()...), p.tunnel.Peers()...), Events: append([]Event(nil), p.events...)}
 }

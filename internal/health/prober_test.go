@@ -42,6 +42,7 @@ func (pt port) Namespace(name string) (string, bool, error) {
 	return "/run/netns/" + name, pt.onHost, nil
 }
 func (pt port) Open(string) (Pinger, error) { return pt.p, nil }
+func (pt port) OpenTunnel() (Pinger, error) { return pt.p, nil }
 func (pt port) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) error {
 	pt.p.mu.Lock()
 	defer pt.p.mu.Unlock()
@@ -52,6 +53,7 @@ func (pt port) Neighbours(_, _ string, peers map[netip.Addr]net.HardwareAddr) er
 type agent struct {
 	mu        sync.Mutex
 	targets   []Target
+	tunnel    []Target
 	published []Record
 	endpoint  bool
 }
@@ -64,6 +66,12 @@ func (a *agent) Endpoint(string) (int, error) {
 }
 func (a *agent) HasEndpoint() bool { a.mu.Lock(); defer a.mu.Unlock(); return a.endpoint }
 func (a *agent) Targets() []Target { return a.targets }
+func (a *agent) TunnelTargets() ([]Target, int) {
+	if len(a.tunnel) == 0 {
+		return nil, 0
+	}
+	return a.tunnel, 1440
+}
 func (a *agent) Publish(r Record) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -130,5 +138,57 @@ func TestProber(t *testing.T) {
 	onHost.SetError(errors.New("health network: subnet taken"))
 	if v := onHost.View(); v.Err == nil || v.Err.Error() != "health network: subnet taken" {
 		t.Fatalf("error %v", v.Err)
+	}
+}
+
+// TestProberTunnel: the encrypted networks' path is probed beside the
+// overlay, judged on its own (an overlay path that is ok says nothing of
+// the tunnel), published apart, and forgotten when there is no tunnel.
+func TestProberTunnel(t *testing.T) {
+	h2, h3 := netip.MustParseAddr("100.127.0.2"), netip.MustParseAddr("100.127.0.3")
+	t2, t3 := netip.MustParseAddr("fd76:786e:6574:7775::2"), netip.MustParseAddr("fd76:786e:6574:7775::3")
+	pt := &paths{carry: map[netip.Addr]string{t3: "none"}}
+	ag := &agent{targets: []Target{{"h2", h2, "02:00:00:00:00:02"}, {"h3", h3, "02:00:00:00:00:03"}},
+		tunnel: []Target{{Node: "h2", Addr: t2}, {Node: "h3", Addr: t3}}}
+	p := NewProber(ProberConfig{Netns: "vxnet-health", Node: "h1", Interval: 10 * time.Millisecond, PublishGap: time.Nanosecond}, port{p: pt}, ag)
+	pinger, err := p.Setup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		p.Round(pinger)
+	}
+	got := map[string]Verdict{}
+	for _, peer := range p.View().Peers {
+		got[peer.Node+"/"+peer.Path] = peer.State
+	}
+	want := map[string]Verdict{"h2/": OK, "h3/": OK, "h2/wireguard": OK, "h3/wireguard": Unreachable}
+	if len(got) != len(want) {
+		t.Fatalf("verdicts %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("verdicts %v, want %v", got, want)
+		}
+	}
+	last := ag.published[len(ag.published)-1]
+	if len(last.Bad) != 0 || len(last.Tunnel) != 2 || last.TunnelBad["h3"] != Unreachable || len(last.TunnelBad) != 1 {
+		t.Fatalf("published %+v: want the overlay all ok, the tunnel to h3 unreachable", last)
+	}
+	var cause string
+	for _, peer := range p.View().Peers {
+		if peer.Path == PathWireGuard && peer.Node == "h3" {
+			cause = peer.Cause
+		}
+	}
+	if !strings.Contains(cause, "through the WireGuard tunnel") {
+		t.Fatalf("cause %q: want it to name the tunnel", cause)
+	}
+	ag.tunnel = nil
+	p.Round(pinger)
+	for _, peer := range p.View().Peers {
+		if peer.Path != "" {
+			t.Fatalf("a tunnel verdict outlived the tunnel: %+v", peer)
+		}
 	}
 }

@@ -48,7 +48,13 @@ type Peer struct {
 	Since   time.Time `json:"since"`
 	Cause   string    `json:"cause,omitempty"`
 	Probes  int       `json:"probes"` // rounds in the window
+	// Path is "" for the overlay (the health network), PathWireGuard for
+	// the encrypted networks' path (host to host through the tunnel).
+	Path string `json:"path,omitempty"`
 }
+
+// PathWireGuard names the encrypted networks' path in Peer.Path.
+const PathWireGuard = "wireguard"
 
 // Change is a verdict that changed, with its cause.
 type Change struct {
@@ -65,7 +71,9 @@ type Tracker struct {
 	Window, Streak int
 	// BigSize is the size of the full-size probe, for the cause text.
 	BigSize int
-	peers   map[string]*track
+	// Path is the path the tracker's probes take (Peer.Path).
+	Path  string
+	peers map[string]*track
 }
 
 type track struct {
@@ -139,6 +147,8 @@ func (t *Tracker) judge(rs []Result) (Verdict, string) {
 			allBigLost = allBigLost && !r.Big
 		}
 		switch {
+		case allSmallLost && t.Path == PathWireGuard:
+			return Unreachable, fmt.Sprintf("the last %d probes through the WireGuard tunnel went unanswered (small and full-size)", k)
 		case allSmallLost:
 			return Unreachable, fmt.Sprintf("the last %d probes through the overlay went unanswered (small and full-size)", k)
 		case allBigLost: // and some small one answered (else the case above)
@@ -166,7 +176,7 @@ func (t *Tracker) Peers() []Peer {
 	for name, p := range t.peers {
 		lostSmall, lostBig := losses(p.results)
 		n := len(p.results)
-		pe := Peer{Node: name, Addr: p.addr, State: p.state, RTTms: round(p.rtt), Since: p.since, Cause: p.cause, Probes: n}
+		pe := Peer{Node: name, Addr: p.addr, State: p.state, RTTms: round(p.rtt), Since: p.since, Cause: p.cause, Probes: n, Path: t.Path}
 		if n > 0 {
 			pe.Loss, pe.BigLoss = round(float64(lostSmall)/float64(n)), round(float64(lostBig)/float64(n))
 		}

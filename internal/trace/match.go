@@ -42,6 +42,14 @@ func Match(frame []byte, p Probe, vxlanPort uint16) (Sighting, bool) {
 	return s, ok
 }
 
+// MatchIP reports whether an IPv4 packet with no link-layer header (as a
+// WireGuard device shows it) carries the probe.
+func MatchIP(packet []byte, p Probe) (Sighting, bool) {
+	s, ok := matchIPv4(packet, p, 0, false)
+	s.Len = len(packet)
+	return s, ok
+}
+
 func matchEth(f []byte, p Probe, port uint16, outer bool) (Sighting, bool) {
 	if len(f) < 14 {
 		return Sighting{}, false

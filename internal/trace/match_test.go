@@ -74,4 +74,15 @@ func TestMatch(t *testing.T) {
 			}
 		})
 	}
+	// A WireGuard device shows IP packets without an Ethernet header.
+	ipReq, ipRep := ipv4(a, b, 1, echo(8, 0x4242, 7)), ipv4(b, a, 1, echo(0, 0x4242, 7))
+	if s, ok := MatchIP(ipReq, p); !ok || s.Reply || s.Len != len(ipReq) {
+		t.Fatalf("MatchIP(request) = %+v, %v", s, ok)
+	}
+	if s, ok := MatchIP(ipRep, p); !ok || !s.Reply {
+		t.Fatalf("MatchIP(reply) = %+v, %v", s, ok)
+	}
+	if _, ok := MatchIP(req, p); ok {
+		t.Fatal("MatchIP took an Ethernet frame for an IP packet")
+	}
 }

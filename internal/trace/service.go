@@ -94,6 +94,9 @@ type start struct {
 	VNI     uint32 `json:"vni"`
 	DstID   string `json:"dstId"`
 	Session string `json:"session"`
+	// Encrypted: the network is routed through the hosts' WireGuard
+	// devices (no vxlan device; on the underlay the probe is ciphertext).
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 type taps struct {
@@ -140,10 +143,13 @@ type Sighted struct {
 }
 
 // remotePoints are the taps on the destination's host.
-func (s *Service) remotePoints(vni uint32, dstID string) []point {
+func (s *Service) remotePoints(st start) []point {
 	self := s.agent.Self()
-	return []point{{self, "underlay", s.agent.Underlay(), ""}, {self, "vxlan", datapath.VxlanName(vni), ""},
-		s.vethPoint("destination veth", dstID)}
+	if st.Encrypted {
+		return []point{{self, "tunnel", datapath.TunnelName(self), ""}, s.vethPoint("destination veth", st.DstID)}
+	}
+	return []point{{self, "underlay", s.agent.Underlay(), ""}, {self, "vxlan", datapath.VxlanName(st.VNI), ""},
+		s.vethPoint("destination veth", st.DstID)}
 }
 
 // vethPoint taps a local endpoint's veth: its host end, or with the fast
@@ -168,7 +174,7 @@ func (s *Service) Call(op string, body json.RawMessage) (any, error) {
 		if err := json.Unmarshal(body, &r); err != nil || r.Session == "" {
 			return nil, fmt.Errorf("bad %s request", op)
 		}
-		t := s.startTaps(s.remotePoints(r.VNI, r.DstID), r.Probe)
+		t := s.startTaps(s.remotePoints(r), r.Probe)
 		s.mu.Lock()
 		s.sessions[r.Session] = t
 		s.mu.Unlock()
@@ -274,15 +280,20 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	// its own device: its hop is the step from one port to the next.
 	points := []point{s.vethPoint("container veth", src.ID)}
 	remote := dst.Node != self
-	if remote {
+	switch {
+	case remote && n.Encrypted:
+		// The packet is clear on the tunnel device and ciphertext on the
+		// underlay: the tunnel is the hop.
+		points = append(points, point{self, "tunnel", datapath.TunnelName(self), ""})
+	case remote:
 		points = append(points, point{self, "vxlan", datapath.VxlanName(n.VNI), ""}, point{self, "underlay", s.agent.Underlay(), ""})
-	} else {
+	default:
 		points = append(points, s.vethPoint("destination veth", dst.ID))
 	}
 	session := fmt.Sprintf("%s.%x", self, rand.Uint64())
 	var remoteErr error
 	if remote {
-		_, remoteErr = s.agent.Request(dst.Node, OpStart, start{Probe: p, VNI: n.VNI, DstID: dst.ID, Session: session}, 3*time.Second)
+		_, remoteErr = s.agent.Request(dst.Node, OpStart, start{Probe: p, VNI: n.VNI, DstID: dst.ID, Session: session, Encrypted: n.Encrypted}, 3*time.Second)
 	}
 	t := s.startTaps(points, p)
 	sendErr := s.tracer.Send(netns, p, size)
@@ -301,7 +312,11 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size}
 	if remote && remoteErr != nil {
 		far = nil
-		for _, pt := range []string{"underlay", "vxlan", "destination veth"} {
+		names := []string{"underlay", "vxlan", "destination veth"}
+		if n.Encrypted {
+			names = []string{"tunnel", "destination veth"}
+		}
+		for _, pt := range names {
 			far = append(far, Sighted{Host: dst.Node, Point: pt, Error: "no capture on " + dst.Node + ": " + remoteErr.Error()})
 		}
 	}
@@ -407,6 +422,12 @@ func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, s
 			why += fmt.Sprintf(", or the path MTU is below %d bytes", wire)
 		}
 		return why
+	case prev.Point == "tunnel" && h.Point == "tunnel":
+		return fmt.Sprintf("lost between %s's and %s's WireGuard devices: a firewall or the network drops WireGuard's UDP between the two hosts, or they have no session (see the tunnel in vxnet status, vxnet health)", prev.Host, h.Host)
+	case strings.HasSuffix(prev.Point, "veth") && h.Point == "tunnel":
+		return fmt.Sprintf("%s did not route it into its WireGuard device: no route for %s (is %s a live member with a tunnel? see vxnet status), or vxnet's table or the host's FORWARD chain dropped it", h.Host, dst.IP, dst.Node)
+	case prev.Point == "tunnel" && strings.HasSuffix(h.Point, "veth"):
+		return fmt.Sprintf("%s decrypted it and did not forward it to %s: its FORWARD chain, or a missing neighbour entry", h.Host, h.Iface)
 	case prev.Point == "underlay" && h.Point == "vxlan":
 		return fmt.Sprintf("%s received it and did not decapsulate it: its firewall (INPUT, or vxnet's table that admits VXLAN only from members) dropped it, or the VNI or port differ", h.Host)
 	case strings.HasSuffix(h.Point, "veth"):

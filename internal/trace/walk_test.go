@@ -86,3 +86,39 @@ func TestWalk(t *testing.T) {
 		})
 	}
 }
+
+// TestWalkTunnel: an encrypted network's probe is seen on the WireGuard
+// devices of both hosts (the underlay shows only ciphertext); where it
+// vanishes says what to look at.
+func TestWalkTunnel(t *testing.T) {
+	src := model.Endpoint{ID: "h1.secret.1", Node: "h1"}
+	dst := model.Endpoint{ID: "h2.secret.2", Node: "h2", IP: netip.MustParseAddr("10.9.0.2")}
+	both := []Seen{{}, {Sighting: Sighting{Reply: true}}}
+	sighted := func(host string, seen map[string][]Seen, pts ...string) []Sighted {
+		var out []Sighted
+		for _, p := range pts {
+			out = append(out, Sighted{Host: host, Point: p, Iface: p + "0", Seen: seen[p]})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		near, far map[string][]Seen
+		replied   bool
+		why       string
+	}{
+		{"healthy", map[string][]Seen{"container veth": both, "tunnel": both}, map[string][]Seen{"tunnel": both, "destination veth": both}, true, ""},
+		{"blocked between the hosts", map[string][]Seen{"container veth": both[:1], "tunnel": both[:1]}, nil, false, "lost between h1's and h2's WireGuard devices"},
+		{"not routed into the tunnel", map[string][]Seen{"container veth": both[:1]}, nil, false, "h1 did not route it into its WireGuard device: no route for 10.9.0.2"},
+		{"not forwarded after it", map[string][]Seen{"container veth": both[:1], "tunnel": both[:1]}, map[string][]Seen{"tunnel": both[:1]}, false, "h2 decrypted it and did not forward it to destination veth0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			near := sighted("h1", tc.near, "container veth", "tunnel")
+			far := sighted("h2", tc.far, "tunnel", "destination veth")
+			hops, replied, _, why := Walk(near, far, src, dst, 4789, 56, false)
+			if len(hops) != 8 || replied != tc.replied || !strings.HasPrefix(why, tc.why) {
+				t.Fatalf("%d hops, replied %v, why %q; want replied %v, why %q", len(hops), replied, why, tc.replied, tc.why)
+			}
+		})
+	}
+}

@@ -197,6 +197,16 @@ func openRules(o datapath.Openings, ch *nftables.Chain) []openRule {
 	if o.TunnelPort != 0 {
 		out = append(out, openRule{tag: fmt.Sprintf("%stunnel:%d:%s", openTag, o.TunnelPort, o.TunnelDev),
 			exprs: join(l4port(unix.IPPROTO_UDP, o.TunnelPort), accept())})
+		if fam != nftables.TableFamilyIPv4 {
+			// The health probes of the encrypted path: ICMPv6 between the
+			// hosts' tunnel addresses, out of the tunnel.
+			out = append(out, openRule{tag: openTag + "tunnel-probe:" + o.TunnelDev, exprs: join([]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(o.TunnelDev)},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+			}, accept())})
+		}
 	}
 	for _, p := range protos {
 		if o.DNSPort != 0 {

@@ -25,6 +25,7 @@ import (
 // or refused, never fragmented.
 type ICMP struct {
 	fd      int
+	v6      bool
 	id      uint16
 	mu      sync.Mutex
 	seq     uint16
@@ -49,11 +50,53 @@ func OpenICMP(nsPath string, id uint16) (*ICMP, error) {
 	return c, nil
 }
 
-// Ping sends one echo of size bytes of ICMP payload (the IPv4 packet is
-// size+28 bytes) to dst and waits up to timeout for its reply.
+// OpenICMP6 opens an ICMPv6 probe socket in the caller's namespace (DF:
+// IPv6 routers never fragment, and this socket does not either).
+func OpenICMP6(id uint16) (*ICMP, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel probes: ICMPv6 socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel probe socket: no fragmentation: %w", err)
+	}
+	// Only echo replies reach the socket (ICMP6_FILTER: block all, pass 129).
+	var filter [8]uint32
+	for i := range filter {
+		filter[i] = 0xffffffff
+	}
+	filter[129>>5] &^= 1 << (129 & 31)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_ICMPV6, unix.ICMPV6_FILTER, string(unsafeBytes(filter[:]))); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel probe socket: filter: %w", err)
+	}
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunnel probe socket: set timeout: %w", err)
+	}
+	c := &ICMP{fd: fd, v6: true, id: id, waiting: map[uint16]chan struct{}{}, done: make(chan struct{})}
+	go c.receive()
+	return c, nil
+}
+
+// unsafeBytes returns the bytes of a filter (host order, as the kernel
+// reads it).
+func unsafeBytes(words []uint32) []byte {
+	b := make([]byte, 4*len(words))
+	for i, w := range words {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return b
+}
+
+// Ping sends one echo of size bytes of ICMP payload (the packet is size+28
+// bytes over IPv4, size+48 over IPv6) to dst and waits up to timeout for
+// its reply.
 func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Duration, error) {
-	if !dst.Is4() {
-		return 0, fmt.Errorf("health probe to %s: only IPv4", dst)
+	if dst.Is4() == c.v6 {
+		return 0, fmt.Errorf("health probe to %s: this socket sends %s", dst, map[bool]string{true: "ICMPv6", false: "ICMP over IPv4"}[c.v6])
 	}
 	ch := make(chan struct{}, 1)
 	c.mu.Lock()
@@ -67,8 +110,16 @@ func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Durat
 		c.mu.Unlock()
 	}()
 	start := time.Now()
-	if err := unix.Sendto(c.fd, probe.EchoRequest(c.id, seq, size), 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
-		return 0, fmt.Errorf("health probe to %s (%d bytes): %w", dst, size+28, err)
+	var err error
+	if c.v6 {
+		req := probe.EchoRequest(c.id, seq, size)
+		req[0], req[2], req[3] = 128, 0, 0 // echo request; the kernel sums ICMPv6
+		err = unix.Sendto(c.fd, req, 0, &unix.SockaddrInet6{Addr: dst.As16()})
+	} else {
+		err = unix.Sendto(c.fd, probe.EchoRequest(c.id, seq, size), 0, &unix.SockaddrInet4{Addr: dst.As4()})
+	}
+	if err != nil {
+		return 0, fmt.Errorf("health probe to %s (%d bytes of payload): %w", dst, size, err)
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -76,7 +127,7 @@ func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Durat
 	case <-ch:
 		return time.Since(start), nil
 	case <-t.C:
-		return 0, fmt.Errorf("health probe to %s (%d bytes): no reply within %s", dst, size+28, timeout)
+		return 0, fmt.Errorf("health probe to %s (%d bytes of payload): no reply within %s", dst, size, timeout)
 	case <-c.done:
 		return 0, errors.New("health probe socket closed")
 	}
@@ -84,7 +135,11 @@ func (c *ICMP) Ping(dst netip.Addr, size int, timeout time.Duration) (time.Durat
 
 func (c *ICMP) receive() {
 	probe.ReadLoop(c.fd, c.done, func(p []byte) {
-		seq, ok := echoReply(p, c.id)
+		parse := echoReply
+		if c.v6 {
+			parse = echoReply6
+		}
+		seq, ok := parse(p, c.id)
 		if !ok {
 			return
 		}
@@ -113,6 +168,15 @@ func echoReply(p []byte, id uint16) (uint16, bool) {
 		return 0, false
 	}
 	return binary.BigEndian.Uint16(icmp[6:]), true
+}
+
+// echoReply6 returns the sequence number of an ICMPv6 echo reply with our
+// id (a raw ICMPv6 socket reads no IPv6 header).
+func echoReply6(p []byte, id uint16) (uint16, bool) {
+	if len(p) < 8 || p[0] != 129 || binary.BigEndian.Uint16(p[4:]) != id {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(p[6:]), true
 }
 
 // Close stops the receiver and closes the socket.

@@ -19,6 +19,7 @@ import (
 // Tap captures the probe's frames on one interface of a namespace.
 type Tap struct {
 	fd    int
+	l3    bool // the device shows IP packets, no Ethernet header
 	probe trace.Probe
 	port  uint16
 	start time.Time
@@ -48,6 +49,7 @@ func StartTap(nsPath, iface string, p trace.Probe, vxlanPort uint16) (*Tap, erro
 			return fmt.Errorf("bind packet socket to %s: %w", iface, err)
 		}
 		t.fd = fd
+		t.l3 = len(ifi.HardwareAddr) == 0 // a WireGuard device: IP packets, no Ethernet
 		return nil
 	}
 	var err error
@@ -73,7 +75,11 @@ func StartTap(nsPath, iface string, p trace.Probe, vxlanPort uint16) (*Tap, erro
 func (t *Tap) loop() {
 	defer t.wg.Done()
 	probe.ReadLoop(t.fd, t.done, func(frame []byte) {
-		if s, ok := trace.Match(frame, t.probe, t.port); ok {
+		match := func() (trace.Sighting, bool) { return trace.Match(frame, t.probe, t.port) }
+		if t.l3 {
+			match = func() (trace.Sighting, bool) { return trace.MatchIP(frame, t.probe) }
+		}
+		if s, ok := match(); ok {
 			t.mu.Lock()
 			t.seen = append(t.seen, trace.Seen{Sighting: s, After: time.Since(t.start)})
 			t.mu.Unlock()
