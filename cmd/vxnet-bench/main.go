@@ -89,7 +89,7 @@ func main() {
 
 func newConvergeCmd(g *globals) *cobra.Command {
 	var hosts, samples, etcd int
-	var asJSON, noHealth bool
+	var asJSON, noHealth, encrypted bool
 	var via, plugin, datapathMode string
 	cmd := &cobra.Command{
 		Use:   "converge",
@@ -101,6 +101,9 @@ func newConvergeCmd(g *globals) *cobra.Command {
 			}
 			name := "cv"
 			cfg := lab.Config{Name: name, Hosts: hosts, Networks: 1, PerHost: 1, Agent: true, Binary: exe, Log: g.logger(), NoHealth: noHealth, Etcd: etcd, Datapath: datapathMode}
+			if encrypted {
+				cfg.Encrypted = []int{1}
+			}
 			l, err := lab.Up(cfg)
 			if err != nil {
 				return err
@@ -151,21 +154,22 @@ func newConvergeCmd(g *globals) *cobra.Command {
 				call, prog, reply = append(call, s.Call), append(prog, s.Programmed), append(reply, s.FirstReply)
 			}
 			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-			out := map[string]any{"hosts": hosts, "samples": len(res), "via": via,
+			out := map[string]any{"hosts": hosts, "samples": len(res), "via": via, "encrypted": encrypted,
 				"call_p50_ms": ms(lab.Percentile(call, 50)), "call_p99_ms": ms(lab.Percentile(call, 99)),
 				"programmed_p50_ms": ms(lab.Percentile(prog, 50)), "programmed_p99_ms": ms(lab.Percentile(prog, 99)),
 				"converge_p50_ms": ms(lab.Percentile(reply, 50)), "converge_p99_ms": ms(lab.Percentile(reply, 99))}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "hosts=%d samples=%d  attach call p50=%.1fms p99=%.1fms  attach->programmed on peer p50=%.1fms p99=%.1fms  attach->first reply p50=%.1fms p99=%.1fms\n",
-				hosts, len(res), out["call_p50_ms"], out["call_p99_ms"], out["programmed_p50_ms"], out["programmed_p99_ms"], out["converge_p50_ms"], out["converge_p99_ms"])
+			fmt.Fprintf(cmd.OutOrStdout(), "hosts=%d encrypted=%v samples=%d  attach call p50=%.1fms p99=%.1fms  attach->programmed on peer p50=%.1fms p99=%.1fms  attach->first reply p50=%.1fms p99=%.1fms\n",
+				hosts, encrypted, len(res), out["call_p50_ms"], out["call_p99_ms"], out["programmed_p50_ms"], out["programmed_p99_ms"], out["converge_p50_ms"], out["converge_p99_ms"])
 			return nil
 		},
 	}
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&samples, "samples", 50, "number of attaches to time")
 	cmd.Flags().BoolVar(&noHealth, "no-health", false, "run the agents without health probes")
+	cmd.Flags().BoolVar(&encrypted, "encrypted", false, "make the lab's network encrypted (routed through WireGuard between the hosts)")
 	cmd.Flags().StringVar(&datapathMode, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto)")
 	cmd.Flags().IntVar(&etcd, "etcd", 0, "run an etcd cluster of this many members and the agents with --store etcd://")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
