@@ -130,21 +130,12 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 		}
 	}
 	// Bridge: MAC, MTU, addresses, up.
-	if br.Attrs().HardwareAddr.String() != gwMAC.String() {
-		if err := d.h.LinkSetHardwareAddr(br, gwMAC); err != nil {
-			return fmt.Errorf("set MAC of %s: %w", brName, err)
-		}
-		d.changed("set bridge MAC", "dev", brName)
-	}
-	if err := d.ensureAddrs(br, s.Gateway, s.Gateway6); err != nil {
+	if err := d.ensureGateway(br, gwMAC, s); err != nil {
 		return err
 	}
 	// The vxlan device: MTU, master, up.
-	if vxl.Attrs().MTU != s.MTU {
-		if err := d.h.LinkSetMTU(vxl, s.MTU); err != nil {
-			return fmt.Errorf("set MTU %d on %s: %w", s.MTU, vxName, err)
-		}
-		d.changed("set MTU", "dev", vxName, "mtu", s.MTU)
+	if err := d.ensureMTU(vxl, s.MTU); err != nil {
+		return err
 	}
 	if vxl.Attrs().MasterIndex != br.Attrs().Index {
 		if err := d.h.LinkSetMasterByIndex(vxl, br.Attrs().Index); err != nil {
@@ -155,11 +146,8 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 	if br, err = d.h.LinkByName(brName); err != nil { // MTU may have followed the ports
 		return fmt.Errorf("look up %s: %w", brName, err)
 	}
-	if br.Attrs().MTU != s.MTU {
-		if err := d.h.LinkSetMTU(br, s.MTU); err != nil {
-			return fmt.Errorf("set MTU %d on %s: %w", s.MTU, brName, err)
-		}
-		d.changed("set MTU", "dev", brName, "mtu", s.MTU)
+	if err := d.ensureMTU(br, s.MTU); err != nil {
+		return err
 	}
 	for _, l := range []netlink.Link{vxl, br} {
 		if l.Attrs().Flags&net.FlagUp == 0 {
@@ -317,20 +305,11 @@ func (d *Dataplane) ensureRouted(s datapath.NetworkSpec, br, vxl netlink.Link, g
 		}
 		d.changed("deleted vxlan of a routed network", "dev", vxl.Attrs().Name)
 	}
-	if br.Attrs().HardwareAddr.String() != gwMAC.String() {
-		if err := d.h.LinkSetHardwareAddr(br, gwMAC); err != nil {
-			return fmt.Errorf("set MAC of %s: %w", brName, err)
-		}
-		d.changed("set bridge MAC", "dev", brName)
-	}
-	if err := d.ensureAddrs(br, s.Gateway, s.Gateway6); err != nil {
+	if err := d.ensureGateway(br, gwMAC, s); err != nil {
 		return err
 	}
-	if br.Attrs().MTU != s.MTU {
-		if err := d.h.LinkSetMTU(br, s.MTU); err != nil {
-			return fmt.Errorf("set MTU %d on %s: %w", s.MTU, brName, err)
-		}
-		d.changed("set MTU", "dev", brName, "mtu", s.MTU)
+	if err := d.ensureMTU(br, s.MTU); err != nil {
+		return err
 	}
 	if ok, err := d.proxiesARP(brName); err != nil || !ok {
 		err := d.inNS(func() error {
@@ -383,4 +362,28 @@ func (d *Dataplane) proxiesARP(dev string) (bool, error) {
 		return false, fmt.Errorf("read proxy ARP settings of %s: %w", dev, err)
 	}
 	return ok, nil
+}
+
+// ensureGateway gives a network's bridge the anycast gateway's MAC and
+// addresses.
+func (d *Dataplane) ensureGateway(br netlink.Link, gwMAC net.HardwareAddr, s datapath.NetworkSpec) error {
+	if br.Attrs().HardwareAddr.String() != gwMAC.String() {
+		if err := d.h.LinkSetHardwareAddr(br, gwMAC); err != nil {
+			return fmt.Errorf("set MAC of %s: %w", br.Attrs().Name, err)
+		}
+		d.changed("set bridge MAC", "dev", br.Attrs().Name)
+	}
+	return d.ensureAddrs(br, s.Gateway, s.Gateway6)
+}
+
+// ensureMTU sets a device's MTU when it differs.
+func (d *Dataplane) ensureMTU(l netlink.Link, mtu int) error {
+	if l.Attrs().MTU == mtu {
+		return nil
+	}
+	if err := d.h.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set MTU %d on %s: %w", mtu, l.Attrs().Name, err)
+	}
+	d.changed("set MTU", "dev", l.Attrs().Name, "mtu", mtu)
+	return nil
 }

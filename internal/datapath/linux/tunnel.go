@@ -133,11 +133,8 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 	} else if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
 		return &datapath.NotOwnedError{Device: t.Dev}
 	}
-	if l.Attrs().MTU != t.MTU {
-		if err := d.h.LinkSetMTU(l, t.MTU); err != nil {
-			return fmt.Errorf("set MTU %d on %s: %w", t.MTU, t.Dev, err)
-		}
-		d.changed("set MTU", "dev", t.Dev, "mtu", t.MTU)
+	if err := d.ensureMTU(l, t.MTU); err != nil {
+		return err
 	}
 	if err := d.ensureAddrs(l, netip.PrefixFrom(t.Addr, model.TunnelPrefix.Bits())); err != nil {
 		return err
