@@ -77,7 +77,7 @@ func (d *dockerAgent) SetDockerName(network, name string) {
 	n, ok := d.state.Network(network)
 	if ok && n.DockerName == "" {
 		n.DockerName = name
-		if r, err := d.state.Put(cluster.NetworkKey(network), n); err == nil {
+		if r, err := d.state.PutFormat(cluster.NetworkKey(network), n, cluster.NetworkFormat(n)); err == nil {
 			d.repl.Publish(r)
 		}
 	}

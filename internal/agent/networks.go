@@ -97,7 +97,7 @@ func (a *Agent) createNetwork(r api.NetworkCreate, dockerName string) (api.Netwo
 		a.mu.Unlock()
 		return a.networkInfo(n), nil // identical definition: agreement
 	}
-	rec, err := a.state.Put(cluster.NetworkKey(n.Name), n)
+	rec, err := a.state.PutFormat(cluster.NetworkKey(n.Name), n, cluster.NetworkFormat(n))
 	a.mu.Unlock()
 	if err != nil {
 		return api.NetworkInfo{}, err

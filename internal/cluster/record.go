@@ -6,6 +6,8 @@ import (
 	"errors"
 	"maps"
 	"time"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // WireFormat is the highest record format this agent interprets. A record
@@ -15,7 +17,22 @@ import (
 // never used by them, and counted in their status. Fields a newer agent
 // adds without raising the format (in a record or in its value) are kept
 // and passed on unchanged, and ignored.
-const WireFormat = 1
+//
+// Format 2: encrypted networks. An agent that does not know them would
+// carry such a network's traffic in VXLAN, in clear: it must not use the
+// network at all (nor, so, its endpoints).
+const WireFormat = 2
+
+// FormatEncrypted is the format of an encrypted network's record.
+const FormatEncrypted = 2
+
+// NetworkFormat is the format a network's record is written in.
+func NetworkFormat(n model.Network) int {
+	if n.Encrypted {
+		return FormatEncrypted
+	}
+	return 0
+}
 
 // Record is one replicated value. The record with the higher Version wins;
 // on a tie the higher Origin wins, so every member picks the same one.

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/vxnet/vxnet/internal/model"
 )
 
 // A newer agent's message: an unknown message field, a record with an
@@ -14,7 +16,7 @@ import (
 // ignores what it does not know, and passes everything on unchanged.
 const newerMessage = `{"kind":"records","since":7,"records":[
  {"k":"ep/h9.web.1","v":{"id":"h9.web.1","network":"web","node":"h9","mac":"02:00:00:00:00:09","ip":"10.1.0.9","labels":{"app":"web"},"health":{"probe":"tcp:80"}},"n":5,"o":"h9","ttl":30},
- {"k":"ep/h9.web.2","v":{"id":"h9.web.2","network":"web","node":"h9","mac":"02:00:00:00:00:0a","ip":"10.1.0.10"},"n":6,"o":"h9","f":2},
+ {"k":"ep/h9.web.2","v":{"id":"h9.web.2","network":"web","node":"h9","mac":"02:00:00:00:00:0a","ip":"10.1.0.10"},"n":6,"o":"h9","f":9},
  {"k":"net/web","v":{"name":"web","vni":100,"subnet":"10.1.0.0/16","gateway":"10.1.0.1","qos":"gold"},"n":4,"o":"h9"},
  {"k":"quota/web","v":{"endpoints":100},"n":7,"o":"h9"}]}`
 
@@ -115,5 +117,30 @@ func TestUnknownKindIsNotMalformed(t *testing.T) {
 	_, err = DecodeMessage([]byte(`{"kind":"records","records":[{"k":"net/x"}]}`))
 	if err == nil || errors.Is(err, ErrUnknownKind) {
 		t.Errorf("a malformed record: %v", err)
+	}
+}
+
+// TestEncryptedNetworkFormat: an encrypted network's record is of a format
+// the releases before encrypted networks (format 1) do not use, so none of
+// them carries its traffic in clear; other networks keep the first format.
+func TestEncryptedNetworkFormat(t *testing.T) {
+	s := NewState("h1")
+	enc, err := s.PutFormat(NetworkKey("secret"), model.Network{Name: "secret", Encrypted: true}, NetworkFormat(model.Network{Encrypted: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear, err := s.PutFormat(NetworkKey("web"), model.Network{Name: "web"}, NetworkFormat(model.Network{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc.Format <= 1 || enc.Format > WireFormat || clear.Format > 1 {
+		t.Fatalf("formats: encrypted %d, clear %d (this agent reads up to %d)", enc.Format, clear.Format, WireFormat)
+	}
+	b, _ := json.Marshal(enc)
+	if !strings.Contains(string(b), `"f":2`) {
+		t.Fatalf("encoded %s: want the format on the wire", b)
+	}
+	if _, ok := s.Get(NetworkKey("secret")); !ok {
+		t.Fatal("this agent cannot read the encrypted network's record")
 	}
 }

@@ -142,7 +142,10 @@ func (s *State) Clock() uint64 {
 }
 
 // Put writes a value as this member and returns the new record.
-func (s *State) Put(key string, v any) (Record, error) {
+func (s *State) Put(key string, v any) (Record, error) { return s.PutFormat(key, v, 0) }
+
+// PutFormat is Put of a record in format (0: the first; see WireFormat).
+func (s *State) PutFormat(key string, v any, format int) (Record, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return Record{}, fmt.Errorf("encode %s: %w", key, err)
@@ -151,7 +154,7 @@ func (s *State) Put(key string, v any) (Record, error) {
 	defer s.mu.Unlock()
 	s.clock++
 	s.gen++
-	r := Record{Key: key, Value: b, Version: s.clock, Origin: s.self}
+	r := Record{Key: key, Value: b, Version: s.clock, Origin: s.self, Format: format}
 	s.records[key] = r
 	return r, nil
 }

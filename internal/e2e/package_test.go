@@ -52,7 +52,7 @@ func TestPackage(t *testing.T) {
 	if b, err := exec.Command("dpkg-deb", "-x", deb, x).CombinedOutput(); err != nil {
 		t.Fatalf("extract: %v %s", err, b)
 	}
-	if v, err := exec.Command(filepath.Join(x, "usr", "bin", "vxnet"), "version").Output(); err != nil || strings.TrimSpace(string(v)) != "vxnet 9.8.7 (record format 1)" {
+	if v, err := exec.Command(filepath.Join(x, "usr", "bin", "vxnet"), "version").Output(); err != nil || strings.TrimSpace(string(v)) != "vxnet 9.8.7 (record format 2)" {
 		t.Errorf("vxnet version in the package: %q %v", v, err)
 	}
 	// Static and stripped: no C library to depend on, whatever the

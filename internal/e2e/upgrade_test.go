@@ -90,6 +90,35 @@ func TestMixedVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An encrypted network made on h2 reaches h1, which does not know
+	// encrypted networks: it keeps the record unused (counted as of a newer
+	// format) and never carries the network, in clear or otherwise.
+	secret, err := client(l, "h2").CreateNetwork(api.NetworkCreate{Name: "secret", Subnet: "198.19.99.0/24", Encrypted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCond(10*time.Second, func() error {
+		s, err := client(l, "h1").Status()
+		if err != nil {
+			return err
+		}
+		if s.Unreadable["h2"] == 0 {
+			return fmt.Errorf("h1 has no record of h2 it cannot read yet: %+v", s.Unreadable)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h1, _ := l.Host("h1")
+	hh, err := nsutil.Handle(h1.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	if _, err := hh.LinkByName(datapath.BridgeName(secret.VNI)); err == nil {
+		t.Fatalf("h1 (an older release) made a bridge for the encrypted network %s", secret.Name)
+	}
+
 	// h2 goes; h3 starts afresh and can learn h2's endpoint only from h1.
 	var since time.Time
 	if s, err := client(l, "h2").StatusWithEndpoints(); err == nil {
