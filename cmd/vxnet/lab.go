@@ -181,7 +181,11 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 	}
 	fmt.Fprintln(out, "networks:")
 	for _, n := range l.Networks {
-		fmt.Fprintf(out, "  %-6s VNI %-6d subnet %-16s anycast gateway %s\n", n.Name, n.VNI, n.Subnet, n.Gateway)
+		enc := ""
+		if n.Encrypted {
+			enc = "  encrypted (routed through WireGuard between the hosts)"
+		}
+		fmt.Fprintf(out, "  %-6s VNI %-6d subnet %-16s anycast gateway %s%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, enc)
 	}
 	fmt.Fprintln(out, "containers:")
 	for _, c := range l.Containers {
