@@ -440,8 +440,8 @@ func Plan(want Target, have datapath.Observed) []Op {
 	if len(want.Networks) > 0 && (have.HostFirewall == nil || !have.HostFirewall.Equal(want.HostFirewall)) {
 		ops = append(ops, Op{Kind: EnsureHostFirewall, HostFW: want.HostFirewall})
 	}
-	// The tunnel and its address exist before the encrypted networks'
-	// vxlan devices that send from it.
+	// The tunnel, and its peers' allowed addresses, exist before the
+	// routes into it.
 	if want.Tunnel != nil && (have.Tunnel == nil || !have.Tunnel.Equal(*want.Tunnel)) {
 		ops = append(ops, Op{Kind: EnsureTunnel, Tunnel: *want.Tunnel})
 	}

@@ -132,6 +132,8 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 		}
 	} else if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
 		return &datapath.NotOwnedError{Device: t.Dev}
+	} else if l, err = d.reviveTunnel(l, t); err != nil {
+		return err
 	}
 	if err := d.ensureMTU(l, t.MTU); err != nil {
 		return err
@@ -162,6 +164,26 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 	}
 	d.changed("configured tunnel", "dev", t.Dev, "peers", len(t.Peers), "changed", len(cfg.Peers))
 	return nil
+}
+
+// reviveTunnel replaces a userspace device's link that no process answers
+// for (its control socket gone or dead): a new device, configured afresh.
+func (d *Dataplane) reviveTunnel(l netlink.Link, t datapath.Tunnel) (netlink.Link, error) {
+	if l.Type() == "wireguard" {
+		return l, nil
+	}
+	c, err := d.wgClient()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Device(t.Dev); err == nil {
+		return l, nil
+	}
+	if err := d.h.LinkDel(l); err != nil {
+		return nil, fmt.Errorf("remove tunnel device %s, which no process serves: %w", t.Dev, err)
+	}
+	d.changed("removed a tunnel device no process serves", "dev", t.Dev)
+	return d.createTunnel(t)
 }
 
 // tunnelWait bounds how long a userspace device may take to appear.
