@@ -67,7 +67,7 @@ as a matrix (rows probe columns), gathered over the cluster state.`,
 				reports = h.All
 			}
 			for _, r := range reports {
-				for _, p := range r.Peers {
+				for _, p := range append(slices.Clone(r.Peers), r.TunnelPeers...) {
 					if p.State == health.Unreachable || p.State == health.MTU {
 						cmd.SilenceUsage = true
 						return errUnhealthy
@@ -100,7 +100,7 @@ func printHealthView(out io.Writer, h api.Health) {
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tSTATE\tRTT\tLOSS\tFULL-SIZE LOSS\tSINCE\tCAUSE")
-	for _, p := range h.Peers {
+	for _, p := range append(slices.Clone(h.Peers), h.TunnelPeers...) {
 		name := p.Node
 		if p.Path != "" {
 			name += " (" + p.Path + ")"
@@ -126,23 +126,15 @@ func ago(t time.Time) string {
 // probed member: the overlay, then (when any member probes it) the
 // encrypted networks' path through WireGuard.
 func printHealthMatrix(out io.Writer, reports []api.HealthReport) {
-	var overlay, tunnel []api.HealthReport
+	var tunnel []api.HealthReport
 	for _, r := range reports {
-		o, t := r, r
-		o.Peers, t.Peers = nil, nil
-		for _, p := range r.Peers {
-			if p.Path == health.PathWireGuard {
-				t.Peers = append(t.Peers, p)
-			} else {
-				o.Peers = append(o.Peers, p)
-			}
-		}
-		overlay = append(overlay, o)
-		if len(t.Peers) > 0 {
+		if len(r.TunnelPeers) > 0 {
+			t := r
+			t.Peers = r.TunnelPeers
 			tunnel = append(tunnel, t)
 		}
 	}
-	printPathMatrix(out, overlay)
+	printPathMatrix(out, reports)
 	if len(tunnel) > 0 {
 		fmt.Fprintln(out, "\nENCRYPTED NETWORKS' PATH (host to host through WireGuard)")
 		printPathMatrix(out, tunnel)

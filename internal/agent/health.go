@@ -105,7 +105,7 @@ func (a *Agent) healthReport() (api.HealthReport, []health.Event) {
 		return r, nil
 	}
 	v := a.prober.View()
-	r.At, r.BigSize, r.Namespace, r.Warning, r.Peers = v.At, v.BigSize, v.Namespace, v.Warning, v.Peers
+	r.At, r.BigSize, r.Namespace, r.Warning, r.Peers, r.TunnelPeers = v.At, v.BigSize, v.Namespace, v.Warning, v.Peers, v.TunnelPeers
 	if v.Err != nil {
 		r.Error = v.Err.Error()
 	}
@@ -141,7 +141,7 @@ func (a *Agent) Health(all bool) api.Health {
 			if !bad {
 				st = health.OK
 			}
-			rep.Peers = append(rep.Peers, health.Peer{Node: name, State: st, Path: health.PathWireGuard})
+			rep.TunnelPeers = append(rep.TunnelPeers, health.Peer{Node: name, State: st, Path: health.PathWireGuard})
 		}
 		h.All = append(h.All, rep)
 	}

@@ -168,6 +168,9 @@ type HealthReport struct {
 	Enabled bool          `json:"enabled"`
 	Error   string        `json:"error,omitempty"`
 	Peers   []health.Peer `json:"peers"`
+	// TunnelPeers are the verdicts on the encrypted networks' path (host
+	// to host through WireGuard), while the member carries one.
+	TunnelPeers []health.Peer `json:"tunnelPeers,omitempty"`
 	// BigSize is the size of the full-size probe (the inner MTU).
 	BigSize int `json:"big_size,omitempty"`
 	// Namespace is the path of this host's health namespace; Warning says

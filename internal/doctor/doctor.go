@@ -6,6 +6,7 @@ package doctor
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -163,11 +164,11 @@ func paths(f Facts) Finding {
 	ok := 0
 	overlayOK := map[string]bool{}
 	for _, p := range h.Peers {
-		if p.Path == "" && p.State == health.OK {
+		if p.State == health.OK {
 			overlayOK[p.Node] = true
 		}
 	}
-	for _, p := range h.Peers {
+	for _, p := range append(slices.Clone(h.Peers), h.TunnelPeers...) {
 		m, known := members[p.Node]
 		where := p.Node
 		if known && m.Addr.IsValid() {
@@ -205,6 +206,9 @@ func paths(f Facts) Finding {
 		return Finding{"overlay-paths", Fail, strings.Join(fails, "; "), strings.Join(fixes, "; ")}
 	case len(warns) > 0:
 		return Finding{"overlay-paths", Warn, "probes lost on the way to " + strings.Join(warns, "; "), "watch 'vxnet health'; a lossy underlay loses containers' packets too"}
+	}
+	if len(h.TunnelPeers) > 0 {
+		return Finding{"overlay-paths", OK, fmt.Sprintf("%d of %d peers answer small and full-size (%d bytes, DF) probes through the overlay, and through WireGuard", ok, len(h.Peers)+len(h.TunnelPeers), h.BigSize), ""}
 	}
 	return Finding{"overlay-paths", OK, fmt.Sprintf("%d of %d peers answer small and full-size (%d bytes, DF) probes through the overlay", ok, len(h.Peers), h.BigSize), ""}
 }

@@ -312,10 +312,12 @@ func TestEncryptedNetwork(t *testing.T) {
 			}
 			var overlay, tun health.Verdict
 			for _, p := range h.Peers {
-				if p.Node == "h2" && p.Path == "" {
+				if p.Node == "h2" {
 					overlay = p.State
 				}
-				if p.Node == "h2" && p.Path == health.PathWireGuard {
+			}
+			for _, p := range h.TunnelPeers {
+				if p.Node == "h2" {
 					tun = p.State
 				}
 			}
@@ -328,7 +330,9 @@ func TestEncryptedNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		sw := nsutil.Path(l.Switch)
-		inNS(t, sw, "nft", "add table bridge e2eblock { chain fwd { type filter hook forward priority 0; udp dport 51830 drop; } }")
+		inNS(t, sw, "nft", "add table bridge e2eblock")
+		inNS(t, sw, "nft", "add chain bridge e2eblock block { type filter hook forward priority 0; }")
+		inNS(t, sw, "nft", "add rule bridge e2eblock block udp dport 51830 drop")
 		if err := waitCond(20*time.Second, func() error { return encPath(health.Unreachable) }); err != nil {
 			t.Fatal(err)
 		}

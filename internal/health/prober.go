@@ -110,6 +110,9 @@ type View struct {
 	Warning   string // what is wrong with the namespace, if anything
 	Err       error  // why probing is not running
 	Peers     []Peer
+	// TunnelPeers are the verdicts on the encrypted networks' path (host
+	// to host through WireGuard), while this host carries one.
+	TunnelPeers []Peer
 	Events    []Event // the recent verdict changes, newest last
 }
 
@@ -422,5 +425,5 @@ func (p *Prober) View() View {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return View{At: p.at, BigSize: p.tracker.BigSize, Namespace: p.ns, Warning: p.warning, Err: p.err,
-		Peers: append(append([]Peer{}, p.tracker.Peers()...), p.tunnel.Peers()...), Events: append([]Event(nil), p.events...)}
+		Peers: append([]Peer{}, p.tracker.Peers()...), TunnelPeers: p.tunnel.Peers(), Events: append([]Event(nil), p.events...)}
 }

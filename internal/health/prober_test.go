@@ -159,7 +159,8 @@ func TestProberTunnel(t *testing.T) {
 		p.Round(pinger)
 	}
 	got := map[string]Verdict{}
-	for _, peer := range p.View().Peers {
+	v := p.View()
+	for _, peer := range append(v.Peers, v.TunnelPeers...) {
 		got[peer.Node+"/"+peer.Path] = peer.State
 	}
 	want := map[string]Verdict{"h2/": OK, "h3/": OK, "h2/wireguard": OK, "h3/wireguard": Unreachable}
@@ -176,7 +177,7 @@ func TestProberTunnel(t *testing.T) {
 		t.Fatalf("published %+v: want the overlay all ok, the tunnel to h3 unreachable", last)
 	}
 	var cause string
-	for _, peer := range p.View().Peers {
+	for _, peer := range p.View().TunnelPeers {
 		if peer.Path == PathWireGuard && peer.Node == "h3" {
 			cause = peer.Cause
 		}
@@ -186,9 +187,7 @@ func TestProberTunnel(t *testing.T) {
 	}
 	ag.tunnel = nil
 	p.Round(pinger)
-	for _, peer := range p.View().Peers {
-		if peer.Path != "" {
-			t.Fatalf("a tunnel verdict outlived the tunnel: %+v", peer)
-		}
+	if v := p.View(); len(v.TunnelPeers) != 0 || len(v.Peers) != 2 {
+		t.Fatalf("after the tunnel went: %+v, %+v", v.Peers, v.TunnelPeers)
 	}
 }
