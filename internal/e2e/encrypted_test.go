@@ -653,3 +653,27 @@ func TestDockerEncrypted(t *testing.T) {
 		t.Fatalf("VXLAN with the encrypted network's VNI crossed the underlay %d times", st.VNIs[n.VNI])
 	}
 }
+
+// TestEncryptedIPv6Underlay: hosts that reach each other over IPv6 alone
+// carry an encrypted network (WireGuard over IPv6), at the underlay's MTU
+// less WireGuard's 80 bytes.
+func TestEncryptedIPv6Underlay(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Underlay6: true, Encrypted: []int{1}})
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	pingUntil(t, a.Netns, b.IP, 10*time.Second)
+	mtu := lab.UnderlayMTU - model.WireGuardOverheadIPv6
+	if _, err := probe.Ping(a.Netns, b.IP, mtu-28, true, 2*time.Second); err != nil {
+		t.Fatalf("a %d-byte packet with DF did not cross WireGuard over IPv6: %v", mtu, err)
+	}
+	if r, err := probe.Ping(a.Netns, b.IP, mtu-27, true, time.Second); err == nil || !r.TooBig {
+		t.Fatalf("one byte over the MTU: err=%v tooBig=%v; want it refused", err, r.TooBig)
+	}
+	s, err := client(l, "h1").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := l.Host("h2")
+	if s.Tunnel == nil || len(s.Tunnel.Peers) != 1 || s.Tunnel.Peers[0].Endpoint.Addr() != h2.Addr {
+		t.Fatalf("h1's tunnel %+v: want h2's IPv6 address as its peer's endpoint", s.Tunnel)
+	}
+}

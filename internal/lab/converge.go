@@ -3,6 +3,7 @@ package lab
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/datapath"
@@ -109,9 +111,27 @@ func (l *Lab) MeasureConvergence(samples int, attach Attacher) ([]ConvergeSample
 		return nil, err
 	}
 	defer h1.Close()
-	vx, err := h1.LinkByName(datapath.VxlanName(nw.VNI))
-	if err != nil {
-		return nil, fmt.Errorf("vxlan device of %s on %s: %w", nw.Name, l.Hosts[0].Name, err)
+	// Programmed on h1: a neighbour entry on the vxlan device, or for an
+	// encrypted network a route into the tunnel.
+	programmed := func(ip netip.Addr) (bool, error) {
+		rs, err := h1.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN,
+			Dst: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		return len(rs) > 0, err
+	}
+	if !nw.Encrypted {
+		vx, err := h1.LinkByName(datapath.VxlanName(nw.VNI))
+		if err != nil {
+			return nil, fmt.Errorf("vxlan device of %s on %s: %w", nw.Name, l.Hosts[0].Name, err)
+		}
+		programmed = func(ip netip.Addr) (bool, error) {
+			neighs, err := h1.NeighList(vx.Attrs().Index, netlink.FAMILY_V4)
+			for _, n := range neighs {
+				if n.IP.Equal(ip.AsSlice()) {
+					return true, err
+				}
+			}
+			return false, err
+		}
 	}
 	var out []ConvergeSample
 	for i := 0; i < samples; i++ {
@@ -121,7 +141,7 @@ func (l *Lab) MeasureConvergence(samples int, attach Attacher) ([]ConvergeSample
 		if err != nil {
 			return out, err
 		}
-		s, detach, err := l.convergeOnce(h1, vx.Attrs().Index, prober, host, path, attach)
+		s, detach, err := l.convergeOnce(programmed, prober, host, path, attach)
 		var derr error
 		if detach != nil {
 			derr = detach()
@@ -138,7 +158,7 @@ func (l *Lab) MeasureConvergence(samples int, attach Attacher) ([]ConvergeSample
 	return out, nil
 }
 
-func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, host Host, path string, attach Attacher) (ConvergeSample, func() error, error) {
+func (l *Lab) convergeOnce(programmed func(netip.Addr) (bool, error), prober Container, host Host, path string, attach Attacher) (ConvergeSample, func() error, error) {
 	s := ConvergeSample{Host: host.Name}
 	start := time.Now()
 	ip, detach, err := attach(host, prober.Network, path)
@@ -151,14 +171,12 @@ func (l *Lab) convergeOnce(h1 *netlink.Handle, vxIndex int, prober Container, ho
 		if time.Now().After(deadline) {
 			return s, detach, fmt.Errorf("%s never programmed on %s", ip, l.Hosts[0].Name)
 		}
-		neighs, err := h1.NeighList(vxIndex, netlink.FAMILY_V4)
+		ok, err := programmed(ip)
 		if err != nil {
 			return s, detach, err
 		}
-		for _, n := range neighs {
-			if n.IP.Equal(ip.AsSlice()) {
-				s.Programmed = time.Since(start)
-			}
+		if ok {
+			s.Programmed = time.Since(start)
 		}
 		if s.Programmed == 0 {
 			time.Sleep(500 * time.Microsecond)
