@@ -113,7 +113,7 @@ type View struct {
 	// TunnelPeers are the verdicts on the encrypted networks' path (host
 	// to host through WireGuard), while this host carries one.
 	TunnelPeers []Peer
-	Events    []Event // the recent verdict changes, newest last
+	Events      []Event // the recent verdict changes, newest last
 }
 
 // ProberConfig configures a prober.
