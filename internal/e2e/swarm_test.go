@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxnet/vxnet/internal/lab"
 )
@@ -45,7 +46,7 @@ func TestSwarmBeside(t *testing.T) {
 		d         *lab.Dockerd
 		name, net string
 	}{{d1, "s1", "ov"}, {d2, "s2", "ov"}, {d1, "v1", "vx"}, {d2, "v2", "vx"}} {
-		mustDocker(t, c.d, "run", "-d", "--name", c.name, "--net", c.net, lab.DockerImage, "sleep", "600")
+		runSwarmAware(t, c.d, c.name, c.net)
 	}
 	ip := func(d *lab.Dockerd, c string) string {
 		return mustDocker(t, d, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c)
@@ -77,4 +78,25 @@ func TestSwarmBeside(t *testing.T) {
 	}
 	pingFrom(t, d2, "s2", "s1")
 	pingFrom(t, d2, "v2", "v1")
+}
+
+// runSwarmAware starts a container on network net. Right after 'swarm
+// init' dockerd 20.10 may refuse the first attachment to an overlay with
+// "Could not attach to network ingress ... not manually attachable" while
+// it still sets up its ingress network: that refusal (Swarm's, not
+// vxnet's) is retried a few times, anything else fails the test.
+func runSwarmAware(t *testing.T, d *lab.Dockerd, name, net string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		out, err := d.Docker("run", "-d", "--name", name, "--net", net, lab.DockerImage, "sleep", "600")
+		if err == nil {
+			return
+		}
+		if attempt == 5 || !strings.Contains(out, "not manually attachable") {
+			t.Fatal(err)
+		}
+		t.Logf("Swarm was not ready for %s (attempt %d): %s", name, attempt, strings.TrimSpace(out))
+		_, _ = d.Docker("rm", "-f", name)
+		time.Sleep(time.Second)
+	}
 }
