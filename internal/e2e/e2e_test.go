@@ -768,21 +768,27 @@ func TestLateJoinConverges(t *testing.T) {
 		t.Fatal(err)
 	}
 	pingUntil(t, y, netip.MustParseAddr("10.91.0.20"), 5*time.Second)
-	// Every member holds the same endpoints.
-	var views []string
-	for _, h := range l.Hosts {
-		s, err := api.NewClient(h.Socket).Status()
-		if err != nil {
-			t.Fatal(err)
+	// Every member comes to hold the same endpoints (h3's own endpoint of
+	// before its state was wiped is withdrawn once h3 learns of it).
+	if err := waitCond(10*time.Second, func() error {
+		var views []string
+		for _, h := range l.Hosts {
+			s, err := api.NewClient(h.Socket).Status()
+			if err != nil {
+				return err
+			}
+			var v []string
+			for _, n := range s.Networks {
+				v = append(v, fmt.Sprintf("%s/%d/%d", n.Name, n.VNI, n.Local+n.Remote))
+			}
+			views = append(views, strings.Join(v, " "))
 		}
-		var v []string
-		for _, n := range s.Networks {
-			v = append(v, fmt.Sprintf("%s/%d/%d", n.Name, n.VNI, n.Local+n.Remote))
+		if views[0] != views[1] || views[1] != views[2] {
+			return fmt.Errorf("members disagree: %v", views)
 		}
-		views = append(views, strings.Join(v, " "))
-	}
-	if views[0] != views[1] || views[1] != views[2] {
-		t.Fatalf("members disagree: %v", views)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
