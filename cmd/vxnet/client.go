@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
 )
 
 type clientFlags struct {
@@ -283,12 +284,7 @@ func printTunnel(out io.Writer, s api.Status) {
 		kind = "userspace WireGuard (wireguard-go, a process of its own)"
 	}
 	fmt.Fprintf(out, "\nTUNNEL %s: %s, port %d, address %s, MTU %d\n", t.Dev, kind, t.Port, t.Addr, t.MTU)
-	names := map[string]string{}
-	for _, n := range s.Nodes {
-		if n.Tunnel != nil {
-			names[n.Tunnel.Key] = n.Name
-		}
-	}
+	names := cluster.TunnelOwners(s.Nodes)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tENDPOINT\tLAST HANDSHAKE\tRECEIVED\tSENT\tADDRESSES")
 	for _, p := range t.Peers {

@@ -303,6 +303,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.docker = docker.NewDriver((*dockerAgent)(a), deps.Dockerd, a.log.With("component", "docker"))
 	a.tunnelKeys = deps.TunnelKeys
+	a.tunnelKey.Store(&cfg.TunnelKey)
 	if deps.Tracer != nil {
 		a.traces = trace.NewService(trace.Config{VXLANPort: cfg.VXLANPort, Fast: cfg.Datapath.Mode == config.DatapathBPF, Log: a.log}, deps.Tracer, (*traceAgent)(a))
 	}

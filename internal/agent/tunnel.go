@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
@@ -14,14 +15,11 @@ import (
 // tunnelInfo is what this host publishes of its WireGuard device (nil:
 // no tunnel here).
 func (a *Agent) tunnelInfo() *model.TunnelInfo {
-	key := a.cfg.TunnelKey
-	if k := a.tunnelKey.Load(); k != nil {
-		key = *k
-	}
-	if a.cfg.TunnelPort == 0 || key == "" {
+	k := a.tunnelKey.Load()
+	if a.cfg.TunnelPort == 0 || k == nil || *k == "" {
 		return nil
 	}
-	return &model.TunnelInfo{Key: key, Port: a.cfg.TunnelPort}
+	return &model.TunnelInfo{Key: *k, Port: a.cfg.TunnelPort}
 }
 
 // rotateTunnelKey makes this host's WireGuard key pair anew: the device
@@ -87,12 +85,7 @@ func (h *healthAgent) TunnelTargets() ([]health.Target, int) {
 	for _, n := range a.repl.Alive() {
 		alive[n.Name] = true
 	}
-	names := map[string]string{}
-	for _, n := range a.state.Nodes() {
-		if n.Tunnel != nil {
-			names[n.Tunnel.Key] = n.Name
-		}
-	}
+	names := cluster.TunnelOwners(a.state.Nodes())
 	var out []health.Target
 	for _, p := range t.Peers {
 		if name := names[p.Key]; name != "" && alive[name] {

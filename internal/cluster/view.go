@@ -39,6 +39,18 @@ func (n NodeInfo) Same(o NodeInfo) bool {
 		(n.Tunnel == nil) == (o.Tunnel == nil) && (n.Tunnel == nil || *n.Tunnel == *o.Tunnel)
 }
 
+// TunnelOwners maps the tunnel public keys in node records to their
+// nodes' names.
+func TunnelOwners(nodes []NodeInfo) map[string]string {
+	out := map[string]string{}
+	for _, n := range nodes {
+		if n.Tunnel != nil {
+			out[n.Tunnel.Key] = n.Name
+		}
+	}
+	return out
+}
+
 // ForeignVNI returns a foreign VXLAN device that uses vni on port on some
 // member's host, and that host.
 func (s *State) ForeignVNI(port int, vni uint32) (node string, dev model.ForeignVXLAN, found bool) {

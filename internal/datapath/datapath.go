@@ -346,7 +346,7 @@ type Firewall struct {
 	Notrack bool `json:"notrack,omitempty"`
 	// Encrypted lists, sorted by VNI, the encrypted networks, routed
 	// through the tunnel device TunnelDev: VXLAN with their VNIs is never
-	// accepted in clear from the underlay, whoever sends it, and only a
+	// accepted, whoever sends it, and only a
 	// network's own addresses cross between its bridge and the tunnel;
 	// nothing else is routed into or out of the tunnel.
 	Encrypted []EncryptedNet `json:"encrypted,omitempty"`

@@ -155,12 +155,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.InBytes), "in")
 	ch <- prometheus.MustNewConstMetric(descGossipBytes, prometheus.CounterValue, float64(tr.OutBytes), "out")
 	if t := s.Tunnel; t != nil {
-		names := map[string]string{} // public key -> node
-		for _, n := range s.Nodes {
-			if n.Tunnel != nil {
-				names[n.Tunnel.Key] = n.Name
-			}
-		}
+		names := cluster.TunnelOwners(s.Nodes)
 		for _, p := range t.Peers {
 			name := names[p.Key]
 			if name == "" {

@@ -317,12 +317,6 @@ func DeriveMTU(underlayMTU int, underlayV6 bool) int {
 	return underlayMTU - Overhead(false, underlayV6)
 }
 
-// EffectiveMTU returns the MTU to use for an unencrypted network on an
-// underlay, refusing an explicit MTU that does not fit.
-func EffectiveMTU(explicit, underlayMTU int, underlayV6 bool) (int, error) {
-	return NetworkMTU(Network{MTU: explicit}, underlayMTU, underlayV6)
-}
-
 // NetworkMTU returns the MTU of network n's devices and containers on an
 // underlay: its own MTU, or when it has none the largest that fits.
 func NetworkMTU(n Network, underlayMTU int, underlayV6 bool) (int, error) {

@@ -126,10 +126,10 @@ func TestMTU(t *testing.T) {
 		{1450, 1500, true, 0, "minus 70 bytes of VXLAN overhead leaves at most 1430"},
 		{0, 600, false, 0, "underlay MTU 600 is too small"},
 	} {
-		got, err := EffectiveMTU(tc.explicit, tc.underlay, tc.v6)
+		got, err := NetworkMTU(Network{MTU: tc.explicit}, tc.underlay, tc.v6)
 		checkErr(t, err, tc.err)
 		if got != tc.want {
-			t.Errorf("EffectiveMTU(%d, %d, %v) = %d, want %d", tc.explicit, tc.underlay, tc.v6, got, tc.want)
+			t.Errorf("NetworkMTU(%d, %d, %v) = %d, want %d", tc.explicit, tc.underlay, tc.v6, got, tc.want)
 		}
 	}
 	// Encrypted networks: WireGuard's overhead alone (they are routed, not

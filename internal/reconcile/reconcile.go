@@ -250,6 +250,9 @@ func Desired(in Input) (Target, []Problem) {
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
 		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal}
+		if n.Encrypted { // programmed only where there is a tunnel
+			hn.Tunnel = in.Tunnel.Dev
+		}
 		if n.Name == model.HealthNetwork {
 			// Its bridge forwards (the probes cross FORWARD where
 			// br_netfilter is on); it has no gateway, so no names.

@@ -22,11 +22,6 @@ func (st *Target) tunnel(in Input, nets map[string]model.Network) {
 		return
 	}
 	slices.SortFunc(st.Firewall.Encrypted, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
-	for i, hn := range st.HostFirewall.Networks {
-		if nets[st.Networks[hn.VNI].Name].Encrypted {
-			st.HostFirewall.Networks[i].Tunnel = in.Tunnel.Dev
-		}
-	}
 	me := in.Tunnel
 	t := &datapath.Tunnel{Dev: me.Dev, Port: me.Info.Port, MTU: in.UnderlayMTU - model.Overhead(true, in.Local.Is6()),
 		Addr: model.TunnelAddr(me.Info.Key), Key: me.Info.Key, Peers: []datapath.TunnelPeer{}}

@@ -157,12 +157,14 @@ func Config(want datapath.Tunnel, priv wgtypes.Key, have *wgtypes.Device) (wgtyp
 }
 
 func peerIs(c wgtypes.Peer, p datapath.TunnelPeer) bool {
+	hosts := hostAddrs(c.AllowedIPs)
 	return [32]byte(c.PresharedKey) == p.PSK && c.PersistentKeepaliveInterval == Keepalive && c.Endpoint != nil &&
-		netipUnmap(c.Endpoint.AddrPort()) == p.Endpoint && slices.Equal(hostAddrs(c.AllowedIPs), p.AllowedIPs)
+		netipUnmap(c.Endpoint.AddrPort()) == p.Endpoint && len(hosts) == len(c.AllowedIPs) && slices.Equal(hosts, p.AllowedIPs)
 }
 
 // hostAddrs returns the single addresses among nets, sorted (a prefix that
-// is not one address is left out: vxnet never sets one).
+// is not one address is left out: vxnet never sets one, and a peer that
+// has one is configured again).
 func hostAddrs(nets []net.IPNet) []netip.Addr {
 	out := []netip.Addr{}
 	for _, n := range nets {

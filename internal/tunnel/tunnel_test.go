@@ -101,6 +101,9 @@ func TestConfig(t *testing.T) {
 				t.Fatalf("config %+v: want the peer with both addresses, replacing", c)
 			}
 		}},
+		{"a prefix nobody set among a peer's addresses", func(d *wgtypes.Device) {
+			d.Peers[0].AllowedIPs = append(d.Peers[0].AllowedIPs, net.IPNet{IP: net.IPv4(10, 0, 0, 0).To4(), Mask: net.CIDRMask(8, 32)})
+		}, true, nil},
 		{"another pre-shared key", func(d *wgtypes.Device) { d.Peers[0].PresharedKey = wgtypes.Key{8} }, true, nil},
 		{"the peer roamed", func(d *wgtypes.Device) { d.Peers[0].Endpoint.Port = 9 }, true, nil},
 		{"a peer nobody wants", func(d *wgtypes.Device) { d.Peers = append(d.Peers, wgtypes.Peer{PublicKey: gone}) }, true, func(t *testing.T, c wgtypes.Config) {

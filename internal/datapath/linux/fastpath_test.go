@@ -156,7 +156,7 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 		if c.ep.Network == "db" {
 			n = db
 		}
-		mtu, _ := model.EffectiveMTU(0, 1500, false)
+		mtu, _ := model.NetworkMTU(model.Network{}, 1500, false)
 		if _, err := h.dp.Attach(datapath.EndpointSpec{ID: c.ep.ID, VNI: n.VNI, Netns: c.path, IfName: "eth0", MAC: c.ep.MAC,
 			IP: netip.PrefixFrom(c.ep.IP, 24), Gateway: n.Gateway, MTU: mtu}); err != nil {
 			t.Fatal(err)

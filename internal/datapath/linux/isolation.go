@@ -127,22 +127,20 @@ func ingressRule(t *nftables.Table, c *nftables.Chain, vnis, vteps *nftables.Set
 		})}
 }
 
-// clearRule drops VXLAN of the encrypted networks (a VNI in encrypted)
-// that did not come out of the tunnel device, for one IP family: those
-// networks' frames never cross the underlay in clear, so a clear one is
-// forged or misrouted, even from a member with the right VNI.
-func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, port int, dev string, v6 bool) *nftables.Rule {
+// clearRule drops VXLAN of the encrypted networks (a VNI in encrypted),
+// for one IP family, whoever sends it: those networks are routed through
+// WireGuard and never carried in VXLAN, so such a frame is forged or
+// misrouted, even from a member.
+func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, port int, v6 bool) *nftables.Rule {
 	tag := clearPrefix
 	if v6 {
 		tag = clear6Prefix
 	}
-	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tag + strconv.Itoa(port) + ":" + dev),
+	return &nftables.Rule{Table: t, Chain: c, UserData: []byte(tag + strconv.Itoa(port)),
 		Exprs: join(udpTo(v6, port), []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8 + 4, Len: 4},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xff, 0xff, 0xff, 0}, Xor: []byte{0, 0, 0, 0}},
 			&expr.Lookup{SourceRegister: 1, SetName: encrypted.Name, SetID: encrypted.ID},
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(dev)},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		})}
@@ -344,10 +342,11 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 				}
 			} else if (strings.HasPrefix(ud, clearPrefix) || strings.HasPrefix(ud, clear6Prefix)) && name == inputChain {
 				tunnelRules[ud]++
-				_, rest, _ := strings.Cut(ud, ":")
-				_, f.TunnelDev, _ = strings.Cut(rest, ":")
 			} else if (strings.HasPrefix(ud, tunnelOut) || strings.HasPrefix(ud, tunnelIn) || strings.HasPrefix(ud, tunnelDrop)) && name == forwardChain {
 				tunnelRules[ud]++
+				if dev, ok := strings.CutPrefix(ud, tunnelDrop); ok {
+					f.TunnelDev = dev
+				}
 			} else {
 				return broken, nil
 			}
@@ -455,8 +454,7 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 	}
 	slices.SortFunc(out, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
 	want := map[string]int{tunnelDrop + dev: 2}
-	id := fmt.Sprintf("%d:%s", port, dev)
-	want[clearPrefix+id], want[clear6Prefix+id] = 1, 1
+	want[clearPrefix+strconv.Itoa(port)], want[clear6Prefix+strconv.Itoa(port)] = 1, 1
 	var got []uint32
 	for _, n := range out {
 		tid := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
@@ -569,8 +567,8 @@ func (d *Dataplane) EnsureFirewall(f datapath.Firewall) error {
 		if err := c.AddSet(enc, eelems); err != nil {
 			return fmt.Errorf("nftables set %s: %w", encryptedSet, err)
 		}
-		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, false))
-		c.AddRule(clearRule(t, in, enc, f.Port, f.TunnelDev, true))
+		c.AddRule(clearRule(t, in, enc, f.Port, false))
+		c.AddRule(clearRule(t, in, enc, f.Port, true))
 	}
 	c.AddRule(ingressRule(t, in, vnis, set, f.Port, false))
 	c.AddRule(ingressRule(t, in, vnis, set6, f.Port, true))

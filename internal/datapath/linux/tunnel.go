@@ -121,18 +121,8 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 	if !d.tun.set {
 		return errors.New("tunnel: no key was given to the dataplane")
 	}
-	l, err := d.h.LinkByName(t.Dev)
+	l, have, err := d.tunnelDevice(t)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
-			return fmt.Errorf("look up tunnel device %s: %w", t.Dev, err)
-		}
-		if l, err = d.createTunnel(t); err != nil {
-			return err
-		}
-	} else if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
-		return &datapath.NotOwnedError{Device: t.Dev}
-	} else if l, err = d.reviveTunnel(l, t); err != nil {
 		return err
 	}
 	if err := d.ensureMTU(l, t.MTU); err != nil {
@@ -147,43 +137,69 @@ func (d *Dataplane) EnsureTunnel(t datapath.Tunnel) error {
 		}
 		d.changed("set up", "dev", t.Dev)
 	}
-	c, err := d.wgClient()
-	if err != nil {
-		return err
-	}
-	have, err := c.Device(t.Dev)
-	if err != nil {
-		return fmt.Errorf("read WireGuard device %s: %w", t.Dev, err)
-	}
 	cfg, changed := tunnel.Config(t, d.tun.key, have)
 	if !changed {
 		return nil
 	}
-	if err := c.ConfigureDevice(t.Dev, cfg); err != nil {
+	if err := d.tun.wg.ConfigureDevice(t.Dev, cfg); err != nil {
 		return fmt.Errorf("configure WireGuard device %s (%d peers): %w", t.Dev, len(t.Peers), err)
 	}
 	d.changed("configured tunnel", "dev", t.Dev, "peers", len(t.Peers), "changed", len(cfg.Peers))
 	return nil
 }
 
-// reviveTunnel replaces a userspace device's link that no process answers
-// for (its control socket gone or dead): a new device, configured afresh.
-func (d *Dataplane) reviveTunnel(l netlink.Link, t datapath.Tunnel) (netlink.Link, error) {
-	if l.Type() == "wireguard" {
-		return l, nil
-	}
+// tunnelDevice returns the tunnel's link and its device as wgctrl reads
+// it, making the link when there is none, and replacing a userspace
+// device's link that no process serves (its control socket gone or dead).
+func (d *Dataplane) tunnelDevice(t datapath.Tunnel) (netlink.Link, *wgtypes.Device, error) {
 	c, err := d.wgClient()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := c.Device(t.Dev); err == nil {
-		return l, nil
+	l, err := d.h.LinkByName(t.Dev)
+	var nf netlink.LinkNotFoundError
+	made := false
+	switch {
+	case errors.As(err, &nf):
+		if l, err = d.createTunnel(t); err != nil {
+			return nil, nil, err
+		}
+		made = true
+	case err != nil:
+		return nil, nil, fmt.Errorf("look up tunnel device %s: %w", t.Dev, err)
+	default:
+		if kind, _, ok := datapath.ParseAlias(l.Attrs().Alias); !ok || kind != tunnelKind {
+			return nil, nil, &datapath.NotOwnedError{Device: t.Dev}
+		}
 	}
-	if err := d.h.LinkDel(l); err != nil {
-		return nil, fmt.Errorf("remove tunnel device %s, which no process serves: %w", t.Dev, err)
+	dev, err := readDevice(c, t.Dev, made)
+	if err != nil && !made && l.Type() != "wireguard" {
+		if err := d.h.LinkDel(l); err != nil {
+			return nil, nil, fmt.Errorf("remove tunnel device %s, which no process serves: %w", t.Dev, err)
+		}
+		d.changed("removed a tunnel device no process serves", "dev", t.Dev)
+		if l, err = d.createTunnel(t); err != nil {
+			return nil, nil, err
+		}
+		dev, err = readDevice(c, t.Dev, true)
 	}
-	d.changed("removed a tunnel device no process serves", "dev", t.Dev)
-	return d.createTunnel(t)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read WireGuard device %s: %w", t.Dev, err)
+	}
+	return l, dev, nil
+}
+
+// readDevice reads a WireGuard device; fresh, a userspace device's control
+// socket may follow its link by a moment, so it is waited for (tunnelWait).
+func readDevice(c *wgctrl.Client, name string, fresh bool) (*wgtypes.Device, error) {
+	deadline := time.Now().Add(tunnelWait)
+	for {
+		dev, err := c.Device(name)
+		if err == nil || !fresh || time.Now().After(deadline) {
+			return dev, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // tunnelWait bounds how long a userspace device may take to appear.
