@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,13 +86,7 @@ func TestEncryptedNetwork(t *testing.T) {
 		if n.EffectiveMTU != mtu || !n.Encrypted {
 			t.Fatalf("net2 on h1: MTU %d encrypted %v, want %d (the underlay's less WireGuard's overhead) and encrypted", n.EffectiveMTU, n.Encrypted, mtu)
 		}
-		if _, err := probe.Ping(enc1.Netns, enc2.IP, mtu-28, true, 2*time.Second); err != nil {
-			t.Fatalf("a %d-byte packet with DF (the container MTU) did not cross: %v", mtu, err)
-		}
-		r, err := probe.Ping(enc1.Netns, enc2.IP, mtu-27, true, time.Second)
-		if err == nil || !r.TooBig {
-			t.Fatalf("a packet one byte over the MTU with DF: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
-		}
+		dfAtMTU(t, enc1.Netns, enc2.IP, mtu)
 	})
 
 	t.Run("Trace", func(t *testing.T) {
@@ -218,6 +211,11 @@ func TestEncryptedNetwork(t *testing.T) {
 		}
 		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second-time.Since(started))
 		t.Logf("h2's containers reached again %s after its agent restarted with a new key", time.Since(started).Round(time.Millisecond))
+		// The reply came through a session with the new key: h1's device
+		// knows h2 by it and has shaken hands with it.
+		if p := onlyPeer(t, h1); p.PublicKey.String() != publishedKey(t, l, "h1", "h2") || p.LastHandshakeTime.Before(started) {
+			t.Fatalf("h1's peer is %s, last handshake %v: want h2's new key, shaken hands since the restart", p.PublicKey, p.LastHandshakeTime)
+		}
 	})
 
 	t.Run("RotateNodeKey", func(t *testing.T) {
@@ -240,9 +238,22 @@ func TestEncryptedNetwork(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		pingUntil(t, enc1.Netns, enc2.IP, 10*time.Second)
+		// The containers talk through a session with the new key: h2's
+		// device knows h1 by it and has shaken hands with it (a session of
+		// the old key may carry the first pings: wait for the new one).
+		if err := waitCond(10*time.Second, func() error {
+			if _, err := probe.Ping(enc1.Netns, enc2.IP, 56, false, 300*time.Millisecond); err != nil {
+				return err
+			}
+			if p := onlyPeer(t, h2); p.PublicKey.String() != k.NodeKey || p.LastHandshakeTime.Before(start) {
+				return fmt.Errorf("h2's peer is %s, last handshake %v: want h1's new key %s, shaken hands since the rotation", p.PublicKey, p.LastHandshakeTime, k.NodeKey)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		pingUntil(t, enc2.Netns, enc1.IP, time.Second)
-		t.Logf("reached again %s after h1's key was rotated", time.Since(start).Round(time.Millisecond))
+		t.Logf("reached again through a session of the new key %s after h1's key was rotated", time.Since(start).Round(time.Millisecond))
 	})
 
 	t.Run("StolenKeyWithoutClusterKey", func(t *testing.T) {
@@ -278,7 +289,7 @@ func TestEncryptedNetwork(t *testing.T) {
 		want := tunnel.PSK(nk, k1, k2)
 		for _, h := range []lab.Host{h1, h2} {
 			if err := waitCond(10*time.Second, func() error {
-				if got := peerPSK(t, h); got != want {
+				if got := onlyPeer(t, h).PresharedKey; got != want {
 					return fmt.Errorf("%s's peer has another pre-shared key than the new cluster key's", h.Name)
 				}
 				return nil
@@ -353,10 +364,22 @@ func TestEncryptedNetwork(t *testing.T) {
 	})
 }
 
-// peerPSK is the pre-shared key of the one peer of host h's tunnel.
-func peerPSK(t *testing.T, h lab.Host) [32]byte {
+// dfAtMTU: a packet of mtu bytes with DF crosses from ns to dst, one byte
+// more is refused at the sender as too big.
+func dfAtMTU(t *testing.T, ns string, dst netip.Addr, mtu int) {
 	t.Helper()
-	var psk [32]byte
+	if _, err := probe.Ping(ns, dst, mtu-28, true, 2*time.Second); err != nil {
+		t.Fatalf("a %d-byte packet with DF (the container MTU) did not cross: %v", mtu, err)
+	}
+	if r, err := probe.Ping(ns, dst, mtu-27, true, time.Second); err == nil || !r.TooBig {
+		t.Fatalf("a packet one byte over the MTU with DF: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
+	}
+}
+
+// onlyPeer is the one peer of host h's tunnel device, as WireGuard has it.
+func onlyPeer(t *testing.T, h lab.Host) wgtypes.Peer {
+	t.Helper()
+	var peer wgtypes.Peer
 	err := nsutil.Do(h.Netns, func() error {
 		c, err := wgctrl.New()
 		if err != nil {
@@ -367,13 +390,13 @@ func peerPSK(t *testing.T, h lab.Host) [32]byte {
 		if err != nil || len(d.Peers) != 1 {
 			return fmt.Errorf("tunnel of %s: %v (%+v)", h.Name, err, d)
 		}
-		psk = d.Peers[0].PresharedKey
+		peer = d.Peers[0]
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return psk
+	return peer
 }
 
 // stolenKeyCannotShakeHands: a machine on the underlay that holds h1's
@@ -545,18 +568,7 @@ func progress(t *testing.T, f *pingFlow, what string) {
 }
 
 // tunnelPID reads the process ID of a host's userspace tunnel device.
-func tunnelPID(t *testing.T, h lab.Host) int {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(h.Dir, "state", "tunnel.pid"))
-	if err != nil {
-		t.Fatalf("the tunnel device's pid file of %s: %v", h.Name, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pid
-}
+func tunnelPID(t *testing.T, h lab.Host) int { return stateInt(t, h, "tunnel.pid") }
 
 // publishedKey is node's tunnel key as host's agent knows it.
 func publishedKey(t *testing.T, l *lab.Lab, host, node string) string {
@@ -661,13 +673,7 @@ func TestEncryptedIPv6Underlay(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Underlay6: true, Encrypted: []int{1}})
 	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	pingUntil(t, a.Netns, b.IP, 10*time.Second)
-	mtu := lab.UnderlayMTU - model.WireGuardOverheadIPv6
-	if _, err := probe.Ping(a.Netns, b.IP, mtu-28, true, 2*time.Second); err != nil {
-		t.Fatalf("a %d-byte packet with DF did not cross WireGuard over IPv6: %v", mtu, err)
-	}
-	if r, err := probe.Ping(a.Netns, b.IP, mtu-27, true, time.Second); err == nil || !r.TooBig {
-		t.Fatalf("one byte over the MTU: err=%v tooBig=%v; want it refused", err, r.TooBig)
-	}
+	dfAtMTU(t, a.Netns, b.IP, lab.UnderlayMTU-model.WireGuardOverheadIPv6)
 	s, err := client(l, "h1").Status()
 	if err != nil {
 		t.Fatal(err)

@@ -321,17 +321,21 @@ func TestRollingUpgrade(t *testing.T) {
 }
 
 // gossipPortOf reads the gossip port an agent recorded.
-func gossipPortOf(t *testing.T, h lab.Host) int {
+func gossipPortOf(t *testing.T, h lab.Host) int { return stateInt(t, h, config.GossipPortFile) }
+
+// stateInt reads a number an agent (or its tunnel device) keeps in a file
+// of its state directory.
+func stateInt(t *testing.T, h lab.Host, file string) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(h.Dir, "state", config.GossipPortFile))
+	b, err := os.ReadFile(filepath.Join(h.Dir, "state", file))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s of %s: %v", file, h.Name, err)
 	}
-	p, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s of %s: %v", file, h.Name, err)
 	}
-	return p
+	return n
 }
 
 // TestUninstall: on a host with networks, a Docker container and vxnet's
