@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -37,6 +38,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return prepareHost(log, &flags)
 			}
 			cfg, err := flags.Build(config.Env{Hostname: os.Hostname, DefaultAddr: linux.DefaultAdvertiseAddr,
+				HasAddr:   func(a netip.Addr) bool { ok, _ := linux.HostNet{}.HasAddr(a); return ok },
 				HasDocker: func() bool { _, err := os.Stat("/run/docker"); return err == nil }}, log)
 			if err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/paths"
 )
 
 type clientFlags struct {
@@ -256,6 +258,7 @@ func newStatusCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%s\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Local, n.Remote, carried)
 			}
 			tw.Flush()
+			printPaths(out, s)
 			printTunnel(out, s)
 			if len(s.Conflicts) > 0 {
 				fmt.Fprintf(out, "\nCONFLICTS\n  %s\n", strings.Join(s.Conflicts, "\n  "))
@@ -299,4 +302,48 @@ func printTunnel(out io.Writer, s api.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d B\t%d B\t%d\n", name, p.Endpoint, hs, p.RxBytes, p.TxBytes, len(p.AllowedIPs))
 	}
 	tw.Flush()
+}
+
+// printPaths shows the address each peer is reached at, when this host or
+// a peer is reached at more than one.
+func printPaths(out io.Writer, s api.Status) {
+	if len(s.Addrs) == 0 && !slices.ContainsFunc(s.Paths, paths.Path.Probed) {
+		return
+	}
+	if len(s.Addrs) > 0 {
+		fmt.Fprintf(out, "\nPATHS (this host is reached at %s, preferred first)\n", joinAddrs(s.Addrs))
+	} else {
+		fmt.Fprintf(out, "\nPATHS\n")
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tUSING\tSINCE\tWHY\tADDRESSES (answers, RTT)")
+	for _, p := range s.Paths {
+		since := "-"
+		if !p.Since.IsZero() {
+			since = time.Since(p.Since).Round(time.Second).String() + " ago"
+		}
+		var cands []string
+		for _, c := range p.Candidates {
+			st := "down"
+			if c.Up {
+				st = c.RTT.Round(time.Microsecond).String()
+			} else if c.Misses == 0 && c.Answers == 0 {
+				st = "not probed"
+			}
+			if !p.Probed() {
+				st = "only one"
+			}
+			cands = append(cands, fmt.Sprintf("%s (%s)", c.Addr, st))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Peer, p.Addr, since, p.Reason, strings.Join(cands, ", "))
+	}
+	tw.Flush()
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	var s []string
+	for _, a := range addrs {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ", ")
 }

@@ -86,6 +86,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().IntVar(&cfg.PerHost, "per-host", 1, "containers per host and network")
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
 	up.Flags().IntSliceVar(&cfg.Encrypted, "encrypted", nil, "networks to encrypt (1 for net1; repeat or comma-separate): carried only inside WireGuard between the hosts")
+	up.Flags().BoolVar(&cfg.Sites, "sites", false, "put the hosts on two sites, each behind a router with 1:1 NAT (private 198.18.1.0/24 and 198.18.2.0/24, public 198.18.100.0/24); each agent is reached at its private and its public address")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
 	up.Flags().StringVar(&cfg.Datapath, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto); with --static, bpf programs the fast path")
@@ -167,8 +168,16 @@ func printLabHealth(out io.Writer, l *lab.Lab) bool {
 
 func printLab(cmd *cobra.Command, l *lab.Lab) {
 	out := cmd.OutOrStdout()
-	fmt.Fprintln(out, "hosts (underlay 198.18.0.0/24, switch namespace "+l.Switch+"):")
+	if l.Hosts[0].Site == 0 {
+		fmt.Fprintln(out, "hosts (underlay 198.18.0.0/24, switch namespace "+l.Switch+"):")
+	} else {
+		fmt.Fprintln(out, "hosts (two sites, each behind a router with 1:1 NAT; switches siteA, siteB and wan0 in namespace "+l.Switch+"):")
+	}
 	for _, h := range l.Hosts {
+		if h.Site != 0 {
+			fmt.Fprintf(out, "  %-4s site %c  private %-12s public %-14s netns %s\n", h.Name, 'A'+h.Site-1, h.Addr, h.Public, h.Netns)
+			continue
+		}
 		dp := ""
 		if l.Agent {
 			if st, err := api.NewClient(h.Socket).Status(); err == nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/metrics"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/paths"
 	"github.com/vxnet/vxnet/internal/trace"
 	"github.com/vxnet/vxnet/internal/version"
 )
@@ -59,6 +60,12 @@ type Replicator interface {
 
 // What only some stores do is an interface of its own, which a replicator
 // implements or not.
+
+// PathReporter is a replicator that picks the address each peer is
+// reached at (gossip: it probes the addresses of peers that list several).
+type PathReporter interface {
+	Paths() []paths.Path
+}
 
 // Joiner is a replicator whose members find each other by contacting one
 // (gossip); with etcd every member finds the others in the store.
@@ -510,7 +517,7 @@ func (m *metricsSource) HealthPeers() []health.Peer {
 // status shows the versions, and networks avoid those devices' VNIs.
 func (a *Agent) announce() {
 	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
-		Foreign: a.stats.lastForeign(), Tunnel: a.tunnelInfo()}
+		Foreign: a.stats.lastForeign(), Tunnel: a.tunnelInfo(), Addrs: a.cfg.Addrs}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {

@@ -20,6 +20,10 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 		s.Datapath = config.DatapathBridge
 	}
 	s.Unreadable = a.state.Unreadable() // omitted when empty
+	s.Addrs = a.cfg.Addrs
+	if p, ok := a.repl.(PathReporter); ok {
+		s.Paths = p.Paths()
+	}
 	a.stats.mu.Lock()
 	s.LastSync, s.LastSyncDuration, s.Conflicts = a.stats.lastSync, a.stats.lastDur, append([]string{}, a.stats.conflicts...)
 	if a.stats.syncErr != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/paths"
 	"github.com/vxnet/vxnet/internal/unixhttp"
 )
 
@@ -154,6 +156,11 @@ type Status struct {
 	// Tunnel is the WireGuard device as the last pass found it (nil:
 	// none): its peers' last handshakes and bytes.
 	Tunnel *datapath.Tunnel `json:"tunnel,omitempty"`
+	// Addrs are the addresses this host is reached at, in order of
+	// preference, when not Addr alone; Paths the address used for each
+	// peer and why (every peer, the probed ones with their candidates).
+	Addrs []netip.Addr `json:"addrs,omitempty"`
+	Paths []paths.Path `json:"paths,omitempty"`
 }
 
 // HealthReport is one member's view of the overlay paths to the others,

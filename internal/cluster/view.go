@@ -31,11 +31,15 @@ type NodeInfo struct {
 	// Tunnel is the host's WireGuard public key and port (nil: none, an
 	// agent from before encrypted networks).
 	Tunnel *model.TunnelInfo `json:"tunnel,omitempty"`
+	// Addrs are the addresses the host is reached at, in order of
+	// preference (empty: the one its membership says, alone). Each peer
+	// uses the first that answers its probes.
+	Addrs []netip.Addr `json:"addrs,omitempty"`
 }
 
 // Same reports whether two node records say the same.
 func (n NodeInfo) Same(o NodeInfo) bool {
-	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign) &&
+	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign) && slices.Equal(n.Addrs, o.Addrs) &&
 		(n.Tunnel == nil) == (o.Tunnel == nil) && (n.Tunnel == nil || *n.Tunnel == *o.Tunnel)
 }
 

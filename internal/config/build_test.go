@@ -40,7 +40,7 @@ func TestBuild(t *testing.T) {
 		{[]string{"--insecure", "--state-dir", state, "--gossip-port", "7000"}, func(c Agent) bool { return c.GossipPort == 7000 }, ""},
 		{[]string{"--store", "etcd://10.0.0.5:2379"}, func(c Agent) bool { return slices.Equal(c.Etcd, []string{"10.0.0.5:2379"}) }, ""},
 		{nil, nil, "no cluster key: give --key-file"},
-		{[]string{"--insecure", "--advertise-addr", "host1"}, nil, `invalid --advertise-addr "host1": want an IP address of this host`},
+		{[]string{"--insecure", "--advertise-addr", "host1"}, nil, `invalid --advertise-addr "host1": want an IP address`},
 		{[]string{"--insecure", "--health-subnet", "100.127.0.0/30"}, nil, `invalid --health-subnet "100.127.0.0/30"`},
 		{[]string{"--key-file", filepath.Join(t.TempDir(), "none")}, nil, "key file"},
 	} {
@@ -69,6 +69,58 @@ func TestBuild(t *testing.T) {
 	bad := Env{Hostname: func() (string, error) { return "", errors.New("no name") }}
 	if _, err := f.Build(bad, nil); err == nil || !strings.Contains(err.Error(), "give --name") {
 		t.Errorf("no hostname: %v", err)
+	}
+}
+
+// TestAdvertised: the host's own address and the addresses it is reached
+// at, from --advertise-addr and the host's addresses.
+func TestAdvertised(t *testing.T) {
+	host := Env{DefaultAddr: func() (netip.Addr, error) { return netip.MustParseAddr("10.0.0.9"), nil },
+		HasAddr: func(a netip.Addr) bool {
+			return a == netip.MustParseAddr("10.0.0.9") || a == netip.MustParseAddr("10.1.0.9")
+		}}
+	noRoute := host
+	noRoute.DefaultAddr = func() (netip.Addr, error) { return netip.Addr{}, errors.New("no default route") }
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		name  string
+		given []string
+		env   Env
+		local netip.Addr
+		addrs []netip.Addr
+		err   string
+	}{
+		{"default route", nil, host, a("10.0.0.9"), nil, ""},
+		{"one of the host's", []string{"10.1.0.9"}, host, a("10.1.0.9"), nil, ""},
+		{"public only: own address first", []string{"203.0.113.9"}, host, a("10.0.0.9"), []netip.Addr{a("10.0.0.9"), a("203.0.113.9")}, ""},
+		{"private then public", []string{"10.1.0.9", "203.0.113.9"}, host, a("10.1.0.9"), []netip.Addr{a("10.1.0.9"), a("203.0.113.9")}, ""},
+		{"comma separated", []string{"10.1.0.9, 203.0.113.9"}, host, a("10.1.0.9"), []netip.Addr{a("10.1.0.9"), a("203.0.113.9")}, ""},
+		{"public first keeps the order", []string{"203.0.113.9", "10.1.0.9"}, host, a("10.1.0.9"), []netip.Addr{a("203.0.113.9"), a("10.1.0.9")}, ""},
+		{"twice", []string{"10.1.0.9", "10.1.0.9"}, host, netip.Addr{}, nil, "given twice"},
+		{"loopback", []string{"127.0.0.1"}, host, netip.Addr{}, nil, "want a unicast address"},
+		{"mixed families", []string{"10.1.0.9", "2001:db8::9"}, host, netip.Addr{}, nil, "one family"},
+		{"none on the host, no route", []string{"203.0.113.9"}, noRoute, netip.Addr{}, nil, "no address given is on this host"},
+		{"too many", []string{"1.0.0.1,1.0.0.2,1.0.0.3,1.0.0.4,1.0.0.5,1.0.0.6,1.0.0.7,1.0.0.8,1.0.0.9"}, host, netip.Addr{}, nil, "at most 8"},
+	} {
+		local, addrs, err := advertised(tc.given, tc.env)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || local != tc.local || !slices.Equal(addrs, tc.addrs) {
+			t.Errorf("%s: %v %v %v, want %v %v", tc.name, local, addrs, err, tc.local, tc.addrs)
+		}
+		c := Agent{AdvertiseAddr: local, Addrs: addrs}
+		if want := local; len(addrs) > 0 {
+			want = addrs[len(addrs)-1]
+			if c.Identity() != want {
+				t.Errorf("%s: identity %v, want %v", tc.name, c.Identity(), want)
+			}
+		} else if c.Identity() != want {
+			t.Errorf("%s: identity %v, want %v", tc.name, c.Identity(), want)
+		}
 	}
 }
 

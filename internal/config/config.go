@@ -40,15 +40,21 @@ const (
 
 // Agent is an agent's configuration.
 type Agent struct {
-	Name          string
+	Name string
+	// AdvertiseAddr is this host's own address that VXLAN and gossip are
+	// sent from and bound to (the VTEP address).
 	AdvertiseAddr netip.Addr
-	Join          []string
-	Keys          [][]byte
-	Insecure      bool
-	StateDir      string
-	Socket        string
-	VXLANPort     int
-	GossipPort    int
+	// Addrs are the addresses peers reach this host at, in order of
+	// preference, when that is not AdvertiseAddr alone (nil then): it may
+	// list addresses the host does not have (a 1:1 NAT's public one).
+	Addrs      []netip.Addr
+	Join       []string
+	Keys       [][]byte
+	Insecure   bool
+	StateDir   string
+	Socket     string
+	VXLANPort  int
+	GossipPort int
 	// ResyncInterval is the period of the full reconcile pass.
 	ResyncInterval time.Duration
 	// ProbeInterval tunes gossip failure detection.
@@ -89,6 +95,16 @@ type Agent struct {
 	// the bridge.
 	Datapath Datapath
 	Log      *slog.Logger
+}
+
+// Identity is the address memberlist knows this host at: the last it is
+// reached at (the one every peer can reach, when the preferred are
+// private).
+func (c Agent) Identity() netip.Addr {
+	if len(c.Addrs) > 0 {
+		return c.Addrs[len(c.Addrs)-1]
+	}
+	return c.AdvertiseAddr
 }
 
 // GossipListen is the port the agent gossips on (0 with etcd: none).

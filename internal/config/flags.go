@@ -23,7 +23,7 @@ import (
 type Flags struct {
 	cfg          Agent
 	configFile   string
-	advertise    string
+	advertise    []string
 	join         string
 	keyFile      string
 	dockerSocket string
@@ -42,7 +42,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	c := &f.cfg
 	fs.StringVar(&f.configFile, "config", "", "JSON file of flag values, e.g. {\"join\": \"10.0.0.1\", \"key-file\": \""+KeyFile+"\"}")
 	fs.StringVar(&c.Name, "name", "", "node name (default: hostname)")
-	fs.StringVar(&f.advertise, "advertise-addr", "", "VTEP and gossip address (default: source address of the default route)")
+	fs.StringSliceVar(&f.advertise, "advertise-addr", nil, "address peers reach this host at (VXLAN, gossip, tunnel); default: the source address of the default route. Repeat it (or give a comma-separated list) for a host reached at several, the preferred first (private before public): each peer uses the first that answers. An address the host does not have (a 1:1 NAT's public one) is reached through the host's own, which is then listed first")
 	fs.StringVar(&f.join, "join", "", "addresses of members to join, comma separated")
 	fs.StringVar(&c.EtcdTLS.CA, "etcd-cacert", "", "CA bundle that signed the etcd servers' certificates (TLS to etcd; without it: plain HTTP)")
 	fs.StringVar(&c.EtcdTLS.Cert, "etcd-cert", "", "client certificate to present to etcd (with --etcd-key)")
@@ -75,6 +75,9 @@ type Env struct {
 	Hostname func() (string, error)
 	// DefaultAddr is the source address of the default route.
 	DefaultAddr func() (netip.Addr, error)
+	// HasAddr reports whether an address is on one of the host's
+	// interfaces (nil: every address given is taken to be).
+	HasAddr func(netip.Addr) bool
 	// HasDocker reports whether Docker is installed (/run/docker exists).
 	HasDocker func() bool
 }
@@ -110,11 +113,7 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 			return cfg, fmt.Errorf("hostname: %w (give --name)", err)
 		}
 	}
-	if f.advertise != "" {
-		if cfg.AdvertiseAddr, err = netip.ParseAddr(f.advertise); err != nil {
-			return cfg, fmt.Errorf("invalid --advertise-addr %q: want an IP address of this host", f.advertise)
-		}
-	} else if cfg.AdvertiseAddr, err = h.DefaultAddr(); err != nil {
+	if cfg.AdvertiseAddr, cfg.Addrs, err = advertised(f.advertise, h); err != nil {
 		return cfg, err
 	}
 	for _, j := range strings.Split(f.join, ",") {
@@ -124,6 +123,9 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	}
 	if cfg.Etcd, err = ParseStore(f.store, f.join); err != nil {
 		return cfg, err
+	}
+	if len(cfg.Etcd) > 0 && len(cfg.Addrs) > 0 {
+		return cfg, fmt.Errorf("--advertise-addr %s: several addresses, or one this host does not have, need the gossip store (its members probe each other's addresses); with etcd give one address of this host", strings.Join(f.advertise, ","))
 	}
 	// With etcd, etcd's own TLS secures the state: no cluster key.
 	if len(cfg.Etcd) == 0 && f.keyFile != "" {

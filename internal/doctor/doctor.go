@@ -67,7 +67,7 @@ type Facts struct {
 func Run(f Facts) []Finding {
 	out := []Finding{agent(f)}
 	if f.Status != nil {
-		out = append(out, addr(f), reconcile(f), datapath(f), paths(f))
+		out = append(out, addr(f), addresses(f), reconcile(f), datapath(f), overlayPaths(f))
 	}
 	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), hostFilters(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
@@ -145,7 +145,7 @@ func kernelVXLAN(f Facts) Finding {
 // to a peer that gossip reaches but probes do not is a VXLAN port blocked
 // on the way; full-size probes lost while small ones pass is a path MTU
 // below the underlay's (or offload trouble).
-func paths(f Facts) Finding {
+func overlayPaths(f Facts) Finding {
 	h := f.Health
 	if h == nil {
 		return Finding{"overlay-paths", Warn, "the agent did not report its health view", "upgrade the agent; 'vxnet health' shows the probes"}

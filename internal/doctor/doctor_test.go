@@ -11,6 +11,7 @@ import (
 	dp "github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/paths"
 )
 
 func find(fs []Finding, check string) Finding {
@@ -20,6 +21,21 @@ func find(fs []Finding, check string) Finding {
 		}
 	}
 	return Finding{}
+}
+
+// twoSites is a status whose peer h2 is reached at a private and a public
+// address, with which of them answer and how h2 sees this host.
+func twoSites(privUp, pubUp bool, seenAs netip.Addr) *api.Status {
+	priv, pub := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("203.0.113.2")
+	if !seenAs.IsValid() {
+		seenAs = netip.MustParseAddr("203.0.113.1")
+	}
+	p := paths.Path{Peer: "h2", Addr: priv, Reason: "its first address, answers", Candidates: []paths.Candidate{{Addr: priv, Up: privUp}, {Addr: pub, Up: pubUp, SeenAs: seenAs}}}
+	if !privUp && pubUp {
+		p.Addr, p.Reason = pub, "answers; 10.0.0.2 does not"
+	}
+	return &api.Status{Node: "h1", Addr: "10.0.0.1", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("203.0.113.1")},
+		Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}}, Paths: []paths.Path{p}}
 }
 
 func TestChecks(t *testing.T) {
@@ -41,6 +57,13 @@ func TestChecks(t *testing.T) {
 		level Level
 		text  string
 	}{
+		{"one address each", Facts{Status: healthy}, "addresses", OK, "one address it advertises (this host: 10.0.0.1)"},
+		{"sites", Facts{Status: twoSites(false, true, netip.Addr{})}, "addresses", OK, "h2 at 203.0.113.2 (answers; 10.0.0.2 does not)"},
+		{"nothing answers", Facts{Status: twoSites(false, false, netip.Addr{})}, "addresses", Fail, "no address of h2 answers probes from here (10.0.0.2, 203.0.113.2)"},
+		{"unknown NAT", Facts{Status: twoSites(false, true, netip.MustParseAddr("198.51.100.7"))}, "addresses", Warn, "h2 sees this host's probes come from 198.51.100.7"},
+		{"VXLAN port rewritten", Facts{Status: twoSites(false, true, netip.Addr{}), VXLANPort: 4789, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true,
+			Peers: []health.Peer{{Node: "h2", State: health.Unreachable, Cause: "the last 3 probes went unanswered"}}}}},
+			"addresses", Fail, "h2 answers at 203.0.113.2 on the gossip port, but VXLAN to it does not pass"},
 		{"agent down", Facts{StatusErr: errors.New("connection refused")}, "agent", Fail, "the agent does not answer: connection refused"},
 		{"agent up", Facts{Status: healthy}, "agent", OK, "2 of 2 members alive"},
 		{"address gone", Facts{Status: &api.Status{AddrError: "advertise address 10.0.0.1 is no longer on any interface"}}, "advertise-address", Fail, "no longer on any interface"},

@@ -162,7 +162,11 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 	if err := os.MkdirAll(h.Dir, 0o700); err != nil {
 		return err
 	}
-	args := []string{"agent", "--name", h.Name, "--advertise-addr", h.Addr.String(),
+	advertise := h.Addr.String()
+	if h.Public.IsValid() {
+		advertise += "," + h.Public.String()
+	}
+	args := []string{"agent", "--name", h.Name, "--advertise-addr", advertise,
 		"--key-file", keyFile, "--state-dir", filepath.Join(h.Dir, "state"), "--socket", h.Socket,
 		"--vxlan-port", fmt.Sprint(VXLANPort), "--probe-interval", l.probeInterval().String(), "-v",
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
@@ -187,7 +191,7 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 	var join []string
 	for _, o := range l.Hosts {
 		if o.Name != h.Name && len(join) < 2 {
-			join = append(join, o.Addr.String())
+			join = append(join, o.reachAddr().String())
 		}
 	}
 	if !withJoin || len(l.Etcd) > 0 {

@@ -92,6 +92,10 @@ type Config struct {
 	// HostFirewall gives every host a firewall of one common kind
 	// (HostFirewalls) before its agent starts; empty: none.
 	HostFirewall string
+	// Sites puts the hosts on two sites, each behind a router with 1:1 NAT
+	// (sites.go); every agent is reached at its private and its public
+	// address.
+	Sites bool
 	// DefaultGossipPort runs the agents without --gossip-port (each takes
 	// its release's default, or the port its state directory says).
 	DefaultGossipPort bool
@@ -147,6 +151,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("invalid encrypted network %d: want one of 1-%d, with agents", j, c.Networks)
 		}
 	}
+	if c.Sites && (c.Hosts < 2 || c.Hosts > 40 || !c.Agent || c.Underlay6 || c.Outside || c.Etcd > 0) {
+		return fmt.Errorf("a two-site lab needs 2-40 hosts with agents, an IPv4 underlay, no outside machine and no etcd")
+	}
 	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
 		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
 	}
@@ -158,6 +165,10 @@ type Host struct {
 	Name   string     `json:"name"`
 	Netns  string     `json:"netns"`
 	Addr   netip.Addr `json:"addr"`
+	// Public is the host's address on its router's 1:1 NAT and Site its
+	// site (1 or 2), in a two-site lab (Config.Sites).
+	Public netip.Addr `json:"public,omitzero"`
+	Site   int        `json:"site,omitempty"`
 	Socket string     `json:"socket,omitempty"`
 	PID    int        `json:"pid,omitempty"`
 	Dir    string     `json:"dir,omitempty"`
@@ -261,12 +272,17 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := sw.LinkSetUp(br); err != nil {
 		return nil, fmt.Errorf("underlay switch up: %w", err)
 	}
-	for i := 1; i <= cfg.Hosts; i++ {
+	for i := 1; i <= cfg.Hosts && !cfg.Sites; i++ {
 		h, err := addHost(sw, br, p, fmt.Sprintf("h%d", i), underlayAddr(i, cfg.Underlay6))
 		if err != nil {
 			return nil, err
 		}
 		l.Hosts = append(l.Hosts, h)
+	}
+	if cfg.Sites {
+		if err := l.buildSites(sw, cfg.Hosts); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Outside {
 		out, err := addHost(sw, br, p, "out", OutsideAddr)
@@ -283,7 +299,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		h.Dir = filepath.Join(l.dir(), h.Name)
 		l.Etcd = append(l.Etcd, h)
 	}
-	if err := staticUnderlayNeighbours(l.Hosts); err != nil {
+	if err := staticUnderlayNeighbours(l.Hosts); err != nil && !cfg.Sites {
 		return nil, err
 	}
 	for j := 1; j <= cfg.Networks; j++ {
@@ -397,7 +413,16 @@ func openUnderlay(h Host) (*netlink.Handle, netlink.Link, error) {
 // addHost creates host i: a namespace, its underlay link "eth0" plugged into
 // the switch, and its address.
 func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, addr netip.Addr) (Host, error) {
+	if addr.Is6() {
+		return addHostIn(sw, br, prefix, name, netip.PrefixFrom(addr, underlayNet6.Bits()))
+	}
+	return addHostIn(sw, br, prefix, name, netip.PrefixFrom(addr, underlayNet.Bits()))
+}
+
+// addHostIn is addHost with the address's subnet given.
+func addHostIn(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, p netip.Prefix) (Host, error) {
 	h := Host{Name: name}
+	addr := p.Addr()
 	path, err := nsutil.Create(prefix + h.Name)
 	if err != nil {
 		return h, err
@@ -427,9 +452,9 @@ func addHost(sw *netlink.Handle, br *netlink.Bridge, prefix, name string, addr n
 	if err != nil {
 		return h, fmt.Errorf("eth0 of %s: %w", h.Name, err)
 	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet.Bits(), 32)}}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
 	if addr.Is6() { // usable at once: no duplicate address detection
-		a = &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(underlayNet6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
+		a = &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr.AsSlice(), Mask: net.CIDRMask(p.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
 	}
 	if err := hh.AddrAdd(eth, a); err != nil {
 		return h, fmt.Errorf("address of %s: %w", h.Name, err)

@@ -58,7 +58,10 @@ type Network struct {
 // Node is one host of the cluster.
 type Node struct {
 	Name string     `json:"name"`
-	Addr netip.Addr `json:"addr"` // VTEP and gossip address
+	Addr netip.Addr `json:"addr"` // VTEP and gossip address (the one in use)
+	// Addrs are all the addresses its traffic may come from (empty: Addr
+	// alone).
+	Addrs []netip.Addr `json:"addrs,omitempty"`
 }
 
 // Endpoint is one container interface on one network.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -24,6 +26,9 @@ type CaptureStats struct {
 	// each marker (StartCaptureMarkers), in the markers' order.
 	VNIs    map[uint32]int64
 	Markers []int64
+	// Addrs counts the IPv4 frames per outer address (source and
+	// destination).
+	Addrs map[netip.Addr]int64
 }
 
 // Capture listens on every interface of a namespace for VXLAN frames.
@@ -38,6 +43,7 @@ type Capture struct {
 	mu      sync.Mutex
 	vnis    map[uint32]int64
 	found   []int64
+	addrs   map[netip.Addr]int64
 }
 
 // StartCapture opens a packet socket in the namespace at nsPath and counts
@@ -49,11 +55,28 @@ func StartCapture(nsPath string, port int) (*Capture, error) {
 // StartCaptureMarkers is StartCapture that also counts VXLAN frames per VNI
 // and, in any frame at all, the byte strings markers.
 func StartCaptureMarkers(nsPath string, port int, markers ...[]byte) (*Capture, error) {
-	c := &Capture{port: uint16(port), markers: markers, vnis: map[uint32]int64{}, found: make([]int64, len(markers))}
+	return StartCaptureOn(nsPath, "", port, markers...)
+}
+
+// StartCaptureOn is StartCaptureMarkers on one interface of the namespace
+// (dev; empty: all).
+func StartCaptureOn(nsPath, dev string, port int, markers ...[]byte) (*Capture, error) {
+	c := &Capture{port: uint16(port), markers: markers, vnis: map[uint32]int64{}, found: make([]int64, len(markers)), addrs: map[netip.Addr]int64{}}
 	err := nsutil.Do(nsPath, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		c.fd = fd
-		return err
+		if err != nil || dev == "" {
+			return err
+		}
+		ifi, err := net.InterfaceByName(dev)
+		if err == nil {
+			err = unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+		}
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("bind to %s: %w", dev, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("capture socket in %s: %w", nsPath, err)
@@ -83,6 +106,10 @@ func (c *Capture) loop() {
 		}
 		vx, arp, bcast := ClassifyFrame(buf[:n], c.port)
 		c.mu.Lock()
+		if n >= 14+20 && binary.BigEndian.Uint16(buf[12:]) == 0x0800 {
+			c.addrs[netip.AddrFrom4([4]byte(buf[14+12:14+16]))]++
+			c.addrs[netip.AddrFrom4([4]byte(buf[14+16:14+20]))]++
+		}
 		for i, m := range c.markers {
 			if bytes.Contains(buf[:n], m) {
 				c.found[i]++
@@ -117,7 +144,7 @@ func (c *Capture) Stats() CaptureStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return CaptureStats{VXLAN: c.stats.vxlan.Load(), InnerARP: c.stats.arp.Load(), InnerBcast: c.stats.bcast.Load(),
-		VNIs: maps.Clone(c.vnis), Markers: slices.Clone(c.found)}
+		VNIs: maps.Clone(c.vnis), Markers: slices.Clone(c.found), Addrs: maps.Clone(c.addrs)}
 }
 
 // ClassifyFrame parses an Ethernet frame: is it VXLAN to port, and does it

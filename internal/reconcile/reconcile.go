@@ -273,7 +273,8 @@ func Desired(in Input) (Target, []Problem) {
 	})
 	for _, nd := range in.Nodes {
 		if nd.Name != in.Node && nd.Addr.IsValid() {
-			st.Firewall.VTEPs = append(st.Firewall.VTEPs, nd.Addr)
+			// A member reached at several addresses sends from any of them.
+			st.Firewall.VTEPs = append(append(st.Firewall.VTEPs, nd.Addr), nd.Addrs...)
 		}
 	}
 	slices.SortFunc(st.Firewall.VTEPs, netip.Addr.Compare)

@@ -365,3 +365,23 @@ func TestOpeningsFollowMembers(t *testing.T) {
 		t.Fatalf("openings left: %+v", obs.Openings)
 	}
 }
+
+// TestDesiredSeveralAddresses: a member reached at several addresses gets
+// its FDB entries at the address in use and is admitted from all of them.
+func TestDesiredSeveralAddresses(t *testing.T) {
+	in := input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3"))
+	pub := netip.MustParseAddr("203.0.113.2")
+	in.Nodes = []model.Node{h1, {Name: "h2", Addr: pub, Addrs: []netip.Addr{h2.Addr, pub}}, h3}
+	st, _ := reconcile.Desired(in)
+	var fdb []string
+	for _, f := range st.FDB {
+		if f.VNI == 4097 {
+			fdb = append(fdb, f.String())
+		}
+	}
+	eqSet(t, "fdb", fdb, []string{"fdb vni 4097 02:00:00:00:00:02 -> 203.0.113.2"})
+	want := []netip.Addr{h2.Addr, h3.Addr, pub}
+	if !slices.Equal(st.Firewall.VTEPs, want) {
+		t.Errorf("allowed VTEPs %v, want %v", st.Firewall.VTEPs, want)
+	}
+}

@@ -22,13 +22,17 @@ import (
 
 	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/paths"
 )
 
 // Config configures the gossip backend.
 type Config struct {
 	Name string
-	Addr netip.Addr // bind and advertise address (the VTEP address)
-	Port int
+	Addr netip.Addr // bind address (the VTEP address on this host)
+	// Advertise is the address memberlist knows this member at, when not
+	// Addr (one the host does not have: a 1:1 NAT's public address).
+	Advertise netip.Addr
+	Port      int
 	// LegacyPort, when not Port, is tried for a join address without a
 	// port that does not answer on Port: members of a cluster that runs on
 	// an earlier default.
@@ -82,6 +86,7 @@ type Gossip struct {
 
 	malformed atomic.Int64 // messages refused from the network
 	traffic   struct{ inMsgs, inBytes, outMsgs, outBytes atomic.Int64 }
+	paths     pathState
 }
 
 // Traffic returns the counts so far.
@@ -112,6 +117,9 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	mc.BindAddr = cfg.Addr.String()
 	mc.BindPort = cfg.Port
 	mc.AdvertiseAddr = cfg.Addr.String()
+	if cfg.Advertise.IsValid() {
+		mc.AdvertiseAddr = cfg.Advertise.String()
+	}
 	mc.AdvertisePort = cfg.Port
 	mc.Delegate = (*delegate)(g)
 	mc.Events = (*events)(g)
@@ -129,8 +137,18 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	// the new address once the old one has been dead this long.
 	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
+	g.paths = pathState{table: paths.NewTable(), pending: map[uint64]sentProbe{}}
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
+	} else {
+		t, err := newPathTransport(g, cfg.Addr, cfg.Port, mc.Logger)
+		if err != nil {
+			if strings.Contains(err.Error(), "address already in use") {
+				return nil, inUseError(cfg.Port, cfg.LegacyPort, err)
+			}
+			return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
+		}
+		mc.Transport, g.paths.t = t, t
 	}
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
@@ -150,6 +168,9 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 		}}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if g.paths.t != nil {
+			_ = g.paths.t.Shutdown()
+		}
 		if strings.Contains(err.Error(), "address already in use") {
 			return nil, inUseError(cfg.Port, cfg.LegacyPort, err)
 		}
@@ -161,6 +182,9 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	// This member's state summary to one member at random (anti-entropy
 	// between push/pulls).
 	go g.every(DigestInterval, g.spread.Tick)
+	if g.paths.t != nil {
+		go g.every(g.probeInterval(), g.probePaths)
+	}
 	return g, nil
 }
 
@@ -336,6 +360,9 @@ func (g *Gossip) MalformedMessages() int64 { return g.malformed.Load() }
 // comes straight back does not make every host withdraw and re-add all its
 // endpoints.
 func (g *Gossip) Alive() []model.Node {
+	if g.paths.t != nil {
+		g.refreshPaths() // every address a member lists is admitted at once
+	}
 	members := g.ml.Members()
 	var out []model.Node
 	seen := map[string]bool{}
@@ -344,7 +371,8 @@ func (g *Gossip) Alive() []model.Node {
 		if !ok {
 			continue
 		}
-		out = append(out, model.Node{Name: m.Name, Addr: a.Unmap()})
+		addr, addrs := g.pathAddrs(m.Name, a.Unmap())
+		out = append(out, model.Node{Name: m.Name, Addr: addr, Addrs: addrs})
 		seen[m.Name] = true
 	}
 	g.mu.Lock()

@@ -1,0 +1,281 @@
+package gossip
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"log"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/vxnet/vxnet/internal/paths"
+)
+
+// A member may be reached at several addresses (its node record lists
+// them, in order of preference). memberlist knows each member at one
+// address, its identity; the transport below sends to the address the
+// path table chose for the member instead, so gossip takes the same path
+// as VXLAN. Path probes share the gossip port: the transport hands packets
+// that start with paths.Magic to the prober, the rest to memberlist.
+
+// pathTransport is memberlist's UDP and TCP transport with each member's
+// traffic sent to the address in use for it.
+type pathTransport struct {
+	*memberlist.NetTransport
+	g       *Gossip
+	packets chan *memberlist.Packet
+}
+
+func newPathTransport(g *Gossip, bind netip.Addr, port int, logger *log.Logger) (*pathTransport, error) {
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{bind.String()}, BindPort: port, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	t := &pathTransport{NetTransport: nt, g: g, packets: make(chan *memberlist.Packet)}
+	go t.sort()
+	return t, nil
+}
+
+// sort passes memberlist its packets and the prober its own.
+func (t *pathTransport) sort() {
+	in := t.NetTransport.PacketCh()
+	for {
+		select {
+		case p := <-in:
+			if len(p.Buf) > 0 && p.Buf[0] == paths.Magic {
+				t.g.pathPacket(p)
+				continue
+			}
+			select {
+			case t.packets <- p:
+			case <-t.g.stop:
+				return
+			}
+		case <-t.g.stop:
+			return
+		}
+	}
+}
+
+func (t *pathTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+
+func (t *pathTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	return t.NetTransport.WriteToAddress(b, memberlist.Address{Addr: addr})
+}
+
+func (t *pathTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	return t.NetTransport.WriteToAddress(b, t.g.routed(a))
+}
+
+func (t *pathTransport) DialAddressTimeout(a memberlist.Address, d time.Duration) (net.Conn, error) {
+	return t.NetTransport.DialAddressTimeout(t.g.routed(a), d)
+}
+
+// pathState is the prober's: the table and the probes in flight.
+type pathState struct {
+	mu      sync.Mutex
+	table   *paths.Table
+	pending map[uint64]sentProbe
+	t       *pathTransport // nil: no probing (a transport given by the caller)
+}
+
+type sentProbe struct {
+	peer string
+	addr netip.Addr
+	at   time.Time
+}
+
+// routed returns a with the address in use for its member.
+func (g *Gossip) routed(a memberlist.Address) memberlist.Address {
+	if a.Name == "" {
+		return a
+	}
+	g.paths.mu.Lock()
+	addr, ok := g.paths.table.Route(a.Name)
+	g.paths.mu.Unlock()
+	if !ok {
+		return a
+	}
+	_, port, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		return a
+	}
+	a.Addr = net.JoinHostPort(addr.String(), port)
+	return a
+}
+
+// Paths returns the path to every peer.
+func (g *Gossip) Paths() []paths.Path {
+	g.paths.mu.Lock()
+	defer g.paths.mu.Unlock()
+	return g.paths.table.Paths()
+}
+
+// candidates are the addresses of the live members but self, in their
+// order of preference: the ones their node records list, else the one
+// memberlist knows.
+func (g *Gossip) candidates() (map[string][]netip.Addr, map[string]netip.Addr) {
+	listed := map[string][]netip.Addr{}
+	for _, n := range g.state.Nodes() {
+		listed[n.Name] = n.Addrs
+	}
+	out, known := map[string][]netip.Addr{}, map[string]netip.Addr{}
+	for _, m := range g.ml.Members() {
+		a, ok := netip.AddrFromSlice(m.Addr)
+		if m.Name == g.cfg.Name || !ok {
+			continue
+		}
+		known[m.Name] = a.Unmap()
+		if l := listed[m.Name]; len(l) > 0 {
+			out[m.Name] = l
+			continue
+		}
+		out[m.Name] = []netip.Addr{a.Unmap()}
+	}
+	return out, known
+}
+
+// refreshPaths gives the path table the members and their addresses as
+// the cluster state has them now, and reports whether a choice changed.
+func (g *Gossip) refreshPaths() bool {
+	cands, known := g.candidates()
+	g.paths.mu.Lock()
+	defer g.paths.mu.Unlock()
+	return g.paths.table.SetPeers(cands, known, time.Now())
+}
+
+// probePaths runs one round: the candidates from the cluster state, then
+// a probe to every address of every peer that has more than one.
+func (g *Gossip) probePaths() {
+	changed := g.refreshPaths()
+	now := time.Now()
+	g.paths.mu.Lock()
+	targets, moved := g.paths.table.Targets(now)
+	changed = changed || moved
+	for n, p := range g.paths.pending {
+		if now.Sub(p.at) > 2*g.probeInterval() {
+			delete(g.paths.pending, n)
+		}
+	}
+	type send struct {
+		to netip.AddrPort
+		b  []byte
+	}
+	var out []send
+	keys := g.pathKeys()
+	for peer, addrs := range targets {
+		for _, a := range addrs {
+			nonce := randomNonce()
+			b, err := paths.Encode(paths.Msg{Nonce: nonce, From: g.cfg.Name, To: peer, Addr: a}, keys[0])
+			if err != nil {
+				g.log.Warn("encode path probe", "peer", peer, "err", err)
+				continue
+			}
+			g.paths.pending[nonce] = sentProbe{peer: peer, addr: a, at: now}
+			out = append(out, send{netip.AddrPortFrom(a, uint16(g.cfg.Port)), b})
+		}
+	}
+	g.paths.mu.Unlock()
+	for _, s := range out {
+		if _, err := g.paths.t.NetTransport.WriteTo(s.b, s.to.String()); err != nil {
+			g.log.Debug("path probe", "to", s.to, "err", err)
+		}
+	}
+	if changed {
+		g.logPaths()
+		g.cfg.OnChange()
+	}
+}
+
+// pathPacket answers a probe or records an answer.
+func (g *Gossip) pathPacket(p *memberlist.Packet) {
+	from, err := netip.ParseAddrPort(p.From.String())
+	if err != nil {
+		return
+	}
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	m, err := paths.Decode(p.Buf, g.pathKeys())
+	if err != nil {
+		g.malformed.Add(1)
+		g.log.Debug("refused path message", "from", from, "err", err)
+		return
+	}
+	if m.To != g.cfg.Name {
+		return // meant for a member that was at this address before
+	}
+	if !m.Answer {
+		b, err := paths.Encode(paths.Msg{Answer: true, Nonce: m.Nonce, From: g.cfg.Name, To: m.From, Addr: m.Addr, SeenAs: from}, g.pathKeys()[0])
+		if err == nil {
+			_, err = g.paths.t.NetTransport.WriteTo(b, from.String())
+		}
+		if err != nil {
+			g.log.Debug("answer path probe", "to", from, "err", err)
+		}
+		return
+	}
+	g.paths.mu.Lock()
+	sent, ok := g.paths.pending[m.Nonce]
+	delete(g.paths.pending, m.Nonce)
+	changed := ok && sent.peer == m.From && sent.addr == m.Addr &&
+		g.paths.table.Answered(sent.peer, sent.addr, from.Addr(), m.SeenAs.Addr(), time.Since(sent.at), time.Now())
+	g.paths.mu.Unlock()
+	if changed {
+		g.logPaths()
+		g.cfg.OnChange()
+	}
+}
+
+// logPaths logs the paths that are probed.
+func (g *Gossip) logPaths() {
+	for _, p := range g.Paths() {
+		if p.Probed() {
+			g.log.Info("path", "peer", p.Peer, "addr", p.Addr, "reason", p.Reason)
+		}
+	}
+}
+
+// pathKeys are the keys that sign probes, the primary first; without
+// encryption (--insecure) an empty key, which authenticates nothing.
+func (g *Gossip) pathKeys() [][]byte {
+	if k := g.Keys(); len(k) > 0 {
+		return k
+	}
+	return [][]byte{{}}
+}
+
+func (g *Gossip) probeInterval() time.Duration {
+	if g.cfg.ProbeInterval > 0 {
+		return g.cfg.ProbeInterval
+	}
+	return time.Second
+}
+
+// pathAddrs are the addresses a member may send from: the ones it lists,
+// the identity memberlist knows, and where its answers came from.
+func (g *Gossip) pathAddrs(name string, identity netip.Addr) (netip.Addr, []netip.Addr) {
+	g.paths.mu.Lock()
+	p, ok := g.paths.table.Peer(name)
+	g.paths.mu.Unlock()
+	if !ok {
+		return identity, nil
+	}
+	addrs := []netip.Addr{identity}
+	for _, c := range p.Candidates {
+		addrs = append(addrs, c.Addr)
+		if c.From.IsValid() {
+			addrs = append(addrs, c.From)
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return p.Addr, slices.Compact(addrs)
+}
+
+func randomNonce() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:])
+}

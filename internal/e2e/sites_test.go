@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxnet/vxnet/internal/doctor"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/paths"
+	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/testutil"
+)
+
+// TestTwoSites: four hosts on two sites, each site behind a router that
+// gives its hosts public addresses by 1:1 NAT; every agent advertises its
+// private and its public address (the private first).
+//   - One cluster: each pair inside a site uses private addresses, each
+//     pair across uses public ones (from status), and every container
+//     reaches every other, in clear (net1) and encrypted (net2).
+//   - A capture on site A's WAN link sees VXLAN and WireGuard but never a
+//     private address.
+//   - status shows the paths and why; doctor names them.
+//   - Site A's private switch cut between h1 and h2: the pair moves to the
+//     public path (hairpin through the router) within 10 s and a ping flow
+//     between them resumes; mended: it moves back.
+func TestTwoSites(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 4, Networks: 2, PerHost: 1, Sites: true, Encrypted: []int{2}})
+	want := func(from, to lab.Host) netip.Addr {
+		if from.Site == to.Site {
+			return to.Addr
+		}
+		return to.Public
+	}
+	waitPaths(t, l, want, 20*time.Second)
+
+	t.Run("EveryContainerReachesEveryOther", func(t *testing.T) {
+		capt, err := probe.StartCaptureOn(nsutil.Path(lab.SiteRouter(l.Prefix, 1)), "wan", lab.VXLANPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, net := range []string{"n1", "n2"} {
+			for _, a := range l.Hosts {
+				for _, b := range l.Hosts {
+					if a.Name == b.Name {
+						continue
+					}
+					src := labtest.Container(t, l, a.Name+"-"+net+"-c1")
+					dst := labtest.Container(t, l, b.Name+"-"+net+"-c1")
+					pingUntil(t, src.Netns, dst.IP, 10*time.Second)
+				}
+			}
+		}
+		st := capt.Stop()
+		if st.VXLAN == 0 {
+			t.Fatal("no VXLAN crossed site A's WAN link: the capture does not see the WAN")
+		}
+		for a, n := range st.Addrs {
+			if !lab.PublicNet.Contains(a) {
+				t.Errorf("address %s appeared %d times on the WAN (only public addresses %s may)", a, n, lab.PublicNet)
+			}
+		}
+	})
+
+	t.Run("StatusAndDoctor", func(t *testing.T) {
+		h1, _ := l.Host("h1")
+		out, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
+		f := out["addresses"]
+		if f.Level != doctor.OK || !strings.Contains(f.Evidence, "h3 at 198.18.100.13 (answers; 198.18.2.13 does not)") ||
+			!strings.Contains(f.Evidence, "h2 at 198.18.1.12 (its first address, answers)") {
+			t.Errorf("doctor on h1: %+v", f)
+		}
+		var text []byte
+		err := nsutil.Do(h1.Netns, func() (err error) {
+			text, err = exec.Command(testutil.Binary(t), "status", "--socket", h1.Socket).Output()
+			return err
+		})
+		if err != nil || !strings.Contains(string(text), "PATHS (this host is reached at 198.18.1.11, 198.18.100.11, preferred first)") {
+			t.Errorf("status on h1: %v\n%s", err, text)
+		}
+	})
+
+	t.Run("PrivateSwitchCut", func(t *testing.T) {
+		c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+		flow := startPingFlow(c1.Netns, c2.IP)
+		stopped := false
+		defer func() {
+			if !stopped {
+				flow.stop()
+			}
+		}()
+		cut := time.Now()
+		if err := l.CutSite("h1", "h2", true); err != nil {
+			t.Fatal(err)
+		}
+		cutWant := func(from, to lab.Host) netip.Addr {
+			if (from.Name == "h1" && to.Name == "h2") || (from.Name == "h2" && to.Name == "h1") {
+				return to.Public
+			}
+			return want(from, to)
+		}
+		waitPaths(t, l, cutWant, 10*time.Second)
+		moved := time.Since(cut)
+		pingUntil(t, c1.Netns, c2.IP, 10*time.Second-moved)
+		t.Logf("cut: h1 and h2 on their public addresses %s after the cut, replies again %s after it", moved.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond))
+		if err := l.CutSite("h1", "h2", false); err != nil {
+			t.Fatal(err)
+		}
+		waitPaths(t, l, want, 10*time.Second)
+		pingUntil(t, c1.Netns, c2.IP, 5*time.Second)
+		sent, lost := flow.stop()
+		stopped = true
+		t.Logf("mended: back on private addresses; flow %d pings, %d lost in all", sent, lost)
+	})
+}
+
+// waitPaths waits until every host uses, for every other, the address want
+// says, and fails naming the first pair that does not.
+func waitPaths(t *testing.T, l *lab.Lab, want func(from, to lab.Host) netip.Addr, timeout time.Duration) {
+	t.Helper()
+	err := waitCond(timeout, func() error {
+		for _, from := range l.Hosts {
+			s, err := client(l, from.Name).Status()
+			if err != nil {
+				return err
+			}
+			got := map[string]paths.Path{}
+			for _, p := range s.Paths {
+				got[p.Peer] = p
+			}
+			for _, to := range l.Hosts {
+				if to.Name == from.Name {
+					continue
+				}
+				if p := got[to.Name]; p.Addr != want(from, to) {
+					return fmt.Errorf("%s reaches %s at %v (%s), want %s", from.Name, to.Name, p.Addr, p.Reason, want(from, to))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
