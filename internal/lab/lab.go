@@ -162,9 +162,9 @@ func (c Config) Validate() error {
 
 // Host is one lab host.
 type Host struct {
-	Name   string     `json:"name"`
-	Netns  string     `json:"netns"`
-	Addr   netip.Addr `json:"addr"`
+	Name  string     `json:"name"`
+	Netns string     `json:"netns"`
+	Addr  netip.Addr `json:"addr"`
 	// Public is the host's address on its router's 1:1 NAT and Site its
 	// site (1 or 2), in a two-site lab (Config.Sites).
 	Public netip.Addr `json:"public,omitzero"`

@@ -40,7 +40,9 @@ func siteNet(site int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(site), 0}), 24)
 }
 
-func siteHostAddr(site, i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(site), byte(10 + i)}) }
+func siteHostAddr(site, i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(site), byte(10 + i)})
+}
 
 // PublicNet is the WAN: the routers' and the hosts' public addresses.
 var PublicNet = netip.MustParsePrefix("198.18.100.0/24")
