@@ -307,12 +307,15 @@ func printTunnel(out io.Writer, s api.Status) {
 // printPaths shows the address each peer is reached at, when this host or
 // a peer is reached at more than one.
 func printPaths(out io.Writer, s api.Status) {
-	if len(s.Addrs) == 0 && !slices.ContainsFunc(s.Paths, paths.Path.Probed) {
+	if len(s.Addrs) == 0 && !s.NoInbound && !slices.ContainsFunc(s.Paths, paths.Path.Probed) {
 		return
 	}
-	if len(s.Addrs) > 0 {
+	switch {
+	case s.NoInbound:
+		fmt.Fprintf(out, "\nPATHS (this host accepts no inbound traffic: its probes keep its NAT's mappings open, and peers reach it through them)\n")
+	case len(s.Addrs) > 0:
 		fmt.Fprintf(out, "\nPATHS (this host is reached at %s, preferred first)\n", joinAddrs(s.Addrs))
-	} else {
+	default:
 		fmt.Fprintf(out, "\nPATHS\n")
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -87,6 +87,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
 	up.Flags().IntSliceVar(&cfg.Encrypted, "encrypted", nil, "networks to encrypt (1 for net1; repeat or comma-separate): carried only inside WireGuard between the hosts")
 	up.Flags().BoolVar(&cfg.Sites, "sites", false, "put the hosts on two sites, each behind a router with 1:1 NAT (private 198.18.1.0/24 and 198.18.2.0/24, public 198.18.100.0/24); each agent is reached at its private and its public address")
+	up.Flags().IntVar(&cfg.Masqueraded, "masqueraded", 0, "with --sites, add this many hosts on a third site whose router masquerades and lets nothing in (their agents run with --no-inbound; they get containers on the encrypted networks only)")
 	up.Flags().BoolVar(&static, "static", false, "program the hosts from the lab's own plan instead of running one agent per host")
 	up.Flags().BoolVar(&cfg.NoHealth, "no-health", false, "run the agents without health probes")
 	up.Flags().StringVar(&cfg.Datapath, "datapath", "", "the agents' --datapath: bridge, bpf or auto (default: the agent's, auto); with --static, bpf programs the fast path")
@@ -174,6 +175,10 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 		fmt.Fprintln(out, "hosts (two sites, each behind a router with 1:1 NAT; switches siteA, siteB and wan0 in namespace "+l.Switch+"):")
 	}
 	for _, h := range l.Hosts {
+		if h.NoInbound {
+			fmt.Fprintf(out, "  %-4s site %c  private %-12s behind masquerade %-3s netns %s  (--no-inbound)\n", h.Name, 'A'+h.Site-1, h.Addr, lab.MasqueradeAddr, h.Netns)
+			continue
+		}
 		if h.Site != 0 {
 			fmt.Fprintf(out, "  %-4s site %c  private %-12s public %-14s netns %s\n", h.Name, 'A'+h.Site-1, h.Addr, h.Public, h.Netns)
 			continue

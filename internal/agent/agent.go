@@ -517,7 +517,7 @@ func (m *metricsSource) HealthPeers() []health.Peer {
 // status shows the versions, and networks avoid those devices' VNIs.
 func (a *Agent) announce() {
 	me := cluster.NodeInfo{Name: a.state.Self(), Version: version.String(), Format: cluster.WireFormat,
-		Foreign: a.stats.lastForeign(), Tunnel: a.tunnelInfo(), Addrs: a.cfg.Addrs}
+		Foreign: a.stats.lastForeign(), Tunnel: a.tunnelInfo(), Addrs: a.cfg.Addrs, NoInbound: a.cfg.NoInbound}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.state.Get(cluster.NodeKey(me.Name)); ok {

@@ -88,6 +88,9 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	if err != nil {
 		return endpointResult{}, err
 	}
+	if a.cfg.NoInbound && !n.Encrypted && n.Name != model.HealthNetwork {
+		return endpointResult{}, invalid("network %s is not encrypted, and this host accepts no inbound traffic (--no-inbound): clear VXLAN cannot cross a masquerading NAT, so no other host could reach this endpoint; use an encrypted network (vxnet network create NAME --encrypted)", n.Name)
+	}
 	mtu, err := a.underlay.networkMTU(n)
 	if err != nil {
 		return endpointResult{}, invalid("network %s: %w", n.Name, err)

@@ -69,9 +69,12 @@ func (h *healthAgent) HasEndpoint() bool {
 // Targets are the health endpoints of the live peers.
 func (h *healthAgent) Targets() []health.Target {
 	a := (*Agent)(h)
+	if a.cfg.NoInbound {
+		return nil // clear VXLAN does not reach this host: the tunnel's probes only
+	}
 	alive := map[string]bool{}
 	for _, n := range a.repl.Alive() {
-		alive[n.Name] = true
+		alive[n.Name] = !n.NoInbound // ditto for a peer behind a masquerading NAT
 	}
 	self := a.state.Self()
 	var out []health.Target
@@ -120,6 +123,10 @@ func (a *Agent) Health(all bool) api.Health {
 		return h
 	}
 	members := a.repl.Alive()
+	noInbound := map[string]bool{a.state.Self(): a.cfg.NoInbound}
+	for _, m := range members {
+		noInbound[m.Name] = noInbound[m.Name] || m.NoInbound
+	}
 	for _, r := range a.state.List(cluster.PrefixHealth) {
 		rec, err := cluster.Decode[health.Record](r)
 		if err != nil || rec.Node == h.Node {
@@ -127,8 +134,8 @@ func (a *Agent) Health(all bool) api.Health {
 		}
 		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}}
 		for _, m := range members {
-			if m.Name == rec.Node {
-				continue
+			if m.Name == rec.Node || m.NoInbound || noInbound[rec.Node] {
+				continue // no clear VXLAN to or from a host behind a masquerading NAT
 			}
 			st, bad := rec.Bad[m.Name]
 			if !bad {

@@ -24,7 +24,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 		Node: a.state.Self(), Local: a.cfg.AdvertiseAddr, Port: a.cfg.VXLANPort, Underlay: a.underlay.dev,
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF, Foreign: a.stats.lastForeign(),
-		Open: a.cfg.ManageHostFirewall, GossipPort: a.cfg.GossipListen(), Notrack: a.cfg.Notrack,
+		Open: a.cfg.ManageHostFirewall, GossipPort: a.cfg.GossipListen(), Notrack: a.cfg.Notrack, NoInbound: a.cfg.NoInbound,
 	}
 	a.tunnelInput(&in)
 	return in, conflicts

@@ -20,7 +20,7 @@ func (a *Agent) Status(withEndpoints bool) api.Status {
 		s.Datapath = config.DatapathBridge
 	}
 	s.Unreadable = a.state.Unreadable() // omitted when empty
-	s.Addrs = a.cfg.Addrs
+	s.Addrs, s.NoInbound = a.cfg.Addrs, a.cfg.NoInbound
 	if p, ok := a.repl.(PathReporter); ok {
 		s.Paths = p.Paths()
 	}

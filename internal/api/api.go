@@ -160,7 +160,9 @@ type Status struct {
 	// preference, when not Addr alone; Paths the address used for each
 	// peer and why (every peer, the probed ones with their candidates).
 	Addrs []netip.Addr `json:"addrs,omitempty"`
-	Paths []paths.Path `json:"paths,omitempty"`
+	// NoInbound: this host accepts no inbound traffic (--no-inbound).
+	NoInbound bool         `json:"noInbound,omitempty"`
+	Paths     []paths.Path `json:"paths,omitempty"`
 }
 
 // HealthReport is one member's view of the overlay paths to the others,

@@ -35,11 +35,13 @@ type NodeInfo struct {
 	// preference (empty: the one its membership says, alone). Each peer
 	// uses the first that answers its probes.
 	Addrs []netip.Addr `json:"addrs,omitempty"`
+	// NoInbound: the host accepts no inbound traffic (--no-inbound).
+	NoInbound bool `json:"noInbound,omitempty"`
 }
 
 // Same reports whether two node records say the same.
 func (n NodeInfo) Same(o NodeInfo) bool {
-	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign) && slices.Equal(n.Addrs, o.Addrs) &&
+	return n.Name == o.Name && n.Version == o.Version && n.Format == o.Format && slices.Equal(n.Foreign, o.Foreign) && slices.Equal(n.Addrs, o.Addrs) && n.NoInbound == o.NoInbound &&
 		(n.Tunnel == nil) == (o.Tunnel == nil) && (n.Tunnel == nil || *n.Tunnel == *o.Tunnel)
 }
 

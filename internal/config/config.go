@@ -47,7 +47,11 @@ type Agent struct {
 	// Addrs are the addresses peers reach this host at, in order of
 	// preference, when that is not AdvertiseAddr alone (nil then): it may
 	// list addresses the host does not have (a 1:1 NAT's public one).
-	Addrs      []netip.Addr
+	Addrs []netip.Addr
+	// NoInbound: the host accepts no inbound traffic (behind a masquerading
+	// NAT): it keeps its NAT's mappings open to every member and carries
+	// encrypted networks only.
+	NoInbound  bool
 	Join       []string
 	Keys       [][]byte
 	Insecure   bool

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -65,6 +66,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.HealthInterval, "health-interval", time.Second, "health probe period")
 	fs.BoolVar(&c.ManageHostFirewall, "manage-host-firewall", true, "open what vxnet needs in the host's own filters (iptables INPUT, the input and forward chains of other nftables tables such as firewalld's): VXLAN from members, gossip, containers' DNS and forwarding; false: you open them yourself")
 	fs.IntVar(&c.TunnelPort, "tunnel-port", model.DefaultTunnelPort, "UDP port of this host's WireGuard device, which carries the encrypted networks (0: none here; encrypted networks are then not programmed on this host)")
+	fs.BoolVar(&c.NoInbound, "no-inbound", false, "this host accepts no inbound traffic (behind a router that masquerades, no port forwarded): it keeps its NAT's mappings open to every member, which reach it through them; it carries encrypted networks only (clear VXLAN cannot cross such a NAT)")
 	fs.BoolVar(&c.Notrack, "notrack", true, "take VXLAN between members out of connection tracking (saves a lookup per frame and an entry per inner flow)")
 	fs.StringVar(&f.datapath, "datapath", DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
@@ -123,6 +125,9 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	}
 	if cfg.Etcd, err = ParseStore(f.store, f.join); err != nil {
 		return cfg, err
+	}
+	if cfg.NoInbound && (len(cfg.Etcd) > 0 || cfg.TunnelPort == 0) {
+		return cfg, errors.New("--no-inbound needs the gossip store (its members reach this host through the mappings its probes keep open) and a tunnel (--tunnel-port not 0: only encrypted networks cross a masquerading NAT)")
 	}
 	if len(cfg.Etcd) > 0 && len(cfg.Addrs) > 0 {
 		return cfg, fmt.Errorf("--advertise-addr %s: several addresses, or one this host does not have, need the gossip store (its members probe each other's addresses); with etcd give one address of this host", strings.Join(f.advertise, ","))

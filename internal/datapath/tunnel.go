@@ -44,10 +44,11 @@ type TunnelPeer struct {
 	TxBytes       int64     `json:"txBytes,omitempty"`
 }
 
-// Same reports whether two peers are set alike (not the observed-only
-// fields).
+// Same reports whether peer p (as it is) is set as o wants (not the
+// observed-only fields). An endpoint o leaves unset (a peer behind a
+// masquerading NAT, which WireGuard finds by its handshakes) matches any.
 func (p TunnelPeer) Same(o TunnelPeer) bool {
-	return p.Key == o.Key && p.Endpoint == o.Endpoint && p.PSK == o.PSK && slices.Equal(p.AllowedIPs, o.AllowedIPs)
+	return p.Key == o.Key && (p.Endpoint == o.Endpoint || !o.Endpoint.IsValid()) && p.PSK == o.PSK && slices.Equal(p.AllowedIPs, o.AllowedIPs)
 }
 
 // Equal compares what a pass sets (not the observed-only fields).

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
@@ -147,4 +148,85 @@ func waitPaths(t *testing.T, l *lab.Lab, want func(from, to lab.Host) netip.Addr
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestMasqueradedHost: a fifth host behind a router that masquerades and
+// lets nothing in, with --no-inbound, beside the two sites.
+//   - It joins and stays a member: every other member's probes of it
+//     succeed (through the mappings its own probes keep open in its NAT).
+//   - Its container on the encrypted network reaches every other host's,
+//     and is reached from each; the others' WireGuard found it at its
+//     router's public address.
+//   - Its tunnel's health probes pass to every peer.
+//   - A container on the clear network is refused there, saying why.
+func TestMasqueradedHost(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 4, Masqueraded: 1, Networks: 2, PerHost: 1, Sites: true, Encrypted: []int{2}})
+	t0 := time.Now()
+	if err := waitCond(30*time.Second, func() error {
+		for _, h := range l.Hosts[:4] {
+			s, err := client(l, h.Name).Status()
+			if err != nil {
+				return err
+			}
+			for _, m := range s.Members {
+				if m.Name == "h5" && (m.State != "alive" || !m.LastContact.After(t0)) {
+					return fmt.Errorf("%s: h5 is %s, last probed %s", h.Name, m.State, m.LastContact)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	c5 := labtest.Container(t, l, "h5-n2-c1")
+	for _, h := range l.Hosts[:4] {
+		c := labtest.Container(t, l, h.Name+"-n2-c1")
+		pingUntil(t, c5.Netns, c.IP, 10*time.Second)
+		pingUntil(t, c.Netns, c5.IP, 10*time.Second)
+	}
+	s, err := client(l, "h1").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, n := range s.Nodes {
+		if n.Tunnel != nil {
+			names[n.Tunnel.Key] = n.Name
+		}
+	}
+	found := false
+	for _, p := range s.Tunnel.Peers {
+		if names[p.Key] == "h5" {
+			found = true
+			if p.Endpoint.Addr() != lab.MasqueradeAddr {
+				t.Errorf("h1's WireGuard has h5 at %s, want its router's public address %s", p.Endpoint, lab.MasqueradeAddr)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("h1's WireGuard has no peer h5: %+v", s.Tunnel.Peers)
+	}
+
+	if err := waitCond(20*time.Second, func() error {
+		hv, err := client(l, "h5").Health(false)
+		if err != nil {
+			return err
+		}
+		ok := 0
+		for _, p := range hv.TunnelPeers {
+			if p.State == "ok" {
+				ok++
+			}
+		}
+		if ok != 4 {
+			return fmt.Errorf("h5's tunnel probes pass to %d of 4 peers: %+v", ok, hv.TunnelPeers)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = client(l, "h5").Attach(api.AttachRequest{Network: "net1", Netns: newContainer(t, l, "h5-n1-x")})
+	wantStatusError(t, err, 400, "clear VXLAN cannot cross a masquerading NAT")
 }

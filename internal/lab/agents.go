@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
@@ -108,12 +110,51 @@ func (l *Lab) WaitHealthy(timeout time.Duration) error {
 					ok++
 				}
 			}
-			if ok != len(l.Hosts)-1 {
-				return fmt.Errorf("host %s reaches %d of %d peers through the overlay", h.Name, ok, len(l.Hosts)-1)
+			if want := l.vxlanPeers(h); ok != want {
+				return fmt.Errorf("host %s reaches %d of %d peers through the overlay", h.Name, ok, want)
+			}
+			if !slices.ContainsFunc(l.Networks, func(n model.Network) bool { return n.Encrypted }) {
+				continue
+			}
+			ok = 0
+			for _, p := range hv.TunnelPeers {
+				if p.State == "ok" || p.State == "degraded" {
+					ok++
+				}
+			}
+			if want := l.tunnelPeers(h); ok != want {
+				return fmt.Errorf("host %s reaches %d of %d peers through its WireGuard tunnel", h.Name, ok, want)
 			}
 		}
 		return nil
 	})
+}
+
+// vxlanPeers is how many peers h's health probes reach through clear
+// VXLAN: none from or to a host that accepts no inbound traffic.
+func (l *Lab) vxlanPeers(h Host) int {
+	if h.NoInbound {
+		return 0
+	}
+	n := 0
+	for _, o := range l.Hosts {
+		if o.Name != h.Name && !o.NoInbound {
+			n++
+		}
+	}
+	return n
+}
+
+// tunnelPeers is how many peers h's tunnel probes reach: all but those
+// behind masquerading NATs too, when h is.
+func (l *Lab) tunnelPeers(h Host) int {
+	n := 0
+	for _, o := range l.Hosts {
+		if o.Name != h.Name && !(h.NoInbound && o.NoInbound) {
+			n++
+		}
+	}
+	return n
 }
 
 // StartAgent starts (or restarts) the agent of a host, in the host's
@@ -172,6 +213,9 @@ func (l *Lab) startAgentBinary(host, keyFile, binary string, withJoin bool) erro
 		"--docker-plugin-socket", h.PluginSocket(), "--docker-host", filepath.Join(h.Dir, "docker", "docker.sock")}
 	if !l.DefaultGossipPort {
 		args = append(args, "--gossip-port", fmt.Sprint(GossipPort))
+	}
+	if h.NoInbound {
+		args = append(args, "--no-inbound")
 	}
 	if binary == l.Binary { // flags an older release may not know
 		args = append(args, l.AgentArgs...)

@@ -96,6 +96,10 @@ type Config struct {
 	// (sites.go); every agent is reached at its private and its public
 	// address.
 	Sites bool
+	// Masqueraded adds this many hosts to a two-site lab, on a third site
+	// whose router masquerades (no inbound traffic): their agents run with
+	// --no-inbound and they have containers on encrypted networks only.
+	Masqueraded int
 	// DefaultGossipPort runs the agents without --gossip-port (each takes
 	// its release's default, or the port its state directory says).
 	DefaultGossipPort bool
@@ -154,6 +158,9 @@ func (c Config) Validate() error {
 	if c.Sites && (c.Hosts < 2 || c.Hosts > 40 || !c.Agent || c.Underlay6 || c.Outside || c.Etcd > 0) {
 		return fmt.Errorf("a two-site lab needs 2-40 hosts with agents, an IPv4 underlay, no outside machine and no etcd")
 	}
+	if c.Masqueraded < 0 || c.Masqueraded > 4 || (c.Masqueraded > 0 && (!c.Sites || len(c.Encrypted) == 0)) {
+		return fmt.Errorf("invalid masqueraded host count %d: want 0-4, in a two-site lab with an encrypted network", c.Masqueraded)
+	}
 	if c.PerHost < 0 || c.Hosts*c.PerHost > 200 {
 		return fmt.Errorf("invalid containers per host %d: hosts x containers must be at most 200", c.PerHost)
 	}
@@ -169,9 +176,11 @@ type Host struct {
 	// site (1 or 2), in a two-site lab (Config.Sites).
 	Public netip.Addr `json:"public,omitzero"`
 	Site   int        `json:"site,omitempty"`
-	Socket string     `json:"socket,omitempty"`
-	PID    int        `json:"pid,omitempty"`
-	Dir    string     `json:"dir,omitempty"`
+	// NoInbound: behind a masquerading router (Config.Masqueraded).
+	NoInbound bool   `json:"noInbound,omitempty"`
+	Socket    string `json:"socket,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Dir       string `json:"dir,omitempty"`
 }
 
 // Container is one lab container.
@@ -245,6 +254,10 @@ func Up(cfg Config) (l *Lab, err error) {
 		Datapath: cfg.Datapath, Sandbox: cfg.Sandbox, Underlay6: cfg.Underlay6, HostFirewall: cfg.HostFirewall,
 		DefaultGossipPort: cfg.DefaultGossipPort}
 	defer func() {
+		if err != nil && os.Getenv("VXNET_LAB_KEEP_FAILED") != "" {
+			cfg.Log.Error("lab up failed; kept as VXNET_LAB_KEEP_FAILED asks", "name", cfg.Name)
+			return
+		}
 		if err != nil {
 			if derr := Down(cfg.Name); derr != nil {
 				cfg.Log.Error("cleanup after failed lab up", "err", derr)
@@ -280,7 +293,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		l.Hosts = append(l.Hosts, h)
 	}
 	if cfg.Sites {
-		if err := l.buildSites(sw, cfg.Hosts); err != nil {
+		if err := l.buildSites(sw, cfg.Hosts, cfg.Masqueraded); err != nil {
 			return nil, err
 		}
 	}
@@ -309,6 +322,9 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	for hi, h := range l.Hosts {
 		for j := range l.Networks {
+			if h.NoInbound && !l.Networks[j].Encrypted {
+				continue // refused there: clear VXLAN does not cross its NAT
+			}
 			for k := 1; k <= cfg.PerHost; k++ {
 				idx := hi*cfg.PerHost + k
 				c := Container{Name: fmt.Sprintf("%s-n%d-c%d", h.Name, j+1, k), Host: h.Name, Network: l.Networks[j].Name,

@@ -24,7 +24,9 @@ import (
 //
 // Host i's private address is 198.18.<site>.<10+i>, its public one
 // 198.18.100.<10+i>; the routers are .1 on their site and 198.18.100.<site>
-// on the WAN.
+// on the WAN. Config.Masqueraded adds hosts on site C (198.18.3.0/24),
+// whose router masquerades: they have no public address and accept
+// nothing from outside.
 
 // Site switches and the WAN.
 const (
@@ -50,13 +52,22 @@ var PublicNet = netip.MustParsePrefix("198.18.100.0/24")
 // PublicAddr is host i's public address (1:1 NAT on its site's router).
 func PublicAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 100, byte(10 + i)}) }
 
+// MasqueradeAddr is the public address of the router of site C, which
+// masquerades its hosts' traffic (Config.Masqueraded).
+var MasqueradeAddr = wanRouterAddr(3)
+
 func wanRouterAddr(site int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 100, byte(site)}) }
 
 // buildSites makes the switches, the routers and the hosts of a two-site
-// lab.
-func (l *Lab) buildSites(sw *netlink.Handle, hosts int) error {
+// lab, and masq more hosts on a third site behind a router that
+// masquerades (no inbound at all).
+func (l *Lab) buildSites(sw *netlink.Handle, hosts, masq int) error {
 	bridges := map[string]*netlink.Bridge{}
-	for _, name := range []string{siteBridge(1), siteBridge(2), wanBridge} {
+	names := []string{siteBridge(1), siteBridge(2), wanBridge}
+	if masq > 0 {
+		names = append(names, siteBridge(3))
+	}
+	for _, name := range names {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = name, UnderlayMTU
 		br := &netlink.Bridge{LinkAttrs: attrs}
@@ -87,6 +98,28 @@ func (l *Lab) buildSites(sw *netlink.Handle, hosts int) error {
 		fmt.Fprintf(&nat[site], "add rule ip labnat pre ip daddr %s dnat to %s\n", h.Public, addr)
 		fmt.Fprintf(&nat[site], "add rule ip labnat post ip saddr %s oifname \"wan\" snat to %s\n", addr, h.Public)
 		fmt.Fprintf(&nat[site], "add rule ip labnat post ip saddr %s ct status dnat snat to %s\n", addr, h.Public)
+	}
+	for i := hosts + 1; i <= hosts+masq; i++ {
+		h, err := addHostIn(sw, bridges[siteBridge(3)], l.Prefix, fmt.Sprintf("h%d", i), netip.PrefixFrom(siteHostAddr(3, i), 24))
+		if err != nil {
+			return err
+		}
+		h.Site, h.NoInbound = 3, true
+		if err := defaultRoute(h.Netns, siteNet(3).Addr().Next()); err != nil {
+			return fmt.Errorf("default route of %s: %w", h.Name, err)
+		}
+		l.Hosts = append(l.Hosts, h)
+	}
+	if masq > 0 {
+		// Out through the router's one public address; nothing in that was
+		// not asked for from inside.
+		masquerade := "add rule ip labnat post oifname \"wan\" masquerade\n" +
+			"add table ip labfw\n" +
+			"add chain ip labfw inbound { type filter hook forward priority filter; }\n" +
+			"add rule ip labfw inbound iifname \"wan\" ct state new drop\n"
+		if err := l.addRouter(sw, bridges, 3, nil, masquerade); err != nil {
+			return err
+		}
 	}
 	for site := 1; site <= 2; site++ {
 		var public []netip.Addr

@@ -62,6 +62,10 @@ type Node struct {
 	// Addrs are all the addresses its traffic may come from (empty: Addr
 	// alone).
 	Addrs []netip.Addr `json:"addrs,omitempty"`
+	// NoInbound: it accepts no inbound traffic (behind a masquerading
+	// NAT); it carries encrypted networks only, and its peers leave its
+	// WireGuard endpoint to what its handshakes say.
+	NoInbound bool `json:"noInbound,omitempty"`
 }
 
 // Endpoint is one container interface on one network.

@@ -59,6 +59,9 @@ func (p Path) Probed() bool { return len(p.Candidates) > 1 }
 // Table holds every peer's candidates and the address in use.
 type Table struct {
 	peers map[string]*Path
+	// ProbeAll probes every peer, also one with a single address (a host
+	// behind a masquerading NAT keeps its mappings open that way).
+	ProbeAll bool
 }
 
 // NewTable returns an empty table.
@@ -147,7 +150,7 @@ func (t *Table) Targets(now time.Time) (map[string][]netip.Addr, bool) {
 	out := map[string][]netip.Addr{}
 	changed := false
 	for name, p := range t.peers {
-		if !p.Probed() {
+		if !p.Probed() && !t.ProbeAll {
 			continue
 		}
 		for i := range p.Candidates {

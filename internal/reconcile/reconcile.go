@@ -47,6 +47,9 @@ type Input struct {
 	// it is wanted while an encrypted network is programmed here. Nil: this
 	// host has none, and its encrypted networks are left out, and said.
 	Tunnel *TunnelInput
+	// NoInbound: this host accepts no inbound traffic (behind a
+	// masquerading NAT); its clear networks are left out, and said.
+	NoInbound bool
 	// Tunnels are the members' published tunnels, by node name.
 	Tunnels map[string]model.TunnelInfo
 	// PSK derives a pair's pre-shared key from their public keys (nil:
@@ -116,6 +119,11 @@ func Desired(in Input) (Target, []Problem) {
 		}
 	}
 	for _, n := range in.Networks {
+		if in.NoInbound && !n.Encrypted && n.Name != model.HealthNetwork {
+			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "no-inbound",
+				Detail: "this host accepts no inbound traffic (--no-inbound) and clear VXLAN cannot cross a masquerading NAT: the network is not programmed here; use an encrypted network"})
+			continue
+		}
 		if n.Encrypted && in.Tunnel == nil {
 			conflicts = append(conflicts, Problem{Network: n.Name, Kind: "encrypted",
 				Detail: "this host has no tunnel key: the encrypted network is not programmed here"})
@@ -152,9 +160,18 @@ func Desired(in Input) (Target, []Problem) {
 			st.FastHooks[vx] = datapath.FastHook{Dev: vx, VNI: n.VNI, Vxlan: true}
 		}
 	}
-	vteps := map[string]netip.Addr{}
+	vteps, unreachable := map[string]netip.Addr{}, map[string]bool{}
 	for _, nd := range in.Nodes {
 		vteps[nd.Name] = nd.Addr
+		if nd.NoInbound && nd.Name != in.Node {
+			// Clear VXLAN does not reach it; neither does anything from a
+			// host that is behind a masquerading NAT too.
+			unreachable[nd.Name] = true
+			if in.NoInbound {
+				conflicts = append(conflicts, Problem{Network: "*", Kind: "no-inbound",
+					Detail: fmt.Sprintf("node %s accepts no inbound traffic, as this host does: two hosts behind masquerading NATs cannot reach each other and vxnet does not relay between them; their containers do not reach each other", nd.Name)})
+			}
+		}
 	}
 	// Sort endpoints by ID so duplicates resolve the same way on every host.
 	eps := append([]model.Endpoint(nil), in.Endpoints...)
@@ -225,11 +242,14 @@ func Desired(in Input) (Target, []Problem) {
 		if n.Encrypted {
 			// Into the tunnel, to the peer that has the address among its
 			// allowed ones (it needs a tunnel of its own).
-			if t, ok := in.Tunnels[e.Node]; ok && t.Validate() == nil {
+			if t, ok := in.Tunnels[e.Node]; ok && t.Validate() == nil && !(in.NoInbound && unreachable[e.Node]) {
 				r := datapath.Route{VNI: n.VNI, IP: e.IP, Dev: in.Tunnel.Dev}
 				st.Routes[r.IP] = r
 				st.peerIPs[e.Node] = append(st.peerIPs[e.Node], e.IP)
 			}
+			continue
+		}
+		if unreachable[e.Node] {
 			continue
 		}
 		f := datapath.FDB{VNI: n.VNI, MAC: e.MAC, VTEP: vtep}
@@ -291,7 +311,7 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		for _, nd := range in.Nodes {
-			if nd.Name == in.Node {
+			if nd.Name == in.Node || unreachable[nd.Name] {
 				continue
 			}
 			f := datapath.FDB{VNI: n.VNI, MAC: datapath.ZeroMAC, VTEP: nd.Addr}

@@ -27,12 +27,16 @@ func (st *Target) tunnel(in Input, nets map[string]model.Network) {
 		Addr: model.TunnelAddr(me.Info.Key), Key: me.Info.Key, Peers: []datapath.TunnelPeer{}}
 	for _, nd := range in.Nodes {
 		pt, ok := in.Tunnels[nd.Name]
-		if nd.Name == in.Node || !ok || pt.Validate() != nil || !nd.Addr.IsValid() || pt.Key == me.Info.Key {
+		if nd.Name == in.Node || !ok || pt.Validate() != nil || !nd.Addr.IsValid() || pt.Key == me.Info.Key || (in.NoInbound && nd.NoInbound) {
 			continue
 		}
 		ips := append([]netip.Addr{model.TunnelAddr(pt.Key)}, st.peerIPs[nd.Name]...)
 		slices.SortFunc(ips, netip.Addr.Compare)
 		p := datapath.TunnelPeer{Key: pt.Key, Endpoint: netip.AddrPortFrom(nd.Addr, uint16(pt.Port)), AllowedIPs: slices.Compact(ips)}
+		if nd.NoInbound {
+			// Behind a masquerading NAT: its handshakes say where it is.
+			p.Endpoint = netip.AddrPort{}
+		}
 		if in.PSK != nil {
 			p.PSK = in.PSK(me.Info.Key, pt.Key)
 		}

@@ -142,9 +142,12 @@ func Config(want datapath.Tunnel, priv wgtypes.Key, have *wgtypes.Device) (wgtyp
 		for _, a := range p.AllowedIPs {
 			allowed = append(allowed, net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())})
 		}
-		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, PresharedKey: &psk,
-			Endpoint: net.UDPAddrFromAddrPort(p.Endpoint), PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true,
-			AllowedIPs: allowed})
+		pc := wgtypes.PeerConfig{PublicKey: k, PresharedKey: &psk, PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true,
+			AllowedIPs: allowed}
+		if p.Endpoint.IsValid() { // unset: left to what the peer's handshakes say
+			pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+		}
+		cfg.Peers = append(cfg.Peers, pc)
 		changed = true
 	}
 	for _, p := range have.Peers {
@@ -158,8 +161,9 @@ func Config(want datapath.Tunnel, priv wgtypes.Key, have *wgtypes.Device) (wgtyp
 
 func peerIs(c wgtypes.Peer, p datapath.TunnelPeer) bool {
 	hosts := hostAddrs(c.AllowedIPs)
-	return [32]byte(c.PresharedKey) == p.PSK && c.PersistentKeepaliveInterval == Keepalive && c.Endpoint != nil &&
-		netipUnmap(c.Endpoint.AddrPort()) == p.Endpoint && len(hosts) == len(c.AllowedIPs) && slices.Equal(hosts, p.AllowedIPs)
+	endpoint := !p.Endpoint.IsValid() || (c.Endpoint != nil && netipUnmap(c.Endpoint.AddrPort()) == p.Endpoint)
+	return [32]byte(c.PresharedKey) == p.PSK && c.PersistentKeepaliveInterval == Keepalive && endpoint &&
+		len(hosts) == len(c.AllowedIPs) && slices.Equal(hosts, p.AllowedIPs)
 }
 
 // hostAddrs returns the single addresses among nets, sorted (a prefix that

@@ -29,6 +29,9 @@ import (
 type Config struct {
 	Name string
 	Addr netip.Addr // bind address (the VTEP address on this host)
+	// NoInbound: this host accepts no inbound traffic (behind a
+	// masquerading NAT); it probes every member so that they reach it.
+	NoInbound bool
 	// Advertise is the address memberlist knows this member at, when not
 	// Addr (one the host does not have: a 1:1 NAT's public address).
 	Advertise netip.Addr
@@ -137,7 +140,11 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	// the new address once the old one has been dead this long.
 	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
-	g.paths = pathState{table: paths.NewTable(), pending: map[uint64]sentProbe{}}
+	g.paths = pathState{table: paths.NewTable(), pending: map[uint64]sentProbe{}, observed: map[string]netip.AddrPort{}}
+	// A host behind a masquerading NAT probes every member each round: the
+	// probes keep its NAT's mappings open, and the members reach it back
+	// through them.
+	g.paths.table.ProbeAll = cfg.NoInbound
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
 	} else {
@@ -318,6 +325,18 @@ func (g *Gossip) send(to string, msg []byte, reliable bool) {
 		return
 	}
 	g.sent(msg)
+	g.paths.mu.Lock()
+	noInbound := g.paths.noInbound[to]
+	g.paths.mu.Unlock()
+	if reliable && noInbound {
+		// It takes no stream (nothing inbound crosses its NAT): packets.
+		for _, b := range packets(msg) {
+			if err := g.ml.SendBestEffort(n, b); err != nil {
+				g.log.Debug("push", "to", to, "err", err)
+			}
+		}
+		return
+	}
 	if !reliable {
 		if err := g.ml.SendBestEffort(n, msg); err != nil {
 			g.log.Debug("push", "to", to, "err", err)
@@ -372,7 +391,10 @@ func (g *Gossip) Alive() []model.Node {
 			continue
 		}
 		addr, addrs := g.pathAddrs(m.Name, a.Unmap())
-		out = append(out, model.Node{Name: m.Name, Addr: addr, Addrs: addrs})
+		g.paths.mu.Lock()
+		noInbound := g.paths.noInbound[m.Name]
+		g.paths.mu.Unlock()
+		out = append(out, model.Node{Name: m.Name, Addr: addr, Addrs: addrs, NoInbound: noInbound})
 		seen[m.Name] = true
 	}
 	g.mu.Lock()

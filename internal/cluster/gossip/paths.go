@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"log"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/vxnet/vxnet/internal/cluster"
 	"github.com/vxnet/vxnet/internal/paths"
 )
 
@@ -80,7 +82,11 @@ type pathState struct {
 	mu      sync.Mutex
 	table   *paths.Table
 	pending map[uint64]sentProbe
-	t       *pathTransport // nil: no probing (a transport given by the caller)
+	// observed is where each member's last probe came from; noInbound the
+	// members that accept no inbound traffic (reached only there).
+	observed  map[string]netip.AddrPort
+	noInbound map[string]bool
+	t         *pathTransport // nil: no probing (a transport given by the caller)
 }
 
 type sentProbe struct {
@@ -96,7 +102,13 @@ func (g *Gossip) routed(a memberlist.Address) memberlist.Address {
 	}
 	g.paths.mu.Lock()
 	addr, ok := g.paths.table.Route(a.Name)
+	seen, behindNAT := g.paths.observed[a.Name], g.paths.noInbound[a.Name]
 	g.paths.mu.Unlock()
+	if behindNAT && seen.IsValid() {
+		// Through the mapping its NAT keeps open to this host.
+		a.Addr = seen.String()
+		return a
+	}
 	if !ok {
 		return a
 	}
@@ -117,12 +129,20 @@ func (g *Gossip) Paths() []paths.Path {
 
 // candidates are the addresses of the live members but self, in their
 // order of preference: the ones their node records list, else the one
-// memberlist knows.
-func (g *Gossip) candidates() (map[string][]netip.Addr, map[string]netip.Addr) {
-	listed := map[string][]netip.Addr{}
+// memberlist knows. A member that accepts no inbound traffic is reached
+// where its probes come from (its NAT's mapping), once one came. It also
+// returns the members that accept no inbound traffic.
+func (g *Gossip) candidates() (map[string][]netip.Addr, map[string]netip.Addr, map[string]bool) {
+	listed, noInbound := map[string][]netip.Addr{}, map[string]bool{}
 	for _, n := range g.state.Nodes() {
 		listed[n.Name] = n.Addrs
+		if n.NoInbound {
+			noInbound[n.Name] = true
+		}
 	}
+	g.paths.mu.Lock()
+	observed := maps.Clone(g.paths.observed)
+	g.paths.mu.Unlock()
 	out, known := map[string][]netip.Addr{}, map[string]netip.Addr{}
 	for _, m := range g.ml.Members() {
 		a, ok := netip.AddrFromSlice(m.Addr)
@@ -130,21 +150,27 @@ func (g *Gossip) candidates() (map[string][]netip.Addr, map[string]netip.Addr) {
 			continue
 		}
 		known[m.Name] = a.Unmap()
-		if l := listed[m.Name]; len(l) > 0 {
-			out[m.Name] = l
-			continue
+		switch {
+		case noInbound[m.Name]:
+			if seen := observed[m.Name]; seen.IsValid() {
+				out[m.Name] = []netip.Addr{seen.Addr()}
+			}
+		case len(listed[m.Name]) > 0:
+			out[m.Name] = listed[m.Name]
+		default:
+			out[m.Name] = []netip.Addr{a.Unmap()}
 		}
-		out[m.Name] = []netip.Addr{a.Unmap()}
 	}
-	return out, known
+	return out, known, noInbound
 }
 
 // refreshPaths gives the path table the members and their addresses as
 // the cluster state has them now, and reports whether a choice changed.
 func (g *Gossip) refreshPaths() bool {
-	cands, known := g.candidates()
+	cands, known, noInbound := g.candidates()
 	g.paths.mu.Lock()
 	defer g.paths.mu.Unlock()
+	g.paths.noInbound = noInbound
 	return g.paths.table.SetPeers(cands, known, time.Now())
 }
 
@@ -208,6 +234,9 @@ func (g *Gossip) pathPacket(p *memberlist.Packet) {
 		return // meant for a member that was at this address before
 	}
 	if !m.Answer {
+		g.paths.mu.Lock()
+		g.paths.observed[m.From] = from
+		g.paths.mu.Unlock()
 		b, err := paths.Encode(paths.Msg{Answer: true, Nonce: m.Nonce, From: g.cfg.Name, To: m.From, Addr: m.Addr, SeenAs: from}, g.pathKeys()[0])
 		if err == nil {
 			_, err = g.paths.t.NetTransport.WriteTo(b, from.String())
@@ -259,11 +288,18 @@ func (g *Gossip) probeInterval() time.Duration {
 func (g *Gossip) pathAddrs(name string, identity netip.Addr) (netip.Addr, []netip.Addr) {
 	g.paths.mu.Lock()
 	p, ok := g.paths.table.Peer(name)
+	seen, behindNAT := g.paths.observed[name], g.paths.noInbound[name]
 	g.paths.mu.Unlock()
+	if behindNAT && !seen.IsValid() {
+		return identity, []netip.Addr{identity}
+	}
 	if !ok {
 		return identity, nil
 	}
 	addrs := []netip.Addr{identity}
+	if seen.IsValid() {
+		addrs = append(addrs, seen.Addr())
+	}
 	for _, c := range p.Candidates {
 		addrs = append(addrs, c.Addr)
 		if c.From.IsValid() {
@@ -278,4 +314,35 @@ func randomNonce() uint64 {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return binary.BigEndian.Uint64(b[:])
+}
+
+// packets splits a message for a member that takes no stream: records in
+// state messages of at most PackLimit bytes each, a digest without them.
+// What does not split (a large digest) goes as it is, in IP fragments.
+func packets(msg []byte) [][]byte {
+	if len(msg) <= PackLimit {
+		return [][]byte{msg}
+	}
+	m, err := cluster.DecodeMessage(msg)
+	if err != nil || len(m.Records) == 0 || (m.Kind != cluster.MsgState && m.Kind != cluster.MsgDigest) {
+		return [][]byte{msg}
+	}
+	recs := m.Records
+	var out [][]byte
+	if m.Kind == cluster.MsgDigest {
+		m.Records = nil
+		b, err := cluster.Encode(m)
+		if err != nil {
+			return [][]byte{msg}
+		}
+		out = append(out, b)
+	}
+	ps, err := pack(cluster.MsgState, recs, PackLimit)
+	if err != nil {
+		return [][]byte{msg}
+	}
+	for _, p := range ps {
+		out = append(out, p.msg)
+	}
+	return out
 }

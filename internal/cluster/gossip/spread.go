@@ -308,6 +308,12 @@ func (p packed) broadcast() memberlist.Broadcast {
 // Pack encodes records as records messages of at most limit bytes each; a
 // record too large for limit alone gets a message of its own.
 func Pack(recs []cluster.Record, limit int) ([]packed, error) {
+	return pack(cluster.MsgRecords, recs, limit)
+}
+
+// pack is Pack into messages of a kind (records, or state: old news that
+// is not forwarded).
+func pack(kind string, recs []cluster.Record, limit int) ([]packed, error) {
 	const overhead = len(`{"kind":"records","records":[]}`)
 	var out []packed
 	var group []cluster.Record
@@ -316,7 +322,7 @@ func Pack(recs []cluster.Record, limit int) ([]packed, error) {
 		if len(group) == 0 {
 			return nil
 		}
-		b, err := cluster.Encode(cluster.Message{Kind: cluster.MsgRecords, Records: group})
+		b, err := cluster.Encode(cluster.Message{Kind: kind, Records: group})
 		if err != nil {
 			return err
 		}
