@@ -35,7 +35,7 @@ func facts(cf clientFlags, port int) doctor.Facts {
 	}
 	if s, err := cf.client().Status(); err == nil {
 		f.Status = &s
-		if h, err := cf.client().Health(false); err == nil {
+		if h, err := cf.client().Health(true); err == nil { // every member's view: both directions of each pair
 			f.Health = &h
 		}
 	} else {

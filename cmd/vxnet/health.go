@@ -99,14 +99,25 @@ func printHealthView(out io.Writer, h api.Health) {
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tRTT\tLOSS\tFULL-SIZE LOSS\tSINCE\tCAUSE")
+	via := ""
+	if len(h.Via) > 0 { // some peer is reached at one of several addresses
+		via = "\tVIA"
+	}
+	fmt.Fprintln(tw, "PEER\tSTATE\tRTT\tLOSS\tFULL-SIZE LOSS\tSINCE"+via+"\tCAUSE")
 	for _, p := range append(slices.Clone(h.Peers), h.TunnelPeers...) {
 		name := p.Node
 		if p.Path != "" {
 			name += " (" + p.Path + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s\t%s\n", name, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
-			ago(p.Since), p.Cause)
+		col := ""
+		if via != "" {
+			col = "\t-"
+			if a, ok := h.Via[p.Node]; ok {
+				col = "\t" + a.String()
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f ms\t%.0f%%\t%.0f%%\t%s%s\t%s\n", name, p.State, p.RTTms, 100*p.Loss, 100*p.BigLoss,
+			ago(p.Since), col, p.Cause)
 	}
 	tw.Flush()
 	if len(h.Peers) == 0 {

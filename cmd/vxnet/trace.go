@@ -64,7 +64,11 @@ usually drops a frame there.`,
 }
 
 func printTrace(out io.Writer, r api.TraceResult) {
-	fmt.Fprintf(out, "%s -> %s on %s (VNI %d), %d bytes of payload, DF\n\n", r.Src, r.Dst, r.Network, r.VNI, r.Size)
+	fmt.Fprintf(out, "%s -> %s on %s (VNI %d), %d bytes of payload, DF\n", r.Src, r.Dst, r.Network, r.VNI, r.Size)
+	if r.Via != "" {
+		fmt.Fprintf(out, "its host is reached at %s\n", r.Via)
+	}
+	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\tHOST\tPOINT\tIFACE\tDIR\tSEEN")
 	for _, h := range r.Hops {

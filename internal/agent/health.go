@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -86,6 +87,25 @@ func (h *healthAgent) Targets() []health.Target {
 	return out
 }
 
+// Via is the address in use for each peer reached at more than one.
+func (h *healthAgent) Via() map[string]netip.Addr {
+	a := (*Agent)(h)
+	pr, ok := a.repl.(PathReporter)
+	if !ok {
+		return nil
+	}
+	var out map[string]netip.Addr
+	for _, p := range pr.Paths() {
+		if p.Probed() {
+			if out == nil {
+				out = map[string]netip.Addr{}
+			}
+			out[p.Peer] = p.Addr
+		}
+	}
+	return out
+}
+
 // Publish puts this node's view in the cluster state, for 'vxnet health
 // --all' and the page on any member.
 func (h *healthAgent) Publish(r health.Record) {
@@ -108,6 +128,7 @@ func (a *Agent) healthReport() (api.HealthReport, []health.Event) {
 		return r, nil
 	}
 	v := a.prober.View()
+	r.Via = (*healthAgent)(a).Via()
 	r.At, r.BigSize, r.Namespace, r.Warning, r.Peers, r.TunnelPeers = v.At, v.BigSize, v.Namespace, v.Warning, v.Peers, v.TunnelPeers
 	if v.Err != nil {
 		r.Error = v.Err.Error()
@@ -132,7 +153,7 @@ func (a *Agent) Health(all bool) api.Health {
 		if err != nil || rec.Node == h.Node {
 			continue
 		}
-		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}}
+		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}, Via: rec.Via}
 		for _, m := range members {
 			if m.Name == rec.Node || m.NoInbound || noInbound[rec.Node] {
 				continue // no clear VXLAN to or from a host behind a masquerading NAT

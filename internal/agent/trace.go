@@ -61,6 +61,19 @@ func (t *traceAgent) Request(node, op string, body any, timeout time.Duration) (
 	return t.repl.Request(node, op, body, timeout)
 }
 
+func (t *traceAgent) Via(node string) string {
+	pr, ok := t.repl.(PathReporter)
+	if !ok {
+		return ""
+	}
+	for _, p := range pr.Paths() {
+		if p.Peer == node && p.Probed() {
+			return fmt.Sprintf("%s (%s)", p.Addr, p.Reason)
+		}
+	}
+	return ""
+}
+
 func (t *traceAgent) FDB(vni uint32) ([]datapath.FDB, error) {
 	t.kernelMu.Lock() // the dataplane is not safe beside a pass
 	obs, err := t.dp.Observe()

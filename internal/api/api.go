@@ -177,6 +177,9 @@ type HealthReport struct {
 	Enabled bool          `json:"enabled"`
 	Error   string        `json:"error,omitempty"`
 	Peers   []health.Peer `json:"peers"`
+	// Via is, for each peer reached at more than one address, the one the
+	// member uses.
+	Via map[string]netip.Addr `json:"via,omitempty"`
 	// TunnelPeers are the verdicts on the encrypted networks' path (host
 	// to host through WireGuard), while the member carries one.
 	TunnelPeers []health.Peer `json:"tunnelPeers,omitempty"`
@@ -233,6 +236,9 @@ type TraceResult struct {
 	Replied  bool       `json:"replied"`
 	Vanished string     `json:"vanished,omitempty"` // the first hop that did not see it
 	Why      string     `json:"why,omitempty"`
+	// Via is the address the source's host reaches the destination's host
+	// at and why, when the destination's host has several.
+	Via string `json:"via,omitempty"`
 }
 
 // OpRotateNode, as a KeyRequest's Op, makes the node's WireGuard key pair

@@ -30,9 +30,15 @@ func addresses(f Facts) Finding {
 		own[a] = true
 	}
 	overlay := map[string]health.Peer{}
+	theirs := map[string]netip.Addr{} // the address each peer reaches this host at
 	if f.Health != nil {
 		for _, p := range f.Health.Peers {
 			overlay[p.Node] = p
+		}
+		for _, r := range f.Health.All {
+			if a, ok := r.Via[s.Node]; ok {
+				theirs[r.Node] = a
+			}
 		}
 	}
 	var fails, fixes, warns, notes []string
@@ -50,10 +56,18 @@ func addresses(f Facts) Finding {
 				warns = append(warns, fmt.Sprintf("%s sees this host's probes come from %s, an address this host does not advertise (a NAT between?)", p.Peer, c.SeenAs))
 			}
 		}
+		back, reachesUs := theirs[p.Peer]
 		switch {
+		case len(up) == 0 && reachesUs:
+			fails = append(fails, fmt.Sprintf("%s reaches this host (at %s) but none of its addresses answers from here (%s): one way only", p.Peer, back, strings.Join(down, ", ")))
+			fixes = append(fixes, fmt.Sprintf("something lets traffic from %s in but not this host's out to it (a firewall on this side's way out, or on %s's way in): open UDP to its gossip and VXLAN ports", p.Peer, p.Peer))
+			continue
 		case len(up) == 0:
 			fails = append(fails, fmt.Sprintf("no address of %s answers probes from here (%s)", p.Peer, strings.Join(down, ", ")))
 			fixes = append(fixes, fmt.Sprintf("check that %s's --advertise-addr lists addresses this host can reach, and let UDP to its gossip port through on the way", p.Peer))
+			continue
+		case reachesUs && len(s.Addrs) > 1 && len(p.Candidates) > 1 && (p.Addr == p.Candidates[0].Addr) != (back == s.Addrs[0]):
+			warns = append(warns, fmt.Sprintf("asymmetric paths with %s: this host reaches it at %s, it reaches this host at %s (this host's first address is %s): the preferred path works in one direction only", p.Peer, p.Addr, back, s.Addrs[0]))
 			continue
 		case using && overlay[p.Peer].State == health.Unreachable:
 			fails = append(fails, fmt.Sprintf("%s answers at %s on the gossip port, but VXLAN to it does not pass (%s)", p.Peer, p.Addr, overlay[p.Peer].Cause))
@@ -69,7 +83,7 @@ func addresses(f Facts) Finding {
 	case len(fails) > 0:
 		return Finding{"addresses", Fail, strings.Join(fails, "; "), strings.Join(fixes, "; ")}
 	case len(warns) > 0:
-		return Finding{"addresses", Warn, strings.Join(warns, "; "), "add that address to the host's --advertise-addr if peers outside must reach it there"}
+		return Finding{"addresses", Warn, strings.Join(warns, "; "), "for a NAT nobody knew of: add that address to the host's --advertise-addr if peers outside must reach it there; for asymmetric paths: find what drops the preferred direction (a firewall or route on one side)"}
 	}
 	return Finding{"addresses", OK, "peers reached at the first of their addresses that answers: " + strings.Join(notes, "; "), ""}
 }

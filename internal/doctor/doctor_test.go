@@ -38,6 +38,12 @@ func twoSites(privUp, pubUp bool, seenAs netip.Addr) *api.Status {
 		Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}}, Paths: []paths.Path{p}}
 }
 
+// viaOf is a health view in which peer reaches h1 at addr.
+func viaOf(peer, addr string) *api.Health {
+	return &api.Health{HealthReport: api.HealthReport{Enabled: true},
+		All: []api.HealthReport{{Node: peer, Via: map[string]netip.Addr{"h1": netip.MustParseAddr(addr)}}}}
+}
+
 func TestChecks(t *testing.T) {
 	healthy := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
 		Members:  []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}},
@@ -64,6 +70,11 @@ func TestChecks(t *testing.T) {
 		{"VXLAN port rewritten", Facts{Status: twoSites(false, true, netip.Addr{}), VXLANPort: 4789, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true,
 			Peers: []health.Peer{{Node: "h2", State: health.Unreachable, Cause: "the last 3 probes went unanswered"}}}}},
 			"addresses", Fail, "h2 answers at 203.0.113.2 on the gossip port, but VXLAN to it does not pass"},
+		{"one way", Facts{Status: twoSites(false, false, netip.Addr{}), Health: viaOf("h2", "203.0.113.1")}, "addresses", Fail,
+			"h2 reaches this host (at 203.0.113.1) but none of its addresses answers from here"},
+		{"asymmetric", Facts{Status: twoSites(true, true, netip.Addr{}), Health: viaOf("h2", "203.0.113.1")}, "addresses", Warn,
+			"asymmetric paths with h2: this host reaches it at 10.0.0.2, it reaches this host at 203.0.113.1"},
+		{"symmetric", Facts{Status: twoSites(true, true, netip.Addr{}), Health: viaOf("h2", "10.0.0.1")}, "addresses", OK, "h2 at 10.0.0.2"},
 		{"agent down", Facts{StatusErr: errors.New("connection refused")}, "agent", Fail, "the agent does not answer: connection refused"},
 		{"agent up", Facts{Status: healthy}, "agent", OK, "2 of 2 members alive"},
 		{"address gone", Facts{Status: &api.Status{AddrError: "advertise address 10.0.0.1 is no longer on any interface"}}, "advertise-address", Fail, "no longer on any interface"},

@@ -26,7 +26,7 @@ import (
 //     reaches every other, in clear (net1) and encrypted (net2).
 //   - A capture on site A's WAN link sees VXLAN and WireGuard but never a
 //     private address.
-//   - status shows the paths and why; doctor names them.
+//   - status, health, doctor and the live page show the paths and why.
 //   - Site A's private switch cut between h1 and h2: the pair moves to the
 //     public path (hairpin through the router) within 10 s and a ping flow
 //     between them resumes; mended: it moves back.
@@ -68,8 +68,9 @@ func TestTwoSites(t *testing.T) {
 		}
 	})
 
-	t.Run("StatusAndDoctor", func(t *testing.T) {
+	t.Run("StatusHealthDoctorPage", func(t *testing.T) {
 		h1, _ := l.Host("h1")
+		h3Public := lab.PublicAddr(3)
 		out, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
 		f := out["addresses"]
 		if f.Level != doctor.OK || !strings.Contains(f.Evidence, "h3 at 198.18.100.13 (answers; 198.18.2.13 does not)") ||
@@ -83,6 +84,20 @@ func TestTwoSites(t *testing.T) {
 		})
 		if err != nil || !strings.Contains(string(text), "PATHS (this host is reached at 198.18.1.11, 198.18.100.11, preferred first)") {
 			t.Errorf("status on h1: %v\n%s", err, text)
+		}
+		hv, err := client(l, "h1").Health(false)
+		if err != nil || hv.Via["h3"] != h3Public || hv.Via["h2"] != netip.MustParseAddr("198.18.1.12") {
+			t.Errorf("health on h1: via %v, %v", hv.Via, err)
+		}
+		page := fmt.Sprintf("http://%s/", netip.AddrPortFrom(h1.Addr, lab.MetricsPort))
+		if err := waitCond(20*time.Second, func() error {
+			dom := browse(t, h1.Netns, "--dump-dom", page)
+			if want := `<td title="answers; 198.18.2.13 does not">198.18.100.13</td>`; !strings.Contains(dom, want) {
+				return fmt.Errorf("the page lacks %s; its DOM:\n%s", want, tailLines(dom, 40))
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
 	})
 

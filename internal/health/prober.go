@@ -61,6 +61,9 @@ type Agent interface {
 	// TunnelTargets are the live peers' tunnel addresses, while this host
 	// carries an encrypted network, and the tunnel's MTU.
 	TunnelTargets() ([]Target, int)
+	// Via is, for each peer reached at more than one address, the one in
+	// use (nil: none such).
+	Via() map[string]netip.Addr
 	// Publish puts this node's view in the cluster state.
 	Publish(Record)
 }
@@ -85,12 +88,15 @@ type Record struct {
 	// TunnelBad their verdicts that are not ok.
 	Tunnel    []string           `json:"tunnel,omitempty"`
 	TunnelBad map[string]Verdict `json:"tunnelBad,omitempty"`
+	// Via is, for each peer reached at more than one address, the one this
+	// member uses (so each side sees both directions of a pair).
+	Via map[string]netip.Addr `json:"via,omitempty"`
 }
 
 // Same reports whether two records say the same (their times aside).
 func (r Record) Same(o Record) bool {
 	return r.Node == o.Node && r.Probed == o.Probed && maps.Equal(r.Bad, o.Bad) &&
-		slices.Equal(r.Tunnel, o.Tunnel) && maps.Equal(r.TunnelBad, o.TunnelBad)
+		slices.Equal(r.Tunnel, o.Tunnel) && maps.Equal(r.TunnelBad, o.TunnelBad) && maps.Equal(r.Via, o.Via)
 }
 
 // Event is one change of a verdict.
@@ -258,6 +264,7 @@ func (p *Prober) Round(pinger Pinger) {
 	mtu := p.tracker.BigSize
 	p.mu.Unlock()
 	tunTargets, tunMTU := p.agent.TunnelTargets()
+	via := p.agent.Via()
 	tunPinger := p.tunnelPingerFor(len(tunTargets) > 0)
 	if tunPinger == nil {
 		tunTargets = nil
@@ -295,7 +302,7 @@ func (p *Prober) Round(pinger Pinger) {
 	}
 	p.tracker.Forget(keep)
 	p.at = now
-	rec := Record{Node: p.cfg.Node, At: now, Probed: len(targets)}
+	rec := Record{Node: p.cfg.Node, At: now, Probed: len(targets), Via: via}
 	for _, peer := range p.tracker.Peers() {
 		if peer.State != OK {
 			if rec.Bad == nil {

@@ -107,6 +107,7 @@ var (
 	descPeerRTT     = prometheus.NewDesc("vxnet_peer_rtt_seconds", "Moving average of the health probes' round-trip time to a peer, through the overlay.", []string{"peer"}, nil)
 	descFastPath    = prometheus.NewDesc("vxnet_fastpath", "The BPF fast path: devices whose ingress runs its program (hooks) and MACs it carries straight on (entries); absent on the bridge datapath.", []string{"what"}, nil)
 	descTunnelAge   = prometheus.NewDesc("vxnet_tunnel_handshake_age_seconds", "Time since the last WireGuard handshake with a peer (+Inf: none yet), as the last reconcile pass read the tunnel.", []string{"peer"}, nil)
+	descPathAddr    = prometheus.NewDesc("vxnet_path_address", "Per peer reached at more than one address, each address: 1 when it answers the path probes, 0 when not; the label in_use says which one carries the pair's traffic.", []string{"peer", "addr", "in_use"}, nil)
 	descTunnelBytes = prometheus.NewDesc("vxnet_tunnel_bytes_total", "Bytes received from (in) and sent to (out) a peer through the WireGuard tunnel, as the last reconcile pass read it.", []string{"peer", "direction"}, nil)
 	descPeerLoss    = prometheus.NewDesc("vxnet_peer_probe_loss_ratio", "Share of health probes to a peer lost in the window, by probe size (small, full).", []string{"peer", "size"}, nil)
 )
@@ -114,7 +115,7 @@ var (
 var healthStates = []health.Verdict{health.OK, health.Degraded, health.MTU, health.Unreachable, health.Unknown}
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath, descTunnelAge, descTunnelBytes} {
+	for _, d := range []*prometheus.Desc{descMembers, descEndpoints, descPasses, descErrors, descWrites, descMalformed, descConflicts, descRecords, descAddrLost, descPeerState, descPeerRTT, descPeerLoss, descGossipMsgs, descGossipBytes, descFastPath, descTunnelAge, descTunnelBytes, descPathAddr} {
 		ch <- d
 	}
 }
@@ -168,6 +169,14 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descTunnelAge, prometheus.GaugeValue, age, name)
 			ch <- prometheus.MustNewConstMetric(descTunnelBytes, prometheus.CounterValue, float64(p.RxBytes), name, "in")
 			ch <- prometheus.MustNewConstMetric(descTunnelBytes, prometheus.CounterValue, float64(p.TxBytes), name, "out")
+		}
+	}
+	for _, p := range s.Paths {
+		if !p.Probed() {
+			continue
+		}
+		for _, a := range p.Candidates {
+			ch <- prometheus.MustNewConstMetric(descPathAddr, prometheus.GaugeValue, b(a.Up), p.Peer, a.Addr.String(), strconv.FormatBool(a.Addr == p.Addr))
 		}
 	}
 	for _, p := range c.src.HealthPeers() {

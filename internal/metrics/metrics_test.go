@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/health"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/paths"
 )
 
 type source struct{}
@@ -21,7 +23,9 @@ func (source) Status(bool) api.Status {
 		Networks: []api.NetworkStatus{{Name: "web", Local: 2, Remote: 3}}, Syncs: 7, KernelOps: 11, SyncError: "boom",
 		Datapath: "bpf", FastHooks: 4, FastEntries: 5,
 		Nodes:  []cluster.NodeInfo{{Name: "h2", Tunnel: &model.TunnelInfo{Key: "k2", Port: 51830}}},
-		Tunnel: &datapath.Tunnel{Dev: "vxwg0", Peers: []datapath.TunnelPeer{{Key: "k2", RxBytes: 1000, TxBytes: 2000}, {Key: "k9"}}}}
+		Tunnel: &datapath.Tunnel{Dev: "vxwg0", Peers: []datapath.TunnelPeer{{Key: "k2", RxBytes: 1000, TxBytes: 2000}, {Key: "k9"}}},
+		Paths: []paths.Path{{Peer: "h2", Addr: netip.MustParseAddr("203.0.113.2"), Candidates: []paths.Candidate{
+			{Addr: netip.MustParseAddr("10.0.0.2")}, {Addr: netip.MustParseAddr("203.0.113.2"), Up: true}}}}}
 }
 func (source) Traffic() cluster.Traffic {
 	return cluster.Traffic{InMessages: 1, OutMessages: 2, InBytes: 3, OutBytes: 4}
@@ -57,6 +61,7 @@ func TestMetrics(t *testing.T) {
 		`vxnet_tunnel_handshake_age_seconds{peer="k9"} +Inf`,
 		`vxnet_requests_total{code="404",door="api",path="GET /v1/networks/{name}"} 2`,
 		`vxnet_reconcile_pass_seconds_count 1`,
+		`vxnet_path_address{addr="10.0.0.2",in_use="false",peer="h2"} 0`, `vxnet_path_address{addr="203.0.113.2",in_use="true",peer="h2"} 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)

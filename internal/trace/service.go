@@ -49,6 +49,9 @@ type Agent interface {
 	Request(node, op string, body any, timeout time.Duration) (json.RawMessage, error)
 	// FDB returns the FDB entries programmed for a network.
 	FDB(vni uint32) ([]datapath.FDB, error)
+	// Via says at which of its addresses a node is reached, and why ("":
+	// it has one).
+	Via(node string) string
 }
 
 // Config configures a Service.
@@ -309,7 +312,7 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	if sendErr != nil {
 		return api.TraceResult{}, fmt.Errorf("send the probe from %s: %w", src.ID, sendErr)
 	}
-	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size}
+	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size, Via: s.agent.Via(dst.Node)}
 	if remote && remoteErr != nil {
 		far = nil
 		names := []string{"underlay", "vxlan", "destination veth"}

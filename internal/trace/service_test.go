@@ -72,6 +72,12 @@ func (h *host) Request(node, op string, body any, _ time.Duration) (json.RawMess
 	return json.Marshal(out)
 }
 func (h *host) FDB(uint32) ([]datapath.FDB, error) { return h.fdb, nil }
+func (h *host) Via(node string) string {
+	if node == "h2" {
+		return "203.0.113.2 (answers; 10.0.0.2 does not)"
+	}
+	return ""
+}
 
 // TestService: a trace between two hosts walks twelve hops, both ways,
 // through the other host's taps; a point that sees nothing is where the
@@ -91,7 +97,7 @@ func TestService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Hops) != 12 || !res.Replied || res.Vanished != "" || res.Hops[3].Host != "h2" {
+	if len(res.Hops) != 12 || !res.Replied || res.Vanished != "" || res.Hops[3].Host != "h2" || !strings.HasPrefix(res.Via, "203.0.113.2") {
 		t.Fatalf("trace %+v", res)
 	}
 	// Nothing reaches h2: the probe vanished on the underlay.

@@ -40,7 +40,12 @@ function render(o) {
   $("#node").textContent = `node ${s.node} (${s.addr}) · vxnet ${s.version}`;
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
   const versions = new Map((s.nodes || []).map((n) => [n.name, n.version]));
-  fill("#hosts", (s.members || []).map((m) => [m.name, m.addr, el("td", { class: "state-" + m.state }, m.state), versions.get(m.name) || "?"]));
+  const paths = new Map((s.paths || []).map((p) => [p.peer, p]));
+  fill("#hosts", (s.members || []).map((m) => {
+    const p = paths.get(m.name);
+    const via = p ? el("td", { title: p.reason }, p.addr) : el("td", {}, m.name === s.node ? "this host" : m.addr);
+    return [m.name, m.addr, via, el("td", { class: "state-" + m.state }, m.state), versions.get(m.name) || "?"];
+  }));
   fill("#networks", (s.networks || []).map((n) => [n.dockerName ? `${n.dockerName} (${n.name})` : n.name, n.vni, n.subnet, n.local, n.remote, n.encrypted ? "WireGuard (encrypted)" : "VXLAN"]));
   fill("#endpoints", (o.endpoints || []).map((e) =>
     [e.name || "-", e.network, e.host, [e.ip, e.ip6].filter(Boolean).join(", "), (e.ports || []).join(", ") || "-", e.from, e.mac]));
