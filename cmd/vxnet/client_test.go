@@ -201,7 +201,7 @@ func TestInit(t *testing.T) {
 		t.Fatalf("the key written is not a key: %v", err)
 	}
 	// Again, joining: the key stays, the configuration names the member.
-	if _, err := run("--join", "10.0.0.1", "--advertise-addr", "10.0.0.2"); err != nil {
+	if _, err := run("--join", "10.0.0.1", "--advertise-addr", "10.0.0.2,203.0.113.2", "--no-inbound"); err != nil {
 		t.Fatal(err)
 	}
 	if again, _ := os.ReadFile(filepath.Join(dir, "key")); string(again) != string(key) {
@@ -209,13 +209,19 @@ func TestInit(t *testing.T) {
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "agent.json"))
 	vals, err := config.ParseConfig(b)
-	if err != nil || vals["join"] != "10.0.0.1" || vals["key-file"] != filepath.Join(dir, "key") || vals["advertise-addr"] != "10.0.0.2" {
+	if err != nil || vals["join"] != "10.0.0.1" || vals["key-file"] != filepath.Join(dir, "key") || vals["advertise-addr"] != "10.0.0.2,203.0.113.2" || vals["no-inbound"] != "true" {
 		t.Fatalf("config %s: %v", b, err)
 	}
 	// The agent takes it.
 	agent := newAgentCmd(&globals{})
 	if err := config.ApplyFile(agent.Flags(), filepath.Join(dir, "agent.json")); err != nil {
 		t.Fatal(err)
+	}
+	if v, _ := agent.Flags().GetStringSlice("advertise-addr"); len(v) != 2 || v[1] != "203.0.113.2" {
+		t.Errorf("agent's --advertise-addr from the file: %q", v)
+	}
+	if v, _ := agent.Flags().GetBool("no-inbound"); !v {
+		t.Error("agent's --no-inbound from the file: false")
 	}
 }
 

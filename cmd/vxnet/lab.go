@@ -143,7 +143,8 @@ func printLabHealth(out io.Writer, l *lab.Lab) bool {
 		h, err = c.Health(true)
 		done := err == nil && len(h.All) == len(l.Hosts)
 		for _, r := range h.All {
-			done = done && len(r.Peers) == len(l.Hosts)-1
+			host, _ := l.Host(r.Node)
+			done = done && len(r.Peers) == l.VXLANPeers(host)
 			for _, p := range r.Peers {
 				done = done && p.State != health.Unknown
 			}

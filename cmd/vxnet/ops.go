@@ -81,6 +81,7 @@ func newUninstallCmd() *cobra.Command {
 
 func newInitCmd() *cobra.Command {
 	var dir, join, advertise string
+	var noInbound bool
 	cmd := &cobra.Command{
 		Use:   "init [--join ADDR]",
 		Short: "Prepare this host: a cluster key (unless there is one) and the agent's configuration",
@@ -114,6 +115,9 @@ func newInitCmd() *cobra.Command {
 			if advertise != "" {
 				conf["advertise-addr"] = advertise
 			}
+			if noInbound {
+				conf["no-inbound"] = "true"
+			}
 			b, err := json.MarshalIndent(conf, "", "  ")
 			if err != nil {
 				return err
@@ -132,6 +136,7 @@ func newInitCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "dir", config.Dir, "configuration directory")
 	cmd.Flags().StringVar(&join, "join", "", "address of a member of the cluster to join (none: this host starts one)")
-	cmd.Flags().StringVar(&advertise, "advertise-addr", "", "this host's address for VXLAN and gossip (default: the default route's)")
+	cmd.Flags().StringVar(&advertise, "advertise-addr", "", "the addresses peers reach this host at, preferred first, comma-separated (default: the default route's); one may be a 1:1 NAT's public address")
+	cmd.Flags().BoolVar(&noInbound, "no-inbound", false, "this host accepts no inbound traffic (behind a masquerading router): encrypted networks only")
 	return cmd
 }

@@ -110,7 +110,7 @@ func (l *Lab) WaitHealthy(timeout time.Duration) error {
 					ok++
 				}
 			}
-			if want := l.vxlanPeers(h); ok != want {
+			if want := l.VXLANPeers(h); ok != want {
 				return fmt.Errorf("host %s reaches %d of %d peers through the overlay", h.Name, ok, want)
 			}
 			if !slices.ContainsFunc(l.Networks, func(n model.Network) bool { return n.Encrypted }) {
@@ -130,9 +130,9 @@ func (l *Lab) WaitHealthy(timeout time.Duration) error {
 	})
 }
 
-// vxlanPeers is how many peers h's health probes reach through clear
+// VXLANPeers is how many peers h's health probes reach through clear
 // VXLAN: none from or to a host that accepts no inbound traffic.
-func (l *Lab) vxlanPeers(h Host) int {
+func (l *Lab) VXLANPeers(h Host) int {
 	if h.NoInbound {
 		return 0
 	}
