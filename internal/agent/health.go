@@ -31,7 +31,48 @@ func (a *Agent) healthEndpointID() string { return a.state.Self() + ".health" }
 // newProber returns the prober of this agent over port.
 func (a *Agent) newProber(port health.Port, publishGap time.Duration) *health.Prober {
 	return health.NewProber(health.ProberConfig{Netns: a.cfg.HealthNetns, Node: a.state.Self(), Interval: a.cfg.HealthInterval,
-		PublishGap: publishGap, Log: a.log}, port, (*healthAgent)(a))
+		PublishGap: publishGap, Log: a.log, OnRound: a.demoteBrokenPaths}, port, (*healthAgent)(a))
+}
+
+// PathDemoter is a replicator that can keep an address of a peer out of
+// use (gossip).
+type PathDemoter interface {
+	Demote(peer string, addr netip.Addr, why string) bool
+}
+
+// demoteBrokenPaths moves a pair off an address that answers the path
+// probes (on the gossip port) while the health probes through VXLAN went
+// unanswered since after the pair moved there (for four probe intervals
+// at least): something between passes
+// the one and not the other (a NAT that rewrites UDP 4789, a firewall).
+func (a *Agent) demoteBrokenPaths(verdicts []health.Peer) {
+	pr, ok := a.repl.(PathReporter)
+	d, ok2 := a.repl.(PathDemoter)
+	if !ok || !ok2 {
+		return
+	}
+	broken := map[string]health.Peer{}
+	for _, v := range verdicts {
+		if v.State == health.Unreachable {
+			broken[v.Node] = v
+		}
+	}
+	if len(broken) == 0 {
+		return
+	}
+	// Not for a moment's failure: a member that just joined is probed
+	// before its health endpoint reached everyone.
+	settled := time.Now().Add(-4 * a.cfg.HealthInterval)
+	for _, p := range pr.Paths() {
+		v, bad := broken[p.Peer]
+		if !bad || !p.Probed() || !v.Since.After(p.Since) || v.Since.After(settled) {
+			continue
+		}
+		why := fmt.Sprintf("answers probes, but VXLAN there went unanswered since %s", v.Since.UTC().Format(time.TimeOnly))
+		if d.Demote(p.Peer, p.Addr, why) {
+			a.log.Warn("path demoted", "peer", p.Peer, "addr", p.Addr, "why", why)
+		}
+	}
 }
 
 // healthAgent is the agent as the prober sees it.

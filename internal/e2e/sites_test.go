@@ -30,6 +30,8 @@ import (
 //   - Site A's private switch cut between h1 and h2: the pair moves to the
 //     public path (hairpin through the router) within 10 s and a ping flow
 //     between them resumes; mended: it moves back.
+//   - VXLAN alone dropped on the private switch between h1 and h2 (gossip
+//     passes): the health probes move the pair to its public path.
 func TestTwoSites(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 4, Networks: 2, PerHost: 1, Sites: true, Encrypted: []int{2}})
 	want := func(from, to lab.Host) netip.Addr {
@@ -133,6 +135,43 @@ func TestTwoSites(t *testing.T) {
 		stopped = true
 		t.Logf("mended: back on private addresses; flow %d pings, %d lost in all", sent, lost)
 	})
+
+	// Last: the pair stays off its private path for a minute after.
+	t.Run("VXLANBlockedOnPrivatePath", func(t *testing.T) { vxlanBlockedPrivately(t, l, want) })
+}
+
+// vxlanBlockedPrivately: a firewall on site A's private switch drops VXLAN
+// between h1 and h2 and lets gossip through. The path probes still answer
+// there, the health probes through VXLAN do not: the pair moves to its
+// public path (and says why), and its containers reach each other again.
+func vxlanBlockedPrivately(t *testing.T, l *lab.Lab, want func(from, to lab.Host) netip.Addr) {
+	sw := nsutil.Path(l.Switch)
+	inNS(t, sw, "nft", "add table bridge e2evxlan")
+	inNS(t, sw, "nft", "add chain bridge e2evxlan block { type filter hook forward priority 0; }")
+	inNS(t, sw, "nft", fmt.Sprintf("add rule bridge e2evxlan block ip saddr { 198.18.1.11, 198.18.1.12 } ip daddr { 198.18.1.11, 198.18.1.12 } udp dport %d drop", lab.VXLANPort))
+	defer inNS(t, sw, "nft", "delete table bridge e2evxlan")
+	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	blocked := time.Now()
+	moved := func(from, to lab.Host) netip.Addr {
+		if (from.Name == "h1" && to.Name == "h2") || (from.Name == "h2" && to.Name == "h1") {
+			return to.Public
+		}
+		return want(from, to)
+	}
+	waitPaths(t, l, moved, 30*time.Second)
+	movedAfter := time.Since(blocked)
+	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
+	s, err := client(l, "h1").Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Paths {
+		if p.Peer == "h2" && !strings.Contains(p.Reason, "198.18.1.12 is kept off until") {
+			t.Errorf("h1's reason for h2's public address: %q", p.Reason)
+		}
+	}
+	t.Logf("VXLAN blocked on the private switch: h1 and h2 on their public addresses %s after, replies again %s after",
+		movedAfter.Round(time.Millisecond), time.Since(blocked).Round(time.Millisecond))
 }
 
 // waitPaths waits until every host uses, for every other, the address want

@@ -133,6 +133,8 @@ type ProberConfig struct {
 	// a late joiner and the "as of" stay fresh.
 	PublishGap, Refresh time.Duration
 	Log                 *slog.Logger
+	// OnRound, when set, is given the overlay verdicts after each round.
+	OnRound func([]Peer)
 }
 
 // smallProbe is the ICMP payload of the small probe (as ping's default).
@@ -336,6 +338,9 @@ func (p *Prober) Round(pinger Pinger) {
 	}
 	if publish {
 		p.agent.Publish(rec)
+	}
+	if p.cfg.OnRound != nil {
+		p.cfg.OnRound(p.View().Peers)
 	}
 }
 

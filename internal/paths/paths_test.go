@@ -62,6 +62,48 @@ func TestChoice(t *testing.T) {
 	}
 }
 
+// TestDemote: an address that answers but whose VXLAN does not pass is
+// kept off for FirstDemotion, then twice as long; only the address in use
+// is demoted; one that stops answering is tried again once it is back.
+func TestDemote(t *testing.T) {
+	tb := NewTable()
+	tb.SetPeers(map[string][]netip.Addr{"b": {priv, pub}}, nil, t0)
+	round(tb, 0, priv, pub)
+	if tb.Demote("b", pub, "x", t0) {
+		t.Error("an address not in use was demoted")
+	}
+	if !tb.Demote("b", priv, "VXLAN does not pass", t0) {
+		t.Fatal("the address in use was not demoted")
+	}
+	p, _ := tb.Peer("b")
+	if p.Addr != pub || !strings.Contains(p.Reason, "10.0.0.2 is kept off until 00:01:00 (VXLAN does not pass)") {
+		t.Fatalf("after the demotion: %v, %s", p.Addr, p.Reason)
+	}
+	// Still off before the minute is out, back after it.
+	tb.Targets(t0.Add(59 * time.Second))
+	tb.Answered("b", priv, priv, pub, 0, t0.Add(59*time.Second))
+	tb.Answered("b", pub, pub, pub, 0, t0.Add(59*time.Second))
+	if a, _ := tb.Route("b"); a != pub {
+		t.Fatalf("back on %v before the demotion ran out", a)
+	}
+	if a := round(tb, 61, priv, pub); a != priv {
+		t.Fatalf("on %v after the demotion ran out, want %v", a, priv)
+	}
+	// The second demotion lasts two minutes.
+	tb.Demote("b", priv, "again", t0.Add(61*time.Second))
+	if p, _ := tb.Peer("b"); !p.Candidates[0].OffUntil.Equal(t0.Add(181 * time.Second)) {
+		t.Errorf("second demotion until %v, want two minutes", p.Candidates[0].OffUntil)
+	}
+	// It stops answering, then answers again: tried again at once.
+	for i := range DownAfter + 1 {
+		round(tb, 62+i, pub)
+	}
+	round(tb, 70, priv, pub)
+	if a := round(tb, 71, priv, pub); a != priv {
+		t.Errorf("after the network changed: %v, want %v tried again", a, priv)
+	}
+}
+
 // TestKnownFirst: a new peer starts on the address it joined at, not on
 // its first (which may not reach across sites), and moves to the first
 // once that answers steadily.

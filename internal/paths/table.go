@@ -39,9 +39,17 @@ type Candidate struct {
 	// (its public address when a NAT is between).
 	SeenAs netip.Addr `json:"seenAs,omitzero"`
 	// From is the address the peer's answer came from.
-	From    netip.Addr `json:"from,omitzero"`
-	pending bool
+	From netip.Addr `json:"from,omitzero"`
+	// OffUntil keeps an address that answers out of use: the pair's VXLAN
+	// did not pass there (Demote), for the Why.
+	OffUntil  time.Time `json:"offUntil,omitzero"`
+	Why       string    `json:"why,omitempty"`
+	demotions int
+	pending   bool
 }
+
+// usable reports whether the candidate may carry the pair's traffic.
+func (c Candidate) usable(now time.Time) bool { return c.Up && !now.Before(c.OffUntil) }
 
 // Path is the choice for one peer.
 type Path struct {
@@ -159,7 +167,9 @@ func (t *Table) Targets(now time.Time) (map[string][]netip.Addr, bool) {
 				c.Misses++
 				c.Answers = 0
 				if c.Misses >= DownAfter {
-					c.Up = false
+					// The network changed: a demotion is tried again once
+					// it answers again.
+					c.Up, c.OffUntil, c.Why = false, time.Time{}, ""
 				}
 			}
 			c.pending = true
@@ -193,6 +203,31 @@ func (t *Table) Answered(peer string, addr, from, seenAs netip.Addr, rtt time.Du
 	return t.choose(p, now)
 }
 
+// Demotion bounds: an address that answers probes while the pair's VXLAN
+// does not pass there is kept out of use for FirstDemotion, twice as long
+// at each demotion after, at most MaxDemotion, or until it stops
+// answering (the network changed) and answers again.
+const (
+	FirstDemotion = time.Minute
+	MaxDemotion   = time.Hour
+)
+
+// Demote keeps peer's address addr out of use (why says what failed
+// there), when it is the one in use; it reports whether the choice
+// changed.
+func (t *Table) Demote(peer string, addr netip.Addr, why string, now time.Time) bool {
+	p, ok := t.peers[peer]
+	if !ok || p.Addr != addr || !p.Probed() {
+		return false
+	}
+	i := slices.IndexFunc(p.Candidates, func(c Candidate) bool { return c.Addr == addr })
+	c := &p.Candidates[i]
+	d := min(FirstDemotion<<min(c.demotions, 6), MaxDemotion)
+	c.demotions++
+	c.OffUntil, c.Why = now.Add(d), why
+	return t.choose(p, now)
+}
+
 // choose sets p's address: the first candidate that answers, where one
 // ahead of the address in use must have answered UpAfter times in a row;
 // with none answering, the address in use stays (or the first, before any
@@ -201,7 +236,7 @@ func (t *Table) choose(p *Path, now time.Time) bool {
 	cur := slices.IndexFunc(p.Candidates, func(c Candidate) bool { return c.Addr == p.Addr })
 	pick, reason := -1, ""
 	for i, c := range p.Candidates {
-		if !c.Up {
+		if !c.usable(now) {
 			continue
 		}
 		if cur >= 0 && i < cur && c.Answers < UpAfter {
@@ -216,7 +251,7 @@ func (t *Table) choose(p *Path, now time.Time) bool {
 	case pick == 0:
 		reason = "its first address, answers"
 	case pick > 0:
-		reason = fmt.Sprintf("answers; %s does not", describeDown(p.Candidates[:pick]))
+		reason = "answers; " + describeAhead(p.Candidates[:pick], now)
 	case cur >= 0 && !p.Candidates[cur].probed():
 		pick, reason = cur, "the address it joined at; not probed yet"
 	case cur >= 0:
@@ -235,18 +270,28 @@ func (t *Table) choose(p *Path, now time.Time) bool {
 
 func (c Candidate) probed() bool { return c.Answers > 0 || c.Misses > 0 || c.Up }
 
-func describeDown(cs []Candidate) string {
-	var s string
-	for i, c := range cs {
-		if i > 0 {
-			s += ", "
-		}
-		s += c.Addr.String()
-		if c.Up {
-			s += " (back, not yet steady)"
+// describeAhead says why the candidates ahead of the one picked are not
+// in use.
+func describeAhead(cs []Candidate, now time.Time) string {
+	var down, steady, off []string
+	for _, c := range cs {
+		switch {
+		case c.Up && !c.usable(now):
+			off = append(off, fmt.Sprintf("%s is kept off until %s (%s)", c.Addr, c.OffUntil.UTC().Format(time.TimeOnly), c.Why))
+		case c.Up:
+			steady = append(steady, c.Addr.String())
+		default:
+			down = append(down, c.Addr.String())
 		}
 	}
-	return s
+	var parts []string
+	if len(down) > 0 {
+		parts = append(parts, strings.Join(down, ", ")+" does not")
+	}
+	if len(steady) > 0 {
+		parts = append(parts, strings.Join(steady, ", ")+" answers again, not yet steadily")
+	}
+	return strings.Join(append(parts, off...), "; ")
 }
 
 func dedupe(addrs []netip.Addr) []netip.Addr {

@@ -120,6 +120,19 @@ func (g *Gossip) routed(a memberlist.Address) memberlist.Address {
 	return a
 }
 
+// Demote keeps peer's address addr out of use for a while (see
+// paths.Table.Demote).
+func (g *Gossip) Demote(peer string, addr netip.Addr, why string) bool {
+	g.paths.mu.Lock()
+	changed := g.paths.table.Demote(peer, addr, why, time.Now())
+	g.paths.mu.Unlock()
+	if changed {
+		g.logPaths()
+		g.cfg.OnChange()
+	}
+	return changed
+}
+
 // Paths returns the path to every peer.
 func (g *Gossip) Paths() []paths.Path {
 	g.paths.mu.Lock()
