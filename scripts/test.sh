@@ -22,7 +22,7 @@ export VXNET_BINARY="$PWD/bin/vxnet" VXNET_BENCH_BINARY="$PWD/bin/vxnet-bench"
 # Short bounded fuzz runs of every decoder of outside input (the corpora
 # under testdata/fuzz are replayed by the plain test run too).
 fuzztime="${VXNET_FUZZTIME:-10s}"
-for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./internal/agent" "FuzzDecodeRoundTrip ./internal/api" "FuzzDecodeRequests ./internal/docker" "FuzzParseConfig ./internal/config"; do
+for target in "FuzzDecodeMessage ./internal/cluster" "FuzzDecodeRequest ./internal/agent" "FuzzDecodeRoundTrip ./internal/api" "FuzzDecodeRequests ./internal/docker" "FuzzParseConfig ./internal/config" "FuzzDecode ./internal/paths"; do
   set -- $target
   go test -run '^$' -fuzz "^$1\$" -fuzztime "$fuzztime" "$2"
 done

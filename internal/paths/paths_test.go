@@ -157,8 +157,8 @@ func TestSetPeers(t *testing.T) {
 // malformed, naming why.
 func TestWire(t *testing.T) {
 	key, other := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
-	probe := Msg{Nonce: 42, From: "h1", To: "h2", Addr: pub}
-	answer := Msg{Answer: true, Nonce: 42, From: "h2", To: "h1", Addr: pub, SeenAs: netip.MustParseAddrPort("198.51.100.1:7947")}
+	probe := Msg{Nonce: 42, At: t0.UnixMilli(), From: "h1", To: "h2", Addr: pub}
+	answer := Msg{Answer: true, Nonce: 42, At: t0.UnixMilli(), From: "h2", To: "h1", Addr: pub, SeenAs: netip.MustParseAddrPort("198.51.100.1:7947")}
 	for _, m := range []Msg{probe, answer} {
 		b, err := Encode(m, key)
 		if err != nil {
@@ -168,6 +168,9 @@ func TestWire(t *testing.T) {
 		if err != nil || got != m {
 			t.Errorf("round trip %+v: %+v, %v", m, got, err)
 		}
+	}
+	if !probe.Fresh(t0.Add(29*time.Second)) || probe.Fresh(t0.Add(31*time.Second)) || probe.Fresh(t0.Add(-31*time.Second)) {
+		t.Error("a probe is fresh for MaxSkew either side of its time, and only then")
 	}
 	good, _ := Encode(probe, key)
 	flipped := bytes.Clone(good)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // A probe and its answer travel on the gossip port, beside memberlist's
@@ -16,8 +17,11 @@ import (
 // answer. The answer says where the probe came from as the answering host
 // saw it (behind a NAT: the NAT's public address).
 //
-//	magic(1) version(1) kind(1) nonce(8) from(1+n) to(1+n) addr(1+4|16)
-//	[answer: seenAs(1+4|16) seenPort(2)] mac(16)
+//	magic(1) version(1) kind(1) nonce(8) at(8) from(1+n) to(1+n)
+//	addr(1+4|16) [answer: seenAs(1+4|16) seenPort(2)] mac(16)
+//
+// At (Unix milliseconds) lets a receiver refuse a probe replayed later
+// from elsewhere (Fresh).
 
 // Magic is the first byte of a path message.
 const Magic = 0xf5
@@ -34,6 +38,8 @@ const (
 type Msg struct {
 	Answer bool
 	Nonce  uint64
+	// At is when it was sent (Unix milliseconds, the sender's clock).
+	At int64
 	// From is the sender's node name, To the node the probe is for.
 	From, To string
 	// Addr is the address the probe was sent to.
@@ -59,6 +65,7 @@ func Encode(m Msg, key []byte) ([]byte, error) {
 	}
 	b := []byte{Magic, version, kind}
 	b = binary.BigEndian.AppendUint64(b, m.Nonce)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.At))
 	b = append(append(b, byte(len(m.From))), m.From...)
 	b = append(append(b, byte(len(m.To))), m.To...)
 	b = appendAddr(b, m.Addr.Unmap())
@@ -73,7 +80,7 @@ func Encode(m Msg, key []byte) ([]byte, error) {
 // key rotation members hold several).
 func Decode(b []byte, keys [][]byte) (Msg, error) {
 	var m Msg
-	if len(b) < 3+8+macLen || b[0] != Magic {
+	if len(b) < 3+16+macLen || b[0] != Magic {
 		return m, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
 	}
 	if b[1] != version {
@@ -98,7 +105,8 @@ func Decode(b []byte, keys [][]byte) (Msg, error) {
 		return m, fmt.Errorf("%w: kind %d", ErrMalformed, body[2])
 	}
 	m.Nonce = binary.BigEndian.Uint64(body[3:11])
-	r := reader{b: body[11:]}
+	m.At = int64(binary.BigEndian.Uint64(body[11:19]))
+	r := reader{b: body[19:]}
 	m.From, m.To = r.str(), r.str()
 	m.Addr = r.addr()
 	if m.Answer {
@@ -162,4 +170,14 @@ func (r *reader) u16() uint16 {
 		return 0
 	}
 	return binary.BigEndian.Uint16(b)
+}
+
+// MaxSkew is how far a probe's time may be from the receiver's clock.
+const MaxSkew = 30 * time.Second
+
+// Fresh reports whether a probe sent at m.At may be taken as sent now
+// (within MaxSkew of now): a recorded probe replayed later is not.
+func (m Msg) Fresh(now time.Time) bool {
+	d := now.Sub(time.UnixMilli(m.At))
+	return d < MaxSkew && d > -MaxSkew
 }

@@ -140,7 +140,7 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	// the new address once the old one has been dead this long.
 	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Logger = log.New(&logWriter{log: cfg.Log}, "", 0)
-	g.paths = pathState{table: paths.NewTable(), pending: map[uint64]sentProbe{}, observed: map[string]netip.AddrPort{}}
+	g.paths = pathState{table: paths.NewTable(), pending: map[uint64]sentProbe{}, observed: map[string]netip.AddrPort{}, seen: map[uint64]time.Time{}}
 	// A host behind a masquerading NAT probes every member each round: the
 	// probes keep its NAT's mappings open, and the members reach it back
 	// through them.

@@ -86,6 +86,9 @@ type pathState struct {
 	// members that accept no inbound traffic (reached only there).
 	observed  map[string]netip.AddrPort
 	noInbound map[string]bool
+	// seen are the nonces of the probes answered within MaxSkew: a probe
+	// replayed from elsewhere moves nothing.
+	seen map[uint64]time.Time
 	t         *pathTransport // nil: no probing (a transport given by the caller)
 }
 
@@ -200,6 +203,11 @@ func (g *Gossip) probePaths() {
 			delete(g.paths.pending, n)
 		}
 	}
+	for n, at := range g.paths.seen {
+		if now.Sub(at) > paths.MaxSkew {
+			delete(g.paths.seen, n)
+		}
+	}
 	type send struct {
 		to netip.AddrPort
 		b  []byte
@@ -209,7 +217,7 @@ func (g *Gossip) probePaths() {
 	for peer, addrs := range targets {
 		for _, a := range addrs {
 			nonce := randomNonce()
-			b, err := paths.Encode(paths.Msg{Nonce: nonce, From: g.cfg.Name, To: peer, Addr: a}, keys[0])
+			b, err := paths.Encode(paths.Msg{Nonce: nonce, At: now.UnixMilli(), From: g.cfg.Name, To: peer, Addr: a}, keys[0])
 			if err != nil {
 				g.log.Warn("encode path probe", "peer", peer, "err", err)
 				continue
@@ -247,10 +255,23 @@ func (g *Gossip) pathPacket(p *memberlist.Packet) {
 		return // meant for a member that was at this address before
 	}
 	if !m.Answer {
+		now := time.Now()
+		if !m.Fresh(now) {
+			g.malformed.Add(1)
+			g.log.Debug("refused a stale path probe (replayed, or a clock far off)", "from", from, "member", m.From, "sent", time.UnixMilli(m.At))
+			return
+		}
 		g.paths.mu.Lock()
-		g.paths.observed[m.From] = from
+		_, replayed := g.paths.seen[m.Nonce]
+		if !replayed {
+			g.paths.seen[m.Nonce] = now
+			g.paths.observed[m.From] = from
+		}
 		g.paths.mu.Unlock()
-		b, err := paths.Encode(paths.Msg{Answer: true, Nonce: m.Nonce, From: g.cfg.Name, To: m.From, Addr: m.Addr, SeenAs: from}, g.pathKeys()[0])
+		if replayed {
+			return
+		}
+		b, err := paths.Encode(paths.Msg{Answer: true, Nonce: m.Nonce, At: now.UnixMilli(), From: g.cfg.Name, To: m.From, Addr: m.Addr, SeenAs: from}, g.pathKeys()[0])
 		if err == nil {
 			_, err = g.paths.t.NetTransport.WriteTo(b, from.String())
 		}
