@@ -89,7 +89,7 @@ type pathState struct {
 	// seen are the nonces of the probes answered within MaxSkew: a probe
 	// replayed from elsewhere moves nothing.
 	seen map[uint64]time.Time
-	t         *pathTransport // nil: no probing (a transport given by the caller)
+	t    *pathTransport // nil: no probing (a transport given by the caller)
 }
 
 type sentProbe struct {
