@@ -261,6 +261,11 @@ func TestMasqueradedHost(t *testing.T) {
 	if !found {
 		t.Errorf("h1's WireGuard has no peer h5: %+v", s.Tunnel.Peers)
 	}
+	for _, p := range s.Paths {
+		if p.Peer == "h5" && (p.Addr != lab.MasqueradeAddr || !strings.Contains(p.Reason, "it accepts no inbound traffic: reached through its NAT's mapping 198.18.100.3:")) {
+			t.Errorf("h1's path to h5: %s (%s)", p.Addr, p.Reason)
+		}
+	}
 
 	if err := waitCond(20*time.Second, func() error {
 		hv, err := client(l, "h5").Health(false)

@@ -140,7 +140,13 @@ func (g *Gossip) Demote(peer string, addr netip.Addr, why string) bool {
 func (g *Gossip) Paths() []paths.Path {
 	g.paths.mu.Lock()
 	defer g.paths.mu.Unlock()
-	return g.paths.table.Paths()
+	out := g.paths.table.Paths()
+	for i, p := range out {
+		if seen := g.paths.observed[p.Peer]; g.paths.noInbound[p.Peer] && seen.IsValid() {
+			out[i].Reason = "it accepts no inbound traffic: reached through its NAT's mapping " + seen.String() + ", where its probes come from"
+		}
+	}
+	return out
 }
 
 // candidates are the addresses of the live members but self, in their
