@@ -169,6 +169,9 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	// Before memberlist starts: it may call the delegate at once.
 	g.spread = &Spreader{Self: cfg.Name, State: state, Log: cfg.Log, Peers: g.peerNames, Send: g.send,
 		OnChange: func(changed []cluster.Record) {
+			if slices.ContainsFunc(changed, func(r cluster.Record) bool { return strings.HasPrefix(r.Key, cluster.PrefixNode) }) {
+				g.paths.stale.Store(true)
+			}
 			if slices.ContainsFunc(changed, cluster.AffectsKernel) {
 				g.cfg.OnChange()
 			}
@@ -379,7 +382,7 @@ func (g *Gossip) MalformedMessages() int64 { return g.malformed.Load() }
 // comes straight back does not make every host withdraw and re-add all its
 // endpoints.
 func (g *Gossip) Alive() []model.Node {
-	if g.paths.t != nil {
+	if g.paths.t != nil && g.paths.stale.Swap(false) {
 		g.refreshPaths() // every address a member lists is admitted at once
 	}
 	members := g.ml.Members()
@@ -570,6 +573,7 @@ type events Gossip
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.log.Info("member joined", "member", n.Name, "addr", n.Addr.String())
+	e.paths.stale.Store(true)
 	e.mu.Lock()
 	_, wasFailed := e.failed[n.Name]
 	delete(e.failed, n.Name)
@@ -592,6 +596,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	e.log.Warn("member left or failed", "member", n.Name, "addr", n.Addr.String())
+	e.paths.stale.Store(true)
 	// Withdraw its endpoints once the grace has passed.
 	time.AfterFunc(e.grace+10*time.Millisecond, e.cfg.OnChange)
 	// Failed or left: either way, try to get back in touch (a member that

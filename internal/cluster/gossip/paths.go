@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -90,6 +91,9 @@ type pathState struct {
 	// replayed from elsewhere moves nothing.
 	seen map[uint64]time.Time
 	t    *pathTransport // nil: no probing (a transport given by the caller)
+	// stale: members or their node records changed since the table was
+	// last given them.
+	stale atomic.Bool
 }
 
 type sentProbe struct {
