@@ -47,6 +47,11 @@ type Input struct {
 	// it is wanted while an encrypted network is programmed here. Nil: this
 	// host has none, and its encrypted networks are left out, and said.
 	Tunnel *TunnelInput
+	// RouteSource: VXLAN leaves from the address of the route to each peer,
+	// not from Local (a host reached at several addresses, which may sit on
+	// several interfaces). IPv4 only: a device with no local address is one
+	// of IPv4.
+	RouteSource bool
 	// NoInbound: this host accepts no inbound traffic (behind a
 	// masquerading NAT); its clear networks are left out, and said.
 	NoInbound bool
@@ -143,6 +148,9 @@ func Desired(in Input) (Target, []Problem) {
 			MTU: mtu, Gateway: netip.PrefixFrom(n.Gateway, n.Subnet.Bits()), GatewayMAC: model.GatewayMAC(n.VNI).String()}
 		if n.Subnet6.IsValid() {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
+		}
+		if in.RouteSource && in.Local.Is4() {
+			spec.Local, spec.Underlay = netip.Addr{}, ""
 		}
 		if n.Encrypted {
 			// Routed through the tunnel: a bridge, no vxlan device.

@@ -384,4 +384,13 @@ func TestDesiredSeveralAddresses(t *testing.T) {
 	if !slices.Equal(st.Firewall.VTEPs, want) {
 		t.Errorf("allowed VTEPs %v, want %v", st.Firewall.VTEPs, want)
 	}
+	if spec := st.Networks[4097]; spec.Local != h1.Addr {
+		t.Errorf("one address of its own: the vxlan device sends from %v, want %v", spec.Local, h1.Addr)
+	}
+	// Reached at several itself: the route to each peer picks the source.
+	in.RouteSource, in.Underlay = true, "eth0"
+	st, _ = reconcile.Desired(in)
+	if spec := st.Networks[4097]; spec.Local.IsValid() || spec.Underlay != "" {
+		t.Errorf("several addresses: the vxlan device has local %v and underlay %q, want neither", spec.Local, spec.Underlay)
+	}
 }
