@@ -128,23 +128,31 @@ func (h *healthAgent) Targets() []health.Target {
 	return out
 }
 
-// Via is the address in use for each peer reached at more than one.
-func (h *healthAgent) Via() map[string]netip.Addr {
+// Via is the address in use for each peer reached at more than one, and
+// those of its addresses that do not answer from here.
+func (h *healthAgent) Via() (map[string]netip.Addr, map[string][]netip.Addr) {
 	a := (*Agent)(h)
 	pr, ok := a.repl.(PathReporter)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	var out map[string]netip.Addr
+	var via map[string]netip.Addr
+	var unreached map[string][]netip.Addr
 	for _, p := range pr.Paths() {
-		if p.Probed() {
-			if out == nil {
-				out = map[string]netip.Addr{}
+		if !p.Probed() {
+			continue
+		}
+		if via == nil {
+			via, unreached = map[string]netip.Addr{}, map[string][]netip.Addr{}
+		}
+		via[p.Peer] = p.Addr
+		for _, c := range p.Candidates {
+			if !c.Up && (c.Misses > 0 || c.Answers > 0) {
+				unreached[p.Peer] = append(unreached[p.Peer], c.Addr)
 			}
-			out[p.Peer] = p.Addr
 		}
 	}
-	return out
+	return via, unreached
 }
 
 // Publish puts this node's view in the cluster state, for 'vxnet health
@@ -169,7 +177,7 @@ func (a *Agent) healthReport() (api.HealthReport, []health.Event) {
 		return r, nil
 	}
 	v := a.prober.View()
-	r.Via = (*healthAgent)(a).Via()
+	r.Via, r.Unreached = (*healthAgent)(a).Via()
 	r.At, r.BigSize, r.Namespace, r.Warning, r.Peers, r.TunnelPeers = v.At, v.BigSize, v.Namespace, v.Warning, v.Peers, v.TunnelPeers
 	if v.Err != nil {
 		r.Error = v.Err.Error()
@@ -194,7 +202,7 @@ func (a *Agent) Health(all bool) api.Health {
 		if err != nil || rec.Node == h.Node {
 			continue
 		}
-		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}, Via: rec.Via}
+		rep := api.HealthReport{Node: rec.Node, At: rec.At, Enabled: true, Peers: []health.Peer{}, Via: rec.Via, Unreached: rec.Unreached}
 		for _, m := range members {
 			if m.Name == rec.Node || m.NoInbound || noInbound[rec.Node] {
 				continue // no clear VXLAN to or from a host behind a masquerading NAT

@@ -180,6 +180,9 @@ type HealthReport struct {
 	// Via is, for each peer reached at more than one address, the one the
 	// member uses.
 	Via map[string]netip.Addr `json:"via,omitempty"`
+	// Unreached are, per such peer, its addresses that do not answer the
+	// member's probes.
+	Unreached map[string][]netip.Addr `json:"unreached,omitempty"`
 	// TunnelPeers are the verdicts on the encrypted networks' path (host
 	// to host through WireGuard), while the member carries one.
 	TunnelPeers []health.Peer `json:"tunnelPeers,omitempty"`

@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,7 +31,8 @@ func addresses(f Facts) Finding {
 		own[a] = true
 	}
 	overlay := map[string]health.Peer{}
-	theirs := map[string]netip.Addr{} // the address each peer reaches this host at
+	theirs := map[string]netip.Addr{}  // the address each peer reaches this host at
+	unreached := map[string][]string{} // this host's addresses each peer does not reach
 	if f.Health != nil {
 		for _, p := range f.Health.Peers {
 			overlay[p.Node] = p
@@ -38,6 +40,9 @@ func addresses(f Facts) Finding {
 		for _, r := range f.Health.All {
 			if a, ok := r.Via[s.Node]; ok {
 				theirs[r.Node] = a
+			}
+			for _, a := range r.Unreached[s.Node] {
+				unreached[a.String()] = append(unreached[a.String()], r.Node)
 			}
 		}
 	}
@@ -76,6 +81,25 @@ func addresses(f Facts) Finding {
 		}
 		note := fmt.Sprintf("%s at %s (%s)", p.Peer, p.Addr, p.Reason)
 		notes = append(notes, note)
+	}
+	// This host's advertised addresses as its peers find them.
+	for _, a := range s.Addrs {
+		peers := unreached[a.String()]
+		if len(peers) == 0 {
+			continue
+		}
+		slices.Sort(peers)
+		notes = append(notes, fmt.Sprintf("this host's %s does not answer from %s (expected where it is private to this site)", a, strings.Join(peers, ", ")))
+	}
+	for _, peer := range slices.Sorted(maps.Keys(theirs)) {
+		all := len(s.Addrs) > 0
+		for _, a := range s.Addrs {
+			all = all && slices.Contains(unreached[a.String()], peer)
+		}
+		if all {
+			fails = append(fails, fmt.Sprintf("none of this host's addresses answers %s's probes: it cannot reach this host", peer))
+			fixes = append(fixes, fmt.Sprintf("check this host's --advertise-addr (are they what %s can reach, NAT included?) and that UDP to the gossip port comes in", peer))
+		}
 	}
 	slices.Sort(warns)
 	warns = slices.Compact(warns)

@@ -44,6 +44,18 @@ func viaOf(peer, addr string) *api.Health {
 		All: []api.HealthReport{{Node: peer, Via: map[string]netip.Addr{"h1": netip.MustParseAddr(addr)}}}}
 }
 
+// unreachedOf is viaOf with the addresses of h1 that peer does not reach.
+func unreachedOf(peer, via string, unreached ...string) *api.Health {
+	h := viaOf(peer, via)
+	for _, a := range unreached {
+		if h.All[0].Unreached == nil {
+			h.All[0].Unreached = map[string][]netip.Addr{}
+		}
+		h.All[0].Unreached["h1"] = append(h.All[0].Unreached["h1"], netip.MustParseAddr(a))
+	}
+	return h
+}
+
 func TestChecks(t *testing.T) {
 	healthy := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
 		Members:  []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}},
@@ -75,6 +87,10 @@ func TestChecks(t *testing.T) {
 		{"asymmetric", Facts{Status: twoSites(true, true, netip.Addr{}), Health: viaOf("h2", "203.0.113.1")}, "addresses", Warn,
 			"asymmetric paths with h2: this host reaches it at 10.0.0.2, it reaches this host at 203.0.113.1"},
 		{"symmetric", Facts{Status: twoSites(true, true, netip.Addr{}), Health: viaOf("h2", "10.0.0.1")}, "addresses", OK, "h2 at 10.0.0.2"},
+		{"own address private to the site", Facts{Status: twoSites(false, true, netip.Addr{}), Health: unreachedOf("h2", "203.0.113.1", "10.0.0.1")}, "addresses", OK,
+			"this host's 10.0.0.1 does not answer from h2 (expected where it is private to this site)"},
+		{"no own address reached", Facts{Status: twoSites(false, true, netip.Addr{}), Health: unreachedOf("h2", "203.0.113.1", "10.0.0.1", "203.0.113.1")}, "addresses", Fail,
+			"none of this host's addresses answers h2's probes: it cannot reach this host"},
 		{"agent down", Facts{StatusErr: errors.New("connection refused")}, "agent", Fail, "the agent does not answer: connection refused"},
 		{"agent up", Facts{Status: healthy}, "agent", OK, "2 of 2 members alive"},
 		{"address gone", Facts{Status: &api.Status{AddrError: "advertise address 10.0.0.1 is no longer on any interface"}}, "advertise-address", Fail, "no longer on any interface"},

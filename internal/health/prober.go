@@ -62,8 +62,9 @@ type Agent interface {
 	// carries an encrypted network, and the tunnel's MTU.
 	TunnelTargets() ([]Target, int)
 	// Via is, for each peer reached at more than one address, the one in
-	// use (nil: none such).
-	Via() map[string]netip.Addr
+	// use (nil: none such); Unreached its addresses that do not answer
+	// from here.
+	Via() (via map[string]netip.Addr, unreached map[string][]netip.Addr)
 	// Publish puts this node's view in the cluster state.
 	Publish(Record)
 }
@@ -91,12 +92,16 @@ type Record struct {
 	// Via is, for each peer reached at more than one address, the one this
 	// member uses (so each side sees both directions of a pair).
 	Via map[string]netip.Addr `json:"via,omitempty"`
+	// Unreached are, for each peer reached at more than one address, those
+	// that do not answer this member's probes.
+	Unreached map[string][]netip.Addr `json:"unreached,omitempty"`
 }
 
 // Same reports whether two records say the same (their times aside).
 func (r Record) Same(o Record) bool {
 	return r.Node == o.Node && r.Probed == o.Probed && maps.Equal(r.Bad, o.Bad) &&
-		slices.Equal(r.Tunnel, o.Tunnel) && maps.Equal(r.TunnelBad, o.TunnelBad) && maps.Equal(r.Via, o.Via)
+		slices.Equal(r.Tunnel, o.Tunnel) && maps.Equal(r.TunnelBad, o.TunnelBad) && maps.Equal(r.Via, o.Via) &&
+		maps.EqualFunc(r.Unreached, o.Unreached, slices.Equal[[]netip.Addr])
 }
 
 // Event is one change of a verdict.
@@ -266,7 +271,7 @@ func (p *Prober) Round(pinger Pinger) {
 	mtu := p.tracker.BigSize
 	p.mu.Unlock()
 	tunTargets, tunMTU := p.agent.TunnelTargets()
-	via := p.agent.Via()
+	via, unreached := p.agent.Via()
 	tunPinger := p.tunnelPingerFor(len(tunTargets) > 0)
 	if tunPinger == nil {
 		tunTargets = nil
@@ -304,7 +309,7 @@ func (p *Prober) Round(pinger Pinger) {
 	}
 	p.tracker.Forget(keep)
 	p.at = now
-	rec := Record{Node: p.cfg.Node, At: now, Probed: len(targets), Via: via}
+	rec := Record{Node: p.cfg.Node, At: now, Probed: len(targets), Via: via, Unreached: unreached}
 	for _, peer := range p.tracker.Peers() {
 		if peer.State != OK {
 			if rec.Bad == nil {

@@ -64,9 +64,9 @@ func (a *agent) Endpoint(string) (int, error) {
 	a.endpoint = true
 	return 1450, nil
 }
-func (a *agent) HasEndpoint() bool          { a.mu.Lock(); defer a.mu.Unlock(); return a.endpoint }
-func (a *agent) Targets() []Target          { return a.targets }
-func (a *agent) Via() map[string]netip.Addr { return nil }
+func (a *agent) HasEndpoint() bool                                     { a.mu.Lock(); defer a.mu.Unlock(); return a.endpoint }
+func (a *agent) Targets() []Target                                     { return a.targets }
+func (a *agent) Via() (map[string]netip.Addr, map[string][]netip.Addr) { return nil, nil }
 
 func (a *agent) TunnelTargets() ([]Target, int) {
 	if len(a.tunnel) == 0 {
