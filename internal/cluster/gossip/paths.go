@@ -31,6 +31,12 @@ type pathTransport struct {
 	*memberlist.NetTransport
 	g       *Gossip
 	packets chan *memberlist.Packet
+	// closing: Shutdown has begun (packets are dropped, so that the
+	// transport's listener is never stuck handing one over); done: it
+	// ended.
+	closing, done chan struct{}
+	shutdown      sync.Once
+	shutdownErr   error
 }
 
 func newPathTransport(g *Gossip, bind netip.Addr, port int, logger *log.Logger) (*pathTransport, error) {
@@ -38,12 +44,16 @@ func newPathTransport(g *Gossip, bind netip.Addr, port int, logger *log.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	t := &pathTransport{NetTransport: nt, g: g, packets: make(chan *memberlist.Packet)}
+	t := &pathTransport{NetTransport: nt, g: g, packets: make(chan *memberlist.Packet),
+		closing: make(chan struct{}), done: make(chan struct{})}
 	go t.sort()
 	return t, nil
 }
 
-// sort passes memberlist its packets and the prober its own.
+// sort passes memberlist its packets and the prober its own, until the
+// transport is shut down: the listener hands over every packet it reads,
+// and would wait forever (and with it memberlist's Shutdown) for a reader
+// that left.
 func (t *pathTransport) sort() {
 	in := t.NetTransport.PacketCh()
 	for {
@@ -55,13 +65,22 @@ func (t *pathTransport) sort() {
 			}
 			select {
 			case t.packets <- p:
-			case <-t.g.stop:
-				return
+			case <-t.closing: // dropped: memberlist is going
 			}
-		case <-t.g.stop:
+		case <-t.done:
 			return
 		}
 	}
+}
+
+// Shutdown closes the sockets, then stops sorting.
+func (t *pathTransport) Shutdown() error {
+	t.shutdown.Do(func() {
+		close(t.closing)
+		t.shutdownErr = t.NetTransport.Shutdown()
+		close(t.done)
+	})
+	return t.shutdownErr
 }
 
 func (t *pathTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
