@@ -124,13 +124,7 @@ func TestTwoSites(t *testing.T) {
 		if err := l.CutSite("h1", "h2", true); err != nil {
 			t.Fatal(err)
 		}
-		cutWant := func(from, to lab.Host) netip.Addr {
-			if (from.Name == "h1" && to.Name == "h2") || (from.Name == "h2" && to.Name == "h1") {
-				return to.Public
-			}
-			return want(from, to)
-		}
-		waitPaths(t, l, cutWant, 10*time.Second)
+		waitPaths(t, l, publicBetween(want, "h1", "h2"), 10*time.Second)
 		moved := time.Since(cut)
 		// The flow itself resumes: five more of its pings answered.
 		answered := func() int64 { return flow.sent.Load() - flow.lost.Load() }
@@ -170,13 +164,7 @@ func vxlanBlockedPrivately(t *testing.T, l *lab.Lab, want func(from, to lab.Host
 	defer inNS(t, sw, "nft", "delete table bridge e2evxlan")
 	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
 	blocked := time.Now()
-	moved := func(from, to lab.Host) netip.Addr {
-		if (from.Name == "h1" && to.Name == "h2") || (from.Name == "h2" && to.Name == "h1") {
-			return to.Public
-		}
-		return want(from, to)
-	}
-	waitPaths(t, l, moved, 30*time.Second)
+	waitPaths(t, l, publicBetween(want, "h1", "h2"), 30*time.Second)
 	movedAfter := time.Since(blocked)
 	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
 	s, err := client(l, "h1").Status()
@@ -190,6 +178,17 @@ func vxlanBlockedPrivately(t *testing.T, l *lab.Lab, want func(from, to lab.Host
 	}
 	t.Logf("VXLAN blocked on the private switch: h1 and h2 on their public addresses %s after, replies again %s after",
 		movedAfter.Round(time.Millisecond), time.Since(blocked).Round(time.Millisecond))
+}
+
+// publicBetween is want, except that hosts a and b reach each other at
+// their public addresses.
+func publicBetween(want func(from, to lab.Host) netip.Addr, a, b string) func(from, to lab.Host) netip.Addr {
+	return func(from, to lab.Host) netip.Addr {
+		if (from.Name == a && to.Name == b) || (from.Name == b && to.Name == a) {
+			return to.Public
+		}
+		return want(from, to)
+	}
 }
 
 // waitPaths waits until every host uses, for every other, the address want

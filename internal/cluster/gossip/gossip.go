@@ -392,11 +392,7 @@ func (g *Gossip) Alive() []model.Node {
 		if !ok {
 			continue
 		}
-		addr, addrs := g.pathAddrs(m.Name, a.Unmap())
-		g.paths.mu.Lock()
-		noInbound := g.paths.noInbound[m.Name]
-		g.paths.mu.Unlock()
-		out = append(out, model.Node{Name: m.Name, Addr: addr, Addrs: addrs, NoInbound: noInbound})
+		out = append(out, g.node(m.Name, a.Unmap()))
 		seen[m.Name] = true
 	}
 	g.mu.Lock()

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/vxnet/vxnet/internal/cluster"
+	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/paths"
 )
 
@@ -346,18 +347,21 @@ func (g *Gossip) probeInterval() time.Duration {
 	return time.Second
 }
 
-// pathAddrs are the addresses a member may send from: the ones it lists,
-// the identity memberlist knows, and where its answers came from.
-func (g *Gossip) pathAddrs(name string, identity netip.Addr) (netip.Addr, []netip.Addr) {
+// node is a live member as the datapath sees it: reached at the address in
+// use, sending from the ones it lists, the identity memberlist knows, and
+// where its answers came from.
+func (g *Gossip) node(name string, identity netip.Addr) model.Node {
 	g.paths.mu.Lock()
 	p, ok := g.paths.table.Peer(name)
 	seen, behindNAT := g.paths.observed[name], g.paths.noInbound[name]
 	g.paths.mu.Unlock()
+	n := model.Node{Name: name, Addr: identity, NoInbound: behindNAT}
 	if behindNAT && !seen.IsValid() {
-		return identity, []netip.Addr{identity}
+		n.Addrs = []netip.Addr{identity}
+		return n
 	}
 	if !ok {
-		return identity, nil
+		return n
 	}
 	addrs := []netip.Addr{identity}
 	if seen.IsValid() {
@@ -370,7 +374,8 @@ func (g *Gossip) pathAddrs(name string, identity netip.Addr) (netip.Addr, []neti
 		}
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
-	return p.Addr, slices.Compact(addrs)
+	n.Addr, n.Addrs = p.Addr, slices.Compact(addrs)
+	return n
 }
 
 func randomNonce() uint64 {
