@@ -68,7 +68,11 @@ func newNetworkCmd() *cobra.Command {
 			if n.Encrypted {
 				enc = ", encrypted (WireGuard)"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s, MTU %d%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, enc)
+			v6 := ""
+			if n.Subnet6.IsValid() {
+				v6 = fmt.Sprintf(", IPv6 subnet %s, IPv6 gateway %s", n.Subnet6, n.Gateway6)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s%s, MTU %d%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, v6, n.EffectiveMTU, enc)
 			return nil
 		},
 	}
@@ -76,7 +80,8 @@ func newNetworkCmd() *cobra.Command {
 	create.Flags().StringVar(&req.Subnet, "subnet", "", "IPv4 subnet (CIDR)")
 	create.Flags().Uint32Var(&req.VNI, "vni", 0, "VXLAN network identifier 1-16777215 (default: derived from the name)")
 	create.Flags().StringVar(&req.Gateway, "gateway", "", "anycast gateway (default: first address)")
-	create.Flags().StringVar(&req.Subnet6, "subnet6", "", "optional IPv6 subnet")
+	create.Flags().StringVar(&req.Subnet6, "subnet6", "", "IPv6 subnet (CIDR, /64 or longer is usual): every container gets an IPv6 address too")
+	create.Flags().StringVar(&req.Gateway6, "gateway6", "", "IPv6 anycast gateway (default: first address of --subnet6)")
 	create.Flags().IntVar(&req.MTU, "mtu", 0, "container MTU (default: underlay MTU minus VXLAN overhead)")
 	create.Flags().BoolVar(&req.Flood, "flood", false, "flood broadcast/multicast to every host (head-end replication)")
 	create.Flags().BoolVar(&req.Internal, "internal", false, "no way out: no egress through the hosts, no published ports")
@@ -101,7 +106,11 @@ func newNetworkCmd() *cobra.Command {
 				for _, c := range n.Endpoints {
 					total += c
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, n.Subnet, n.Gateway, n.EffectiveMTU, n.Flood, n.Encrypted, total)
+				sub, gw := n.Subnet.String(), n.Gateway.String()
+				if n.Subnet6.IsValid() {
+					sub, gw = sub+","+n.Subnet6.String(), gw+","+n.Gateway6.String()
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, sub, gw, n.EffectiveMTU, n.Flood, n.Encrypted, total)
 			}
 			return tw.Flush()
 		},
@@ -161,6 +170,9 @@ func newAttachCmds() []*cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, address %s, MAC %s, gateway %s, MTU %d",
 				a.Netns, a.Network, a.IfName, a.IP, a.MAC, a.Gateway, a.MTU)
+			if a.IP6 != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), ", IPv6 address %s, IPv6 gateway %s", a.IP6, a.Gateway6)
+			}
 			if len(a.Published) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), ", published %s", strings.Join(a.Published, " "))
 			}
@@ -171,6 +183,7 @@ func newAttachCmds() []*cobra.Command {
 	af.add(attach, true)
 	attach.Flags().StringVar(&req.Netns, "netns", "", "network namespace path (/run/netns/NAME, /proc/PID/ns/net) or PID")
 	attach.Flags().StringVar(&req.IP, "ip", "", "static address (default: allocated)")
+	attach.Flags().StringVar(&req.IP6, "ip6", "", "static IPv6 address, on a network with an IPv6 subnet (default: allocated)")
 	attach.Flags().StringVar(&req.MAC, "mac", "", "MAC address (default: derived from the address)")
 	attach.Flags().StringVar(&req.IfName, "ifname", "eth0", "interface name inside the container")
 	attach.Flags().StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a port at this host's addresses: HOSTPORT:PORT[/tcp|/udp] (repeatable)")

@@ -85,6 +85,8 @@ func newLabCmd(g *globals) *cobra.Command {
 	up.Flags().IntVar(&cfg.Networks, "networks", 2, "number of networks")
 	up.Flags().IntVar(&cfg.PerHost, "per-host", 1, "containers per host and network")
 	up.Flags().BoolVar(&cfg.Flood, "flood", false, "flood broadcast/multicast by head-end replication")
+	up.Flags().BoolVar(&cfg.IPv6, "ipv6", false, "make every network dual-stack (IPv6 subnet fd00:198:19:J::/64 beside 198.19.J.0/24): the matrix pings by IPv4 and by IPv6")
+	up.Flags().BoolVar(&cfg.Underlay6, "underlay6", false, "the hosts reach each other over IPv6 alone (underlay 2001:2::/64, no IPv4 on it): gossip and VXLAN over IPv6")
 	up.Flags().IntSliceVar(&cfg.Encrypted, "encrypted", nil, "networks to encrypt (1 for net1; repeat or comma-separate): carried only inside WireGuard between the hosts")
 	up.Flags().BoolVar(&cfg.Sites, "sites", false, "put the hosts on two sites, each behind a router with 1:1 NAT (private 198.18.1.0/24 and 198.18.2.0/24, public 198.18.100.0/24); each agent is reached at its private and its public address")
 	up.Flags().IntVar(&cfg.Masqueraded, "masqueraded", 0, "with --sites, add this many hosts on a third site whose router masquerades and lets nothing in (their agents run with --no-inbound; they get containers on the encrypted networks only)")
@@ -170,7 +172,9 @@ func printLabHealth(out io.Writer, l *lab.Lab) bool {
 
 func printLab(cmd *cobra.Command, l *lab.Lab) {
 	out := cmd.OutOrStdout()
-	if l.Hosts[0].Site == 0 {
+	if l.Underlay6 {
+		fmt.Fprintln(out, "hosts (IPv6 underlay 2001:2::/64, switch namespace "+l.Switch+"):")
+	} else if l.Hosts[0].Site == 0 {
 		fmt.Fprintln(out, "hosts (underlay 198.18.0.0/24, switch namespace "+l.Switch+"):")
 	} else {
 		fmt.Fprintln(out, "hosts (two sites, each behind a router with 1:1 NAT; switches siteA, siteB and wan0 in namespace "+l.Switch+"):")
@@ -200,10 +204,17 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 		if n.Encrypted {
 			enc = "  encrypted (routed through WireGuard between the hosts)"
 		}
+		if n.Subnet6.IsValid() {
+			enc = fmt.Sprintf("  IPv6 subnet %s, gateway %s", n.Subnet6, n.Gateway6) + enc
+		}
 		fmt.Fprintf(out, "  %-6s VNI %-6d subnet %-16s anycast gateway %s%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, enc)
 	}
 	fmt.Fprintln(out, "containers:")
 	for _, c := range l.Containers {
-		fmt.Fprintf(out, "  %-10s on %-3s %-6s %-14s %s  netns %s\n", c.Name, c.Host, c.Network, c.IP, c.MAC, c.Netns)
+		ip := c.IP.String()
+		if c.IP6.IsValid() {
+			ip += " " + c.IP6.String()
+		}
+		fmt.Fprintf(out, "  %-10s on %-3s %-6s %-14s %s  netns %s\n", c.Name, c.Host, c.Network, ip, c.MAC, c.Netns)
 	}
 }

@@ -138,6 +138,13 @@ func TestAttachErrors(t *testing.T) {
 	h1 := newNode(t, b, "h1", 1, "")
 	mustCreate(t, h1, "web", "10.20.0.0/24")
 	taken := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a"), IP: "10.20.0.11", MAC: "02:00:00:00:00:11"})
+	if _, err := h1.CreateNetwork(api.NetworkCreate{Name: "dual", Subnet: "10.30.0.0/24", Subnet6: "fd00:30::/64"}); err != nil {
+		t.Fatal(err)
+	}
+	taken6 := mustAttach(t, h1, api.AttachRequest{Network: "dual", Netns: netns(t, "a6"), IP6: "fd00:30::11"})
+	if taken6.IP6 != "fd00:30::11/64" || taken6.Gateway6 != "fd00:30::1" || !strings.HasPrefix(taken6.IP, "10.30.0.") {
+		t.Fatalf("dual-stack attachment %+v", taken6)
+	}
 	other := netns(t, "b")
 	for _, tc := range []struct {
 		name string
@@ -145,19 +152,27 @@ func TestAttachErrors(t *testing.T) {
 		kind error
 		msg  string
 	}{
-		{"unknown network", api.AttachRequest{Network: "db", Netns: other}, model.ErrNotFound, `unknown network "db" (known: web)`},
+		{"unknown network", api.AttachRequest{Network: "db", Netns: other}, model.ErrNotFound, `unknown network "db" (known: dual, web)`},
 		{"no netns", api.AttachRequest{Network: "web"}, model.ErrInvalid, "--netns is required: a network namespace path (/run/netns/NAME, /proc/PID/ns/net) or a PID"},
 		{"missing netns", api.AttachRequest{Network: "web", Netns: "/run/netns/does-not-exist"}, model.ErrInvalid, "network namespace /run/netns/does-not-exist does not exist"},
 		{"bad pid", api.AttachRequest{Network: "web", Netns: "-3"}, model.ErrInvalid, "invalid PID -3"},
 		{"bad address", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0"}, model.ErrInvalid, `invalid address "10.20.0": want an IPv4 address inside 10.20.0.0/24`},
 		{"ipv6 address", api.AttachRequest{Network: "web", Netns: other, IP: "fd00::5"}, model.ErrInvalid, `invalid address "fd00::5": want an IPv4 address inside 10.20.0.0/24`},
-		{"outside", api.AttachRequest{Network: "web", Netns: other, IP: "10.21.0.5"}, model.ErrConflict, "address 10.21.0.5 is outside subnet 10.20.0.0/24 of network web"},
+		{"outside", api.AttachRequest{Network: "web", Netns: other, IP: "10.21.0.5"}, model.ErrConflict, "address 10.21.0.5 is outside IPv4 subnet 10.20.0.0/24 of network web"},
 		{"taken", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0.11"}, model.ErrConflict, "address 10.20.0.11 is already in use on network web by endpoint " + taken.ID},
 		{"gateway", api.AttachRequest{Network: "web", Netns: other, IP: "10.20.0.1"}, model.ErrConflict, "address 10.20.0.1 is the gateway of network web"},
 		{"bad mac", api.AttachRequest{Network: "web", Netns: other, MAC: "zz"}, model.ErrInvalid, `invalid MAC "zz": want six hex octets such as 02:42:ac:11:00:02`},
 		{"mac taken", api.AttachRequest{Network: "web", Netns: other, MAC: "02:00:00:00:00:11"}, model.ErrConflict, "MAC 02:00:00:00:00:11 is already in use on network web by endpoint " + taken.ID},
 		{"other address for an attached namespace", api.AttachRequest{Network: "web", Netns: taken.Netns, IP: "10.20.0.12"}, model.ErrConflict,
 			"namespace " + taken.Netns + " is already attached to network web with address 10.20.0.11, not 10.20.0.12"},
+		{"ipv6 address on an IPv4 network", api.AttachRequest{Network: "web", Netns: other, IP6: "fd00::5"}, model.ErrInvalid,
+			"network web has no IPv6 subnet: no IPv6 address (fd00::5) can be given on it; create the network with --subnet6"},
+		{"bad ipv6 address", api.AttachRequest{Network: "dual", Netns: other, IP6: "10.30.0.5"}, model.ErrInvalid, `invalid address "10.30.0.5": want an IPv6 address inside fd00:30::/64`},
+		{"ipv6 outside", api.AttachRequest{Network: "dual", Netns: other, IP6: "fd00:31::5"}, model.ErrConflict, "address fd00:31::5 is outside IPv6 subnet fd00:30::/64 of network dual"},
+		{"ipv6 gateway", api.AttachRequest{Network: "dual", Netns: other, IP6: "fd00:30::1"}, model.ErrConflict, "address fd00:30::1 is the gateway of network dual"},
+		{"ipv6 taken", api.AttachRequest{Network: "dual", Netns: other, IP6: "fd00:30::11"}, model.ErrConflict, "address fd00:30::11 is already in use on network dual by endpoint " + taken6.ID},
+		{"other ipv6 address for an attached namespace", api.AttachRequest{Network: "dual", Netns: taken6.Netns, IP6: "fd00:30::12"}, model.ErrConflict,
+			"namespace " + taken6.Netns + " is already attached to network dual with IPv6 address fd00:30::11, not fd00:30::12"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h1.Attach(tc.req)
@@ -165,10 +180,10 @@ func TestAttachErrors(t *testing.T) {
 		})
 	}
 	// Nothing was left behind by the refused requests.
-	if n := len(h1.state.Endpoints()); n != 1 {
-		t.Errorf("%d endpoints, want 1", n)
+	if n := len(h1.state.Endpoints()); n != 2 {
+		t.Errorf("%d endpoints, want 2", n)
 	}
-	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{taken.ID}) {
+	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{taken6.ID, taken.ID}) {
 		t.Errorf("ports %v", got)
 	}
 }

@@ -46,8 +46,12 @@ func (d *dockerAgent) PutDockerNetwork(id, name string) error {
 }
 func (d *dockerAgent) DelDockerNetwork(id string) error { return d.store.delDockerNetwork(id) }
 
-func (d *dockerAgent) AddEndpoint(id, network, ifname string, ip netip.Addr, mac string) (model.Endpoint, error) {
-	res, err := d.a().addEndpoint(endpointRequest{ID: id, Network: network, IfName: ifname, IP: ip.String(), MAC: mac, Reserved: true})
+func (d *dockerAgent) AddEndpoint(id, network, ifname string, ip, ip6 netip.Addr, mac string) (model.Endpoint, error) {
+	req := endpointRequest{ID: id, Network: network, IfName: ifname, IP: ip.String(), MAC: mac, Reserved: true}
+	if ip6.IsValid() {
+		req.IP6 = ip6.String()
+	}
+	res, err := d.a().addEndpoint(req)
 	return res.Endpoint, err
 }
 
@@ -85,14 +89,19 @@ func (d *dockerAgent) SetDockerName(network, name string) {
 	d.a().Resync()
 }
 
-// Reserve checks or allocates an address for a Docker endpoint that will
-// join later, and holds it until then (or until Docker releases it).
-func (d *dockerAgent) Reserve(n model.Network, address string) (netip.Addr, error) {
+// Reserve checks or allocates an address (IPv6: v6) for a Docker endpoint
+// that will join later, and holds it until then (or until Docker releases
+// it).
+func (d *dockerAgent) Reserve(n model.Network, v6 bool, address string) (netip.Addr, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if v6 && !n.Subnet6.IsValid() {
+		return netip.Addr{}, invalid("network %s has no IPv6 subnet", n.Name)
+	}
 	used, _ := d.a().usedLocked(n)
-	ip, recs, err := d.a().address(n, endpointRequest{IP: address}, used)
-	d.repl.Publish(recs...)
+	b := &blocks{a: d.a()}
+	ip, err := d.a().address(n, v6, address, false, used, b)
+	d.repl.Publish(b.recs...)
 	if err == nil {
 		d.own.reserved[ip] = reservedForDocker
 	}

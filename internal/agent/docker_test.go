@@ -164,6 +164,78 @@ func TestDockerEndpointPath(t *testing.T) {
 	}
 }
 
+// TestDockerDualStack: a network made with --ipv6 through the IPAM driver
+// (an IPv4 and an IPv6 pool): the endpoint holds an address of each, the
+// join gives both gateways, the other host sees both, and the IPv6
+// address is taken cluster-wide like the IPv4 one.
+func TestDockerDualStack(t *testing.T) {
+	b := newBus()
+	h1 := newNode(t, b, "h1", 1, "")
+	h2 := newNode(t, b, "h2", 2, "")
+	if _, err := h2.repl.(Joiner).Join(nil); err != nil {
+		t.Fatal(err)
+	}
+	d := h1.docker
+	pool, err := d.RequestPool("172.19.0.0/16", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool6, err := d.RequestPool("fd00:19::/64", true)
+	if err != nil || pool6 != "fd00:19::/64" {
+		t.Fatalf("IPv6 pool %q, %v", pool6, err)
+	}
+	gw6, err := d.RequestAddress(pool6, "", true)
+	if err != nil || gw6 != "fd00:19::1/64" {
+		t.Fatalf("IPv6 gateway %q, %v", gw6, err)
+	}
+	if err := d.CreateNetwork(docker.Network{DockerID: dockerNet, Subnet: pool, Subnet6: pool6, Gateway6: gw6}); err != nil {
+		t.Fatal(err)
+	}
+	name := docker.NetworkName(dockerNet)
+	if n, _ := h2.state.Network(name); n.Subnet6.String() != pool6 || n.Gateway6.String() != "fd00:19::1" {
+		t.Fatalf("h2 sees %+v", n)
+	}
+	if _, err := d.RequestAddress(pool6, "", true); err != nil {
+		t.Fatalf("IPv6 gateway of the existing network: %v", err)
+	}
+	_, err = d.RequestAddress(pool6, "fd00:19::fe", true)
+	wantErr(t, err, model.ErrConflict, `gateway fd00:19::fe differs from the gateway fd00:19::1 of vxnet network "`+name+`" with subnet fd00:19::/64`)
+	addr, err := d.RequestAddress(pool, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr6, err := d.RequestAddress(pool6, "fd00:19::11", false)
+	if err != nil || addr6 != "fd00:19::11/64" {
+		t.Fatalf("IPv6 address %q, %v", addr6, err)
+	}
+	if _, err := d.CreateEndpoint(docker.Endpoint{DockerNetwork: dockerNet, DockerID: "ep1", Address: addr, AddressIPv6: addr6}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.Join(dockerNet, "ep1", "/var/run/docker/netns/x")
+	if err != nil || j.Gateway6 != "fd00:19::1" || j.Gateway != "172.19.0.1" {
+		t.Fatalf("joined %+v, %v", j, err)
+	}
+	id := docker.EndpointID("h1", "ep1")
+	if e, ok := h2.Agent.endpoint(id); !ok || e.IP6 != netip.MustParseAddr("fd00:19::11") || e.IP.String()+"/16" != addr {
+		t.Errorf("h2 sees %+v", e)
+	}
+	if len(h1.own.reserved) != 0 {
+		t.Errorf("reservations kept after join: %v", h1.own.reserved)
+	}
+	_, err = h2.Attach(api.AttachRequest{Network: name, Netns: netns(t, "x"), IP6: "fd00:19::11"})
+	wantErr(t, err, model.ErrConflict, "address fd00:19::11 is already in use on network "+name+" by endpoint "+id)
+	_, err = d.RequestAddress(pool6, "fd00:19::11", false)
+	wantErr(t, err, model.ErrConflict, "address fd00:19::11 is already in use on network "+name+" by endpoint "+id)
+	// An allocated IPv6 address is reserved until released.
+	r6, err := d.RequestAddress(pool6, "", false)
+	if err != nil || !netip.MustParsePrefix(pool6).Contains(netip.MustParsePrefix(r6).Addr()) {
+		t.Fatalf("allocated IPv6 %q, %v", r6, err)
+	}
+	ip6 := netip.MustParsePrefix(r6).Addr()
+	_, err = h1.Attach(api.AttachRequest{Network: name, Netns: netns(t, "y"), IP6: ip6.String()})
+	wantErr(t, err, model.ErrConflict, fmt.Sprintf("address %s is already in use on network %s by endpoint %s", ip6, name, reservedForDocker))
+}
+
 func TestDockerErrors(t *testing.T) {
 	b := newBus()
 	h1 := newNode(t, b, "h1", 1, "")
@@ -176,7 +248,11 @@ func TestDockerErrors(t *testing.T) {
 		kind error
 		msg  string
 	}{
-		{"v6 pool", func() error { _, err := d.RequestPool("fd00::/64", true); return err }, model.ErrInvalid, "IPv6 pools are not supported by vxnet's IPAM yet"},
+		{"v6 pool without subnet", func() error { _, err := d.RequestPool("", true); return err }, model.ErrInvalid, "vxnet's IPAM needs an explicit IPv6 subnet with --ipv6, for example --subnet fd00:1::/64"},
+		{"v4 subnet as v6 pool", func() error { _, err := d.RequestPool("10.30.0.0/16", true); return err }, model.ErrInvalid, "subnet 10.30.0.0/16 is not an IPv6 subnet"},
+		{"v6 subnet differs", func() error {
+			return d.CreateNetwork(docker.Network{DockerID: "n1", Subnet: "10.20.0.0/16", Subnet6: "fd00:9::/64"})
+		}, model.ErrConflict, `subnet 10.20.0.0/16 belongs to vxnet network "web", whose IPv6 subnet is none, not fd00:9::/64`},
 		{"no subnet", func() error { _, err := d.RequestPool("", false); return err }, model.ErrInvalid, "vxnet's IPAM needs an explicit --subnet, for example --subnet 172.18.0.0/16"},
 		{"overlap", func() error { _, err := d.RequestPool("10.20.5.0/24", false); return err }, model.ErrConflict, `subnet 10.20.5.0/24 overlaps subnet 10.20.0.0/16 of vxnet network "web"`},
 		{"gateway differs", func() error { _, err := d.RequestAddress("10.20.0.0/16", "10.20.0.254", true); return err }, model.ErrConflict,

@@ -38,8 +38,10 @@ type endpointRequest struct {
 	// end in the host namespace, named IfName, for the runtime to move.
 	Netns  string
 	IfName string
-	// IP is a static address ("" allocates one from this node's blocks).
-	IP string
+	// IP is a static address ("" allocates one from this node's blocks);
+	// IP6 likewise on a network with an IPv6 subnet.
+	IP  string
+	IP6 string
 	// MAC is the container interface's MAC ("" derives one from the IP).
 	MAC string
 	// Reserved says IP was reserved for this endpoint by the Docker IPAM
@@ -69,6 +71,9 @@ func (r endpointResult) attachment() api.Attachment {
 	n, e := r.Network, r.Endpoint
 	att := api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf,
 		MAC: e.MAC, IP: netip.PrefixFrom(e.IP, n.Subnet.Bits()).String(), Gateway: n.Gateway.String(), MTU: r.MTU}
+	if e.IP6.IsValid() {
+		att.IP6, att.Gateway6 = netip.PrefixFrom(e.IP6, n.Subnet6.Bits()).String(), n.Gateway6.String()
+	}
 	for _, p := range e.Ports {
 		att.Published = append(att.Published, p.String())
 	}
@@ -114,6 +119,9 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if req.IP != "" && req.IP != e.IP.String() {
 			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, e.IP, req.IP)
 		}
+		if want, err := netip.ParseAddr(req.IP6); err == nil && want != e.IP6 {
+			return endpointResult{}, conflict("%s is already attached to network %s with IPv6 address %s, not %s", a.describe(req), n.Name, e.IP6, req.IP6)
+		}
 		if len(req.Ports) > 0 && !slices.Equal(req.Ports, e.Ports) {
 			return endpointResult{}, conflict("%s is already attached to network %s publishing %v, not %v", a.describe(req), n.Name, e.Ports, req.Ports)
 		}
@@ -124,7 +132,8 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		e = model.Endpoint{ID: req.ID, Network: n.Name, Node: a.state.Self(), Ports: req.Ports, Name: req.Name, Aliases: req.Aliases,
 			Since: time.Now().UTC().Truncate(time.Second)}
 		ips, macs := a.usedLocked(n)
-		if e.IP, recs, err = a.address(n, req, ips); err != nil {
+		if e.IP, e.IP6, recs, err = a.addresses(n, req, ips); err != nil {
+			a.repl.Publish(recs...)
 			return endpointResult{}, err
 		}
 		if e.MAC, err = ipam.PickMAC(n, req.MAC, e.IP, macs); err != nil {
@@ -155,6 +164,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	a.repl.Publish(recs...)
 	if req.Reserved {
 		delete(a.own.reserved, e.IP)
+		delete(a.own.reserved, e.IP6)
 	}
 	le := localEndpoint{Netns: req.Netns, IfName: res.IfName, ContainerID: req.ContainerID}
 	if a.own.locals[e.ID] != le {
@@ -166,7 +176,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 	a.persistOrLog()
 	a.Resync()
 	if !exists {
-		a.log.Info("endpoint attached", "endpoint", e.ID, "network", n.Name, "ip", e.IP, "mac", e.MAC, "host_if", res.HostIf)
+		a.log.Info("endpoint attached", "endpoint", e.ID, "network", n.Name, "ip", e.IP, "ip6", e.IP6, "mac", e.MAC, "host_if", res.HostIf)
 	}
 	return res, nil
 }
@@ -252,7 +262,7 @@ func (a *Agent) plugLocked(req endpointRequest, res endpointResult) error {
 		return err
 	}
 	_, err = reconcile.Plug(a.dp, want, reconcile.Port{ID: req.ID, Netns: req.Netns, IfName: res.IfName,
-		MAC: res.Endpoint.MAC, IP: res.Endpoint.IP, Network: res.Network})
+		MAC: res.Endpoint.MAC, IP: res.Endpoint.IP, IP6: res.Endpoint.IP6, Network: res.Network})
 	return err
 }
 
@@ -281,11 +291,14 @@ func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map
 	for _, e := range a.state.Endpoints() {
 		if e.Network == n.Name {
 			ips[e.IP] = e.ID
+			if e.IP6.IsValid() {
+				ips[e.IP6] = e.ID
+			}
 			macs[e.MAC] = e.ID
 		}
 	}
 	for ip, by := range a.own.reserved {
-		if n.Subnet.Contains(ip) {
+		if n.Subnet.Contains(ip) || n.Subnet6.Contains(ip) {
 			if _, taken := ips[ip]; !taken {
 				ips[ip] = by
 			}
@@ -294,23 +307,44 @@ func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map
 	return ips, macs
 }
 
-// address checks a static address or allocates one, given the addresses
-// in use; mu held. It returns the block claims it made (to publish).
-func (a *Agent) address(n model.Network, req endpointRequest, used map[netip.Addr]string) (netip.Addr, []cluster.Record, error) {
-	var want netip.Addr
-	if req.IP != "" {
-		var err error
-		if want, err = netip.ParseAddr(req.IP); err != nil || !want.Is4() {
-			return netip.Addr{}, nil, invalid("invalid address %q: want an IPv4 address inside %s", req.IP, n.Subnet)
-		}
-		if req.Reserved && used[want] == reservedForDocker {
-			used = maps.Clone(used)
-			delete(used, want)
-		}
+// addresses checks the static addresses asked for or allocates them, an
+// IPv4 address and, on a network with an IPv6 subnet, an IPv6 one, given
+// the addresses in use (both families); mu held. It returns the block
+// claims it made (to publish, even when it fails: they are valid).
+func (a *Agent) addresses(n model.Network, req endpointRequest, used map[netip.Addr]string) (ip, ip6 netip.Addr, recs []cluster.Record, err error) {
+	if req.IP6 != "" && !n.Subnet6.IsValid() {
+		return ip, ip6, nil, invalid("network %s has no IPv6 subnet: no IPv6 address (%s) can be given on it; create the network with --subnet6", n.Name, req.IP6)
 	}
 	b := &blocks{a: a}
-	ip, err := ipam.Pick(n, want, used, b, a.log)
-	return ip, b.recs, err
+	if ip, err = a.address(n, false, req.IP, req.Reserved, used, b); err != nil {
+		return ip, ip6, b.recs, err
+	}
+	if n.Subnet6.IsValid() {
+		if ip6, err = a.address(n, true, req.IP6, req.Reserved, used, b); err != nil {
+			return netip.Addr{}, ip6, b.recs, err
+		}
+	}
+	return ip, ip6, b.recs, nil
+}
+
+// address checks a static address of one family (want, "" for none) or
+// allocates one; reserved: want was reserved for this endpoint by the
+// Docker IPAM, so that reservation is no clash; mu held.
+func (a *Agent) address(n model.Network, v6 bool, want string, reserved bool, used map[netip.Addr]string, b *blocks) (netip.Addr, error) {
+	pool := ipam.PoolOf(n, v6)
+	var w netip.Addr
+	if want != "" {
+		var err error
+		w, err = netip.ParseAddr(want)
+		if err != nil || w.Is6() != v6 || w.Is4In6() || w.Zone() != "" {
+			return netip.Addr{}, invalid("invalid address %q: want an %s address inside %s", want, pool.Family(), pool.Subnet)
+		}
+		if reserved && used[w] == reservedForDocker {
+			used = maps.Clone(used)
+			delete(used, w)
+		}
+	}
+	return ipam.Pick(pool, w, used, b, a.log)
 }
 
 // blocks claims address blocks in the cluster state for ipam.Pick; mu held.
@@ -466,7 +500,7 @@ func (a *Agent) Attach(r api.AttachRequest) (api.Attachment, error) {
 		ports = append(ports, p)
 	}
 	res, err := a.addEndpoint(endpointRequest{ID: id, Network: r.Network, Netns: path, IfName: r.IfName,
-		IP: r.IP, MAC: r.MAC, Ports: ports, Name: r.Name, Aliases: r.Aliases, ContainerID: r.ContainerID})
+		IP: r.IP, IP6: r.IP6, MAC: r.MAC, Ports: ports, Name: r.Name, Aliases: r.Aliases, ContainerID: r.ContainerID})
 	if err != nil {
 		return api.Attachment{}, err
 	}

@@ -343,11 +343,11 @@ func (f *fakeDockerd) Network(id string) (docker.NetworkInspect, error) {
 	return docker.NetworkInspect{}, docker.ErrNotFound
 }
 
-func (f *fakeDockerd) CreateNetwork(name, subnet, gateway string, internal bool, opts map[string]string) error {
+func (f *fakeDockerd) CreateNetwork(nc docker.NetworkCreate) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id := fmt.Sprintf("%064d", len(f.networks)+1)
-	f.add(id, name, subnet)
+	f.add(id, nc.Name, nc.Subnet)
 	return nil
 }
 

@@ -51,8 +51,11 @@ type NetworkInfo struct {
 type AttachRequest struct {
 	Network string `json:"network"`
 	// Netns is a namespace path or a PID (its /proc/PID/ns/net).
-	Netns  string `json:"netns"`
-	IP     string `json:"ip,omitempty"`
+	Netns string `json:"netns"`
+	IP    string `json:"ip,omitempty"`
+	// IP6 is a static IPv6 address on a network with an IPv6 subnet
+	// (empty: one is allocated there).
+	IP6    string `json:"ip6,omitempty"`
 	MAC    string `json:"mac,omitempty"`
 	IfName string `json:"ifname,omitempty"`
 	// Publish lists ports to publish at the host's addresses,
@@ -79,7 +82,11 @@ type Attachment struct {
 	MAC     string `json:"mac"`
 	IP      string `json:"ip"` // with prefix length
 	Gateway string `json:"gateway"`
-	MTU     int    `json:"mtu"`
+	// IP6 (with prefix length) and Gateway6: on a network with an IPv6
+	// subnet.
+	IP6      string `json:"ip6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
+	MTU      int    `json:"mtu"`
 	// Published are the ports published at the host's addresses.
 	Published []string `json:"published,omitempty"`
 	Name      string   `json:"name,omitempty"`

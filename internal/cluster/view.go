@@ -253,6 +253,9 @@ func ValidateRecord(r Record) error {
 		if !e.IP.Is4() {
 			return fmt.Errorf("record %s: endpoint address %s is not IPv4", r.Key, e.IP)
 		}
+		if e.IP6.IsValid() && (!e.IP6.Is6() || e.IP6.Is4In6() || e.IP6.Zone() != "") {
+			return fmt.Errorf("record %s: endpoint IPv6 address %s is not IPv6", r.Key, e.IP6)
+		}
 		if _, err := model.ValidatePorts(e.Ports); err != nil {
 			return fmt.Errorf("record %s: %w", r.Key, err)
 		}

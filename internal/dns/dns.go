@@ -143,9 +143,12 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		if len(ips) == 0 {
 			m.Rcode = dns.RcodeNameError
 		}
-		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
-			for _, ip := range ips {
+		for _, ip := range ips {
+			switch {
+			case ip.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
 				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: TTL}, A: ip.AsSlice()})
+			case ip.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: TTL}, AAAA: ip.AsSlice()})
 			}
 		}
 		reply(m)

@@ -58,7 +58,8 @@ func serve(t *testing.T) netip.AddrPort {
 
 func TestResolver(t *testing.T) {
 	up := serve(t)
-	n := names{"c1": {netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("10.0.0.6")}, "gone.web": nil}
+	n := names{"c1": {netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("10.0.0.6")}, "gone.web": nil,
+		"ds": {netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("fd00:1::7")}}
 	s, err := Listen("127.0.0.1:0", n, upstream{up}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +77,10 @@ func TestResolver(t *testing.T) {
 		{"c1.", "udp", dns.TypeA, dns.RcodeSuccess, 2, true},
 		{"C1.", "tcp", dns.TypeA, dns.RcodeSuccess, 2, true},
 		{"c1.", "udp", dns.TypeAAAA, dns.RcodeSuccess, 0, true},
+		// Dual stack: A answers IPv4, AAAA IPv6, ANY both.
+		{"ds.", "udp", dns.TypeA, dns.RcodeSuccess, 1, true},
+		{"ds.", "udp", dns.TypeAAAA, dns.RcodeSuccess, 1, true},
+		{"ds.", "tcp", dns.TypeANY, dns.RcodeSuccess, 2, true},
 		{"gone.web.", "udp", dns.TypeA, dns.RcodeNameError, 0, true},
 		{"example.org.", "udp", dns.TypeA, dns.RcodeSuccess, 1, false},
 		{"nx.", "udp", dns.TypeA, dns.RcodeNameError, 0, false},
@@ -92,6 +97,11 @@ func TestResolver(t *testing.T) {
 		}
 		if r.Rcode != tc.rcode || len(r.Answer) != tc.answers || r.Authoritative != tc.aa || r.Id != m.Id {
 			t.Errorf("%s %s %d: rcode %d answers %d aa %v; want %d %d %v", tc.net, tc.name, tc.qtype, r.Rcode, len(r.Answer), r.Authoritative, tc.rcode, tc.answers, tc.aa)
+		}
+		for _, rr := range r.Answer {
+			if aaaa, ok := rr.(*dns.AAAA); ok && aaaa.AAAA.String() != "fd00:1::7" || tc.qtype == dns.TypeAAAA && !ok {
+				t.Errorf("%s %d: answer %v", tc.name, tc.qtype, rr)
+			}
 		}
 	}
 	// Without a conntrack entry there is nowhere to forward to.

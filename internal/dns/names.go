@@ -16,10 +16,10 @@ type Cluster struct {
 	Alive map[string]bool
 }
 
-// NetworkOf returns the network whose subnet holds src.
+// NetworkOf returns the network whose subnet (IPv4 or IPv6) holds src.
 func (c Cluster) NetworkOf(src netip.Addr) (model.Network, bool) {
 	for _, n := range c.Networks {
-		if n.Subnet.Contains(src) {
+		if n.Subnet.Contains(src) || n.Subnet6.Contains(src) {
 			return n, true
 		}
 	}
@@ -29,8 +29,8 @@ func (c Cluster) NetworkOf(src netip.Addr) (model.Network, bool) {
 // Resolve answers a container's query: within the querier's network (the
 // one whose subnet holds its address), NAME and NAME.NETWORK (the vxnet or
 // Docker name of the network) resolve to every live endpoint with that
-// name or alias; other names go upstream, and a querier on no vxnet
-// network is refused.
+// name or alias (its IPv4 and IPv6 addresses, sorted, IPv4 first); other
+// names go upstream, and a querier on no vxnet network is refused.
 func (c Cluster) Resolve(src netip.Addr, name string) (Verdict, []netip.Addr) {
 	n, found := c.NetworkOf(src)
 	if !found {
@@ -44,6 +44,9 @@ func (c Cluster) Resolve(src netip.Addr, name string) (Verdict, []netip.Addr) {
 	for _, e := range c.Endpoints {
 		if e.Network == n.Name && c.Alive[e.Node] && e.HasName(label) {
 			ips = append(ips, e.IP)
+			if e.IP6.IsValid() {
+				ips = append(ips, e.IP6)
+			}
 		}
 	}
 	slices.SortFunc(ips, netip.Addr.Compare)

@@ -94,14 +94,27 @@ func (c *Client) Networks(driver string) ([]NetworkInspect, error) {
 	return ns, c.do(http.MethodGet, "/networks?filters="+url.QueryEscape(string(f)), nil, &ns)
 }
 
+// NetworkCreate is a Docker network to create with vxnet as network and
+// IPAM driver; Subnet6 (optional) makes it an IPv6 network too.
+type NetworkCreate struct {
+	Name, Subnet, Gateway, Subnet6, Gateway6 string
+	Internal                                 bool
+	Options                                  map[string]string
+}
+
 // CreateNetwork creates a network with vxnet as network and IPAM driver.
-func (c *Client) CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error {
-	cfg := map[string]string{"Subnet": subnet}
-	if gateway != "" {
-		cfg["Gateway"] = gateway
+func (c *Client) CreateNetwork(n NetworkCreate) error {
+	cfgs := []map[string]string{{"Subnet": n.Subnet, "Gateway": n.Gateway}}
+	if n.Subnet6 != "" {
+		cfgs = append(cfgs, map[string]string{"Subnet": n.Subnet6, "Gateway": n.Gateway6})
 	}
-	req := map[string]any{"Name": name, "Driver": "vxnet", "CheckDuplicate": true, "Options": options, "Internal": internal,
-		"IPAM": map[string]any{"Driver": "vxnet", "Config": []map[string]string{cfg}}}
+	for _, c := range cfgs {
+		if c["Gateway"] == "" {
+			delete(c, "Gateway")
+		}
+	}
+	req := map[string]any{"Name": n.Name, "Driver": "vxnet", "CheckDuplicate": true, "Options": n.Options, "Internal": n.Internal,
+		"EnableIPv6": n.Subnet6 != "", "IPAM": map[string]any{"Driver": "vxnet", "Config": cfgs}}
 	return c.do(http.MethodPost, "/networks/create", req, nil)
 }
 

@@ -45,14 +45,14 @@ type Agent interface {
 	DockerNetwork(id string) (string, error)
 	PutDockerNetwork(id, name string) error
 	DelDockerNetwork(id string) error
-	// Reserve checks or allocates an address for an endpoint that joins
-	// later, and holds it until Unreserve (or the join).
-	Reserve(n model.Network, address string) (netip.Addr, error)
+	// Reserve checks or allocates an address (IPv6: v6) for an endpoint
+	// that joins later, and holds it until Unreserve (or the join).
+	Reserve(n model.Network, v6 bool, address string) (netip.Addr, error)
 	Unreserve(ip netip.Addr)
 	// AddEndpoint plugs an endpoint (its container end left in this
-	// namespace, named ifname) with a reserved address; HasEndpoint,
-	// SetPorts and RemoveEndpoint act on one by ID.
-	AddEndpoint(id, network, ifname string, ip netip.Addr, mac string) (model.Endpoint, error)
+	// namespace, named ifname) with its reserved addresses (ip6 invalid:
+	// none); HasEndpoint, SetPorts and RemoveEndpoint act on one by ID.
+	AddEndpoint(id, network, ifname string, ip, ip6 netip.Addr, mac string) (model.Endpoint, error)
 	HasEndpoint(id string) bool
 	SetPorts(id string, ports []model.PortMap) error
 	RemoveEndpoint(id string) error
@@ -66,7 +66,7 @@ type Agent interface {
 type Dockerd interface {
 	Networks(driver string) ([]NetworkInspect, error)
 	Network(idOrName string) (NetworkInspect, error)
-	CreateNetwork(name, subnet, gateway string, internal bool, options map[string]string) error
+	CreateNetwork(n NetworkCreate) error
 	RemoveNetwork(idOrName string) error
 	Container(id string) (ContainerInfo, error)
 }
@@ -107,7 +107,8 @@ func EndpointID(node, dockerID string) string {
 	return node + ".docker." + dockerID
 }
 
-// networkBySubnet finds the cluster network of a Docker pool.
+// networkBySubnet finds the cluster network of a Docker pool (its IPv4 or
+// its IPv6 subnet).
 func (d *Driver) networkBySubnet(pool string) (model.Network, error) {
 	p, err := model.ParseSubnet(pool)
 	if err != nil {
@@ -115,7 +116,7 @@ func (d *Driver) networkBySubnet(pool string) (model.Network, error) {
 	}
 	nets := d.agent.Networks()
 	for _, n := range nets {
-		if n.Subnet == p {
+		if n.Subnet == p || n.Subnet6 == p {
 			return n, nil
 		}
 	}
@@ -137,8 +138,8 @@ func (d *Driver) networkByDockerID(id string) (model.Network, error) {
 }
 
 func (d *Driver) RequestPool(subnet string, v6 bool) (string, error) {
-	if v6 {
-		return "", invalid("IPv6 pools are not supported by vxnet's IPAM yet")
+	if subnet == "" && v6 {
+		return "", invalid("vxnet's IPAM needs an explicit IPv6 subnet with --ipv6, for example --subnet fd00:1::/64")
 	}
 	if subnet == "" {
 		return "", invalid("vxnet's IPAM needs an explicit --subnet, for example --subnet 172.18.0.0/16")
@@ -147,10 +148,15 @@ func (d *Driver) RequestPool(subnet string, v6 bool) (string, error) {
 	if err != nil {
 		return "", invalid("%w", err)
 	}
+	if p.Addr().Is6() != v6 {
+		return "", invalid("subnet %s is not an %s subnet", p, map[bool]string{true: "IPv6", false: "IPv4"}[v6])
+	}
 	nets := d.agent.Networks()
 	for _, n := range nets {
-		if n.Subnet != p && n.Subnet.Overlaps(p) {
-			return "", conflict("subnet %s overlaps subnet %s of vxnet network %q", p, n.Subnet, n.Name)
+		for _, have := range []netip.Prefix{n.Subnet, n.Subnet6} {
+			if have.IsValid() && have != p && have.Overlaps(p) {
+				return "", conflict("subnet %s overlaps subnet %s of vxnet network %q", p, have, n.Name)
+			}
 		}
 	}
 	return p.String(), nil
@@ -171,8 +177,14 @@ func (d *Driver) RequestAddress(pool, address string, gateway bool) (string, err
 				return "", invalid("invalid gateway %q: want an address inside %s", address, p)
 			}
 		}
-		if n, err := d.networkBySubnet(pool); err == nil && n.Gateway != gw {
-			return "", conflict("gateway %s differs from the gateway %s of vxnet network %q with subnet %s", gw, n.Gateway, n.Name, p)
+		if n, err := d.networkBySubnet(pool); err == nil {
+			have := n.Gateway
+			if p.Addr().Is6() {
+				have = n.Gateway6
+			}
+			if have != gw {
+				return "", conflict("gateway %s differs from the gateway %s of vxnet network %q with subnet %s", gw, have, n.Name, p)
+			}
 		}
 		return netip.PrefixFrom(gw, p.Bits()).String(), nil
 	}
@@ -180,11 +192,11 @@ func (d *Driver) RequestAddress(pool, address string, gateway bool) (string, err
 	if err != nil {
 		return "", err
 	}
-	ip, err := d.agent.Reserve(n, address)
+	ip, err := d.agent.Reserve(n, p.Addr().Is6(), address)
 	if err != nil {
 		return "", err
 	}
-	return netip.PrefixFrom(ip, n.Subnet.Bits()).String(), nil
+	return netip.PrefixFrom(ip, p.Bits()).String(), nil
 }
 
 func (d *Driver) ReleaseAddress(pool, address string) error {
@@ -212,20 +224,18 @@ func (d *Driver) CreateNetwork(dn Network) error {
 				dn.Subnet, existing.Name, map[bool]string{true: "encrypted", false: "not encrypted"}[existing.Encrypted],
 				map[bool]string{true: "with", false: "without"}[existing.Encrypted], OptEncrypted)
 		}
+		if sub6, _ := model.ParseSubnet(dn.Subnet6); sub6 != existing.Subnet6 {
+			return conflict("subnet %s belongs to vxnet network %q, whose IPv6 subnet is %s, not %s", dn.Subnet, existing.Name,
+				orNone(existing.Subnet6), orNone(sub6))
+		}
 		if dn.Internal != existing.Internal {
 			return conflict("subnet %s belongs to vxnet network %q, which is %s; create the Docker network %s --internal", dn.Subnet, existing.Name,
 				map[bool]string{true: "internal", false: "not internal"}[existing.Internal], map[bool]string{true: "with", false: "without"}[existing.Internal])
 		}
 		return d.agent.PutDockerNetwork(dn.DockerID, existing.Name)
 	}
-	req := api.NetworkCreate{Name: NetworkName(dn.DockerID), Subnet: dn.Subnet, VNI: dn.VNI, MTU: dn.MTU, Flood: dn.Flood, Internal: dn.Internal, Encrypted: dn.Encrypted}
-	if dn.Gateway != "" {
-		gw := dn.Gateway
-		if p, err := netip.ParsePrefix(gw); err == nil {
-			gw = p.Addr().String()
-		}
-		req.Gateway = gw
-	}
+	req := api.NetworkCreate{Name: NetworkName(dn.DockerID), Subnet: dn.Subnet, Subnet6: dn.Subnet6, VNI: dn.VNI, MTU: dn.MTU,
+		Flood: dn.Flood, Internal: dn.Internal, Encrypted: dn.Encrypted, Gateway: bareAddr(dn.Gateway), Gateway6: bareAddr(dn.Gateway6)}
 	// Docker does not tell the driver the network's name: it is learnt from
 	// dockerd once the network exists, and then other dockerds get it too.
 	if err := d.agent.CreateNetwork(req); err != nil {
@@ -235,6 +245,21 @@ func (d *Driver) CreateNetwork(dn Network) error {
 		go d.learnDockerName(dn.DockerID, req.Name)
 	}
 	return d.agent.PutDockerNetwork(dn.DockerID, req.Name)
+}
+
+// bareAddr drops the prefix length Docker may give a gateway.
+func bareAddr(s string) string {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Addr().String()
+	}
+	return s
+}
+
+func orNone(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "none"
+	}
+	return p.String()
 }
 
 func (d *Driver) DeleteNetwork(dockerID string) error {
@@ -252,6 +277,11 @@ func (d *Driver) CreateEndpoint(e Endpoint) (string, error) {
 	p, err := netip.ParsePrefix(e.Address)
 	if err != nil {
 		return "", invalid("invalid endpoint address %q", e.Address)
+	}
+	if e.AddressIPv6 != "" {
+		if _, err := netip.ParsePrefix(e.AddressIPv6); err != nil {
+			return "", invalid("invalid endpoint IPv6 address %q", e.AddressIPv6)
+		}
 	}
 	mac := e.MAC
 	if mac == "" {
@@ -292,9 +322,17 @@ func (d *Driver) Join(dockerNetwork, dockerID, sandbox string) (Joined, error) {
 	if err != nil {
 		return Joined{}, invalid("invalid endpoint address %q", e.Address)
 	}
+	var ip6 netip.Addr
+	if e.AddressIPv6 != "" {
+		p6, err := netip.ParsePrefix(e.AddressIPv6)
+		if err != nil {
+			return Joined{}, invalid("invalid endpoint IPv6 address %q", e.AddressIPv6)
+		}
+		ip6 = p6.Addr()
+	}
 	id := EndpointID(d.agent.Self(), dockerID)
 	peer := "vxc" + strings.TrimPrefix(datapath.HostIfName(id), "vxv")
-	ep, err := d.agent.AddEndpoint(id, n.Name, peer, p.Addr(), e.MAC)
+	ep, err := d.agent.AddEndpoint(id, n.Name, peer, p.Addr(), ip6, e.MAC)
 	if err != nil {
 		return Joined{}, err
 	}
@@ -302,7 +340,11 @@ func (d *Driver) Join(dockerNetwork, dockerID, sandbox string) (Joined, error) {
 	if d.dockerd != nil {
 		go d.learnContainerNames(dockerNetwork, dockerID, id)
 	}
-	return Joined{SrcName: peer, Gateway: n.Gateway.String()}, nil
+	j := Joined{SrcName: peer, Gateway: n.Gateway.String()}
+	if ep.IP6.IsValid() {
+		j.Gateway6 = n.Gateway6.String()
+	}
+	return j, nil
 }
 
 // Publish sets the ports a Docker endpoint publishes (libnetwork calls it
@@ -407,6 +449,9 @@ func (d *Driver) Sync() {
 	want := map[string]bool{}
 	for _, n := range nets {
 		want[n.Subnet.String()] = true
+		if n.Subnet6.IsValid() {
+			want[n.Subnet6.String()] = true
+		}
 		if _, ok := have[n.Subnet.String()]; ok || n.DockerName == "" {
 			continue
 		}
@@ -417,7 +462,11 @@ func (d *Driver) Sync() {
 		if n.Encrypted {
 			opts[OptEncrypted] = "true"
 		}
-		if err := d.dockerd.CreateNetwork(n.DockerName, n.Subnet.String(), n.Gateway.String(), n.Internal, opts); err != nil {
+		nc := NetworkCreate{Name: n.DockerName, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(), Internal: n.Internal, Options: opts}
+		if n.Subnet6.IsValid() {
+			nc.Subnet6, nc.Gateway6 = n.Subnet6.String(), n.Gateway6.String()
+		}
+		if err := d.dockerd.CreateNetwork(nc); err != nil {
 			d.log.Warn("create docker network", "network", n.Name, "docker_name", n.DockerName, "err", err)
 			continue
 		}

@@ -64,8 +64,11 @@ func (f *agentFake) RemoveNetwork(name string) error {
 func (f *agentFake) DockerNetwork(id string) (string, error) { return f.docker[id], nil }
 func (f *agentFake) PutDockerNetwork(id, name string) error  { f.docker[id] = name; return nil }
 func (f *agentFake) DelDockerNetwork(id string) error        { delete(f.docker, id); return nil }
-func (f *agentFake) Reserve(n model.Network, address string) (netip.Addr, error) {
+func (f *agentFake) Reserve(n model.Network, v6 bool, address string) (netip.Addr, error) {
 	ip := n.Gateway.Next()
+	if v6 {
+		ip = n.Gateway6.Next()
+	}
 	if address != "" {
 		ip = netip.MustParseAddr(address)
 	}
@@ -76,8 +79,8 @@ func (f *agentFake) Reserve(n model.Network, address string) (netip.Addr, error)
 	return ip, nil
 }
 func (f *agentFake) Unreserve(ip netip.Addr) { delete(f.reserved, ip) }
-func (f *agentFake) AddEndpoint(id, network, ifname string, ip netip.Addr, mac string) (model.Endpoint, error) {
-	e := model.Endpoint{ID: id, Network: network, Node: "h1", IP: ip, MAC: mac}
+func (f *agentFake) AddEndpoint(id, network, ifname string, ip, ip6 netip.Addr, mac string) (model.Endpoint, error) {
+	e := model.Endpoint{ID: id, Network: network, Node: "h1", IP: ip, IP6: ip6, MAC: mac}
 	f.eps[id] = e
 	return e, nil
 }

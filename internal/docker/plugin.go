@@ -42,9 +42,12 @@ const (
 
 // Network is what CreateNetwork asks for.
 type Network struct {
-	DockerID  string
-	Subnet    string
-	Gateway   string // with or without prefix length
+	DockerID string
+	Subnet   string
+	Gateway  string // with or without prefix length
+	// Subnet6 and Gateway6: the IPv6 pool of a network made with --ipv6.
+	Subnet6   string
+	Gateway6  string
 	VNI       uint32
 	MTU       int
 	Flood     bool
@@ -57,14 +60,16 @@ type Endpoint struct {
 	DockerNetwork string
 	DockerID      string
 	Address       string // with prefix length
+	AddressIPv6   string // with prefix length; on a network with --ipv6
 	MAC           string
 }
 
 // Joined is what Join returns: the interface left in the host namespace for
 // Docker to move into the container, and the gateway.
 type Joined struct {
-	SrcName string
-	Gateway string
+	SrcName  string
+	Gateway  string
+	Gateway6 string // on a network with --ipv6
 }
 
 // Backend does the work behind the handlers.
@@ -166,7 +171,7 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 			return nil, errors.New("vxnet needs an IPv4 address for the endpoint: use --ipam-driver vxnet with --subnet")
 		}
 		mac, err := s.b.CreateEndpoint(Endpoint{DockerNetwork: req.NetworkID, DockerID: req.EndpointID,
-			Address: req.Interface.Address, MAC: req.Interface.MacAddress})
+			Address: req.Interface.Address, AddressIPv6: req.Interface.AddressIPv6, MAC: req.Interface.MacAddress})
 		if err != nil {
 			return nil, err
 		}
@@ -186,8 +191,12 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 		if err != nil {
 			return nil, err
 		}
-		return map[string]any{"InterfaceName": map[string]string{"SrcName": j.SrcName, "DstPrefix": "eth"},
-			"Gateway": j.Gateway}, nil
+		out := map[string]any{"InterfaceName": map[string]string{"SrcName": j.SrcName, "DstPrefix": "eth"},
+			"Gateway": j.Gateway}
+		if j.Gateway6 != "" {
+			out["GatewayIPv6"] = j.Gateway6
+		}
+		return out, nil
 	}))
 	h("/NetworkDriver.Leave", decoded(func(req struct{ NetworkID, EndpointID string }) (any, error) {
 		return empty, s.b.Leave(req.NetworkID, req.EndpointID)

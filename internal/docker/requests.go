@@ -141,8 +141,18 @@ func (r CreateNetworkRequest) Network() (Network, error) {
 	if r.NetworkID == "" {
 		return n, fmt.Errorf("CreateNetwork without a network ID")
 	}
-	if len(r.IPv6Data) > 0 {
-		return n, fmt.Errorf("IPv6 on Docker networks is not supported by vxnet yet: create the network without --ipv6")
+	if len(r.IPv6Data) > 1 {
+		var pools []string
+		for _, d := range r.IPv6Data {
+			pools = append(pools, d.Pool)
+		}
+		return n, fmt.Errorf("vxnet networks take at most one IPv6 subnet, got %d (%s): give one IPv6 --subnet", len(pools), strings.Join(pools, ", "))
+	}
+	if len(r.IPv6Data) == 1 {
+		if r.IPv6Data[0].Pool == "" {
+			return n, fmt.Errorf("vxnet networks with --ipv6 need an explicit IPv6 subnet: give --subnet fd00:1::/64 (and --ipam-driver vxnet)")
+		}
+		n.Subnet6, n.Gateway6 = r.IPv6Data[0].Pool, r.IPv6Data[0].Gateway
 	}
 	if len(r.IPv4Data) > 1 {
 		var pools []string

@@ -54,9 +54,14 @@ func TestCreateNetworkRequest(t *testing.T) {
 		t.Errorf("two pools: %+v, err = %v (the second must not be dropped)", n, err)
 	}
 	req = CreateNetworkRequest{}
-	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[{"Pool":"fd00::/64"}]}`), &req)
-	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "IPv6") {
-		t.Errorf("ipv6: err = %v", err)
+	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[{"Pool":"fd00::/64","Gateway":"fd00::1/64"}]}`), &req)
+	if n, err := req.Network(); err != nil || n.Subnet6 != "fd00::/64" || n.Gateway6 != "fd00::1/64" {
+		t.Errorf("ipv6: %+v, err = %v", n, err)
+	}
+	req = CreateNetworkRequest{}
+	_ = Decode([]byte(`{"NetworkID":"x","IPv4Data":[{"Pool":"10.0.0.0/24"}],"IPv6Data":[{"Pool":"fd00::/64"},{"Pool":"fd01::/64"}]}`), &req)
+	if _, err := req.Network(); err == nil || !strings.Contains(err.Error(), "at most one IPv6 subnet, got 2 (fd00::/64, fd01::/64)") {
+		t.Errorf("two IPv6 pools: err = %v", err)
 	}
 	if err := Decode([]byte(`{"NetworkID":`), &req); err == nil || !strings.Contains(err.Error(), "malformed plugin request") {
 		t.Errorf("truncated: err = %v", err)

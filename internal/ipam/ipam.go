@@ -11,25 +11,69 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 )
 
-// BlockBits returns the prefix length of a subnet's blocks: /26 (64
+// Pool is one address family of a network: what addresses are handed out
+// from (a network's IPv4 subnet, or its IPv6 one).
+type Pool struct {
+	Network string
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+}
+
+// PoolOf returns a network's IPv4 pool, or its IPv6 one (invalid Subnet
+// when the network has none).
+func PoolOf(n model.Network, v6 bool) Pool {
+	if v6 {
+		return Pool{Network: n.Name, Subnet: n.Subnet6, Gateway: n.Gateway6}
+	}
+	return Pool{Network: n.Name, Subnet: n.Subnet, Gateway: n.Gateway}
+}
+
+// Family names the pool's address family for messages.
+func (p Pool) Family() string {
+	if p.Subnet.Addr().Is6() {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// maxBlocks bounds the blocks of one subnet that are handed out (an IPv6
+// /64 holds 2^58 blocks of /122): 65,536 blocks are 4 million addresses.
+const maxBlocks = 1 << 16
+
+// BlockBits returns the prefix length of a subnet's blocks. IPv4: /26 (64
 // addresses) in large subnets, 32 blocks in smaller ones, never past /30.
+// IPv6: /122 (64 addresses) likewise, never past /126.
 func BlockBits(subnet netip.Prefix) int {
-	b := max(subnet.Bits()+5, 26)
-	return min(b, 30)
+	if subnet.Addr().Is6() {
+		return min(max(subnet.Bits()+5, 122), 126)
+	}
+	return min(max(subnet.Bits()+5, 26), 30)
 }
 
-// BlockCount returns how many blocks a subnet holds.
+// BlockCount returns how many blocks of a subnet are handed out (all of
+// them, up to maxBlocks).
 func BlockCount(subnet netip.Prefix) int {
-	return 1 << (BlockBits(subnet) - subnet.Bits())
+	d := BlockBits(subnet) - subnet.Bits()
+	if d >= 16 {
+		return maxBlocks
+	}
+	return 1 << d
 }
 
-// BlockAt returns the i-th block of a subnet.
+// BlockAt returns the i-th block of a subnet (0 <= i < BlockCount).
 func BlockAt(subnet netip.Prefix, i int) netip.Prefix {
 	bits := BlockBits(subnet)
-	base := subnet.Masked().Addr().As4()
-	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	v += uint32(i) << (32 - bits)
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), bits)
+	a := subnet.Masked().Addr().AsSlice()
+	// Add i << (address bits - bits), byte by byte from the end; the
+	// shift is at most 6 (blocks of at least 4 addresses), i < 2^16.
+	carry := uint64(i) << (len(a)*8 - bits)
+	for k := len(a) - 1; k >= 0 && carry != 0; k-- {
+		sum := uint64(a[k]) + carry&0xff
+		a[k] = byte(sum)
+		carry = carry>>8 + sum>>8
+	}
+	out, _ := netip.AddrFromSlice(a)
+	return netip.PrefixFrom(out, bits)
 }
 
 // FreeBlock picks an unclaimed block for node. It starts at a position
@@ -49,18 +93,18 @@ func FreeBlock(subnet netip.Prefix, node string, claimed map[netip.Prefix]string
 	return netip.Prefix{}, fmt.Errorf("subnet %s is full: all %d blocks of /%d are claimed", subnet, n, BlockBits(subnet))
 }
 
-// Reserved reports addresses no endpoint may take: the network and broadcast
-// addresses and the gateway.
-func Reserved(n model.Network, a netip.Addr) bool {
-	return a == n.Subnet.Masked().Addr() || a == model.LastAddr(n.Subnet) || a == n.Gateway
+// Reserved reports addresses no endpoint may take: the network address
+// (IPv6's subnet-router anycast), IPv4's broadcast address and the gateway.
+func Reserved(p Pool, a netip.Addr) bool {
+	return a == p.Subnet.Masked().Addr() || (a.Is4() && a == model.LastAddr(p.Subnet)) || a == p.Gateway
 }
 
 // Allocate returns the first free address in the node's blocks (in order).
 // It returns ok=false when they are all full (claim another block).
-func Allocate(n model.Network, blocks []netip.Prefix, used map[netip.Addr]string) (netip.Addr, bool) {
+func Allocate(p Pool, blocks []netip.Prefix, used map[netip.Addr]string) (netip.Addr, bool) {
 	for _, b := range blocks {
 		for a := b.Masked().Addr(); b.Contains(a); a = a.Next() {
-			if Reserved(n, a) {
+			if Reserved(p, a) {
 				continue
 			}
 			if _, taken := used[a]; !taken {
@@ -73,10 +117,11 @@ func Allocate(n model.Network, blocks []netip.Prefix, used map[netip.Addr]string
 
 // Borrow returns any free address of the subnet, for a node that finds every
 // block claimed: addresses are still unique cluster-wide (used holds every
-// endpoint's address), only the locality of blocks is lost.
-func Borrow(n model.Network, used map[netip.Addr]string) (netip.Addr, bool) {
-	for a := n.Subnet.Masked().Addr(); n.Subnet.Contains(a); a = a.Next() {
-		if Reserved(n, a) {
+// endpoint's address), only the locality of blocks is lost. The first free
+// address is at most len(used)+3 addresses in, however large the subnet.
+func Borrow(p Pool, used map[netip.Addr]string) (netip.Addr, bool) {
+	for a := p.Subnet.Masked().Addr(); p.Subnet.Contains(a); a = a.Next() {
+		if Reserved(p, a) {
 			continue
 		}
 		if _, taken := used[a]; !taken {
@@ -86,22 +131,22 @@ func Borrow(n model.Network, used map[netip.Addr]string) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// CheckStatic checks a requested address against the network and every
+// CheckStatic checks a requested address against the pool and every
 // address in use in the cluster (used maps address -> endpoint ID).
-func CheckStatic(n model.Network, a netip.Addr, used map[netip.Addr]string) error {
-	if !n.Subnet.Contains(a) {
-		return fmt.Errorf("address %s is outside subnet %s of network %s", a, n.Subnet, n.Name)
+func CheckStatic(p Pool, a netip.Addr, used map[netip.Addr]string) error {
+	if !p.Subnet.Contains(a) {
+		return fmt.Errorf("address %s is outside %s subnet %s of network %s", a, p.Family(), p.Subnet, p.Network)
 	}
 	switch {
-	case a == n.Gateway:
-		return fmt.Errorf("address %s is the gateway of network %s", a, n.Name)
-	case a == n.Subnet.Masked().Addr():
-		return fmt.Errorf("address %s is the network address of %s", a, n.Subnet)
-	case a == model.LastAddr(n.Subnet):
-		return fmt.Errorf("address %s is the broadcast address of %s", a, n.Subnet)
+	case a == p.Gateway:
+		return fmt.Errorf("address %s is the gateway of network %s", a, p.Network)
+	case a == p.Subnet.Masked().Addr():
+		return fmt.Errorf("address %s is the network address of %s", a, p.Subnet)
+	case a.Is4() && a == model.LastAddr(p.Subnet):
+		return fmt.Errorf("address %s is the broadcast address of %s", a, p.Subnet)
 	}
 	if id, taken := used[a]; taken {
-		return fmt.Errorf("address %s is already in use on network %s by endpoint %s", a, n.Name, id)
+		return fmt.Errorf("address %s is already in use on network %s by endpoint %s", a, p.Network, id)
 	}
 	return nil
 }

@@ -19,6 +19,11 @@ func TestBlocks(t *testing.T) {
 		{"198.19.1.0/24", 29, 32, "198.19.1.16/29"},
 		{"10.0.0.0/28", 30, 4, "10.0.0.8/30"},
 		{"10.0.0.0/30", 30, 1, ""},
+		// IPv6: blocks of /122 (64 addresses), the first 65,536 used.
+		{"fd00:1::/64", 122, 65536, "fd00:1::80/122"},
+		{"fd00:1::/112", 122, 1024, "fd00:1::80/122"},
+		{"fd00:1::/120", 125, 32, "fd00:1::10/125"},
+		{"fd00:1::/126", 126, 1, ""},
 	} {
 		p := netip.MustParsePrefix(tc.subnet)
 		if BlockBits(p) != tc.bits || BlockCount(p) != tc.count {
@@ -54,6 +59,14 @@ func TestFreeBlock(t *testing.T) {
 	if a == b {
 		t.Fatalf("h1 and h2 start at the same block %s", a)
 	}
+	// IPv6: a block inside the subnet, past carries across bytes.
+	v6 := netip.MustParsePrefix("fd00:1::/64")
+	if last := BlockAt(v6, BlockCount(v6)-1); last.String() != "fd00:1::3f:ffc0/122" || !v6.Contains(last.Addr()) {
+		t.Fatalf("last IPv6 block %s", last)
+	}
+	if b, err := FreeBlock(v6, "h1", nil); err != nil || !v6.Contains(b.Addr()) || b.Bits() != 122 {
+		t.Fatalf("IPv6 block %s %v", b, err)
+	}
 }
 
 func TestAllocate(t *testing.T) {
@@ -61,9 +74,19 @@ func TestAllocate(t *testing.T) {
 	n.Normalize()
 	blocks := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/30"), netip.MustParsePrefix("10.0.0.12/30")}
 	used := map[netip.Addr]string{}
-	got := drain(t, 16, func() (netip.Addr, bool) { return Allocate(n, blocks, used) }, used)
+	got := drain(t, 16, func() (netip.Addr, bool) { return Allocate(PoolOf(n, false), blocks, used) }, used)
 	// .0 network, .1 gateway, .15 broadcast are reserved.
 	if want := "10.0.0.2 10.0.0.3 10.0.0.12 10.0.0.13 10.0.0.14"; strings.Join(got, " ") != want {
+		t.Fatalf("allocated %v, want %s", got, want)
+	}
+	// IPv6: the subnet-router anycast address and the gateway are
+	// reserved, the last address is not (no broadcast).
+	n.Subnet6 = netip.MustParsePrefix("fd00:1::/124")
+	n.Normalize()
+	used = map[netip.Addr]string{}
+	blocks = []netip.Prefix{netip.MustParsePrefix("fd00:1::/126"), netip.MustParsePrefix("fd00:1::c/126")}
+	got = drain(t, 16, func() (netip.Addr, bool) { return Allocate(PoolOf(n, true), blocks, used) }, used)
+	if want := "fd00:1::2 fd00:1::3 fd00:1::c fd00:1::d fd00:1::e fd00:1::f"; strings.Join(got, " ") != want {
 		t.Fatalf("allocated %v, want %s", got, want)
 	}
 }
@@ -78,9 +101,27 @@ func TestCheckStatic(t *testing.T) {
 		{"172.18.0.1", "is the gateway"},
 		{"172.18.0.0", "is the network address"},
 		{"172.18.255.255", "is the broadcast address"},
-		{"10.0.0.1", "is outside subnet 172.18.0.0/16"},
+		{"10.0.0.1", "is outside IPv4 subnet 172.18.0.0/16"},
+		{"fd00:1::5", "is outside IPv4 subnet 172.18.0.0/16"},
 	} {
-		err := CheckStatic(n, netip.MustParseAddr(tc.ip), used)
+		err := CheckStatic(PoolOf(n, false), netip.MustParseAddr(tc.ip), used)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: err = %v, want %q", tc.ip, err, tc.want)
+		}
+	}
+	n.Subnet6 = netip.MustParsePrefix("fd00:1::/64")
+	n.Normalize()
+	used[netip.MustParseAddr("fd00:1::11")] = "h2-ctr"
+	for _, tc := range []struct{ ip, want string }{
+		{"fd00:1::12", ""},
+		{"fd00:1::ffff:ffff:ffff:ffff", ""},
+		{"fd00:1::11", "address fd00:1::11 is already in use on network web by endpoint h2-ctr"},
+		{"fd00:1::1", "is the gateway"},
+		{"fd00:1::", "is the network address"},
+		{"fd00:2::1", "is outside IPv6 subnet fd00:1::/64 of network web"},
+		{"172.18.0.12", "is outside IPv6 subnet"},
+	} {
+		err := CheckStatic(PoolOf(n, true), netip.MustParseAddr(tc.ip), used)
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%s: err = %v, want %q", tc.ip, err, tc.want)
 		}
@@ -100,7 +141,7 @@ func TestBorrow(t *testing.T) {
 	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("10.0.0.0/29")}
 	n.Normalize()
 	used := map[netip.Addr]string{}
-	got := drain(t, 8, func() (netip.Addr, bool) { return Borrow(n, used) }, used)
+	got := drain(t, 8, func() (netip.Addr, bool) { return Borrow(PoolOf(n, false), used) }, used)
 	if want := "10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6"; strings.Join(got, " ") != want {
 		t.Fatalf("borrowed %v, want %s", got, want)
 	}

@@ -25,43 +25,49 @@ type Blocks interface {
 // maxClaims bounds the blocks tried before an allocation gives up.
 const maxClaims = 9
 
-// Pick returns the address for a new endpoint of n: want when it is valid
+// Pick returns the address for a new endpoint from pool p: want when it is valid
 // (checked against used, the addresses in use by whom), else a free address
 // of this node's blocks, else of a block it claims now, else, every block
 // being claimed, any free address of the subnet (borrowed).
-func Pick(n model.Network, want netip.Addr, used map[netip.Addr]string, b Blocks, log *slog.Logger) (netip.Addr, error) {
+func Pick(p Pool, want netip.Addr, used map[netip.Addr]string, b Blocks, log *slog.Logger) (netip.Addr, error) {
 	if want.IsValid() {
-		if err := CheckStatic(n, want, used); err != nil {
+		if err := CheckStatic(p, want, used); err != nil {
 			return netip.Addr{}, model.Errorf(model.ErrConflict, "%w", err)
 		}
 		return want, nil
 	}
-	claimed := b.Claimed(n.Name)
+	claimed := b.Claimed(p.Network)
 	var mine []netip.Prefix
 	for cidr, node := range claimed {
-		if node == b.Self() {
+		if node == b.Self() && p.Subnet.Contains(cidr.Addr()) {
 			mine = append(mine, cidr)
 		}
 	}
 	slices.SortFunc(mine, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
-	if ip, ok := Allocate(n, mine, used); ok {
+	if ip, ok := Allocate(p, mine, used); ok {
 		return ip, nil
 	}
 	for range maxClaims {
-		block, err := FreeBlock(n.Subnet, b.Self(), claimed)
+		block, err := FreeBlock(p.Subnet, b.Self(), claimed)
 		if err != nil {
 			// Every block is claimed: take any free address of the subnet.
-			if ip, ok := Borrow(n, used); ok {
+			if ip, ok := Borrow(p, used); ok {
 				if log != nil {
-					log.Info("all address blocks claimed; borrowed an address", "network", n.Name, "ip", ip)
+					log.Info("all address blocks claimed; borrowed an address", "network", p.Network, "ip", ip)
 				}
 				return ip, nil
 			}
-			return netip.Addr{}, model.Errorf(model.ErrConflict, "network %s: no free address left in %s (%d endpoints)", n.Name, n.Subnet, len(used))
+			inUse := 0
+			for a := range used {
+				if p.Subnet.Contains(a) {
+					inUse++
+				}
+			}
+			return netip.Addr{}, model.Errorf(model.ErrConflict, "network %s: no free address left in %s (%d endpoints)", p.Network, p.Subnet, inUse)
 		}
-		won, holder, err := b.Claim(n.Name, block)
+		won, holder, err := b.Claim(p.Network, block)
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("network %s: claim address block %s: %w", n.Name, block, err)
+			return netip.Addr{}, fmt.Errorf("network %s: claim address block %s: %w", p.Network, block, err)
 		}
 		if !won {
 			if holder != "" {
@@ -70,15 +76,15 @@ func Pick(n model.Network, want netip.Addr, used map[netip.Addr]string, b Blocks
 			continue
 		}
 		if log != nil {
-			log.Info("claimed address block", "network", n.Name, "block", block)
+			log.Info("claimed address block", "network", p.Network, "block", block)
 		}
-		ip, ok := Allocate(n, []netip.Prefix{block}, used)
+		ip, ok := Allocate(p, []netip.Prefix{block}, used)
 		if !ok {
-			return netip.Addr{}, model.Errorf(model.ErrConflict, "network %s: block %s has no free address", n.Name, block)
+			return netip.Addr{}, model.Errorf(model.ErrConflict, "network %s: block %s has no free address", p.Network, block)
 		}
 		return ip, nil
 	}
-	return netip.Addr{}, fmt.Errorf("network %s: no address block could be claimed after %d tries", n.Name, maxClaims)
+	return netip.Addr{}, fmt.Errorf("network %s: no address block could be claimed after %d tries", p.Network, maxClaims)
 }
 
 // PickMAC checks a requested MAC, or derives one from the address, against

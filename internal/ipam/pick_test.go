@@ -76,7 +76,7 @@ func TestPick(t *testing.T) {
 			if tc.want != "" {
 				want = addr(tc.want)
 			}
-			ip, err := Pick(n, want, used, b, nil)
+			ip, err := Pick(PoolOf(n, false), want, used, b, nil)
 			got := ip.String()
 			if err != nil {
 				got = err.Error()
@@ -104,14 +104,14 @@ func TestPickWhenEveryBlockIsClaimed(t *testing.T) {
 		b.claimed[BlockAt(n.Subnet, i)] = "h2"
 	}
 	used := map[netip.Addr]string{}
-	ip, err := Pick(n, netip.Addr{}, used, b, nil)
+	ip, err := Pick(PoolOf(n, false), netip.Addr{}, used, b, nil)
 	if err != nil || !n.Subnet.Contains(ip) || len(b.claims) != 0 {
 		t.Fatalf("borrow: %s %v (claims %v)", ip, err, b.claims)
 	}
 	for a := n.Subnet.Addr(); n.Subnet.Contains(a); a = a.Next() {
 		used[a] = "x"
 	}
-	if _, err := Pick(n, netip.Addr{}, used, b, nil); !errors.Is(err, model.ErrConflict) || !strings.Contains(err.Error(), "no free address left in 10.0.0.0/29") {
+	if _, err := Pick(PoolOf(n, false), netip.Addr{}, used, b, nil); !errors.Is(err, model.ErrConflict) || !strings.Contains(err.Error(), "no free address left in 10.0.0.0/29") {
 		t.Fatalf("full subnet: %v", err)
 	}
 }
@@ -141,4 +141,31 @@ func firstBlockOf(t *testing.T, n model.Network, node string) netip.Prefix {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestPickBothFamilies: a dual-stack network's pools draw from blocks of
+// their own family only; the IPv6 pick claims an IPv6 block although the
+// node holds an IPv4 one, and both addresses live in one used map.
+func TestPickBothFamilies(t *testing.T) {
+	n := model.Network{Name: "web", VNI: 1, Subnet: netip.MustParsePrefix("10.0.0.0/24"), Subnet6: netip.MustParsePrefix("fd00:1::/64")}
+	n.Normalize()
+	b := &fakeBlocks{self: "h1", claimed: map[netip.Prefix]string{netip.MustParsePrefix("10.0.0.64/29"): "h1"}}
+	used := map[netip.Addr]string{}
+	ip4, err := Pick(PoolOf(n, false), netip.Addr{}, used, b, nil)
+	if err != nil || ip4.String() != "10.0.0.64" || len(b.claims) != 0 {
+		t.Fatalf("IPv4: %s %v (claims %v)", ip4, err, b.claims)
+	}
+	used[ip4] = "c1"
+	ip6, err := Pick(PoolOf(n, true), netip.Addr{}, used, b, nil)
+	if err != nil || !n.Subnet6.Contains(ip6) || len(b.claims) != 1 || b.claims[0].Bits() != 122 || !b.claims[0].Contains(ip6) {
+		t.Fatalf("IPv6: %s %v (claims %v)", ip6, err, b.claims)
+	}
+	used[ip6] = "c1"
+	again, err := Pick(PoolOf(n, true), netip.Addr{}, used, b, nil)
+	if err != nil || again == ip6 || !b.claims[0].Contains(again) || len(b.claims) != 1 {
+		t.Fatalf("second IPv6: %s %v (claims %v)", again, err, b.claims)
+	}
+	if _, err := Pick(PoolOf(n, true), ip6, used, b, nil); err == nil || !strings.Contains(err.Error(), "already in use") {
+		t.Fatalf("static IPv6 taken: %v", err)
+	}
 }

@@ -61,7 +61,11 @@ func (l *Lab) startAgents(cfg Config) error {
 	}
 	first := api.NewClient(l.Hosts[0].Socket)
 	for _, n := range l.Networks {
-		if _, err := first.CreateNetwork(api.NetworkCreate{Name: n.Name, Subnet: n.Subnet.String(), VNI: n.VNI, Flood: n.Flood, Encrypted: n.Encrypted}); err != nil {
+		req := api.NetworkCreate{Name: n.Name, Subnet: n.Subnet.String(), VNI: n.VNI, Flood: n.Flood, Encrypted: n.Encrypted}
+		if n.Subnet6.IsValid() {
+			req.Subnet6 = n.Subnet6.String()
+		}
+		if _, err := first.CreateNetwork(req); err != nil {
 			return fmt.Errorf("create network %s: %w", n.Name, err)
 		}
 	}
@@ -80,6 +84,10 @@ func (l *Lab) startAgents(cfg Config) error {
 			return fmt.Errorf("attach %s: address %q: %w", c.Name, att.IP, err)
 		}
 		c.IP, c.MAC, c.ID = p.Addr(), att.MAC, att.ID
+		c.IP6 = netip.Addr{}
+		if p6, err := netip.ParsePrefix(att.IP6); err == nil {
+			c.IP6 = p6.Addr()
+		}
 	}
 	if err := l.save(); err != nil {
 		return err

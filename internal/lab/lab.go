@@ -82,6 +82,9 @@ type Config struct {
 	// Datapath is the agents' --datapath (bridge, bpf, auto; empty: the
 	// agent's default), or, without agents, bpf to program the fast path.
 	Datapath string
+	// IPv6 makes every network dual-stack (NetworkDef's IPv6 subnet):
+	// each container gets an IPv6 address too.
+	IPv6 bool
 	// Underlay6 addresses the hosts from an IPv6 underlay alone
 	// (underlayNet6): the agents advertise, gossip and carry VXLAN over
 	// IPv6. Not with Outside or Etcd.
@@ -135,6 +138,9 @@ func (c Config) Validate() error {
 	case "", "bridge", "bpf", "auto":
 	default:
 		return fmt.Errorf("invalid datapath %q: want bridge, bpf or auto", c.Datapath)
+	}
+	if c.IPv6 && len(c.Encrypted) > 0 {
+		return fmt.Errorf("encrypted networks carry IPv4 only for now: a dual-stack lab (--ipv6) has none")
 	}
 	if c.Underlay6 && (c.Outside || c.Etcd > 0) {
 		return fmt.Errorf("an IPv6 underlay lab has no outside machine and no etcd members")
@@ -191,6 +197,7 @@ type Container struct {
 	Network string     `json:"network"`
 	Netns   string     `json:"netns"`
 	IP      netip.Addr `json:"ip"`
+	IP6     netip.Addr `json:"ip6,omitzero"` // on a dual-stack network
 	MAC     string     `json:"mac"`
 }
 
@@ -236,6 +243,20 @@ func NetworkDef(j int, flood bool) model.Network {
 		Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(j), 0}), 24), Flood: flood}
 	n.Normalize()
 	return n
+}
+
+// Subnet6Def is the IPv6 subnet of the j-th lab network when the lab is
+// dual-stack: fd00:198:19:J::/64 (a unique local prefix, as 198.19.J.0/24).
+func Subnet6Def(j int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0x01, 0x98, 0, 0x19, 0, byte(j)}), 64)
+}
+
+// containerIP6 is a static lab container's IPv6 address on network j
+// (1-based): the IPv4 address's last byte as its last group.
+func containerIP6(j int, last byte) netip.Addr {
+	a := Subnet6Def(j).Addr().As16()
+	a[15] = last
+	return netip.AddrFrom16(a)
 }
 
 // Up builds a lab. On failure everything made so far is removed.
@@ -318,6 +339,10 @@ func Up(cfg Config) (l *Lab, err error) {
 	for j := 1; j <= cfg.Networks; j++ {
 		n := NetworkDef(j, cfg.Flood)
 		n.Encrypted = slices.Contains(cfg.Encrypted, j)
+		if cfg.IPv6 {
+			n.Subnet6 = Subnet6Def(j)
+			n.Normalize()
+		}
 		l.Networks = append(l.Networks, n)
 	}
 	for hi, h := range l.Hosts {
@@ -330,6 +355,9 @@ func Up(cfg Config) (l *Lab, err error) {
 				c := Container{Name: fmt.Sprintf("%s-n%d-c%d", h.Name, j+1, k), Host: h.Name, Network: l.Networks[j].Name,
 					IP:  netip.AddrFrom4([4]byte{198, 19, byte(j + 1), byte(10 + idx)}),
 					MAC: net.HardwareAddr{0x02, 0xc6, 0x13, byte(j + 1), byte(hi + 1), byte(k)}.String()}
+				if cfg.IPv6 {
+					c.IP6 = containerIP6(j+1, byte(10+idx))
+				}
 				if c.Netns, err = nsutil.Create(p + c.Name); err != nil {
 					return nil, err
 				}

@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -61,28 +62,48 @@ func (l *Lab) Matrix(timeout time.Duration) [][]Cell {
 				continue
 			}
 			wg.Add(1)
-			go func(c *Cell, ns string, dst Container) {
+			go func(c *Cell, ns string, dst Container, v6 bool) {
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				// Two tries: the very first packet of a flow may race an
-				// entry being programmed on a busy machine.
-				for try := 0; try < 2; try++ {
-					r, err := probe.Ping(ns, dst.IP, 56, false, timeout)
-					if err == nil {
-						c.Reached, c.RTT, c.Err = true, r.RTT, ""
-						return
-					}
-					c.Err = err.Error()
-					if !c.Expected {
-						return
-					}
+				c.Reached, c.RTT, c.Err = reach(ns, dst.IP, timeout, c.Expected)
+				if !v6 {
+					return
 				}
-			}(&m[i][j], a.Netns, b)
+				// Dual stack: expected means both families answer; a
+				// leak in either is a leak.
+				r6, _, err6 := reach(ns, dst.IP6, timeout, c.Expected)
+				if c.Expected {
+					c.Reached = c.Reached && r6
+				} else {
+					c.Reached = c.Reached || r6
+				}
+				if err6 != "" && c.Expected {
+					c.Err = strings.TrimPrefix(c.Err+"; "+err6, "; ")
+				}
+			}(&m[i][j], a.Netns, b, a.IP6.IsValid() && b.IP6.IsValid())
 		}
 	}
 	wg.Wait()
 	return m
+}
+
+// reach pings dst from the namespace ns: twice when it is expected to
+// answer (the very first packet of a flow may race an entry being
+// programmed on a busy machine), once when it is not.
+func reach(ns string, dst netip.Addr, timeout time.Duration, expected bool) (bool, time.Duration, string) {
+	var msg string
+	for try := 0; try < 2; try++ {
+		r, err := probe.Ping(ns, dst, 56, false, timeout)
+		if err == nil {
+			return true, r.RTT, ""
+		}
+		msg = err.Error()
+		if !expected {
+			break
+		}
+	}
+	return false, 0, msg
 }
 
 // MatrixOK reports whether every probe matched its expectation.

@@ -21,7 +21,7 @@ func (l *Lab) StaticInput(host Host) reconcile.Input {
 		in.Nodes = append(in.Nodes, model.Node{Name: h.Name, Addr: h.Addr})
 	}
 	for _, c := range l.Containers {
-		in.Endpoints = append(in.Endpoints, model.Endpoint{ID: c.Name, Network: c.Network, Node: c.Host, MAC: c.MAC, IP: c.IP})
+		in.Endpoints = append(in.Endpoints, model.Endpoint{ID: c.Name, Network: c.Network, Node: c.Host, MAC: c.MAC, IP: c.IP, IP6: c.IP6})
 	}
 	return in
 }
@@ -60,7 +60,7 @@ func (l *Lab) programStatic(cfg Config) error {
 				continue
 			}
 			n, _ := l.Network(c.Network)
-			_, err := reconcile.Plug(dp, want, reconcile.Port{ID: c.Name, Netns: c.Netns, IfName: "eth0", MAC: c.MAC, IP: c.IP, Network: n})
+			_, err := reconcile.Plug(dp, want, reconcile.Port{ID: c.Name, Netns: c.Netns, IfName: "eth0", MAC: c.MAC, IP: c.IP, IP6: c.IP6, Network: n})
 			if err != nil {
 				dp.Close()
 				return fmt.Errorf("attach %s: %w", c.Name, err)

@@ -22,6 +22,9 @@ type CaptureStats struct {
 	VXLAN      int64 // VXLAN frames
 	InnerARP   int64 // ARP frames inside VXLAN
 	InnerBcast int64 // broadcast frames inside VXLAN
+	// InnerIPv6 counts IPv6 frames inside VXLAN; InnerND those that are
+	// Neighbour Discovery (solicitations and advertisements).
+	InnerIPv6, InnerND int64
 	// VNIs counts VXLAN frames per VNI; Markers counts the frames holding
 	// each marker (StartCaptureMarkers), in the markers' order.
 	VNIs    map[uint32]int64
@@ -37,7 +40,7 @@ type Capture struct {
 	port  uint16
 	stop  atomic.Bool
 	wg    sync.WaitGroup
-	stats struct{ vxlan, arp, bcast atomic.Int64 }
+	stats struct{ vxlan, arp, bcast, ipv6, nd atomic.Int64 }
 	// markers are the byte strings looked for in every frame.
 	markers [][]byte
 	mu      sync.Mutex
@@ -120,6 +123,12 @@ func (c *Capture) loop() {
 			ip := buf[14:n]
 			vxh := ip[int(ip[0]&0x0f)*4+8:]
 			c.vnis[binary.BigEndian.Uint32(vxh[4:8])>>8]++
+			if v6, nd := innerIPv6(vxh[8:]); v6 {
+				c.stats.ipv6.Add(1)
+				if nd {
+					c.stats.nd.Add(1)
+				}
+			}
 		}
 		c.mu.Unlock()
 		if arp {
@@ -144,6 +153,7 @@ func (c *Capture) Stats() CaptureStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return CaptureStats{VXLAN: c.stats.vxlan.Load(), InnerARP: c.stats.arp.Load(), InnerBcast: c.stats.bcast.Load(),
+		InnerIPv6: c.stats.ipv6.Load(), InnerND: c.stats.nd.Load(),
 		VNIs: maps.Clone(c.vnis), Markers: slices.Clone(c.found), Addrs: maps.Clone(c.addrs)}
 }
 
@@ -170,4 +180,18 @@ func ClassifyFrame(f []byte, port uint16) (vxlan, innerARP, innerBcast bool) {
 		}
 	}
 	return true, binary.BigEndian.Uint16(inner[12:]) == 0x0806, bcast
+}
+
+// innerIPv6 looks at the Ethernet frame inside VXLAN: is it IPv6, and is it
+// Neighbour Discovery (ICMPv6 135 or 136 right after the IPv6 header, as
+// solicitations and advertisements are sent).
+func innerIPv6(f []byte) (v6, nd bool) {
+	if len(f) < 14+40 || binary.BigEndian.Uint16(f[12:]) != 0x86dd {
+		return false, false
+	}
+	ip := f[14:]
+	if ip[6] != unix.IPPROTO_ICMPV6 || len(ip) < 41 {
+		return true, false
+	}
+	return true, ip[40] == 135 || ip[40] == 136
 }

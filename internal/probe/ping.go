@@ -26,22 +26,34 @@ type PingResult struct {
 var pingID atomic.Uint32
 
 // Ping sends one ICMP echo request from the namespace at nsPath to dst with
-// size bytes of ICMP payload (the IPv4 packet is size+28 bytes). With df the
-// packet may not be fragmented. It returns an error when no reply came.
+// size bytes of ICMP payload (the IPv4 packet is size+28 bytes, the IPv6
+// packet size+48). With df the packet may not be fragmented. It returns an
+// error when no reply came.
 func Ping(nsPath string, dst netip.Addr, size int, df bool, timeout time.Duration) (PingResult, error) {
-	if !dst.Is4() {
-		return PingResult{}, fmt.Errorf("ping %s: only IPv4 is supported", dst)
+	var (
+		fd  int
+		err error
+		sa  unix.Sockaddr
+	)
+	id := uint16(os.Getpid()) ^ uint16(pingID.Add(1)*7919)
+	const seq = 1
+	pkt := EchoRequest(id, seq, size)
+	classify := func(p []byte, _ unix.Sockaddr) replyKind { return classifyReply(p, dst, id, seq) }
+	if dst.Is6() && !dst.Is4In6() {
+		fd, err = icmp6Socket(nsPath, df)
+		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+		pkt[0] = 128 // ICMPv6 echo request; the kernel fills in the checksum
+		pkt[2], pkt[3] = 0, 0
+		classify = func(p []byte, from unix.Sockaddr) replyKind { return classifyReply6(p, from, dst, id, seq) }
+	} else {
+		fd, err = ICMPSocket(nsPath, df)
+		sa = &unix.SockaddrInet4{Addr: dst.Unmap().As4()}
 	}
-	fd, err := ICMPSocket(nsPath, df)
 	if err != nil {
 		return PingResult{}, fmt.Errorf("ping %s: %w", dst, err)
 	}
 	defer unix.Close(fd)
-	id := uint16(os.Getpid()) ^ uint16(pingID.Add(1)*7919)
-	const seq = 1
-	pkt := EchoRequest(id, seq, size)
 	start := time.Now()
-	sa := &unix.SockaddrInet4{Addr: dst.As4()}
 	if err := unix.Sendto(fd, pkt, 0, sa); err != nil {
 		if errors.Is(err, unix.EMSGSIZE) {
 			return PingResult{TooBig: true}, fmt.Errorf("ping %s size %d: packet larger than the path MTU: %w", dst, size, err)
@@ -59,14 +71,14 @@ func Ping(nsPath string, dst netip.Addr, size int, df bool, timeout time.Duratio
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			return PingResult{}, fmt.Errorf("set timeout: %w", err)
 		}
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, from, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return PingResult{}, fmt.Errorf("ping %s: receive: %w", dst, err)
 		}
-		kind := classifyReply(buf[:n], dst, id, seq)
+		kind := classify(buf[:n], from)
 		switch kind {
 		case replyOK:
 			return PingResult{RTT: time.Since(start)}, nil
@@ -130,6 +142,28 @@ func classifyReply(p []byte, dst netip.Addr, id, seq uint16) replyKind {
 		inner := icmp[8:]
 		iihl := int(inner[0]&0x0f) * 4
 		if len(inner) >= iihl+8 && binary.BigEndian.Uint16(inner[iihl+4:]) == id {
+			return replyTooBig
+		}
+	}
+	return replyOther
+}
+
+// classifyReply6 looks at one ICMPv6 message (no IPv6 header: a raw ICMPv6
+// socket reads none) received from from.
+func classifyReply6(p []byte, from unix.Sockaddr, dst netip.Addr, id, seq uint16) replyKind {
+	if len(p) < 8 {
+		return replyOther
+	}
+	src := netip.Addr{}
+	if sa, ok := from.(*unix.SockaddrInet6); ok {
+		src = netip.AddrFrom16(sa.Addr)
+	}
+	switch {
+	case p[0] == 129 && src == dst && binary.BigEndian.Uint16(p[4:]) == id && binary.BigEndian.Uint16(p[6:]) == seq:
+		return replyOK
+	case p[0] == 2 && len(p) >= 8+40+8: // packet too big: our request inside
+		inner := p[8+40:]
+		if inner[0] == 128 && binary.BigEndian.Uint16(inner[4:]) == id {
 			return replyTooBig
 		}
 	}

@@ -1,6 +1,8 @@
 package probe
 
 import (
+	"golang.org/x/sys/unix"
+
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -74,6 +76,56 @@ func TestClassifyFrame(t *testing.T) {
 		vx, arp, b := ClassifyFrame(tc.f, 4789)
 		if vx != tc.vx || arp != tc.arp || b != tc.bcastW {
 			t.Errorf("ClassifyFrame = %v %v %v, want %v %v %v", vx, arp, b, tc.vx, tc.arp, tc.bcastW)
+		}
+	}
+}
+
+func TestClassifyReply6(t *testing.T) {
+	dst := netip.MustParseAddr("fd00:1::2")
+	from := &unix.SockaddrInet6{Addr: dst.As16()}
+	reply := EchoRequest(7, 1, 8)
+	reply[0] = 129
+	for _, tc := range []struct {
+		name string
+		p    []byte
+		from unix.Sockaddr
+		id   uint16
+		want replyKind
+	}{
+		{"echo reply", reply, from, 7, replyOK},
+		{"from another address", reply, &unix.SockaddrInet6{Addr: netip.MustParseAddr("fd00:1::9").As16()}, 7, replyOther},
+		{"another id", reply, from, 8, replyOther},
+		{"neighbour advertisement", []byte{136, 0, 0, 0, 0, 7, 0, 1}, from, 7, replyOther},
+		{"packet too big, quoting ours", append(append([]byte{2, 0, 0, 0, 0, 0, 5, 0x28}, make([]byte, 40)...), 128, 0, 0, 0, 0, 7, 0, 1), from, 7, replyTooBig},
+		{"truncated", []byte{129, 0}, from, 7, replyOther},
+	} {
+		if k := classifyReply6(tc.p, tc.from, dst, tc.id, 1); k != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, k, tc.want)
+		}
+	}
+}
+
+func TestInnerIPv6(t *testing.T) {
+	frame := func(etherType uint16, next, icmpType byte) []byte {
+		f := make([]byte, 14+40+8)
+		f[12], f[13] = byte(etherType>>8), byte(etherType)
+		f[14+6], f[14+40] = next, icmpType
+		return f
+	}
+	for _, tc := range []struct {
+		name   string
+		f      []byte
+		v6, nd bool
+	}{
+		{"neighbour solicitation", frame(0x86dd, 58, 135), true, true},
+		{"neighbour advertisement", frame(0x86dd, 58, 136), true, true},
+		{"echo request", frame(0x86dd, 58, 128), true, false},
+		{"tcp", frame(0x86dd, 6, 135), true, false},
+		{"ipv4", frame(0x0800, 1, 8), false, false},
+		{"truncated", frame(0x86dd, 58, 135)[:20], false, false},
+	} {
+		if v6, nd := innerIPv6(tc.f); v6 != tc.v6 || nd != tc.nd {
+			t.Errorf("%s: v6 %v nd %v, want %v %v", tc.name, v6, nd, tc.v6, tc.nd)
 		}
 	}
 }

@@ -33,6 +33,29 @@ func ICMPSocket(nsPath string, df bool) (int, error) {
 	return fd, nil
 }
 
+// icmp6Socket is ICMPSocket for ICMPv6: with df, a packet larger than
+// the interface's MTU is refused at once (EMSGSIZE), never fragmented.
+func icmp6Socket(nsPath string, df bool) (int, error) {
+	var fd int
+	err := nsutil.Do(nsPath, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+		return err
+	})
+	if err != nil {
+		return -1, fmt.Errorf("ICMPv6 socket in %s: %w", nsPath, err)
+	}
+	if df {
+		err = errors.Join(unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE),
+			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_DONTFRAG, 1))
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("ICMPv6 socket in %s: set DF: %w", nsPath, err)
+	}
+	return fd, nil
+}
+
 // ReadLoop reads packets from fd (which has a receive timeout, so that
 // done is noticed) and hands each to handle, until done is closed or the
 // socket fails (closed).

@@ -12,7 +12,7 @@ type Port struct {
 	ID            string // the endpoint's ID
 	Netns, IfName string // its namespace ("" leaves the container end in this one) and interface
 	MAC           string
-	IP            netip.Addr
+	IP, IP6       netip.Addr // IP6: on a network with an IPv6 subnet
 	Network       model.Network
 }
 
@@ -26,6 +26,10 @@ func Plug(dp datapath.Dataplane, want Target, p Port) (datapath.Port, error) {
 	if !ok {
 		return datapath.Port{}, model.Errorf(model.ErrConflict, "network %s is not programmable on this host (see 'vxnet status' for conflicts)", p.Network.Name)
 	}
-	return dp.Attach(datapath.EndpointSpec{ID: p.ID, VNI: spec.VNI, Netns: p.Netns, IfName: p.IfName, MAC: p.MAC,
-		IP: netip.PrefixFrom(p.IP, p.Network.Subnet.Bits()), Gateway: p.Network.Gateway, MTU: spec.MTU})
+	es := datapath.EndpointSpec{ID: p.ID, VNI: spec.VNI, Netns: p.Netns, IfName: p.IfName, MAC: p.MAC,
+		IP: netip.PrefixFrom(p.IP, p.Network.Subnet.Bits()), Gateway: p.Network.Gateway, MTU: spec.MTU}
+	if p.IP6.IsValid() && p.Network.Subnet6.IsValid() {
+		es.IP6, es.Gateway6 = netip.PrefixFrom(p.IP6, p.Network.Subnet6.Bits()), p.Network.Gateway6
+	}
+	return dp.Attach(es)
 }

@@ -205,10 +205,18 @@ func Desired(in Input) (Target, []Problem) {
 		if e.Node == in.Node {
 			st.Ports[e.ID] = true
 		}
-		ik, mk := ipKey{e.Network, e.IP}, macKey{e.Network, e.MAC}
+		if e.IP6.IsValid() && !n.Subnet6.Contains(e.IP6) {
+			e.IP6 = netip.Addr{} // not of the network (as this host knows it): not programmed
+		}
+		ik, ik6, mk := ipKey{e.Network, e.IP}, ipKey{e.Network, e.IP6}, macKey{e.Network, e.MAC}
 		if o, dup := seenIP[ik]; dup {
 			conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-ip",
 				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP, o.id, e.ID, o.id)})
+			continue
+		}
+		if o, dup := seenIP[ik6]; dup && e.IP6.IsValid() {
+			conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-ip",
+				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP6, o.id, e.ID, o.id)})
 			continue
 		}
 		if o, dup := seenMAC[mk]; dup {
@@ -217,6 +225,9 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		seenIP[ik], seenMAC[mk] = owner{e.ID}, owner{e.ID}
+		if e.IP6.IsValid() {
+			seenIP[ik6] = owner{e.ID}
+		}
 		if e.Node == in.Node && in.FastPath {
 			dev := datapath.HostIfName(e.ID)
 			st.FastHooks[dev] = datapath.FastHook{Dev: dev, VNI: n.VNI}

@@ -24,6 +24,22 @@ func ep(id, net, node, mac, ip string) model.Endpoint {
 	return model.Endpoint{ID: id, Network: net, Node: node, MAC: mac, IP: netip.MustParseAddr(ip)}
 }
 
+// ep6 is a dual-stack endpoint.
+func ep6(id, net, node, mac, ip, ip6 string) model.Endpoint {
+	e := ep(id, net, node, mac, ip)
+	e.IP6 = netip.MustParseAddr(ip6)
+	return e
+}
+
+// dualInput is input with web dual-stack (fd00:1::/64).
+func dualInput(eps ...model.Endpoint) reconcile.Input {
+	in := input(eps...)
+	w := web
+	w.Subnet6, w.Gateway6 = netip.MustParsePrefix("fd00:1::/64"), netip.MustParseAddr("fd00:1::1")
+	in.Networks = []model.Network{w, db}
+	return in
+}
+
 func input(eps ...model.Endpoint) reconcile.Input {
 	return reconcile.Input{Node: "h1", Local: h1.Addr, Port: 4789, UnderlayMTU: 1500,
 		Networks: []model.Network{web, db}, Nodes: []model.Node{h1, h2, h3}, Endpoints: eps}
@@ -61,6 +77,27 @@ func TestDesired(t *testing.T) {
 				"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
 			neigh:     []string{"neigh vni 4097 198.19.1.5 -> 02:00:00:00:00:08"},
 			conflicts: []string{"network web: duplicate-ip: address 198.19.1.5 is claimed by endpoints m and z; m keeps it"},
+		},
+		{
+			name:  "dual stack: a remote endpoint's IPv6 address is a permanent neighbour too (no ND crosses the tunnel)",
+			in:    dualInput(ep6("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3", "fd00:1::3")),
+			fdb:   []string{"fdb vni 4097 02:00:00:00:00:02 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			neigh: []string{"neigh vni 4097 198.19.1.3 -> 02:00:00:00:00:02", "neigh vni 4097 fd00:1::3 -> 02:00:00:00:00:02"},
+		},
+		{
+			name: "duplicate IPv6 address: the lowest ID keeps it, the other is reported",
+			in: dualInput(ep6("z", "web", "h2", "02:00:00:00:00:09", "198.19.1.9", "fd00:1::5"),
+				ep6("m", "web", "h3", "02:00:00:00:00:08", "198.19.1.8", "fd00:1::5")),
+			fdb: []string{"fdb vni 4097 02:00:00:00:00:08 -> 198.18.0.3",
+				"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			neigh:     []string{"neigh vni 4097 198.19.1.8 -> 02:00:00:00:00:08", "neigh vni 4097 fd00:1::5 -> 02:00:00:00:00:08"},
+			conflicts: []string{"network web: duplicate-ip: address fd00:1::5 is claimed by endpoints m and z; m keeps it"},
+		},
+		{
+			name:  "an IPv6 address outside the network's IPv6 subnet is not programmed",
+			in:    input(ep6("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3", "fd00:1::3")),
+			fdb:   []string{"fdb vni 4097 02:00:00:00:00:02 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			neigh: []string{"neigh vni 4097 198.19.1.3 -> 02:00:00:00:00:02"},
 		},
 		{
 			name: "endpoint of an unknown network is ignored",

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
 )
 
 // Attach plugs a container namespace into a network with a veth pair.
@@ -84,7 +85,7 @@ func (d *Dataplane) Attach(e datapath.EndpointSpec) (datapath.Port, error) {
 		}
 		return port, err
 	}
-	if err := setupContainer(ch, tmpPeer, e); err != nil {
+	if err := setupContainer(ch, cns, tmpPeer, e); err != nil {
 		return fail(fmt.Errorf("endpoint %s in %s: %w", e.ID, e.Netns, err))
 	}
 	host, err := d.h.LinkByName(hostIf)
@@ -176,13 +177,30 @@ func waitOperUp(h *netlink.Handle, name string) error {
 	}
 }
 
-func setupContainer(ch *netlink.Handle, tmpPeer string, e datapath.EndpointSpec) error {
+func setupContainer(ch *netlink.Handle, cns netns.NsHandle, tmpPeer string, e datapath.EndpointSpec) error {
 	peer, err := ch.LinkByName(tmpPeer)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", tmpPeer, err)
 	}
 	if err := ch.LinkSetName(peer, e.IfName); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmpPeer, e.IfName, err)
+	}
+	if e.IP6.IsValid() {
+		// Usable at once and nothing but vxnet's: no duplicate address
+		// detection (vxnet's IPAM keeps addresses unique; the link-local
+		// address would otherwise stay tentative for a second), no address
+		// or route from router advertisements.
+		err := nsutil.DoIn(cns, e.Netns, func() error {
+			for _, f := range containerIPv6Files(e.IfName) {
+				if err := os.WriteFile(f.path, []byte(f.want), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("IPv6 settings of %s: %w", e.IfName, err)
+		}
 	}
 	for _, p := range []netip.Prefix{e.IP, e.IP6} {
 		if !p.IsValid() {
@@ -218,6 +236,16 @@ func setupContainer(ch *netlink.Handle, tmpPeer string, e datapath.EndpointSpec)
 		}
 	}
 	return nil
+}
+
+// containerIPv6Files are the IPv6 settings of a container's interface on a
+// network with an IPv6 subnet.
+func containerIPv6Files(dev string) []sysctlFile {
+	return []sysctlFile{
+		{"/proc/sys/net/ipv6/conf/" + dev + "/accept_dad", "0"},
+		{"/proc/sys/net/ipv6/conf/" + dev + "/accept_ra", "0"},
+		{"/proc/sys/net/ipv6/conf/" + dev + "/autoconf", "0"},
+	}
 }
 
 // Detach removes an endpoint's veth pair.

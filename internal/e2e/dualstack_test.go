@@ -1,0 +1,260 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/lab"
+	"github.com/vxnet/vxnet/internal/lab/labtest"
+	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
+	"github.com/vxnet/vxnet/internal/probe"
+)
+
+// TestDualStack: three hosts, two dual-stack networks, real agents. Every
+// container gets an IPv6 address of its network that is usable at once
+// (not tentative; no router advertisements taken); every container reaches
+// every other of its network by IPv4 and by IPv6 and no container of the
+// other network by either, on hosts that forward IPv6 (so isolation is
+// vxnet's doing, not a host that routes nothing); DF pings at the container
+// MTU cross in both families and one byte more is refused; containers that
+// forget their neighbours resolve each other anew with no Neighbour
+// Discovery inside VXLAN on the underlay (captured) while their IPv6 pings
+// cross it; the anycast gateway answers IPv6 on every host; a container's
+// name answers AAAA with its IPv6 address.
+func TestDualStack(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 3, Networks: 2, PerHost: 1, IPv6: true})
+	for _, h := range l.Hosts {
+		writeSysctl(t, h.Netns, "/proc/sys/net/ipv6/conf/all/forwarding", "1")
+	}
+	nets := map[string]model.Network{}
+	for _, n := range l.Networks {
+		nets[n.Name] = n
+	}
+	step(t, "Addresses", func(t *testing.T) {
+		for _, c := range l.Containers {
+			if n := nets[c.Network]; !n.Subnet6.Contains(c.IP6) || c.IP6 == n.Gateway6 {
+				t.Fatalf("%s has IPv6 address %s; want one of %s", c.Name, c.IP6, n.Subnet6)
+			}
+			usableAtOnce(t, c)
+		}
+	})
+	step(t, "Matrix", func(t *testing.T) {
+		m := l.Matrix(time.Second)
+		if !lab.MatrixOK(m) {
+			var b strings.Builder
+			l.PrintMatrix(&b, m)
+			t.Fatalf("reachability by IPv4 and IPv6:\n%s", b.String())
+		}
+	})
+	a, b := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	step(t, "MTU", func(t *testing.T) {
+		mtu := lab.UnderlayMTU - model.OverheadIPv4
+		dfAtMTU(t, a.Netns, b.IP, mtu)
+		if _, err := probe.Ping(a.Netns, b.IP6, mtu-48, true, 2*time.Second); err != nil {
+			t.Fatalf("a %d-byte IPv6 packet (the container MTU) did not cross: %v", mtu, err)
+		}
+		if r, err := probe.Ping(a.Netns, b.IP6, mtu-47, true, time.Second); err == nil || !r.TooBig {
+			t.Fatalf("an IPv6 packet one byte over the MTU: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
+		}
+	})
+	step(t, "NoNeighbourDiscoveryOnTheUnderlay", func(t *testing.T) {
+		sw := nsutil.Path(l.Switch)
+		capture, err := probe.StartCapture(sw, lab.VXLANPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pings := 0
+		for _, c := range l.Containers {
+			forgetNeighbours(t, c)
+		}
+		for _, c := range l.Containers {
+			for _, o := range l.Containers {
+				if o.Host == c.Host || o.Network != c.Network {
+					continue
+				}
+				if _, err := probe.Ping(c.Netns, o.IP6, 56, false, 2*time.Second); err != nil {
+					t.Fatalf("%s -> %s after forgetting its neighbours: %v", c.Name, o.Name, err)
+				}
+				pings++
+			}
+		}
+		st := capture.Stop()
+		// Each echo and its reply crossed in VXLAN; nothing of ND did.
+		if st.InnerIPv6 < int64(2*pings) || st.InnerND != 0 {
+			t.Fatalf("on the underlay: %d IPv6 frames in VXLAN (want at least %d for %d pings), %d of them Neighbour Discovery (want 0)",
+				st.InnerIPv6, 2*pings, pings, st.InnerND)
+		}
+		t.Logf("%d pings: %d IPv6 frames in VXLAN, %d neighbour solicitations or advertisements", pings, st.InnerIPv6, st.InnerND)
+	})
+	step(t, "Gateway", func(t *testing.T) {
+		for _, c := range l.Containers {
+			if _, err := probe.Ping(c.Netns, nets[c.Network].Gateway6, 56, false, 2*time.Second); err != nil {
+				t.Fatalf("%s: the IPv6 gateway %s does not answer: %v", c.Name, nets[c.Network].Gateway6, err)
+			}
+		}
+	})
+	step(t, "Names", func(t *testing.T) {
+		ns := newContainer(t, l, "named6")
+		att, err := client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Name: "web6", IP6: "fd00:198:19:1::66"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if att.IP6 != "fd00:198:19:1::66/64" {
+			t.Fatalf("attachment %+v: want the static IPv6 address", att)
+		}
+		pingUntil(t, b.Netns, netip.MustParseAddr("fd00:198:19:1::66"), 5*time.Second)
+		gw := nets["net1"].Gateway
+		if err := waitCond(10*time.Second, func() error {
+			for _, q := range []struct {
+				qtype uint16
+				want  string
+			}{{dns.TypeAAAA, "fd00:198:19:1::66"}, {dns.TypeA, strings.Split(att.IP, "/")[0]}} {
+				var r *dns.Msg
+				err := nsutil.Do(b.Netns, func() error {
+					m := new(dns.Msg)
+					m.SetQuestion("web6.", q.qtype)
+					var err error
+					r, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, netip.AddrPortFrom(gw, 53).String())
+					return err
+				})
+				if err != nil || len(r.Answer) != 1 || !strings.HasSuffix(r.Answer[0].String(), "\t"+q.want) {
+					return fmt.Errorf("web6. %s from %s: %v %v; want %s", dns.TypeToString[q.qtype], b.Name, r, err, q.want)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// usableAtOnce checks a container's IPv6 addresses are not tentative
+// (no duplicate address detection to wait for) and that it takes no
+// router advertisements.
+func usableAtOnce(t *testing.T, c lab.Container) {
+	t.Helper()
+	h, err := nsutil.Handle(c.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(eth, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, a := range addrs {
+		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			t.Errorf("%s: address %s is tentative or failed DAD (flags %#x)", c.Name, a.IPNet, a.Flags)
+		}
+		found = found || a.IP.Equal(c.IP6.AsSlice())
+	}
+	if !found {
+		t.Errorf("%s: eth0 lacks %s: %v", c.Name, c.IP6, addrs)
+	}
+	err = nsutil.Do(c.Netns, func() error {
+		got, err := os.ReadFile("/proc/sys/net/ipv6/conf/eth0/accept_ra")
+		if err == nil && strings.TrimSpace(string(got)) != "0" {
+			err = fmt.Errorf("accept_ra is %s", got)
+		}
+		return err
+	})
+	if err != nil {
+		t.Errorf("%s: %v", c.Name, err)
+	}
+}
+
+// forgetNeighbours deletes a container's IPv6 neighbour entries, so its
+// next packets resolve their neighbours anew.
+func forgetNeighbours(t *testing.T, c lab.Container) {
+	t.Helper()
+	h, err := nsutil.Handle(c.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := h.NeighList(eth.Attrs().Index, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		if err := h.NeighDel(&n); err != nil {
+			t.Fatalf("%s: forget %s: %v", c.Name, n.IP, err)
+		}
+	}
+}
+
+// writeSysctl sets a sysctl inside the namespace at path.
+func writeSysctl(t *testing.T, path, file, value string) {
+	t.Helper()
+	if err := nsutil.Do(path, func() error { return os.WriteFile(file, []byte(value), 0o644) }); err != nil {
+		t.Fatalf("%s in %s: %v", file, path, err)
+	}
+}
+
+// TestDockerDualStack: `docker network create --ipv6` with an IPv4 and an
+// IPv6 subnet through vxnet's IPAM on real dockerds with their defaults
+// (the CLI on PATH, /usr/local/bin/docker 28.x): the other host's dockerd
+// gets the network dual-stack; containers on two hosts reach each other by
+// IPv6 address (a static --ip6 and an allocated one) and by name (AAAA,
+// ping -6), a DF packet at the container MTU crosses in IPv6, and the
+// cluster's records hold both addresses.
+func TestDockerDualStack(t *testing.T) {
+	requireDocker(t)
+	l := up(t, 2, 1, 0)
+	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
+	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--ipv6",
+		"--subnet", "172.29.0.0/24", "--subnet", "fd00:29::/64", "dual")
+	waitDockerNetwork(t, d2, "dual", true)
+	if got := mustDocker(t, d2, "network", "inspect", "-f", "{{.EnableIPv6}} {{range .IPAM.Config}}{{.Subnet}} {{end}}", "dual"); got != "true 172.29.0.0/24 fd00:29::/64" {
+		t.Fatalf("h2's dockerd has the network as %q; want it dual-stack", got)
+	}
+	mustDocker(t, d1, "run", "-d", "--name", "c1", "--net", "dual", "--ip6", "fd00:29::11", lab.DockerImage, "sleep", "600")
+	mustDocker(t, d2, "run", "-d", "--name", "c2", "--net", "dual", lab.DockerImage, "sleep", "600")
+	c2IP6 := mustDocker(t, d2, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", "c2")
+	if a, err := netip.ParseAddr(c2IP6); err != nil || !netip.MustParsePrefix("fd00:29::/64").Contains(a) {
+		t.Fatalf("c2's IPv6 address %q: want one of fd00:29::/64", c2IP6)
+	}
+	pingFrom(t, d1, "c1", c2IP6)
+	pingFrom(t, d2, "c2", "fd00:29::11")
+	pingFrom(t, d1, "c1", "c2", "-6")
+	pingFrom(t, d2, "c2", "c1", "-6")
+	n, err := client(l, "h1").Network(dockerNetName(t, l, "172.29.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(ctrNetns(t, d1, "c1"), netip.MustParseAddr(c2IP6), n.EffectiveMTU-48, true, 2*time.Second); err != nil {
+		t.Fatalf("a full-size IPv6 packet with DF did not cross: %v", err)
+	}
+	s, err := client(l, "h2").StatusWithEndpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, e := range s.Endpoints {
+		if e.IP6.String() == "fd00:29::11" || e.IP6.String() == c2IP6 {
+			found++
+		}
+	}
+	if found != 2 {
+		t.Fatalf("h2's endpoints %+v: want c1 and c2 with their IPv6 addresses", s.Endpoints)
+	}
+}
