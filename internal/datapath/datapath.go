@@ -436,6 +436,10 @@ type HostNet struct {
 	// Tunnel is the WireGuard device an encrypted network is routed
 	// through: forwarded both ways between it and the bridge, never NATed.
 	Tunnel string `json:"tunnel,omitempty"`
+	// Subnet6 is a dual-stack network's IPv6 subnet: its rules go in the
+	// host's ip6tables too (forwarding on the bridge; egress masqueraded
+	// to the host's IPv6 address).
+	Subnet6 netip.Prefix `json:"subnet6,omitzero"`
 }
 
 // PublishedPort is a local container port reachable at the host's
@@ -446,6 +450,9 @@ type PublishedPort struct {
 	HostPort uint16     `json:"hostPort"`
 	IP       netip.Addr `json:"ip"`
 	Port     uint16     `json:"port"`
+	// IP6 is the container's IPv6 address (dual stack): the port answers
+	// at the host's IPv6 addresses too.
+	IP6 netip.Addr `json:"ip6,omitzero"`
 }
 
 // Equal compares two host firewalls.

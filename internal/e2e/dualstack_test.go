@@ -258,3 +258,54 @@ func TestDockerDualStack(t *testing.T) {
 		t.Fatalf("h2's endpoints %+v: want c1 and c2 with their IPv6 addresses", s.Endpoints)
 	}
 }
+
+// TestDualStackEgressAndPorts: a dual-stack network on hosts with an IPv6
+// address on their underlay, whose ip6tables FORWARD drops (as ufw leaves
+// it) with bridged frames passing ip6tables: containers reach each other
+// over IPv6 across a dropping host (vxnet's ip6tables rules), reach an
+// outside machine over IPv6 as their host (masqueraded), and a published
+// port answers at the host's IPv6 address. Flushing vxnet's ip6tables
+// rules stops IPv6 egress (negative control) until the agent puts them
+// back.
+func TestDualStackEgressAndPorts(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, IPv6: true, Outside: true})
+	h1, _ := l.Host("h1")
+	out := *l.Outside
+	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	for _, h := range l.Hosts {
+		inNS(t, h.Netns, "ip6tables", "-P", "FORWARD", "DROP")
+		inNS(t, h.Netns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-ip6tables=1")
+	}
+	parent := t
+	step(t, "Overlay", func(t *testing.T) {
+		pingUntil(t, c1.Netns, c2.IP6, 5*time.Second)
+		serveTCP(parent, c2.Netns, "[::]:7000", "c2")
+		// Between containers nothing is NATed.
+		dialUntil(t, c1.Netns, netip.AddrPortFrom(c2.IP6, 7000).String(), "hello from c2, you are "+c1.IP6.String(), 5*time.Second)
+	})
+	step(t, "Egress", func(t *testing.T) {
+		serveTCP(parent, out.Netns, "[::]:80", "outside")
+		dialUntil(t, c1.Netns, netip.AddrPortFrom(lab.OutsideAddr6, 80).String(), "hello from outside, you are "+h1.Addr6.String(), 10*time.Second)
+		rules := inNS(t, h1.Netns, "ip6tables-save")
+		if !strings.Contains(rules, "-A VXNET-POSTROUTING -s fd00:198:19:1::/64 ! -o vxbr4097") {
+			t.Fatalf("h1's ip6tables:\n%s", rules)
+		}
+	})
+	step(t, "PublishedPort", func(t *testing.T) {
+		ns := newContainer(t, l, "web6")
+		web, err := client(l, "h1").Attach(api.AttachRequest{Network: "net1", Netns: ns, Publish: []string{"8080:80"}})
+		if err != nil || web.IP6 == "" {
+			t.Fatalf("attach %+v: %v", web, err)
+		}
+		serveTCP(parent, ns, "[::]:80", "web6")
+		dialUntil(t, out.Netns, netip.AddrPortFrom(h1.Addr6, 8080).String(), "hello from web6, you are "+out.Addr6.String(), 10*time.Second)
+	})
+	step(t, "FlushedRulesComeBack", func(t *testing.T) {
+		inNS(t, h1.Netns, "ip6tables", "-F", "VXNET-FORWARD")
+		target := netip.AddrPortFrom(lab.OutsideAddr6, 80).String()
+		if got, err := dialTCP(c1.Netns, target, time.Second); err == nil {
+			t.Fatalf("IPv6 egress crossed a dropping host with vxnet's ip6tables rules flushed: %q", got)
+		}
+		dialUntil(t, c1.Netns, target, "hello from outside, you are "+h1.Addr6.String(), 20*time.Second)
+	})
+}

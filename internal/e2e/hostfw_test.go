@@ -45,7 +45,11 @@ func serveTCP(t *testing.T, ns, addr, name string) {
 	var ln net.Listener
 	if err := nsutil.Do(ns, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr)
+		network := "tcp4"
+		if strings.HasPrefix(addr, "[") {
+			network = "tcp6"
+		}
+		ln, err = net.Listen(network, addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -68,7 +72,11 @@ func dialTCP(ns, addr string, timeout time.Duration) (string, error) {
 	var c net.Conn
 	if err := nsutil.Do(ns, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr, timeout)
+		network := "tcp4"
+		if strings.HasPrefix(addr, "[") {
+			network = "tcp6"
+		}
+		c, err = net.DialTimeout(network, addr, timeout)
 		return err
 	}); err != nil {
 		return "", err

@@ -38,6 +38,9 @@ var underlayNet = netip.MustParsePrefix("198.18.0.0/24")
 // benchmarking range (RFC 5180), as the IPv4 one is from RFC 2544's.
 var underlayNet6 = netip.MustParsePrefix("2001:2::/64")
 
+// OutsideAddr6 is the outside machine's IPv6 address in a dual-stack lab.
+var OutsideAddr6 = underlayAddr(200, true)
+
 // underlayAddr is the underlay address of host index i (1-250).
 func underlayAddr(i int, v6 bool) netip.Addr {
 	if v6 {
@@ -183,10 +186,14 @@ type Host struct {
 	Public netip.Addr `json:"public,omitzero"`
 	Site   int        `json:"site,omitempty"`
 	// NoInbound: behind a masquerading router (Config.Masqueraded).
-	NoInbound bool   `json:"noInbound,omitempty"`
-	Socket    string `json:"socket,omitempty"`
-	PID       int    `json:"pid,omitempty"`
-	Dir       string `json:"dir,omitempty"`
+	NoInbound bool `json:"noInbound,omitempty"`
+	// Addr6 is a second, IPv6 address on the underlay of a dual-stack lab
+	// with an IPv4 underlay (Config.IPv6): the agents do not advertise it;
+	// the hosts' containers reach the outside machine over IPv6 through it.
+	Addr6  netip.Addr `json:"addr6,omitzero"`
+	Socket string     `json:"socket,omitempty"`
+	PID    int        `json:"pid,omitempty"`
+	Dir    string     `json:"dir,omitempty"`
 }
 
 // Container is one lab container.
@@ -336,6 +343,11 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := staticUnderlayNeighbours(l.Hosts); err != nil && !cfg.Sites {
 		return nil, err
 	}
+	if cfg.IPv6 && !cfg.Underlay6 && !cfg.Sites {
+		if err := l.addUnderlay6(); err != nil {
+			return nil, err
+		}
+	}
 	for j := 1; j <= cfg.Networks; j++ {
 		n := NetworkDef(j, cfg.Flood)
 		n.Encrypted = slices.Contains(cfg.Encrypted, j)
@@ -390,6 +402,32 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, err
 	}
 	return l, l.save()
+}
+
+// addUnderlay6 gives every host and the outside machine an IPv6 address
+// on the underlay beside its IPv4 one (no DAD: usable at once).
+func (l *Lab) addUnderlay6() error {
+	hosts := make([]*Host, 0, len(l.Hosts)+1)
+	for i := range l.Hosts {
+		l.Hosts[i].Addr6 = underlayAddr(i+1, true)
+		hosts = append(hosts, &l.Hosts[i])
+	}
+	if l.Outside != nil {
+		l.Outside.Addr6 = OutsideAddr6
+		hosts = append(hosts, l.Outside)
+	}
+	for _, h := range hosts {
+		hh, eth, err := openUnderlay(*h)
+		if err != nil {
+			return err
+		}
+		err = hh.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr6.AsSlice(), Mask: net.CIDRMask(underlayNet6.Bits(), 128)}, Flags: unix.IFA_F_NODAD})
+		hh.Close()
+		if err != nil {
+			return fmt.Errorf("IPv6 underlay address of %s: %w", h.Name, err)
+		}
+	}
+	return nil
 }
 
 // openUnderlay opens a netlink handle in host h and finds its underlay

@@ -171,6 +171,14 @@ func Desired(in Input) (Target, []Problem) {
 	vteps, unreachable := map[string]netip.Addr{}, map[string]bool{}
 	for _, nd := range in.Nodes {
 		vteps[nd.Name] = nd.Addr
+		if in.Local.IsValid() && nd.Addr.IsValid() && nd.Addr.Is4() != in.Local.Is4() {
+			// One underlay family per cluster: a vxlan device carries
+			// one, and vxnet does not translate between them.
+			unreachable[nd.Name] = true
+			conflicts = append(conflicts, Problem{Network: "*", Kind: "underlay-family",
+				Detail: fmt.Sprintf("node %s is reached at %s and this host's underlay address is %s: a cluster's members must share one underlay family (all IPv4 or all IPv6); its containers are not reachable from here", nd.Name, nd.Addr, in.Local)})
+			continue
+		}
 		if nd.NoInbound && nd.Name != in.Node {
 			// Clear VXLAN does not reach it; neither does anything from a
 			// host that is behind a masquerading NAT too.
@@ -250,7 +258,7 @@ func Desired(in Input) (Target, []Problem) {
 				}
 				seenPort[pk] = owner{e.ID}
 				st.HostFirewall.Ports = append(st.HostFirewall.Ports, datapath.PublishedPort{VNI: n.VNI, Proto: p.Proto,
-					HostPort: p.HostPort, IP: e.IP, Port: p.Port})
+					HostPort: p.HostPort, IP: e.IP, Port: p.Port, IP6: e.IP6})
 			}
 			continue
 		}
@@ -288,7 +296,7 @@ func Desired(in Input) (Target, []Problem) {
 	userNets := 0
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
-		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal}
+		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal, Subnet6: n.Subnet6}
 		if n.Encrypted { // programmed only where there is a tunnel
 			hn.Tunnel = in.Tunnel.Dev
 		}

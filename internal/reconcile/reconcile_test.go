@@ -100,6 +100,17 @@ func TestDesired(t *testing.T) {
 			neigh: []string{"neigh vni 4097 198.19.1.3 -> 02:00:00:00:00:02"},
 		},
 		{
+			name: "a member of the other underlay family is reported and not programmed",
+			in: func() reconcile.Input {
+				in := input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3"))
+				in.Nodes = []model.Node{h1, {Name: "h2", Addr: netip.MustParseAddr("2001:db8::2")}, h3}
+				return in
+			}(),
+			fdb: []string{"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},
+			conflicts: []string{"network *: underlay-family: node h2 is reached at 2001:db8::2 and this host's underlay address is 198.18.0.1: " +
+				"a cluster's members must share one underlay family (all IPv4 or all IPv6); its containers are not reachable from here"},
+		},
+		{
 			name: "endpoint of an unknown network is ignored",
 			in:   input(ep("q", "nope", "h2", "02:00:00:00:00:07", "198.19.9.5")),
 			fdb:  []string{"fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.2", "fdb vni 4098 00:00:00:00:00:00 -> 198.18.0.3"},

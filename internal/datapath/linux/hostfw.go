@@ -182,6 +182,9 @@ type iptables struct {
 	missing bool
 	// open is VXNET-OPEN as last read (openings.go).
 	open iptOpen
+	// had6: vxnet's chains were in the host's ip6tables when last read
+	// or written.
+	had6 bool
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {
@@ -277,9 +280,56 @@ func comment(line string) string {
 	return c
 }
 
-// read reads vxnet's rules from the host: nil when it has none at all, an
-// Incomplete firewall when some are missing.
+// read reads vxnet's rules from the host, IPv4 and IPv6: nil when it has
+// none at all, an Incomplete firewall when some are missing.
 func (t *iptables) read() (*datapath.HostFirewall, error) {
+	h, err := t.read4()
+	if err != nil {
+		return nil, err
+	}
+	tool := t.tool6()
+	if tool == "" {
+		// No ip6tables tools: the IPv6 halves are what was last written
+		// (nothing to write them to), as with no iptables tools at all.
+		if h != nil && t.seen != nil {
+			keep6(h, t.seen)
+		}
+		return h, nil
+	}
+	h6, err := t.read6(tool)
+	if err != nil {
+		return nil, err
+	}
+	t.had6 = h6 != nil
+	switch {
+	case h6 == nil:
+		return h, nil
+	case h == nil:
+		return &datapath.HostFirewall{Incomplete: true}, nil
+	}
+	merge6(h, h6)
+	return h, nil
+}
+
+// keep6 copies the IPv6 halves of from's networks and ports to the same
+// ones of h.
+func keep6(h, from *datapath.HostFirewall) {
+	for i, n := range h.Networks {
+		if j := slices.IndexFunc(from.Networks, func(o datapath.HostNet) bool { return o.VNI == n.VNI }); j >= 0 {
+			h.Networks[i].Subnet6 = from.Networks[j].Subnet6
+		}
+	}
+	for i, p := range h.Ports {
+		if j := slices.IndexFunc(from.Ports, func(o datapath.PublishedPort) bool {
+			return o.VNI == p.VNI && o.Proto == p.Proto && o.HostPort == p.HostPort
+		}); j >= 0 {
+			h.Ports[i].IP6 = from.Ports[j].IP6
+		}
+	}
+}
+
+// read4 reads vxnet's rules from the host's iptables.
+func (t *iptables) read4() (*datapath.HostFirewall, error) {
 	h := &datapath.HostFirewall{}
 	count := map[string]int{}
 	chains := 0
@@ -424,6 +474,10 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 			return err
 		}
 	}
+	if err := t.ensure6(h, t.had6); err != nil {
+		return err
+	}
+	t.had6 = len(hostRules6(h)) > 0
 	t.seen, t.seenAt = &h, time.Now()
 	return nil
 }
@@ -500,6 +554,10 @@ func (t *iptables) remove() error {
 		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if tool := t.tool6(); tool != "" && t.had6 {
+		errs = append(errs, t.remove6(tool))
+		t.had6 = false
 	}
 	return errors.Join(errs...)
 }

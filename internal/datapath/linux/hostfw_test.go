@@ -1,7 +1,9 @@
 package linux_test
 
 import (
+	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -114,5 +116,89 @@ func TestHostFirewallAfterDockerUser(t *testing.T) {
 	want := []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j VXNET-FORWARD", "-A FORWARD -j ACCEPT"}
 	if strings.Join(fwd, "\n") != strings.Join(want, "\n") {
 		t.Errorf("FORWARD\n%s\nwant\n%s", strings.Join(fwd, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A dual-stack network's rules go into the host's ip6tables too (same
+// backend), read back equal to what was written; rules taken away there
+// make the reading incomplete; without IPv6 networks the chains go, and
+// IPv6 forwarding is on with the host's router advertisements still taken.
+func TestHostFirewallIPv6(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	if err := nsutil.Do(path, func() error {
+		out, err := exec.Command("ip6tables-nft", "-P", "FORWARD", "DROP").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	dp.SetHostFirewallMaxAge(0)
+	h := datapath.HostFirewall{
+		Networks: []datapath.HostNet{
+			{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Egress: true, Subnet6: netip.MustParsePrefix("fd00:7::/64")},
+			{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24")},
+		},
+		Ports: []datapath.PublishedPort{{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80, IP6: netip.MustParseAddr("fd00:7::5")}},
+	}
+	if err := dp.EnsureHostFirewall(h); err != nil {
+		t.Fatal(err)
+	}
+	v6 := save(t, path, "ip6tables-nft")
+	for _, want := range []string{"-A FORWARD -j VXNET-FORWARD", ":FORWARD DROP", "-A VXNET-FORWARD -i vxbr4097 -o vxbr4097",
+		"-A VXNET-POSTROUTING -s fd00:7::/64 ! -o vxbr4097", "--to-destination [fd00:7::5]:80", "-A VXNET-FORWARD -d fd00:7::5/128 -o vxbr4097 -p tcp"} {
+		if !strings.Contains(v6, want) {
+			t.Errorf("ip6tables lacks %q:\n%s", want, v6)
+		}
+	}
+	if strings.Contains(v6, "vxbr4098") {
+		t.Errorf("an IPv4-only network in ip6tables:\n%s", v6)
+	}
+	o, err := dp.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.HostFirewall == nil || !o.HostFirewall.Equal(h) {
+		t.Fatalf("read back %+v\nwant %+v", o.HostFirewall, h)
+	}
+	var fwd, ra string
+	if err := nsutil.Do(path, func() error {
+		b1, err1 := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
+		b2, err2 := os.ReadFile("/proc/sys/net/ipv6/conf/lo/accept_ra")
+		fwd, ra = strings.TrimSpace(string(b1)), strings.TrimSpace(string(b2))
+		return errors.Join(err1, err2)
+	}); err != nil || fwd != "1" || ra != "2" {
+		t.Errorf("IPv6 forwarding %q, accept_ra of lo %q (%v); want 1 and 2", fwd, ra, err)
+	}
+	// Someone deletes the IPv6 DNAT: incomplete, equal to nothing wanted.
+	if err := nsutil.Do(path, func() error {
+		out, err := exec.Command("ip6tables-nft", "-t", "nat", "-F", "VXNET-DNAT").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err = dp.Observe(); err != nil || o.HostFirewall == nil || !o.HostFirewall.Incomplete {
+		t.Fatalf("after flushing ip6tables VXNET-DNAT: %+v %v; want incomplete", o.HostFirewall, err)
+	}
+	// No dual-stack network any more: the IPv6 chains go, IPv4 stays.
+	h4 := datapath.HostFirewall{Networks: []datapath.HostNet{{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24")}}}
+	if err := dp.EnsureHostFirewall(h4); err != nil {
+		t.Fatal(err)
+	}
+	if v6 := save(t, path, "ip6tables-nft"); strings.Contains(v6, "VXNET") {
+		t.Errorf("ip6tables after the last dual-stack network went:\n%s", v6)
+	}
+	if o, err = dp.Observe(); err != nil || o.HostFirewall == nil || !o.HostFirewall.Equal(h4) {
+		t.Fatalf("read back %+v %v; want %+v", o.HostFirewall, err, h4)
 	}
 }

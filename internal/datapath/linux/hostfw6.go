@@ -1,0 +1,310 @@
+package linux
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vxnet/vxnet/internal/datapath"
+	"github.com/vxnet/vxnet/internal/nsutil"
+)
+
+// The IPv6 half of the host firewall: the same five chains and six jumps
+// in the host's ip6tables (same backend), holding the rules of dual-stack
+// networks (forwarding on their bridges, egress masqueraded to the host's
+// IPv6 address) and the IPv6 ends of their published ports. A host whose
+// ip6tables FORWARD drops (ufw's does) would otherwise drop bridged IPv6
+// where br_netfilter is on, and nothing would leave or come in over IPv6.
+// Its comments name IPv6 addresses with '-' for ':' (the comments'
+// separator); no DNS redirect: containers ask their IPv4 gateway.
+
+// jumps6 are jumps for ip6tables.
+func jumps6() []struct{ table, chain, rule string } {
+	out := slices.Clone(jumps)
+	for i := range out {
+		out[i].rule = strings.Replace(out[i].rule, "! -d 127.0.0.0/8", "! -d ::1/128", 1)
+	}
+	return out
+}
+
+// enc6 and dec6 turn an IPv6 address or prefix into a comment field and
+// back.
+func enc6(s string) string { return strings.ReplaceAll(s, ":", "-") }
+func dec6(s string) string { return strings.ReplaceAll(s, "-", ":") }
+
+func net6Comment(n datapath.HostNet) string {
+	mode := "egress"
+	if !n.Egress {
+		mode = "internal"
+	}
+	return fmt.Sprintf("%snet6:%d:%s:%s", commentTag, n.VNI, enc6(n.Subnet6.String()), mode)
+}
+
+func port6Comment(p datapath.PublishedPort) string {
+	return fmt.Sprintf("%sport6:%d:%s:%d:%s:%d", commentTag, p.VNI, p.Proto, p.HostPort, enc6(p.IP6.String()), p.Port)
+}
+
+// hostRules6 renders the IPv6 half of a host firewall, grouped by comment.
+func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
+	out := map[string][]hostRule{}
+	for _, n := range h.Networks {
+		if !n.Subnet6.IsValid() {
+			continue
+		}
+		c := net6Comment(n)
+		br := datapath.BridgeName(n.VNI)
+		tag := " -m comment --comment " + c
+		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
+		if n.Egress {
+			rs = append(rs,
+				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
+				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
+				hostRule{"nat", chainSNAT, "-s " + n.Subnet6.String() + " ! -o " + br + tag + " -j MASQUERADE"})
+		}
+		out[c] = rs
+	}
+	for _, p := range h.Ports {
+		if !p.IP6.IsValid() {
+			continue
+		}
+		c := port6Comment(p)
+		br := datapath.BridgeName(p.VNI)
+		tag := " -m comment --comment " + c
+		dst := netip.AddrPortFrom(p.IP6, p.Port).String()
+		out[c] = []hostRule{
+			{"nat", chainDNAT, fmt.Sprintf("-p %s -m %s --dport %d%s -j DNAT --to-destination %s", p.Proto, p.Proto, p.HostPort, tag, dst)},
+			{"filter", chainForward, fmt.Sprintf("-d %s/128 -o %s -p %s -m %s --dport %d%s -j ACCEPT", p.IP6, br, p.Proto, p.Proto, p.Port, tag)},
+		}
+	}
+	return out
+}
+
+// parseComment6 reads a network's or a port's IPv6 half back from a
+// comment into h6 (networks carry VNI, Subnet6 and Egress; ports their
+// key and IP6).
+func parseComment6(c string, h6 *datapath.HostFirewall) bool {
+	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
+	switch {
+	case len(f) == 4 && f[0] == "net6":
+		vni, err1 := strconv.ParseUint(f[1], 10, 32)
+		sub, err2 := netip.ParsePrefix(dec6(f[2]))
+		if errors.Join(err1, err2) != nil || !sub.Addr().Is6() || (f[3] != "egress" && f[3] != "internal") {
+			return false
+		}
+		h6.Networks = append(h6.Networks, datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Egress: f[3] == "egress"})
+	case len(f) == 6 && f[0] == "port6":
+		vni, err1 := strconv.ParseUint(f[1], 10, 32)
+		hp, err2 := strconv.ParseUint(f[3], 10, 16)
+		ip, err3 := netip.ParseAddr(dec6(f[4]))
+		cp, err4 := strconv.ParseUint(f[5], 10, 16)
+		if errors.Join(err1, err2, err3, err4) != nil || !ip.Is6() {
+			return false
+		}
+		h6.Ports = append(h6.Ports, datapath.PublishedPort{VNI: uint32(vni), Proto: f[2], HostPort: uint16(hp), IP6: ip, Port: uint16(cp)})
+	default:
+		return false
+	}
+	return true
+}
+
+// merge6 puts what the host's ip6tables hold (h6) into h, read from its
+// iptables: a network's or port's IPv6 half that has no IPv4 half, or
+// disagrees with it, makes h incomplete.
+func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
+	if h6.Incomplete {
+		h.Incomplete = true
+	}
+	for _, n6 := range h6.Networks {
+		i := slices.IndexFunc(h.Networks, func(n datapath.HostNet) bool { return n.VNI == n6.VNI })
+		if i < 0 || h.Networks[i].Egress != n6.Egress || h.Networks[i].Subnet6.IsValid() {
+			h.Incomplete = true
+			continue
+		}
+		h.Networks[i].Subnet6 = n6.Subnet6
+	}
+	for _, p6 := range h6.Ports {
+		i := slices.IndexFunc(h.Ports, func(p datapath.PublishedPort) bool {
+			return p.VNI == p6.VNI && p.Proto == p6.Proto && p.HostPort == p6.HostPort && p.Port == p6.Port
+		})
+		if i < 0 || h.Ports[i].IP6.IsValid() {
+			h.Incomplete = true
+			continue
+		}
+		h.Ports[i].IP6 = p6.IP6
+	}
+}
+
+// tool6 is the ip6tables tool of the detected backend ("" when the host
+// has none).
+func (t *iptables) tool6() string {
+	if t.prefix == "" {
+		return ""
+	}
+	tool := "ip6" + t.prefix[len("ip"):]
+	if _, err := exec.LookPath(tool); err != nil {
+		return ""
+	}
+	return tool
+}
+
+// read6 reads the IPv6 half: nil when the host's ip6tables have none of
+// vxnet's chains or jumps.
+func (t *iptables) read6(tool string) (*datapath.HostFirewall, error) {
+	h6 := &datapath.HostFirewall{}
+	count := map[string]int{}
+	chains, jumpsSeen := 0, map[int]bool{}
+	j6 := jumps6()
+	for _, table := range []string{"filter", "nat"} {
+		b, err := t.run(tool+"-save", nil, "-t", table)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" && !strings.HasPrefix(l, ":"+openChain+" ") {
+				chains++
+				continue
+			}
+			for i, j := range j6 {
+				if j.table == table && l == "-A "+j.chain+" "+j.rule {
+					jumpsSeen[i] = true
+				}
+			}
+			if strings.HasPrefix(l, "-A VXNET-") && !strings.HasPrefix(l, "-A "+openChain+" ") {
+				c := comment(l)
+				if c == "" {
+					h6.Incomplete = true
+					continue
+				}
+				if count[c] == 0 && !parseComment6(c, h6) {
+					h6.Incomplete = true
+				}
+				count[c]++
+			}
+		}
+	}
+	if chains == 0 && len(jumpsSeen) == 0 {
+		return nil, nil
+	}
+	for c, rs := range hostRules6(*h6) {
+		if count[c] != len(rs) {
+			h6.Incomplete = true
+		}
+	}
+	if chains != len(ownChains) || len(jumpsSeen) != len(j6) {
+		h6.Incomplete = true
+	}
+	return h6, nil
+}
+
+// ensure6 replaces vxnet's ip6tables chains with h's IPv6 half, or, when
+// h has none, removes them if they are there (had: the last reading saw
+// them).
+func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
+	tool := t.tool6()
+	rules := hostRules6(h)
+	if tool == "" {
+		return nil
+	}
+	if len(rules) == 0 {
+		if had {
+			return t.remove6(tool)
+		}
+		return nil
+	}
+	keys := make([]string, 0, len(rules))
+	for c := range rules {
+		keys = append(keys, c)
+	}
+	slices.Sort(keys)
+	var in bytes.Buffer
+	for _, table := range []string{"filter", "nat"} {
+		fmt.Fprintf(&in, "*%s\n", table)
+		for _, c := range ownChains {
+			if c.table == table {
+				fmt.Fprintf(&in, ":%s - [0:0]\n", c.chain)
+			}
+		}
+		for _, c := range keys {
+			for _, r := range rules[c] {
+				if r.table == table {
+					fmt.Fprintf(&in, "-A %s %s\n", r.chain, r.spec)
+				}
+			}
+		}
+		in.WriteString("COMMIT\n")
+	}
+	if _, err := t.run(tool+"-restore", in.Bytes(), "-w", "--noflush"); err != nil {
+		return fmt.Errorf("install vxnet's ip6tables chains: %w", err)
+	}
+	for _, j := range jumps6() {
+		args := strings.Fields(j.rule)
+		if _, err := t.run(tool, nil, append([]string{"-w", "-t", j.table, "-C", j.chain}, args...)...); err == nil {
+			continue
+		}
+		if _, err := t.run(tool, nil, append([]string{"-w", "-t", j.table, "-I", j.chain, "1"}, args...)...); err != nil {
+			return fmt.Errorf("add vxnet's jump to ip6tables %s %s: %w", j.table, j.chain, err)
+		}
+	}
+	if len(rules) > 0 && (slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return n.Egress && n.Subnet6.IsValid() }) ||
+		slices.ContainsFunc(h.Ports, func(p datapath.PublishedPort) bool { return p.IP6.IsValid() })) {
+		return t.forwarding6()
+	}
+	return nil
+}
+
+// remove6 deletes vxnet's ip6tables jumps and chains.
+func (t *iptables) remove6(tool string) error {
+	var errs []error
+	for _, j := range jumps6() {
+		args := append([]string{"-w", "-t", j.table, "-D", j.chain}, strings.Fields(j.rule)...)
+		for range 10 {
+			if _, err := t.run(tool, nil, args...); err != nil {
+				break
+			}
+		}
+	}
+	for _, c := range ownChains {
+		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
+			continue
+		}
+		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// forwarding6 turns on IPv6 forwarding in the namespace, which IPv6 egress
+// and published ports need. A host that forwards takes no router
+// advertisements where accept_ra is 1, and a host configured by them would
+// lose its own IPv6 route: such interfaces get accept_ra 2 first (take
+// them although forwarding), so the host's own addressing is unchanged.
+func (t *iptables) forwarding6() error {
+	const fwd = "/proc/sys/net/ipv6/conf/all/forwarding"
+	set := func() error {
+		b, err := os.ReadFile(fwd)
+		if err != nil || strings.TrimSpace(string(b)) == "1" {
+			return err
+		}
+		ras, _ := filepath.Glob("/proc/sys/net/ipv6/conf/*/accept_ra")
+		for _, ra := range ras {
+			if v, err := os.ReadFile(ra); err == nil && strings.TrimSpace(string(v)) == "1" {
+				if err := os.WriteFile(ra, []byte("2\n"), 0o644); err != nil {
+					return fmt.Errorf("keep router advertisements on with forwarding (%s): %w", ra, err)
+				}
+			}
+		}
+		return os.WriteFile(fwd, []byte("1\n"), 0o644)
+	}
+	if t.nsPath == "" {
+		return set()
+	}
+	return nsutil.Do(t.nsPath, set)
+}
