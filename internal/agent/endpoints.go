@@ -568,7 +568,15 @@ func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
 		}
 		le := a.own.locals[e.ID]
 		out = append(out, api.LocalEndpoint{ID: e.ID, Network: e.Network, Netns: le.Netns, IfName: le.IfName,
-			ContainerID: le.ContainerID, IP: e.IP.String(), MAC: e.MAC})
+			ContainerID: le.ContainerID, IP: e.IP.String(), IP6: addrString(e.IP6), MAC: e.MAC})
 	}
 	return out
+}
+
+// addrString is an address as text, "" when it is not valid.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

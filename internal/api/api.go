@@ -110,6 +110,7 @@ type LocalEndpoint struct {
 	IfName      string `json:"ifname"`
 	ContainerID string `json:"containerId,omitempty"`
 	IP          string `json:"ip"`
+	IP6         string `json:"ip6,omitempty"`
 	MAC         string `json:"mac"`
 }
 

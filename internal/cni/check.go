@@ -3,6 +3,7 @@ package cni
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -28,17 +29,20 @@ func checkInterface(netnsPath string, e api.LocalEndpoint) error {
 	if got := l.Attrs().HardwareAddr.String(); !strings.EqualFold(got, e.MAC) {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: interface %s has MAC %s, not %s", e.IfName, got, e.MAC), "")
 	}
-	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: addresses of %s: %v", e.IfName, err), "")
 	}
-	want := netip.MustParseAddr(e.IP)
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == want {
-			return nil
+	for _, s := range []string{e.IP, e.IP6} {
+		want, err := netip.ParseAddr(s)
+		if err != nil {
+			continue // no IPv6 address on an IPv4 network
+		}
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { ip, ok := netip.AddrFromSlice(a.IP); return ok && ip.Unmap() == want }) {
+			return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: interface %s lacks its address %s", e.IfName, s), "")
 		}
 	}
-	return types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: interface %s lacks its address %s", e.IfName, e.IP), "")
+	return nil
 }
 
 // checkRemotes verifies that this host (the plugin runs in its namespace)

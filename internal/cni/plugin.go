@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -30,7 +31,9 @@ type NetConf struct {
 	// Subnet creates the network when it does not exist (with VNI, or one
 	// derived from the name); without it the network must exist.
 	Subnet string `json:"subnet,omitempty"`
-	VNI    uint32 `json:"vni,omitempty"`
+	// Subnet6 makes a network created here dual-stack.
+	Subnet6 string `json:"subnet6,omitempty"`
+	VNI     uint32 `json:"vni,omitempty"`
 	// Encrypted asks for an encrypted network: one made here is, and an
 	// existing one that is not is refused (unset: either).
 	Encrypted *bool `json:"encrypted,omitempty"`
@@ -39,13 +42,18 @@ type NetConf struct {
 	// RuntimeConfig is what the runtime fills for declared capabilities.
 	RuntimeConfig struct {
 		Aliases map[string][]string `json:"aliases,omitempty"`
+		// IPs are static addresses (the "ips" capability: podman's --ip
+		// and --ip6), at most one per family, with or without a prefix
+		// length.
+		IPs []string `json:"ips,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
 	// ValidAttachments is GC's list of the attachments the runtime keeps.
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
 }
 
 // Args are the CNI_ARGS vxnet reads: the pod or container name (podman
-// and Kubernetes pass K8S_POD_NAME) and a static address or MAC.
+// and Kubernetes pass K8S_POD_NAME), static addresses (IP: one per
+// family, comma-separated) and a MAC.
 type Args struct {
 	types.CommonArgs
 	K8S_POD_NAME types.UnmarshallableString //nolint:revive // the CNI_ARGS key
@@ -126,7 +134,7 @@ func ensureNetwork(a Agent, conf *NetConf) (api.NetworkInfo, error) {
 	if conf.Subnet == "" {
 		return n, fmt.Errorf("%w; give \"subnet\" in the network configuration to create it, or create it with 'vxnet network create'", err)
 	}
-	n, err = a.CreateNetwork(api.NetworkCreate{Name: conf.Network, Subnet: conf.Subnet, VNI: conf.VNI,
+	n, err = a.CreateNetwork(api.NetworkCreate{Name: conf.Network, Subnet: conf.Subnet, Subnet6: conf.Subnet6, VNI: conf.VNI,
 		Encrypted: conf.Encrypted != nil && *conf.Encrypted})
 	if err != nil && errors.Is(err, model.ErrConflict) {
 		// Created by another ADD at the same moment: use it if it is there.
@@ -152,8 +160,10 @@ func (p Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniError(err)
 	}
-	req := api.AttachRequest{Network: n.Name, Netns: args.Netns, IfName: args.IfName, ContainerID: args.ContainerID,
-		IP: string(cargs.IP), MAC: string(cargs.MAC)}
+	req := api.AttachRequest{Network: n.Name, Netns: args.Netns, IfName: args.IfName, ContainerID: args.ContainerID, MAC: string(cargs.MAC)}
+	if req.IP, req.IP6, err = staticIPs(string(cargs.IP), conf.RuntimeConfig.IPs); err != nil {
+		return err
+	}
 	if name := string(cargs.K8S_POD_NAME); name != "" && model.ValidateHostname("name", name) == nil {
 		req.Name = name
 	}
@@ -173,24 +183,61 @@ func (p Plugin) Add(args *skel.CmdArgs) error {
 	return types.PrintResult(res, conf.CNIVersion)
 }
 
-// result turns an attachment into a CNI result.
-func result(att api.Attachment) (*current.Result, error) {
-	pfx, err := netip.ParsePrefix(att.IP)
-	if err != nil {
-		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: the agent answered address %q", att.IP), "")
+// staticIPs sorts the static addresses asked for (CNI_ARGS IP, one or two
+// comma-separated; the "ips" capability) into an IPv4 and an IPv6 one.
+func staticIPs(arg string, caps []string) (ip, ip6 string, err error) {
+	var all []string
+	if arg != "" {
+		all = strings.Split(arg, ",")
 	}
-	gw := net.ParseIP(att.Gateway)
+	for _, s := range append(all, caps...) {
+		s = strings.TrimSpace(s)
+		a, perr := netip.ParseAddr(s)
+		if perr != nil {
+			p, pperr := netip.ParsePrefix(s)
+			if pperr != nil {
+				return "", "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("vxnet: invalid static address %q: want an IPv4 or IPv6 address", s), "")
+			}
+			a = p.Addr()
+		}
+		slot := &ip
+		if a.Is6() && !a.Is4In6() {
+			slot = &ip6
+		}
+		if *slot != "" && *slot != a.Unmap().String() {
+			return "", "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("vxnet: two static addresses of one family (%s and %s): give at most one IPv4 and one IPv6 address", *slot, a), "")
+		}
+		*slot = a.Unmap().String()
+	}
+	return ip, ip6, nil
+}
+
+// result turns an attachment into a CNI result: its IPv4 address, and on a
+// dual-stack network its IPv6 one, each with its default route.
+func result(att api.Attachment) (*current.Result, error) {
 	ctr := 1
-	return &current.Result{
+	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		// The host end of the veth first (chained plugins such as
 		// bandwidth look for it), then the container's.
 		Interfaces: []*current.Interface{{Name: att.HostIf, Mtu: att.MTU},
 			{Name: att.IfName, Mac: att.MAC, Mtu: att.MTU, Sandbox: att.Netns}},
-		IPs: []*current.IPConfig{{Interface: &ctr, Gateway: gw,
-			Address: net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)}}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, GW: gw}},
-	}, nil
+	}
+	for _, a := range []struct{ ip, gw string }{{att.IP, att.Gateway}, {att.IP6, att.Gateway6}} {
+		if a.ip == "" {
+			continue
+		}
+		pfx, err := netip.ParsePrefix(a.ip)
+		if err != nil {
+			return nil, types.NewError(types.ErrInternal, fmt.Sprintf("vxnet: the agent answered address %q", a.ip), "")
+		}
+		bits := pfx.Addr().BitLen()
+		gw := net.ParseIP(a.gw)
+		res.IPs = append(res.IPs, &current.IPConfig{Interface: &ctr, Gateway: gw,
+			Address: net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), bits)}})
+		res.Routes = append(res.Routes, &types.Route{Dst: net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)}, GW: gw})
+	}
+	return res, nil
 }
 
 // Del detaches the container; one already gone is no error.

@@ -2,8 +2,10 @@ package cni
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -209,5 +211,54 @@ func TestAddRacesCreate(t *testing.T) {
 	}
 	if len(f.attached) != 2 || f.attached[0].Network != "web" || f.attached[1].Network != "web" {
 		t.Fatalf("attached %+v", f.attached)
+	}
+}
+
+func TestStaticIPs(t *testing.T) {
+	for _, tc := range []struct {
+		arg      string
+		caps     []string
+		ip, ip6  string
+		errorMsg string
+	}{
+		{"", nil, "", "", ""},
+		{"10.0.0.7", nil, "10.0.0.7", "", ""},
+		{"10.0.0.7,fd00::7", nil, "10.0.0.7", "fd00::7", ""},
+		{"", []string{"10.0.0.7/24", "fd00::7/64"}, "10.0.0.7", "fd00::7", ""},
+		{"fd00::7", []string{"fd00::7/64"}, "", "fd00::7", ""},
+		{"10.0.0.7,10.0.0.8", nil, "", "", "two static addresses of one family (10.0.0.7 and 10.0.0.8)"},
+		{"banana", nil, "", "", `invalid static address "banana"`},
+	} {
+		ip, ip6, err := staticIPs(tc.arg, tc.caps)
+		if tc.errorMsg != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errorMsg) || code(err) != types.ErrInvalidEnvironmentVariables {
+				t.Errorf("%q %v: err %v, want %q", tc.arg, tc.caps, err, tc.errorMsg)
+			}
+			continue
+		}
+		if err != nil || ip != tc.ip || ip6 != tc.ip6 {
+			t.Errorf("%q %v: %q %q %v, want %q %q", tc.arg, tc.caps, ip, ip6, err, tc.ip, tc.ip6)
+		}
+	}
+}
+
+// TestResultDualStack: a dual-stack attachment's result holds both
+// addresses on the container's interface, each with its default route.
+func TestResultDualStack(t *testing.T) {
+	res, err := result(api.Attachment{HostIf: "vxv1", IfName: "eth0", Netns: "/run/netns/x", MAC: "02:00:00:00:00:05", MTU: 1450,
+		IP: "10.0.0.5/24", Gateway: "10.0.0.1", IP6: "fd00::5/64", Gateway6: "fd00::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ip := range res.IPs {
+		got = append(got, fmt.Sprintf("%s via %s on %d", ip.Address.String(), ip.Gateway, *ip.Interface))
+	}
+	for _, r := range res.Routes {
+		got = append(got, fmt.Sprintf("route %s via %s", r.Dst.String(), r.GW))
+	}
+	want := []string{"10.0.0.5/24 via 10.0.0.1 on 1", "fd00::5/64 via fd00::1 on 1", "route 0.0.0.0/0 via 10.0.0.1", "route ::/0 via fd00::1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("result %q, want %q", got, want)
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -18,6 +20,7 @@ import (
 	"github.com/vxnet/vxnet/internal/model"
 	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
+	"github.com/vxnet/vxnet/internal/testutil"
 )
 
 // TestDualStack: three hosts, two dual-stack networks, real agents. Every
@@ -308,4 +311,55 @@ func TestDualStackEgressAndPorts(t *testing.T) {
 		}
 		dialUntil(t, c1.Netns, target, "hello from outside, you are "+h1.Addr6.String(), 20*time.Second)
 	})
+}
+
+// TestCNIDualStack: the real vxnet-cni through libcni (spec 1.1.0) on a
+// dual-stack network: ADD with a static IPv6 address through the "ips"
+// capability (as podman's --ip6 gives it) returns both addresses with
+// their gateways and default routes, the container reaches another host's
+// container by IPv6, CHECK finds both addresses, DEL removes the endpoint.
+func TestCNIDualStack(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := cniPlugins(t)
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, IPv6: true})
+	h1 := l.Hosts[0]
+	remote := labtest.Container(t, l, "h2-n1-c1")
+	rt := newRuntime(t, h1, dir)
+	list, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"net1","plugins":[{"type":"vxnet","socket":%q,"capabilities":{"aliases":true,"ips":true}}]}`, h1.Socket)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newContainer(t, l, "cni6")
+	rc := rtConf("cni6", ns)
+	rc.CapabilityArgs = map[string]any{"ips": []string{"fd00:198:19:1::77/64"}}
+	res, err := rt.add(list, rc)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	var got []string
+	for _, ip := range res.IPs {
+		got = append(got, ip.Address.String()+" via "+ip.Gateway.String())
+	}
+	for _, r := range res.Routes {
+		got = append(got, r.Dst.String()+" via "+r.GW.String())
+	}
+	if len(got) != 4 || !strings.HasPrefix(got[0], "198.19.1.") || got[1] != "fd00:198:19:1::77/64 via fd00:198:19:1::1" ||
+		got[2] != "0.0.0.0/0 via 198.19.1.1" || got[3] != "::/0 via fd00:198:19:1::1" {
+		t.Fatalf("result %q", got)
+	}
+	pingUntil(t, ns, remote.IP6, 5*time.Second)
+	if err := rt.do(func() error { return rt.cni.CheckNetworkList(context.Background(), list, rc) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	inNS(t, ns, "ip", "-6", "addr", "del", "fd00:198:19:1::77/64", "dev", "eth0")
+	err = rt.do(func() error { return rt.cni.CheckNetworkList(context.Background(), list, rc) })
+	if err == nil || !strings.Contains(err.Error(), "vxnet: interface eth0 lacks its address fd00:198:19:1::77") {
+		t.Fatalf("CHECK without the IPv6 address: %v", err)
+	}
+	if err := rt.do(func() error { return rt.cni.DelNetworkList(context.Background(), list, rc) }); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if eps, _ := api.NewClient(h1.Socket).LocalEndpoints(); len(eps) != 1 { // the lab's own container
+		t.Fatalf("endpoints after DEL: %+v", eps)
+	}
 }
