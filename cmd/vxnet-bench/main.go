@@ -228,7 +228,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")
 	f.IntVar(&c.FootprintHosts, "footprint-hosts", 32, "lab size of the large footprint part")
-	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, fastpath, notrack, encrypted, control, footprint, health (default all)")
+	f.StringSliceVar(&c.Parts, "parts", nil, "run only these parts: datapath, fastpath, notrack, encrypted, ipv6, control, footprint, health (default all)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.StringVar(&svg, "svg", "", "write a plot of convergence against hosts to this file")
 	return cmd

@@ -23,6 +23,9 @@ func PrintTable(w io.Writer, r Result) {
 	if e := r.Encrypted; e != nil {
 		printEncrypted(w, e)
 	}
+	if r.IPv6 != nil {
+		printIPv6(w, r.IPv6)
+	}
 	if len(r.Converge) > 0 {
 		printConverge(w, r)
 	}

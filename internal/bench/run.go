@@ -64,9 +64,9 @@ const (
 func ParseParts(parts []string) ([]string, error) {
 	for _, p := range parts {
 		switch p {
-		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath, PartNotrack, PartEncrypted:
+		case PartDatapath, PartControl, PartFootprint, PartHealth, PartFastPath, PartNotrack, PartEncrypted, PartIPv6:
 		default:
-			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartNotrack, PartEncrypted, PartControl, PartFootprint, PartHealth)
+			return nil, fmt.Errorf("unknown part %q: want %s, %s, %s, %s, %s, %s, %s or %s", p, PartDatapath, PartFastPath, PartNotrack, PartEncrypted, PartIPv6, PartControl, PartFootprint, PartHealth)
 		}
 	}
 	return parts, nil
@@ -149,6 +149,9 @@ type Result struct {
 	// Encrypted is an encrypted network against the underlay, one in
 	// clear and the hand-made baseline.
 	Encrypted *Encrypted `json:"encrypted,omitempty"`
+	// IPv6 is the IPv6 underlay against the IPv4 one, and dual-stack
+	// networks against IPv4 ones.
+	IPv6 *IPv6 `json:"ipv6,omitempty"`
 }
 
 func labCfg(name string, hosts int, c Config) lab.Config {
@@ -186,6 +189,13 @@ func Run(c Config) (Result, error) {
 			return res, fmt.Errorf("encrypted: %w", err)
 		}
 		res.Encrypted = enc
+	}
+	if c.runs(PartIPv6) {
+		r6, err := ipv6Part(c)
+		if err != nil {
+			return res, fmt.Errorf("ipv6: %w", err)
+		}
+		res.IPv6 = r6
 	}
 	for _, n := range c.ConvergeHosts {
 		if !c.runs(PartControl) {

@@ -19,7 +19,7 @@ func listen(ns string, addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
 	err := nsutil.Do(ns, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr.String())
+		ln, err = net.Listen("tcp", addr.String())
 		return err
 	})
 	if err != nil {
@@ -32,7 +32,7 @@ func dial(ns string, addr netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
 	err := nsutil.Do(ns, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr.String(), 3*time.Second)
+		c, err = net.DialTimeout("tcp", addr.String(), 3*time.Second)
 		return err
 	})
 	if err != nil {
