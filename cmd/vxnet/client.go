@@ -68,11 +68,14 @@ func newNetworkCmd() *cobra.Command {
 			if n.Encrypted {
 				enc = ", encrypted (WireGuard)"
 			}
-			v6 := ""
-			if n.Subnet6.IsValid() {
-				v6 = fmt.Sprintf(", IPv6 subnet %s, IPv6 gateway %s", n.Subnet6, n.Gateway6)
+			var subs []string
+			if n.HasIPv4() {
+				subs = append(subs, fmt.Sprintf("subnet %s, gateway %s", n.Subnet, n.Gateway))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, subnet %s, gateway %s%s, MTU %d%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, v6, n.EffectiveMTU, enc)
+			if n.Subnet6.IsValid() {
+				subs = append(subs, fmt.Sprintf("IPv6 subnet %s, IPv6 gateway %s", n.Subnet6, n.Gateway6))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "network %s: VNI %d, %s, MTU %d%s\n", n.Name, n.VNI, strings.Join(subs, ", "), n.EffectiveMTU, enc)
 			return nil
 		},
 	}
@@ -106,10 +109,14 @@ func newNetworkCmd() *cobra.Command {
 				for _, c := range n.Endpoints {
 					total += c
 				}
-				sub, gw := n.Subnet.String(), n.Gateway.String()
-				if n.Subnet6.IsValid() {
-					sub, gw = sub+","+n.Subnet6.String(), gw+","+n.Gateway6.String()
+				var subs, gws []string
+				if n.HasIPv4() {
+					subs, gws = append(subs, n.Subnet.String()), append(gws, n.Gateway.String())
 				}
+				if n.Subnet6.IsValid() {
+					subs, gws = append(subs, n.Subnet6.String()), append(gws, n.Gateway6.String())
+				}
+				sub, gw := strings.Join(subs, ","), strings.Join(gws, ",")
 				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%v\t%v\t%d\n", displayName(n.Name, n.DockerName), n.VNI, sub, gw, n.EffectiveMTU, n.Flood, n.Encrypted, total)
 			}
 			return tw.Flush()
@@ -168,8 +175,10 @@ func newAttachCmds() []*cobra.Command {
 			if af.json {
 				return printJSON(cmd.OutOrStdout(), a)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, address %s, MAC %s, gateway %s, MTU %d",
-				a.Netns, a.Network, a.IfName, a.IP, a.MAC, a.Gateway, a.MTU)
+			fmt.Fprintf(cmd.OutOrStdout(), "attached %s to %s: interface %s, MAC %s, MTU %d", a.Netns, a.Network, a.IfName, a.MAC, a.MTU)
+			if a.IP != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), ", address %s, gateway %s", a.IP, a.Gateway)
+			}
 			if a.IP6 != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), ", IPv6 address %s, IPv6 gateway %s", a.IP6, a.Gateway6)
 			}

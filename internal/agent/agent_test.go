@@ -145,6 +145,14 @@ func TestAttachErrors(t *testing.T) {
 	if taken6.IP6 != "fd00:30::11/64" || taken6.Gateway6 != "fd00:30::1" || !strings.HasPrefix(taken6.IP, "10.30.0.") {
 		t.Fatalf("dual-stack attachment %+v", taken6)
 	}
+	if _, err := h1.CreateNetwork(api.NetworkCreate{Name: "six", Subnet6: "fd00:60::/64"}); err != nil {
+		t.Fatal(err)
+	}
+	only6 := mustAttach(t, h1, api.AttachRequest{Network: "six", Netns: netns(t, "a60")})
+	if only6.IP != "" || only6.Gateway != "" || !strings.HasPrefix(only6.IP6, "fd00:60::") || only6.Gateway6 != "fd00:60::1" ||
+		only6.MAC != ipam.MACFor(netip.MustParsePrefix(only6.IP6).Addr()) {
+		t.Fatalf("IPv6-only attachment %+v", only6)
+	}
 	other := netns(t, "b")
 	for _, tc := range []struct {
 		name string
@@ -152,7 +160,7 @@ func TestAttachErrors(t *testing.T) {
 		kind error
 		msg  string
 	}{
-		{"unknown network", api.AttachRequest{Network: "db", Netns: other}, model.ErrNotFound, `unknown network "db" (known: dual, web)`},
+		{"unknown network", api.AttachRequest{Network: "db", Netns: other}, model.ErrNotFound, `unknown network "db" (known: dual, six, web)`},
 		{"no netns", api.AttachRequest{Network: "web"}, model.ErrInvalid, "--netns is required: a network namespace path (/run/netns/NAME, /proc/PID/ns/net) or a PID"},
 		{"missing netns", api.AttachRequest{Network: "web", Netns: "/run/netns/does-not-exist"}, model.ErrInvalid, "network namespace /run/netns/does-not-exist does not exist"},
 		{"bad pid", api.AttachRequest{Network: "web", Netns: "-3"}, model.ErrInvalid, "invalid PID -3"},
@@ -165,6 +173,8 @@ func TestAttachErrors(t *testing.T) {
 		{"mac taken", api.AttachRequest{Network: "web", Netns: other, MAC: "02:00:00:00:00:11"}, model.ErrConflict, "MAC 02:00:00:00:00:11 is already in use on network web by endpoint " + taken.ID},
 		{"other address for an attached namespace", api.AttachRequest{Network: "web", Netns: taken.Netns, IP: "10.20.0.12"}, model.ErrConflict,
 			"namespace " + taken.Netns + " is already attached to network web with address 10.20.0.11, not 10.20.0.12"},
+		{"ipv4 address on an IPv6-only network", api.AttachRequest{Network: "six", Netns: other, IP: "10.0.0.5"}, model.ErrInvalid,
+			"network six is IPv6-only: no IPv4 address (10.0.0.5) can be given on it; give --ip6"},
 		{"ipv6 address on an IPv4 network", api.AttachRequest{Network: "web", Netns: other, IP6: "fd00::5"}, model.ErrInvalid,
 			"network web has no IPv6 subnet: no IPv6 address (fd00::5) can be given on it; create the network with --subnet6"},
 		{"bad ipv6 address", api.AttachRequest{Network: "dual", Netns: other, IP6: "10.30.0.5"}, model.ErrInvalid, `invalid address "10.30.0.5": want an IPv6 address inside fd00:30::/64`},
@@ -180,10 +190,10 @@ func TestAttachErrors(t *testing.T) {
 		})
 	}
 	// Nothing was left behind by the refused requests.
-	if n := len(h1.state.Endpoints()); n != 2 {
-		t.Errorf("%d endpoints, want 2", n)
+	if n := len(h1.state.Endpoints()); n != 3 {
+		t.Errorf("%d endpoints, want 3", n)
 	}
-	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{taken6.ID, taken.ID}) {
+	if got := portIDs(observe(t, h1.dp)); !slices.Equal(got, []string{taken6.ID, only6.ID, taken.ID}) {
 		t.Errorf("ports %v", got)
 	}
 }
@@ -357,7 +367,7 @@ func TestCreateNetworkErrors(t *testing.T) {
 		{api.NetworkCreate{Name: "web", Subnet: "10.30.0.0/16"}, model.ErrConflict, fmt.Sprintf(`network name "web" is already in use (VNI %d, subnet 10.20.0.0/16)`, DeriveVNI("web"))},
 		{api.NetworkCreate{Name: "db", Subnet: "10.30.0.0/16", VNI: DeriveVNI("web")}, model.ErrConflict, fmt.Sprintf(`VNI %d is already used by network "web"; pick another VNI`, DeriveVNI("web"))},
 		{api.NetworkCreate{Name: "db", Subnet: "10.30.0.0/16", MTU: 1500}, model.ErrInvalid, "network db: MTU 1500 does not fit: underlay MTU 1500 minus 50 bytes of VXLAN overhead leaves at most 1450"},
-		{api.NetworkCreate{Name: "db"}, model.ErrInvalid, "network db: --subnet is required (for example 10.20.0.0/16)"},
+		{api.NetworkCreate{Name: "db"}, model.ErrInvalid, "network db: --subnet is required (for example 10.20.0.0/16), or --subnet6 alone for an IPv6-only network"},
 	} {
 		_, err := h1.CreateNetwork(tc.req)
 		wantErr(t, err, tc.kind, tc.msg)

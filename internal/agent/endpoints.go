@@ -69,8 +69,10 @@ type endpointResult struct {
 
 func (r endpointResult) attachment() api.Attachment {
 	n, e := r.Network, r.Endpoint
-	att := api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf,
-		MAC: e.MAC, IP: netip.PrefixFrom(e.IP, n.Subnet.Bits()).String(), Gateway: n.Gateway.String(), MTU: r.MTU}
+	att := api.Attachment{ID: e.ID, Network: n.Name, Netns: r.Netns, IfName: r.IfName, HostIf: r.HostIf, MAC: e.MAC, MTU: r.MTU}
+	if e.IP.IsValid() {
+		att.IP, att.Gateway = netip.PrefixFrom(e.IP, n.Subnet.Bits()).String(), n.Gateway.String()
+	}
 	if e.IP6.IsValid() {
 		att.IP6, att.Gateway6 = netip.PrefixFrom(e.IP6, n.Subnet6.Bits()).String(), n.Gateway6.String()
 	}
@@ -116,7 +118,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if le, ok := a.own.locals[req.ID]; ok && le.IfName != "" {
 			res.IfName = le.IfName
 		}
-		if req.IP != "" && req.IP != e.IP.String() {
+		if req.IP != "" && req.IP != addrString(e.IP) {
 			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, e.IP, req.IP)
 		}
 		if want, err := netip.ParseAddr(req.IP6); err == nil && want != e.IP6 {
@@ -136,7 +138,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 			a.repl.Publish(recs...)
 			return endpointResult{}, err
 		}
-		if e.MAC, err = ipam.PickMAC(n, req.MAC, e.IP, macs); err != nil {
+		if e.MAC, err = ipam.PickMAC(n, req.MAC, cmp.Or(e.IP, e.IP6), macs); err != nil {
 			a.repl.Publish(recs...)
 			return endpointResult{}, err
 		}
@@ -290,9 +292,10 @@ func (a *Agent) usedLocked(n model.Network) (ips map[netip.Addr]string, macs map
 	ips, macs = map[netip.Addr]string{}, map[string]string{}
 	for _, e := range a.state.Endpoints() {
 		if e.Network == n.Name {
-			ips[e.IP] = e.ID
-			if e.IP6.IsValid() {
-				ips[e.IP6] = e.ID
+			for _, ip := range []netip.Addr{e.IP, e.IP6} {
+				if ip.IsValid() {
+					ips[ip] = e.ID
+				}
 			}
 			macs[e.MAC] = e.ID
 		}
@@ -315,9 +318,14 @@ func (a *Agent) addresses(n model.Network, req endpointRequest, used map[netip.A
 	if req.IP6 != "" && !n.Subnet6.IsValid() {
 		return ip, ip6, nil, invalid("network %s has no IPv6 subnet: no IPv6 address (%s) can be given on it; create the network with --subnet6", n.Name, req.IP6)
 	}
+	if req.IP != "" && !n.HasIPv4() {
+		return ip, ip6, nil, invalid("network %s is IPv6-only: no IPv4 address (%s) can be given on it; give --ip6", n.Name, req.IP)
+	}
 	b := &blocks{a: a}
-	if ip, err = a.address(n, false, req.IP, req.Reserved, used, b); err != nil {
-		return ip, ip6, b.recs, err
+	if n.HasIPv4() {
+		if ip, err = a.address(n, false, req.IP, req.Reserved, used, b); err != nil {
+			return ip, ip6, b.recs, err
+		}
 	}
 	if n.Subnet6.IsValid() {
 		if ip6, err = a.address(n, true, req.IP6, req.Reserved, used, b); err != nil {
@@ -568,7 +576,7 @@ func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
 		}
 		le := a.own.locals[e.ID]
 		out = append(out, api.LocalEndpoint{ID: e.ID, Network: e.Network, Netns: le.Netns, IfName: le.IfName,
-			ContainerID: le.ContainerID, IP: e.IP.String(), IP6: addrString(e.IP6), MAC: e.MAC})
+			ContainerID: le.ContainerID, IP: addrString(e.IP), IP6: addrString(e.IP6), MAC: e.MAC})
 	}
 	return out
 }

@@ -33,12 +33,14 @@ func parseNetwork(r api.NetworkCreate) (model.Network, error) {
 	if err := model.ValidateName("network", r.Name); err != nil {
 		return n, invalid("%w", err)
 	}
-	if r.Subnet == "" {
-		return n, invalid("network %s: --subnet is required (for example 10.20.0.0/16)", r.Name)
+	if r.Subnet == "" && r.Subnet6 == "" {
+		return n, invalid("network %s: --subnet is required (for example 10.20.0.0/16), or --subnet6 alone for an IPv6-only network", r.Name)
 	}
 	var err error
-	if n.Subnet, err = model.ParseSubnet(r.Subnet); err != nil {
-		return n, invalid("%w", err)
+	if r.Subnet != "" {
+		if n.Subnet, err = model.ParseSubnet(r.Subnet); err != nil {
+			return n, invalid("%w", err)
+		}
 	}
 	if r.Gateway != "" {
 		if n.Gateway, err = netip.ParseAddr(r.Gateway); err != nil {

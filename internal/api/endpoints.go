@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -81,7 +82,7 @@ func EndpointRows(eps []model.Endpoint, docker map[string]string, host, network 
 		if e.Network == model.HealthNetwork || (host != "" && e.Node != host) || (network != "" && e.Network != network && dn != network) {
 			continue
 		}
-		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: cmp.Or(dn, e.Network), Host: e.Node, IP: e.IP.String(), MAC: e.MAC,
+		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: cmp.Or(dn, e.Network), Host: e.Node, IP: addrOrEmpty(e.IP), MAC: e.MAC,
 			From: EndpointFrom(e.ID), ID: e.ID, Since: e.Since}
 		if dn != "" {
 			r.NetworkID = e.Network
@@ -108,7 +109,7 @@ func NetworkCounts(nets []model.Network, eps []model.Endpoint, self string, aliv
 		if n.Name == model.HealthNetwork {
 			continue
 		}
-		ns := NetworkStatus{Name: n.Name, DockerName: n.DockerName, VNI: n.VNI, Subnet: n.Subnet.String(), Encrypted: n.Encrypted}
+		ns := NetworkStatus{Name: n.Name, DockerName: n.DockerName, VNI: n.VNI, Subnet: subnets(n), Encrypted: n.Encrypted}
 		for _, e := range eps {
 			switch {
 			case e.Network != n.Name:
@@ -121,4 +122,24 @@ func NetworkCounts(nets []model.Network, eps []model.Endpoint, self string, aliv
 		out = append(out, ns)
 	}
 	return out
+}
+
+// addrOrEmpty is an address as text, "" when it is not valid (an
+// IPv6-only endpoint's IPv4 address).
+func addrOrEmpty(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// subnets names a network's subnets: IPv4, IPv6 or both (comma-separated).
+func subnets(n model.Network) string {
+	var out []string
+	for _, p := range []netip.Prefix{n.Subnet, n.Subnet6} {
+		if p.IsValid() {
+			out = append(out, p.String())
+		}
+	}
+	return strings.Join(out, ",")
 }

@@ -86,7 +86,7 @@ func TestParts(t *testing.T) {
 		{nil, "", map[string]bool{PartDatapath: true, PartControl: true, PartFootprint: true}},
 		{[]string{"footprint"}, "", map[string]bool{PartFootprint: true}},
 		{[]string{"datapath", "control"}, "", map[string]bool{PartDatapath: true, PartControl: true}},
-		{[]string{"control", "speed"}, `unknown part "speed": want datapath, fastpath, notrack, encrypted, control, footprint or health`, nil},
+		{[]string{"control", "speed"}, `unknown part "speed": want datapath, fastpath, notrack, encrypted, ipv6, control, footprint or health`, nil},
 	} {
 		parts, err := ParseParts(tc.parts)
 		if tc.err != "" {

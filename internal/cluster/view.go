@@ -250,8 +250,8 @@ func ValidateRecord(r Record) error {
 		if _, err := model.ParseMAC(e.MAC); err != nil {
 			return fmt.Errorf("record %s: %w", r.Key, err)
 		}
-		if !e.IP.Is4() {
-			return fmt.Errorf("record %s: endpoint address %s is not IPv4", r.Key, e.IP)
+		if !e.IP.Is4() && !(!e.IP.IsValid() && e.IP6.IsValid()) {
+			return fmt.Errorf("record %s: endpoint address %s is not IPv4 (and the endpoint has no IPv6 address)", r.Key, e.IP)
 		}
 		if e.IP6.IsValid() && (!e.IP6.Is6() || e.IP6.Is4In6() || e.IP6.Zone() != "") {
 			return fmt.Errorf("record %s: endpoint IPv6 address %s is not IPv6", r.Key, e.IP6)

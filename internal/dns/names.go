@@ -43,9 +43,10 @@ func (c Cluster) Resolve(src netip.Addr, name string) (Verdict, []netip.Addr) {
 	var ips []netip.Addr
 	for _, e := range c.Endpoints {
 		if e.Network == n.Name && c.Alive[e.Node] && e.HasName(label) {
-			ips = append(ips, e.IP)
-			if e.IP6.IsValid() {
-				ips = append(ips, e.IP6)
+			for _, ip := range []netip.Addr{e.IP, e.IP6} {
+				if ip.IsValid() {
+					ips = append(ips, ip)
+				}
 			}
 		}
 	}

@@ -448,6 +448,9 @@ func (d *Driver) Sync() {
 	}
 	want := map[string]bool{}
 	for _, n := range nets {
+		if !n.HasIPv4() {
+			continue // IPv6-only: Docker's networks need an IPv4 pool
+		}
 		want[n.Subnet.String()] = true
 		if n.Subnet6.IsValid() {
 			want[n.Subnet6.String()] = true

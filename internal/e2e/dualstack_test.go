@@ -32,8 +32,9 @@ import (
 // MTU cross in both families and one byte more is refused; containers that
 // forget their neighbours resolve each other anew with no Neighbour
 // Discovery inside VXLAN on the underlay (captured) while their IPv6 pings
-// cross it; the anycast gateway answers IPv6 on every host; a container's
-// name answers AAAA with its IPv6 address.
+// cross it; the anycast gateway answers IPv6 on every host; two IPv6-only
+// networks each carry their containers across hosts and are isolated from
+// each other; a container's name answers AAAA with its IPv6 address.
 func TestDualStack(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 3, Networks: 2, PerHost: 1, IPv6: true})
 	for _, h := range l.Hosts {
@@ -91,11 +92,19 @@ func TestDualStack(t *testing.T) {
 				pings++
 			}
 		}
+		// Each echo and its reply crossed in VXLAN (wait until the capture
+		// has read them all: frames are read in order, so whatever
+		// Neighbour Discovery went before them is counted by then);
+		// nothing of ND did.
+		err = waitCond(5*time.Second, func() error {
+			if n := capture.Stats().InnerIPv6; n < int64(2*pings) {
+				return fmt.Errorf("%d IPv6 frames in VXLAN on the underlay, want at least %d for %d pings", n, 2*pings, pings)
+			}
+			return nil
+		})
 		st := capture.Stop()
-		// Each echo and its reply crossed in VXLAN; nothing of ND did.
-		if st.InnerIPv6 < int64(2*pings) || st.InnerND != 0 {
-			t.Fatalf("on the underlay: %d IPv6 frames in VXLAN (want at least %d for %d pings), %d of them Neighbour Discovery (want 0)",
-				st.InnerIPv6, 2*pings, pings, st.InnerND)
+		if err != nil || st.InnerND != 0 {
+			t.Fatalf("%v; %d of %d IPv6 frames in VXLAN are Neighbour Discovery (want 0)", err, st.InnerND, st.InnerIPv6)
 		}
 		t.Logf("%d pings: %d IPv6 frames in VXLAN, %d neighbour solicitations or advertisements", pings, st.InnerIPv6, st.InnerND)
 	})
@@ -105,6 +114,33 @@ func TestDualStack(t *testing.T) {
 				t.Fatalf("%s: the IPv6 gateway %s does not answer: %v", c.Name, nets[c.Network].Gateway6, err)
 			}
 		}
+	})
+	step(t, "IPv6Only", func(t *testing.T) {
+		// Two IPv6-only networks: each reaches across hosts (a DF packet at
+		// the MTU too), neither reaches the other, on hosts that forward.
+		a, ips := ipv6Only(t, l, "six1", "fd00:61::/64", "h1", "h2")
+		b, ips2 := ipv6Only(t, l, "six2", "fd00:62::/64", "h1", "h3")
+		pingUntil(t, a[0], ips[1], 5*time.Second)
+		pingUntil(t, b[1], ips2[0], 5*time.Second)
+		mtu := lab.UnderlayMTU - model.OverheadIPv4
+		if _, err := probe.Ping(a[0], ips[1], mtu-48, true, 2*time.Second); err != nil {
+			t.Fatalf("a %d-byte IPv6 packet (the container MTU) did not cross: %v", mtu, err)
+		}
+		// The IPv6 gateway answers on the IPv6-only network (so the host
+		// routes for it), yet nothing crosses to the other network.
+		pingUntil(t, a[0], netip.MustParseAddr("fd00:61::1"), 5*time.Second)
+		for _, dst := range ips2 {
+			if _, err := probe.Ping(a[0], dst, 56, false, time.Second); err == nil {
+				t.Fatalf("six1 reached %s on six2", dst)
+			}
+		}
+		if _, err := client(l, "h1").Attach(api.AttachRequest{Network: "six1", Netns: newContainer(t, l, "six1-v4"), IP: "10.0.0.5"}); err == nil ||
+			!strings.Contains(err.Error(), "network six1 is IPv6-only: no IPv4 address (10.0.0.5) can be given on it; give --ip6") {
+			t.Fatalf("an IPv4 address on an IPv6-only network: %v", err)
+		}
+		// What the agent wrote for them reads back as written: a pass
+		// with nothing to do comes.
+		waitQuietPass(t, l, "h1")
 	})
 	step(t, "Names", func(t *testing.T) {
 		ns := newContainer(t, l, "named6")
@@ -139,6 +175,32 @@ func TestDualStack(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// ipv6Only creates an IPv6-only network and attaches a container to it on
+// each of hosts; it returns the containers' namespaces and addresses.
+func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (nss []string, ips []netip.Addr) {
+	t.Helper()
+	n, err := client(l, hosts[0]).CreateNetwork(api.NetworkCreate{Name: name, Subnet6: subnet6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Subnet.IsValid() || n.Gateway.IsValid() || n.Subnet6.String() != subnet6 {
+		t.Fatalf("network %+v: want IPv6 only", n.Network)
+	}
+	for _, h := range hosts {
+		ns := newContainer(t, l, name+"-"+h)
+		att, err := client(l, h).Attach(api.AttachRequest{Network: name, Netns: ns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := netip.ParsePrefix(att.IP6)
+		if err != nil || att.IP != "" || att.Gateway != "" {
+			t.Fatalf("attachment %+v: want an IPv6 address alone", att)
+		}
+		nss, ips = append(nss, ns), append(ips, p.Addr())
+	}
+	return nss, ips
 }
 
 // usableAtOnce checks a container's IPv6 addresses are not tentative

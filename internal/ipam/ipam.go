@@ -151,9 +151,13 @@ func CheckStatic(p Pool, a netip.Addr, used map[netip.Addr]string) error {
 	return nil
 }
 
-// MACFor derives an endpoint MAC from its IPv4 address (locally
-// administered, unicast), so a MAC is unique where the address is.
+// MACFor derives an endpoint MAC from its IPv4 address, or on an
+// IPv6-only network from the last 32 bits of its IPv6 address (locally
+// administered, unicast), so a MAC is unique where the address is: IPv6
+// addresses of one network differ in their last bits (blocks are handed
+// out from the start of the subnet).
 func MACFor(a netip.Addr) string {
-	b := a.As4()
+	s := a.AsSlice()
+	b := s[len(s)-4:]
 	return fmt.Sprintf("02:7e:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
 }

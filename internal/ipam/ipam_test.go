@@ -135,6 +135,10 @@ func TestMACFor(t *testing.T) {
 	if _, err := model.ParseMAC(MACFor(netip.MustParseAddr("255.255.255.255"))); err != nil {
 		t.Fatal(err)
 	}
+	// IPv6-only endpoints: from the address's last 32 bits.
+	if got := MACFor(netip.MustParseAddr("fd00:60::d:6480")); got != "02:7e:00:0d:64:80" {
+		t.Fatalf("MACFor IPv6 = %s", got)
+	}
 }
 
 func TestBorrow(t *testing.T) {

@@ -208,16 +208,7 @@ func (n Network) Validate() error {
 	if err := ValidateVNI(uint64(n.VNI)); err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
-		return fmt.Errorf("network %s: invalid subnet %q: an IPv4 subnet is required", n.Name, n.Subnet)
-	}
-	if n.Subnet.Masked() != n.Subnet {
-		return fmt.Errorf("network %s: invalid subnet %s: host bits are set; did you mean %s?", n.Name, n.Subnet, n.Subnet.Masked())
-	}
-	if n.Subnet.Bits() > 30 {
-		return fmt.Errorf("network %s: subnet %s is too small: the prefix length must be 30 or shorter", n.Name, n.Subnet)
-	}
-	if err := checkGateway(n.Name, n.Subnet, n.Gateway, true); err != nil {
+	if err := n.validateSubnet(); err != nil {
 		return err
 	}
 	if n.Subnet6.IsValid() {
@@ -247,6 +238,34 @@ func (n Network) Validate() error {
 	}
 	return nil
 }
+
+// validateSubnet checks the IPv4 subnet and gateway: required, unless the
+// network has an IPv6 subnet (an IPv6-only network).
+func (n Network) validateSubnet() error {
+	if !n.Subnet.IsValid() && n.Subnet6.IsValid() {
+		if n.Gateway.IsValid() {
+			return fmt.Errorf("network %s: gateway %s given without an IPv4 subnet", n.Name, n.Gateway)
+		}
+		if n.Encrypted {
+			return fmt.Errorf("network %s: encrypted networks carry IPv4 only for now: give it an IPv4 subnet", n.Name)
+		}
+		return nil
+	}
+	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
+		return fmt.Errorf("network %s: invalid subnet %q: an IPv4 subnet (or, for an IPv6-only network, an IPv6 subnet alone) is required", n.Name, n.Subnet)
+	}
+	if n.Subnet.Masked() != n.Subnet {
+		return fmt.Errorf("network %s: invalid subnet %s: host bits are set; did you mean %s?", n.Name, n.Subnet, n.Subnet.Masked())
+	}
+	if n.Subnet.Bits() > 30 {
+		return fmt.Errorf("network %s: subnet %s is too small: the prefix length must be 30 or shorter", n.Name, n.Subnet)
+	}
+	return checkGateway(n.Name, n.Subnet, n.Gateway, true)
+}
+
+// HasIPv4 reports whether the network carries IPv4 (all but IPv6-only
+// networks do).
+func (n Network) HasIPv4() bool { return n.Subnet.IsValid() }
 
 func checkGateway(netName string, subnet netip.Prefix, gw netip.Addr, v4 bool) error {
 	if !gw.IsValid() {
@@ -278,7 +297,7 @@ func CheckConflicts(existing []Network, n Network) error {
 		if e.VNI == n.VNI {
 			return fmt.Errorf("VNI %d is already used by network %q; pick another VNI", n.VNI, e.Name)
 		}
-		if e.Subnet.Overlaps(n.Subnet) {
+		if n.Subnet.IsValid() && e.Subnet.IsValid() && e.Subnet.Overlaps(n.Subnet) {
 			return fmt.Errorf("subnet %s overlaps subnet %s of network %q", n.Subnet, e.Subnet, e.Name)
 		}
 		if n.Subnet6.IsValid() && e.Subnet6.IsValid() && e.Subnet6.Overlaps(n.Subnet6) {

@@ -70,7 +70,20 @@ func TestNetworkValidate(t *testing.T) {
 		{"gateway is network address", func(n *Network) { n.Gateway = netip.MustParseAddr("10.1.0.0") }, "is the network address"},
 		{"gateway is broadcast", func(n *Network) { n.Gateway = netip.MustParseAddr("10.1.0.255") }, "is the broadcast address"},
 		{"host bits", func(n *Network) { n.Subnet = netip.MustParsePrefix("10.1.0.5/24") }, "host bits are set; did you mean 10.1.0.0/24?"},
-		{"ipv6 as subnet", func(n *Network) { n.Subnet = netip.MustParsePrefix("fd00::/64") }, "an IPv4 subnet is required"},
+		{"ipv6 as subnet", func(n *Network) { n.Subnet = netip.MustParsePrefix("fd00::/64") }, "an IPv4 subnet (or, for an IPv6-only network, an IPv6 subnet alone) is required"},
+		{"no subnet at all", func(n *Network) { n.Subnet, n.Gateway = netip.Prefix{}, netip.Addr{} }, "an IPv4 subnet (or, for an IPv6-only network, an IPv6 subnet alone) is required"},
+		{"ipv6 only", func(n *Network) {
+			n.Subnet, n.Gateway, n.Subnet6 = netip.Prefix{}, netip.Addr{}, netip.MustParsePrefix("fd00:1::/64")
+			n.Normalize()
+		}, ""},
+		{"ipv6 only with an IPv4 gateway", func(n *Network) {
+			n.Subnet, n.Subnet6 = netip.Prefix{}, netip.MustParsePrefix("fd00:1::/64")
+			n.Normalize()
+		}, "network web: gateway 10.1.0.1 given without an IPv4 subnet"},
+		{"ipv6 only encrypted", func(n *Network) {
+			n.Subnet, n.Gateway, n.Subnet6, n.Encrypted = netip.Prefix{}, netip.Addr{}, netip.MustParsePrefix("fd00:1::/64"), true
+			n.Normalize()
+		}, "encrypted networks carry IPv4 only for now: give it an IPv4 subnet"},
 		{"too small", func(n *Network) { n.Subnet = netip.MustParsePrefix("10.1.0.0/31") }, "too small"},
 		{"mtu", func(n *Network) { n.MTU = 100 }, "invalid MTU 100"},
 		{"v6 ok", func(n *Network) { n.Subnet6 = netip.MustParsePrefix("fd00:1::/64"); n.Normalize() }, ""},

@@ -145,7 +145,10 @@ func Desired(in Input) (Target, []Problem) {
 			continue
 		}
 		spec := datapath.NetworkSpec{Name: n.Name, VNI: n.VNI, Port: in.Port, Local: in.Local, Underlay: in.Underlay,
-			MTU: mtu, Gateway: netip.PrefixFrom(n.Gateway, n.Subnet.Bits()), GatewayMAC: model.GatewayMAC(n.VNI).String()}
+			MTU: mtu, GatewayMAC: model.GatewayMAC(n.VNI).String()}
+		if n.HasIPv4() {
+			spec.Gateway = netip.PrefixFrom(n.Gateway, n.Subnet.Bits())
+		}
 		if n.Subnet6.IsValid() {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
 		}
@@ -216,8 +219,11 @@ func Desired(in Input) (Target, []Problem) {
 		if e.IP6.IsValid() && !n.Subnet6.Contains(e.IP6) {
 			e.IP6 = netip.Addr{} // not of the network (as this host knows it): not programmed
 		}
+		if !e.IP.IsValid() && !e.IP6.IsValid() {
+			continue // no address of the network: nothing to program
+		}
 		ik, ik6, mk := ipKey{e.Network, e.IP}, ipKey{e.Network, e.IP6}, macKey{e.Network, e.MAC}
-		if o, dup := seenIP[ik]; dup {
+		if o, dup := seenIP[ik]; dup && e.IP.IsValid() {
 			conflicts = append(conflicts, Problem{Network: e.Network, Kind: "duplicate-ip",
 				Detail: fmt.Sprintf("address %s is claimed by endpoints %s and %s; %s keeps it", e.IP, o.id, e.ID, o.id)})
 			continue
@@ -232,9 +238,11 @@ func Desired(in Input) (Target, []Problem) {
 				Detail: fmt.Sprintf("MAC %s is claimed by endpoints %s and %s; %s keeps it", e.MAC, o.id, e.ID, o.id)})
 			continue
 		}
-		seenIP[ik], seenMAC[mk] = owner{e.ID}, owner{e.ID}
-		if e.IP6.IsValid() {
-			seenIP[ik6] = owner{e.ID}
+		seenMAC[mk] = owner{e.ID}
+		for _, k := range []ipKey{ik, ik6} {
+			if k.ip.IsValid() {
+				seenIP[k] = owner{e.ID}
+			}
 		}
 		if e.Node == in.Node && in.FastPath {
 			dev := datapath.HostIfName(e.ID)
@@ -304,7 +312,7 @@ func Desired(in Input) (Target, []Problem) {
 			// Its bridge forwards (the probes cross FORWARD where
 			// br_netfilter is on); it has no gateway, so no names.
 			hn.Gateway, hn.Egress = netip.Addr{}, false
-		} else {
+		} else if n.HasIPv4() { // names are served at IPv4 gateways
 			userNets++
 		}
 		st.HostFirewall.Networks = append(st.HostFirewall.Networks, hn)

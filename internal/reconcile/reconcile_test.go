@@ -100,6 +100,19 @@ func TestDesired(t *testing.T) {
 			neigh: []string{"neigh vni 4097 198.19.1.3 -> 02:00:00:00:00:02"},
 		},
 		{
+			name: "IPv6-only endpoints: neighbours of their IPv6 addresses, no clash between their absent IPv4 ones",
+			in: func() reconcile.Input {
+				in := input(ep6("b", "six", "h2", "02:00:00:00:00:02", "198.19.1.3", "fd00:6::2"), ep6("c", "six", "h3", "02:00:00:00:00:03", "198.19.1.3", "fd00:6::3"))
+				in.Endpoints[0].IP, in.Endpoints[1].IP = netip.Addr{}, netip.Addr{}
+				six := model.Network{Name: "six", VNI: 4099, Subnet6: netip.MustParsePrefix("fd00:6::/64")}
+				six.Normalize()
+				in.Networks = []model.Network{six}
+				return in
+			}(),
+			fdb:   []string{"fdb vni 4099 02:00:00:00:00:02 -> 198.18.0.2", "fdb vni 4099 02:00:00:00:00:03 -> 198.18.0.3"},
+			neigh: []string{"neigh vni 4099 fd00:6::2 -> 02:00:00:00:00:02", "neigh vni 4099 fd00:6::3 -> 02:00:00:00:00:03"},
+		},
+		{
 			name: "a member of the other underlay family is reported and not programmed",
 			in: func() reconcile.Input {
 				in := input(ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3"))

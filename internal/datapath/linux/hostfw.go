@@ -80,6 +80,9 @@ func portComment(p datapath.PublishedPort) string {
 func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 	out := map[string][]hostRule{}
 	for _, n := range h.Networks {
+		if !n.Subnet.IsValid() {
+			continue // IPv6-only: in ip6tables alone (hostRules6)
+		}
 		c := netComment(n, h.DNSPort)
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
@@ -113,6 +116,9 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 		out[c] = rs
 	}
 	for _, p := range h.Ports {
+		if !p.IP.IsValid() {
+			continue // an IPv6-only endpoint's port: in ip6tables alone
+		}
 		c := portComment(p)
 		br := datapath.BridgeName(p.VNI)
 		tag := " -m comment --comment " + c

@@ -115,30 +115,39 @@ func parseComment6(c string, h6 *datapath.HostFirewall) bool {
 }
 
 // merge6 puts what the host's ip6tables hold (h6) into h, read from its
-// iptables: a network's or port's IPv6 half that has no IPv4 half, or
-// disagrees with it, makes h incomplete.
+// iptables: a network's or port's IPv6 half joins its IPv4 half, or stands
+// alone (IPv6-only); one that disagrees with its IPv4 half makes h
+// incomplete.
 func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
 	if h6.Incomplete {
 		h.Incomplete = true
 	}
 	for _, n6 := range h6.Networks {
 		i := slices.IndexFunc(h.Networks, func(n datapath.HostNet) bool { return n.VNI == n6.VNI })
-		if i < 0 || h.Networks[i].Egress != n6.Egress || h.Networks[i].Subnet6.IsValid() {
+		switch {
+		case i < 0:
+			h.Networks = append(h.Networks, n6)
+		case h.Networks[i].Egress != n6.Egress || h.Networks[i].Subnet6.IsValid():
 			h.Incomplete = true
-			continue
+		default:
+			h.Networks[i].Subnet6 = n6.Subnet6
 		}
-		h.Networks[i].Subnet6 = n6.Subnet6
 	}
 	for _, p6 := range h6.Ports {
 		i := slices.IndexFunc(h.Ports, func(p datapath.PublishedPort) bool {
 			return p.VNI == p6.VNI && p.Proto == p6.Proto && p.HostPort == p6.HostPort && p.Port == p6.Port
 		})
-		if i < 0 || h.Ports[i].IP6.IsValid() {
+		switch {
+		case i < 0:
+			h.Ports = append(h.Ports, p6)
+		case h.Ports[i].IP6.IsValid():
 			h.Incomplete = true
-			continue
+		default:
+			h.Ports[i].IP6 = p6.IP6
 		}
-		h.Ports[i].IP6 = p6.IP6
 	}
+	slices.SortFunc(h.Networks, func(a, b datapath.HostNet) int { return int(a.VNI) - int(b.VNI) })
+	slices.SortFunc(h.Ports, comparePorts)
 }
 
 // tool6 is the ip6tables tool of the detected backend ("" when the host
