@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -159,7 +160,7 @@ func printLabHealth(out io.Writer, l *lab.Lab) bool {
 	fmt.Fprintf(out, "\nhealth matrix (every agent probes every peer through the overlay, small and full-size with DF):\n")
 	printHealthMatrix(out, h.All)
 	h1 := l.Hosts[0]
-	fmt.Fprintf(out, "live page of %s: http://%s:%d/ from inside its namespace (ip netns exec %s%s ...)\n", h1.Name, h1.Addr, lab.MetricsPort, l.Prefix, h1.Name)
+	fmt.Fprintf(out, "live page of %s: http://%s/ from inside its namespace (ip netns exec %s%s ...)\n", h1.Name, netip.AddrPortFrom(h1.Addr, lab.MetricsPort), l.Prefix, h1.Name)
 	for _, r := range h.All {
 		for _, p := range r.Peers {
 			if p.State != health.OK {
@@ -210,11 +211,17 @@ func printLab(cmd *cobra.Command, l *lab.Lab) {
 		fmt.Fprintf(out, "  %-6s VNI %-6d subnet %-16s anycast gateway %s%s\n", n.Name, n.VNI, n.Subnet, n.Gateway, enc)
 	}
 	fmt.Fprintln(out, "containers:")
+	ipWidth := 14
+	for _, c := range l.Containers {
+		if c.IP6.IsValid() {
+			ipWidth = max(ipWidth, len(c.IP.String())+1+len(c.IP6.String()))
+		}
+	}
 	for _, c := range l.Containers {
 		ip := c.IP.String()
 		if c.IP6.IsValid() {
 			ip += " " + c.IP6.String()
 		}
-		fmt.Fprintf(out, "  %-10s on %-3s %-6s %-14s %s  netns %s\n", c.Name, c.Host, c.Network, ip, c.MAC, c.Netns)
+		fmt.Fprintf(out, "  %-10s on %-3s %-6s %-*s %s  netns %s\n", c.Name, c.Host, c.Network, ipWidth, ip, c.MAC, c.Netns)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,6 +170,10 @@ func (l *Lab) PrintMatrix(w io.Writer, m [][]Cell) {
 			}
 		}
 	}
-	fmt.Fprintf(w, "ok = reached (same network), -- = isolated (other network)\n")
+	if slices.ContainsFunc(l.Containers, func(c Container) bool { return c.IP6.IsValid() }) {
+		fmt.Fprintf(w, "ok = reached by IPv4 and by IPv6 (same network), -- = isolated in both (other network)\n")
+	} else {
+		fmt.Fprintf(w, "ok = reached (same network), -- = isolated (other network)\n")
+	}
 	fmt.Fprintf(w, "same-network pairs reached: %d/%d; unexpected results: %d\n", got, want, bad)
 }
