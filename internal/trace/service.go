@@ -214,7 +214,7 @@ func findEndpoint(eps []model.Endpoint, what, network string) (model.Endpoint, e
 		if e.Network == model.HealthNetwork {
 			continue
 		}
-		match := e.ID == what || e.Name == what || e.IP.String() == what
+		match := e.ID == what || e.Name == what || (e.IP.IsValid() && e.IP.String() == what) || (e.IP6.IsValid() && e.IP6.String() == what)
 		for _, al := range e.Aliases {
 			match = match || al == what
 		}
@@ -277,6 +277,9 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	}
 	if size+28 > mtu || size < 8 {
 		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "invalid probe size %d: want 8 to %d (the network's MTU %d less 28)", size, mtu-28, mtu)
+	}
+	if !src.IP.IsValid() || !dst.IP.IsValid() {
+		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "network %s is IPv6-only: a trace sends an IPv4 probe and follows it; trace on a network with an IPv4 subnet (a dual-stack network's IPv6 takes the same path)", src.Network)
 	}
 	p := Probe{Src: src.IP, Dst: dst.IP, ID: uint16(rand.N(1 << 16)), Seq: 1}
 	// The bridge forwards between its ports without showing the frames on

@@ -133,3 +133,23 @@ func TestService(t *testing.T) {
 		t.Errorf("stop of no session: %v", err)
 	}
 }
+
+// TestFindEndpoint: by ID, name, alias, IPv4 or IPv6 address; an address
+// no endpoint has, or none (an IPv6-only endpoint's absent IPv4), matches
+// nothing.
+func TestFindEndpoint(t *testing.T) {
+	eps := []model.Endpoint{
+		{ID: "h1.a", Network: "web", Name: "a", Aliases: []string{"www"}, IP: netip.MustParseAddr("10.0.0.2"), IP6: netip.MustParseAddr("fd00::2")},
+		{ID: "h2.b", Network: "six", Name: "b", IP6: netip.MustParseAddr("fd00:6::3")},
+	}
+	for _, tc := range []struct{ what, want string }{
+		{"h1.a", "h1.a"}, {"a", "h1.a"}, {"www", "h1.a"}, {"10.0.0.2", "h1.a"}, {"fd00::2", "h1.a"},
+		{"fd00:6::3", "h2.b"}, {"b", "h2.b"},
+		{"invalid IP", ""}, {"10.0.0.9", ""},
+	} {
+		e, err := findEndpoint(eps, tc.what, "")
+		if (tc.want == "") != (err != nil) || e.ID != tc.want {
+			t.Errorf("%q: %s %v, want %q", tc.what, e.ID, err, tc.want)
+		}
+	}
+}
