@@ -200,7 +200,11 @@ func dialHTTP(ns, addr string) (string, error) {
 	var c net.Conn
 	if err := nsutil.Do(ns, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr, time.Second)
+		network := "tcp4"
+		if strings.HasPrefix(addr, "[") {
+			network = "tcp6"
+		}
+		c, err = net.DialTimeout(network, addr, time.Second)
 		return err
 	}); err != nil {
 		return "", err

@@ -281,10 +281,14 @@ func writeSysctl(t *testing.T, path, file, value string) {
 // gets the network dual-stack; containers on two hosts reach each other by
 // IPv6 address (a static --ip6 and an allocated one) and by name (AAAA,
 // ping -6), a DF packet at the container MTU crosses in IPv6, and the
-// cluster's records hold both addresses.
+// cluster's records hold both addresses; a container reaches an outside
+// machine over IPv6 as its host, and `docker run -p` answers at the host's
+// IPv6 address.
 func TestDockerDualStack(t *testing.T) {
 	requireDocker(t)
-	l := up(t, 2, 1, 0)
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, IPv6: true, Outside: true})
+	out := *l.Outside
+	serveTCP(t, out.Netns, "[::]:80", "outside")
 	d1, d2 := startDocker(t, l, "h1"), startDocker(t, l, "h2")
 	mustDocker(t, d1, "network", "create", "-d", "vxnet", "--ipam-driver", "vxnet", "--ipv6",
 		"--subnet", "172.29.0.0/24", "--subnet", "fd00:29::/64", "dual")
@@ -321,6 +325,22 @@ func TestDockerDualStack(t *testing.T) {
 	}
 	if found != 2 {
 		t.Fatalf("h2's endpoints %+v: want c1 and c2 with their IPv6 addresses", s.Endpoints)
+	}
+	got := retryDocker(t, d1, "hello from outside", "exec", "c1", "sh", "-c", "nc "+lab.OutsideAddr6.String()+" 80 </dev/null")
+	if h1 := l.Hosts[0]; !strings.Contains(got, "you are "+h1.Addr6.String()) {
+		t.Errorf("over IPv6 the outside saw: %s; want %s's IPv6 address", got, h1.Name)
+	}
+	mustDocker(t, d1, "run", "-d", "--name", "web", "--net", "dual", "-p", "8080:80", lab.DockerImage,
+		"sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www")
+	hostPort := netip.AddrPortFrom(l.Hosts[0].Addr6, 8080).String()
+	if err := waitCond(10*time.Second, func() error {
+		got, err := dialHTTP(out.Netns, hostPort)
+		if err == nil && !strings.Contains(got, "hello-from-web") {
+			err = fmt.Errorf("answer %q", got)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("from the outside at %s: %v", hostPort, err)
 	}
 }
 
