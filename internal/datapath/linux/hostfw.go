@@ -189,8 +189,10 @@ type iptables struct {
 	// open is VXNET-OPEN as last read (openings.go).
 	open iptOpen
 	// had6: vxnet's chains were in the host's ip6tables when last read
-	// or written.
-	had6 bool
+	// or written; checked6: they have been read once (leftovers of an
+	// earlier agent found). Without either, and nothing to write there,
+	// a reading leaves ip6tables alone.
+	had6, checked6 bool
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {
@@ -302,11 +304,14 @@ func (t *iptables) read() (*datapath.HostFirewall, error) {
 		}
 		return h, nil
 	}
+	if t.checked6 && !t.had6 && (t.seen == nil || len(hostRules6(*t.seen)) == 0) {
+		return h, nil // nothing of vxnet's was there, nor written since
+	}
 	h6, err := t.read6(tool)
 	if err != nil {
 		return nil, err
 	}
-	t.had6 = h6 != nil
+	t.had6, t.checked6 = h6 != nil, true
 	switch {
 	case h6 == nil:
 		return h, nil
