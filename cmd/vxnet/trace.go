@@ -29,6 +29,7 @@ var errNotReached = errors.New("the probe did not make the round trip")
 func newTraceCmd() *cobra.Command {
 	var cf clientFlags
 	var size int
+	var v6 bool
 	cmd := &cobra.Command{
 		Use:   "trace SRC DST",
 		Short: "Send one probe from SRC (an endpoint on this host) to DST and show every point it crossed, on both hosts (exit 1 if no reply)",
@@ -41,7 +42,7 @@ outer addresses once encapsulated), the first point that did not, and what
 usually drops a frame there.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, err := cf.client().Trace(api.TraceRequest{Src: args[0], Dst: args[1], Size: size})
+			res, err := cf.client().Trace(api.TraceRequest{Src: args[0], Dst: args[1], Size: size, IPv6: v6})
 			if err != nil {
 				return err
 			}
@@ -59,12 +60,17 @@ usually drops a frame there.`,
 		},
 	}
 	cf.add(cmd, true)
-	cmd.Flags().IntVar(&size, "size", 56, "ICMP payload bytes of the probe (the packet is 28 more)")
+	cmd.Flags().IntVar(&size, "size", 56, "ICMP payload bytes of the probe (the packet is 28 more, 48 with -6)")
+	cmd.Flags().BoolVarP(&v6, "ipv6", "6", false, "send an ICMPv6 probe between the endpoints' IPv6 addresses (also when DST is an IPv6 address, and on an IPv6-only network)")
 	return cmd
 }
 
 func printTrace(out io.Writer, r api.TraceResult) {
-	fmt.Fprintf(out, "%s -> %s on %s (VNI %d), %d bytes of payload, DF\n", r.Src, r.Dst, r.Network, r.VNI, r.Size)
+	family := ""
+	if r.IPv6 {
+		family = ", IPv6"
+	}
+	fmt.Fprintf(out, "%s -> %s on %s (VNI %d), %d bytes of payload, DF%s\n", r.Src, r.Dst, r.Network, r.VNI, r.Size, family)
 	if r.Via != "" {
 		fmt.Fprintf(out, "its host is reached at %s\n", r.Via)
 	}

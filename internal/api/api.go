@@ -220,6 +220,9 @@ type TraceRequest struct {
 	Src  string `json:"src"`
 	Dst  string `json:"dst"`
 	Size int    `json:"size,omitempty"` // ICMP payload bytes (default 56)
+	// IPv6 sends an ICMPv6 probe between the endpoints' IPv6 addresses
+	// (so does a DST given as an IPv6 address, and an IPv6-only network).
+	IPv6 bool `json:"ipv6,omitempty"`
 }
 
 // TraceHop is one tap point and what it saw of the probe.
@@ -243,6 +246,7 @@ type TraceResult struct {
 	Network  string     `json:"network"`
 	VNI      uint32     `json:"vni"`
 	Size     int        `json:"size"`
+	IPv6     bool       `json:"ipv6,omitempty"` // the probe was ICMPv6
 	Hops     []TraceHop `json:"hops"`
 	Replied  bool       `json:"replied"`
 	Vanished string     `json:"vanished,omitempty"` // the first hop that did not see it

@@ -108,6 +108,11 @@ func TestDualStack(t *testing.T) {
 		}
 		t.Logf("%d pings: %d IPv6 frames in VXLAN, %d neighbour solicitations or advertisements", pings, st.InnerIPv6, st.InnerND)
 	})
+	step(t, "Trace", func(t *testing.T) {
+		h1, _ := l.Host("h1")
+		h2, _ := l.Host("h2")
+		traceSeesUnderlay(t, l, api.TraceRequest{Src: a.ID, Dst: b.IP6.String()}, h1.Addr, h2.Addr)
+	})
 	step(t, "Gateway", func(t *testing.T) {
 		for _, c := range l.Containers {
 			if _, err := probe.Ping(c.Netns, nets[c.Network].Gateway6, 56, false, 2*time.Second); err != nil {
@@ -443,5 +448,27 @@ func TestCNIDualStack(t *testing.T) {
 	}
 	if eps, _ := api.NewClient(h1.Socket).LocalEndpoints(); len(eps) != 1 { // the lab's own container
 		t.Fatalf("endpoints after DEL: %+v", eps)
+	}
+}
+
+// traceSeesUnderlay traces r from h1 and checks the probe made the round
+// trip and was seen in VXLAN on both hosts' underlay devices, between
+// their addresses from and to, with an ICMPv6 probe when r asks for one
+// (an IPv6 DST).
+func traceSeesUnderlay(t *testing.T, l *lab.Lab, r api.TraceRequest, from, to netip.Addr) {
+	t.Helper()
+	res, err := client(l, "h1").Trace(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want6 := strings.Contains(r.Dst, ":")
+	seen := 0
+	for _, h := range res.Hops {
+		if h.Point == "underlay" && h.Dir == "request" && h.Seen && strings.Contains(h.Detail, from.String()) && strings.Contains(h.Detail, to.String()) {
+			seen++
+		}
+	}
+	if !res.Replied || res.IPv6 != want6 || seen != 2 {
+		t.Fatalf("trace %+v: replied %v, IPv6 %v (want %v), request seen in VXLAN from %s to %s on %d underlays (want 2): %+v", r, res.Replied, res.IPv6, want6, from, to, seen, res.Hops)
 	}
 }

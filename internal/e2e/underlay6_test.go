@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxnet/vxnet/internal/api"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -39,6 +40,8 @@ func TestIPv6UnderlayAllowList(t *testing.T) {
 	if !overH1 {
 		t.Fatalf("h2 does not reach %s (%s) at h1's IPv6 address %s: %+v", a.Name, a.MAC, h1.Addr, o.FDB)
 	}
+	// A trace follows the probe into VXLAN over IPv6 and out on h2.
+	traceSeesUnderlay(t, l, api.TraceRequest{Src: a.ID, Dst: victim.ID}, h1.Addr, h2.Addr)
 
 	stranger, err := l.AddSyntheticHost(99) // on the switch, not a member
 	if err != nil {

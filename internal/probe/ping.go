@@ -40,7 +40,7 @@ func Ping(nsPath string, dst netip.Addr, size int, df bool, timeout time.Duratio
 	pkt := EchoRequest(id, seq, size)
 	classify := func(p []byte, _ unix.Sockaddr) replyKind { return classifyReply(p, dst, id, seq) }
 	if dst.Is6() && !dst.Is4In6() {
-		fd, err = icmp6Socket(nsPath, df)
+		fd, err = ICMP6Socket(nsPath, df)
 		sa = &unix.SockaddrInet6{Addr: dst.As16()}
 		pkt[0] = 128 // ICMPv6 echo request; the kernel fills in the checksum
 		pkt[2], pkt[3] = 0, 0

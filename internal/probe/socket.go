@@ -33,9 +33,9 @@ func ICMPSocket(nsPath string, df bool) (int, error) {
 	return fd, nil
 }
 
-// icmp6Socket is ICMPSocket for ICMPv6: with df, a packet larger than
+// ICMP6Socket is ICMPSocket for ICMPv6: with df, a packet larger than
 // the interface's MTU is refused at once (EMSGSIZE), never fragmented.
-func icmp6Socket(nsPath string, df bool) (int, error) {
+func ICMP6Socket(nsPath string, df bool) (int, error) {
 	var fd int
 	err := nsutil.Do(nsPath, func() error {
 		var err error

@@ -42,10 +42,16 @@ func Match(frame []byte, p Probe, vxlanPort uint16) (Sighting, bool) {
 	return s, ok
 }
 
-// MatchIP reports whether an IPv4 packet with no link-layer header (as a
+// MatchIP reports whether an IP packet with no link-layer header (as a
 // WireGuard device shows it) carries the probe.
 func MatchIP(packet []byte, p Probe) (Sighting, bool) {
-	s, ok := matchIPv4(packet, p, 0, false)
+	var s Sighting
+	var ok bool
+	if len(packet) > 0 && packet[0]>>4 == 6 {
+		s, ok = matchIPv6(packet, p, 0, false)
+	} else {
+		s, ok = matchIPv4(packet, p, 0, false)
+	}
 	s.Len = len(packet)
 	return s, ok
 }
@@ -58,10 +64,13 @@ func matchEth(f []byte, p Probe, port uint16, outer bool) (Sighting, bool) {
 	if etype == 0x8100 && len(f) >= 18 { // one VLAN tag
 		etype, off = binary.BigEndian.Uint16(f[16:]), 18
 	}
-	if etype != 0x0800 {
-		return Sighting{}, false
+	switch etype {
+	case 0x0800:
+		return matchIPv4(f[off:], p, port, outer)
+	case 0x86dd:
+		return matchIPv6(f[off:], p, port, outer)
 	}
-	return matchIPv4(f[off:], p, port, outer)
+	return Sighting{}, false
 }
 
 func matchIPv4(b []byte, p Probe, port uint16, outer bool) (Sighting, bool) {
@@ -88,19 +97,51 @@ func matchIPv4(b []byte, p Probe, port uint16, outer bool) (Sighting, bool) {
 			return Sighting{Reply: true}, true
 		}
 	case 17: // UDP: VXLAN?
-		if !outer || binary.BigEndian.Uint16(l4[2:]) != port || len(l4) < 8+8 {
-			return Sighting{}, false
-		}
-		vx := l4[8:]
-		if vx[0]&0x08 == 0 {
-			return Sighting{}, false
-		}
-		s, ok := matchEth(vx[8:], p, port, false)
-		if !ok {
-			return Sighting{}, false
-		}
-		s.Encap, s.VNI, s.OuterSrc, s.OuterDst = true, uint32(vx[4])<<16|uint32(vx[5])<<8|uint32(vx[6]), src, dst
-		return s, true
+		return matchVXLAN(l4, p, port, outer, src, dst)
 	}
 	return Sighting{}, false
+}
+
+// matchIPv6 is matchIPv4 for IPv6 (no extension headers: neither the
+// probe nor VXLAN has any): ICMPv6 echo 128 and reply 129.
+func matchIPv6(b []byte, p Probe, port uint16, outer bool) (Sighting, bool) {
+	if len(b) < 40+8 || b[0]>>4 != 6 {
+		return Sighting{}, false
+	}
+	src, dst := netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+	l4 := b[40:]
+	switch b[6] {
+	case 58: // ICMPv6
+		if binary.BigEndian.Uint16(l4[4:]) != p.ID || binary.BigEndian.Uint16(l4[6:]) != p.Seq {
+			return Sighting{}, false
+		}
+		switch {
+		case l4[0] == 128 && src == p.Src && dst == p.Dst:
+			return Sighting{}, true
+		case l4[0] == 129 && src == p.Dst && dst == p.Src:
+			return Sighting{Reply: true}, true
+		}
+	case 17:
+		return matchVXLAN(l4, p, port, outer, src, dst)
+	}
+	return Sighting{}, false
+}
+
+// matchVXLAN looks for the probe inside a UDP datagram l4 between the
+// outer addresses src and dst (only on an outer frame: VXLAN in VXLAN is
+// not followed).
+func matchVXLAN(l4 []byte, p Probe, port uint16, outer bool, src, dst netip.Addr) (Sighting, bool) {
+	if !outer || binary.BigEndian.Uint16(l4[2:]) != port || len(l4) < 8+8 {
+		return Sighting{}, false
+	}
+	vx := l4[8:]
+	if vx[0]&0x08 == 0 {
+		return Sighting{}, false
+	}
+	s, ok := matchEth(vx[8:], p, port, false)
+	if !ok {
+		return Sighting{}, false
+	}
+	s.Encap, s.VNI, s.OuterSrc, s.OuterDst = true, uint32(vx[4])<<16|uint32(vx[5])<<8|uint32(vx[6]), src, dst
+	return s, true
 }

@@ -86,3 +86,64 @@ func TestMatch(t *testing.T) {
 		t.Fatal("MatchIP took an Ethernet frame for an IP packet")
 	}
 }
+
+func ipv6(src, dst netip.Addr, next byte, payload []byte) []byte {
+	b := make([]byte, 40+len(payload))
+	b[0], b[6] = 0x60, next
+	binary.BigEndian.PutUint16(b[4:], uint16(len(payload)))
+	copy(b[8:], src.AsSlice())
+	copy(b[24:], dst.AsSlice())
+	copy(b[40:], payload)
+	return b
+}
+
+// vxlan6 is vxlan over an IPv6 underlay.
+func vxlan6(outerSrc, outerDst netip.Addr, port uint16, vni uint32, inner []byte) []byte {
+	udp := make([]byte, 8+8)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	udp[8] = 0x08
+	udp[12], udp[13], udp[14] = byte(vni>>16), byte(vni>>8), byte(vni)
+	return eth(0x86dd, ipv6(outerSrc, outerDst, 17, append(udp, inner...)))
+}
+
+// TestMatchIPv6: an IPv6 probe (ICMPv6 echo 128 and reply 129), bare, in
+// VXLAN over IPv4 and over IPv6, and an IPv4 probe over an IPv6 underlay.
+func TestMatchIPv6(t *testing.T) {
+	a, b := netip.MustParseAddr("fd00:1::5"), netip.MustParseAddr("fd00:1::9")
+	o1, o2 := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	u1, u2 := netip.MustParseAddr("2001:2::1"), netip.MustParseAddr("2001:2::2")
+	p := Probe{Src: a, Dst: b, ID: 0x4242, Seq: 7}
+	req := eth(0x86dd, ipv6(a, b, 58, echo(128, 0x4242, 7)))
+	rep := eth(0x86dd, ipv6(b, a, 58, echo(129, 0x4242, 7)))
+	p4 := Probe{Src: netip.MustParseAddr("10.1.0.5"), Dst: netip.MustParseAddr("10.1.0.9"), ID: 1, Seq: 1}
+	req4 := eth(0x0800, ipv4(p4.Src, p4.Dst, 1, echo(8, 1, 1)))
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		p     Probe
+		ok    bool
+		want  Sighting
+	}{
+		{"request", req, p, true, Sighting{}},
+		{"reply", rep, p, true, Sighting{Reply: true}},
+		{"other id", eth(0x86dd, ipv6(a, b, 58, echo(128, 0x4243, 7))), p, false, Sighting{}},
+		{"request the wrong way", eth(0x86dd, ipv6(b, a, 58, echo(128, 0x4242, 7))), p, false, Sighting{}},
+		{"neighbour solicitation", eth(0x86dd, ipv6(a, b, 58, echo(135, 0x4242, 7))), p, false, Sighting{}},
+		{"in VXLAN over IPv4", vxlan(o1, o2, 4789, 4097, req), p, true, Sighting{Encap: true, VNI: 4097, OuterSrc: o1, OuterDst: o2}},
+		{"in VXLAN over IPv6", vxlan6(u2, u1, 4789, 4097, rep), p, true, Sighting{Reply: true, Encap: true, VNI: 4097, OuterSrc: u2, OuterDst: u1}},
+		{"IPv4 probe over IPv6", vxlan6(u1, u2, 4789, 7, req4), p4, true, Sighting{Encap: true, VNI: 7, OuterSrc: u1, OuterDst: u2}},
+		{"other port over IPv6", vxlan6(u1, u2, 8472, 7, req4), p4, false, Sighting{}},
+		{"truncated", req[:50], p, false, Sighting{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, ok := Match(tc.frame, tc.p, 4789)
+			tc.want.Len = len(tc.frame)
+			if ok != tc.ok || (ok && s != tc.want) {
+				t.Fatalf("Match = %+v %v, want %+v %v", s, ok, tc.want, tc.ok)
+			}
+		})
+	}
+	if s, ok := MatchIP(ipv6(a, b, 58, echo(128, 0x4242, 7)), p); !ok || s.Reply {
+		t.Fatalf("MatchIP of an IPv6 request: %+v %v", s, ok)
+	}
+}

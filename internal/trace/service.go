@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -275,13 +276,20 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	if err != nil {
 		return api.TraceResult{}, err
 	}
-	if size+28 > mtu || size < 8 {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "invalid probe size %d: want 8 to %d (the network's MTU %d less 28)", size, mtu-28, mtu)
-	}
-	if !src.IP.IsValid() || !dst.IP.IsValid() {
-		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "network %s is IPv6-only: a trace sends an IPv4 probe and follows it; trace on a network with an IPv4 subnet (a dual-stack network's IPv6 takes the same path)", src.Network)
-	}
 	p := Probe{Src: src.IP, Dst: dst.IP, ID: uint16(rand.N(1 << 16)), Seq: 1}
+	v6, overhead := r.IPv6 || !src.IP.IsValid() || !dst.IP.IsValid(), 28
+	if a, err := netip.ParseAddr(r.Dst); err == nil && a.Is6() {
+		v6 = true
+	}
+	if v6 {
+		if !src.IP6.IsValid() || !dst.IP6.IsValid() {
+			return api.TraceResult{}, model.Errorf(model.ErrInvalid, "an IPv6 trace needs IPv6 addresses: network %s has no IPv6 subnet", src.Network)
+		}
+		p.Src, p.Dst, overhead = src.IP6, dst.IP6, 48
+	}
+	if size+overhead > mtu || size < 8 {
+		return api.TraceResult{}, model.Errorf(model.ErrInvalid, "invalid probe size %d: want 8 to %d (the network's MTU %d less %d)", size, mtu-overhead, mtu, overhead)
+	}
 	// The bridge forwards between its ports without showing the frames on
 	// its own device: its hop is the step from one port to the next.
 	points := []point{s.vethPoint("container veth", src.ID)}
@@ -315,7 +323,7 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 	if sendErr != nil {
 		return api.TraceResult{}, fmt.Errorf("send the probe from %s: %w", src.ID, sendErr)
 	}
-	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size, Via: s.agent.Via(dst.Node)}
+	res := api.TraceResult{Src: src.ID, Dst: dst.ID, Network: n.Name, VNI: n.VNI, Size: size, IPv6: v6, Via: s.agent.Via(dst.Node)}
 	if remote && remoteErr != nil {
 		far = nil
 		names := []string{"underlay", "vxlan", "destination veth"}

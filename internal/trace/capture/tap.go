@@ -100,13 +100,22 @@ func (t *Tap) Stop() []trace.Seen {
 // Send sends the probe's echo request (size bytes of payload, DF set) from
 // inside the namespace at nsPath; the reply is left to the taps.
 func Send(nsPath string, p trace.Probe, size int) error {
-	fd, err := probe.ICMPSocket(nsPath, true)
+	pkt := probe.EchoRequest(p.ID, p.Seq, size)
+	var sa unix.Sockaddr
+	open, overhead := probe.ICMPSocket, 28
+	if p.Dst.Is6() {
+		pkt[0], pkt[2], pkt[3] = 128, 0, 0 // ICMPv6 echo; the kernel sums it
+		sa, open, overhead = &unix.SockaddrInet6{Addr: p.Dst.As16()}, probe.ICMP6Socket, 48
+	} else {
+		sa = &unix.SockaddrInet4{Addr: p.Dst.As4()}
+	}
+	fd, err := open(nsPath, true)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	if err := unix.Sendto(fd, probe.EchoRequest(p.ID, p.Seq, size), 0, &unix.SockaddrInet4{Addr: p.Dst.As4()}); err != nil {
-		return fmt.Errorf("send probe to %s (%d bytes): %w", p.Dst, size+28, err)
+	if err := unix.Sendto(fd, pkt, 0, sa); err != nil {
+		return fmt.Errorf("send probe to %s (%d bytes): %w", p.Dst, size+overhead, err)
 	}
 	return nil
 }
