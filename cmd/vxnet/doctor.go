@@ -44,6 +44,13 @@ func facts(cf clientFlags, port int) doctor.Facts {
 	if out, err := exec.Command("iptables-save").Output(); err == nil {
 		f.IPTables = string(out)
 	}
+	if out, err := exec.Command("ip6tables-save").Output(); err == nil {
+		f.IP6Tables = string(out)
+	}
+	f.IPv6Forwarding = -1
+	if b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding"); err == nil {
+		f.IPv6Forwarding, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
 	if out, err := exec.Command("nft", "-a", "list", "ruleset").Output(); err == nil {
 		f.Nftables = string(out)
 	}

@@ -40,8 +40,11 @@ type Facts struct {
 	StatusErr error
 	// VXLANPort is the agent's VXLAN port.
 	VXLANPort int
-	// IPTables is the output of iptables-save of the host's backend ("" if none).
-	IPTables string
+	// IPTables is the output of iptables-save of the host's backend ("" if none),
+	// IP6Tables of ip6tables-save.
+	IPTables, IP6Tables string
+	// IPv6Forwarding is net.ipv6.conf.all.forwarding (-1: unknown).
+	IPv6Forwarding int
 	// Nftables is the output of `nft -a list ruleset` ("" if none).
 	Nftables string
 	// UDPSockets are the lines of /proc/net/udp.
@@ -69,7 +72,7 @@ func Run(f Facts) []Finding {
 	if f.Status != nil {
 		out = append(out, addr(f), addresses(f), reconcile(f), datapath(f), overlayPaths(f))
 	}
-	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), hostFilters(f), neighbours(f), conntrack(f), rpFilter(f))
+	out = append(out, kernelVXLAN(f), portHolders(f), foreignVXLAN(f), forwarding(f), forwarding6(f), hostFilters(f), neighbours(f), conntrack(f), rpFilter(f))
 	return out
 }
 
@@ -304,6 +307,33 @@ func forwarding(f Facts) Finding {
 		return Finding{"forwarding", OK, "the FORWARD policy is DROP; vxnet adds its rules with its first network", ""}
 	}
 	return Finding{"forwarding", OK, "forwarded traffic is accepted by default", ""}
+}
+
+// forwarding6: a host with dual-stack networks that drops forwarded IPv6
+// needs vxnet's ip6tables rules, and IPv6 out of them needs forwarding.
+func forwarding6(f Facts) Finding {
+	var v6 []string
+	if f.Status != nil {
+		for _, n := range f.Status.Networks {
+			if strings.Contains(n.Subnet, ":") {
+				v6 = append(v6, n.Name)
+			}
+		}
+	}
+	if len(v6) == 0 {
+		return Finding{"forwarding-ipv6", OK, "no network here carries IPv6", ""}
+	}
+	drop := strings.Contains(f.IP6Tables, ":FORWARD DROP")
+	jump := strings.Contains(f.IP6Tables, "-A FORWARD -j VXNET-FORWARD")
+	switch {
+	case drop && !jump:
+		return Finding{"forwarding-ipv6", Fail, fmt.Sprintf("the ip6tables FORWARD policy is DROP and vxnet's VXNET-FORWARD rules are missing there: IPv6 of %s is dropped where it is bridged through ip6tables (br_netfilter) or routed out", strings.Join(v6, ", ")),
+			"let the agent put its rules back (they return within a resync), or check what removes them"}
+	case f.IPv6Forwarding == 0:
+		return Finding{"forwarding-ipv6", Warn, fmt.Sprintf("IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0): IPv6 of %s does not leave the host, and published ports do not answer at its IPv6 addresses (vxnet turns it on with the first dual-stack network that has egress or ports; something turned it off)", strings.Join(v6, ", ")),
+			"sysctl -w net.ipv6.conf.all.forwarding=1 (set accept_ra=2 on interfaces configured by router advertisements first)"}
+	}
+	return Finding{"forwarding-ipv6", OK, fmt.Sprintf("IPv6 of %s is forwarded", strings.Join(v6, ", ")), ""}
 }
 
 func neighbours(f Facts) Finding {

@@ -60,6 +60,7 @@ func TestChecks(t *testing.T) {
 	healthy := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
 		Members:  []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive"}},
 		Networks: []api.NetworkStatus{{Name: "web", Local: 1, Remote: 300}}}
+	dual := &api.Status{Node: "h1", Addr: "10.0.0.1", Networks: []api.NetworkStatus{{Name: "web", Subnet: "10.1.0.0/24,fd00:1::/64"}, {Name: "v4", Subnet: "10.2.0.0/24"}}}
 	tunneled := &api.Status{Node: "h1", Addr: "10.0.0.1", Version: "v1", Syncs: 3,
 		Members: []cluster.Member{{Name: "h1", State: "alive"}, {Name: "h2", State: "alive", Addr: netip.MustParseAddr("10.0.0.2")}},
 		Nodes:   []cluster.NodeInfo{{Name: "h2", Tunnel: &model.TunnelInfo{Key: "k2", Port: 51831}}},
@@ -105,6 +106,11 @@ func TestChecks(t *testing.T) {
 		{"docker drop, no vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j DOCKER-USER\n"}, "forwarding", Fail, "vxnet's VXNET-FORWARD rules are missing"},
 		{"docker drop, no vxnet rules, fast path", Facts{Status: &api.Status{Datapath: "bpf", Networks: healthy.Networks}, IPTables: "*filter\n:FORWARD DROP [0:0]\n"}, "forwarding", Fail, "unicast inside a network takes the fast path and still flows"},
 		{"docker drop, vxnet rules", Facts{Status: healthy, IPTables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j VXNET-FORWARD\n"}, "forwarding", OK, "let its networks through"},
+		{"no IPv6 network", Facts{Status: healthy, IP6Tables: "*filter\n:FORWARD DROP [0:0]\n"}, "forwarding-ipv6", OK, "no network here carries IPv6"},
+		{"ip6tables drop, no vxnet rules", Facts{Status: dual, IP6Tables: "*filter\n:FORWARD DROP [0:0]\n", IPv6Forwarding: 1}, "forwarding-ipv6", Fail,
+			"the ip6tables FORWARD policy is DROP and vxnet's VXNET-FORWARD rules are missing there: IPv6 of web is dropped"},
+		{"ip6tables drop, vxnet rules", Facts{Status: dual, IP6Tables: "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j VXNET-FORWARD\n", IPv6Forwarding: 1}, "forwarding-ipv6", OK, "IPv6 of web is forwarded"},
+		{"IPv6 forwarding off", Facts{Status: dual, IPv6Forwarding: 0}, "forwarding-ipv6", Warn, "IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0): IPv6 of web does not leave the host"},
 		{"small neighbour table", Facts{Status: healthy, GCThresh3: 512}, "neighbour-table", Warn, "300 remote endpoints against a neighbour table of 512"},
 		{"paths ok", Facts{Status: healthy, Health: &api.Health{HealthReport: api.HealthReport{Enabled: true, BigSize: 1450,
 			Peers: []health.Peer{{Node: "h2", State: health.OK}}}}}, "overlay-paths", OK, "1 of 1 peers answer small and full-size (1450 bytes, DF) probes"},

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -354,9 +355,10 @@ func TestDockerDualStack(t *testing.T) {
 // it) with bridged frames passing ip6tables: containers reach each other
 // over IPv6 across a dropping host (vxnet's ip6tables rules), reach an
 // outside machine over IPv6 as their host (masqueraded), and a published
-// port answers at the host's IPv6 address. Flushing vxnet's ip6tables
-// rules stops IPv6 egress (negative control) until the agent puts them
-// back.
+// port answers at the host's IPv6 address. The doctor says IPv6 is
+// forwarded, and names vxnet's ip6tables jump when it is removed. Flushing
+// vxnet's ip6tables rules stops IPv6 egress (negative control) until the
+// agent puts them back (jump and rules).
 func TestDualStackEgressAndPorts(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, IPv6: true, Outside: true})
 	h1, _ := l.Host("h1")
@@ -389,6 +391,17 @@ func TestDualStackEgressAndPorts(t *testing.T) {
 		}
 		serveTCP(parent, ns, "[::]:80", "web6")
 		dialUntil(t, out.Netns, netip.AddrPortFrom(h1.Addr6, 8080).String(), "hello from web6, you are "+out.Addr6.String(), 10*time.Second)
+	})
+	step(t, "Doctor", func(t *testing.T) {
+		out, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
+		if f := out["forwarding-ipv6"]; f.Level != doctor.OK || !strings.Contains(f.Evidence, "IPv6 of net1 is forwarded") {
+			t.Fatalf("doctor forwarding-ipv6 with vxnet's rules: %+v", f)
+		}
+		inNS(t, h1.Netns, "ip6tables", "-D", "FORWARD", "-j", "VXNET-FORWARD")
+		out, _ = doctorIn(t, h1.Netns, "--socket", h1.Socket)
+		if f := out["forwarding-ipv6"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, "vxnet's VXNET-FORWARD rules are missing there: IPv6 of net1 is dropped") {
+			t.Fatalf("doctor forwarding-ipv6 with vxnet's jump removed: %+v", f)
+		}
 	})
 	step(t, "FlushedRulesComeBack", func(t *testing.T) {
 		inNS(t, h1.Netns, "ip6tables", "-F", "VXNET-FORWARD")
