@@ -107,11 +107,15 @@ func (k FDBKey) Compare(o FDBKey) int {
 func (f FDB) String() string { return fmt.Sprintf("fdb vni %d %s -> %s", f.VNI, f.MAC, f.VTEP) }
 
 // Neigh is a permanent neighbour entry on a network's vxlan device, answered
-// locally by the device's ARP/ND proxy.
+// locally by the device's ARP/ND proxy. Proxy marks instead an IPv6
+// address the bridge of an encrypted network answers Neighbour
+// Discovery for with its own MAC (a proxy entry, no MAC of its own), as
+// it answers ARP for every IPv4 address routed into the tunnel.
 type Neigh struct {
-	VNI uint32     `json:"vni"`
-	IP  netip.Addr `json:"ip"`
-	MAC string     `json:"mac"`
+	VNI   uint32     `json:"vni"`
+	IP    netip.Addr `json:"ip"`
+	MAC   string     `json:"mac"`
+	Proxy bool       `json:"proxy,omitempty"`
 }
 
 // NeighKey identifies a neighbour entry.
@@ -131,7 +135,12 @@ func (k NeighKey) Compare(o NeighKey) int {
 	return k.IP.Compare(o.IP)
 }
 
-func (n Neigh) String() string { return fmt.Sprintf("neigh vni %d %s -> %s", n.VNI, n.IP, n.MAC) }
+func (n Neigh) String() string {
+	if n.Proxy {
+		return fmt.Sprintf("neigh vni %d %s proxied by the bridge", n.VNI, n.IP)
+	}
+	return fmt.Sprintf("neigh vni %d %s -> %s", n.VNI, n.IP, n.MAC)
+}
 
 // EndpointSpec is a local container interface to attach.
 type EndpointSpec struct {
@@ -353,10 +362,12 @@ type Firewall struct {
 	TunnelDev string         `json:"tunnelDev,omitempty"`
 }
 
-// EncryptedNet is an encrypted network in the firewall.
+// EncryptedNet is an encrypted network in the firewall (Subnet6: a
+// dual-stack one's IPv6 subnet).
 type EncryptedNet struct {
-	VNI    uint32       `json:"vni"`
-	Subnet netip.Prefix `json:"subnet"`
+	VNI     uint32       `json:"vni"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Subnet6 netip.Prefix `json:"subnet6,omitzero"`
 }
 
 // Equal compares two firewalls.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/datapath"
 	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
@@ -483,5 +485,65 @@ func traceSeesUnderlay(t *testing.T, l *lab.Lab, r api.TraceRequest, from, to ne
 	}
 	if !res.Replied || res.IPv6 != want6 || seen != 2 {
 		t.Fatalf("trace %+v: replied %v, IPv6 %v (want %v), request seen in VXLAN from %s to %s on %d underlays (want 2): %+v", r, res.Replied, res.IPv6, want6, from, to, seen, res.Hops)
+	}
+}
+
+// TestEncryptedDualStack: a dual-stack encrypted network beside a clear
+// one: every pair reaches as the matrix expects by IPv4 and IPv6; the
+// encrypted network's containers reach each other by IPv6 through the
+// WireGuard devices at its MTU (DF; one byte more refused); nothing with its
+// VNI crosses the underlay in VXLAN; h1's bridge answers Neighbour
+// Discovery for h2's container (a proxy entry, read back).
+func TestEncryptedDualStack(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 2, PerHost: 1, IPv6: true, Encrypted: []int{2}})
+	enc := l.Networks[1]
+	capt, err := probe.StartCapture(nsutil.Path(l.Switch), lab.VXLANPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capt.Stop()
+	if m := l.Matrix(time.Second); !lab.MatrixOK(m) {
+		var b strings.Builder
+		l.PrintMatrix(&b, m)
+		t.Fatalf("reachability by IPv4 and IPv6:\n%s", b.String())
+	}
+	a, b := labtest.Container(t, l, "h1-n2-c1"), labtest.Container(t, l, "h2-n2-c1")
+	mtu := lab.UnderlayMTU - model.WireGuardOverheadIPv4
+	if _, err := probe.Ping(a.Netns, b.IP6, mtu-48, true, 2*time.Second); err != nil {
+		t.Fatalf("a %d-byte IPv6 packet (the encrypted network's MTU) did not cross: %v", mtu, err)
+	}
+	if r, err := probe.Ping(a.Netns, b.IP6, mtu-47, true, time.Second); err == nil || !r.TooBig {
+		t.Fatalf("an IPv6 packet one byte over the MTU: err=%v tooBig=%v; want it refused as too big", err, r.TooBig)
+	}
+	if st := capt.Stats(); st.VNIs[enc.VNI] != 0 {
+		t.Fatalf("VXLAN with the encrypted network's VNI crossed the underlay %d times", st.VNIs[enc.VNI])
+	}
+	o, err := l.Observe("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(o.Neigh, datapath.Neigh{VNI: enc.VNI, IP: b.IP6, Proxy: true}) {
+		t.Fatalf("h1 has no proxy entry for %s on its bridge: %v", b.IP6, o.Neigh)
+	}
+	traceSeesTunnel(t, l, api.TraceRequest{Src: a.ID, Dst: b.IP6.String()})
+}
+
+// traceSeesTunnel traces r from h1 through an encrypted network: the
+// probe made the round trip, ICMPv6 when r's DST is an IPv6 address, and
+// both hosts' tunnel devices saw the request.
+func traceSeesTunnel(t *testing.T, l *lab.Lab, r api.TraceRequest) {
+	t.Helper()
+	res, err := client(l, "h1").Trace(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, h := range res.Hops {
+		if h.Point == "tunnel" && h.Dir == "request" && h.Seen {
+			seen++
+		}
+	}
+	if !res.Replied || res.IPv6 != strings.Contains(r.Dst, ":") || seen != 2 {
+		t.Fatalf("trace %+v: replied %v, IPv6 %v, request seen on %d tunnel devices (want 2): %+v", r, res.Replied, res.IPv6, seen, res.Hops)
 	}
 }

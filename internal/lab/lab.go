@@ -142,9 +142,6 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("invalid datapath %q: want bridge, bpf or auto", c.Datapath)
 	}
-	if c.IPv6 && len(c.Encrypted) > 0 {
-		return fmt.Errorf("encrypted networks carry IPv4 only for now: a dual-stack lab (--ipv6) has none")
-	}
 	if c.Underlay6 && (c.Outside || c.Etcd > 0) {
 		return fmt.Errorf("an IPv6 underlay lab has no outside machine and no etcd members")
 	}

@@ -233,9 +233,6 @@ func (n Network) Validate() error {
 	if n.Encrypted && n.Flood {
 		return fmt.Errorf("network %s: encrypted networks carry unicast only (routed through WireGuard): create it without flooding, or not encrypted", n.Name)
 	}
-	if n.Encrypted && n.Subnet6.IsValid() {
-		return fmt.Errorf("network %s: encrypted networks carry IPv4 only for now: create it without an IPv6 subnet, or not encrypted", n.Name)
-	}
 	return nil
 }
 
@@ -247,7 +244,7 @@ func (n Network) validateSubnet() error {
 			return fmt.Errorf("network %s: gateway %s given without an IPv4 subnet", n.Name, n.Gateway)
 		}
 		if n.Encrypted {
-			return fmt.Errorf("network %s: encrypted networks carry IPv4 only for now: give it an IPv4 subnet", n.Name)
+			return fmt.Errorf("network %s: an encrypted network needs an IPv4 subnet (it may be dual-stack, not IPv6-only)", n.Name)
 		}
 		return nil
 	}

@@ -83,7 +83,7 @@ func TestNetworkValidate(t *testing.T) {
 		{"ipv6 only encrypted", func(n *Network) {
 			n.Subnet, n.Gateway, n.Subnet6, n.Encrypted = netip.Prefix{}, netip.Addr{}, netip.MustParsePrefix("fd00:1::/64"), true
 			n.Normalize()
-		}, "encrypted networks carry IPv4 only for now: give it an IPv4 subnet"},
+		}, "network web: an encrypted network needs an IPv4 subnet (it may be dual-stack, not IPv6-only)"},
 		{"too small", func(n *Network) { n.Subnet = netip.MustParsePrefix("10.1.0.0/31") }, "too small"},
 		{"mtu", func(n *Network) { n.MTU = 100 }, "invalid MTU 100"},
 		{"v6 ok", func(n *Network) { n.Subnet6 = netip.MustParsePrefix("fd00:1::/64"); n.Normalize() }, ""},
@@ -93,10 +93,10 @@ func TestNetworkValidate(t *testing.T) {
 		}, "gateway fd00:2::1 is outside subnet fd00:1::/64"},
 		{"encrypted", func(n *Network) { n.Encrypted = true }, ""},
 		{"encrypted flooding", func(n *Network) { n.Encrypted, n.Flood = true, true }, "encrypted networks carry unicast only"},
-		{"encrypted v6", func(n *Network) {
+		{"encrypted dual stack", func(n *Network) {
 			n.Encrypted, n.Subnet6 = true, netip.MustParsePrefix("fd00:1::/64")
 			n.Normalize()
-		}, "encrypted networks carry IPv4 only for now"},
+		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := net4("web", 100, "10.1.0.0/24")

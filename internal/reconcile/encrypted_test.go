@@ -144,3 +144,44 @@ func TestEncryptedWithoutTunnel(t *testing.T) {
 		t.Fatalf("problems = %v, want one saying the host has no tunnel", problems)
 	}
 }
+
+// TestDesiredEncryptedDualStack: a dual-stack encrypted network routes a
+// remote container's IPv6 address into the tunnel too, allows it on the
+// peer, has the bridge answer Neighbour Discovery for it (a proxy entry),
+// and guards its IPv6 subnet in the firewalls; applied, a second plan is
+// empty.
+func TestDesiredEncryptedDualStack(t *testing.T) {
+	in := encInput(ep6("b", "secret", "h2", "02:00:00:00:00:02", "198.19.3.3", "fd00:3::3"))
+	s := secret
+	s.Subnet6 = netip.MustParsePrefix("fd00:3::/64")
+	s.Normalize()
+	in.Networks = []model.Network{web, s}
+	want, problems := reconcile.Desired(in)
+	if len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	ip6 := netip.MustParseAddr("fd00:3::3")
+	if len(want.Routes) != 2 || want.Routes[ip6].Dev != "vxwg0" {
+		t.Fatalf("routes = %v, want both of b's addresses into vxwg0", want.Routes)
+	}
+	if nb, ok := want.Neigh[datapath.NeighKey{VNI: s.VNI, IP: ip6}]; !ok || !nb.Proxy || len(want.Neigh) != 1 {
+		t.Fatalf("neighbours = %v, want one proxy entry for %s", want.Neigh, ip6)
+	}
+	if p := want.Tunnel.Peers[0]; !slices.Contains(p.AllowedIPs, ip6) {
+		t.Fatalf("peer allows %v, want %s among them", p.AllowedIPs, ip6)
+	}
+	if fw := want.Firewall; !slices.Equal(fw.Encrypted, []datapath.EncryptedNet{{VNI: s.VNI, Subnet: s.Subnet, Subnet6: s.Subnet6}}) {
+		t.Fatalf("firewall = %+v", fw.Encrypted)
+	}
+	if i := slices.IndexFunc(want.HostFirewall.Networks, func(h datapath.HostNet) bool { return h.VNI == s.VNI }); i < 0 ||
+		want.HostFirewall.Networks[i].Subnet6 != s.Subnet6 || want.HostFirewall.Networks[i].Tunnel != "vxwg0" {
+		t.Fatalf("host firewall %+v", want.HostFirewall.Networks)
+	}
+	dp := fake.New()
+	if _, err := reconcile.Sync(dp, want); err != nil {
+		t.Fatal(err)
+	}
+	if ops, err := reconcile.Sync(dp, want); err != nil || len(ops) != 0 {
+		t.Fatalf("second pass: %v %v, want nothing to do", ops, err)
+	}
+}

@@ -278,9 +278,18 @@ func Desired(in Input) (Target, []Problem) {
 			// Into the tunnel, to the peer that has the address among its
 			// allowed ones (it needs a tunnel of its own).
 			if t, ok := in.Tunnels[e.Node]; ok && t.Validate() == nil && !(in.NoInbound && unreachable[e.Node]) {
-				r := datapath.Route{VNI: n.VNI, IP: e.IP, Dev: in.Tunnel.Dev}
-				st.Routes[r.IP] = r
-				st.peerIPs[e.Node] = append(st.peerIPs[e.Node], e.IP)
+				for _, ip := range []netip.Addr{e.IP, e.IP6} {
+					if !ip.IsValid() {
+						continue
+					}
+					r := datapath.Route{VNI: n.VNI, IP: ip, Dev: in.Tunnel.Dev}
+					st.Routes[r.IP] = r
+					st.peerIPs[e.Node] = append(st.peerIPs[e.Node], ip)
+					if ip.Is6() { // the bridge answers ND for it (IPv4: proxy ARP)
+						nb := datapath.Neigh{VNI: n.VNI, IP: ip, Proxy: true}
+						st.Neigh[nb.Key()] = nb
+					}
+				}
 			}
 			continue
 		}

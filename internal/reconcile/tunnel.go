@@ -15,7 +15,7 @@ import (
 func (st *Target) tunnel(in Input, nets map[string]model.Network) {
 	for vni, spec := range st.Networks {
 		if n := nets[spec.Name]; n.Encrypted {
-			st.Firewall.Encrypted = append(st.Firewall.Encrypted, datapath.EncryptedNet{VNI: vni, Subnet: n.Subnet})
+			st.Firewall.Encrypted = append(st.Firewall.Encrypted, datapath.EncryptedNet{VNI: vni, Subnet: n.Subnet, Subnet6: n.Subnet6})
 		}
 	}
 	if len(st.Firewall.Encrypted) == 0 {

@@ -211,8 +211,11 @@ func (d *Dataplane) SetNeigh(n datapath.Neigh) error {
 	if err := d.need(n.VNI); err != nil {
 		return err
 	}
-	if _, err := net.ParseMAC(n.MAC); err != nil {
+	if _, err := net.ParseMAC(n.MAC); err != nil && !n.Proxy {
 		return fmt.Errorf("%s: invalid MAC: %w", n, err)
+	}
+	if n.Proxy && (!n.IP.Is6() || n.IP.Is4In6()) {
+		return fmt.Errorf("%s: proxy entries are for IPv6 addresses", n)
 	}
 	if cur, ok := d.neigh[n.Key()]; ok && cur == n {
 		return nil

@@ -44,7 +44,11 @@ func net6Comment(n datapath.HostNet) string {
 	if !n.Egress {
 		mode = "internal"
 	}
-	return fmt.Sprintf("%snet6:%d:%s:%s", commentTag, n.VNI, enc6(n.Subnet6.String()), mode)
+	c := fmt.Sprintf("%snet6:%d:%s:%s", commentTag, n.VNI, enc6(n.Subnet6.String()), mode)
+	if n.Tunnel != "" {
+		c += ":" + n.Tunnel
+	}
+	return c
 }
 
 func port6Comment(p datapath.PublishedPort) string {
@@ -62,11 +66,24 @@ func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
 		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
+		sub := n.Subnet6.String()
+		if n.Tunnel != "" {
+			// Routed through the tunnel, both ways, between the network's
+			// own addresses (vxnet's table keeps every other out).
+			within := " -s " + sub + " -d " + sub
+			rs = append(rs,
+				hostRule{"filter", chainForward, "-i " + n.Tunnel + " -o " + br + within + tag + " -j ACCEPT"},
+				hostRule{"filter", chainForward, "-i " + br + " -o " + n.Tunnel + within + tag + " -j ACCEPT"})
+		}
 		if n.Egress {
+			snat := "-s " + sub + " ! -o " + br
+			if n.Tunnel != "" { // never NAT what goes to the network's own containers
+				snat = "-s " + sub + " ! -d " + sub + " ! -o " + br
+			}
 			rs = append(rs,
 				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
 				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
-				hostRule{"nat", chainSNAT, "-s " + n.Subnet6.String() + " ! -o " + br + tag + " -j MASQUERADE"})
+				hostRule{"nat", chainSNAT, snat + tag + " -j MASQUERADE"})
 		}
 		out[c] = rs
 	}
@@ -92,13 +109,17 @@ func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
 func parseComment6(c string, h6 *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
-	case len(f) == 4 && f[0] == "net6":
+	case (len(f) == 4 || len(f) == 5) && f[0] == "net6":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		sub, err2 := netip.ParsePrefix(dec6(f[2]))
 		if errors.Join(err1, err2) != nil || !sub.Addr().Is6() || (f[3] != "egress" && f[3] != "internal") {
 			return false
 		}
-		h6.Networks = append(h6.Networks, datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Egress: f[3] == "egress"})
+		hn := datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Egress: f[3] == "egress"}
+		if len(f) == 5 {
+			hn.Tunnel = f[4]
+		}
+		h6.Networks = append(h6.Networks, hn)
 	case len(f) == 6 && f[0] == "port6":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)
@@ -127,7 +148,7 @@ func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
 		switch {
 		case i < 0:
 			h.Networks = append(h.Networks, n6)
-		case h.Networks[i].Egress != n6.Egress || h.Networks[i].Subnet6.IsValid():
+		case h.Networks[i].Egress != n6.Egress || h.Networks[i].Tunnel != n6.Tunnel || h.Networks[i].Subnet6.IsValid():
 			h.Incomplete = true
 		default:
 			h.Networks[i].Subnet6 = n6.Subnet6
@@ -261,7 +282,7 @@ func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
 			return fmt.Errorf("add vxnet's jump to ip6tables %s %s: %w", j.table, j.chain, err)
 		}
 	}
-	if len(rules) > 0 && (slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return n.Egress && n.Subnet6.IsValid() }) ||
+	if len(rules) > 0 && (slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return (n.Egress || n.Tunnel != "") && n.Subnet6.IsValid() }) ||
 		slices.ContainsFunc(h.Ports, func(p datapath.PublishedPort) bool { return p.IP6.IsValid() })) {
 		return t.forwarding6()
 	}

@@ -40,6 +40,8 @@ const (
 	clear6Prefix   = "vxnet-clear6:"
 	tunnelOut      = "vxnet-tunnel-out:"
 	tunnelIn       = "vxnet-tunnel-in:"
+	tunnelOut6     = "vxnet-tunnel6-out:"
+	tunnelIn6      = "vxnet-tunnel6-in:"
 	tunnelDrop     = "vxnet-tunnel-drop:"
 	encryptedSet   = "encrypted"
 )
@@ -157,19 +159,41 @@ func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, 
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
 	}, inPrefix(12, n.Subnet), inPrefix(16, n.Subnet))
+	var within6 []expr.Any
+	id6 := fmt.Sprintf("%d:%s:%s", n.VNI, enc6(n.Subnet6.String()), dev)
+	if n.Subnet6.IsValid() {
+		within6 = join([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
+		}, inPrefix6(8, n.Subnet6), inPrefix6(24, n.Subnet6))
+	}
 	var out []*nftables.Rule
 	for _, dir := range []struct {
-		tag      string
-		from, to string
-	}{{tunnelOut, br, dev}, {tunnelIn, dev, br}} {
-		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag + id), Exprs: join([]expr.Any{
+		tag, tag6 string
+		from, to  string
+	}{{tunnelOut, tunnelOut6, br, dev}, {tunnelIn, tunnelIn6, dev, br}} {
+		ifaces := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dir.from)},
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dir.to)},
-		}, within, accept())})
+		}
+		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag + id), Exprs: join(ifaces, within, accept())})
+		if within6 != nil {
+			out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag6 + id6), Exprs: join(ifaces, within6, accept())})
+		}
 	}
 	return out
+}
+
+// inPrefix6 matches an IPv6 address at offset (8 source, 24 destination)
+// of the network header within p.
+func inPrefix6(offset uint32, p netip.Prefix) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: net.CIDRMask(p.Bits(), 128), Xor: make([]byte, 16)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
 }
 
 // tunnelDrops drop what the tunnel rules did not accept.
@@ -342,7 +366,8 @@ func readFirewall(c *nftables.Conn) (*datapath.Firewall, error) {
 				}
 			} else if (strings.HasPrefix(ud, clearPrefix) || strings.HasPrefix(ud, clear6Prefix)) && name == inputChain {
 				tunnelRules[ud]++
-			} else if (strings.HasPrefix(ud, tunnelOut) || strings.HasPrefix(ud, tunnelIn) || strings.HasPrefix(ud, tunnelDrop)) && name == forwardChain {
+			} else if (strings.HasPrefix(ud, tunnelOut) || strings.HasPrefix(ud, tunnelIn) || strings.HasPrefix(ud, tunnelOut6) ||
+				strings.HasPrefix(ud, tunnelIn6) || strings.HasPrefix(ud, tunnelDrop)) && name == forwardChain {
 				tunnelRules[ud]++
 				if dev, ok := strings.CutPrefix(ud, tunnelDrop); ok {
 					f.TunnelDev = dev
@@ -452,6 +477,23 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 		}
 		out = append(out, datapath.EncryptedNet{VNI: uint32(vni), Subnet: sub})
 	}
+	for tag, n := range seen { // a dual-stack network's IPv6 half
+		v, ok := strings.CutPrefix(tag, tunnelOut6)
+		if !ok || n != 1 {
+			continue
+		}
+		f := strings.Split(v, ":")
+		if len(f) != 3 || f[2] != dev {
+			return nil, nil
+		}
+		vni, err1 := strconv.ParseUint(f[0], 10, 32)
+		sub, err2 := netip.ParsePrefix(dec6(f[1]))
+		i := slices.IndexFunc(out, func(e datapath.EncryptedNet) bool { return uint64(e.VNI) == vni })
+		if err1 != nil || err2 != nil || i < 0 {
+			return nil, nil
+		}
+		out[i].Subnet6 = sub
+	}
 	slices.SortFunc(out, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
 	want := map[string]int{tunnelDrop + dev: 2}
 	want[clearPrefix+strconv.Itoa(port)], want[clear6Prefix+strconv.Itoa(port)] = 1, 1
@@ -459,6 +501,10 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 	for _, n := range out {
 		tid := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
 		want[tunnelOut+tid], want[tunnelIn+tid] = 1, 1
+		if n.Subnet6.IsValid() {
+			tid6 := fmt.Sprintf("%d:%s:%s", n.VNI, enc6(n.Subnet6.String()), dev)
+			want[tunnelOut6+tid6], want[tunnelIn6+tid6] = 1, 1
+		}
 		got = append(got, n.VNI)
 	}
 	if !maps.Equal(want, seen) || !slices.Equal(got, vnis) {

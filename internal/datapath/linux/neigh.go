@@ -17,6 +17,19 @@ func (d *Dataplane) neighList(what string, index, family int) ([]netlink.Neigh, 
 }
 
 func (d *Dataplane) ipNeigh(n datapath.Neigh) (*netlink.Neigh, error) {
+	if n.Proxy {
+		if !n.IP.Is6() || n.IP.Is4In6() {
+			return nil, fmt.Errorf("%s: proxy entries are for IPv6 addresses", n)
+		}
+		br, err := d.lookupOwned(datapath.BridgeName(n.VNI), "bridge")
+		if err != nil {
+			return nil, err
+		}
+		if br == nil {
+			return nil, fmt.Errorf("network with VNI %d is not set up on this host (no %s)", n.VNI, datapath.BridgeName(n.VNI))
+		}
+		return &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V6, Flags: netlink.NTF_PROXY, IP: n.IP.AsSlice()}, nil
+	}
 	idx, err := d.vxlanIndex(n.VNI)
 	if err != nil {
 		return nil, err
@@ -56,6 +69,24 @@ func (d *Dataplane) DelNeigh(n datapath.Neigh) error {
 	}
 	d.changed("deleted neigh", "entry", n.String())
 	return nil
+}
+
+// observeProxies reads the IPv6 proxy entries on an encrypted network's
+// bridge.
+func (d *Dataplane) observeProxies(vni uint32, br ownedLink) ([]datapath.Neigh, error) {
+	ns, err := dump("list proxy entries of "+br.link.Attrs().Name, func() ([]netlink.Neigh, error) {
+		return d.h.NeighProxyList(br.link.Attrs().Index, netlink.FAMILY_V6)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []datapath.Neigh
+	for _, n := range ns {
+		if ip, ok := netip.AddrFromSlice(n.IP); ok {
+			out = append(out, datapath.Neigh{VNI: vni, IP: ip, Proxy: true})
+		}
+	}
+	return out, nil
 }
 
 // observeNeigh reads a network's permanent neighbour entries (both

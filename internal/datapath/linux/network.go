@@ -3,6 +3,7 @@ package linux
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -314,7 +315,7 @@ func (d *Dataplane) ensureRouted(s datapath.NetworkSpec, br, vxl netlink.Link, g
 	if ok, err := d.proxiesARP(brName); err != nil || !ok {
 		err := d.inNS(func() error {
 			for _, f := range proxyARPFiles(brName) {
-				if err := os.WriteFile(f.path, []byte(f.want+"\n"), 0o644); err != nil {
+				if err := os.WriteFile(f.path, []byte(f.want+"\n"), 0o644); err != nil && !noIPv6(f, err) {
 					return err
 				}
 			}
@@ -337,12 +338,22 @@ func (d *Dataplane) ensureRouted(s datapath.NetworkSpec, br, vxl netlink.Link, g
 type sysctlFile struct{ path, want string }
 
 // proxyARPFiles are the settings of a routed network's bridge: proxy ARP,
-// answered without the default random delay of up to 0.8 s.
+// answered without the default random delay of up to 0.8 s, and IPv6's
+// proxy Neighbour Discovery (for the addresses it has proxy entries of),
+// likewise without delay.
 func proxyARPFiles(dev string) []sysctlFile {
 	return []sysctlFile{
 		{"/proc/sys/net/ipv4/conf/" + dev + "/proxy_arp", "1"},
 		{"/proc/sys/net/ipv4/neigh/" + dev + "/proxy_delay", "0"},
+		{"/proc/sys/net/ipv6/conf/" + dev + "/proxy_ndp", "1"},
+		{"/proc/sys/net/ipv6/neigh/" + dev + "/proxy_delay", "0"},
 	}
+}
+
+// noIPv6 reports an IPv6 setting missing because the host has no IPv6 (or
+// none on that device): nothing to set.
+func noIPv6(f sysctlFile, err error) bool {
+	return errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(f.path, "/proc/sys/net/ipv6/")
 }
 
 // proxiesARP reports whether dev has the settings of proxyARPFiles.
@@ -351,6 +362,9 @@ func (d *Dataplane) proxiesARP(dev string) (bool, error) {
 	err := d.inNS(func() error {
 		for _, f := range proxyARPFiles(dev) {
 			b, err := os.ReadFile(f.path)
+			if noIPv6(f, err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}

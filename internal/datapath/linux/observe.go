@@ -67,6 +67,16 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 		}
 		obs.FDB, obs.Neigh = append(obs.FDB, fdb...), append(obs.Neigh, neigh...)
 	}
+	for vni, br := range o.bridges {
+		if _, hasVx := o.vxlans[vni]; hasVx {
+			continue
+		}
+		proxies, err := d.observeProxies(vni, br) // a routed (encrypted) network's
+		if err != nil {
+			return obs, err
+		}
+		obs.Neigh = append(obs.Neigh, proxies...)
+	}
 	return obs, nil
 }
 
