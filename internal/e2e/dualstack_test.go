@@ -216,15 +216,7 @@ func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (
 // router advertisements.
 func usableAtOnce(t *testing.T, c lab.Container) {
 	t.Helper()
-	h, err := nsutil.Handle(c.Netns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	eth, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, eth := containerEth(t, c)
 	addrs, err := h.AddrList(eth, netlink.FAMILY_V6)
 	if err != nil {
 		t.Fatal(err)
@@ -251,19 +243,27 @@ func usableAtOnce(t *testing.T, c lab.Container) {
 	}
 }
 
-// forgetNeighbours deletes a container's IPv6 neighbour entries, so its
-// next packets resolve their neighbours anew.
-func forgetNeighbours(t *testing.T, c lab.Container) {
+// containerEth opens a netlink handle in a lab container (closed when the
+// test ends) and finds its eth0.
+func containerEth(t *testing.T, c lab.Container) (*netlink.Handle, netlink.Link) {
 	t.Helper()
 	h, err := nsutil.Handle(c.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	t.Cleanup(h.Close)
 	eth, err := h.LinkByName("eth0")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", c.Name, err)
 	}
+	return h, eth
+}
+
+// forgetNeighbours deletes a container's IPv6 neighbour entries, so its
+// next packets resolve their neighbours anew.
+func forgetNeighbours(t *testing.T, c lab.Container) {
+	t.Helper()
+	h, eth := containerEth(t, c)
 	ns, err := h.NeighList(eth.Attrs().Index, netlink.FAMILY_V6)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -50,8 +51,9 @@ func retryPodman(t *testing.T, p *lab.Podman, want string, args ...string) strin
 // its own agent and vxnet-cni chained with the standard portmap: containers
 // on both hosts reach each other by address and by name, -p publishes
 // through portmap at the host's address, 'podman rm -f' leaves no endpoint
-// anywhere, a second network is isolated, and a podman container and a
-// Docker container on one vxnet network reach each other.
+// anywhere, a second network is isolated, containers of a dual-stack
+// network (one given --ip6) reach each other by IPv6, and a podman
+// container and a Docker container on one vxnet network reach each other.
 func TestPodman(t *testing.T) {
 	requireDocker(t)
 	if _, err := exec.LookPath("podman"); err != nil {
@@ -130,6 +132,27 @@ func TestPodman(t *testing.T) {
 		if out, err := p1.Run("exec", "pc1", "ping", "-c", "1", "-W", "1", ipo); err == nil {
 			t.Fatalf("pc1 on web reached %s on other: %s", ipo, out)
 		}
+	})
+	step(t, "DualStack", func(t *testing.T) {
+		// A dual-stack network; podman's --ip6 reaches the plugin through
+		// the "ips" capability.
+		if _, err := client(l, "h1").CreateNetwork(api.NetworkCreate{Name: "web6", Subnet: "172.30.0.0/24", Subnet6: "fd00:30::/64"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range l.Hosts {
+			conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"web6","plugins":[{"type":"vxnet","socket":%q,"capabilities":{"aliases":true,"ips":true}}]}`, h.Socket)
+			if err := pods[h.Name].AddNetwork("web6", []byte(conf)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustPodman(t, p1, "run", "-d", "--name", "p61", "--network", "web6", "--ip6", "fd00:30::61", "localhost/vxbox", "sleep", "600")
+		mustPodman(t, p2, "run", "-d", "--name", "p62", "--network", "web6", "localhost/vxbox", "sleep", "600")
+		ip6 := mustPodman(t, p2, "inspect", "-f", "{{(index .NetworkSettings.Networks \"web6\").GlobalIPv6Address}}", "p62")
+		if a, err := netip.ParseAddr(ip6); err != nil || !netip.MustParsePrefix("fd00:30::/64").Contains(a) {
+			t.Fatalf("p62's IPv6 address %q: want one of fd00:30::/64", ip6)
+		}
+		retryPodman(t, p1, "1 packets received", "exec", "p61", "ping", "-c", "1", "-W", "1", ip6)
+		retryPodman(t, p2, "1 packets received", "exec", "p62", "ping", "-c", "1", "-W", "1", "fd00:30::61")
 	})
 	step(t, "WithDocker", func(t *testing.T) {
 		d2 := startDocker(t, l, "h2")

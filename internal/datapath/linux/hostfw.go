@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -94,41 +95,53 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 					hostRule{"filter", chainInput, fmt.Sprintf("-d %s/32 -i %s -p %s -m %s --dport %d%s -j ACCEPT", n.Gateway, br, proto, proto, h.DNSPort, tag)})
 			}
 		}
-		sub := n.Subnet.String()
-		if n.Tunnel != "" {
-			// Routed through the tunnel, both ways, between the network's
-			// own addresses (vxnet's table keeps every other out).
-			within := " -s " + sub + " -d " + sub
-			rs = append(rs,
-				hostRule{"filter", chainForward, "-i " + n.Tunnel + " -o " + br + within + tag + " -j ACCEPT"},
-				hostRule{"filter", chainForward, "-i " + br + " -o " + n.Tunnel + within + tag + " -j ACCEPT"})
-		}
-		if n.Egress {
-			snat := "-s " + sub + " ! -o " + br
-			if n.Tunnel != "" { // never NAT what goes to the network's own containers
-				snat = "-s " + sub + " ! -d " + sub + " ! -o " + br
-			}
-			rs = append(rs,
-				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
-				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
-				hostRule{"nat", chainSNAT, snat + tag + " -j MASQUERADE"})
-		}
-		out[c] = rs
+		out[c] = append(rs, routedRules(n, n.Subnet, br, tag)...)
 	}
 	for _, p := range h.Ports {
 		if !p.IP.IsValid() {
 			continue // an IPv6-only endpoint's port: in ip6tables alone
 		}
 		c := portComment(p)
-		br := datapath.BridgeName(p.VNI)
-		tag := " -m comment --comment " + c
-		dst := netip.AddrPortFrom(p.IP, p.Port).String()
-		out[c] = []hostRule{
-			{"nat", chainDNAT, fmt.Sprintf("-p %s -m %s --dport %d%s -j DNAT --to-destination %s", p.Proto, p.Proto, p.HostPort, tag, dst)},
-			{"filter", chainForward, fmt.Sprintf("-d %s/32 -o %s -p %s -m %s --dport %d%s -j ACCEPT", p.IP, br, p.Proto, p.Proto, p.Port, tag)},
-		}
+		out[c] = portRules(p, p.IP, " -m comment --comment "+c)
 	}
 	return out
+}
+
+// routedRules are a network's rules for one family (its subnet sub there)
+// beyond its own bridge: through the tunnel between its own addresses,
+// and out of the host, masqueraded.
+func routedRules(n datapath.HostNet, subnet netip.Prefix, br, tag string) []hostRule {
+	var rs []hostRule
+	sub := subnet.String()
+	if n.Tunnel != "" {
+		// Routed through the tunnel, both ways, between the network's
+		// own addresses (vxnet's table keeps every other out).
+		within := " -s " + sub + " -d " + sub
+		rs = append(rs,
+			hostRule{"filter", chainForward, "-i " + n.Tunnel + " -o " + br + within + tag + " -j ACCEPT"},
+			hostRule{"filter", chainForward, "-i " + br + " -o " + n.Tunnel + within + tag + " -j ACCEPT"})
+	}
+	if n.Egress {
+		snat := "-s " + sub + " ! -o " + br
+		if n.Tunnel != "" { // never NAT what goes to the network's own containers
+			snat = "-s " + sub + " ! -d " + sub + " ! -o " + br
+		}
+		rs = append(rs,
+			hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
+			hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
+			hostRule{"nat", chainSNAT, snat + tag + " -j MASQUERADE"})
+	}
+	return rs
+}
+
+// portRules publish a container port at the host's addresses of one
+// family (ip is the container's address there).
+func portRules(p datapath.PublishedPort, ip netip.Addr, tag string) []hostRule {
+	br := datapath.BridgeName(p.VNI)
+	return []hostRule{
+		{"nat", chainDNAT, fmt.Sprintf("-p %s -m %s --dport %d%s -j DNAT --to-destination %s", p.Proto, p.Proto, p.HostPort, tag, netip.AddrPortFrom(ip, p.Port))},
+		{"filter", chainForward, fmt.Sprintf("-d %s -o %s -p %s -m %s --dport %d%s -j ACCEPT", netip.PrefixFrom(ip, ip.BitLen()), br, p.Proto, p.Proto, p.Port, tag)},
+	}
 }
 
 // parseComment reads a network or port back from a rule's comment.
@@ -448,31 +461,8 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 		t.seen, t.seenAt = &h, time.Now()
 		return nil
 	}
-	rules := hostRules(h)
-	var keys []string
-	for c := range rules {
-		keys = append(keys, c)
-	}
-	slices.Sort(keys)
-	var in bytes.Buffer
-	for _, table := range []string{"filter", "nat"} {
-		fmt.Fprintf(&in, "*%s\n", table)
-		for _, c := range ownChains {
-			if c.table == table {
-				fmt.Fprintf(&in, ":%s - [0:0]\n", c.chain)
-			}
-		}
-		for _, c := range keys {
-			for _, r := range rules[c] {
-				if r.table == table {
-					fmt.Fprintf(&in, "-A %s %s\n", r.chain, r.spec)
-				}
-			}
-		}
-		in.WriteString("COMMIT\n")
-	}
 	t.seenAt = time.Time{} // read again whatever happens next
-	if _, err := t.run(t.prefix+"-restore", in.Bytes(), "-w", "--noflush"); err != nil {
+	if _, err := t.run(t.prefix+"-restore", restoreInput(hostRules(h)), "-w", "--noflush"); err != nil {
 		return fmt.Errorf("install vxnet's iptables chains: %w", err)
 	}
 	for _, j := range jumps {
@@ -491,6 +481,30 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 	t.had6 = len(hostRules6(h)) > 0
 	t.seen, t.seenAt = &h, time.Now()
 	return nil
+}
+
+// restoreInput is what iptables-restore (or ip6tables-restore) is given
+// to replace vxnet's chains with rules, leaving every other chain alone.
+func restoreInput(rules map[string][]hostRule) []byte {
+	keys := slices.Sorted(maps.Keys(rules))
+	var in bytes.Buffer
+	for _, table := range []string{"filter", "nat"} {
+		fmt.Fprintf(&in, "*%s\n", table)
+		for _, c := range ownChains {
+			if c.table == table {
+				fmt.Fprintf(&in, ":%s - [0:0]\n", c.chain)
+			}
+		}
+		for _, c := range keys {
+			for _, r := range rules[c] {
+				if r.table == table {
+					fmt.Fprintf(&in, "-A %s %s\n", r.chain, r.spec)
+				}
+			}
+		}
+		in.WriteString("COMMIT\n")
+	}
+	return in.Bytes()
 }
 
 // ensureJump inserts a jump unless it is there: at the top of the chain,
@@ -549,26 +563,33 @@ func (t *iptables) remove() error {
 	if t.missing {
 		return nil
 	}
+	errs := []error{t.removeOwn(t.prefix, jumps)}
+	if tool := t.tool6(); tool != "" && t.had6 {
+		errs = append(errs, t.removeOwn(tool, jumps6()))
+		t.had6 = false
+	}
+	return errors.Join(errs...)
+}
+
+// removeOwn deletes vxnet's jumps (js) and chains with one tool
+// (iptables or ip6tables of the backend); what is absent is no error.
+func (t *iptables) removeOwn(tool string, js []struct{ table, chain, rule string }) error {
 	var errs []error
-	for _, j := range jumps {
+	for _, j := range js {
 		args := append([]string{"-w", "-t", j.table, "-D", j.chain}, strings.Fields(j.rule)...)
 		for range 10 { // a jump added twice by hand goes too
-			if _, err := t.run(t.prefix, nil, args...); err != nil {
+			if _, err := t.run(tool, nil, args...); err != nil {
 				break
 			}
 		}
 	}
 	for _, c := range ownChains {
-		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
+		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
 			continue // absent
 		}
-		if _, err := t.run(t.prefix, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
+		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if tool := t.tool6(); tool != "" && t.had6 {
-		errs = append(errs, t.remove6(tool))
-		t.had6 = false
 	}
 	return errors.Join(errs...)
 }

@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -66,39 +65,14 @@ func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
 		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
-		sub := n.Subnet6.String()
-		if n.Tunnel != "" {
-			// Routed through the tunnel, both ways, between the network's
-			// own addresses (vxnet's table keeps every other out).
-			within := " -s " + sub + " -d " + sub
-			rs = append(rs,
-				hostRule{"filter", chainForward, "-i " + n.Tunnel + " -o " + br + within + tag + " -j ACCEPT"},
-				hostRule{"filter", chainForward, "-i " + br + " -o " + n.Tunnel + within + tag + " -j ACCEPT"})
-		}
-		if n.Egress {
-			snat := "-s " + sub + " ! -o " + br
-			if n.Tunnel != "" { // never NAT what goes to the network's own containers
-				snat = "-s " + sub + " ! -d " + sub + " ! -o " + br
-			}
-			rs = append(rs,
-				hostRule{"filter", chainForward, "-i " + br + " ! -o " + br + tag + " -j ACCEPT"},
-				hostRule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED" + tag + " -j ACCEPT"},
-				hostRule{"nat", chainSNAT, snat + tag + " -j MASQUERADE"})
-		}
-		out[c] = rs
+		out[c] = append(rs, routedRules(n, n.Subnet6, br, tag)...)
 	}
 	for _, p := range h.Ports {
 		if !p.IP6.IsValid() {
 			continue
 		}
 		c := port6Comment(p)
-		br := datapath.BridgeName(p.VNI)
-		tag := " -m comment --comment " + c
-		dst := netip.AddrPortFrom(p.IP6, p.Port).String()
-		out[c] = []hostRule{
-			{"nat", chainDNAT, fmt.Sprintf("-p %s -m %s --dport %d%s -j DNAT --to-destination %s", p.Proto, p.Proto, p.HostPort, tag, dst)},
-			{"filter", chainForward, fmt.Sprintf("-d %s/128 -o %s -p %s -m %s --dport %d%s -j ACCEPT", p.IP6, br, p.Proto, p.Proto, p.Port, tag)},
-		}
+		out[c] = portRules(p, p.IP6, " -m comment --comment "+c)
 	}
 	return out
 }
@@ -244,33 +218,11 @@ func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
 	}
 	if len(rules) == 0 {
 		if had {
-			return t.remove6(tool)
+			return t.removeOwn(tool, jumps6())
 		}
 		return nil
 	}
-	keys := make([]string, 0, len(rules))
-	for c := range rules {
-		keys = append(keys, c)
-	}
-	slices.Sort(keys)
-	var in bytes.Buffer
-	for _, table := range []string{"filter", "nat"} {
-		fmt.Fprintf(&in, "*%s\n", table)
-		for _, c := range ownChains {
-			if c.table == table {
-				fmt.Fprintf(&in, ":%s - [0:0]\n", c.chain)
-			}
-		}
-		for _, c := range keys {
-			for _, r := range rules[c] {
-				if r.table == table {
-					fmt.Fprintf(&in, "-A %s %s\n", r.chain, r.spec)
-				}
-			}
-		}
-		in.WriteString("COMMIT\n")
-	}
-	if _, err := t.run(tool+"-restore", in.Bytes(), "-w", "--noflush"); err != nil {
+	if _, err := t.run(tool+"-restore", restoreInput(rules), "-w", "--noflush"); err != nil {
 		return fmt.Errorf("install vxnet's ip6tables chains: %w", err)
 	}
 	for _, j := range jumps6() {
@@ -287,28 +239,6 @@ func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
 		return t.forwarding6()
 	}
 	return nil
-}
-
-// remove6 deletes vxnet's ip6tables jumps and chains.
-func (t *iptables) remove6(tool string) error {
-	var errs []error
-	for _, j := range jumps6() {
-		args := append([]string{"-w", "-t", j.table, "-D", j.chain}, strings.Fields(j.rule)...)
-		for range 10 {
-			if _, err := t.run(tool, nil, args...); err != nil {
-				break
-			}
-		}
-	}
-	for _, c := range ownChains {
-		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-F", c.chain); err != nil {
-			continue
-		}
-		if _, err := t.run(tool, nil, "-w", "-t", c.table, "-X", c.chain); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // forwarding6 turns on IPv6 forwarding in the namespace, which IPv6 egress
