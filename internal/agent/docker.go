@@ -98,6 +98,9 @@ func (d *dockerAgent) Reserve(n model.Network, v6 bool, address string) (netip.A
 	if v6 && !n.Subnet6.IsValid() {
 		return netip.Addr{}, invalid("network %s has no IPv6 subnet", n.Name)
 	}
+	if !v6 && !n.HasIPv4() {
+		return netip.Addr{}, invalid("network %s is IPv6-only", n.Name)
+	}
 	used, _ := d.a().usedLocked(n)
 	b := &blocks{a: d.a()}
 	ip, err := d.a().address(n, v6, address, false, used, b)

@@ -119,7 +119,7 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 			res.IfName = le.IfName
 		}
 		if req.IP != "" && req.IP != addrString(e.IP) {
-			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, e.IP, req.IP)
+			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, cmp.Or(addrString(e.IP), "none"), req.IP)
 		}
 		if want, err := netip.ParseAddr(req.IP6); err == nil && want != e.IP6 {
 			return endpointResult{}, conflict("%s is already attached to network %s with IPv6 address %s, not %s", a.describe(req), n.Name, e.IP6, req.IP6)
