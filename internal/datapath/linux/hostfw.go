@@ -511,16 +511,23 @@ func restoreInput(rules map[string][]hostRule) []byte {
 // or in FORWARD right after Docker's DOCKER-USER, so that rules users put
 // there for containers apply to vxnet's too.
 func (t *iptables) ensureJump(table, chain, rule string) error {
+	return t.ensureJumpWith(t.prefix, table, chain, rule)
+}
+
+// ensureJumpWith is ensureJump with one tool (iptables or ip6tables of the
+// backend).
+func (t *iptables) ensureJumpWith(tool, table, chain, rule string) error {
 	args := strings.Fields(rule)
-	if _, err := t.run(t.prefix, nil, append([]string{"-w", "-t", table, "-C", chain}, args...)...); err == nil {
+	if _, err := t.run(tool, nil, append([]string{"-w", "-t", table, "-C", chain}, args...)...); err == nil {
 		return nil
 	}
 	pos := 1
 	if chain == "FORWARD" {
-		lines, err := t.save(table)
+		b, err := t.run(tool+"-save", nil, "-t", table)
 		if err != nil {
 			return err
 		}
+		lines := strings.Split(string(b), "\n")
 		i := 0
 		for _, l := range lines {
 			if strings.HasPrefix(l, "-A FORWARD ") {
@@ -531,8 +538,8 @@ func (t *iptables) ensureJump(table, chain, rule string) error {
 			}
 		}
 	}
-	if _, err := t.run(t.prefix, nil, append([]string{"-w", "-t", table, "-I", chain, strconv.Itoa(pos)}, args...)...); err != nil {
-		return fmt.Errorf("add vxnet's jump to %s %s: %w", table, chain, err)
+	if _, err := t.run(tool, nil, append([]string{"-w", "-t", table, "-I", chain, strconv.Itoa(pos)}, args...)...); err != nil {
+		return fmt.Errorf("add vxnet's jump to %s %s %s: %w", tool, table, chain, err)
 	}
 	return nil
 }

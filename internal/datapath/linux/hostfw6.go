@@ -226,12 +226,8 @@ func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
 		return fmt.Errorf("install vxnet's ip6tables chains: %w", err)
 	}
 	for _, j := range jumps6() {
-		args := strings.Fields(j.rule)
-		if _, err := t.run(tool, nil, append([]string{"-w", "-t", j.table, "-C", j.chain}, args...)...); err == nil {
-			continue
-		}
-		if _, err := t.run(tool, nil, append([]string{"-w", "-t", j.table, "-I", j.chain, "1"}, args...)...); err != nil {
-			return fmt.Errorf("add vxnet's jump to ip6tables %s %s: %w", j.table, j.chain, err)
+		if err := t.ensureJumpWith(tool, j.table, j.chain, j.rule); err != nil {
+			return err
 		}
 	}
 	if len(rules) > 0 && (slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return (n.Egress || n.Tunnel != "") && n.Subnet6.IsValid() }) ||
