@@ -38,9 +38,6 @@ var underlayNet = netip.MustParsePrefix("198.18.0.0/24")
 // benchmarking range (RFC 5180), as the IPv4 one is from RFC 2544's.
 var underlayNet6 = netip.MustParsePrefix("2001:2::/64")
 
-// OutsideAddr6 is the outside machine's IPv6 address in a dual-stack lab.
-var OutsideAddr6 = underlayAddr(200, true)
-
 // underlayAddr is the underlay address of host index i (1-250).
 func underlayAddr(i int, v6 bool) netip.Addr {
 	if v6 {
@@ -249,20 +246,6 @@ func NetworkDef(j int, flood bool) model.Network {
 	return n
 }
 
-// Subnet6Def is the IPv6 subnet of the j-th lab network when the lab is
-// dual-stack: fd00:198:19:J::/64 (a unique local prefix, as 198.19.J.0/24).
-func Subnet6Def(j int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0x01, 0x98, 0, 0x19, 0, byte(j)}), 64)
-}
-
-// containerIP6 is a static lab container's IPv6 address on network j
-// (1-based): the IPv4 address's last byte as its last group.
-func containerIP6(j int, last byte) netip.Addr {
-	a := Subnet6Def(j).Addr().As16()
-	a[15] = last
-	return netip.AddrFrom16(a)
-}
-
 // Up builds a lab. On failure everything made so far is removed.
 func Up(cfg Config) (l *Lab, err error) {
 	if err := cfg.Validate(); err != nil {
@@ -399,32 +382,6 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, err
 	}
 	return l, l.save()
-}
-
-// addUnderlay6 gives every host and the outside machine an IPv6 address
-// on the underlay beside its IPv4 one (no DAD: usable at once).
-func (l *Lab) addUnderlay6() error {
-	hosts := make([]*Host, 0, len(l.Hosts)+1)
-	for i := range l.Hosts {
-		l.Hosts[i].Addr6 = underlayAddr(i+1, true)
-		hosts = append(hosts, &l.Hosts[i])
-	}
-	if l.Outside != nil {
-		l.Outside.Addr6 = OutsideAddr6
-		hosts = append(hosts, l.Outside)
-	}
-	for _, h := range hosts {
-		hh, eth, err := openUnderlay(*h)
-		if err != nil {
-			return err
-		}
-		err = hh.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: h.Addr6.AsSlice(), Mask: net.CIDRMask(underlayNet6.Bits(), 128)}, Flags: unix.IFA_F_NODAD})
-		hh.Close()
-		if err != nil {
-			return fmt.Errorf("IPv6 underlay address of %s: %w", h.Name, err)
-		}
-	}
-	return nil
 }
 
 // openUnderlay opens a netlink handle in host h and finds its underlay
