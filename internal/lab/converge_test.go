@@ -30,3 +30,13 @@ func TestPercentile(t *testing.T) {
 		}
 	}
 }
+
+// TestSubnet6Def: the dual-stack lab's IPv6 subnets mirror its IPv4 ones.
+func TestSubnet6Def(t *testing.T) {
+	if got := Subnet6Def(2).String(); got != "fd00:198:19:2::/64" {
+		t.Fatalf("Subnet6Def(2) = %s", got)
+	}
+	if got := containerIP6(2, 11); got.String() != "fd00:198:19:2::b" || !Subnet6Def(2).Contains(got) {
+		t.Fatalf("containerIP6(2, 11) = %s", got)
+	}
+}
