@@ -118,8 +118,8 @@ func (a *Agent) addEndpoint(req endpointRequest) (endpointResult, error) {
 		if le, ok := a.own.locals[req.ID]; ok && le.IfName != "" {
 			res.IfName = le.IfName
 		}
-		if req.IP != "" && req.IP != addrString(e.IP) {
-			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, cmp.Or(addrString(e.IP), "none"), req.IP)
+		if req.IP != "" && req.IP != api.AddrText(e.IP) {
+			return endpointResult{}, conflict("%s is already attached to network %s with address %s, not %s", a.describe(req), n.Name, cmp.Or(api.AddrText(e.IP), "none"), req.IP)
 		}
 		if want, err := netip.ParseAddr(req.IP6); err == nil && want != e.IP6 {
 			return endpointResult{}, conflict("%s is already attached to network %s with IPv6 address %s, not %s", a.describe(req), n.Name, e.IP6, req.IP6)
@@ -576,15 +576,7 @@ func (a *Agent) LocalEndpoints() []api.LocalEndpoint {
 		}
 		le := a.own.locals[e.ID]
 		out = append(out, api.LocalEndpoint{ID: e.ID, Network: e.Network, Netns: le.Netns, IfName: le.IfName,
-			ContainerID: le.ContainerID, IP: addrString(e.IP), IP6: addrString(e.IP6), MAC: e.MAC})
+			ContainerID: le.ContainerID, IP: api.AddrText(e.IP), IP6: api.AddrText(e.IP6), MAC: e.MAC})
 	}
 	return out
-}
-
-// addrString is an address as text, "" when it is not valid.
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
 }

@@ -82,13 +82,10 @@ func EndpointRows(eps []model.Endpoint, docker map[string]string, host, network 
 		if e.Network == model.HealthNetwork || (host != "" && e.Node != host) || (network != "" && e.Network != network && dn != network) {
 			continue
 		}
-		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: cmp.Or(dn, e.Network), Host: e.Node, IP: addrOrEmpty(e.IP), MAC: e.MAC,
+		r := EndpointRow{Name: e.Name, Aliases: e.Aliases, Network: cmp.Or(dn, e.Network), Host: e.Node, IP: AddrText(e.IP), IP6: AddrText(e.IP6), MAC: e.MAC,
 			From: EndpointFrom(e.ID), ID: e.ID, Since: e.Since}
 		if dn != "" {
 			r.NetworkID = e.Network
-		}
-		if e.IP6.IsValid() {
-			r.IP6 = e.IP6.String()
 		}
 		for _, p := range e.Ports {
 			r.Ports = append(r.Ports, p.String())
@@ -124,9 +121,9 @@ func NetworkCounts(nets []model.Network, eps []model.Endpoint, self string, aliv
 	return out
 }
 
-// addrOrEmpty is an address as text, "" when it is not valid (an
-// IPv6-only endpoint's IPv4 address).
-func addrOrEmpty(a netip.Addr) string {
+// AddrText is an address as text, "" when it is not valid (an IPv6-only
+// endpoint's IPv4 address, an IPv4-only one's IPv6 address).
+func AddrText(a netip.Addr) string {
 	if !a.IsValid() {
 		return ""
 	}
