@@ -206,6 +206,8 @@ type iptables struct {
 	// earlier agent found). Without either, and nothing to write there,
 	// a reading leaves ip6tables alone.
 	had6, checked6 bool
+	// tool6 is the IPv6 tool of the backend ("" when the host has none).
+	tool6 string
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {
@@ -274,7 +276,18 @@ func (t *iptables) detect() error {
 	default:
 		t.missing = true
 	}
+	if t.prefix != "" {
+		// The same backend's IPv6 tool, looked up once ("" when absent).
+		if tool := "ip6" + t.prefix[len("ip"):]; lookPath(tool) {
+			t.tool6 = tool
+		}
+	}
 	return nil
+}
+
+func lookPath(tool string) bool {
+	_, err := exec.LookPath(tool)
+	return err == nil
 }
 
 // save returns the lines of one table.
@@ -308,7 +321,7 @@ func (t *iptables) read() (*datapath.HostFirewall, error) {
 	if err != nil {
 		return nil, err
 	}
-	tool := t.tool6()
+	tool := t.tool6
 	if tool == "" {
 		// No ip6tables tools: the IPv6 halves are what was last written
 		// (nothing to write them to), as with no iptables tools at all.
@@ -475,7 +488,7 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 			return err
 		}
 	}
-	if err := t.ensure6(h, t.had6); err != nil {
+	if err := t.ensure6(h); err != nil {
 		return err
 	}
 	t.had6 = len(hostRules6(h)) > 0
@@ -571,7 +584,7 @@ func (t *iptables) remove() error {
 		return nil
 	}
 	errs := []error{t.removeOwn(t.prefix, jumps)}
-	if tool := t.tool6(); tool != "" && t.had6 {
+	if tool := t.tool6; tool != "" && t.had6 {
 		errs = append(errs, t.removeOwn(tool, jumps6()))
 		t.had6 = false
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -145,19 +144,6 @@ func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
 	slices.SortFunc(h.Ports, comparePorts)
 }
 
-// tool6 is the ip6tables tool of the detected backend ("" when the host
-// has none).
-func (t *iptables) tool6() string {
-	if t.prefix == "" {
-		return ""
-	}
-	tool := "ip6" + t.prefix[len("ip"):]
-	if _, err := exec.LookPath(tool); err != nil {
-		return ""
-	}
-	return tool
-}
-
 // read6 reads the IPv6 half: nil when the host's ip6tables have none of
 // vxnet's chains or jumps.
 func (t *iptables) read6(tool string) (*datapath.HostFirewall, error) {
@@ -208,16 +194,14 @@ func (t *iptables) read6(tool string) (*datapath.HostFirewall, error) {
 }
 
 // ensure6 replaces vxnet's ip6tables chains with h's IPv6 half, or, when
-// h has none, removes them if they are there (had: the last reading saw
-// them).
-func (t *iptables) ensure6(h datapath.HostFirewall, had bool) error {
-	tool := t.tool6()
-	rules := hostRules6(h)
+// h has none, removes them if the last reading or writing left them there.
+func (t *iptables) ensure6(h datapath.HostFirewall) error {
+	tool, rules := t.tool6, hostRules6(h)
 	if tool == "" {
 		return nil
 	}
 	if len(rules) == 0 {
-		if had {
+		if t.had6 {
 			return t.removeOwn(tool, jumps6())
 		}
 		return nil
