@@ -41,9 +41,7 @@ func Ping(nsPath string, dst netip.Addr, size int, df bool, timeout time.Duratio
 	classify := func(p []byte, _ unix.Sockaddr) replyKind { return classifyReply(p, dst, id, seq) }
 	if dst.Is6() && !dst.Is4In6() {
 		fd, err = ICMP6Socket(nsPath, df)
-		sa = &unix.SockaddrInet6{Addr: dst.As16()}
-		pkt[0] = 128 // ICMPv6 echo request; the kernel fills in the checksum
-		pkt[2], pkt[3] = 0, 0
+		sa, pkt = &unix.SockaddrInet6{Addr: dst.As16()}, EchoRequest6(id, seq, size)
 		classify = func(p []byte, from unix.Sockaddr) replyKind { return classifyReply6(p, from, dst, id, seq) }
 	} else {
 		fd, err = ICMPSocket(nsPath, df)
@@ -98,6 +96,14 @@ func EchoRequest(id, seq uint16, size int) []byte {
 		b[i] = byte(i)
 	}
 	binary.BigEndian.PutUint16(b[2:], Checksum(b))
+	return b
+}
+
+// EchoRequest6 builds an ICMPv6 echo request with size payload bytes; the
+// kernel fills in its checksum (it covers the IPv6 pseudo-header).
+func EchoRequest6(id, seq uint16, size int) []byte {
+	b := EchoRequest(id, seq, size)
+	b[0], b[2], b[3] = 128, 0, 0
 	return b
 }
 

@@ -129,3 +129,10 @@ func TestInnerIPv6(t *testing.T) {
 		}
 	}
 }
+
+func TestEchoRequest6(t *testing.T) {
+	b := EchoRequest6(7, 1, 8)
+	if len(b) != 16 || b[0] != 128 || b[1] != 0 || b[2] != 0 || b[3] != 0 || b[5] != 7 || b[7] != 1 {
+		t.Fatalf("EchoRequest6 = %x", b)
+	}
+}

@@ -104,8 +104,7 @@ func Send(nsPath string, p trace.Probe, size int) error {
 	var sa unix.Sockaddr
 	open, overhead := probe.ICMPSocket, 28
 	if p.Dst.Is6() {
-		pkt[0], pkt[2], pkt[3] = 128, 0, 0 // ICMPv6 echo; the kernel sums it
-		sa, open, overhead = &unix.SockaddrInet6{Addr: p.Dst.As16()}, probe.ICMP6Socket, 48
+		pkt, sa, open, overhead = probe.EchoRequest6(p.ID, p.Seq, size), &unix.SockaddrInet6{Addr: p.Dst.As16()}, probe.ICMP6Socket, 48
 	} else {
 		sa = &unix.SockaddrInet4{Addr: p.Dst.As4()}
 	}
