@@ -154,18 +154,17 @@ func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, po
 // network's containers, the host's forwarding of anything else).
 func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, dev string) []*nftables.Rule {
 	br := datapath.BridgeName(n.VNI)
-	id := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
+	id, id6 := tunnelID(n.VNI, n.Subnet, dev), tunnelID(n.VNI, n.Subnet6, dev)
 	within := join([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
 	}, inPrefix(12, n.Subnet), inPrefix(16, n.Subnet))
 	var within6 []expr.Any
-	id6 := fmt.Sprintf("%d:%s:%s", n.VNI, enc6(n.Subnet6.String()), dev)
 	if n.Subnet6.IsValid() {
 		within6 = join([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
-		}, inPrefix6(8, n.Subnet6), inPrefix6(24, n.Subnet6))
+		}, inPrefix(8, n.Subnet6), inPrefix(24, n.Subnet6))
 	}
 	var out []*nftables.Rule
 	for _, dir := range []struct {
@@ -186,16 +185,6 @@ func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, 
 	return out
 }
 
-// inPrefix6 matches an IPv6 address at offset (8 source, 24 destination)
-// of the network header within p.
-func inPrefix6(offset uint32, p netip.Prefix) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 16},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: net.CIDRMask(p.Bits(), 128), Xor: make([]byte, 16)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
-	}
-}
-
 // tunnelDrops drop what the tunnel rules did not accept.
 func tunnelDrops(t *nftables.Table, c *nftables.Chain, dev string) []*nftables.Rule {
 	var out []*nftables.Rule
@@ -210,13 +199,13 @@ func tunnelDrops(t *nftables.Table, c *nftables.Chain, dev string) []*nftables.R
 	return out
 }
 
-// inPrefix matches an IPv4 address at offset (12 source, 16 destination)
-// of the network header within p.
+// inPrefix matches an address at offset of the network header (IPv4: 12
+// source, 16 destination; IPv6: 8 and 24) within p.
 func inPrefix(offset uint32, p netip.Prefix) []expr.Any {
-	mask := net.CIDRMask(p.Bits(), 32)
+	bits := p.Addr().BitLen()
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(bits / 8)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(bits / 8), Mask: net.CIDRMask(p.Bits(), bits), Xor: make([]byte, bits/8)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
 	}
 }
@@ -461,48 +450,33 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 		return nil, err
 	}
 	var out []datapath.EncryptedNet
-	for tag, n := range seen {
-		v, ok := strings.CutPrefix(tag, tunnelOut)
-		if !ok || n != 1 {
-			continue
+	for _, prefix := range []string{tunnelOut, tunnelOut6} { // IPv4, then a dual-stack network's IPv6 half
+		for tag, n := range seen {
+			v, ok := strings.CutPrefix(tag, prefix)
+			if !ok || n != 1 {
+				continue
+			}
+			vni, sub, ok := parseTunnelID(v, dev)
+			i := slices.IndexFunc(out, func(e datapath.EncryptedNet) bool { return e.VNI == vni })
+			switch {
+			case !ok || (prefix == tunnelOut6) == (i < 0):
+				return nil, nil
+			case prefix == tunnelOut:
+				out = append(out, datapath.EncryptedNet{VNI: vni, Subnet: sub})
+			default:
+				out[i].Subnet6 = sub
+			}
 		}
-		f := strings.Split(v, ":")
-		if len(f) != 3 || f[2] != dev {
-			return nil, nil
-		}
-		vni, err1 := strconv.ParseUint(f[0], 10, 32)
-		sub, err2 := netip.ParsePrefix(f[1])
-		if err1 != nil || err2 != nil {
-			return nil, nil
-		}
-		out = append(out, datapath.EncryptedNet{VNI: uint32(vni), Subnet: sub})
-	}
-	for tag, n := range seen { // a dual-stack network's IPv6 half
-		v, ok := strings.CutPrefix(tag, tunnelOut6)
-		if !ok || n != 1 {
-			continue
-		}
-		f := strings.Split(v, ":")
-		if len(f) != 3 || f[2] != dev {
-			return nil, nil
-		}
-		vni, err1 := strconv.ParseUint(f[0], 10, 32)
-		sub, err2 := netip.ParsePrefix(dec6(f[1]))
-		i := slices.IndexFunc(out, func(e datapath.EncryptedNet) bool { return uint64(e.VNI) == vni })
-		if err1 != nil || err2 != nil || i < 0 {
-			return nil, nil
-		}
-		out[i].Subnet6 = sub
 	}
 	slices.SortFunc(out, func(a, b datapath.EncryptedNet) int { return cmp.Compare(a.VNI, b.VNI) })
 	want := map[string]int{tunnelDrop + dev: 2}
 	want[clearPrefix+strconv.Itoa(port)], want[clear6Prefix+strconv.Itoa(port)] = 1, 1
 	var got []uint32
 	for _, n := range out {
-		tid := fmt.Sprintf("%d:%s:%s", n.VNI, n.Subnet, dev)
+		tid := tunnelID(n.VNI, n.Subnet, dev)
 		want[tunnelOut+tid], want[tunnelIn+tid] = 1, 1
 		if n.Subnet6.IsValid() {
-			tid6 := fmt.Sprintf("%d:%s:%s", n.VNI, enc6(n.Subnet6.String()), dev)
+			tid6 := tunnelID(n.VNI, n.Subnet6, dev)
 			want[tunnelOut6+tid6], want[tunnelIn6+tid6] = 1, 1
 		}
 		got = append(got, n.VNI)
@@ -511,6 +485,23 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 		return nil, nil
 	}
 	return out, nil
+}
+
+// tunnelID names an encrypted network's tunnel rules of one family
+// (IPv6 prefixes with '-' for ':', the field separator).
+func tunnelID(vni uint32, sub netip.Prefix, dev string) string {
+	return fmt.Sprintf("%d:%s:%s", vni, enc6(sub.String()), dev)
+}
+
+// parseTunnelID reads a tunnelID of device dev back.
+func parseTunnelID(v, dev string) (uint32, netip.Prefix, bool) {
+	f := strings.Split(v, ":")
+	if len(f) != 3 || f[2] != dev {
+		return 0, netip.Prefix{}, false
+	}
+	vni, err1 := strconv.ParseUint(f[0], 10, 32)
+	sub, err2 := netip.ParsePrefix(dec6(f[1]))
+	return uint32(vni), sub, err1 == nil && err2 == nil
 }
 
 // readVNIs reads a set of VNIs, sorted: nil (no error) when the set is
