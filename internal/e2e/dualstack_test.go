@@ -159,6 +159,7 @@ func TestDualStack(t *testing.T) {
 		if att.IP6 != "fd00:198:19:1::66/64" {
 			t.Fatalf("attachment %+v: want the static IPv6 address", att)
 		}
+		usableAtOnce(t, lab.Container{Name: "named6", Netns: ns, IP6: netip.MustParseAddr("fd00:198:19:1::66")}) // right after the attach
 		pingUntil(t, b.Netns, netip.MustParseAddr("fd00:198:19:1::66"), 5*time.Second)
 		gw := nets["net1"].Gateway
 		if err := waitCond(10*time.Second, func() error {
@@ -206,6 +207,9 @@ func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (
 		if err != nil || att.IP != "" || att.Gateway != "" {
 			t.Fatalf("attachment %+v: want an IPv6 address alone", att)
 		}
+		// Right after the attach: duplicate address detection would still
+		// hold the addresses tentative for a second.
+		usableAtOnce(t, lab.Container{Name: name + "-" + h, Netns: ns, IP6: p.Addr()})
 		nss, ips = append(nss, ns), append(ips, p.Addr())
 	}
 	return nss, ips
@@ -213,7 +217,8 @@ func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (
 
 // usableAtOnce checks a container's IPv6 addresses are not tentative
 // (no duplicate address detection to wait for) and that it takes no
-// router advertisements.
+// router advertisements. Only a check right after the attach can see
+// detection at work (it ends within seconds).
 func usableAtOnce(t *testing.T, c lab.Container) {
 	t.Helper()
 	h, eth := containerEth(t, c)
