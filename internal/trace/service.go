@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -334,7 +335,7 @@ func (s *Service) Trace(r api.TraceRequest) (api.TraceResult, error) {
 			far = append(far, Sighted{Host: dst.Node, Point: pt, Error: "no capture on " + dst.Node + ": " + remoteErr.Error()})
 		}
 	}
-	res.Hops, res.Replied, res.Vanished, res.Why = Walk(seen, far, src, dst, s.cfg.VXLANPort, size, s.cfg.Fast)
+	res.Hops, res.Replied, res.Vanished, res.Why = Walk(seen, far, src, dst, s.cfg.VXLANPort, size+overhead, s.cfg.Fast)
 	if strings.HasPrefix(res.Vanished, self+" vxlan ") {
 		res.Why = s.explainLocalVXLAN(n.VNI, dst, res.Why)
 	}
@@ -359,7 +360,7 @@ func (s *Service) explainLocalVXLAN(vni uint32, dst model.Endpoint, why string) 
 
 // Walk orders the sightings as a frame crosses the points (request out,
 // reply back) and names the first point that did not see the probe.
-func Walk(near, far []Sighted, src, dst model.Endpoint, port, size int, fast bool) (hops []api.TraceHop, replied bool, vanished, why string) {
+func Walk(near, far []Sighted, src, dst model.Endpoint, port, packet int, fast bool) (hops []api.TraceHop, replied bool, vanished, why string) {
 	hop := func(ts Sighted, reply bool) api.TraceHop {
 		h := api.TraceHop{Host: ts.Host, Point: ts.Point, Iface: ts.Iface, Dir: "request", Error: ts.Error}
 		if reply {
@@ -405,20 +406,32 @@ func Walk(near, far []Sighted, src, dst model.Endpoint, port, size int, fast boo
 		if i > 0 {
 			prev = &hops[i-1]
 		}
-		why = reason(prev, h, src, dst, port, size, fast)
+		why = reason(prev, h, src, dst, port, packet, packet+vxlanOverhead(near, far), fast)
 		break
 	}
 	return hops, replied, vanished, why
 }
 
+// vxlanOverhead is what VXLAN adds on the underlay, by the family of the
+// outer addresses the taps saw (IPv4 when they saw none).
+func vxlanOverhead(near, far []Sighted) int {
+	for _, ts := range append(slices.Clone(near), far...) {
+		for _, s := range ts.Seen {
+			if s.Encap {
+				return model.Overhead(false, s.OuterSrc.Is6())
+			}
+		}
+	}
+	return model.OverheadIPv4
+}
+
 // reason says what usually drops a frame between the last point that saw
 // it (prev; nil when nothing did) and the first that did not (h). On the
 // fast path (fast) unicast inside a network meets no FORWARD chain.
-func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, size int, fast bool) string {
+func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, packet, wire int, fast bool) string {
 	if prev == nil {
 		return fmt.Sprintf("the probe never left %s: its interface or route is missing", src.ID)
 	}
-	wire := size + 28 + 50
 	switch {
 	case prev.Point == "destination veth" && prev.Dir == "request":
 		return fmt.Sprintf("%s did not answer: it is down, or its own firewall drops ICMP echo", dst.ID)
@@ -432,7 +445,7 @@ func reason(prev *api.TraceHop, h api.TraceHop, src, dst model.Endpoint, port, s
 		return fmt.Sprintf("%s's vxlan device did not send it: no route to the other host, or %d bytes do not fit the underlay", h.Host, wire)
 	case prev.Point == "underlay" && h.Point == "underlay":
 		why := fmt.Sprintf("lost on the underlay between %s and %s: a firewall or the network drops UDP %d between the two hosts", prev.Host, h.Host, port)
-		if size+28 > 576 { // a large probe: the path MTU is a suspect too
+		if packet > 576 { // a large probe: the path MTU is a suspect too
 			why += fmt.Sprintf(", or the path MTU is below %d bytes", wire)
 		}
 		return why

@@ -69,11 +69,11 @@ func TestWalk(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			near, far := mk(tc.near, tc.far)
-			size := 1478
+			packet := 1478 + 28 // the probe's IPv4 packet
 			if strings.HasPrefix(tc.name, "small") {
-				size = 56
+				packet = 56 + 28
 			}
-			hops, replied, vanished, why := Walk(near, far, src, dst, 4789, size, tc.fast)
+			hops, replied, vanished, why := Walk(near, far, src, dst, 4789, packet, tc.fast)
 			if len(hops) != 12 || replied != tc.replied || vanished != tc.vanished || !strings.HasPrefix(why+"$", tc.why) {
 				t.Fatalf("%d hops, replied %v, vanished %q, why %q", len(hops), replied, vanished, why)
 			}
@@ -115,10 +115,26 @@ func TestWalkTunnel(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			near := sighted("h1", tc.near, "container veth", "tunnel")
 			far := sighted("h2", tc.far, "tunnel", "destination veth")
-			hops, replied, _, why := Walk(near, far, src, dst, 4789, 56, false)
+			hops, replied, _, why := Walk(near, far, src, dst, 4789, 56+28, false)
 			if len(hops) != 8 || replied != tc.replied || !strings.HasPrefix(why, tc.why) {
 				t.Fatalf("%d hops, replied %v, why %q; want replied %v, why %q", len(hops), replied, why, tc.replied, tc.why)
 			}
 		})
+	}
+}
+
+// TestVXLANOverhead: the underlay's overhead follows the outer addresses
+// the taps saw (an IPv6 underlay's VXLAN is 20 bytes more).
+func TestVXLANOverhead(t *testing.T) {
+	seen := func(outer string) []Sighted {
+		return []Sighted{{Point: "underlay", Seen: []Seen{{Sighting: Sighting{Encap: true, OuterSrc: netip.MustParseAddr(outer)}}}}}
+	}
+	for _, tc := range []struct {
+		near []Sighted
+		want int
+	}{{nil, 50}, {seen("10.0.0.1"), 50}, {seen("2001:2::1"), 70}} {
+		if got := vxlanOverhead(tc.near, nil); got != tc.want {
+			t.Errorf("%+v: %d, want %d", tc.near, got, tc.want)
+		}
 	}
 }
