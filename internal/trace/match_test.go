@@ -30,13 +30,18 @@ func echo(typ byte, id, seq uint16) []byte {
 	return b
 }
 
-func vxlan(outerSrc, outerDst netip.Addr, port uint16, vni uint32, inner []byte) []byte {
+// vxlanUDP is a UDP datagram to port carrying inner in VXLAN with vni.
+func vxlanUDP(port uint16, vni uint32, inner []byte) []byte {
 	udp := make([]byte, 8+8)
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], port)
 	udp[8] = 0x08
 	udp[12], udp[13], udp[14] = byte(vni>>16), byte(vni>>8), byte(vni)
-	return eth(0x0800, ipv4(outerSrc, outerDst, 17, append(udp, inner...)))
+	return append(udp, inner...)
+}
+
+func vxlan(outerSrc, outerDst netip.Addr, port uint16, vni uint32, inner []byte) []byte {
+	return eth(0x0800, ipv4(outerSrc, outerDst, 17, vxlanUDP(port, vni, inner)))
 }
 
 func TestMatch(t *testing.T) {
@@ -99,11 +104,7 @@ func ipv6(src, dst netip.Addr, next byte, payload []byte) []byte {
 
 // vxlan6 is vxlan over an IPv6 underlay.
 func vxlan6(outerSrc, outerDst netip.Addr, port uint16, vni uint32, inner []byte) []byte {
-	udp := make([]byte, 8+8)
-	binary.BigEndian.PutUint16(udp[2:], port)
-	udp[8] = 0x08
-	udp[12], udp[13], udp[14] = byte(vni>>16), byte(vni>>8), byte(vni)
-	return eth(0x86dd, ipv6(outerSrc, outerDst, 17, append(udp, inner...)))
+	return eth(0x86dd, ipv6(outerSrc, outerDst, 17, vxlanUDP(port, vni, inner)))
 }
 
 // TestMatchIPv6: an IPv6 probe (ICMPv6 echo 128 and reply 129), bare, in

@@ -2,6 +2,7 @@ package linux_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,6 +30,20 @@ func save(t *testing.T, path, tool string) string {
 	return string(out)
 }
 
+// runIn runs a tool with args in the namespace at path, failing the test
+// when it fails.
+func runIn(t *testing.T, path, tool string, args ...string) {
+	t.Helper()
+	if err := nsutil.Do(path, func() error {
+		if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s %v: %v %s", tool, args, err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The host firewall goes into the iptables backend the host's own rules
 // are in (a drop in one backend is final whatever the other accepts), and
 // leaves every rule it did not write alone.
@@ -41,16 +56,8 @@ func TestHostFirewallBackend(t *testing.T) {
 		t.Run(tc.backend, func(t *testing.T) {
 			_, path := testutil.Netns(t)
 			// The host's firewall, as ufw or dockerd leave it.
-			if err := nsutil.Do(path, func() error {
-				for _, args := range [][]string{{"-P", "FORWARD", "DROP"}, {"-A", "FORWARD", "-i", "lo", "-j", "ACCEPT"}} {
-					if out, err := exec.Command(tc.backend, args...).CombinedOutput(); err != nil {
-						t.Fatalf("%s %v: %v %s", tc.backend, args, err, out)
-					}
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
+			runIn(t, path, tc.backend, "-P", "FORWARD", "DROP")
+			runIn(t, path, tc.backend, "-A", "FORWARD", "-i", "lo", "-j", "ACCEPT")
 			dp, err := linux.Open(path, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -89,15 +96,8 @@ func TestHostFirewallBackend(t *testing.T) {
 func TestHostFirewallAfterDockerUser(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, path := testutil.Netns(t)
-	if err := nsutil.Do(path, func() error {
-		for _, args := range [][]string{{"-N", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "ACCEPT"}} {
-			if out, err := exec.Command("iptables-nft", args...).CombinedOutput(); err != nil {
-				t.Fatalf("%v: %v %s", args, err, out)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+	for _, args := range [][]string{{"-N", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "DOCKER-USER"}, {"-A", "FORWARD", "-j", "ACCEPT"}} {
+		runIn(t, path, "iptables-nft", args...)
 	}
 	dp, err := linux.Open(path, nil)
 	if err != nil {
@@ -126,15 +126,7 @@ func TestHostFirewallAfterDockerUser(t *testing.T) {
 func TestHostFirewallIPv6(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, path := testutil.Netns(t)
-	if err := nsutil.Do(path, func() error {
-		out, err := exec.Command("ip6tables-nft", "-P", "FORWARD", "DROP").CombinedOutput()
-		if err != nil {
-			t.Fatalf("%v %s", err, out)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	runIn(t, path, "ip6tables-nft", "-P", "FORWARD", "DROP")
 	dp, err := linux.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -178,15 +170,7 @@ func TestHostFirewallIPv6(t *testing.T) {
 		t.Errorf("IPv6 forwarding %q, accept_ra of lo %q (%v); want 1 and 2", fwd, ra, err)
 	}
 	// Someone deletes the IPv6 DNAT: incomplete, equal to nothing wanted.
-	if err := nsutil.Do(path, func() error {
-		out, err := exec.Command("ip6tables-nft", "-t", "nat", "-F", "VXNET-DNAT").CombinedOutput()
-		if err != nil {
-			t.Fatalf("%v %s", err, out)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	runIn(t, path, "ip6tables-nft", "-t", "nat", "-F", "VXNET-DNAT")
 	if o, err = dp.Observe(); err != nil || o.HostFirewall == nil || !o.HostFirewall.Incomplete {
 		t.Fatalf("after flushing ip6tables VXNET-DNAT: %+v %v; want incomplete", o.HostFirewall, err)
 	}
