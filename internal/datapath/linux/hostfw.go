@@ -491,7 +491,6 @@ func (t *iptables) ensure(h datapath.HostFirewall) error {
 	if err := t.ensure6(h); err != nil {
 		return err
 	}
-	t.had6 = len(hostRules6(h)) > 0
 	t.seen, t.seenAt = &h, time.Now()
 	return nil
 }

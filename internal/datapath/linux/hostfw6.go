@@ -201,11 +201,13 @@ func (t *iptables) ensure6(h datapath.HostFirewall) error {
 		return nil
 	}
 	if len(rules) == 0 {
-		if t.had6 {
-			return t.removeOwn(tool, jumps6())
+		if !t.had6 {
+			return nil
 		}
-		return nil
+		t.had6 = false
+		return t.removeOwn(tool, jumps6())
 	}
+	t.had6 = true // from here on, whatever fails, there may be chains to read
 	if _, err := t.run(tool+"-restore", restoreInput(rules), "-w", "--noflush"); err != nil {
 		return fmt.Errorf("install vxnet's ip6tables chains: %w", err)
 	}
@@ -214,8 +216,8 @@ func (t *iptables) ensure6(h datapath.HostFirewall) error {
 			return err
 		}
 	}
-	if len(rules) > 0 && (slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return (n.Egress || n.Tunnel != "") && n.Subnet6.IsValid() }) ||
-		slices.ContainsFunc(h.Ports, func(p datapath.PublishedPort) bool { return p.IP6.IsValid() })) {
+	if slices.ContainsFunc(h.Networks, func(n datapath.HostNet) bool { return (n.Egress || n.Tunnel != "") && n.Subnet6.IsValid() }) ||
+		slices.ContainsFunc(h.Ports, func(p datapath.PublishedPort) bool { return p.IP6.IsValid() }) {
 		return t.forwarding6()
 	}
 	return nil
