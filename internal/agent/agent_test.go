@@ -655,6 +655,45 @@ func TestResolveNames(t *testing.T) {
 	wantErr(t, err, model.ErrInvalid, `invalid container name "bad.name": want one DNS label of letters, digits, '-' and '_' (up to 63 characters)`)
 }
 
+// Names answer IPv6 queriers too: on a dual-stack network and on an
+// IPv6-only one, whose queries are redirected at the IPv6 gateway.
+func TestResolveNamesIPv6(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	for _, c := range []api.NetworkCreate{{Name: "dual", Subnet: "10.30.0.0/24", Subnet6: "fd00:30::/64"}, {Name: "six", Subnet6: "fd00:60::/64"}} {
+		if _, err := h1.CreateNetwork(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ip := func(s string) netip.Addr { return netip.MustParsePrefix(s).Addr() }
+	a := mustAttach(t, h1, api.AttachRequest{Network: "dual", Netns: netns(t, "a"), Name: "a"})
+	b := mustAttach(t, h2, api.AttachRequest{Network: "dual", Netns: netns(t, "b"), Name: "b"})
+	c := mustAttach(t, h1, api.AttachRequest{Network: "six", Netns: netns(t, "c"), Name: "c"})
+	d := mustAttach(t, h2, api.AttachRequest{Network: "six", Netns: netns(t, "d"), Name: "d"})
+	for _, tc := range []struct {
+		src     netip.Addr
+		name    string
+		verdict dns.Verdict
+		ips     []netip.Addr
+		gw      string // where src's queries are redirected to
+	}{
+		{ip(b.IP6), "a", dns.Answer, []netip.Addr{ip(a.IP), ip(a.IP6)}, "fd00:30::1"},
+		{ip(b.IP), "a", dns.Answer, []netip.Addr{ip(a.IP), ip(a.IP6)}, "10.30.0.1"},
+		{ip(d.IP6), "c", dns.Answer, []netip.Addr{ip(c.IP6)}, "fd00:60::1"},
+		{ip(d.IP6), "c.six", dns.Answer, []netip.Addr{ip(c.IP6)}, "fd00:60::1"},
+		{ip(d.IP6), "a", dns.Forward, nil, "fd00:60::1"}, // isolation: six does not see dual's names
+		{netip.MustParseAddr("fd00:99::9"), "c", dns.Refuse, nil, ""},
+	} {
+		v, ips := h2.Resolve(tc.src, tc.name)
+		if v != tc.verdict || !slices.Equal(ips, tc.ips) {
+			t.Errorf("%s asks %s: %v %v, want %v %v", tc.src, tc.name, v, ips, tc.verdict, tc.ips)
+		}
+		gw, ok := h2.RedirectedTo(tc.src)
+		if want, err := netip.ParseAddr(tc.gw); ok != (err == nil) || gw != want {
+			t.Errorf("queries of %s are redirected to %v (%v), want %q", tc.src, gw, ok, tc.gw)
+		}
+	}
+}
+
 // A state file that is not a bbolt database, and one another agent holds,
 // stop the start with a clear error and change nothing.
 func TestStoreFaults(t *testing.T) {

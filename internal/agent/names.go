@@ -22,12 +22,15 @@ func (a *Agent) names() dns.Cluster {
 	return c
 }
 
-// RedirectedTo returns the gateway of src's network: where the host
-// firewall redirects its DNS queries.
+// RedirectedTo returns the gateway of src's network in src's family:
+// where the host firewall redirects its DNS queries.
 func (a *Agent) RedirectedTo(src netip.Addr) (netip.Addr, bool) {
 	nets, _ := a.state.Networks()
 	n, ok := dns.Cluster{Networks: nets}.NetworkOf(src)
-	return n.Gateway, ok
+	if src.Is6() {
+		return n.Gateway6, ok && n.Gateway6.IsValid()
+	}
+	return n.Gateway, ok && n.Gateway.IsValid()
 }
 
 // Resolve answers a container's DNS query from the cluster state.

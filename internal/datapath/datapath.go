@@ -451,6 +451,9 @@ type HostNet struct {
 	// host's ip6tables too (forwarding on the bridge; egress masqueraded
 	// to the host's IPv6 address).
 	Subnet6 netip.Prefix `json:"subnet6,omitzero"`
+	// Gateway6 is its IPv6 gateway: containers' DNS queries to it are
+	// redirected to the resolver as the IPv4 gateway's are.
+	Gateway6 netip.Addr `json:"gateway6,omitzero"`
 }
 
 // PublishedPort is a local container port reachable at the host's

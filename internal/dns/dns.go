@@ -70,11 +70,13 @@ func Listen(addr string, names Names, upstream Upstream, log *slog.Logger) (*Ser
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{names: names, upstream: upstream, log: log, Timeout: 2 * time.Second}
-	pc, err := net.ListenPacket("udp4", addr)
+	// Both families (containers ask at their IPv4 or IPv6 gateway); an
+	// IPv4 querier's address comes as IPv4-mapped (see addrPort).
+	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("resolver on %s/udp: %w", addr, err)
 	}
-	ln, err := net.Listen("tcp4", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("resolver on %s/tcp: %w", addr, err)
@@ -102,14 +104,16 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
+// addrPort is a's address and port, an IPv4-mapped address unmapped.
 func addrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	switch a := a.(type) {
 	case *net.UDPAddr:
-		return a.AddrPort()
+		ap = a.AddrPort()
 	case *net.TCPAddr:
-		return a.AddrPort()
+		ap = a.AddrPort()
 	}
-	return netip.AddrPort{}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // ServeDNS answers one query.
@@ -131,7 +135,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	q := r.Question[0]
 	client, local := addrPort(w.RemoteAddr()), addrPort(w.LocalAddr())
 	name := strings.TrimSuffix(strings.ToLower(q.Name), ".")
-	verdict, ips := s.names.Resolve(client.Addr().Unmap(), name)
+	verdict, ips := s.names.Resolve(client.Addr(), name)
 	switch verdict {
 	case Refuse:
 		fail(dns.RcodeRefused)
@@ -159,7 +163,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		proto = "tcp"
 	}
 	if !local.Addr().IsValid() || local.Addr().IsUnspecified() {
-		if gw, ok := s.names.RedirectedTo(client.Addr().Unmap()); ok {
+		if gw, ok := s.names.RedirectedTo(client.Addr()); ok {
 			local = netip.AddrPortFrom(gw, local.Port())
 		}
 	}

@@ -117,3 +117,44 @@ func TestResolver(t *testing.T) {
 		t.Errorf("no upstream: %v %v", r, err)
 	}
 }
+
+// The resolver answers IPv6 queriers (containers asking at their IPv6
+// gateway), over UDP and TCP.
+func TestResolverIPv6(t *testing.T) {
+	n := names{"ds": {netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("fd00:1::7")}}
+	s, err := Listen("[::1]:0", n, upstream{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, to := range []string{s.servers[0].PacketConn.LocalAddr().String(), s.servers[1].Listener.Addr().String()} {
+		proto := "udp"
+		if to == s.servers[1].Listener.Addr().String() {
+			proto = "tcp"
+		}
+		m := new(dns.Msg)
+		m.SetQuestion("ds.", dns.TypeAAAA)
+		r, _, err := (&dns.Client{Net: proto}).Exchange(m, to)
+		if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.AAAA).AAAA.String() != "fd00:1::7" {
+			t.Errorf("%s AAAA over IPv6: %v %v", proto, r, err)
+		}
+	}
+}
+
+// A socket of both families gives IPv4 queriers IPv4-mapped addresses:
+// the resolver sees them as IPv4 (their network is found by them).
+func TestAddrPort(t *testing.T) {
+	for _, tc := range []struct {
+		in   net.Addr
+		want string
+	}{
+		{&net.UDPAddr{IP: net.ParseIP("::ffff:10.0.0.5"), Port: 5353}, "10.0.0.5:5353"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:10.0.0.5"), Port: 53}, "10.0.0.5:53"},
+		{&net.UDPAddr{IP: net.ParseIP("fd00::5"), Port: 53}, "[fd00::5]:53"},
+		{&net.UDPAddr{IP: net.IPv4(10, 0, 0, 5).To4(), Port: 53}, "10.0.0.5:53"},
+	} {
+		if got := addrPort(tc.in).String(); got != tc.want {
+			t.Errorf("addrPort(%v) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}

@@ -39,7 +39,8 @@ import (
 // Discovery inside VXLAN on the underlay (captured) while their IPv6 pings
 // cross it; the anycast gateway answers IPv6 on every host; two IPv6-only
 // networks each carry their containers across hosts and are isolated from
-// each other; a container's name answers AAAA with its IPv6 address.
+// each other; a container's name answers AAAA with its IPv6 address, asked
+// at the IPv4 or the IPv6 gateway, on an IPv6-only network too.
 func TestDualStack(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 3, Networks: 2, PerHost: 1, IPv6: true})
 	for _, h := range l.Hosts {
@@ -139,6 +140,12 @@ func TestDualStack(t *testing.T) {
 		// The IPv6 gateway answers on the IPv6-only network (so the host
 		// routes for it), yet nothing crosses to the other network.
 		pingUntil(t, a[0], netip.MustParseAddr("fd00:61::1"), 5*time.Second)
+		// Names work there: asked at the IPv6 gateway, answered from h1.
+		if err := waitCond(10*time.Second, func() error {
+			return askName(a[0], netip.MustParseAddr("fd00:61::1"), "six1-h2.", dns.TypeAAAA, ips[1].String())
+		}); err != nil {
+			t.Fatal(err)
+		}
 		for _, dst := range ips2 {
 			if _, err := probe.Ping(a[0], dst, 56, false, time.Second); err == nil {
 				t.Fatalf("six1 reached %s on six2", dst)
@@ -163,22 +170,17 @@ func TestDualStack(t *testing.T) {
 		}
 		usableAtOnce(t, lab.Container{Name: "named6", Netns: ns, IP6: netip.MustParseAddr("fd00:198:19:1::66")}) // right after the attach
 		pingUntil(t, b.Netns, netip.MustParseAddr("fd00:198:19:1::66"), 5*time.Second)
-		gw := nets["net1"].Gateway
+		// Asked at either gateway (the IPv6 one's queries are redirected
+		// the same way), both records answer.
 		if err := waitCond(10*time.Second, func() error {
-			for _, q := range []struct {
-				qtype uint16
-				want  string
-			}{{dns.TypeAAAA, "fd00:198:19:1::66"}, {dns.TypeA, strings.Split(att.IP, "/")[0]}} {
-				var r *dns.Msg
-				err := nsutil.Do(b.Netns, func() error {
-					m := new(dns.Msg)
-					m.SetQuestion("web6.", q.qtype)
-					var err error
-					r, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, netip.AddrPortFrom(gw, 53).String())
-					return err
-				})
-				if err != nil || len(r.Answer) != 1 || !strings.HasSuffix(r.Answer[0].String(), "\t"+q.want) {
-					return fmt.Errorf("web6. %s from %s: %v %v; want %s", dns.TypeToString[q.qtype], b.Name, r, err, q.want)
+			for _, gw := range []netip.Addr{nets["net1"].Gateway, nets["net1"].Gateway6} {
+				for _, q := range []struct {
+					qtype uint16
+					want  string
+				}{{dns.TypeAAAA, "fd00:198:19:1::66"}, {dns.TypeA, strings.Split(att.IP, "/")[0]}} {
+					if err := askName(b.Netns, gw, "web6.", q.qtype, q.want); err != nil {
+						return fmt.Errorf("%s: %w", b.Name, err)
+					}
 				}
 			}
 			return nil
@@ -201,7 +203,7 @@ func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (
 	}
 	for _, h := range hosts {
 		ns := newContainer(t, l, name+"-"+h)
-		att, err := client(l, h).Attach(api.AttachRequest{Network: name, Netns: ns})
+		att, err := client(l, h).Attach(api.AttachRequest{Network: name, Netns: ns, Name: name + "-" + h})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,6 +217,23 @@ func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (
 		nss, ips = append(nss, ns), append(ips, p.Addr())
 	}
 	return nss, ips
+}
+
+// askName asks the resolver at server, from the container at ns, for one
+// record of name: the only answer must be want.
+func askName(ns string, server netip.Addr, name string, qtype uint16, want string) error {
+	var r *dns.Msg
+	err := nsutil.Do(ns, func() error {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		var err error
+		r, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, netip.AddrPortFrom(server, 53).String())
+		return err
+	})
+	if err != nil || len(r.Answer) != 1 || !strings.HasSuffix(r.Answer[0].String(), "\t"+want) {
+		return fmt.Errorf("%s %s asked at %s: %v %v; want %s", name, dns.TypeToString[qtype], server, r, err, want)
+	}
+	return nil
 }
 
 // usableAtOnce checks a container's IPv6 addresses need no duplicate

@@ -313,15 +313,15 @@ func Desired(in Input) (Target, []Problem) {
 	userNets := 0
 	for _, vni := range st.Firewall.Isolate {
 		n := nets[st.Networks[vni].Name]
-		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal, Subnet6: n.Subnet6}
+		hn := datapath.HostNet{VNI: vni, Subnet: n.Subnet, Gateway: n.Gateway, Egress: !n.Internal, Subnet6: n.Subnet6, Gateway6: n.Gateway6}
 		if n.Encrypted { // programmed only where there is a tunnel
 			hn.Tunnel = in.Tunnel.Dev
 		}
 		if n.Name == model.HealthNetwork {
 			// Its bridge forwards (the probes cross FORWARD where
 			// br_netfilter is on); it has no gateway, so no names.
-			hn.Gateway, hn.Egress = netip.Addr{}, false
-		} else if n.HasIPv4() { // names are served at IPv4 gateways
+			hn.Gateway, hn.Gateway6, hn.Egress = netip.Addr{}, netip.Addr{}, false
+		} else { // names are served at its gateways
 			userNets++
 		}
 		st.HostFirewall.Networks = append(st.HostFirewall.Networks, hn)

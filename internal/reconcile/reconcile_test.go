@@ -394,6 +394,15 @@ func TestHealthNetwork(t *testing.T) {
 	if st.HostFirewall.DNSPort != 53533 || !st.Networks[100].Gateway.IsValid() {
 		t.Fatalf("a user network beside it: %+v", st.HostFirewall)
 	}
+	// An IPv6-only network has names too: at its IPv6 gateway.
+	six := model.Network{Name: "six", VNI: 101, Subnet6: netip.MustParsePrefix("fd00:6::/64")}
+	six.Normalize()
+	in.Networks = []model.Network{hn, six}
+	st, _ = reconcile.Desired(in)
+	i := slices.IndexFunc(st.HostFirewall.Networks, func(n datapath.HostNet) bool { return n.VNI == 101 })
+	if st.HostFirewall.DNSPort != 53533 || i < 0 || st.HostFirewall.Networks[i].Gateway6 != netip.MustParseAddr("fd00:6::1") {
+		t.Fatalf("an IPv6-only network beside it: %+v", st.HostFirewall)
+	}
 }
 
 // The openings exist while asked for, with or without networks (members

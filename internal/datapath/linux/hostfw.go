@@ -88,13 +88,7 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
 		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
-		if h.DNSPort != 0 && n.Gateway.IsValid() {
-			to := netip.AddrPortFrom(n.Gateway, h.DNSPort).String()
-			for _, proto := range []string{"udp", "tcp"} {
-				rs = append(rs, hostRule{"nat", chainDNS, fmt.Sprintf("-i %s -p %s -m %s --dport 53%s -j DNAT --to-destination %s", br, proto, proto, tag, to)},
-					hostRule{"filter", chainInput, fmt.Sprintf("-d %s/32 -i %s -p %s -m %s --dport %d%s -j ACCEPT", n.Gateway, br, proto, proto, h.DNSPort, tag)})
-			}
-		}
+		rs = append(rs, dnsRules(n.Gateway, h.DNSPort, br, tag)...)
 		out[c] = append(rs, routedRules(n, n.Subnet, br, tag)...)
 	}
 	for _, p := range h.Ports {
@@ -105,6 +99,21 @@ func hostRules(h datapath.HostFirewall) map[string][]hostRule {
 		out[c] = portRules(p, p.IP, " -m comment --comment "+c)
 	}
 	return out
+}
+
+// dnsRules redirect the DNS queries that reach a network's bridge br to
+// the resolver at its gateway gw (one family's), and let them in.
+func dnsRules(gw netip.Addr, port uint16, br, tag string) []hostRule {
+	if port == 0 || !gw.IsValid() {
+		return nil
+	}
+	var rs []hostRule
+	to := netip.AddrPortFrom(gw, port).String()
+	for _, proto := range []string{"udp", "tcp"} {
+		rs = append(rs, hostRule{"nat", chainDNS, fmt.Sprintf("-i %s -p %s -m %s --dport 53%s -j DNAT --to-destination %s", br, proto, proto, tag, to)},
+			hostRule{"filter", chainInput, fmt.Sprintf("-d %s -i %s -p %s -m %s --dport %d%s -j ACCEPT", netip.PrefixFrom(gw, gw.BitLen()), br, proto, proto, port, tag)})
+	}
+	return rs
 }
 
 // routedRules are a network's rules for one family (its subnet sub there)

@@ -21,7 +21,9 @@ import (
 // ip6tables FORWARD drops (ufw's does) would otherwise drop bridged IPv6
 // where br_netfilter is on, and nothing would leave or come in over IPv6.
 // Its comments name IPv6 addresses with '-' for ':' (the comments'
-// separator); no DNS redirect: containers ask their IPv4 gateway.
+// separator). Containers' DNS queries to a network's IPv6 gateway are
+// redirected to the resolver as those to its IPv4 gateway are (the
+// resolver listens on both families).
 
 // jumps6 are jumps for ip6tables.
 func jumps6() []struct{ table, chain, rule string } {
@@ -37,12 +39,16 @@ func jumps6() []struct{ table, chain, rule string } {
 func enc6(s string) string { return strings.ReplaceAll(s, ":", "-") }
 func dec6(s string) string { return strings.ReplaceAll(s, "-", ":") }
 
-func net6Comment(n datapath.HostNet) string {
+func net6Comment(n datapath.HostNet, dnsPort uint16) string {
 	mode := "egress"
 	if !n.Egress {
 		mode = "internal"
 	}
-	c := fmt.Sprintf("%snet6:%d:%s:%s", commentTag, n.VNI, enc6(n.Subnet6.String()), mode)
+	gw := "none"
+	if n.Gateway6.IsValid() {
+		gw = enc6(n.Gateway6.String())
+	}
+	c := fmt.Sprintf("%snet6:%d:%s:%s:%s:%d", commentTag, n.VNI, enc6(n.Subnet6.String()), gw, mode, dnsPort)
 	if n.Tunnel != "" {
 		c += ":" + n.Tunnel
 	}
@@ -60,10 +66,11 @@ func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
 		if !n.Subnet6.IsValid() {
 			continue
 		}
-		c := net6Comment(n)
+		c := net6Comment(n, h.DNSPort)
 		br := datapath.BridgeName(n.VNI)
 		tag := " -m comment --comment " + c
 		rs := []hostRule{{"filter", chainForward, "-i " + br + " -o " + br + tag + " -j ACCEPT"}}
+		rs = append(rs, dnsRules(n.Gateway6, h.DNSPort, br, tag)...)
 		out[c] = append(rs, routedRules(n, n.Subnet6, br, tag)...)
 	}
 	for _, p := range h.Ports {
@@ -82,15 +89,25 @@ func hostRules6(h datapath.HostFirewall) map[string][]hostRule {
 func parseComment6(c string, h6 *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
-	case (len(f) == 4 || len(f) == 5) && f[0] == "net6":
+	case (len(f) == 6 || len(f) == 7) && f[0] == "net6":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		sub, err2 := netip.ParsePrefix(dec6(f[2]))
-		if errors.Join(err1, err2) != nil || !sub.Addr().Is6() || (f[3] != "egress" && f[3] != "internal") {
+		var gw netip.Addr
+		var err3 error
+		if f[3] != "none" {
+			gw, err3 = netip.ParseAddr(dec6(f[3]))
+		}
+		dns, err4 := strconv.ParseUint(f[5], 10, 16)
+		if errors.Join(err1, err2, err3, err4) != nil || !sub.Addr().Is6() || (gw.IsValid() && !gw.Is6()) || (f[4] != "egress" && f[4] != "internal") {
 			return false
 		}
-		hn := datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Egress: f[3] == "egress"}
-		if len(f) == 5 {
-			hn.Tunnel = f[4]
+		if len(h6.Networks) > 0 && h6.DNSPort != uint16(dns) {
+			h6.Incomplete = true
+		}
+		h6.DNSPort = uint16(dns)
+		hn := datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Gateway6: gw, Egress: f[4] == "egress"}
+		if len(f) == 7 {
+			hn.Tunnel = f[6]
 		}
 		h6.Networks = append(h6.Networks, hn)
 	case len(f) == 6 && f[0] == "port6":
@@ -116,6 +133,12 @@ func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
 	if h6.Incomplete {
 		h.Incomplete = true
 	}
+	if len(h6.Networks) > 0 {
+		if len(h.Networks) > 0 && h.DNSPort != h6.DNSPort {
+			h.Incomplete = true
+		}
+		h.DNSPort = h6.DNSPort
+	}
 	for _, n6 := range h6.Networks {
 		i := slices.IndexFunc(h.Networks, func(n datapath.HostNet) bool { return n.VNI == n6.VNI })
 		switch {
@@ -124,7 +147,7 @@ func merge6(h *datapath.HostFirewall, h6 *datapath.HostFirewall) {
 		case h.Networks[i].Egress != n6.Egress || h.Networks[i].Tunnel != n6.Tunnel || h.Networks[i].Subnet6.IsValid():
 			h.Incomplete = true
 		default:
-			h.Networks[i].Subnet6 = n6.Subnet6
+			h.Networks[i].Subnet6, h.Networks[i].Gateway6 = n6.Subnet6, n6.Gateway6
 		}
 	}
 	for _, p6 := range h6.Ports {

@@ -135,23 +135,32 @@ func TestHostFirewallIPv6(t *testing.T) {
 	dp.SetHostFirewallMaxAge(0)
 	h := datapath.HostFirewall{
 		Networks: []datapath.HostNet{
-			{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Egress: true, Subnet6: netip.MustParsePrefix("fd00:7::/64")},
+			{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Gateway: netip.MustParseAddr("198.19.7.1"), Egress: true,
+				Subnet6: netip.MustParsePrefix("fd00:7::/64"), Gateway6: netip.MustParseAddr("fd00:7::1")},
 			{VNI: 4098, Subnet: netip.MustParsePrefix("198.19.8.0/24")},
+			{VNI: 4099, Subnet6: netip.MustParsePrefix("fd00:9::/64"), Gateway6: netip.MustParseAddr("fd00:9::1")}, // IPv6-only
 		},
-		Ports: []datapath.PublishedPort{{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80, IP6: netip.MustParseAddr("fd00:7::5")}},
+		DNSPort: 53533,
+		Ports:   []datapath.PublishedPort{{VNI: 4097, Proto: "tcp", HostPort: 8080, IP: netip.MustParseAddr("198.19.7.5"), Port: 80, IP6: netip.MustParseAddr("fd00:7::5")}},
 	}
 	if err := dp.EnsureHostFirewall(h); err != nil {
 		t.Fatal(err)
 	}
 	v6 := save(t, path, "ip6tables-nft")
 	for _, want := range []string{"-A FORWARD -j VXNET-FORWARD", ":FORWARD DROP", "-A VXNET-FORWARD -i vxbr4097 -o vxbr4097",
-		"-A VXNET-POSTROUTING -s fd00:7::/64 ! -o vxbr4097", "--to-destination [fd00:7::5]:80", "-A VXNET-FORWARD -d fd00:7::5/128 -o vxbr4097 -p tcp"} {
+		"-A VXNET-POSTROUTING -s fd00:7::/64 ! -o vxbr4097", "--to-destination [fd00:7::5]:80", "-A VXNET-FORWARD -d fd00:7::5/128 -o vxbr4097 -p tcp",
+		// names at the IPv6 gateways, the IPv6-only network's too
+		"-A VXNET-DNS -i vxbr4097 -p udp -m udp --dport 53", "--to-destination [fd00:7::1]:53533", "-A VXNET-INPUT -d fd00:7::1/128 -i vxbr4097 -p tcp -m tcp --dport 53533",
+		"--to-destination [fd00:9::1]:53533", "-A VXNET-INPUT -d fd00:9::1/128 -i vxbr4099 -p udp -m udp --dport 53533"} {
 		if !strings.Contains(v6, want) {
 			t.Errorf("ip6tables lacks %q:\n%s", want, v6)
 		}
 	}
 	if strings.Contains(v6, "vxbr4098") {
 		t.Errorf("an IPv4-only network in ip6tables:\n%s", v6)
+	}
+	if v4 := save(t, path, "iptables-nft"); strings.Contains(v4, "vxbr4099") || !strings.Contains(v4, "--to-destination 198.19.7.1:53533") {
+		t.Errorf("iptables: want the IPv4 gateway's redirect, nothing of the IPv6-only network:\n%s", v4)
 	}
 	o, err := dp.Observe()
 	if err != nil {
