@@ -194,7 +194,14 @@ func TestDualStack(t *testing.T) {
 // each of hosts; it returns the containers' namespaces and addresses.
 func ipv6Only(t *testing.T, l *lab.Lab, name, subnet6 string, hosts ...string) (nss []string, ips []netip.Addr) {
 	t.Helper()
-	n, err := client(l, hosts[0]).CreateNetwork(api.NetworkCreate{Name: name, Subnet6: subnet6})
+	return ipv6OnlyNet(t, l, api.NetworkCreate{Name: name, Subnet6: subnet6}, hosts...)
+}
+
+// ipv6OnlyNet is ipv6Only for any network c describes (an encrypted one).
+func ipv6OnlyNet(t *testing.T, l *lab.Lab, c api.NetworkCreate, hosts ...string) (nss []string, ips []netip.Addr) {
+	t.Helper()
+	name, subnet6 := c.Name, c.Subnet6
+	n, err := client(l, hosts[0]).CreateNetwork(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,7 +569,8 @@ func traceSeesUnderlay(t *testing.T, l *lab.Lab, r api.TraceRequest, from, to ne
 // encrypted network's containers reach each other by IPv6 through the
 // WireGuard devices at its MTU (DF; one byte more refused); nothing with its
 // VNI crosses the underlay in VXLAN; h1's bridge answers Neighbour
-// Discovery for h2's container (a proxy entry, read back).
+// Discovery for h2's container (a proxy entry, read back). An IPv6-only
+// encrypted network beside them does the same, and its names answer.
 func TestEncryptedDualStack(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 2, Networks: 2, PerHost: 1, IPv6: true, Encrypted: []int{2}})
 	enc := l.Networks[1]
@@ -595,6 +603,29 @@ func TestEncryptedDualStack(t *testing.T) {
 		t.Fatalf("h1 has no proxy entry for %s on its bridge: %v", b.IP6, o.Neigh)
 	}
 	traceSeesTunnel(t, l, api.TraceRequest{Src: a.ID, Dst: b.IP6.String()})
+	// An IPv6-only encrypted network: routed through the same tunnels, at
+	// the same MTU, named; never VXLAN on the underlay; and the hosts read
+	// their firewalls back as written (a pass with nothing to do comes).
+	nss, ips := ipv6OnlyNet(t, l, api.NetworkCreate{Name: "sixenc", Subnet6: "fd00:63::/64", Encrypted: true}, "h1", "h2")
+	pingUntil(t, nss[0], ips[1], 5*time.Second)
+	if _, err := probe.Ping(nss[0], ips[1], mtu-48, true, 2*time.Second); err != nil {
+		t.Fatalf("a %d-byte IPv6 packet did not cross the IPv6-only encrypted network: %v", mtu, err)
+	}
+	if err := waitCond(10*time.Second, func() error {
+		return askName(nss[1], netip.MustParseAddr("fd00:63::1"), "sixenc-h1.", dns.TypeAAAA, ips[0].String())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := client(l, "h1").Network("sixenc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := capt.Stats(); st.VNIs[info.VNI] != 0 {
+		t.Fatalf("VXLAN with the IPv6-only encrypted network's VNI crossed the underlay %d times", st.VNIs[info.VNI])
+	}
+	traceSeesTunnel(t, l, api.TraceRequest{Src: "sixenc-h1", Dst: ips[1].String()})
+	waitQuietPass(t, l, "h1")
+	waitQuietPass(t, l, "h2")
 }
 
 // traceSeesTunnel traces r from h1 through an encrypted network: the

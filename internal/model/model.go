@@ -243,9 +243,6 @@ func (n Network) validateSubnet() error {
 		if n.Gateway.IsValid() {
 			return fmt.Errorf("network %s: gateway %s given without an IPv4 subnet", n.Name, n.Gateway)
 		}
-		if n.Encrypted {
-			return fmt.Errorf("network %s: an encrypted network needs an IPv4 subnet (it may be dual-stack, not IPv6-only)", n.Name)
-		}
 		return nil
 	}
 	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {

@@ -83,7 +83,7 @@ func TestNetworkValidate(t *testing.T) {
 		{"ipv6 only encrypted", func(n *Network) {
 			n.Subnet, n.Gateway, n.Subnet6, n.Encrypted = netip.Prefix{}, netip.Addr{}, netip.MustParsePrefix("fd00:1::/64"), true
 			n.Normalize()
-		}, "network web: an encrypted network needs an IPv4 subnet (it may be dual-stack, not IPv6-only)"},
+		}, ""}, // routed through the tunnel like a dual-stack network's IPv6
 		{"too small", func(n *Network) { n.Subnet = netip.MustParsePrefix("10.1.0.0/31") }, "too small"},
 		{"mtu", func(n *Network) { n.MTU = 100 }, "invalid MTU 100"},
 		{"v6 ok", func(n *Network) { n.Subnet6 = netip.MustParsePrefix("fd00:1::/64"); n.Normalize() }, ""},

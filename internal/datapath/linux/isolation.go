@@ -155,11 +155,13 @@ func clearRule(t *nftables.Table, c *nftables.Chain, encrypted *nftables.Set, po
 func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, dev string) []*nftables.Rule {
 	br := datapath.BridgeName(n.VNI)
 	id, id6 := tunnelID(n.VNI, n.Subnet, dev), tunnelID(n.VNI, n.Subnet6, dev)
-	within := join([]expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-	}, inPrefix(12, n.Subnet), inPrefix(16, n.Subnet))
-	var within6 []expr.Any
+	var within, within6 []expr.Any // nil: the network has no such family
+	if n.Subnet.IsValid() {
+		within = join([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		}, inPrefix(12, n.Subnet), inPrefix(16, n.Subnet))
+	}
 	if n.Subnet6.IsValid() {
 		within6 = join([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
@@ -177,7 +179,9 @@ func tunnelRules(t *nftables.Table, c *nftables.Chain, n datapath.EncryptedNet, 
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(dir.to)},
 		}
-		out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag + id), Exprs: join(ifaces, within, accept())})
+		if within != nil {
+			out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag + id), Exprs: join(ifaces, within, accept())})
+		}
 		if within6 != nil {
 			out = append(out, &nftables.Rule{Table: t, Chain: c, UserData: []byte(dir.tag6 + id6), Exprs: join(ifaces, within6, accept())})
 		}
@@ -450,7 +454,7 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 		return nil, err
 	}
 	var out []datapath.EncryptedNet
-	for _, prefix := range []string{tunnelOut, tunnelOut6} { // IPv4, then a dual-stack network's IPv6 half
+	for _, prefix := range []string{tunnelOut, tunnelOut6} { // IPv4, then IPv6 (beside it, or alone)
 		for tag, n := range seen {
 			v, ok := strings.CutPrefix(tag, prefix)
 			if !ok || n != 1 {
@@ -459,10 +463,12 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 			vni, sub, ok := parseTunnelID(v, dev)
 			i := slices.IndexFunc(out, func(e datapath.EncryptedNet) bool { return e.VNI == vni })
 			switch {
-			case !ok || (prefix == tunnelOut6) == (i < 0):
+			case !ok || (i >= 0 && (prefix == tunnelOut || out[i].Subnet6.IsValid())):
 				return nil, nil
 			case prefix == tunnelOut:
 				out = append(out, datapath.EncryptedNet{VNI: vni, Subnet: sub})
+			case i < 0:
+				out = append(out, datapath.EncryptedNet{VNI: vni, Subnet6: sub})
 			default:
 				out[i].Subnet6 = sub
 			}
@@ -473,8 +479,10 @@ func readEncrypted(c *nftables.Conn, t *nftables.Table, seen map[string]int, por
 	want[clearPrefix+strconv.Itoa(port)], want[clear6Prefix+strconv.Itoa(port)] = 1, 1
 	var got []uint32
 	for _, n := range out {
-		tid := tunnelID(n.VNI, n.Subnet, dev)
-		want[tunnelOut+tid], want[tunnelIn+tid] = 1, 1
+		if n.Subnet.IsValid() {
+			tid := tunnelID(n.VNI, n.Subnet, dev)
+			want[tunnelOut+tid], want[tunnelIn+tid] = 1, 1
+		}
 		if n.Subnet6.IsValid() {
 			tid6 := tunnelID(n.VNI, n.Subnet6, dev)
 			want[tunnelOut6+tid6], want[tunnelIn6+tid6] = 1, 1
