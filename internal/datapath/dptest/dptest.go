@@ -213,7 +213,8 @@ func Run(t *testing.T, h Harness) {
 		enc := datapath.Firewall{Isolate: []uint32{7, 8, 9, 10}, Port: 4789, VTEPs: []netip.Addr{a}, TunnelDev: "vxwgtest",
 			Encrypted: []datapath.EncryptedNet{{VNI: 8, Subnet: netip.MustParsePrefix("198.19.8.0/24")},
 				{VNI: 9, Subnet: netip.MustParsePrefix("198.19.9.0/24"), Subnet6: netip.MustParsePrefix("fd00:9::/64")}, // dual stack
-				{VNI: 10, Subnet6: netip.MustParsePrefix("fd00:a::/64")}}} // IPv6 only
+				{VNI: 10, Subnet6: netip.MustParsePrefix("fd00:a::/64")},                                                // IPv6 only
+			}}
 		must(t, dp.EnsureFirewall(enc))
 		if got := observe(t, dp).Firewall; got == nil || !got.Equal(enc) {
 			t.Fatalf("firewall with encrypted networks = %+v, want %+v", got, enc)
