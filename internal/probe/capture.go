@@ -29,8 +29,8 @@ type CaptureStats struct {
 	// each marker (StartCaptureMarkers), in the markers' order.
 	VNIs    map[uint32]int64
 	Markers []int64
-	// Addrs counts the IPv4 frames per outer address (source and
-	// destination).
+	// Addrs counts the IPv4 and IPv6 frames per outer address (source
+	// and destination).
 	Addrs map[netip.Addr]int64
 }
 
@@ -107,21 +107,21 @@ func (c *Capture) loop() {
 			}
 			return
 		}
-		vx, arp, bcast := ClassifyFrame(buf[:n], c.port)
+		f := buf[:n]
+		vx, arp, bcast := ClassifyFrame(f, c.port)
 		c.mu.Lock()
-		if n >= 14+20 && binary.BigEndian.Uint16(buf[12:]) == 0x0800 {
-			c.addrs[netip.AddrFrom4([4]byte(buf[14+12:14+16]))]++
-			c.addrs[netip.AddrFrom4([4]byte(buf[14+16:14+20]))]++
+		if src, dst, _, ok := outerIP(f); ok {
+			c.addrs[src]++
+			c.addrs[dst]++
 		}
 		for i, m := range c.markers {
-			if bytes.Contains(buf[:n], m) {
+			if bytes.Contains(f, m) {
 				c.found[i]++
 			}
 		}
 		if vx {
 			c.stats.vxlan.Add(1)
-			ip := buf[14:n]
-			vxh := ip[int(ip[0]&0x0f)*4+8:]
+			vxh := vxlanPayload(f, c.port)
 			c.vnis[binary.BigEndian.Uint32(vxh[4:8])>>8]++
 			if v6, nd := innerIPv6(vxh[8:]); v6 {
 				c.stats.ipv6.Add(1)
@@ -157,22 +157,14 @@ func (c *Capture) Stats() CaptureStats {
 		VNIs: maps.Clone(c.vnis), Markers: slices.Clone(c.found), Addrs: maps.Clone(c.addrs)}
 }
 
-// ClassifyFrame parses an Ethernet frame: is it VXLAN to port, and does it
-// carry an ARP frame or a broadcast frame inside.
+// ClassifyFrame parses an Ethernet frame: is it VXLAN to port (over IPv4
+// or IPv6), and does it carry an ARP frame or a broadcast frame inside.
 func ClassifyFrame(f []byte, port uint16) (vxlan, innerARP, innerBcast bool) {
-	if len(f) < 14+20+8+8+14 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+	vx := vxlanPayload(f, port)
+	if vx == nil {
 		return false, false, false
 	}
-	ip := f[14:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ip[0]>>4 != 4 || ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+8+8+14 {
-		return false, false, false
-	}
-	udp := ip[ihl:]
-	if binary.BigEndian.Uint16(udp[2:]) != port {
-		return false, false, false
-	}
-	inner := udp[8+8:]
+	inner := vx[8:]
 	bcast := true
 	for _, b := range inner[:6] {
 		if b != 0xff {
@@ -180,6 +172,46 @@ func ClassifyFrame(f []byte, port uint16) (vxlan, innerARP, innerBcast bool) {
 		}
 	}
 	return true, binary.BigEndian.Uint16(inner[12:]) == 0x0806, bcast
+}
+
+// outerIP reads an Ethernet frame's IPv4 or IPv6 header: its addresses,
+// and what follows it when that is UDP (IPv6 without extension headers).
+func outerIP(f []byte) (src, dst netip.Addr, udp []byte, ok bool) {
+	if len(f) < 14 {
+		return src, dst, nil, false
+	}
+	ip := f[14:]
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case 0x0800:
+		if len(ip) < 20 || ip[0]>>4 != 4 {
+			return src, dst, nil, false
+		}
+		src, dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+		if ihl := int(ip[0]&0x0f) * 4; ip[9] == unix.IPPROTO_UDP && len(ip) >= ihl {
+			udp = ip[ihl:]
+		}
+	case 0x86dd:
+		if len(ip) < 40 || ip[0]>>4 != 6 {
+			return src, dst, nil, false
+		}
+		src, dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
+		if ip[6] == unix.IPPROTO_UDP {
+			udp = ip[40:]
+		}
+	default:
+		return src, dst, nil, false
+	}
+	return src, dst, udp, true
+}
+
+// vxlanPayload is the VXLAN header and inner frame of an Ethernet frame
+// that is VXLAN to port; nil for anything else.
+func vxlanPayload(f []byte, port uint16) []byte {
+	_, _, udp, ok := outerIP(f)
+	if !ok || len(udp) < 8+8+14 || binary.BigEndian.Uint16(udp[2:]) != port {
+		return nil
+	}
+	return udp[8:]
 }
 
 // innerIPv6 looks at the Ethernet frame inside VXLAN: is it IPv6, and is it

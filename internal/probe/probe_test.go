@@ -51,16 +51,29 @@ func TestClassifyReply(t *testing.T) {
 }
 
 func TestClassifyFrame(t *testing.T) {
-	frame := func(dport uint16, innerDst []byte, innerType uint16) []byte {
-		eth := make([]byte, 14)
-		binary.BigEndian.PutUint16(eth[12:], 0x0800)
+	payload := func(dport uint16, innerDst []byte, innerType uint16) []byte {
 		udp := make([]byte, 8)
 		binary.BigEndian.PutUint16(udp[2:], dport)
-		vx := make([]byte, 8)
+		vx := []byte{8, 0, 0, 0, 0, 0, 0x2a, 0} // VNI 42
 		inner := make([]byte, 14+28)
 		copy(inner, innerDst)
 		binary.BigEndian.PutUint16(inner[12:], innerType)
-		return append(eth, ipv4([4]byte{198, 18, 0, 1}, 17, append(append(udp, vx...), inner...))...)
+		return append(append(udp, vx...), inner...)
+	}
+	frame := func(dport uint16, innerDst []byte, innerType uint16) []byte {
+		eth := make([]byte, 14)
+		binary.BigEndian.PutUint16(eth[12:], 0x0800)
+		return append(eth, ipv4([4]byte{198, 18, 0, 1}, 17, payload(dport, innerDst, innerType))...)
+	}
+	// Over an IPv6 underlay: 2001:db8::1 -> 2001:db8::2.
+	frame6 := func(dport uint16, innerDst []byte, innerType uint16) []byte {
+		eth := make([]byte, 14)
+		binary.BigEndian.PutUint16(eth[12:], 0x86dd)
+		ip := make([]byte, 40)
+		ip[0], ip[6], ip[7] = 0x60, 17, 64
+		copy(ip[8:], netip.MustParseAddr("2001:db8::1").AsSlice())
+		copy(ip[24:], netip.MustParseAddr("2001:db8::2").AsSlice())
+		return append(append(eth, ip...), payload(dport, innerDst, innerType)...)
 	}
 	bcast := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	uni := []byte{2, 0, 0, 0, 0, 1}
@@ -71,11 +84,24 @@ func TestClassifyFrame(t *testing.T) {
 		{frame(4789, bcast, 0x0806), true, true, true},
 		{frame(4789, uni, 0x0800), true, false, false},
 		{frame(53, bcast, 0x0806), false, false, false},
+		{frame6(4789, bcast, 0x0806), true, true, true},
+		{frame6(4789, uni, 0x86dd), true, false, false},
+		{frame6(53, uni, 0x0800), false, false, false},
 		{[]byte{1, 2, 3}, false, false, false},
 	} {
 		vx, arp, b := ClassifyFrame(tc.f, 4789)
 		if vx != tc.vx || arp != tc.arp || b != tc.bcastW {
 			t.Errorf("ClassifyFrame = %v %v %v, want %v %v %v", vx, arp, b, tc.vx, tc.arp, tc.bcastW)
+		}
+		if p := vxlanPayload(tc.f, 4789); tc.vx && binary.BigEndian.Uint32(p[4:8])>>8 != 42 {
+			t.Errorf("VNI of %x: want 42", p)
+		}
+	}
+	// The outer addresses, of either family.
+	for _, f := range [][]byte{frame(4789, uni, 0x0800), frame6(4789, uni, 0x0800)} {
+		src, dst, udp, ok := outerIP(f)
+		if !ok || udp == nil || !src.IsValid() || src.Is4() != (binary.BigEndian.Uint16(f[12:]) == 0x0800) || src == dst {
+			t.Errorf("outerIP: %v %v udp %d bytes %v", src, dst, len(udp), ok)
 		}
 	}
 }

@@ -49,8 +49,8 @@ type Input struct {
 	Tunnel *TunnelInput
 	// RouteSource: VXLAN leaves from the address of the route to each peer,
 	// not from Local (a host reached at several addresses, which may sit on
-	// several interfaces). IPv4 only: a device with no local address is one
-	// of IPv4.
+	// several interfaces). Over IPv6 the devices' local address is "::" (a
+	// device with none at all is one of IPv4).
 	RouteSource bool
 	// NoInbound: this host accepts no inbound traffic (behind a
 	// masquerading NAT); its clear networks are left out, and said.
@@ -152,8 +152,13 @@ func Desired(in Input) (Target, []Problem) {
 		if n.Subnet6.IsValid() {
 			spec.Gateway6 = netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())
 		}
-		if in.RouteSource && in.Local.Is4() {
+		if in.RouteSource {
+			// No local address (IPv4), or the unspecified one (a device
+			// of IPv6 whose source the route picks).
 			spec.Local, spec.Underlay = netip.Addr{}, ""
+			if in.Local.Is6() {
+				spec.Local = netip.IPv6Unspecified()
+			}
 		}
 		if n.Encrypted {
 			// Routed through the tunnel: a bridge, no vxlan device.

@@ -463,4 +463,10 @@ func TestDesiredSeveralAddresses(t *testing.T) {
 	if spec := st.Networks[4097]; spec.Local.IsValid() || spec.Underlay != "" {
 		t.Errorf("several addresses: the vxlan device has local %v and underlay %q, want neither", spec.Local, spec.Underlay)
 	}
+	// Over IPv6: "::", so the device stays one of IPv6.
+	in.Local, in.Nodes = netip.MustParseAddr("2001:db8::1"), nil
+	st, _ = reconcile.Desired(in)
+	if spec := st.Networks[4097]; spec.Local != netip.IPv6Unspecified() || spec.Underlay != "" {
+		t.Errorf("several IPv6 addresses: the vxlan device has local %v and underlay %q, want :: and none", spec.Local, spec.Underlay)
+	}
 }

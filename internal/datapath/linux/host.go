@@ -73,9 +73,23 @@ func (HostNet) PortFree(proto string, port uint16) error {
 	return fmt.Errorf("unknown protocol %q: want tcp or udp", proto)
 }
 
-// DefaultAdvertiseAddr returns the preferred source address of the default route.
+// DefaultAdvertiseAddr returns the preferred source address of the default
+// route: IPv4's, or, on a host without one, IPv6's.
 func DefaultAdvertiseAddr() (netip.Addr, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		a, err := defaultAddr(fam)
+		if err != nil || a.IsValid() {
+			return a, err
+		}
+	}
+	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+}
+
+// defaultAddr is the source address of family fam's default route: its
+// preferred source, else the first usable address of its link (global,
+// not tentative or deprecated); invalid when there is none.
+func defaultAddr(fam int) (netip.Addr, error) {
+	routes, err := netlink.RouteList(nil, fam)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("list routes: %w", err)
 	}
@@ -92,13 +106,18 @@ func DefaultAdvertiseAddr() (netip.Addr, error) {
 		if err != nil {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err == nil && len(addrs) > 0 {
-			a, _ := netip.AddrFromSlice(addrs[0].IP)
-			return a.Unmap(), nil
+		addrs, err := netlink.AddrList(l, fam)
+		if err != nil {
+			continue
+		}
+		for _, x := range addrs {
+			a, _ := netip.AddrFromSlice(x.IP)
+			if a = a.Unmap(); a.IsGlobalUnicast() && x.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DEPRECATED|unix.IFA_F_DADFAILED) == 0 {
+				return a, nil
+			}
 		}
 	}
-	return netip.Addr{}, errors.New("no default route to take an address from: give --advertise-addr")
+	return netip.Addr{}, nil
 }
 
 // OriginalDst returns where a connection from client, destination-NATed

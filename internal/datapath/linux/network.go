@@ -66,6 +66,27 @@ func (d *Dataplane) lookupOwned(name, kind string) (netlink.Link, error) {
 	return l, nil
 }
 
+// anyLocal6 ends the alias of a vxlan device made with local address "::"
+// (an IPv6 device whose source address the route to each peer picks): the
+// kernel does not report an unspecified local address, so a device of IPv4
+// without one would look the same.
+const anyLocal6 = ":local=::"
+
+// vxlanLocal is the local address a vxnet vxlan device was made with.
+func vxlanLocal(o ownedLink) netip.Addr {
+	v, ok := o.link.(*netlink.Vxlan)
+	if !ok {
+		return netip.Addr{}
+	}
+	if local, ok := netip.AddrFromSlice(v.SrcAddr); ok && !local.IsUnspecified() {
+		return local.Unmap()
+	}
+	if strings.HasSuffix(o.rest, anyLocal6) {
+		return netip.IPv6Unspecified()
+	}
+	return netip.Addr{}
+}
+
 // EnsureNetwork creates or corrects a network's bridge and vxlan device.
 func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 	gwMAC, err := net.ParseMAC(s.GatewayMAC)
@@ -106,8 +127,8 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 	}
 	if vxl != nil {
 		v := vxl.(*netlink.Vxlan)
-		local, _ := netip.AddrFromSlice(v.SrcAddr)
-		if v.VxlanId != int(s.VNI) || v.Port != s.Port || local.Unmap() != s.Local || v.Learning || !v.Proxy ||
+		o, _ := parseOwned(vxl)
+		if v.VxlanId != int(s.VNI) || v.Port != s.Port || vxlanLocal(o) != s.Local || v.Learning || !v.Proxy ||
 			(underlayIdx != 0 && v.VtepDevIndex != underlayIdx) {
 			// These attributes are fixed at creation: replace the device.
 			if err := d.h.LinkDel(vxl); err != nil {
@@ -122,7 +143,11 @@ func (d *Dataplane) EnsureNetwork(s datapath.NetworkSpec) error {
 		attrs.Name, attrs.MTU = vxName, s.MTU
 		v := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(s.VNI), SrcAddr: s.Local.AsSlice(), Port: s.Port,
 			Learning: false, Proxy: true, VtepDevIndex: underlayIdx, UDPCSum: false}
-		if err := d.addOwned(v, aliasFor("vxlan", s.VNI, s.Name)); err != nil {
+		rest := s.Name
+		if s.Local == netip.IPv6Unspecified() {
+			rest += anyLocal6
+		}
+		if err := d.addOwned(v, aliasFor("vxlan", s.VNI, rest)); err != nil {
 			return fmt.Errorf("create vxlan device %s (VNI %d, local %s, port %d): %w", vxName, s.VNI, s.Local, s.Port, err)
 		}
 		d.changed("created vxlan", "dev", vxName, "vni", s.VNI)
@@ -258,8 +283,7 @@ func (d *Dataplane) observeNetwork(br, vx ownedLink, hasVx bool, byIndex map[int
 		if v.Attrs().MasterIndex == br.link.Attrs().Index && brUp && v.Attrs().Flags&net.FlagUp != 0 &&
 			v.Attrs().MTU == br.link.Attrs().MTU && !v.Learning && v.Proxy && v.VxlanId == int(br.vni) {
 			spec.Port = v.Port
-			spec.Local, _ = netip.AddrFromSlice(v.SrcAddr)
-			spec.Local = spec.Local.Unmap()
+			spec.Local = vxlanLocal(vx)
 			spec.MTU = v.Attrs().MTU
 			if u, ok := byIndex[v.VtepDevIndex]; ok {
 				spec.Underlay = u.Attrs().Name

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -54,7 +55,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	}
 	for vni, vx := range o.vxlans {
 		if _, ok := o.bridges[vni]; !ok {
-			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: vx.rest}
+			obs.Networks[vni] = datapath.NetworkSpec{VNI: vni, Name: strings.TrimSuffix(vx.rest, anyLocal6)}
 			continue
 		}
 		fdb, err := d.observeFDB(vni, vx)
