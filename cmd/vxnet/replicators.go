@@ -18,7 +18,7 @@ import (
 func gossipReplicator(cfg agent.Config) func(agent.ReplicatorConfig) (agent.Replicator, error) {
 	return func(rc agent.ReplicatorConfig) (agent.Replicator, error) {
 		return gossip.Start(gossip.Config{
-			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Advertise: cfg.Identity(), NoInbound: cfg.NoInbound, Port: cfg.GossipPort, LegacyPort: config.LegacyGossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
+			Name: cfg.Name, Addr: cfg.AdvertiseAddr, Binds: cfg.Binds, Advertise: cfg.Identity(), NoInbound: cfg.NoInbound, Port: cfg.GossipPort, LegacyPort: config.LegacyGossipPort, Keys: rc.Keys, Insecure: cfg.Insecure,
 			OnChange: rc.OnChange, Log: cfg.Log.With("component", "gossip"), ProbeInterval: cfg.ProbeInterval,
 			OnSelfConflict: rc.OnSelfConflict, OnNameClaimed: rc.OnNameClaimed, OnCall: rc.OnCall,
 		}, rc.State)

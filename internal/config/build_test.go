@@ -21,7 +21,10 @@ func TestBuild(t *testing.T) {
 	}
 	host := Env{Hostname: func() (string, error) { return "box", nil },
 		DefaultAddr: func() (netip.Addr, error) { return netip.MustParseAddr("10.0.0.9"), nil },
-		HasDocker:   func() bool { return true }}
+		HasAddr: func(a netip.Addr) bool {
+			return slices.Contains([]netip.Addr{netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("10.1.0.9"), netip.MustParseAddr("fd19::4")}, a)
+		},
+		HasDocker: func() bool { return true }}
 	state := t.TempDir() // no record: the defaults
 	for _, tc := range []struct {
 		args  []string
@@ -38,6 +41,11 @@ func TestBuild(t *testing.T) {
 				return c.Name == "h1" && c.AdvertiseAddr.Is6() && slices.Equal(c.Join, []string{"a", "b"}) && c.DockerPluginSocket == "" && !c.HealthSubnet.IsValid() && c.Keys == nil
 			}, ""},
 		{[]string{"--insecure", "--state-dir", state, "--gossip-port", "7000"}, func(c Agent) bool { return c.GossipPort == 7000 }, ""},
+		// Reached at two of its own addresses and a NAT's: gossip listens
+		// at the second own one too.
+		{[]string{"--insecure", "--advertise-addr", "10.0.0.9,10.1.0.9,203.0.113.9"}, func(c Agent) bool {
+			return c.AdvertiseAddr == netip.MustParseAddr("10.0.0.9") && slices.Equal(c.Binds, []netip.Addr{netip.MustParseAddr("10.1.0.9")})
+		}, ""},
 		{[]string{"--store", "etcd://10.0.0.5:2379"}, func(c Agent) bool { return slices.Equal(c.Etcd, []string{"10.0.0.5:2379"}) }, ""},
 		{nil, nil, "no cluster key: give --key-file"},
 		{[]string{"--insecure", "--advertise-addr", "host1"}, nil, `invalid --advertise-addr "host1": want an IP address`},

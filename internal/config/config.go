@@ -48,6 +48,10 @@ type Agent struct {
 	// preference, when that is not AdvertiseAddr alone (nil then): it may
 	// list addresses the host does not have (a 1:1 NAT's public one).
 	Addrs []netip.Addr
+	// Binds are the addresses of Addrs besides AdvertiseAddr that are on
+	// this host (several interfaces): gossip listens at them too, so that
+	// peers that reach the host there are answered.
+	Binds []netip.Addr
 	// NoInbound: the host accepts no inbound traffic (behind a masquerading
 	// NAT): it keeps its NAT's mappings open to every member and carries
 	// encrypted networks only.

@@ -118,6 +118,11 @@ func (f *Flags) Build(h Env, log *slog.Logger) (Agent, error) {
 	if cfg.AdvertiseAddr, cfg.Addrs, err = advertised(f.advertise, h); err != nil {
 		return cfg, err
 	}
+	for _, a := range cfg.Addrs {
+		if a != cfg.AdvertiseAddr && h.HasAddr != nil && h.HasAddr(a) {
+			cfg.Binds = append(cfg.Binds, a)
+		}
+	}
 	for _, j := range strings.Split(f.join, ",") {
 		if j = strings.TrimSpace(j); j != "" {
 			cfg.Join = append(cfg.Join, j)

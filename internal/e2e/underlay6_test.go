@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
+	"github.com/vxnet/vxnet/internal/nsutil"
 	"github.com/vxnet/vxnet/internal/probe"
 )
 
@@ -105,4 +107,51 @@ func ingressDrops(t *testing.T, netnsPath string, v6 bool) uint64 {
 		return ruleCounter(t, netnsPath, "vxnet-vxlan6:")
 	}
 	return ruleCounter(t, netnsPath, "vxnet-vxlan:")
+}
+
+// TestIPv6UnderlayPaths: members reached at two IPv6 addresses each (the
+// second on the same link) pick, per peer, the address that answers, and
+// send VXLAN from the address the route picks (devices with local "::").
+// VXLAN to their first addresses dropped on the switch (gossip passes):
+// the health probes move the pair to their second addresses and
+// containers reach each other again.
+func TestIPv6UnderlayPaths(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Underlay6: true})
+	for i := range l.Hosts {
+		h := &l.Hosts[i]
+		second := h.Addr.As16()
+		second[13] = 1 // 2001:2::1:N beside 2001:2::N, on the same /64
+		h.Public = netip.AddrFrom16(second)
+		inNS(t, h.Netns, "ip", "addr", "add", h.Public.String()+"/64", "dev", "eth0", "nodad")
+		if err := l.KillAgent(h.Name, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgent(h.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := func(_, to lab.Host) netip.Addr { return to.Addr }
+	waitPaths(t, l, first, 20*time.Second)
+	o, err := l.Observe("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nw := l.Networks[0]
+	if got := o.Networks[nw.VNI].Local; got != netip.IPv6Unspecified() {
+		t.Fatalf("h1's vxlan device has local address %v, want :: (the route's source)", got)
+	}
+	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
+
+	h1, _ := l.Host("h1")
+	h2, _ := l.Host("h2")
+	sw := nsutil.Path(l.Switch)
+	inNS(t, sw, "nft", "add table bridge e2evxlan6")
+	inNS(t, sw, "nft", "add chain bridge e2evxlan6 block { type filter hook forward priority 0; }")
+	// To the first addresses, from either (the route picks the source).
+	inNS(t, sw, "nft", fmt.Sprintf("add rule bridge e2evxlan6 block ip6 daddr { %s, %s } udp dport %d drop", h1.Addr, h2.Addr, lab.VXLANPort))
+	defer inNS(t, sw, "nft", "delete table bridge e2evxlan6")
+	waitPaths(t, l, func(_, to lab.Host) netip.Addr { return to.Public }, 30*time.Second)
+	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
+	pingUntil(t, c2.Netns, c1.IP, 10*time.Second)
 }

@@ -28,6 +28,9 @@ import (
 type Config struct {
 	Name string
 	Addr netip.Addr // bind address (the VTEP address on this host)
+	// Binds are more of this host's addresses to listen at (a host
+	// reached at several addresses on its interfaces); it sends from Addr.
+	Binds []netip.Addr
 	// NoInbound: this host accepts no inbound traffic (behind a
 	// masquerading NAT); it probes every member so that they reach it.
 	NoInbound bool
@@ -147,7 +150,7 @@ func Start(cfg Config, state *cluster.State) (*Gossip, error) {
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
 	} else {
-		t, err := newPathTransport(g, cfg.Addr, cfg.Port, mc.Logger)
+		t, err := newPathTransport(g, append([]netip.Addr{cfg.Addr}, cfg.Binds...), cfg.Port, mc.Logger)
 		if err != nil {
 			if strings.Contains(err.Error(), "address already in use") {
 				return nil, inUseError(cfg.Port, cfg.LegacyPort, err)
@@ -290,8 +293,13 @@ func (g *Gossip) Join(addrs []string) (int, error) {
 }
 
 // answersAs pings addr as this member's name: only an agent of that name
-// acknowledges (memberlist ignores pings for another node).
+// acknowledges (memberlist ignores pings for another node). An address
+// this agent listens at is its own (no other process holds that port
+// there): this agent, from before it was reached at more addresses.
 func (g *Gossip) answersAs(ap netip.AddrPort) bool {
+	if ap.Port() == uint16(g.cfg.Port) && (ap.Addr() == g.cfg.Addr || slices.Contains(g.cfg.Binds, ap.Addr())) {
+		return false
+	}
 	_, err := g.ml.Ping(g.cfg.Name, net.UDPAddrFromAddrPort(ap))
 	return err == nil
 }

@@ -40,8 +40,14 @@ type pathTransport struct {
 	shutdownErr   error
 }
 
-func newPathTransport(g *Gossip, bind netip.Addr, port int, logger *log.Logger) (*pathTransport, error) {
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{bind.String()}, BindPort: port, Logger: logger})
+// newPathTransport listens at every address of binds (the first is where
+// it sends from: memberlist's transport sends through its first listener).
+func newPathTransport(g *Gossip, binds []netip.Addr, port int, logger *log.Logger) (*pathTransport, error) {
+	var addrs []string
+	for _, a := range binds {
+		addrs = append(addrs, a.String())
+	}
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: addrs, BindPort: port, Logger: logger})
 	if err != nil {
 		return nil, err
 	}
