@@ -109,10 +109,11 @@ func hostFilters(f Facts) Finding {
 			fixes = append(fixes, fmt.Sprintf("nft insert rule %s %s udp dport %d ip saddr { MEMBERS } accept (and gossip, TCP and UDP)", c.table, c.name, f.VXLANPort))
 		}
 	}
-	if ipt := f.IPTables; ipt != "" && (!strings.Contains(ipt, "-A INPUT -j VXNET-OPEN") || !strings.Contains(ipt, "-A VXNET-OPEN ")) {
-		if strings.Contains(ipt, ":INPUT DROP") {
-			blocked = append(blocked, "iptables filter INPUT (policy DROP) drops VXLAN from the members and gossip, and vxnet's VXNET-OPEN is not there")
-			fixes = append(fixes, fmt.Sprintf("iptables -I INPUT -p udp --dport %d -s MEMBER -j ACCEPT (and gossip)", f.VXLANPort))
+	for _, t := range []struct{ tool, save string }{{"iptables", f.IPTables}, {"ip6tables", f.IP6Tables}} {
+		if t.save != "" && strings.Contains(t.save, ":INPUT DROP") &&
+			(!strings.Contains(t.save, "-A INPUT -j VXNET-OPEN") || !strings.Contains(t.save, "-A VXNET-OPEN ")) {
+			blocked = append(blocked, t.tool+" filter INPUT (policy DROP) drops VXLAN from the members and gossip, and vxnet's VXNET-OPEN is not there")
+			fixes = append(fixes, fmt.Sprintf("%s -I INPUT -p udp --dport %d -s MEMBER -j ACCEPT (and gossip)", t.tool, f.VXLANPort))
 		}
 	}
 	if len(blocked) > 0 {

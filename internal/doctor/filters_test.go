@@ -80,22 +80,25 @@ table inet vxnet { # handle 10
 
 func TestHostFilters(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		nft, ipt string
-		level    Level
-		want     []string
+		name           string
+		nft, ipt, ipt6 string
+		level          Level
+		want           []string
 	}{
-		{"native drop, not opened", nativeDrop, "", Fail, []string{`table inet filter chain input (hook input) drops VXLAN`, `"policy drop"`, `table inet filter chain forward (hook forward)`, "nft insert rule inet filter input udp dport 4789"}},
-		{"native drop, opened", nativeOpened, "", OK, []string{"table inet filter chain input, table inet filter chain forward"}},
-		{"firewalld, not opened", firewalld, "", Fail, []string{`table inet firewalld chain filter_INPUT (hook input)`, `"reject with icmpx admin-prohibited"`}},
-		{"iptables and vxnet's own tables are not looked at", others, "", OK, []string{"no chain"}},
-		{"ufw-like INPUT DROP without VXNET-OPEN", "", ":INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n", Fail, []string{"iptables filter INPUT (policy DROP)"}},
-		{"ufw-like INPUT DROP with VXNET-OPEN", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n-A VXNET-OPEN -p tcp -m tcp --dport 7947 -j ACCEPT\n", OK, nil},
-		{"ufw-like INPUT DROP with VXNET-OPEN flushed", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n", Fail, []string{"iptables filter INPUT (policy DROP)"}},
-		{"nothing", "", "", OK, nil},
+		{"native drop, not opened", nativeDrop, "", "", Fail, []string{`table inet filter chain input (hook input) drops VXLAN`, `"policy drop"`, `table inet filter chain forward (hook forward)`, "nft insert rule inet filter input udp dport 4789"}},
+		{"native drop, opened", nativeOpened, "", "", OK, []string{"table inet filter chain input, table inet filter chain forward"}},
+		{"firewalld, not opened", firewalld, "", "", Fail, []string{`table inet firewalld chain filter_INPUT (hook input)`, `"reject with icmpx admin-prohibited"`}},
+		{"iptables and vxnet's own tables are not looked at", others, "", "", OK, []string{"no chain"}},
+		{"ufw-like INPUT DROP without VXNET-OPEN", "", ":INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n", "", Fail, []string{"iptables filter INPUT (policy DROP)"}},
+		{"ufw-like INPUT DROP with VXNET-OPEN", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n-A VXNET-OPEN -p tcp -m tcp --dport 7947 -j ACCEPT\n", "", OK, nil},
+		{"ufw-like INPUT DROP with VXNET-OPEN flushed", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n", "", Fail, []string{"iptables filter INPUT (policy DROP)"}},
+		{"ufw-like ip6tables INPUT DROP without VXNET-OPEN (an IPv6 underlay)", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n-A VXNET-OPEN -p tcp -m tcp --dport 7947 -j ACCEPT\n", ":INPUT DROP [0:0]\n",
+			Fail, []string{"ip6tables filter INPUT (policy DROP)", "ip6tables -I INPUT -p udp --dport 4789"}},
+		{"ufw-like, both opened", "", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n-A VXNET-OPEN -p tcp -m tcp --dport 7947 -j ACCEPT\n", ":INPUT DROP [0:0]\n-A INPUT -j VXNET-OPEN\n-A VXNET-OPEN -p tcp -m tcp --dport 7947 -j ACCEPT\n", OK, nil},
+		{"nothing", "", "", "", OK, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := hostFilters(Facts{Nftables: tc.nft, IPTables: tc.ipt, VXLANPort: 4789})
+			got := hostFilters(Facts{Nftables: tc.nft, IPTables: tc.ipt, IP6Tables: tc.ipt6, VXLANPort: 4789})
 			if got.Level != tc.level {
 				t.Errorf("level %s, want %s: %+v", got.Level, tc.level, got)
 			}

@@ -3,11 +3,13 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vxnet/vxnet/internal/api"
+	"github.com/vxnet/vxnet/internal/doctor"
 	"github.com/vxnet/vxnet/internal/lab"
 	"github.com/vxnet/vxnet/internal/lab/labtest"
 	"github.com/vxnet/vxnet/internal/model"
@@ -154,4 +156,39 @@ func TestIPv6UnderlayPaths(t *testing.T) {
 	waitPaths(t, l, func(_, to lab.Host) netip.Addr { return to.Public }, 30*time.Second)
 	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
 	pingUntil(t, c2.Netns, c1.IP, 10*time.Second)
+}
+
+// TestIPv6UnderlayUFW: hosts over an IPv6 underlay whose ip6tables INPUT
+// drops (ufw's defaults): the members find each other and carry a network
+// (vxnet's openings in ip6tables). The negative control: h1's openings
+// there taken out (its agent stopped), h2's VXLAN no longer reaches h1's
+// container; the restarted agent puts them back.
+func TestIPv6UnderlayUFW(t *testing.T) {
+	l := upCfg(t, lab.Config{Hosts: 2, Networks: 1, PerHost: 1, Underlay6: true, HostFirewall: lab.FirewallUFW})
+	h1 := l.Hosts[0]
+	if got := inNS(t, h1.Netns, "ip6tables-save", "-t", "filter"); !strings.Contains(got, ":INPUT DROP") || !strings.Contains(got, "-A INPUT -j VXNET-OPEN") {
+		t.Fatalf("h1's ip6tables: want ufw's INPUT drop and vxnet's jump:\n%s", got)
+	}
+	c1, c2 := labtest.Container(t, l, "h1-n1-c1"), labtest.Container(t, l, "h2-n1-c1")
+	pingUntil(t, c1.Netns, c2.IP, 10*time.Second)
+	pingUntil(t, c2.Netns, c1.IP, 5*time.Second)
+	if err := l.KillAgent("h1", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	inNS(t, h1.Netns, "ip6tables", "-F", "VXNET-OPEN")
+	if _, err := probe.Ping(c2.Netns, c1.IP, 56, false, time.Second); err == nil {
+		t.Fatal("VXLAN over IPv6 from h2 crossed h1's ufw without vxnet's openings in ip6tables")
+	}
+	found, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
+	if f := found["host-filters"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, "ip6tables filter INPUT (policy DROP)") {
+		t.Errorf("doctor without the openings in ip6tables: %+v; want fail naming ip6tables' INPUT", f)
+	}
+	if err := l.StartAgent("h1"); err != nil {
+		t.Fatal(err)
+	}
+	pingUntil(t, c2.Netns, c1.IP, 15*time.Second)
+	found, _ = doctorIn(t, h1.Netns, "--socket", h1.Socket)
+	if f := found["host-filters"]; f.Level != doctor.OK {
+		t.Errorf("doctor with the openings back: %+v", f)
+	}
 }

@@ -376,8 +376,10 @@ func TestUninstall(t *testing.T) {
 	if links := inNS(t, h1.Netns, "ip", "-o", "link"); strings.Contains(links, "vxnet:") || !strings.Contains(links, "mine0") {
 		t.Errorf("links after uninstall:\n%s", links)
 	}
-	if rules := inNS(t, h1.Netns, "iptables-save"); strings.Contains(rules, "VXNET") {
-		t.Errorf("iptables after uninstall:\n%s", rules)
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		if rules := inNS(t, h1.Netns, tool); strings.Contains(rules, "VXNET") {
+			t.Errorf("%s after uninstall:\n%s", tool, rules)
+		}
 	}
 	if tables := inNS(t, h1.Netns, "nft", "list", "tables"); strings.Contains(tables, "inet vxnet") || !strings.Contains(tables, "inet mine") {
 		t.Errorf("nftables after uninstall:\n%s", tables)

@@ -16,8 +16,8 @@ import (
 // The host firewalls a lab host can have before vxnet starts
 // (Config.HostFirewall): the common kinds vxnet must work next to.
 const (
-	// FirewallUFW is ufw's defaults, in iptables: INPUT and FORWARD drop,
-	// loopback, replies and ICMP accepted.
+	// FirewallUFW is ufw's defaults, in iptables and ip6tables: INPUT and
+	// FORWARD drop, loopback, replies and ICMP accepted.
 	FirewallUFW = "ufw"
 	// FirewallNftables is a native nftables table (inet filter), the
 	// tightened Debian ruleset: input and forward drop by default.
@@ -88,15 +88,18 @@ func (l *Lab) applyHostFirewall(h *Host, kind string) error {
 	}
 	switch kind {
 	case FirewallUFW:
-		for _, r := range [][]string{
-			{"-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
-			{"-A", "INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-			{"-A", "INPUT", "-p", "icmp", "-j", "ACCEPT"},
-			{"-P", "INPUT", "DROP"},
-			{"-P", "FORWARD", "DROP"},
-		} {
-			if err := l.hostRun(*h, "", "iptables", r...); err != nil {
-				return err
+		// Both families, as ufw does by default (IPV6=yes).
+		for _, tool := range []struct{ name, icmp string }{{"iptables", "icmp"}, {"ip6tables", "ipv6-icmp"}} {
+			for _, r := range [][]string{
+				{"-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
+				{"-A", "INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+				{"-A", "INPUT", "-p", tool.icmp, "-j", "ACCEPT"},
+				{"-P", "INPUT", "DROP"},
+				{"-P", "FORWARD", "DROP"},
+			} {
+				if err := l.hostRun(*h, "", tool.name, r...); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

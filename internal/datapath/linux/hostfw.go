@@ -217,6 +217,8 @@ type iptables struct {
 	had6, checked6 bool
 	// tool6 is the IPv6 tool of the backend ("" when the host has none).
 	tool6 string
+	// open6 is VXNET-OPEN in ip6tables as last read (openings6.go).
+	open6 iptOpen
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {

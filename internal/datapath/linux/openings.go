@@ -49,11 +49,15 @@ type iptOpen struct {
 
 // openLines are VXNET-OPEN's rules for o, as iptables-save prints them
 // (without quotes).
-func openLines(o datapath.Openings) []string {
+func openLines(o datapath.Openings) []string { return openLinesFor(o, false) }
+
+// openLinesFor is openLines for iptables or (v6) ip6tables: the members
+// of that family.
+func openLinesFor(o datapath.Openings, v6 bool) []string {
 	var out []string
 	for _, a := range o.VTEPs {
-		if a.Is4() {
-			out = append(out, fmt.Sprintf("-A %s -s %s/32 -p udp -m udp --dport %d -m comment --comment %svxlan -j ACCEPT", openChain, a, o.VXLANPort, openComment))
+		if a.Is6() == v6 {
+			out = append(out, fmt.Sprintf("-A %s -s %s -p udp -m udp --dport %d -m comment --comment %svxlan -j ACCEPT", openChain, netip.PrefixFrom(a, a.BitLen()), o.VXLANPort, openComment))
 		}
 	}
 	if o.GossipPort != 0 {
@@ -375,23 +379,19 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 		if io.jump {
 			names = append(names, "iptables filter INPUT")
 		}
-		for _, l := range io.lines {
-			f := strings.Fields(l)
-			p, _ := strconv.Atoi(fieldAfter(f, "--dport"))
-			switch {
-			case slices.Contains(f, openComment+"vxlan"):
-				a, err := netip.ParsePrefix(fieldAfter(f, "-s"))
-				if err == nil {
-					vteps[a.Addr()], o.VXLANPort = true, p
-				}
-			case slices.Contains(f, openComment+"gossip"):
-				o.GossipPort = p
-			case slices.ContainsFunc(f, func(s string) bool { return strings.HasPrefix(s, openComment+"tunnel:") }):
-				o.TunnelPort, o.TunnelDev = p, strings.TrimPrefix(fieldAfter(f, "--comment"), openComment+"tunnel:")
-			case slices.Contains(f, openComment+"dns"):
-				o.DNSPort = uint16(p)
-			}
+		parseOpenLines(io.lines, &o, vteps)
+	}
+	read6, err := d.ipt.readOpen6()
+	if err != nil {
+		return nil, err
+	}
+	io6 := d.ipt.open6
+	if read6 {
+		found = found || io6.chain || io6.jump
+		if io6.jump {
+			names = append(names, "ip6tables filter INPUT")
 		}
+		parseOpenLines(io6.lines, &o, vteps)
 	}
 	if !found {
 		return nil, nil
@@ -407,6 +407,9 @@ func (d *Dataplane) readOpenings() (*datapath.Openings, error) {
 	}
 	if !d.ipt.missing {
 		ok = ok && io.chain && io.jump && slices.Equal(io.lines, openLines(o))
+	}
+	if read6 {
+		ok = ok && io6.chain && io6.jump && slices.Equal(io6.lines, openLinesFor(o, true))
 	}
 	if !ok {
 		return &datapath.Openings{Incomplete: true, Chains: names}, nil
@@ -490,6 +493,9 @@ func (d *Dataplane) EnsureOpenings(o datapath.Openings) error {
 		if err := d.ipt.ensureJump("filter", "INPUT", openJump); err != nil {
 			return err
 		}
+		if err := d.ipt.ensureOpen6(o); err != nil {
+			return err
+		}
 	}
 	changed, err := d.rewriteForeign(func(ch *nftables.Chain) []openRule { return openRules(o, ch) })
 	if err != nil {
@@ -563,16 +569,12 @@ func (d *Dataplane) RemoveOpenings() error {
 		return err
 	}
 	if !d.ipt.missing {
-		args := append([]string{"-w", "-t", "filter", "-D", "INPUT"}, strings.Fields(openJump)...)
-		for range 10 {
-			if _, err := d.ipt.run(d.ipt.prefix, nil, args...); err != nil {
-				break
-			}
+		err := d.ipt.removeOpenWith(d.ipt.prefix)
+		if d.ipt.tool6 != "" {
+			err = errors.Join(err, d.ipt.removeOpenWith(d.ipt.tool6))
 		}
-		if _, err := d.ipt.run(d.ipt.prefix, nil, "-w", "-t", "filter", "-F", openChain); err == nil {
-			if _, err := d.ipt.run(d.ipt.prefix, nil, "-w", "-t", "filter", "-X", openChain); err != nil {
-				return fmt.Errorf("remove iptables chain %s: %w", openChain, err)
-			}
+		if err != nil {
+			return err
 		}
 	}
 	changed, err := d.rewriteForeign(func(*nftables.Chain) []openRule { return nil })

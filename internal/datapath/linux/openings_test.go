@@ -106,8 +106,8 @@ func TestOpeningsNativeNftables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 3 {
-		t.Fatalf("observed %+v, want %+v in 3 chains", obs.Openings, o)
+	if obs.Openings == nil || !obs.Openings.Equal(o) || len(obs.Openings.Chains) != 4 {
+		t.Fatalf("observed %+v, want %+v in 4 chains (iptables', ip6tables', nftables' input and forward)", obs.Openings, o)
 	}
 
 	// A member leaves: its address goes, in one replacement.
@@ -146,10 +146,67 @@ func TestOpeningsNativeNftables(t *testing.T) {
 	if obs, err = dp.Observe(); err != nil || obs.Openings != nil {
 		t.Errorf("after removal observed %+v, %v", obs.Openings, err)
 	}
+	if v6 := save(t, path, "ip6tables-nft"); strings.Contains(v6, "VXNET") {
+		t.Errorf("ip6tables after removal:\n%s", v6)
+	}
+}
+
+// Members reached over IPv6 on a host whose ip6tables INPUT drops (as ufw
+// leaves it): VXNET-OPEN goes into ip6tables too (their VXLAN, gossip and
+// WireGuard); it is read back, noticed gone when flushed, follows the
+// members, and leaves with the openings.
+func TestOpeningsIPv6(t *testing.T) {
+	testutil.RequireRoot(t)
+	_, path := testutil.Netns(t)
+	runIn(t, path, "ip6tables-nft", "-P", "INPUT", "DROP")
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	dp.SetHostFirewallMaxAge(0)
+	o := datapath.Openings{VXLANPort: 4789, GossipPort: 7947, TunnelPort: 51871, TunnelDev: "vxwgtest",
+		VTEPs: []netip.Addr{netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::3")}}
+	if err := dp.EnsureOpenings(o); err != nil {
+		t.Fatal(err)
+	}
+	v6 := save(t, path, "ip6tables-nft")
+	for _, w := range []string{"-A INPUT -j VXNET-OPEN", "-A VXNET-OPEN -s 2001:db8::2/128 -p udp -m udp --dport 4789", "-A VXNET-OPEN -s 2001:db8::3/128 -p udp -m udp --dport 4789",
+		"-A VXNET-OPEN -p tcp -m tcp --dport 7947", "-A VXNET-OPEN -p udp -m udp --dport 7947", "-A VXNET-OPEN -p udp -m udp --dport 51871"} {
+		if !strings.Contains(v6, w) {
+			t.Errorf("ip6tables lacks %q:\n%s", w, v6)
+		}
+	}
+	if got := openingsAfresh(t, path); got == nil || !got.Equal(o) || len(got.Chains) != 2 {
+		t.Fatalf("a new dataplane observed %+v; want %+v in iptables and ip6tables", got, o)
+	}
+	runIn(t, path, "ip6tables-nft", "-F", "VXNET-OPEN")
+	if obs, err := dp.Observe(); err != nil || obs.Openings == nil || !obs.Openings.Incomplete {
+		t.Fatalf("after flushing ip6tables' VXNET-OPEN: %+v %v; want incomplete", obs.Openings, err)
+	}
+	// Members reached over IPv4 alone: ip6tables keeps the ports (gossip
+	// and VXLAN over IPv6 come from no one), no member.
+	o4 := datapath.Openings{VXLANPort: 4789, GossipPort: 7947, VTEPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}
+	if err := dp.EnsureOpenings(o4); err != nil {
+		t.Fatal(err)
+	}
+	if v6 := save(t, path, "ip6tables-nft"); strings.Contains(v6, "-s ") || !strings.Contains(v6, "-A VXNET-OPEN -p tcp -m tcp --dport 7947") {
+		t.Errorf("ip6tables with no member over IPv6:\n%s", v6)
+	}
+	if obs, err := dp.Observe(); err != nil || obs.Openings == nil || !obs.Openings.Equal(o4) {
+		t.Fatalf("observed %+v %v; want %+v", obs.Openings, err, o4)
+	}
+	if err := dp.RemoveOpenings(); err != nil {
+		t.Fatal(err)
+	}
+	if v6 := save(t, path, "ip6tables-nft"); strings.Contains(v6, "VXNET") {
+		t.Errorf("ip6tables after removal:\n%s", v6)
+	}
 }
 
 // On a host with iptables alone (no other nftables table), a new
-// dataplane reads the openings back from VXNET-OPEN.
+// dataplane reads the openings back from VXNET-OPEN (iptables' and
+// ip6tables').
 func TestOpeningsIptablesOnly(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, path := testutil.Netns(t)
@@ -162,8 +219,8 @@ func TestOpeningsIptablesOnly(t *testing.T) {
 	if err := dp.EnsureOpenings(o); err != nil {
 		t.Fatal(err)
 	}
-	if got := openingsAfresh(t, path); got == nil || !got.Equal(o) || len(got.Chains) != 1 {
-		t.Fatalf("observed %+v; want %+v in iptables alone", got, o)
+	if got := openingsAfresh(t, path); got == nil || !got.Equal(o) || len(got.Chains) != 2 {
+		t.Fatalf("observed %+v; want %+v in iptables and ip6tables alone", got, o)
 	}
 }
 
