@@ -19,6 +19,16 @@ import (
 	"github.com/vxnet/vxnet/internal/probe"
 )
 
+// hostFiltersAre checks the doctor's host-filters finding on host h: its
+// level, and evidence naming want.
+func hostFiltersAre(t *testing.T, h lab.Host, level doctor.Level, want string) {
+	t.Helper()
+	found, _ := doctorIn(t, h.Netns, "--socket", h.Socket)
+	if f := found["host-filters"]; f.Level != level || !strings.Contains(f.Evidence, want) {
+		t.Errorf("doctor's host-filters on %s: %+v; want %s naming %q", h.Name, f, level, want)
+	}
+}
+
 // ruleHandle reads "# handle N" off a line of `nft -a list ruleset`.
 var ruleHandle = regexp.MustCompile(`# handle (\d+)$`)
 
@@ -114,18 +124,12 @@ func TestHostFirewallMatrix(t *testing.T) {
 			blocker := map[string]string{lab.FirewallUFW: "iptables filter INPUT (policy DROP)",
 				lab.FirewallNftables:  `table inet filter chain input (hook input) drops VXLAN from the members, gossip and containers' name queries: "policy drop"`,
 				lab.FirewallFirewalld: `table inet firewalld chain filter_INPUT (hook input) drops VXLAN from the members, gossip and containers' name queries: "reject with icmpx admin-prohibited"`}[kind]
-			found, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
-			if f := found["host-filters"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, blocker) {
-				t.Errorf("doctor without the openings: %+v; want fail naming %q", f, blocker)
-			}
+			hostFiltersAre(t, h1, doctor.Fail, blocker)
 			if err := l.StartAgent("h1"); err != nil {
 				t.Fatal(err)
 			}
 			pingUntil(t, c2.Netns, c1.IP, 15*time.Second)
-			found, _ = doctorIn(t, h1.Netns, "--socket", h1.Socket)
-			if f := found["host-filters"]; f.Level != doctor.OK {
-				t.Errorf("doctor with the openings back: %+v", f)
-			}
+			hostFiltersAre(t, h1, doctor.OK, "")
 			dialUntil(t, out.Netns, published, "hello from web, you are "+out.Addr.String(), 5*time.Second)
 
 			if kind == lab.FirewallFirewalld {

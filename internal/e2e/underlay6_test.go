@@ -179,16 +179,10 @@ func TestIPv6UnderlayUFW(t *testing.T) {
 	if _, err := probe.Ping(c2.Netns, c1.IP, 56, false, time.Second); err == nil {
 		t.Fatal("VXLAN over IPv6 from h2 crossed h1's ufw without vxnet's openings in ip6tables")
 	}
-	found, _ := doctorIn(t, h1.Netns, "--socket", h1.Socket)
-	if f := found["host-filters"]; f.Level != doctor.Fail || !strings.Contains(f.Evidence, "ip6tables filter INPUT (policy DROP)") {
-		t.Errorf("doctor without the openings in ip6tables: %+v; want fail naming ip6tables' INPUT", f)
-	}
+	hostFiltersAre(t, h1, doctor.Fail, "ip6tables filter INPUT (policy DROP)")
 	if err := l.StartAgent("h1"); err != nil {
 		t.Fatal(err)
 	}
 	pingUntil(t, c2.Netns, c1.IP, 15*time.Second)
-	found, _ = doctorIn(t, h1.Netns, "--socket", h1.Socket)
-	if f := found["host-filters"]; f.Level != doctor.OK {
-		t.Errorf("doctor with the openings back: %+v", f)
-	}
+	hostFiltersAre(t, h1, doctor.OK, "")
 }

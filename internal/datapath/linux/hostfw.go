@@ -158,26 +158,11 @@ func parseComment(c string, h *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
 	case (len(f) == 6 || len(f) == 7) && f[0] == "net":
-		vni, err1 := strconv.ParseUint(f[1], 10, 32)
-		sub, err2 := netip.ParsePrefix(f[2])
-		var gw netip.Addr
-		var err3 error
-		if f[3] != "none" {
-			gw, err3 = netip.ParseAddr(f[3])
-		}
-		dns, err4 := strconv.ParseUint(f[5], 10, 16)
-		if errors.Join(err1, err2, err3, err4) != nil || (f[4] != "egress" && f[4] != "internal") {
+		hn, dns, ok := parseNetFields(f, func(s string) string { return s })
+		if !ok || !hn.Subnet.Addr().Is4() || (hn.Gateway.IsValid() && !hn.Gateway.Is4()) {
 			return false
 		}
-		if len(h.Networks) > 0 && h.DNSPort != uint16(dns) {
-			h.Incomplete = true
-		}
-		h.DNSPort = uint16(dns)
-		hn := datapath.HostNet{VNI: uint32(vni), Subnet: sub, Gateway: gw, Egress: f[4] == "egress"}
-		if len(f) == 7 {
-			hn.Tunnel = f[6]
-		}
-		h.Networks = append(h.Networks, hn)
+		addNet(h, hn, dns)
 	case len(f) == 6 && f[0] == "port":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)
@@ -191,6 +176,39 @@ func parseComment(c string, h *datapath.HostFirewall) bool {
 		return false
 	}
 	return true
+}
+
+// parseNetFields reads the fields of a network's comment, "net" or
+// "net6" (VNI, subnet, gateway or "none", mode, DNS port, tunnel), with
+// the addresses decoded by dec; the subnet and gateway come back in
+// Subnet and Gateway whatever their family.
+func parseNetFields(f []string, dec func(string) string) (datapath.HostNet, uint16, bool) {
+	vni, err1 := strconv.ParseUint(f[1], 10, 32)
+	sub, err2 := netip.ParsePrefix(dec(f[2]))
+	var gw netip.Addr
+	var err3 error
+	if f[3] != "none" {
+		gw, err3 = netip.ParseAddr(dec(f[3]))
+	}
+	dns, err4 := strconv.ParseUint(f[5], 10, 16)
+	if errors.Join(err1, err2, err3, err4) != nil || (f[4] != "egress" && f[4] != "internal") {
+		return datapath.HostNet{}, 0, false
+	}
+	hn := datapath.HostNet{VNI: uint32(vni), Subnet: sub, Gateway: gw, Egress: f[4] == "egress"}
+	if len(f) == 7 {
+		hn.Tunnel = f[6]
+	}
+	return hn, uint16(dns), true
+}
+
+// addNet adds a network read back to h; a DNS port other than the one
+// the networks before it named makes h incomplete.
+func addNet(h *datapath.HostFirewall, hn datapath.HostNet, dns uint16) {
+	if len(h.Networks) > 0 && h.DNSPort != dns {
+		h.Incomplete = true
+	}
+	h.DNSPort = dns
+	h.Networks = append(h.Networks, hn)
 }
 
 // iptables runs the iptables tools of the host's backend in the
@@ -389,7 +407,7 @@ func (t *iptables) read4() (*datapath.HostFirewall, error) {
 			return nil, err
 		}
 		for _, l := range lines {
-			if table == "filter" && t.readOpen(l) {
+			if table == "filter" && t.open.take(l) {
 				continue
 			}
 			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" {
@@ -430,15 +448,16 @@ func (t *iptables) read4() (*datapath.HostFirewall, error) {
 	return h, nil
 }
 
-// readOpen takes a saved line of VXNET-OPEN or its jump into t.open.
-func (t *iptables) readOpen(l string) bool {
+// take takes a saved line of VXNET-OPEN or its jump into o; false for any
+// other line.
+func (o *iptOpen) take(l string) bool {
 	switch {
 	case strings.HasPrefix(l, ":"+openChain+" "):
-		t.open.chain = true
+		o.chain = true
 	case l == "-A INPUT "+openJump:
-		t.open.jump = true
+		o.jump = true
 	case strings.HasPrefix(l, "-A "+openChain+" "):
-		t.open.lines = append(t.open.lines, strings.ReplaceAll(l, `"`, ""))
+		o.lines = append(o.lines, strings.ReplaceAll(l, `"`, ""))
 	default:
 		return false
 	}

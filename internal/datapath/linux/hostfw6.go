@@ -90,26 +90,12 @@ func parseComment6(c string, h6 *datapath.HostFirewall) bool {
 	f := strings.Split(strings.TrimPrefix(c, commentTag), ":")
 	switch {
 	case (len(f) == 6 || len(f) == 7) && f[0] == "net6":
-		vni, err1 := strconv.ParseUint(f[1], 10, 32)
-		sub, err2 := netip.ParsePrefix(dec6(f[2]))
-		var gw netip.Addr
-		var err3 error
-		if f[3] != "none" {
-			gw, err3 = netip.ParseAddr(dec6(f[3]))
-		}
-		dns, err4 := strconv.ParseUint(f[5], 10, 16)
-		if errors.Join(err1, err2, err3, err4) != nil || !sub.Addr().Is6() || (gw.IsValid() && !gw.Is6()) || (f[4] != "egress" && f[4] != "internal") {
+		hn, dns, ok := parseNetFields(f, dec6)
+		if !ok || !hn.Subnet.Addr().Is6() || (hn.Gateway.IsValid() && !hn.Gateway.Is6()) {
 			return false
 		}
-		if len(h6.Networks) > 0 && h6.DNSPort != uint16(dns) {
-			h6.Incomplete = true
-		}
-		h6.DNSPort = uint16(dns)
-		hn := datapath.HostNet{VNI: uint32(vni), Subnet6: sub, Gateway6: gw, Egress: f[4] == "egress"}
-		if len(f) == 7 {
-			hn.Tunnel = f[6]
-		}
-		h6.Networks = append(h6.Networks, hn)
+		hn.Subnet, hn.Gateway, hn.Subnet6, hn.Gateway6 = netip.Prefix{}, netip.Addr{}, hn.Subnet, hn.Gateway
+		addNet(h6, hn, dns)
 	case len(f) == 6 && f[0] == "port6":
 		vni, err1 := strconv.ParseUint(f[1], 10, 32)
 		hp, err2 := strconv.ParseUint(f[3], 10, 16)

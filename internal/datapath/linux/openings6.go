@@ -27,14 +27,7 @@ func (t *iptables) readOpen6() (bool, error) {
 	}
 	t.open6 = iptOpen{}
 	for _, l := range strings.Split(string(b), "\n") {
-		switch {
-		case strings.HasPrefix(l, ":"+openChain+" "):
-			t.open6.chain = true
-		case l == "-A INPUT "+openJump:
-			t.open6.jump = true
-		case strings.HasPrefix(l, "-A "+openChain+" "):
-			t.open6.lines = append(t.open6.lines, strings.ReplaceAll(l, `"`, ""))
-		}
+		t.open6.take(l)
 	}
 	return true, nil
 }
