@@ -17,14 +17,15 @@ import (
 // TestContainerdCNI: containers started by containerd's own CLI with
 // `ctr run --cni` on two lab hosts (a containerd per host, ctr's CNI
 // directory holding vxnet's conflist) get addresses on a vxnet network and
-// reach each other across the hosts, and a Docker container on the same
-// network reaches them too; `ctr task kill` and `delete` leave no endpoint
-// or veth behind.
+// reach each other across the hosts, and a Docker container and a podman
+// container on the same network (on h2, beside containerd) reach them and
+// each other; `ctr task kill` and `delete` leave no endpoint or veth
+// behind.
 func TestContainerdCNI(t *testing.T) {
 	requireDocker(t)
-	for _, bin := range []string{"containerd", "ctr"} {
+	for _, bin := range []string{"containerd", "ctr", "podman"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed (it comes with docker.io)", bin)
+			t.Fatalf("%s is not installed (containerd comes with docker.io; podman is its own package)", bin)
 		}
 	}
 	dir := cniPlugins(t)
@@ -95,6 +96,17 @@ func TestContainerdCNI(t *testing.T) {
 	waitDockerNetwork(t, d2, "web", true)
 	mustDocker(t, d2, "run", "-d", "--name", "dc", "--net", "web", lab.DockerImage, "sleep", "600")
 	pingFrom(t, d2, "dc", ips["h1"])
+	// And a podman container, on h2 beside containerd: both run vxnet-cni.
+	p2 := startPodman(t, l, "h2", dir)
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"web","plugins":[{"type":"vxnet","socket":%q}]}`, l.Hosts[1].Socket)
+	if err := p2.AddNetwork("web", []byte(conf)); err != nil {
+		t.Fatal(err)
+	}
+	mustPodman(t, p2, "run", "-d", "--name", "pc", "--network", "web", "localhost/vxbox", "sleep", "600")
+	pip := mustPodman(t, p2, "inspect", "-f", `{{(index .NetworkSettings.Networks "web").IPAddress}}`, "pc")
+	retryPodman(t, p2, "1 packets received", "exec", "pc", "ping", "-c", "1", "-W", "1", ips["h1"])
+	ping(ctrs["h1"], "ctr-h1", pip)
+	pingFrom(t, d2, "dc", pip)
 	// Gone with its task: no endpoint, no veth.
 	c1 := ctrs["h1"]
 	for _, args := range [][]string{{"tasks", "kill", "-s", "SIGKILL", "ctr-h1"}, {"tasks", "delete", "-f", "ctr-h1"}, {"containers", "delete", "ctr-h1"}} {

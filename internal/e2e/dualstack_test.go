@@ -40,7 +40,8 @@ import (
 // cross it; the anycast gateway answers IPv6 on every host; two IPv6-only
 // networks each carry their containers across hosts and are isolated from
 // each other; a container's name answers AAAA with its IPv6 address, asked
-// at the IPv4 or the IPv6 gateway, on an IPv6-only network too.
+// at the IPv4 or the IPv6 gateway, on an IPv6-only network too; the live
+// page (a real browser) shows the endpoints' IPv6 addresses.
 func TestDualStack(t *testing.T) {
 	l := upCfg(t, lab.Config{Hosts: 3, Networks: 2, PerHost: 1, IPv6: true})
 	for _, h := range l.Hosts {
@@ -181,6 +182,24 @@ func TestDualStack(t *testing.T) {
 					if err := askName(b.Netns, gw, "web6.", q.qtype, q.want); err != nil {
 						return fmt.Errorf("%s: %w", b.Name, err)
 					}
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step(t, "Page", func(t *testing.T) {
+		// The live page, in a real browser: endpoint rows show both
+		// addresses of a dual-stack endpoint, the IPv6 one alone of an
+		// IPv6-only endpoint.
+		h1, _ := l.Host("h1")
+		page := fmt.Sprintf("http://%s/", netip.AddrPortFrom(h1.Addr, lab.MetricsPort))
+		if err := waitCond(20*time.Second, func() error {
+			dom := browse(t, h1.Netns, "--dump-dom", page)
+			for _, want := range []string{"<td>198.19.1.", ", fd00:198:19:1:", "<td>fd00:61::"} {
+				if !strings.Contains(dom, want) {
+					return fmt.Errorf("the page lacks %s; its DOM:\n%s", want, tailLines(dom, 40))
 				}
 			}
 			return nil
