@@ -2,7 +2,10 @@ package bench
 
 import (
 	"fmt"
+	"net/netip"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,11 +27,20 @@ type FastPathHosts struct {
 	Bare   Path   `json:"bare"`
 	// Underlay is the hosts' own path (no VXLAN).
 	Underlay Path `json:"underlay"`
+	// DockerBPF and DockerBridge (docker hosts only) are containers made
+	// by 'docker run --net' through vxnet's driver, on either datapath:
+	// what a Docker user gets, beside the containers attached through the
+	// API (BPF, Bridge) on the same hosts.
+	DockerBPF    *Path `json:"docker_bpf,omitempty"`
+	DockerBridge *Path `json:"docker_bridge,omitempty"`
 	// Ratios: medians of the per-round ratios.
 	BPFvsBridge1 float64 `json:"bpf_vs_bridge_1"`
 	BPFvsBridge4 float64 `json:"bpf_vs_bridge_4"`
 	BPFvsRecipe1 float64 `json:"bpf_vs_recipe_1"`
 	BPFvsBare1   float64 `json:"bpf_vs_bare_1"`
+	// DockerVsAPI1 is Docker's containers against the API's on the fast
+	// path, one stream (1: the same).
+	DockerVsAPI1 float64 `json:"docker_vs_api_1,omitempty"`
 }
 
 // fastPathPart measures FastPathHosts on clean hosts, then on the same
@@ -48,13 +60,16 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 	}
 	var out []FastPathHosts
 	for _, kind := range []string{"clean", "docker"} {
+		var dockerEnds *ends
 		if kind == "docker" {
+			ds := map[string]*lab.Dockerd{}
 			for _, h := range l.Hosts {
 				d, err := l.StartDocker(h.Name)
 				if err != nil {
 					return out, err
 				}
 				defer d.Stop()
+				ds[h.Name] = d
 				// What a user adds by hand for the recipe's bridge on a
 				// Docker host (vxnet adds its own rules).
 				if err := nsutil.Do(h.Netns, func() error {
@@ -63,6 +78,11 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 					return out, fmt.Errorf("recipe rule on %s: %w", h.Name, err)
 				}
 			}
+			e, err := dockerContainers(l, ds)
+			if err != nil {
+				return out, err
+			}
+			dockerEnds = &e
 		}
 		tput := map[string]map[int][]float64{}
 		rr := map[string][]float64{}
@@ -97,6 +117,11 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 						return out, err
 					}
 					e = paths["vxnet"]
+					if dockerEnds != nil { // Docker's containers on the same datapath
+						if err := measure("docker-"+p, *dockerEnds, round); err != nil {
+							return out, err
+						}
+					}
 				}
 				if err := measure(p, e, round); err != nil {
 					return out, err
@@ -106,11 +131,55 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 		path := func(p string) Path {
 			return Path{Tput1Gbps: Median(tput[p][1]), Tput4Gbps: Median(tput[p][4]), RRp50us: Median(rr[p])}
 		}
-		out = append(out, FastPathHosts{Hosts: kind, BPF: path("bpf"), Bridge: path("bridge"), Recipe: path("recipe"), Bare: path("bare"), Underlay: path("underlay"),
+		fh := FastPathHosts{Hosts: kind, BPF: path("bpf"), Bridge: path("bridge"), Recipe: path("recipe"), Bare: path("bare"), Underlay: path("underlay"),
 			BPFvsBridge1: MedianRatio(tput["bpf"][1], tput["bridge"][1]), BPFvsBridge4: MedianRatio(tput["bpf"][4], tput["bridge"][4]),
-			BPFvsRecipe1: MedianRatio(tput["bpf"][1], tput["recipe"][1]), BPFvsBare1: MedianRatio(tput["bpf"][1], tput["bare"][1])})
+			BPFvsRecipe1: MedianRatio(tput["bpf"][1], tput["recipe"][1]), BPFvsBare1: MedianRatio(tput["bpf"][1], tput["bare"][1])}
+		if dockerEnds != nil {
+			db, dbr := path("docker-bpf"), path("docker-bridge")
+			fh.DockerBPF, fh.DockerBridge = &db, &dbr
+			fh.DockerVsAPI1 = MedianRatio(tput["docker-bpf"][1], tput["bpf"][1])
+		}
+		out = append(out, fh)
 	}
 	return out, nil
+}
+
+// dockerContainers starts a container with 'docker run --net' on the lab's
+// first network on each of its first two hosts (once the agents have put
+// the network into their dockerds), adds them to the lab's containers, and
+// returns them as a path: iperf3 runs in their network namespaces.
+func dockerContainers(l *lab.Lab, ds map[string]*lab.Dockerd) (ends, error) {
+	network := l.Networks[0].Name
+	var nss [2]string
+	var dst netip.Addr
+	for i, h := range l.Hosts[:2] {
+		d := ds[h.Name]
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if out, err := d.Docker("network", "ls", "--format", "{{.Name}}"); err == nil && slices.Contains(strings.Fields(out), network) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return ends{}, fmt.Errorf("network %s never reached the dockerd of %s", network, h.Name)
+			}
+		}
+		name := "bench-" + h.Name
+		if _, err := d.Docker("run", "-d", "--name", name, "--net", network, lab.DockerImage, "sleep", "86400"); err != nil {
+			return ends{}, err
+		}
+		out, err := d.Docker("inspect", "-f", "{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+		f := strings.Fields(out)
+		if err != nil || len(f) != 2 {
+			return ends{}, fmt.Errorf("pid and address of %s on %s: %q %v", name, h.Name, out, err)
+		}
+		nss[i] = "/proc/" + f[0] + "/ns/net"
+		if dst, err = netip.ParseAddr(f[1]); err != nil {
+			return ends{}, fmt.Errorf("address of %s on %s: %w", name, h.Name, err)
+		}
+		// One of the lab's containers from now on (the agents' restarts
+		// wait until every host sees it).
+		l.Containers = append(l.Containers, lab.Container{Name: name, Host: h.Name, Network: network, Netns: nss[i], IP: dst})
+	}
+	return ends{srv: nss[1], cli: nss[0], dst: dst}, nil
 }
 
 // switchDatapath restarts the lab's agents with --datapath mode and waits

@@ -43,14 +43,25 @@ func printFastPath(w io.Writer, r Result) {
 	fmt.Fprintln(w, "FAST PATH (host 1 -> host 2; agents restarted with --datapath bpf or bridge within each round)")
 	for _, h := range r.FastPath {
 		fmt.Fprintf(w, "  %s hosts:\n", h.Hosts)
-		fmt.Fprintf(w, "    %-9s %12s %12s %11s\n", "path", "1 stream", "4 streams", "rr p50")
+		fmt.Fprintf(w, "    %-13s %12s %12s %11s\n", "path", "1 stream", "4 streams", "rr p50")
 		for _, p := range []struct {
 			name string
 			x    Path
 		}{{"bpf", h.BPF}, {"bridge", h.Bridge}, {"recipe", h.Recipe}, {"bare", h.Bare}, {"underlay", h.Underlay}} {
-			fmt.Fprintf(w, "    %-9s %7.2f Gb/s %7.2f Gb/s %8.1f us\n", p.name, p.x.Tput1Gbps, p.x.Tput4Gbps, p.x.RRp50us)
+			fmt.Fprintf(w, "    %-13s %7.2f Gb/s %7.2f Gb/s %8.1f us\n", p.name, p.x.Tput1Gbps, p.x.Tput4Gbps, p.x.RRp50us)
+		}
+		for _, p := range []struct {
+			name string
+			x    *Path
+		}{{"docker bpf", h.DockerBPF}, {"docker bridge", h.DockerBridge}} {
+			if p.x != nil {
+				fmt.Fprintf(w, "    %-13s %7.2f Gb/s %7.2f Gb/s %8.1f us\n", p.name, p.x.Tput1Gbps, p.x.Tput4Gbps, p.x.RRp50us)
+			}
 		}
 		fmt.Fprintf(w, "    bpf/bridge %.3f (4 streams %.3f)   bpf/recipe %.3f   bpf/bare %.3f\n", h.BPFvsBridge1, h.BPFvsBridge4, h.BPFvsRecipe1, h.BPFvsBare1)
+		if h.DockerBPF != nil {
+			fmt.Fprintf(w, "    docker run containers / API-attached, fast path, 1 stream: %.3f\n", h.DockerVsAPI1)
+		}
 	}
 }
 
