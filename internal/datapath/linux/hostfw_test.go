@@ -32,6 +32,20 @@ func save(t *testing.T, path, tool string) string {
 
 // runIn runs a tool with args in the namespace at path, failing the test
 // when it fails.
+// freshDataplane opens a dataplane in the namespace at path (closed when
+// the test ends) that reads the host firewall and openings afresh on every
+// Observe.
+func freshDataplane(t *testing.T, path string) *linux.Dataplane {
+	t.Helper()
+	dp, err := linux.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	dp.SetHostFirewallMaxAge(0)
+	return dp
+}
+
 func runIn(t *testing.T, path, tool string, args ...string) {
 	t.Helper()
 	if err := nsutil.Do(path, func() error {
@@ -127,12 +141,7 @@ func TestHostFirewallIPv6(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, path := testutil.Netns(t)
 	runIn(t, path, "ip6tables-nft", "-P", "FORWARD", "DROP")
-	dp, err := linux.Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	dp.SetHostFirewallMaxAge(0)
+	dp := freshDataplane(t, path)
 	h := datapath.HostFirewall{
 		Networks: []datapath.HostNet{
 			{VNI: 4097, Subnet: netip.MustParsePrefix("198.19.7.0/24"), Gateway: netip.MustParseAddr("198.19.7.1"), Egress: true,

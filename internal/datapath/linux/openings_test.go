@@ -60,12 +60,7 @@ func TestOpeningsNativeNftables(t *testing.T) {
 	_, path := testutil.Netns(t)
 	nft(t, path, "-f", "testdata/nftables-drop.conf")
 	owner := nft(t, path, "list", "ruleset")
-	dp, err := linux.Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	dp.SetHostFirewallMaxAge(0)
+	dp := freshDataplane(t, path)
 	o := datapath.Openings{VXLANPort: 4789, GossipPort: 7946, DNSPort: 53533,
 		VTEPs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("2001:db8::2")}}
 	if err := dp.EnsureOpenings(o); err != nil {
@@ -159,12 +154,7 @@ func TestOpeningsIPv6(t *testing.T) {
 	testutil.RequireRoot(t)
 	_, path := testutil.Netns(t)
 	runIn(t, path, "ip6tables-nft", "-P", "INPUT", "DROP")
-	dp, err := linux.Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	dp.SetHostFirewallMaxAge(0)
+	dp := freshDataplane(t, path)
 	o := datapath.Openings{VXLANPort: 4789, GossipPort: 7947, TunnelPort: 51871, TunnelDev: "vxwgtest",
 		VTEPs: []netip.Addr{netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::3")}}
 	if err := dp.EnsureOpenings(o); err != nil {
