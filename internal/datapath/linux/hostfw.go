@@ -235,8 +235,11 @@ type iptables struct {
 	had6, checked6 bool
 	// tool6 is the IPv6 tool of the backend ("" when the host has none).
 	tool6 string
-	// open6 is VXNET-OPEN in ip6tables as last read (openings6.go).
-	open6 iptOpen
+	// open6 is VXNET-OPEN in ip6tables as last read (openings6.go);
+	// open6Read: read6 read it in the current Observe, so the openings
+	// need not read ip6tables again.
+	open6     iptOpen
+	open6Read bool
 }
 
 func (t *iptables) run(tool string, stdin []byte, args ...string) ([]byte, error) {

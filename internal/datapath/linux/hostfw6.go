@@ -165,8 +165,14 @@ func (t *iptables) read6(tool string) (*datapath.HostFirewall, error) {
 		if err != nil {
 			return nil, err
 		}
+		if table == "filter" { // VXNET-OPEN too, for this Observe's openings
+			t.open6, t.open6Read = iptOpen{}, true
+		}
 		for _, l := range strings.Split(string(b), "\n") {
-			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" && !strings.HasPrefix(l, ":"+openChain+" ") {
+			if table == "filter" && t.open6.take(l) {
+				continue
+			}
+			if name, ok := strings.CutPrefix(l, ":VXNET-"); ok && name != "" {
 				chains++
 				continue
 			}
@@ -175,7 +181,7 @@ func (t *iptables) read6(tool string) (*datapath.HostFirewall, error) {
 					jumpsSeen[i] = true
 				}
 			}
-			if strings.HasPrefix(l, "-A VXNET-") && !strings.HasPrefix(l, "-A "+openChain+" ") {
+			if strings.HasPrefix(l, "-A VXNET-") {
 				c := comment(l)
 				if c == "" {
 					h6.Incomplete = true

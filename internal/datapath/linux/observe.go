@@ -35,6 +35,7 @@ func (d *Dataplane) Observe() (datapath.Observed, error) {
 	if d.open.stale.Load() { // a firewall was reloaded: iptables too
 		d.RereadHostFirewall()
 	}
+	d.ipt.open6Read = false // set by a reading of ip6tables in this Observe
 	if obs.HostFirewall, err = d.ipt.observe(); err != nil {
 		return obs, fmt.Errorf("read the host's iptables: %w", err)
 	}

@@ -21,6 +21,10 @@ func (t *iptables) readOpen6() (bool, error) {
 	if t.tool6 == "" {
 		return false, nil
 	}
+	if t.open6Read { // read6 read the filter table in this Observe
+		t.open6Read = false
+		return true, nil
+	}
 	b, err := t.run(t.tool6+"-save", nil, "-t", "filter")
 	if err != nil {
 		return false, err
