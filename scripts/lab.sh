@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VXNET_DEPS=lab . scripts/deps.sh # what the lab needs, not the tests' browser and daemons
-go build -o bin/vxnet ./cmd/vxnet
+CGO_ENABLED=0 go build -o bin/vxnet ./cmd/vxnet # as scripts/package.sh builds it (and no C compiler run)
 if [ "$#" -eq 0 ]; then set -- --hosts 3 --networks 2 --keep=false; fi
 exec bin/vxnet lab up "$@"
