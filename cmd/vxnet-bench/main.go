@@ -203,6 +203,9 @@ func newBenchCmd(g *globals) *cobra.Command {
 			if c.Parts, err = bench.ParseParts(c.Parts); err != nil {
 				return err
 			}
+			if c.Tool, err = bench.ParseTool(c.Tool); err != nil {
+				return err
+			}
 			res, err := bench.Run(c)
 			if err != nil {
 				return err
@@ -224,6 +227,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	f.IntSliceVar(&convergeHosts, "converge-hosts", []int{2, 8, 32}, "lab sizes of the control-plane part")
 	f.IntVar(&c.Samples, "samples", 50, "attaches timed per lab size")
 	f.DurationVar(&c.Duration, "time", 3*time.Second, "duration of each throughput measurement")
+	f.StringVar(&c.Tool, "tool", bench.ToolGo, "what measures throughput: go (a client and server in this process) or iperf3 (whole seconds of --time)")
 	f.IntVar(&c.Rounds, "rounds", 5, "interleaved rounds of throughput measurements (figures are medians)")
 	f.IntVar(&c.RR, "rr", 5000, "request/response exchanges per path")
 	f.IntVar(&c.Endpoints, "endpoints", 5000, "synthetic remote endpoints of the footprint part")

@@ -190,4 +190,49 @@ func TestMeasurementsAcrossNamespaces(t *testing.T) {
 	if _, err := Throughput(b, a, netip.MustParseAddr("198.18.9.3"), 7003, 1, 100*time.Millisecond); err == nil {
 		t.Fatal("throughput to an address nobody has succeeded")
 	}
+	// iperf3 (the tests' dependencies install it), over the same veth.
+	for _, streams := range []int{1, 2} {
+		bps, err := Iperf3(b, a, dst, 7004, streams, time.Second)
+		if err != nil || bps <= 0 {
+			t.Fatalf("iperf3 with %d streams: %v bps, %v", streams, bps, err)
+		}
+	}
+	if _, err := Iperf3(b, a, netip.MustParseAddr("198.18.9.3"), 7005, 1, time.Second); err == nil {
+		t.Fatal("iperf3 to an address nobody has succeeded")
+	}
+}
+
+func TestIperf3Report(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     float64
+		err      string
+	}{
+		{"received", `{"start":{},"end":{"sum_sent":{"bits_per_second":9.9e9},"sum_received":{"bits_per_second":9.5e9}}}`, 9.5e9, ""},
+		{"iperf3's own error", `{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}`, 0, "unable to connect to server"},
+		{"nothing received", `{"end":{"sum_received":{"bits_per_second":0}}}`, 0, "no data received"},
+		{"not JSON", "iperf3: error - unable to connect", 0, "not an iperf3 JSON report"},
+		{"empty", "", 0, "not an iperf3 JSON report (0 bytes)"},
+	} {
+		got, err := parseIperf3([]byte(tc.in))
+		if tc.err == "" && (err != nil || got != tc.want) {
+			t.Errorf("%s: parseIperf3 = %v, %v; want %v", tc.name, got, err, tc.want)
+		}
+		if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: parseIperf3 error %v; want one containing %q", tc.name, err, tc.err)
+		}
+	}
+}
+
+func TestParseTool(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"", ToolGo, ""},
+		{"go", ToolGo, ""},
+		{"netperf", "", `invalid --tool "netperf": want go or iperf3`},
+	} {
+		got, err := ParseTool(tc.in)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && err.Error() != tc.err) {
+			t.Errorf("ParseTool(%q) = %q, %v; want %q, %q", tc.in, got, err, tc.want, tc.err)
+		}
+	}
 }

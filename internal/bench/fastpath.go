@@ -94,7 +94,7 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 		}
 		measure := func(path string, e ends, round int) error {
 			for _, streams := range []int{1, 4} {
-				bps, err := Throughput(e.srv, e.cli, e.dst, 5211, streams, c.Duration)
+				bps, err := c.throughput(e.srv, e.cli, e.dst, 5211, streams)
 				if err != nil {
 					return fmt.Errorf("%s hosts, %s, %d streams: %w", kind, path, streams, err)
 				}
@@ -147,7 +147,7 @@ func fastPathPart(c Config) ([]FastPathHosts, error) {
 // dockerContainers starts a container with 'docker run --net' on the lab's
 // first network on each of its first two hosts (once the agents have put
 // the network into their dockerds), adds them to the lab's containers, and
-// returns them as a path: iperf3 runs in their network namespaces.
+// returns them as a path: the measurements run in their network namespaces.
 func dockerContainers(l *lab.Lab, ds map[string]*lab.Dockerd) (ends, error) {
 	network := l.Networks[0].Name
 	var nss [2]string

@@ -99,7 +99,7 @@ func ipv6Part(c Config) (*IPv6, error) {
 	for round := range max(1, c.Rounds) {
 		for _, p := range Rotate(IPv6Paths(), round) {
 			e := paths[p]
-			bps, err := Throughput(e.srv, e.cli, e.dst, 5232, 1, c.Duration)
+			bps, err := c.throughput(e.srv, e.cli, e.dst, 5232, 1)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)
 			}

@@ -58,7 +58,7 @@ func notrackPart(c Config) (*Notrack, error) {
 			if err := setNotrack(l, mode == "on"); err != nil {
 				return nil, err
 			}
-			bps, err := Throughput(e.srv, e.cli, e.dst, 5221, 1, c.Duration)
+			bps, err := c.throughput(e.srv, e.cli, e.dst, 5221, 1)
 			if err != nil {
 				return nil, fmt.Errorf("notrack %s: %w", mode, err)
 			}

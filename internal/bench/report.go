@@ -9,6 +9,9 @@ import (
 
 // PrintTable writes a result as text tables.
 func PrintTable(w io.Writer, r Result) {
+	if r.Tool != "" {
+		fmt.Fprintf(w, "throughput measured with: %s\n", map[string]string{ToolGo: "Go's client and server in vxnet-bench", ToolIperf3: "iperf3"}[r.Tool])
+	}
 	if len(r.Paths) > 0 {
 		printPaths(w, r)
 	}
@@ -214,7 +217,7 @@ func printEncrypted(w io.Writer, e *Encrypted) {
 		}
 		fmt.Fprintf(w, "  %-10s %7.2f Gb/s %7.2f Gb/s %14s\n", p, pr.Tput1Gbps, pr.Tput4Gbps, cpu)
 	}
-	fmt.Fprintf(w, "  1 stream: encrypted / underlay %.3f, encrypted / clear %.3f", e.VsUnderlay, e.VsClear)
+	fmt.Fprintf(w, "  1 stream: encrypted / underlay %.3f, encrypted / clear %.3f, encrypted / tunnel alone %.3f", e.VsUnderlay, e.VsClear, e.VsTunnel)
 	if e.VsBaseline > 0 {
 		fmt.Fprintf(w, ", encrypted / hand-made baseline %.2f", e.VsBaseline)
 	}

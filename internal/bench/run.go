@@ -36,6 +36,8 @@ type Config struct {
 	Samples       int
 	// Duration of each throughput measurement.
 	Duration time.Duration
+	// Tool measures throughput: ToolGo (empty: the same) or ToolIperf3.
+	Tool string
 	// Rounds of throughput measurements; each round measures every path
 	// once, interleaved, and the figures are the medians over rounds.
 	Rounds int
@@ -124,6 +126,8 @@ type Footprint struct {
 // Result is everything one run measured. Throughput ratios are medians of
 // the ratios taken within each round (1 stream unless named tput4).
 type Result struct {
+	// Tool is what measured throughput (ToolGo or ToolIperf3).
+	Tool                string          `json:"tool"`
 	Paths               map[string]Path `json:"paths"`
 	Rounds              int             `json:"rounds,omitempty"`
 	TputRatioVsUnderlay float64         `json:"tput_ratio_vs_underlay"`
@@ -163,7 +167,10 @@ func Run(c Config) (Result, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	res := Result{Paths: map[string]Path{}}
+	if c.Tool == "" {
+		c.Tool = ToolGo
+	}
+	res := Result{Tool: c.Tool, Paths: map[string]Path{}}
 	if c.runs(PartDatapath) {
 		if err := datapathPart(c, &res); err != nil {
 			return res, fmt.Errorf("datapath: %w", err)
@@ -299,7 +306,7 @@ func datapathPart(c Config, res *Result) error {
 		for _, streams := range []int{1, 4} {
 			for _, p := range Rotate(PathNames(), round) {
 				e := paths[p]
-				bps, err := Throughput(e.srv, e.cli, e.dst, 5203, streams, c.Duration)
+				bps, err := c.throughput(e.srv, e.cli, e.dst, 5203, streams)
 				if err != nil {
 					return fmt.Errorf("%s throughput: %w", p, err)
 				}
@@ -351,7 +358,7 @@ func firewalled(c Config, l *lab.Lab, srv, cli string, dst netip.Addr, rounds in
 			if err := brnf(mode == "on"); err != nil {
 				return nil, err
 			}
-			bps, err := Throughput(srv, cli, dst, 5204, 1, c.Duration)
+			bps, err := c.throughput(srv, cli, dst, 5204, 1)
 			if err != nil {
 				return nil, fmt.Errorf("firewalled host, br_netfilter %s: %w", mode, err)
 			}

@@ -1,5 +1,6 @@
 // Package bench measures datapaths between namespaces (TCP throughput and
-// request/response latency, in Go, no external tools) and summarises results.
+// request/response latency, in Go; throughput with iperf3 when asked) and
+// summarises results.
 package bench
 
 import (
