@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -154,13 +153,8 @@ func dockerContainers(l *lab.Lab, ds map[string]*lab.Dockerd) (ends, error) {
 	var dst netip.Addr
 	for i, h := range l.Hosts[:2] {
 		d := ds[h.Name]
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			if out, err := d.Docker("network", "ls", "--format", "{{.Name}}"); err == nil && slices.Contains(strings.Fields(out), network) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return ends{}, fmt.Errorf("network %s never reached the dockerd of %s", network, h.Name)
-			}
+		if err := d.WaitNetwork(network, true, 30*time.Second); err != nil {
+			return ends{}, err
 		}
 		name := "bench-" + h.Name
 		if _, err := d.Docker("run", "-d", "--name", name, "--net", network, lab.DockerImage, "sleep", "86400"); err != nil {

@@ -226,21 +226,7 @@ func TestDockerClassicSteps(t *testing.T) {
 
 func waitDockerNetwork(t *testing.T, d *lab.Dockerd, name string, present bool) {
 	t.Helper()
-	err := waitCond(15*time.Second, func() error {
-		out, err := d.Docker("network", "ls", "--filter", "driver=vxnet", "--format", "{{.Name}}")
-		if err != nil {
-			return err
-		}
-		found := false
-		for _, n := range strings.Fields(out) {
-			found = found || n == name
-		}
-		if found != present {
-			return fmt.Errorf("docker network %s present=%v on %s, want %v", name, found, d.Host, present)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := d.WaitNetwork(name, present, 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,6 +112,27 @@ func (d *Dockerd) Docker(args ...string) (string, error) {
 		return string(out), fmt.Errorf("docker %s on %s: %w: %s", strings.Join(args, " "), d.Host, err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// WaitNetwork waits up to timeout until the vxnet network name is in this
+// daemon's network list (present) or gone from it (not present): the
+// agent puts the cluster's networks into its dockerd.
+func (d *Dockerd) WaitNetwork(name string, present bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := d.Docker("network", "ls", "--filter", "driver=vxnet", "--format", "{{.Name}}")
+		found := err == nil && slices.Contains(strings.Fields(out), name)
+		if err == nil && found == present {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("docker network %s present=%v on %s after %s, want %v", name, found, d.Host, timeout, present)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Stop removes every container and stops the daemon.

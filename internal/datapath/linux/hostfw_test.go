@@ -30,8 +30,6 @@ func save(t *testing.T, path, tool string) string {
 	return string(out)
 }
 
-// runIn runs a tool with args in the namespace at path, failing the test
-// when it fails.
 // freshDataplane opens a dataplane in the namespace at path (closed when
 // the test ends) that reads the host firewall and openings afresh on every
 // Observe.
@@ -46,6 +44,8 @@ func freshDataplane(t *testing.T, path string) *linux.Dataplane {
 	return dp
 }
 
+// runIn runs a tool with args in the namespace at path, failing the test
+// when it fails.
 func runIn(t *testing.T, path, tool string, args ...string) {
 	t.Helper()
 	if err := nsutil.Do(path, func() error {
