@@ -84,6 +84,8 @@ func printTrace(out io.Writer, r api.TraceResult) {
 			seen, mark = "no capture: "+h.Error, "?"
 		case h.Seen:
 			seen, mark = h.Detail, "+"
+		case h.Bypassed:
+			seen, mark = "bypassed: the fast path (un)wrapped it", "~"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, h.Host, h.Point, h.Iface, h.Dir, seen)
 	}

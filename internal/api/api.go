@@ -236,6 +236,9 @@ type TraceHop struct {
 	// Detail says how (VNI and outer addresses once encapsulated).
 	Detail string `json:"detail,omitempty"`
 	Error  string `json:"error,omitempty"` // the tap could not run
+	// Bypassed: the fast path wrapped or unwrapped the frame itself, past
+	// this vxlan device (the underlay beside it saw the frame).
+	Bypassed bool `json:"bypassed,omitempty"`
 }
 
 // TraceResult is the walk: the hops in the order a frame crosses them,

@@ -216,11 +216,14 @@ type FastPath struct {
 }
 
 // FastHook is the fast path's program at the ingress of a device (the
-// host end of a local port, or a network's vxlan device) of network VNI.
+// host end of a local port, or a network's vxlan device) of network VNI,
+// or (Underlay, VNI 0) of the underlay device, where it unwraps the VXLAN
+// a member's VTEP sends to a local MAC, for every network.
 type FastHook struct {
-	Dev   string `json:"dev"`
-	VNI   uint32 `json:"vni"`
-	Vxlan bool   `json:"vxlan,omitempty"`
+	Dev      string `json:"dev"`
+	VNI      uint32 `json:"vni"`
+	Vxlan    bool   `json:"vxlan,omitempty"`
+	Underlay bool   `json:"underlay,omitempty"`
 	// Index and Stale are observed only: the device's ifindex, and
 	// whether what is there is not (or not only) this dataplane's
 	// program with this entry (a detached program, a previous agent's,
@@ -230,16 +233,23 @@ type FastHook struct {
 }
 
 // Want is the hook as a pass wants it (observed-only fields cleared).
-func (h FastHook) Want() FastHook { return FastHook{Dev: h.Dev, VNI: h.VNI, Vxlan: h.Vxlan} }
+func (h FastHook) Want() FastHook {
+	return FastHook{Dev: h.Dev, VNI: h.VNI, Vxlan: h.Vxlan, Underlay: h.Underlay}
+}
 
 // FastEntry sends unicast frames for MAC, in network VNI, straight to Dev:
 // the vxlan device for a remote MAC, a local port's host end (into its
-// container) for a local one.
+// container) for a local one. A remote MAC's VTEP lets the program wrap
+// the frame itself (VXLAN over IPv4, from the vxlan device's local address
+// and port, out through its underlay device) instead of handing it to the
+// vxlan device, and lets it unwrap, on the underlay device, what that VTEP
+// sends from this MAC.
 type FastEntry struct {
-	VNI    uint32 `json:"vni"`
-	MAC    string `json:"mac"`
-	Dev    string `json:"dev"`
-	Remote bool   `json:"remote,omitempty"`
+	VNI    uint32     `json:"vni"`
+	MAC    string     `json:"mac"`
+	Dev    string     `json:"dev"`
+	Remote bool       `json:"remote,omitempty"`
+	VTEP   netip.Addr `json:"vtep,omitzero"`
 }
 
 // FastKey identifies a fast entry.
@@ -260,6 +270,9 @@ func (k FastKey) Compare(o FastKey) int {
 }
 
 func (e FastEntry) String() string {
+	if e.VTEP.IsValid() {
+		return fmt.Sprintf("fast vni %d %s -> %s (vtep %s)", e.VNI, e.MAC, e.Dev, e.VTEP)
+	}
 	return fmt.Sprintf("fast vni %d %s -> %s", e.VNI, e.MAC, e.Dev)
 }
 

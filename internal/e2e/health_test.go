@@ -103,14 +103,24 @@ func TestHealth(t *testing.T) {
 		}
 		var walked []string
 		for _, h := range res.Hops {
-			walked = append(walked, fmt.Sprintf("%s %s %s %v", h.Host, h.Point, h.Dir, h.Seen))
-			if !h.Seen {
+			seen := fmt.Sprint(h.Seen)
+			if h.Bypassed {
+				seen = "bypassed"
+			}
+			walked = append(walked, fmt.Sprintf("%s %s %s %s", h.Host, h.Point, h.Dir, seen))
+			if !h.Seen && !h.Bypassed {
 				t.Errorf("hop not seen on a healthy path: %+v", h)
 			}
 		}
-		want := []string{"h1 container veth request true", "h1 vxlan request true", "h1 underlay request true",
+		// On the fast path the sending host's program wraps the frame
+		// itself: that vxlan device sees nothing, each way.
+		sent := "true"
+		if onFastPath(t, l, "h1") {
+			sent = "bypassed"
+		}
+		want := []string{"h1 container veth request true", "h1 vxlan request " + sent, "h1 underlay request true",
 			"h3 underlay request true", "h3 vxlan request true", "h3 destination veth request true",
-			"h3 destination veth reply true", "h3 vxlan reply true", "h3 underlay reply true",
+			"h3 destination veth reply true", "h3 vxlan reply " + sent, "h3 underlay reply true",
 			"h1 underlay reply true", "h1 vxlan reply true", "h1 container veth reply true"}
 		if strings.Join(walked, "\n") != strings.Join(want, "\n") || !res.Replied || res.Vanished != "" {
 			t.Fatalf("walk:\n%s\nwant\n%s\n(replied %v, vanished %q)", strings.Join(walked, "\n"), strings.Join(want, "\n"), res.Replied, res.Vanished)

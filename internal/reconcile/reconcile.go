@@ -174,6 +174,9 @@ func Desired(in Input) (Target, []Problem) {
 		if in.FastPath && !n.Encrypted {
 			vx := datapath.VxlanName(n.VNI)
 			st.FastHooks[vx] = datapath.FastHook{Dev: vx, VNI: n.VNI, Vxlan: true}
+			if in.Underlay != "" {
+				st.FastHooks[in.Underlay] = datapath.FastHook{Dev: in.Underlay, Underlay: true}
+			}
 		}
 	}
 	vteps, unreachable := map[string]netip.Addr{}, map[string]bool{}
@@ -304,7 +307,7 @@ func Desired(in Input) (Target, []Problem) {
 		f := datapath.FDB{VNI: n.VNI, MAC: e.MAC, VTEP: vtep}
 		st.FDB[f.Key()] = f
 		if in.FastPath {
-			fe := datapath.FastEntry{VNI: n.VNI, MAC: e.MAC, Dev: datapath.VxlanName(n.VNI), Remote: true}
+			fe := datapath.FastEntry{VNI: n.VNI, MAC: e.MAC, Dev: datapath.VxlanName(n.VNI), Remote: true, VTEP: vtep}
 			st.FastEntries[fe.Key()] = fe
 		}
 		for _, ip := range []netip.Addr{e.IP, e.IP6} {
@@ -619,7 +622,7 @@ func planFast(want Target, have datapath.Observed, rebuilt map[uint32]bool) []Op
 	hooks := slices.Clone(hf.Hooks)
 	slices.SortFunc(hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
 	for _, h := range hooks {
-		if h.Dev != "" && !h.Stale && gone(h.VNI) {
+		if h.Dev != "" && !h.Stale && !h.Underlay && gone(h.VNI) {
 			continue // goes with its network's devices
 		}
 		if w, ok := want.FastHooks[h.Dev]; ok && (w == h.Want() || h.Stale) {

@@ -66,6 +66,14 @@ func TestWalk(t *testing.T) {
 		{"fast path, no entry here", true, "r--", "---", false, "h1 vxlan (vxlan0, request)", "h1 did not hand it to the vxlan device: no fast-path or FDB entry for the destination"},
 		{"fast path, not delivered there", true, "rrr", "rr-", false, "h2 destination veth (destination veth0, request)", "h2 did not deliver it to destination veth0: no fast-path or neighbour entry"},
 		{"never left", false, "---", "---", false, "h1 container veth (container veth0, request)", "the probe never left h1.web.1"},
+		// The fast path wraps frames itself: the sending host's vxlan
+		// device sees nothing, and that is no loss.
+		{"fast path wraps, underlay drops", true, "r-r", "---", false, "h2 underlay (underlay0, request)", "lost on the underlay between h1 and h2"},
+		{"fast path wraps both ways, no answer", true, "r-r", "rrr", false, "h2 destination veth (destination veth0, reply)", "h2.web.2 did not answer"},
+		{"fast path wraps both ways, reply lost", true, "rpr", "bbb", false, "h1 underlay (underlay0, reply)", "lost on the underlay between h2 and h1"},
+		{"fast path unwraps, no answer", true, "r-r", "r-r", false, "h2 destination veth (destination veth0, reply)", "h2.web.2 did not answer"},
+		{"fast path, not unwrapped nor delivered", true, "r-r", "r--", false, "h2 vxlan (vxlan0, request)", "h2 received it and did not decapsulate it"},
+		{"without the fast path a silent vxlan device is the loss", false, "r-r", "---", false, "h1 vxlan (vxlan0, request)", "h1's bridge did not hand it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			near, far := mk(tc.near, tc.far)
@@ -82,6 +90,17 @@ func TestWalk(t *testing.T) {
 			}
 			if hops[6].Point != "destination veth" || hops[6].Dir != "reply" || hops[11].Point != "container veth" || hops[11].Dir != "reply" {
 				t.Fatalf("reply path out of order: %+v / %+v", hops[6], hops[11])
+			}
+			sawReq := func(c byte) bool { return c == 'r' || c == 'b' }
+			sawRep := func(c byte) bool { return c == 'p' || c == 'b' }
+			if want := tc.fast && !sawReq(tc.near[1]) && sawReq(tc.near[2]); hops[1].Bypassed != want {
+				t.Fatalf("the sending vxlan device's hop: bypassed %v, want %v", hops[1].Bypassed, want)
+			}
+			if wantFar := tc.fast && !sawRep(tc.far[1]) && sawRep(tc.far[0]); hops[7].Bypassed != wantFar {
+				t.Fatalf("the replying vxlan device's hop: bypassed %v, want %v (%+v)", hops[7].Bypassed, wantFar, hops[7])
+			}
+			if wantRecv := tc.fast && !sawReq(tc.far[1]) && sawReq(tc.far[0]) && sawReq(tc.far[2]); hops[4].Bypassed != wantRecv {
+				t.Fatalf("the receiving vxlan device's hop: bypassed %v, want %v (%+v)", hops[4].Bypassed, wantRecv, hops[4])
 			}
 		})
 	}

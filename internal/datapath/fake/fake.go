@@ -473,7 +473,7 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 	if d.fast == nil {
 		return errNoFast
 	}
-	if !d.device(h.Dev) {
+	if !h.Underlay && !d.device(h.Dev) { // the underlay is the host's
 		return fmt.Errorf("hook %s: Link not found", h.Dev)
 	}
 	h = h.Want()

@@ -2,9 +2,11 @@ package linux
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -153,18 +155,44 @@ const FastPathMaxAge = 2 * time.Second
 // SetFastPathMaxAge sets how long Observe trusts that reading.
 func (d *Dataplane) SetFastPathMaxAge(age time.Duration) { d.tcx.maxAge = age }
 
-// readAttachments refreshes the cache of programs at the owned vxlan
-// devices and ports when it is old or misses one of them.
-func (d *Dataplane) readAttachments(owned map[int]ownedLink) error {
-	fresh := d.tcx.progs != nil && time.Since(d.tcx.at) <= d.tcx.maxAge
+// hookable returns the devices where vxnet's program may run: the owned
+// vxlan devices and ports, their underlay devices, and the devices the
+// hooks map names as underlays (ifindex -> name).
+func (d *Dataplane) hookable(byIndex map[int]netlink.Link, owned map[int]ownedLink) map[int]string {
+	out := map[int]string{}
 	for idx, o := range owned {
-		if _, seen := d.tcx.progs[idx]; fresh && !seen && (o.kind == "vxlan" || o.kind == "ep") {
+		if o.kind != "vxlan" && o.kind != "ep" {
+			continue
+		}
+		out[idx] = o.link.Attrs().Name
+		if x, ok := o.link.(*netlink.Vxlan); ok && x.VtepDevIndex != 0 {
+			if l, ok := byIndex[x.VtepDevIndex]; ok {
+				out[x.VtepDevIndex] = l.Attrs().Name
+			}
+		}
+	}
+	if d.fast != nil {
+		for k, v := range d.fast.hooksSeen {
+			if l, ok := byIndex[int(k)]; ok && v.Kind == hookUnderlay {
+				out[int(k)] = l.Attrs().Name
+			}
+		}
+	}
+	return out
+}
+
+// readAttachments refreshes the cache of programs at the hookable devices
+// when it is old or misses one of them.
+func (d *Dataplane) readAttachments(devs map[int]string) error {
+	fresh := d.tcx.progs != nil && time.Since(d.tcx.at) <= d.tcx.maxAge
+	for idx := range devs {
+		if _, seen := d.tcx.progs[idx]; fresh && !seen {
 			fresh = false
 		}
 	}
 	if fresh {
 		for idx := range d.tcx.progs { // devices gone
-			if _, ok := owned[idx]; !ok {
+			if _, ok := devs[idx]; !ok {
 				delete(d.tcx.progs, idx)
 			}
 		}
@@ -172,13 +200,10 @@ func (d *Dataplane) readAttachments(owned map[int]ownedLink) error {
 	}
 	progs := map[int][]ebpf.ProgramID{}
 	err := d.inNS(func() error {
-		for idx, o := range owned {
-			if o.kind != "vxlan" && o.kind != "ep" {
-				continue
-			}
+		for idx, name := range devs {
 			ids, err := d.vxnetProgs(idx)
 			if err != nil {
-				return fmt.Errorf("query TCX programs of %s: %w", o.link.Attrs().Name, err)
+				return fmt.Errorf("query TCX programs of %s: %w", name, err)
 			}
 			progs[idx] = ids
 		}
@@ -201,7 +226,13 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 	fp := &datapath.FastPath{}
 	hooked := map[int]bool{}
 	stale := map[int]bool{}
-	err := d.readAttachments(owned)
+	if d.fast != nil {
+		// The underlays the map names (hookable reads the mirror).
+		if err := d.fast.readMaps(d.tcx.maxAge); err != nil {
+			return nil, err
+		}
+	}
+	err := d.readAttachments(d.hookable(byIndex, owned))
 	if err != nil && d.fast != nil {
 		return nil, err
 	}
@@ -231,7 +262,7 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 	}
 	for k, v := range d.fast.hooksSeen {
 		l, ok := byIndex[int(k)]
-		h := datapath.FastHook{VNI: v.VNI, Vxlan: v.Kind == 1, Index: int(k)}
+		h := datapath.FastHook{VNI: v.VNI, Vxlan: v.Kind == hookVxlan, Underlay: v.Kind == hookUnderlay, Index: int(k)}
 		if ok {
 			h.Dev = l.Attrs().Name
 		}
@@ -243,9 +274,18 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		fp.Hooks = append(fp.Hooks, datapath.FastHook{Dev: byIndex[idx].Attrs().Name, Index: idx, Stale: true})
 	}
 	slices.SortFunc(fp.Hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
+	ipsec := d.hostIPsec()
 	fp.Entries = make([]datapath.FastEntry, 0, len(d.fast.macsSeen))
 	for k, v := range d.fast.macsSeen {
 		e := datapath.FastEntry{VNI: k.VNI, MAC: net.HardwareAddr(k.MAC[:]).String(), Remote: v.Remote == 1}
+		if vtep := netip.AddrFrom16(v.VTEP).Unmap(); !vtep.IsUnspecified() {
+			e.VTEP = vtep
+		}
+		if v.Local != [4]byte{} && ipsec {
+			// Wrapped past the host's IPsec policies: wanting its
+			// VTEP, the pass writes the entry again, unwrapped.
+			e.VTEP = netip.Addr{}
+		}
 		if l, ok := byIndex[int(v.Ifindex)]; ok {
 			e.Dev = l.Attrs().Name
 		}
@@ -266,13 +306,16 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 	if err != nil {
 		return fmt.Errorf("hook %s: %w", h.Dev, err)
 	}
-	if _, ok := parseOwned(l); !ok {
+	if _, ok := parseOwned(l); !ok && !h.Underlay {
 		return &datapath.NotOwnedError{Device: h.Dev}
 	}
 	idx := l.Attrs().Index
-	kind := uint32(0)
-	if h.Vxlan {
-		kind = 1
+	kind := uint32(hookPort)
+	switch {
+	case h.Vxlan:
+		kind = hookVxlan
+	case h.Underlay:
+		kind = hookUnderlay
 	}
 	if err := d.fast.hooks.Put(uint32(idx), hookVal{VNI: h.VNI, Kind: kind}); err != nil {
 		d.fast.forgetMaps()
@@ -417,6 +460,10 @@ func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
 	v := macVal{Ifindex: uint32(l.Attrs().Index)}
 	if e.Remote {
 		v.Remote = 1
+		tunnelOf(&v, e.VTEP, l)
+		if d.hostIPsec() {
+			v.Local, v.Port, v.Under = [4]byte{}, [2]byte{}, 0
+		}
 	}
 	if err := d.fast.macs.Put(k, v); err != nil {
 		d.fast.forgetMaps()
@@ -427,6 +474,41 @@ func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
 	}
 	d.changed("set fast entry", "entry", e.String())
 	return nil
+}
+
+// tunnelOf records a remote entry's VTEP and, when the frames can be
+// wrapped by the program (an IPv4 VTEP, and a vxlan device vx with an IPv4
+// local address and an underlay device), the tunnel's addresses: the
+// device's, so that the wire sees what the device would send.
+func tunnelOf(v *macVal, vtep netip.Addr, vx netlink.Link) {
+	if !vtep.IsValid() {
+		return
+	}
+	v.VTEP = vtep.As16()
+	x, ok := vx.(*netlink.Vxlan)
+	if !ok || !vtep.Is4() || x.VtepDevIndex == 0 {
+		return
+	}
+	local, ok := netip.AddrFromSlice(x.SrcAddr)
+	if local = local.Unmap(); !ok || !local.Is4() || local.IsUnspecified() {
+		return
+	}
+	v.Local = local.As4()
+	binary.BigEndian.PutUint16(v.Port[:], uint16(x.Port))
+	v.Under = uint32(x.VtepDevIndex)
+}
+
+// hostIPsec says whether the host has IPsec (xfrm) policies. Frames the
+// program wraps leave by bpf_redirect_neigh, which no policy sees: on such
+// a host the vxlan device sends them, through the host's stack, as before.
+// (Read at most every tcxCache.maxAge. A kernel that cannot list them,
+// without XFRM_USER, has none that ip xfrm or an IKE daemon could set.)
+func (d *Dataplane) hostIPsec() bool {
+	if d.fast.xfrmAt.IsZero() || time.Since(d.fast.xfrmAt) > d.tcx.maxAge {
+		pols, err := d.h.XfrmPolicyList(netlink.FAMILY_ALL)
+		d.fast.xfrm, d.fast.xfrmAt = err == nil && len(pols) > 0, time.Now()
+	}
+	return d.fast.xfrm
 }
 
 // DelFastEntry removes a MAC entry; an absent one is no error.

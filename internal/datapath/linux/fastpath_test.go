@@ -133,7 +133,7 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 		t.Helper()
 		n := 0
 		for _, h := range hosts {
-			in := reconcile.Input{Node: h.name, Local: h.addr, Port: 4789, UnderlayMTU: 1500, Networks: []model.Network{web, db},
+			in := reconcile.Input{Node: h.name, Local: h.addr, Port: 4789, Underlay: "u0", UnderlayMTU: 1500, Networks: []model.Network{web, db},
 				Nodes: nodes, FastPath: fast}
 			for _, c := range ctrs {
 				in.Endpoints = append(in.Endpoints, c.ep)
@@ -194,8 +194,52 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	if n := pass(true); n != 0 {
 		t.Fatalf("a second pass with the fast path made %d changes, want 0", n)
 	}
+	// The program wraps the frames itself (the entries carry the VTEPs)
+	// and unwraps them at the underlay: the echoes and their replies
+	// cross, and neither host's vxlan device carries a packet meanwhile.
+	vxCarried := func() (n uint64) {
+		t.Helper()
+		for _, h := range hosts {
+			l, err := handleIn(t, h.path).LinkByName(datapath.VxlanName(web.VNI))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += l.Attrs().Statistics.TxPackets + l.Attrs().Statistics.RxPackets
+		}
+		return n
+	}
+	for _, h := range hosts {
+		inTestNS(t, h.dp.Namespace(), func() {
+			if ids, _ := tcxIngress(t, "u0"); len(ids) != 1 {
+				t.Errorf("%s: programs %v on the underlay, want vxnet's", h.name, ids)
+			}
+		})
+	}
+	carriedBefore := vxCarried()
 	if lost := ping(c1, c2.ep.IP, 3, 56, 0); lost > 0 {
 		t.Fatalf("fast path: c1 cannot reach c2 past bridges that drop IP (%d of 3 lost)", lost)
+	}
+	if n := vxCarried() - carriedBefore; n != 0 {
+		t.Fatalf("the vxlan devices carried %d packets while the program should have wrapped and unwrapped every echo and reply", n)
+	}
+	// A host with IPsec policies: what the program would wrap would pass
+	// them by, so the next pass hands h1's frames to its vxlan device
+	// again (which the host's stack, and the policies, see).
+	if out, err := nsRun(t, hosts[0].ns, "ip", "xfrm", "policy", "add", "src", "198.18.31.1", "dst", "198.18.31.2", "dir", "out", "action", "allow"); err != nil {
+		t.Fatal(err, out)
+	}
+	if n := pass(true); n == 0 {
+		t.Fatal("a pass on a host with IPsec policies changed nothing")
+	}
+	sentBefore := vxCarried()
+	if lost := ping(c1, c2.ep.IP, 3, 56, 0); lost > 0 {
+		t.Fatalf("fast path beside IPsec policies: %d of 3 lost", lost)
+	}
+	if n := vxCarried() - sentBefore; n < 3 {
+		t.Fatalf("with IPsec policies on h1 its vxlan device carried %d packets of 3 echoes", n)
+	}
+	if out, err := nsRun(t, hosts[0].ns, "ip", "xfrm", "policy", "flush"); err != nil {
+		t.Fatal(err, out)
 	}
 	// bpf_redirect skips the bridge's size check: the container's MTU must
 	// not exceed the vxlan device's.
@@ -322,9 +366,17 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	if hooked, entry := onFast(); !hooked || !entry {
 		t.Fatalf("the port did not come back to the fast path without its qdisc: hooked %v, entry %v", hooked, entry)
 	}
-	// The bridge datapath takes the programs away; the bridge then drops IP.
+	// The bridge datapath takes the programs away, from the underlay
+	// too; the bridge then drops IP.
 	pass(false)
 	if lost := ping(c1, c2.ep.IP, 2, 56, 0); lost != 2 {
 		t.Fatalf("programs still carry IP after the bridge datapath's pass (%d of 2 answered)", 2-lost)
+	}
+	for _, h := range hosts {
+		inTestNS(t, h.dp.Namespace(), func() {
+			if ids, _ := tcxIngress(t, "u0"); len(ids) != 0 {
+				t.Errorf("%s: programs %v left on the underlay after the bridge datapath's pass", h.name, ids)
+			}
+		})
 	}
 }

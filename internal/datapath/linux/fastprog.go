@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -11,19 +12,30 @@ import (
 )
 
 // The fast path is one TC program, attached with TCX (kernel 6.6 or
-// later) at the ingress of the host end of every local port and of every
-// vxlan device, and two hash maps:
+// later) at the ingress of the host end of every local port, of every
+// vxlan device and of the underlay device, and two hash maps:
 //
 //	hooks: ifindex -> {vni, kind}     where the program runs, for which network
-//	macs:  {vni, mac} -> {ifindex, remote}
+//	macs:  {vni, mac} -> {ifindex, remote, vtep, local, port, underlay}
 //
 // A unicast frame whose destination MAC is in its own network's map goes
-// straight to its device: a remote MAC (only from a port) to the vxlan
-// device (bpf_redirect; the device's FDB picks the VTEP), a local one into
-// the container (bpf_redirect_peer). Everything else (broadcast, multicast,
-// the gateway, unknown MACs, a device the map does not know) goes on
-// unchanged to whatever else runs there (other TCX programs, tc) and the
-// bridge. The key holds the VNI, so no frame can leave its network.
+// straight to its device: a local one into the container
+// (bpf_redirect_peer); a remote one (only from a port) is wrapped by the
+// program itself when its entry has the tunnel's addresses (an IPv4
+// frame, VXLAN over IPv4: outer IPv4, UDP and VXLAN headers pushed with
+// bpf_skb_adjust_room, which keeps the frame's segmentation offload, then
+// bpf_redirect_neigh out of the underlay device), else handed to the vxlan
+// device (bpf_redirect; its FDB picks the VTEP). Wrapping in the program
+// skips the vxlan device's transmit path and the host's netfilter on the
+// outer packet (OUTPUT and POSTROUTING: vxnet's own rule there only skips
+// conntrack for VXLAN; Docker's NAT chains never match it), which is what
+// it gains on a Docker host. Everything else (broadcast, multicast, the gateway, unknown
+// MACs, ARP, a device the map does not know) goes on unchanged to whatever
+// else runs there (other TCX programs, tc) and the bridge. The key holds
+// the VNI, so no frame can leave its network. At the underlay device it
+// unwraps what a member's VTEP sends from one of its MACs to a local one
+// (unwrapInstructions) and hands the frame into the container, past the
+// host's netfilter, UDP socket and vxlan device; all else goes on to them.
 //
 // The attachments are not tied to the agent (BPF_PROG_ATTACH, not a link):
 // they outlive it, so a kill -9 changes nothing on the wire, and a new
@@ -39,8 +51,15 @@ const (
 // hookVal is a hooks map value.
 type hookVal struct {
 	VNI  uint32
-	Kind uint32 // 0: a port, 1: a vxlan device
+	Kind uint32 // hookPort, hookVxlan or hookUnderlay
 }
+
+// Hook kinds.
+const (
+	hookPort     = 0
+	hookVxlan    = 1
+	hookUnderlay = 2
+)
 
 // macKey is a macs map key.
 type macKey struct {
@@ -53,6 +72,58 @@ type macKey struct {
 type macVal struct {
 	Ifindex uint32
 	Remote  uint32
+	// VTEP is a remote MAC's VTEP (16 bytes, IPv4 mapped).
+	VTEP [16]byte
+	// Local (the vxlan device's IPv4 source address), Port (its UDP
+	// port, network order) and Under (its underlay device) let the
+	// program wrap frames itself; Local zero: it hands them to the
+	// vxlan device.
+	Local [4]byte
+	Port  [2]byte
+	Pad   [2]byte
+	Under uint32
+}
+
+// Offsets in macVal, for the program.
+const (
+	valIfindex = 0
+	valVTEP4   = 8 + 12
+	valLocal   = 24
+	valPort    = 28
+	valUnder   = 32
+	macValSize = 36
+)
+
+// VXLAN over IPv4 as the program writes it: outer IPv4 (20), UDP (8),
+// VXLAN (8) headers and the frame's own Ethernet header (14) after the
+// room's Ethernet header.
+const (
+	ethLen   = 14
+	encapLen = 20 + 8 + 8 + ethLen
+	// Source ports come from the flow's hash, in Linux's default
+	// ephemeral range (as the vxlan device picks them).
+	srcPortMin, srcPortSpan = 32768, 60999 - 32768 + 1
+	// bpf_skb_adjust_room: BPF_ADJ_ROOM_MAC, and FIXED_GSO (the inner
+	// segment size stays), ENCAP_L3_IPV4, ENCAP_L4_UDP, ENCAP_L2_ETH,
+	// ENCAP_L2(14): the kernel then segments and checksums the frame
+	// as it does the vxlan device's (SKB_GSO_UDP_TUNNEL).
+	adjRoomMAC   = 1
+	adjRoomEncap = 1<<0 | 1<<1 | 1<<4 | 1<<6 | ethLen<<56
+	// Unwrapping: FIXED_GSO and NO_CSUM_RESET (the checksum level is
+	// lowered by one instead, as the kernel's UDP receive does for the
+	// outer header), and DECAP_L3_IPV6 for an IPv6 frame.
+	adjRoomDecap   = 1<<0 | 1<<5
+	adjRoomDecap6  = adjRoomDecap | 1<<8
+	csumLevelDec   = 2
+	tcActShot      = 2
+	decapMinLength = ethLen + encapLen
+)
+
+// ne16 and ne32 are the values whose bytes in memory, in this machine's
+// order, are b: header fields the program stores whole.
+func ne16(b0, b1 byte) int16 { return int16(binary.NativeEndian.Uint16([]byte{b0, b1})) }
+func ne32(b0, b1, b2, b3 byte) int32 {
+	return int32(binary.NativeEndian.Uint32([]byte{b0, b1, b2, b3}))
 }
 
 // fastProgName names vxnet's program; the kernel reports it back.
@@ -70,6 +141,9 @@ type fastPath struct {
 	hooksSeen map[uint32]hookVal
 	macsSeen  map[macKey]macVal
 	seenAt    time.Time
+	// xfrm says whether the host had IPsec policies at xfrmAt.
+	xfrm   bool
+	xfrmAt time.Time
 }
 
 // readMaps refreshes the mirror of the maps when it is older than maxAge.
@@ -117,15 +191,19 @@ func (f *fastPath) close() {
 	f.macs.Close()
 }
 
-// fastInstructions is the program (about 40 instructions).
+// fastInstructions is the program (about 200 instructions).
 func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 	const (
-		skbIfindex = 40 // offsetof(struct __sk_buff, ifindex)
-		skbData    = 76
-		skbDataEnd = 80
-		tcxNext    = -1 // TC_ACT_UNSPEC: on to the next program, tc and the bridge
+		skbLen      = 0  // offsetof(struct __sk_buff, len)
+		skbProtocol = 16 // protocol (network order)
+		skbIfindex  = 40 // ifindex
+		skbData     = 76
+		skbDataEnd  = 80
+		tcxNext     = -1 // TC_ACT_UNSPEC: on to the next program, tc and the bridge
+		// The outer headers are built on the stack at buf (50 bytes).
+		buf = -128
 	)
-	return asm.Instructions{
+	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// The destination MAC: bytes 0-3 in R7, 4-5 in R8.
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
@@ -148,6 +226,7 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word), // vni
 		asm.LoadMem(asm.R9, asm.R0, 4, asm.Word), // kind
+		asm.JEq.Imm(asm.R9, hookUnderlay, "underlay"),
 		// Key {vni, mac, 0} at fp-16.
 		asm.StoreMem(asm.RFP, -16, asm.R1, asm.Word),
 		asm.StoreMem(asm.RFP, -12, asm.R7, asm.Word),
@@ -164,16 +243,252 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		asm.LoadMem(asm.R3, asm.R6, skbIfindex, asm.Word),
 		asm.JEq.Reg(asm.R1, asm.R3, "pass"),
 		asm.JEq.Imm(asm.R2, 0, "local"),
-		// A remote MAC: only from a port, out through the vxlan device.
+		// A remote MAC: only from a port.
 		asm.JNE.Imm(asm.R9, 0, "pass"),
+		asm.Mov.Reg(asm.R7, asm.R0), // the entry, kept across calls
+		// Wrapped here: an IPv4 frame whose entry has the tunnel's
+		// addresses, short enough for an outer IPv4 length.
+		asm.LoadMem(asm.R3, asm.R0, valLocal, asm.Word),
+		asm.JEq.Imm(asm.R3, 0, "vxdev"),
+		asm.LoadMem(asm.R3, asm.R6, skbProtocol, asm.Word),
+		asm.JNE.Imm(asm.R3, int32(uint16(ne16(0x08, 0x00))), "vxdev"),
+		asm.LoadMem(asm.R3, asm.R6, skbLen, asm.Word),
+		asm.JGT.Imm(asm.R3, 0xffff+ethLen-encapLen, "vxdev"),
+		// The frame's Ethernet header goes after the VXLAN header.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, buf+36),
+		asm.Mov.Imm(asm.R4, ethLen),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "vxdev"),
+		// IPv4: version 4, 5 words, no TOS; a random ID (without DF, as
+		// the vxlan device sends by default, a router may fragment), no
+		// flags; TTL 64, UDP; checksum later; the entry's local address
+		// and VTEP.
+		asm.StoreImm(asm.RFP, buf+0, int64(ne16(0x45, 0)), asm.Half),
+		asm.FnGetPrandomU32.Call(),
+		asm.StoreMem(asm.RFP, buf+4, asm.R0, asm.Half),
+		asm.StoreImm(asm.RFP, buf+6, 0, asm.Half),
+		asm.StoreImm(asm.RFP, buf+8, int64(ne16(64, 17)), asm.Half),
+		asm.StoreImm(asm.RFP, buf+10, 0, asm.Half),
+		asm.LoadMem(asm.R3, asm.R7, valLocal, asm.Word),
+		asm.StoreMem(asm.RFP, buf+12, asm.R3, asm.Word),
+		asm.LoadMem(asm.R3, asm.R7, valVTEP4, asm.Word),
+		asm.StoreMem(asm.RFP, buf+16, asm.R3, asm.Word),
+		// UDP: destination port from the entry, no checksum (as the
+		// vxlan device sends over IPv4).
+		asm.LoadMem(asm.R3, asm.R7, valPort, asm.Half),
+		asm.StoreMem(asm.RFP, buf+22, asm.R3, asm.Half),
+		asm.StoreImm(asm.RFP, buf+26, 0, asm.Half),
+		// VXLAN: the I flag, the VNI.
+		asm.StoreImm(asm.RFP, buf+28, int64(ne32(0x08, 0, 0, 0)), asm.Word),
+		asm.LoadMem(asm.R3, asm.RFP, -16, asm.Word),
+		asm.LSh.Imm(asm.R3, 8),
+		asm.HostTo(asm.BE, asm.R3, asm.Word),
+		asm.StoreMem(asm.RFP, buf+32, asm.R3, asm.Word),
+		// UDP source port from the flow's hash.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.FnGetHashRecalc.Call(),
+		asm.Mod.Imm(asm.R0, srcPortSpan),
+		asm.Add.Imm(asm.R0, srcPortMin),
+		asm.HostTo(asm.BE, asm.R0, asm.Half),
+		asm.StoreMem(asm.RFP, buf+20, asm.R0, asm.Half),
+		// Room for the headers after the Ethernet header.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, encapLen),
+		asm.Mov.Imm(asm.R3, adjRoomMAC),
+		asm.LoadImm(asm.R4, adjRoomEncap, asm.DWord),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "vxdev"),
+		// Lengths: IPv4 total and UDP, of the frame as it now is.
+		asm.LoadMem(asm.R3, asm.R6, skbLen, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R3),
+		asm.Sub.Imm(asm.R3, ethLen),
+		asm.HostTo(asm.BE, asm.R3, asm.Half),
+		asm.StoreMem(asm.RFP, buf+2, asm.R3, asm.Half),
+		asm.Sub.Imm(asm.R4, ethLen+20),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.StoreMem(asm.RFP, buf+24, asm.R4, asm.Half),
+		// The IPv4 header checksum: sum, fold twice, complement.
+		asm.Mov.Imm(asm.R1, 0),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, buf),
+		asm.Mov.Imm(asm.R4, 20),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnCsumDiff.Call(),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.RSh.Imm(asm.R1, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R1),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.RSh.Imm(asm.R1, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R1),
+		asm.Xor.Imm(asm.R0, 0xffff),
+		asm.StoreMem(asm.RFP, buf+10, asm.R0, asm.Half),
+		// Write them; a frame half-wrapped is dropped.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, ethLen),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, buf),
+		asm.Mov.Imm(asm.R4, encapLen),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// Out of the underlay device, to the next hop the kernel's routes
+		// and neighbours give (they fill the Ethernet header).
+		asm.LoadMem(asm.R1, asm.R7, valUnder, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnRedirectNeigh.Call(),
+		asm.Return(),
+		// Else out through the vxlan device.
+		asm.LoadMem(asm.R1, asm.R7, valIfindex, asm.Word).WithSymbol("vxdev"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRedirect.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("drop"),
 		asm.Return(),
 		// A local MAC: into the container's namespace.
 		asm.Mov.Imm(asm.R2, 0).WithSymbol("local"),
 		asm.FnRedirectPeer.Call(),
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"),
+		asm.Return(),
+	}, unwrapInstructions(macs)...)
+}
+
+// unwrapInstructions is the program's part at the underlay device: VXLAN
+// over IPv4 to this host, on the port, from the VTEP, for the VNI, and
+// from the inner source MAC of one remote entry, to a local MAC, is
+// unwrapped and goes into the container; everything else (another
+// sender, another port, the VTEP of another MAC, fragments, IP options,
+// VXLAN flags other than I, ARP, broadcast) goes on to the host's stack,
+// its firewall (the VXLAN allow-list) and the vxlan device, as it would
+// without the program. R6 holds the context.
+func unwrapInstructions(macs *ebpf.Map) asm.Instructions {
+	const (
+		skbData    = 76
+		skbDataEnd = 80
+		tcxNext    = -1
+		// Stack: the source MAC's key at fp-16 (as above), the outer
+		// source and destination addresses and port at fp-24, -28, -30,
+		// the destination MAC's key at fp-48, the inner Ethernet header
+		// at fp-64.
+		srcKey, outerSrc, outerDst, outerPort, dstKey, innerEth = -16, -24, -28, -30, -48, -64
+	)
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("underlay"),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, decapMinLength),
+		asm.JGT.Reg(asm.R4, asm.R3, "upass"),
+		// IPv4 without options or fragments, UDP, VXLAN with the I flag
+		// alone, a unicast inner destination.
+		asm.LoadMem(asm.R4, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R4, int32(uint16(ne16(0x08, 0x00))), "upass"),
+		asm.LoadMem(asm.R4, asm.R2, 14, asm.Byte),
+		asm.JNE.Imm(asm.R4, 0x45, "upass"),
+		asm.LoadMem(asm.R4, asm.R2, 20, asm.Half),
+		asm.JSet.Imm(asm.R4, int32(uint16(ne16(0x3f, 0xff))), "upass"),
+		asm.LoadMem(asm.R4, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R4, 17, "upass"),
+		asm.LoadMem(asm.R4, asm.R2, 42, asm.Word),
+		asm.JNE.Imm(asm.R4, ne32(0x08, 0, 0, 0), "upass"),
+		asm.LoadMem(asm.R4, asm.R2, 50, asm.Byte),
+		asm.JSet.Imm(asm.R4, 1, "upass"),
+		// The inner frame: IPv4 or IPv6 (R9: the room's flags).
+		asm.LoadMem(asm.R4, asm.R2, 62, asm.Half),
+		asm.Mov.Imm(asm.R9, adjRoomDecap),
+		asm.JEq.Imm(asm.R4, int32(uint16(ne16(0x08, 0x00))), "uv4"),
+		asm.JNE.Imm(asm.R4, int32(uint16(ne16(0x86, 0xdd))), "upass"),
+		asm.Mov.Imm(asm.R9, adjRoomDecap6),
+		// The VNI, and the keys of the inner source and destination MACs.
+		asm.LoadMem(asm.R4, asm.R2, 46, asm.Word).WithSymbol("uv4"),
+		asm.HostTo(asm.BE, asm.R4, asm.Word),
+		asm.RSh.Imm(asm.R4, 8),
+		asm.StoreMem(asm.RFP, srcKey, asm.R4, asm.Word),
+		asm.StoreMem(asm.RFP, dstKey, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 56, asm.Word),
+		asm.StoreMem(asm.RFP, srcKey+4, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 60, asm.Half),
+		asm.StoreMem(asm.RFP, srcKey+8, asm.R4, asm.Half),
+		asm.StoreImm(asm.RFP, srcKey+10, 0, asm.Half),
+		asm.LoadMem(asm.R4, asm.R2, 50, asm.Word),
+		asm.StoreMem(asm.RFP, dstKey+4, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 54, asm.Half),
+		asm.StoreMem(asm.RFP, dstKey+8, asm.R4, asm.Half),
+		asm.StoreImm(asm.RFP, dstKey+10, 0, asm.Half),
+		asm.LoadMem(asm.R4, asm.R2, 26, asm.Word),
+		asm.StoreMem(asm.RFP, outerSrc, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 30, asm.Word),
+		asm.StoreMem(asm.RFP, outerDst, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, 36, asm.Half),
+		asm.StoreMem(asm.RFP, outerPort, asm.R4, asm.Half),
+		// The source MAC: a remote one, behind this VTEP, whose tunnel
+		// is this host's address and port.
+		asm.LoadMapPtr(asm.R1, macs.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, srcKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "upass"),
+		asm.LoadMem(asm.R3, asm.R0, 4, asm.Word),
+		asm.JEq.Imm(asm.R3, 0, "upass"),
+		asm.LoadMem(asm.R3, asm.R0, valLocal, asm.Word),
+		asm.JEq.Imm(asm.R3, 0, "upass"),
+		asm.LoadMem(asm.R4, asm.RFP, outerDst, asm.Word),
+		asm.JNE.Reg(asm.R3, asm.R4, "upass"),
+		asm.LoadMem(asm.R3, asm.R0, valVTEP4, asm.Word),
+		asm.LoadMem(asm.R4, asm.RFP, outerSrc, asm.Word),
+		asm.JNE.Reg(asm.R3, asm.R4, "upass"),
+		asm.LoadMem(asm.R3, asm.R0, valPort, asm.Half),
+		asm.LoadMem(asm.R4, asm.RFP, outerPort, asm.Half),
+		asm.JNE.Reg(asm.R3, asm.R4, "upass"),
+		// The destination MAC: a local port of that network.
+		asm.LoadMapPtr(asm.R1, macs.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, dstKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "upass"),
+		asm.LoadMem(asm.R3, asm.R0, 4, asm.Word),
+		asm.JNE.Imm(asm.R3, 0, "upass"),
+		asm.LoadMem(asm.R7, asm.R0, valIfindex, asm.Word),
+		// Keep the inner Ethernet header, take the 50 bytes before it
+		// out, put it in front.
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, encapLen),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, innerEth),
+		asm.Mov.Imm(asm.R4, ethLen),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "upass"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, -encapLen),
+		asm.Mov.Imm(asm.R3, adjRoomMAC),
+		asm.Mov.Reg(asm.R4, asm.R9),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "upass"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, csumLevelDec),
+		asm.FnCsumLevel.Call(),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, innerEth),
+		asm.Mov.Imm(asm.R4, ethLen),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "udrop"),
+		asm.Mov.Reg(asm.R1, asm.R7),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirectPeer.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcActShot).WithSymbol("udrop"),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("upass"),
 		asm.Return(),
 	}
 }
@@ -186,7 +501,7 @@ func loadFastPath() (*fastPath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create the BPF hash map of hooks: %w", err)
 	}
-	macs, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vxnet_macs", Type: ebpf.Hash, KeySize: 12, ValueSize: 8,
+	macs, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vxnet_macs", Type: ebpf.Hash, KeySize: 12, ValueSize: macValSize,
 		MaxEntries: fastMaxMACs, Flags: unix.BPF_F_NO_PREALLOC})
 	if err != nil {
 		hooks.Close()

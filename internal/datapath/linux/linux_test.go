@@ -71,9 +71,8 @@ func handleOf(t *testing.T, dp datapath.Dataplane) *netlink.Handle {
 	return h
 }
 
-// unhook takes every program off dev's TCX ingress in the namespace nsfd,
-// as someone with bpftool would.
-func unhook(t *testing.T, nsfd int, dev string) {
+// inTestNS runs fn on a thread in the namespace nsfd.
+func inTestNS(t *testing.T, nsfd int, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -86,6 +85,13 @@ func unhook(t *testing.T, nsfd int, dev string) {
 		t.Fatal(err)
 	}
 	defer netns.Set(orig)
+	fn()
+}
+
+// tcxIngress returns the IDs of the programs at a device's TCX ingress
+// (call within inTestNS), and the device's ifindex.
+func tcxIngress(t *testing.T, dev string) ([]ebpf.ProgramID, int) {
+	t.Helper()
 	l, err := netlink.LinkByName(dev)
 	if err != nil {
 		t.Fatal(err)
@@ -94,15 +100,29 @@ func unhook(t *testing.T, nsfd int, dev string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ids []ebpf.ProgramID
 	for _, ap := range q.Programs {
-		p, err := ebpf.NewProgramFromID(ap.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
-		p.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ids = append(ids, ap.ID)
 	}
+	return ids, l.Attrs().Index
+}
+
+// unhook takes every program off dev's TCX ingress in the namespace nsfd,
+// as someone with bpftool would.
+func unhook(t *testing.T, nsfd int, dev string) {
+	t.Helper()
+	inTestNS(t, nsfd, func() {
+		ids, idx := tcxIngress(t, dev)
+		for _, id := range ids {
+			p, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
+			p.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }
