@@ -112,16 +112,16 @@ func TestHealth(t *testing.T) {
 				t.Errorf("hop not seen on a healthy path: %+v", h)
 			}
 		}
-		// On the fast path the sending host's program wraps the frame
-		// itself: that vxlan device sees nothing, each way.
-		sent := "true"
+		// On the fast path the programs wrap and unwrap the frames
+		// themselves: the vxlan devices see nothing, either way.
+		vx := "true"
 		if onFastPath(t, l, "h1") {
-			sent = "bypassed"
+			vx = "bypassed"
 		}
-		want := []string{"h1 container veth request true", "h1 vxlan request " + sent, "h1 underlay request true",
-			"h3 underlay request true", "h3 vxlan request true", "h3 destination veth request true",
-			"h3 destination veth reply true", "h3 vxlan reply " + sent, "h3 underlay reply true",
-			"h1 underlay reply true", "h1 vxlan reply true", "h1 container veth reply true"}
+		want := []string{"h1 container veth request true", "h1 vxlan request " + vx, "h1 underlay request true",
+			"h3 underlay request true", "h3 vxlan request " + vx, "h3 destination veth request true",
+			"h3 destination veth reply true", "h3 vxlan reply " + vx, "h3 underlay reply true",
+			"h1 underlay reply true", "h1 vxlan reply " + vx, "h1 container veth reply true"}
 		if strings.Join(walked, "\n") != strings.Join(want, "\n") || !res.Replied || res.Vanished != "" {
 			t.Fatalf("walk:\n%s\nwant\n%s\n(replied %v, vanished %q)", strings.Join(walked, "\n"), strings.Join(want, "\n"), res.Replied, res.Vanished)
 		}
