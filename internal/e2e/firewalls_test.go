@@ -37,25 +37,42 @@ var ruleHandle = regexp.MustCompile(`# handle (\d+)$`)
 
 // closeOpenings takes vxnet's openings out of a host's filters by hand
 // (its agent stopped), leaving everything else.
-// detachIngress takes every program off dev's TCX ingress on host h, as
-// someone with bpftool would.
-func detachIngress(t *testing.T, h lab.Host, dev string) {
+// ingressPrograms returns the programs at dev's TCX ingress on host h.
+func ingressPrograms(t *testing.T, h lab.Host, dev string) (ids []ebpf.ProgramID, idx int) {
 	t.Helper()
 	err := nsutil.Do(h.Netns, func() error {
 		l, err := netlink.LinkByName(dev)
 		if err != nil {
 			return err
 		}
-		q, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		idx = l.Attrs().Index
+		q, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
 		if err != nil {
 			return err
 		}
 		for _, ap := range q.Programs {
-			p, err := ebpf.NewProgramFromID(ap.ID)
+			ids = append(ids, ap.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the programs at %s's %s: %v", h.Name, dev, err)
+	}
+	return ids, idx
+}
+
+// detachIngress takes every program off dev's TCX ingress on host h, as
+// someone with bpftool would.
+func detachIngress(t *testing.T, h lab.Host, dev string) {
+	t.Helper()
+	ids, idx := ingressPrograms(t, h, dev)
+	err := nsutil.Do(h.Netns, func() error {
+		for _, id := range ids {
+			p, err := ebpf.NewProgramFromID(id)
 			if err != nil {
 				return err
 			}
-			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
+			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
 			p.Close()
 			if err != nil {
 				return err

@@ -376,6 +376,9 @@ func TestUninstall(t *testing.T) {
 	if links := inNS(t, h1.Netns, "ip", "-o", "link"); strings.Contains(links, "vxnet:") || !strings.Contains(links, "mine0") {
 		t.Errorf("links after uninstall:\n%s", links)
 	}
+	if ids, _ := ingressPrograms(t, h1, "eth0"); len(ids) != 0 { // the fast path's, at the underlay
+		t.Errorf("programs %v left at the underlay's ingress after uninstall", ids)
+	}
 	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
 		if rules := inNS(t, h1.Netns, tool); strings.Contains(rules, "VXNET") {
 			t.Errorf("%s after uninstall:\n%s", tool, rules)
