@@ -56,7 +56,8 @@ func TestEtcd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !res.Replied || len(res.Hops) != 12 || res.Hops[4].Host != "h3" || !res.Hops[4].Seen {
+		// Hop 4: h3's vxlan device, passed by where the fast path unwraps.
+		if !res.Replied || len(res.Hops) != 12 || res.Hops[4].Host != "h3" || !res.Hops[4].Seen && !res.Hops[4].Bypassed {
 			t.Fatalf("trace over etcd: replied %v, %d hops, %+v", res.Replied, len(res.Hops), res.Hops)
 		}
 	})

@@ -78,8 +78,9 @@ func TestLabDatapath(t *testing.T) {
 	if stats.InnerARP != 0 {
 		t.Fatalf("%d ARP frames crossed the tunnel; ARP must be answered locally", stats.InnerARP)
 	}
-	// On the fast path every host runs the program on its vxlan devices
-	// and container ports (a dataplane without it sees them as another's).
+	// On the fast path every host runs the program on its vxlan devices,
+	// container ports and underlay (a dataplane without it sees them as
+	// another's).
 	for _, h := range l.Hosts {
 		obs, err := l.Observe(h.Name)
 		if err != nil {
@@ -91,7 +92,7 @@ func TestLabDatapath(t *testing.T) {
 		}
 		want := 0
 		if l.Datapath == "bpf" {
-			want = 2 * len(l.Networks) // per network its vxlan device and one container
+			want = 2*len(l.Networks) + 1 // per network its vxlan device and one container; the underlay
 		}
 		if hooks != want {
 			t.Fatalf("%s: %d devices run the fast path, want %d (datapath %q)", h.Name, hooks, want, l.Datapath)
