@@ -25,7 +25,7 @@ func (a *Agent) input() (reconcile.Input, []cluster.Conflict) {
 		UnderlayMTU: a.underlay.mtu, Networks: nets, Nodes: a.repl.Alive(), Endpoints: a.state.Endpoints(), DNSPort: a.cfg.DNSPort,
 		FastPath: a.cfg.Datapath.Mode == config.DatapathBPF, Foreign: a.stats.lastForeign(),
 		Open: a.cfg.ManageHostFirewall, GossipPort: a.cfg.GossipListen(), Notrack: a.cfg.Notrack, NoInbound: a.cfg.NoInbound,
-		RouteSource: len(a.cfg.Addrs) > 0,
+		RouteSource: len(a.cfg.Addrs) > 0, Unwrap: a.cfg.Unwrap,
 	}
 	a.tunnelInput(&in)
 	return in, conflicts

@@ -95,6 +95,9 @@ type Agent struct {
 	ManageHostFirewall bool
 	// Notrack takes VXLAN between members out of connection tracking.
 	Notrack bool
+	// Unwrap lets the fast path unwrap members' VXLAN for local
+	// containers at the underlay device (else the vxlan device does).
+	Unwrap bool
 	// TunnelPort is the WireGuard device's UDP port (0: no tunnel here);
 	// TunnelKey is the host's public key (set once the key is loaded).
 	TunnelPort int

@@ -68,6 +68,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.IntVar(&c.TunnelPort, "tunnel-port", model.DefaultTunnelPort, "UDP port of this host's WireGuard device, which carries the encrypted networks (0: none here; encrypted networks are then not programmed on this host)")
 	fs.BoolVar(&c.NoInbound, "no-inbound", false, "this host accepts no inbound traffic (behind a router that masquerades, no port forwarded): it keeps its NAT's mappings open to every member, which reach it through them; it carries encrypted networks only (clear VXLAN cannot cross such a NAT)")
 	fs.BoolVar(&c.Notrack, "notrack", true, "take VXLAN between members out of connection tracking (saves a lookup per frame and an entry per inner flow)")
+	fs.BoolVar(&c.Unwrap, "fast-unwrap", true, "with the fast path, unwrap members' VXLAN for local containers at the underlay device, before the host's firewall (false: the vxlan device does; for containers that route or bridge on what they receive, such as a VM behind a tap, on kernels whose BPF cannot clear the tunnel's offload state)")
 	fs.StringVar(&f.datapath, "datapath", DatapathAuto, "bridge (bridge, veth and vxlan device only), bpf (plus TC-BPF programs that carry unicast within a network past the bridge and the host firewall), or auto (bpf where the kernel runs it)")
 	fs.BoolVar(&f.Prepare, "prepare", false, "make what must exist in the host's mount namespace (the health namespace) and exit: run it, with the agent's flags, outside a sandbox that gives the agent a mount namespace of its own (the packaged unit does: ExecStartPre=+)")
 }

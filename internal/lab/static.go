@@ -16,7 +16,7 @@ const VXLANPort = 4789
 // the hosts itself (no agent): every host and container is known up front.
 func (l *Lab) StaticInput(host Host) reconcile.Input {
 	in := reconcile.Input{Node: host.Name, Local: host.Addr, Port: VXLANPort, Underlay: "eth0",
-		UnderlayMTU: UnderlayMTU, Networks: l.Networks, FastPath: l.Datapath == "bpf"}
+		UnderlayMTU: UnderlayMTU, Networks: l.Networks, FastPath: l.Datapath == "bpf", Unwrap: true}
 	for _, h := range l.Hosts {
 		in.Nodes = append(in.Nodes, model.Node{Name: h.Name, Addr: h.Addr})
 	}

@@ -16,23 +16,22 @@ func TestDesiredFastPath(t *testing.T) {
 	b := ep("b", "web", "h2", "02:00:00:00:00:02", "198.19.1.3")
 	bDup := ep("c", "web", "h3", "02:00:00:00:00:02", "198.19.1.9") // same MAC as b: b keeps it
 	entries := []string{"fast vni 4097 02:00:00:00:00:01 -> " + datapath.HostIfName("a"), "fast vni 4097 02:00:00:00:00:02 -> vxlan4097 (vtep 198.18.0.2)"}
+	ports := []string{"vxlan4097 vni 4097", "vxlan4098 vni 4098", datapath.HostIfName("a") + " vni 4097"}
 	tests := []struct {
-		name     string
-		fast     bool
-		underlay string
-		hooks    []string
-		entries  []string
+		name           string
+		fast, unwrap   bool
+		underlay       string
+		hooks, entries []string
 	}{
-		{"bridge datapath: nothing of the fast path", false, "eth0", nil, nil},
-		{"bpf: a hook per vxlan device and local port, an entry per MAC with the remote's VTEP", true, "",
-			[]string{"vxlan4097 vni 4097", "vxlan4098 vni 4098", datapath.HostIfName("a") + " vni 4097"}, entries},
-		{"bpf with an underlay device: it is hooked too, for every network", true, "eth0",
-			[]string{"vxlan4097 vni 4097", "vxlan4098 vni 4098", datapath.HostIfName("a") + " vni 4097", "eth0 underlay"}, entries},
+		{"bridge datapath: nothing of the fast path", false, true, "eth0", nil, nil},
+		{"bpf: a hook per vxlan device and local port, an entry per MAC with the remote's VTEP", true, true, "", ports, entries},
+		{"bpf with an underlay device: it is hooked too, for every network", true, true, "eth0", append(ports, "eth0 underlay"), entries},
+		{"bpf, unwrapping off (--fast-unwrap=false): the underlay is not hooked", true, false, "eth0", ports, entries},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := input(a, b, bDup)
-			in.FastPath, in.Underlay = tt.fast, tt.underlay
+			in.FastPath, in.Underlay, in.Unwrap = tt.fast, tt.underlay, tt.unwrap
 			want, _ := reconcile.Desired(in)
 			var hooks, entries []string
 			for _, h := range want.FastHooks {

@@ -30,8 +30,10 @@ type Input struct {
 	Endpoints []model.Endpoint
 	// DNSPort is the local port of the agent's resolver (0: none).
 	DNSPort uint16
-	// FastPath asks for the BPF fast path (hooks and MAC entries).
+	// FastPath asks for the BPF fast path (hooks and MAC entries); with
+	// Unwrap its program runs at the Underlay device too.
 	FastPath bool
+	Unwrap   bool
 	// Foreign are this host's VXLAN devices vxnet did not make: a network
 	// with one's VNI on Port cannot have a device here (the kernel refuses
 	// it), so it is left out, and said.
@@ -174,7 +176,7 @@ func Desired(in Input) (Target, []Problem) {
 		if in.FastPath && !n.Encrypted {
 			vx := datapath.VxlanName(n.VNI)
 			st.FastHooks[vx] = datapath.FastHook{Dev: vx, VNI: n.VNI, Vxlan: true}
-			if in.Underlay != "" {
+			if in.Unwrap && in.Underlay != "" {
 				st.FastHooks[in.Underlay] = datapath.FastHook{Dev: in.Underlay, Underlay: true}
 			}
 		}

@@ -128,13 +128,14 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	d2 := mk("d2", db, "h2", "02:31:00:00:00:03", 2)
 	ctrs := []*ctr{c1, c2, d2}
 	nodes := []model.Node{{Name: "h1", Addr: hosts[0].addr}, {Name: "h2", Addr: hosts[1].addr}}
+	unwrap := true
 	// pass reconciles both hosts and returns the operations it ran.
 	pass := func(fast bool) int {
 		t.Helper()
 		n := 0
 		for _, h := range hosts {
 			in := reconcile.Input{Node: h.name, Local: h.addr, Port: 4789, Underlay: "u0", UnderlayMTU: 1500, Networks: []model.Network{web, db},
-				Nodes: nodes, FastPath: fast}
+				Nodes: nodes, FastPath: fast, Unwrap: unwrap}
 			for _, c := range ctrs {
 				in.Endpoints = append(in.Endpoints, c.ep)
 			}
@@ -241,6 +242,26 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	if out, err := nsRun(t, hosts[0].ns, "ip", "xfrm", "policy", "flush"); err != nil {
 		t.Fatal(err, out)
 	}
+	// Unwrapping off (--fast-unwrap=false): the underlay's program goes,
+	// the vxlan devices receive again, the echoes still cross.
+	unwrap = false
+	pass(true)
+	receivedBefore := vxCarried()
+	if lost := ping(c1, c2.ep.IP, 3, 56, 0); lost > 0 {
+		t.Fatalf("fast path without unwrapping: %d of 3 lost", lost)
+	}
+	for _, h := range hosts {
+		inTestNS(t, h.dp.Namespace(), func() {
+			if ids, _ := tcxIngress(t, "u0"); len(ids) != 0 {
+				t.Errorf("%s: programs %v on the underlay with unwrapping off", h.name, ids)
+			}
+		})
+	}
+	if n := vxCarried() - receivedBefore; n < 6 {
+		t.Fatalf("with unwrapping off the vxlan devices carried %d packets of 3 echoes and replies", n)
+	}
+	unwrap = true
+	pass(true)
 	// bpf_redirect skips the bridge's size check: the container's MTU must
 	// not exceed the vxlan device's.
 	ch := handleIn(t, c1.path)
