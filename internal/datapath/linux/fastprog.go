@@ -21,8 +21,8 @@ import (
 // A unicast frame whose destination MAC is in its own network's map goes
 // straight to its device: a local one into the container
 // (bpf_redirect_peer); a remote one (only from a port) is wrapped by the
-// program itself when its entry has the tunnel's addresses (an IPv4
-// frame, VXLAN over IPv4: outer IPv4, UDP and VXLAN headers pushed with
+// program itself when its entry has the tunnel's addresses (an IPv4 or
+// IPv6 frame, VXLAN over IPv4: outer IPv4, UDP and VXLAN headers pushed with
 // bpf_skb_adjust_room, which keeps the frame's segmentation offload, then
 // bpf_redirect_neigh out of the underlay device), else handed to the vxlan
 // device (bpf_redirect; its FDB picks the VTEP). Wrapping in the program
@@ -246,13 +246,14 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		// A remote MAC: only from a port.
 		asm.JNE.Imm(asm.R9, 0, "pass"),
 		asm.Mov.Reg(asm.R7, asm.R0), // the entry, kept across calls
-		// Wrapped here: an IPv4 frame whose entry has the tunnel's
-		// addresses, short enough for an outer IPv4 length.
+		// Wrapped here: an IPv4 or IPv6 frame whose entry has the
+		// tunnel's addresses, short enough for an outer IPv4 length.
 		asm.LoadMem(asm.R3, asm.R0, valLocal, asm.Word),
 		asm.JEq.Imm(asm.R3, 0, "vxdev"),
 		asm.LoadMem(asm.R3, asm.R6, skbProtocol, asm.Word),
-		asm.JNE.Imm(asm.R3, int32(uint16(ne16(0x08, 0x00))), "vxdev"),
-		asm.LoadMem(asm.R3, asm.R6, skbLen, asm.Word),
+		asm.JEq.Imm(asm.R3, int32(uint16(ne16(0x08, 0x00))), "wrap"),
+		asm.JNE.Imm(asm.R3, int32(uint16(ne16(0x86, 0xdd))), "vxdev"),
+		asm.LoadMem(asm.R3, asm.R6, skbLen, asm.Word).WithSymbol("wrap"),
 		asm.JGT.Imm(asm.R3, 0xffff+ethLen-encapLen, "vxdev"),
 		// The frame's Ethernet header goes after the VXLAN header.
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -334,6 +335,17 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		asm.Mov.Reg(asm.R3, asm.RFP),
 		asm.Add.Imm(asm.R3, buf),
 		asm.Mov.Imm(asm.R4, encapLen),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "drop"),
+		// The outer Ethernet type: IPv4 (an IPv6 frame's was IPv6; the
+		// room's ENCAP_L3_IPV4 made the packet's protocol IPv4).
+		asm.StoreImm(asm.RFP, buf-8, int64(ne16(0x08, 0x00)), asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 12),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, buf-8),
+		asm.Mov.Imm(asm.R4, 2),
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
