@@ -28,12 +28,12 @@ import (
 // device (bpf_redirect; its FDB picks the VTEP). Wrapping in the program
 // skips the vxlan device's transmit path and the host's netfilter on the
 // outer packet (OUTPUT and POSTROUTING: vxnet's own rule there only skips
-// conntrack for VXLAN; Docker's NAT chains never match it), which is what
-// it gains on a Docker host. Everything else (broadcast, multicast, the gateway, unknown
-// MACs, ARP, a device the map does not know) goes on unchanged to whatever
-// else runs there (other TCX programs, tc) and the bridge. The key holds
-// the VNI, so no frame can leave its network. At the underlay device it
-// unwraps what a member's VTEP sends from one of its MACs to a local one
+// conntrack for VXLAN; Docker's NAT chains never match it). Everything
+// else (broadcast, multicast, the gateway, unknown MACs, ARP, a device the
+// map does not know) goes on unchanged to whatever else runs there (other
+// TCX programs, tc) and the bridge. The key holds the VNI, so no frame can
+// leave its network. At the underlay device the program unwraps what a
+// member's VTEP sends from one of its MACs to a local one
 // (unwrapInstructions) and hands the frame into the container, past the
 // host's netfilter, UDP socket and vxlan device; all else goes on to them.
 //
@@ -415,11 +415,11 @@ func unwrapInstructions(macs *ebpf.Map) asm.Instructions {
 		// The inner frame: IPv4 or IPv6 (R9: the room's flags).
 		asm.LoadMem(asm.R4, asm.R2, 62, asm.Half),
 		asm.Mov.Imm(asm.R9, adjRoomDecap),
-		asm.JEq.Imm(asm.R4, int32(uint16(ne16(0x08, 0x00))), "uv4"),
+		asm.JEq.Imm(asm.R4, int32(uint16(ne16(0x08, 0x00))), "ukeys"),
 		asm.JNE.Imm(asm.R4, int32(uint16(ne16(0x86, 0xdd))), "upass"),
 		asm.Mov.Imm(asm.R9, adjRoomDecap6),
 		// The VNI, and the keys of the inner source and destination MACs.
-		asm.LoadMem(asm.R4, asm.R2, 46, asm.Word).WithSymbol("uv4"),
+		asm.LoadMem(asm.R4, asm.R2, 46, asm.Word).WithSymbol("ukeys"),
 		asm.HostTo(asm.BE, asm.R4, asm.Word),
 		asm.RSh.Imm(asm.R4, 8),
 		asm.StoreMem(asm.RFP, srcKey, asm.R4, asm.Word),
