@@ -298,6 +298,19 @@ func TestHostFirewall(t *testing.T) {
 		if err := l.StartAgent("h2"); err != nil {
 			t.Fatal(err)
 		}
+		// Once h2's resolver answers web. (a CI run saw SERVFAIL right
+		// after the restart, once), every name must resolve.
+		_ = waitCond(5*time.Second, func() error {
+			return nsutil.Do(c2.Netns, func() error {
+				m := new(dns.Msg)
+				m.SetQuestion("web.", dns.TypeA)
+				r, _, err := (&dns.Client{Timeout: time.Second}).Exchange(m, netip.AddrPortFrom(out.Addr, 53).String())
+				if err == nil && len(r.Answer) == 0 {
+					err = fmt.Errorf("no answer: %v", r)
+				}
+				return err
+			})
+		})
 		names(t)
 	})
 	step(t, "DetachUnpublishes", func(t *testing.T) {
