@@ -257,10 +257,7 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		}
 		return fp, nil
 	}
-	if err := d.fast.readMaps(d.tcx.maxAge); err != nil {
-		return nil, err
-	}
-	for k, v := range d.fast.hooksSeen {
+	for k, v := range d.fast.hooksSeen { // read above
 		l, ok := byIndex[int(k)]
 		h := datapath.FastHook{VNI: v.VNI, Vxlan: v.Kind == hookVxlan, Underlay: v.Kind == hookUnderlay, Index: int(k)}
 		if ok {
@@ -274,14 +271,13 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		fp.Hooks = append(fp.Hooks, datapath.FastHook{Dev: byIndex[idx].Attrs().Name, Index: idx, Stale: true})
 	}
 	slices.SortFunc(fp.Hooks, func(a, b datapath.FastHook) int { return cmp.Compare(a.Index, b.Index) })
-	ipsec := d.hostIPsec()
 	fp.Entries = make([]datapath.FastEntry, 0, len(d.fast.macsSeen))
 	for k, v := range d.fast.macsSeen {
 		e := datapath.FastEntry{VNI: k.VNI, MAC: net.HardwareAddr(k.MAC[:]).String(), Remote: v.Remote == 1}
 		if vtep := netip.AddrFrom16(v.VTEP).Unmap(); !vtep.IsUnspecified() {
 			e.VTEP = vtep
 		}
-		if v.Local != [4]byte{} && ipsec {
+		if v.Local != [4]byte{} && d.hostIPsec() { // asked only where frames are wrapped
 			// Wrapped past the host's IPsec policies: wanting its
 			// VTEP, the pass writes the entry again, unwrapped.
 			e.VTEP = netip.Addr{}
