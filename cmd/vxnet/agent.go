@@ -103,6 +103,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 					}
 				}()
 			}
+			if cfg.Datapath.Mode == config.DatapathBPF { // wrapped frames follow route changes at once
+				go func() {
+					if err := dp.WatchRoutes(ctx, a.Resync); err != nil {
+						cfg.Log.Warn("not watching the host's routes: the fast path's next hops follow them at the next resync", "err", err)
+					}
+				}()
+			}
 			err = a.Run(ctx)
 			stop()
 			<-stopped

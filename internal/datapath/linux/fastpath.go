@@ -263,8 +263,18 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		if ok {
 			h.Dev = l.Attrs().Name
 		}
-		h.Stale = !hooked[int(k)] || stale[int(k)]
+		// An underlay the program does not find in its slot is set again.
+		h.Stale = !hooked[int(k)] || stale[int(k)] || h.Underlay && d.fast.underSeen != k
 		delete(stale, int(k))
+		fp.Hooks = append(fp.Hooks, h)
+	}
+	if u := d.fast.underSeen; u != 0 && d.fast.hooksSeen[u].Kind != hookUnderlay {
+		// The slot names a device that is no underlay: unhooked.
+		h := datapath.FastHook{Underlay: true, Index: int(u), Stale: true}
+		if l, ok := byIndex[int(u)]; ok {
+			h.Dev = l.Attrs().Name
+		}
+		delete(stale, int(u))
 		fp.Hooks = append(fp.Hooks, h)
 	}
 	for idx := range stale {
@@ -277,9 +287,10 @@ func (d *Dataplane) observeFast(byIndex map[int]netlink.Link, owned map[int]owne
 		if vtep := netip.AddrFrom16(v.VTEP).Unmap(); !vtep.IsUnspecified() {
 			e.VTEP = vtep
 		}
-		if v.Local != [4]byte{} && d.hostIPsec() { // asked only where frames are wrapped
-			// Wrapped past the host's IPsec policies: wanting its
-			// VTEP, the pass writes the entry again, unwrapped.
+		if v.Local != [4]byte{} && (d.hostIPsec() || v.NH != d.nextHop(v.vtep4(), v.Local, v.Under)) {
+			// Wrapped past the host's IPsec policies, or to a next hop
+			// the routes no longer give: wanting its VTEP, the pass
+			// writes the entry again (unwrapped, or to the new hop).
 			e.VTEP = netip.Addr{}
 		}
 		if l, ok := byIndex[int(v.Ifindex)]; ok {
@@ -361,8 +372,26 @@ func (d *Dataplane) SetFastHook(h datapath.FastHook) error {
 	if d.tcx.progs != nil {
 		d.tcx.progs[idx] = []ebpf.ProgramID{d.fast.progID}
 	}
+	if h.Underlay {
+		if err := d.fast.setUnder(uint32(idx)); err != nil {
+			return fmt.Errorf("hook %s: %w", h.Dev, err)
+		}
+	}
 	d.changed("set fast hook", "dev", h.Dev, "vni", h.VNI)
 	return nil
+}
+
+// clearUnder empties the underlay's slot when it names idx (before the
+// device is unhooked or goes).
+func (d *Dataplane) clearUnder(idx int) error {
+	var cur uint32
+	if err := d.fast.under.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read the BPF map of the underlay: %w", err)
+	}
+	if cur != uint32(idx) {
+		return nil
+	}
+	return d.fast.setUnder(0)
 }
 
 // detach takes the program with this ID off a device's ingress (inNS).
@@ -396,6 +425,11 @@ func (d *Dataplane) DelFastHook(h datapath.FastHook) error {
 			return fmt.Errorf("unhook %s: %w", h.Dev, err)
 		}
 		idx = l.Attrs().Index
+	}
+	if d.fast != nil {
+		if err := d.clearUnder(idx); err != nil {
+			return fmt.Errorf("unhook %s: %w", h.Dev, err)
+		}
 	}
 	err := d.inNS(func() error {
 		ids, err := d.vxnetProgs(idx)
@@ -457,8 +491,12 @@ func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
 	if e.Remote {
 		v.Remote = 1
 		tunnelOf(&v, e.VTEP, l)
-		if d.hostIPsec() {
+		switch {
+		case v.Local == [4]byte{}:
+		case d.hostIPsec():
 			v.Local, v.Port, v.Under = [4]byte{}, [2]byte{}, 0
+		default:
+			v.NH = d.nextHop(v.vtep4(), v.Local, v.Under)
 		}
 	}
 	if err := d.fast.macs.Put(k, v); err != nil {
@@ -532,6 +570,7 @@ func (d *Dataplane) forgetFast(idx int, entries bool) {
 	if d.fast == nil {
 		return
 	}
+	_ = d.clearUnder(idx)
 	_ = d.fast.hooks.Delete(uint32(idx))
 	delete(d.fast.hooksSeen, uint32(idx))
 	if !entries {

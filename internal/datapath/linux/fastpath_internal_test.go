@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"os/exec"
 	"slices"
 	"testing"
 
@@ -22,7 +23,7 @@ func olderProgram(t *testing.T) *fastPath {
 	if err != nil {
 		t.Fatal(err)
 	}
-	insns := append(asm.Instructions{asm.Mov.Imm(asm.R0, 0)}, fastInstructions(f.hooks, f.macs)...)
+	insns := append(asm.Instructions{asm.Mov.Imm(asm.R0, 0)}, fastInstructions(f.hooks, f.macs, f.under)...)
 	older, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: fastProgName, Type: ebpf.SchedCLS, License: "Dual MIT/GPL", Instructions: insns})
 	if err != nil {
 		t.Fatal(err)
@@ -102,5 +103,94 @@ func TestFastPathReplacesAnOlderProgram(t *testing.T) {
 	}
 	if got := attachedHere(); !slices.Equal(got, []ebpf.ProgramID{d.fast.progID}) {
 		t.Fatalf("programs at %s after a second copy: %v, want only %d", vx.Attrs().Name, got, d.fast.progID)
+	}
+}
+
+// TestUnderlaySlot: the program finds the underlay's hook in its slot
+// without hashing; the slot follows SetFastHook and DelFastHook, and
+// Observe reports a slot that disagrees with the hooks (empty while the
+// underlay is hooked, or naming a device that is no underlay) as a stale
+// underlay hook, so that the pass mends it.
+func TestUnderlaySlot(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns, path := testutil.Netns(t)
+	if out, err := exec.Command("ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.SetFastPathMaxAge(0)
+	if err := d.EnableFastPath(); err != nil {
+		t.Fatal(err)
+	}
+	u0, err := d.h.LinkByName("u0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u1, err := d.h.LinkByName("u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := func() uint32 {
+		t.Helper()
+		var v uint32
+		if err := d.fast.under.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	stale := func() []int {
+		t.Helper()
+		obs, err := d.Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var idx []int
+		for _, h := range obs.FastPath.Hooks {
+			if h.Stale && h.Underlay {
+				idx = append(idx, h.Index)
+			}
+		}
+		return idx
+	}
+	hook := datapath.FastHook{Dev: "u0", Underlay: true}
+	if err := d.SetFastHook(hook); err != nil {
+		t.Fatal(err)
+	}
+	if got := slot(); got != uint32(u0.Attrs().Index) {
+		t.Fatalf("slot %d after hooking u0 (index %d)", got, u0.Attrs().Index)
+	}
+	if got := stale(); len(got) != 0 {
+		t.Fatalf("stale underlay hooks %v with the slot right", got)
+	}
+	if err := d.fast.under.Put(uint32(0), uint32(0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := stale(); !slices.Equal(got, []int{u0.Attrs().Index}) {
+		t.Fatalf("stale underlay hooks %v with the slot empty, want u0's", got)
+	}
+	if err := d.fast.under.Put(uint32(0), uint32(u1.Attrs().Index)); err != nil {
+		t.Fatal(err)
+	}
+	if got := stale(); !slices.Contains(got, u1.Attrs().Index) {
+		t.Fatalf("stale underlay hooks %v with the slot naming u1, want u1's among them", got)
+	}
+	if err := d.DelFastHook(datapath.FastHook{Index: u1.Attrs().Index, Underlay: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := slot(); got != 0 {
+		t.Fatalf("slot %d after unhooking the device it named", got)
+	}
+	if err := d.SetFastHook(hook); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DelFastHook(hook); err != nil {
+		t.Fatal(err)
+	}
+	if got := slot(); got != 0 {
+		t.Fatalf("slot %d after unhooking u0", got)
 	}
 }

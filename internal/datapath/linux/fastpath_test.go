@@ -223,6 +223,59 @@ func TestFastPathCarriesUnicast(t *testing.T) {
 	if n := vxCarried() - carriedBefore; n != 0 {
 		t.Fatalf("the vxlan devices carried %d packets while the program should have wrapped and unwrapped every echo and reply", n)
 	}
+	// h2's VTEP behind a gateway (h2's second address): the next pass
+	// gives h1's entries that next hop, whose neighbour the first frame
+	// resolves, and the echoes still cross without the vxlan devices.
+	if out, err := nsRun(t, hosts[1].ns, "ip", "addr", "add", "198.18.31.3/24", "dev", "u0"); err != nil {
+		t.Fatal(err, out)
+	}
+	if out, err := nsRun(t, hosts[0].ns, "ip", "route", "add", "198.18.31.2/32", "via", "198.18.31.3", "dev", "u0"); err != nil {
+		t.Fatal(err, out)
+	}
+	if n := pass(true); n == 0 {
+		t.Fatal("a pass after h1's route to h2 moved to a gateway changed nothing")
+	}
+	carriedBefore = vxCarried()
+	if lost := ping(c1, c2.ep.IP, 3, 56, 0); lost > 0 {
+		t.Fatalf("fast path through a gateway: %d of 3 lost", lost)
+	}
+	if n := vxCarried() - carriedBefore; n != 0 {
+		t.Fatalf("through a gateway the vxlan devices carried %d packets", n)
+	}
+	if out, _ := nsRun(t, hosts[0].ns, "ip", "neigh", "show", "198.18.31.3", "dev", "u0"); !strings.Contains(out, "lladdr") {
+		t.Fatalf("h1 never resolved the gateway the frames should have gone to: %q", out)
+	}
+	// Frames to a MAC that is not h2's (the gateway's neighbour entry
+	// made wrong) reach h2's underlay, which the veth delivers whatever
+	// the MAC; the program unwraps only what the host's stack would take
+	// (PACKET_HOST), so nothing reaches c2.
+	if out, err := nsRun(t, hosts[0].ns, "ip", "neigh", "replace", "198.18.31.3", "lladdr", "02:31:00:00:00:99", "dev", "u0", "nud", "permanent"); err != nil {
+		t.Fatal(err, out)
+	}
+	// c2 counts the echoes from c1 (nft, netdev ingress).
+	echoes := exec.Command("ip", "netns", "exec", c2.ns, "nft", "-f", "-")
+	echoes.Stdin = strings.NewReader("table netdev vxecho { chain in { type filter hook ingress device eth0 priority 0; ether saddr " + c1.ep.MAC + " icmp type echo-request counter; }; }")
+	if out, err := echoes.CombinedOutput(); err != nil {
+		t.Fatalf("nft in c2: %v %s", err, out)
+	}
+	l, err := handleIn(t, hosts[1].path).LinkByName("u0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	underBefore := l.Attrs().Statistics.RxPackets
+	if lost := ping(c1, c2.ep.IP, 3, 56, 0); lost != 3 {
+		t.Fatalf("echoes sent to a MAC that is not h2's were answered (%d of 3)", 3-lost)
+	}
+	if l, err = handleIn(t, hosts[1].path).LinkByName("u0"); err != nil || l.Attrs().Statistics.RxPackets-underBefore < 3 {
+		t.Fatalf("h2's underlay did not receive the 3 echoes: %v", err)
+	}
+	if out, err := nsRun(t, c2.ns, "nft", "list", "table", "netdev", "vxecho"); err != nil || !strings.Contains(out, "counter packets 0 ") {
+		t.Fatalf("c2 received echoes sent to another host's MAC: %v\n%s", err, out)
+	}
+	if out, err := nsRun(t, hosts[0].ns, "ip", "route", "del", "198.18.31.2/32"); err != nil {
+		t.Fatal(err, out)
+	}
+	pass(true)
 	// A host with IPsec policies: what the program would wrap would pass
 	// them by, so the next pass hands h1's frames to its vxlan device
 	// again (which the host's stack, and the policies, see).

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -16,6 +17,8 @@ import (
 // vxlan device and of the underlay device, and two hash maps:
 //
 //	hooks: ifindex -> {vni, kind}     where the program runs, for which network
+//	under: 0 -> ifindex               the underlay device's hook, found without
+//	                                  hashing (the host's own traffic crosses it)
 //	macs:  {vni, mac} -> {ifindex, remote, vtep, local, port, underlay}
 //
 // A unicast frame whose destination MAC is in its own network's map goes
@@ -82,6 +85,18 @@ type macVal struct {
 	Port  [2]byte
 	Pad   [2]byte
 	Under uint32
+	// NH is the IPv4 next hop towards the VTEP out of Under, as the
+	// host's routes gave it (nextHop); zero: the kernel looks the route
+	// up for every frame.
+	NH [4]byte
+}
+
+// vtep4 is the entry's VTEP as an IPv4 address (zero when it is IPv6).
+func (v macVal) vtep4() (a [4]byte) {
+	if ip := netip.AddrFrom16(v.VTEP).Unmap(); ip.Is4() {
+		a = ip.As4()
+	}
+	return a
 }
 
 // Offsets in macVal, for the program.
@@ -91,7 +106,8 @@ const (
 	valLocal   = 24
 	valPort    = 28
 	valUnder   = 32
-	macValSize = 36
+	valNH      = 36
+	macValSize = 40
 )
 
 // VXLAN over IPv4 as the program writes it: outer IPv4 (20), UDP (8),
@@ -136,10 +152,12 @@ type fastPath struct {
 	tag    string
 	hooks  *ebpf.Map
 	macs   *ebpf.Map
+	under  *ebpf.Map
 	// The maps as last read (at), kept equal by this dataplane's writes:
 	// Observe reads the kernel's maps again only after tcxCache.maxAge.
 	hooksSeen map[uint32]hookVal
 	macsSeen  map[macKey]macVal
+	underSeen uint32
 	seenAt    time.Time
 	// xfrm says whether the host had IPsec policies at xfrmAt.
 	xfrm   bool
@@ -178,7 +196,21 @@ func (f *fastPath) readMaps(maxAge time.Duration) error {
 			return fmt.Errorf("read the BPF map of MACs: %w", err)
 		}
 	}
-	f.hooksSeen, f.macsSeen, f.seenAt = hooks, macs, time.Now()
+	var under uint32
+	if err := f.under.Lookup(uint32(0), &under); err != nil {
+		return fmt.Errorf("read the BPF map of the underlay: %w", err)
+	}
+	f.hooksSeen, f.macsSeen, f.underSeen, f.seenAt = hooks, macs, under, time.Now()
+	return nil
+}
+
+// setUnder writes the underlay's slot.
+func (f *fastPath) setUnder(idx uint32) error {
+	if err := f.under.Put(uint32(0), idx); err != nil {
+		f.forgetMaps()
+		return fmt.Errorf("write the BPF map of the underlay: %w", err)
+	}
+	f.underSeen = idx
 	return nil
 }
 
@@ -189,10 +221,11 @@ func (f *fastPath) close() {
 	f.prog.Close()
 	f.hooks.Close()
 	f.macs.Close()
+	f.under.Close()
 }
 
-// fastInstructions is the program (about 200 instructions).
-func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
+// fastInstructions is the program (about 210 instructions).
+func fastInstructions(hooks, macs, under *ebpf.Map) asm.Instructions {
 	const (
 		skbLen      = 0  // offsetof(struct __sk_buff, len)
 		skbProtocol = 16 // protocol (network order)
@@ -200,13 +233,26 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		skbData     = 76
 		skbDataEnd  = 80
 		tcxNext     = -1 // TC_ACT_UNSPEC: on to the next program, tc and the bridge
-		// The outer headers are built on the stack at buf (50 bytes).
-		buf = -128
+		// The outer headers are built on the stack at buf (50 bytes),
+		// bpf_redirect_neigh's parameters at nhParams.
+		buf                   = -128
+		nhParams, nhParamsLen = -160, 20
 	)
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		// The underlay device: straight to unwrapping (an array's
+		// lookup, which the verifier inlines).
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, under.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "port"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, skbIfindex, asm.Word),
+		asm.JEq.Reg(asm.R1, asm.R2, "underlay"),
 		// The destination MAC: bytes 0-3 in R7, 4-5 in R8.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("port"),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 6),
@@ -349,13 +395,25 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
 		asm.JNE.Imm(asm.R0, 0, "drop"),
-		// Out of the underlay device, to the next hop the kernel's routes
-		// and neighbours give (they fill the Ethernet header).
+		// Out of the underlay device, to the entry's next hop (struct
+		// bpf_redir_neigh: AF_INET, the address; the kernel's neighbours
+		// fill the Ethernet header), or, without one, to the one the
+		// kernel's routes give.
 		asm.LoadMem(asm.R1, asm.R7, valUnder, asm.Word),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.Mov.Imm(asm.R4, 0),
-		asm.FnRedirectNeigh.Call(),
+		asm.LoadMem(asm.R5, asm.R7, valNH, asm.Word),
+		asm.JEq.Imm(asm.R5, 0, "neigh"),
+		asm.StoreImm(asm.RFP, nhParams, unix.AF_INET, asm.Word),
+		asm.StoreMem(asm.RFP, nhParams+4, asm.R5, asm.Word),
+		asm.StoreImm(asm.RFP, nhParams+8, 0, asm.Word),
+		asm.StoreImm(asm.RFP, nhParams+12, 0, asm.Word),
+		asm.StoreImm(asm.RFP, nhParams+16, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, nhParams),
+		asm.Mov.Imm(asm.R3, nhParamsLen),
+		asm.FnRedirectNeigh.Call().WithSymbol("neigh"),
 		asm.Return(),
 		// Else out through the vxlan device.
 		asm.LoadMem(asm.R1, asm.R7, valIfindex, asm.Word).WithSymbol("vxdev"),
@@ -374,7 +432,7 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 }
 
 // unwrapInstructions is the program's part at the underlay device: VXLAN
-// over IPv4 to this host, on the port, from the VTEP, for the VNI, and
+// over IPv4 to this host (its MAC and address), on the port, from the VTEP, for the VNI, and
 // from the inner source MAC of one remote entry, to a local MAC, is
 // unwrapped and goes into the container; everything else (another
 // sender, another port, the VTEP of another MAC, fragments, IP options,
@@ -383,6 +441,7 @@ func fastInstructions(hooks, macs *ebpf.Map) asm.Instructions {
 // without the program. R6 holds the context.
 func unwrapInstructions(macs *ebpf.Map) asm.Instructions {
 	const (
+		skbPktType = 4
 		skbData    = 76
 		skbDataEnd = 80
 		tcxNext    = -1
@@ -393,7 +452,11 @@ func unwrapInstructions(macs *ebpf.Map) asm.Instructions {
 		srcKey, outerSrc, outerDst, outerPort, dstKey, innerEth = -16, -24, -28, -30, -48, -64
 	)
 	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("underlay"),
+		// Only what the host's stack would take: a frame to this
+		// device's MAC (PACKET_HOST).
+		asm.LoadMem(asm.R2, asm.R6, skbPktType, asm.Word).WithSymbol("underlay"),
+		asm.JNE.Imm(asm.R2, 0, "upass"),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, decapMinLength),
@@ -519,14 +582,21 @@ func loadFastPath() (*fastPath, error) {
 		hooks.Close()
 		return nil, fmt.Errorf("create the BPF hash map of MACs: %w", err)
 	}
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{Name: fastProgName, Type: ebpf.SchedCLS,
-		License: "Dual MIT/GPL", Instructions: fastInstructions(hooks, macs)}, ebpf.ProgramOptions{})
+	under, err := ebpf.NewMap(&ebpf.MapSpec{Name: "vxnet_under", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		hooks.Close()
 		macs.Close()
+		return nil, fmt.Errorf("create the BPF array of the underlay: %w", err)
+	}
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{Name: fastProgName, Type: ebpf.SchedCLS,
+		License: "Dual MIT/GPL", Instructions: fastInstructions(hooks, macs, under)}, ebpf.ProgramOptions{})
+	if err != nil {
+		hooks.Close()
+		macs.Close()
+		under.Close()
 		return nil, fmt.Errorf("load the TC program (needs BPF with bpf_redirect_peer): %w", err)
 	}
-	f := &fastPath{prog: prog, hooks: hooks, macs: macs}
+	f := &fastPath{prog: prog, hooks: hooks, macs: macs, under: under}
 	if err := f.identify(); err != nil {
 		f.close()
 		return nil, err
@@ -570,17 +640,18 @@ func adopt(id ebpf.ProgramID, tag string) *fastPath {
 			f.hooks = m
 		case err == nil && mi.Name == "vxnet_macs" && f.macs == nil:
 			f.macs = m
+		case err == nil && mi.Name == "vxnet_under" && f.under == nil:
+			f.under = m
 		default:
 			m.Close()
 		}
 	}
-	if f.hooks == nil || f.macs == nil || f.identify() != nil {
+	if f.hooks == nil || f.macs == nil || f.under == nil || f.identify() != nil {
 		p.Close()
-		if f.hooks != nil {
-			f.hooks.Close()
-		}
-		if f.macs != nil {
-			f.macs.Close()
+		for _, m := range []*ebpf.Map{f.hooks, f.macs, f.under} {
+			if m != nil {
+				m.Close()
+			}
 		}
 		return nil
 	}

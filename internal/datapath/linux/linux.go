@@ -40,6 +40,8 @@ type Dataplane struct {
 	fast *fastPath
 	// tcx caches the programs at vxnet's devices (see readAttachments).
 	tcx tcxCache
+	// hops caches the next hops of the tunnels the program wraps for.
+	hops nextHops
 	// tun is what the WireGuard device needs (see SetTunnel).
 	tun tunnelState
 }
