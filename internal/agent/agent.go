@@ -172,8 +172,12 @@ type Agent struct {
 
 	saved     saved
 	rejoining atomic.Bool
-	stats     passStats
-	metrics   *metrics.Metrics
+	// restored is set while a restarted agent's saved state has not met
+	// the cluster yet (until its first join answers or gives up): the
+	// resolver then counts the saved endpoints' hosts as alive.
+	restored atomic.Bool
+	stats    passStats
+	metrics  *metrics.Metrics
 
 	docker *docker.Driver
 	prober *health.Prober // nil without health probes
@@ -285,6 +289,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("load saved state: %w", err)
 	}
 	a.state.Restore(saved.Records, saved.Clock)
+	a.restored.Store(len(saved.Records) > 0)
 	if a.own.locals, err = st.locals(); err != nil {
 		return nil, err
 	}
@@ -547,6 +552,7 @@ func (a *Agent) joinKnown(ctx context.Context) {
 	if len(join) > 0 {
 		a.join(ctx, join)
 	}
+	a.restored.Store(false)
 }
 
 // join contacts the given members, retrying in the background until one

@@ -655,6 +655,33 @@ func TestResolveNames(t *testing.T) {
 	wantErr(t, err, model.ErrInvalid, `invalid container name "bad.name": want one DNS label of letters, digits, '-' and '_' (up to 63 characters)`)
 }
 
+// A restarted agent answers the names of other hosts' containers from its
+// saved state until its first join has answered (or given up): a restart
+// must not turn them into upstream lookups; after that, only live hosts'
+// names answer.
+func TestRestartedResolverAnswersBeforeJoin(t *testing.T) {
+	_, h1, h2 := joinedPair(t)
+	mustCreate(t, h1, "web", "10.20.0.0/16")
+	a := mustAttach(t, h1, api.AttachRequest{Network: "web", Netns: netns(t, "a"), Name: "c1"})
+	b := mustAttach(t, h2, api.AttachRequest{Network: "web", Netns: netns(t, "b"), Name: "c2"})
+	if err := h2.step(); err != nil { // persists the state
+		t.Fatal(err)
+	}
+	h2.store.close()
+	// h2 again, alone on a bus of its own: no member is alive but itself.
+	again := newNode(t, newBus(), "h2", 2, h2.dir, withDataplane(h2.dp))
+	src, c1 := netip.MustParsePrefix(b.IP).Addr(), netip.MustParsePrefix(a.IP).Addr()
+	if v, ips := again.Resolve(src, "c1"); v != dns.Answer || !slices.Equal(ips, []netip.Addr{c1}) {
+		t.Fatalf("before the first join: c1 is %v %v, want %v", v, ips, c1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the join gives up at once
+	again.joinKnown(ctx)
+	if v, ips := again.Resolve(src, "c1"); v != dns.Forward {
+		t.Fatalf("after the join gave up with h1 not alive: c1 is %v %v, want it forwarded", v, ips)
+	}
+}
+
 // Names answer IPv6 queriers too: on a dual-stack network and on an
 // IPv6-only one, whose queries are redirected at the IPv6 gateway.
 func TestResolveNamesIPv6(t *testing.T) {

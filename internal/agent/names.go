@@ -19,6 +19,15 @@ func (a *Agent) names() dns.Cluster {
 	for _, nd := range a.repl.Alive() {
 		c.Alive[nd.Name] = true
 	}
+	if a.restored.Load() {
+		// Restarted and not yet back in the cluster: the saved state is
+		// the best knowledge there is. Without this, the names of other
+		// hosts' containers went upstream (NXDOMAIN, or SERVFAIL with no
+		// upstream) for as long as the first join took.
+		for _, e := range c.Endpoints {
+			c.Alive[e.Node] = true
+		}
+	}
 	return c
 }
 
