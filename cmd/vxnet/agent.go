@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -97,18 +98,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 				close(stopped)
 			}()
 			if cfg.ManageHostFirewall { // openings back at once after a firewall reload
-				go func() {
-					if err := dp.WatchRuleset(ctx, a.Resync); err != nil {
-						cfg.Log.Warn("not watching the host's nftables ruleset: openings come back at the next resync", "err", err)
-					}
-				}()
+				go keepWatching(ctx, cfg.Log, "the host's nftables ruleset", dp.WatchRuleset, a.Resync, watchPause)
 			}
 			if cfg.Datapath.Mode == config.DatapathBPF { // wrapped frames follow route changes at once
-				go func() {
-					if err := dp.WatchRoutes(ctx, a.Resync); err != nil {
-						cfg.Log.Warn("not watching the host's routes: the fast path's next hops follow them at the next resync", "err", err)
-					}
-				}()
+				go keepWatching(ctx, cfg.Log, "the host's routes", dp.WatchRoutes, a.Resync, watchPause)
 			}
 			err = a.Run(ctx)
 			stop()
@@ -118,6 +111,29 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	flags.Register(cmd.Flags())
 	return cmd
+}
+
+// watchPause is how long keepWatching waits before it watches again.
+const watchPause = 5 * time.Second
+
+// keepWatching runs watch (it calls changed on every change it sees) until
+// ctx ends, and starts it again, pause after it failed (a netlink socket
+// that overflowed under a burst of changes, say), with a call to changed
+// for what it missed meanwhile; the resyncs cover the gap.
+func keepWatching(ctx context.Context, log *slog.Logger, what string, watch func(context.Context, func()) error, changed func(), pause time.Duration) {
+	for {
+		err := watch(ctx, changed)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("not watching "+what+" for a while; the resync covers it", "err", err, "again_in", pause)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		changed()
+	}
 }
 
 // prepareHost makes the health namespace in the host's mount namespace, so

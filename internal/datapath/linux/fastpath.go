@@ -492,7 +492,7 @@ func (d *Dataplane) SetFastEntry(e datapath.FastEntry) error {
 		v.Remote = 1
 		tunnelOf(&v, e.VTEP, l)
 		switch {
-		case v.Local == [4]byte{}:
+		case v.Local == [4]byte{}: // the vxlan device wraps its frames
 		case d.hostIPsec():
 			v.Local, v.Port, v.Under = [4]byte{}, [2]byte{}, 0
 		default:

@@ -15,11 +15,11 @@ import (
 
 // The program hands bpf_redirect_neigh the next hop of a wrapped frame, so
 // that the kernel does not look its route up again for every frame (the
-// route lookup was about a third of what wrapping cost). The next hop is
-// what the host's routes give for the tunnel's addresses now; the cache
-// below is dropped after tcxCache.maxAge and whenever a route changes
-// (WatchRoutes), and Observe reports an entry whose next hop moved, so that
-// the pass writes it again.
+// lookup was about a third of what vxnet's own code cost per packet in the
+// profile of docs/BENCHMARKS.md). The next hop is what the host's routes
+// give for the tunnel's addresses now; the cache below is dropped after
+// tcxCache.maxAge and whenever a route changes (WatchRoutes), and Observe
+// reports an entry whose next hop moved, so that the pass writes it again.
 
 // hopKey is a tunnel: its VTEP, local address and underlay device.
 type hopKey struct {
