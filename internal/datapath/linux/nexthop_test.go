@@ -101,74 +101,68 @@ func TestNextHopFollowsRoutes(t *testing.T) {
 		t.Fatalf("entry %s not observed", e)
 		return false
 	}
-	if err := d.SetFastEntry(e); err != nil {
-		t.Fatal(err)
+	// write writes the entry and checks its next hop, and that Observe
+	// then reports it as written.
+	write := func(want [4]byte, what string) {
+		t.Helper()
+		if err := d.SetFastEntry(e); err != nil {
+			t.Fatal(err)
+		}
+		if got := hop(); got != want {
+			t.Fatalf("next hop %v, want %v (%s)", got, want, what)
+		}
+		if !reported() {
+			t.Fatalf("the entry written with %s is reported for writing again", what)
+		}
 	}
-	if got := hop(); got != [4]byte{198, 18, 0, 2} {
-		t.Fatalf("next hop %v, want the VTEP on link", got)
-	}
-	if !reported() {
-		t.Fatal("an entry whose next hop holds is reported for writing again")
-	}
+	write([4]byte{198, 18, 0, 2}, "the VTEP on link")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changed := make(chan struct{}, 16)
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- d.WatchRoutes(ctx, func() { changed <- struct{}{} }) }()
-	// The subscription is up once a change made after it is seen:
-	// change a route no entry uses until one is.
-	wait := func(what string) {
+	// called says whether WatchRoutes called back within limit.
+	called := func(limit time.Duration) bool {
 		t.Helper()
 		select {
 		case <-changed:
+			return true
 		case err := <-watchErr:
 			t.Fatalf("WatchRoutes ended: %v", err)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no call after %s", what)
+		case <-time.After(limit):
 		}
+		return false
 	}
+	// The subscription is up once a change made after it is seen:
+	// change a route no entry uses until one is.
 	for i := 0; ; i++ {
 		ip("route", "replace", "198.18.77.0/24", "dev", "u0")
-		select {
-		case <-changed:
-		case err := <-watchErr:
-			t.Fatalf("WatchRoutes ended: %v", err)
-		case <-time.After(2 * time.Second):
-			if i < 3 {
-				continue
-			}
+		if called(2 * time.Second) {
+			break
+		}
+		if i == 3 {
 			t.Fatal("WatchRoutes never called after route changes")
 		}
-		break
 	}
-	ip("route", "add", "198.18.0.2/32", "via", "198.18.0.254", "dev", "u0")
-	wait("a route via a gateway")
-	if reported() {
-		t.Fatal("after the route moved to a gateway, Observe still reports the entry as written")
+	// move changes the routes, waits for the call back and checks that
+	// Observe reports the entry for writing again.
+	move := func(what string, args ...string) {
+		t.Helper()
+		ip(args...)
+		if !called(5 * time.Second) {
+			t.Fatalf("no call after %s", what)
+		}
+		if reported() {
+			t.Fatalf("after %s, Observe still reports the entry as written", what)
+		}
 	}
-	if err := d.SetFastEntry(e); err != nil {
-		t.Fatal(err)
-	}
-	if got := hop(); got != [4]byte{198, 18, 0, 254} {
-		t.Fatalf("next hop %v, want the gateway 198.18.0.254", got)
-	}
-	if !reported() {
-		t.Fatal("the entry written again is still reported for writing")
-	}
+	move("a route via a gateway", "route", "add", "198.18.0.2/32", "via", "198.18.0.254", "dev", "u0")
+	write([4]byte{198, 18, 0, 254}, "the gateway 198.18.0.254")
 	// A local route for the VTEP's address on the underlay (the kernel
 	// answers through lo): nothing the program may use.
-	ip("route", "add", "local", "198.18.0.2/32", "dev", "u0", "table", "local")
-	wait("a local address")
-	if reported() {
-		t.Fatal("after the VTEP became a local address, Observe still reports the entry as written")
-	}
-	if err := d.SetFastEntry(e); err != nil {
-		t.Fatal(err)
-	}
-	if got := hop(); got != [4]byte{} {
-		t.Fatalf("next hop %v for a local VTEP, want none (the kernel decides)", got)
-	}
+	move("a local route", "route", "add", "local", "198.18.0.2/32", "dev", "u0", "table", "local")
+	write([4]byte{}, "no next hop for a local VTEP (the kernel decides)")
 	cancel()
 	if err := <-watchErr; err != nil {
 		t.Fatalf("WatchRoutes after cancel: %v", err)
